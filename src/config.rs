@@ -1,0 +1,542 @@
+//! The one TOML file an operator writes. Validated on load: every error names the
+//! key and says how to fix it, because a provisioning server that starts with a
+//! wrong range hands out wrong addresses to a whole rack.
+
+use serde::Deserialize;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML or has an unknown key: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {problem}; {fix}")]
+    Invalid {
+        key: String,
+        problem: String,
+        fix: String,
+    },
+}
+
+fn invalid(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub dhcp: DhcpConfig,
+    #[serde(default)]
+    pub install: InstallConfig,
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<NodeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The provisioning interface. DHCP binds to it and to nothing else.
+    pub interface: Option<String>,
+    /// The address clients reach TFTP, HTTP and rsync on.
+    pub address: Option<Ipv4Addr>,
+    #[serde(default = "default_http_port")]
+    pub http_port: u16,
+    #[serde(default = "default_tftp_port")]
+    pub tftp_port: u16,
+    /// Where the iPXE first-stage binaries are; Debian's `ipxe` package puts them here.
+    #[serde(default = "default_tftp_root")]
+    pub tftp_root: PathBuf,
+    /// Listen for HTTP/TFTP on this address instead of `address` (tests bind 127.0.0.1).
+    pub listen: Option<Ipv4Addr>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            interface: None,
+            address: None,
+            http_port: default_http_port(),
+            tftp_port: default_tftp_port(),
+            tftp_root: default_tftp_root(),
+            listen: None,
+        }
+    }
+}
+
+fn default_http_port() -> u16 {
+    80
+}
+fn default_tftp_port() -> u16 {
+    69
+}
+fn default_tftp_root() -> PathBuf {
+    PathBuf::from("/usr/lib/ipxe")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    Full,
+    Proxy,
+    #[default]
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DhcpConfig {
+    #[serde(default)]
+    pub mode: DhcpMode,
+    pub range: Option<[Ipv4Addr; 2]>,
+    pub netmask: Option<Ipv4Addr>,
+    pub router: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    #[serde(default = "default_lease_time")]
+    pub lease_time: u32,
+    /// Seconds a DECLINEd address stays out of the pool.
+    #[serde(default = "default_quarantine")]
+    pub quarantine_time: u32,
+    /// Subnets behind DHCP relays (requests arrive with giaddr set).
+    #[serde(default, rename = "relay")]
+    pub relays: Vec<RelaySubnet>,
+}
+
+impl Default for DhcpConfig {
+    fn default() -> Self {
+        DhcpConfig {
+            mode: DhcpMode::Off,
+            range: None,
+            netmask: None,
+            router: None,
+            dns: vec![],
+            lease_time: default_lease_time(),
+            quarantine_time: default_quarantine(),
+            relays: vec![],
+        }
+    }
+}
+
+fn default_lease_time() -> u32 {
+    3600
+}
+fn default_quarantine() -> u32 {
+    600
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySubnet {
+    pub range: [Ipv4Addr; 2],
+    pub netmask: Ipv4Addr,
+    /// Defaults to the relay's giaddr, which is the usual router on that subnet.
+    pub router: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallConfig {
+    /// Image installed on nodes that name none (and on unknown MACs).
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// Extra kernel arguments for the installer (and the installed OS).
+    #[serde(default = "default_cmdline")]
+    pub kernel_cmdline: String,
+}
+
+impl Default for InstallConfig {
+    fn default() -> Self {
+        InstallConfig {
+            image: default_image(),
+            kernel_cmdline: default_cmdline(),
+        }
+    }
+}
+
+fn default_image() -> String {
+    "default".into()
+}
+fn default_cmdline() -> String {
+    "console=ttyS0,115200".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub mac: String,
+    pub hostname: String,
+    pub ip: Option<Ipv4Addr>,
+    pub image: Option<String>,
+    pub disk: Option<String>,
+    pub root_mib: Option<u64>,
+    pub swap_mib: Option<u64>,
+}
+
+/// The DHCP settings after validation: only exists when DHCP may really run.
+#[derive(Debug, Clone)]
+pub struct DhcpPlan {
+    pub interface: String,
+    pub server_ip: Ipv4Addr,
+    pub mode: DhcpMode,
+    pub range: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub netmask: Ipv4Addr,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that need no system access. The interface checks (does it exist, is
+    /// the range inside its subnet) happen at startup in `serve`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "state_dir",
+                "is empty",
+                "set it to a directory such as /var/lib/rollout",
+            ));
+        }
+        let d = &self.dhcp;
+        if d.mode != DhcpMode::Off {
+            if self.server.interface.is_none() {
+                return Err(invalid(
+                    "server.interface",
+                    format!("is not set but dhcp.mode is {:?}", d.mode).to_lowercase(),
+                    "name the provisioning interface explicitly (rollout never guesses where to serve DHCP), or set dhcp.mode = \"off\"",
+                ));
+            }
+            if self.server.address.is_none() {
+                return Err(invalid(
+                    "server.address",
+                    "is not set",
+                    "set it to this server's address on the provisioning network",
+                ));
+            }
+        }
+        if d.mode == DhcpMode::Full {
+            let Some([first, last]) = d.range else {
+                return Err(invalid(
+                    "dhcp.range",
+                    "is not set but dhcp.mode is \"full\"",
+                    "set dhcp.range = [\"first\", \"last\"] inside the provisioning subnet, or use mode = \"proxy\" when another DHCP server hands out addresses",
+                ));
+            };
+            if u32::from(first) > u32::from(last) {
+                return Err(invalid(
+                    "dhcp.range",
+                    format!("first address {first} is after last address {last}"),
+                    "swap the two addresses",
+                ));
+            }
+            if let Some(mask) = d.netmask {
+                check_netmask("dhcp.netmask", mask)?;
+            }
+        }
+        if d.lease_time < 60 {
+            return Err(invalid(
+                "dhcp.lease_time",
+                format!("{} seconds is too short", d.lease_time),
+                "use at least 60 seconds",
+            ));
+        }
+        for (i, relay) in d.relays.iter().enumerate() {
+            let key = format!("dhcp.relay[{i}]");
+            check_netmask(&format!("{key}.netmask"), relay.netmask)?;
+            let [first, last] = relay.range;
+            if !same_subnet(first, last, relay.netmask) || u32::from(first) > u32::from(last) {
+                return Err(invalid(
+                    &format!("{key}.range"),
+                    format!("{first}..{last} is not an ordered range inside one subnet"),
+                    "give the first and last address of the relayed subnet's pool",
+                ));
+            }
+        }
+        let mut seen_macs = std::collections::HashSet::new();
+        let mut seen_names = std::collections::HashSet::new();
+        let mut seen_ips = std::collections::HashSet::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let key = format!("node[{i}]");
+            let mac = normalize_mac(&node.mac).ok_or_else(|| {
+                invalid(
+                    &format!("{key}.mac"),
+                    format!("{:?} is not a MAC address", node.mac),
+                    "write it as six hex pairs, e.g. 52:54:00:12:34:56",
+                )
+            })?;
+            if !seen_macs.insert(mac.clone()) {
+                return Err(invalid(
+                    &format!("{key}.mac"),
+                    format!("{mac} is declared twice"),
+                    "remove the duplicate [[node]]",
+                ));
+            }
+            if !valid_hostname(&node.hostname) {
+                return Err(invalid(
+                    &format!("{key}.hostname"),
+                    format!("{:?} is not a valid hostname", node.hostname),
+                    "use letters, digits and '-', up to 63 characters, not starting with '-'",
+                ));
+            }
+            if !seen_names.insert(node.hostname.clone()) {
+                return Err(invalid(
+                    &format!("{key}.hostname"),
+                    format!("{} is used by two nodes", node.hostname),
+                    "give every node its own hostname",
+                ));
+            }
+            if let Some(ip) = node.ip {
+                if !seen_ips.insert(ip) {
+                    return Err(invalid(
+                        &format!("{key}.ip"),
+                        format!("{ip} is reserved for two nodes"),
+                        "give every node its own address",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The DHCP plan if DHCP is to run, checked against the interface's real subnet.
+    pub fn dhcp_plan(&self, iface_addr: Option<(Ipv4Addr, Ipv4Addr)>) -> Result<Option<DhcpPlan>, ConfigError> {
+        if self.dhcp.mode == DhcpMode::Off {
+            return Ok(None);
+        }
+        let interface = self.server.interface.clone().expect("validated");
+        let server_ip = self.server.address.expect("validated");
+        let Some((if_ip, if_mask)) = iface_addr else {
+            return Err(invalid(
+                "server.interface",
+                format!("interface {interface} has no IPv4 address"),
+                "give the interface an address on the provisioning network (ip addr add …) before starting rollout",
+            ));
+        };
+        let netmask = self.dhcp.netmask.unwrap_or(if_mask);
+        let range = self.dhcp.range.map(|[a, b]| (a, b));
+        if let Some((first, last)) = range {
+            if !same_subnet(first, if_ip, if_mask) || !same_subnet(last, if_ip, if_mask) {
+                return Err(invalid(
+                    "dhcp.range",
+                    format!(
+                        "{first}..{last} is outside {interface}'s subnet {}/{}",
+                        network(if_ip, if_mask),
+                        u32::from(if_mask).count_ones()
+                    ),
+                    "pick a range inside the interface's subnet, or name the right interface",
+                ));
+            }
+            if (u32::from(first)..=u32::from(last)).contains(&u32::from(server_ip)) {
+                return Err(invalid(
+                    "dhcp.range",
+                    format!("{first}..{last} contains the server's own address {server_ip}"),
+                    "start the range above or end it below the server's address",
+                ));
+            }
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(ip) = node.ip {
+                if !same_subnet(ip, if_ip, if_mask) {
+                    return Err(invalid(
+                        &format!("node[{i}].ip"),
+                        format!("{ip} is outside {interface}'s subnet"),
+                        "reserve an address on the provisioning network",
+                    ));
+                }
+            }
+        }
+        Ok(Some(DhcpPlan {
+            interface,
+            server_ip,
+            mode: self.dhcp.mode,
+            range,
+            netmask,
+        }))
+    }
+
+    pub fn http_base_url(&self) -> String {
+        let addr = self.server.address.unwrap_or(Ipv4Addr::LOCALHOST);
+        if self.server.http_port == 80 {
+            format!("http://{addr}")
+        } else {
+            format!("http://{addr}:{}", self.server.http_port)
+        }
+    }
+
+    pub fn listen_addr(&self) -> Ipv4Addr {
+        self.server
+            .listen
+            .or(self.server.address)
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
+    }
+
+    pub fn node_by_mac(&self, mac: &str) -> Option<&NodeConfig> {
+        let mac = normalize_mac(mac)?;
+        self.nodes
+            .iter()
+            .find(|n| normalize_mac(&n.mac).as_deref() == Some(mac.as_str()))
+    }
+}
+
+fn check_netmask(key: &str, mask: Ipv4Addr) -> Result<(), ConfigError> {
+    let m = u32::from(mask);
+    if m.leading_ones() + m.trailing_zeros() != 32 || m == 0 {
+        return Err(invalid(
+            key,
+            format!("{mask} is not a contiguous netmask"),
+            "use a mask such as 255.255.255.0",
+        ));
+    }
+    Ok(())
+}
+
+pub fn network(ip: Ipv4Addr, mask: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(ip) & u32::from(mask))
+}
+
+pub fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, mask: Ipv4Addr) -> bool {
+    network(a, mask) == network(b, mask)
+}
+
+/// Lower-case colon form, or None if it is not a MAC address. Accepts `-` too,
+/// since operators paste MACs from BMCs and switch CLIs in both forms.
+pub fn normalize_mac(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.trim().split([':', '-']).collect();
+    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit())) {
+        return None;
+    }
+    Some(parts.join(":").to_ascii_lowercase())
+}
+
+pub fn valid_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+state_dir = "/tmp/rollout"
+[server]
+interface = "rbr0"
+address = "10.44.0.1"
+[dhcp]
+mode = "full"
+range = ["10.44.0.100", "10.44.0.199"]
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn full_mode_config_loads_with_defaults() {
+        let c = Config::parse(BASE).unwrap();
+        assert_eq!(c.server.http_port, 80);
+        assert_eq!(c.dhcp.lease_time, 3600);
+        assert_eq!(c.http_base_url(), "http://10.44.0.1");
+    }
+
+    #[test]
+    fn dhcp_is_off_without_explicit_mode() {
+        let c = Config::parse("state_dir = \"/x\"\n").unwrap();
+        assert_eq!(c.dhcp.mode, DhcpMode::Off);
+        assert!(c.dhcp_plan(None).unwrap().is_none());
+    }
+
+    #[test]
+    fn dhcp_without_interface_is_refused_naming_the_key() {
+        let e = err("state_dir = \"/x\"\n[server]\naddress = \"10.0.0.1\"\n[dhcp]\nmode = \"proxy\"\n");
+        assert!(e.contains("server.interface"), "{e}");
+        assert!(e.contains("never guesses"), "{e}");
+    }
+
+    #[test]
+    fn full_mode_without_range_is_refused() {
+        let e = err("state_dir = \"/x\"\n[server]\ninterface = \"e\"\naddress = \"10.0.0.1\"\n[dhcp]\nmode = \"full\"\n");
+        assert!(e.contains("dhcp.range"), "{e}");
+    }
+
+    #[test]
+    fn range_outside_interface_subnet_is_refused() {
+        let c = Config::parse(BASE).unwrap();
+        let e = c
+            .dhcp_plan(Some(("10.45.0.1".parse().unwrap(), "255.255.255.0".parse().unwrap())))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside rbr0's subnet 10.45.0.0/24"), "{e}");
+        let ok = c
+            .dhcp_plan(Some(("10.44.0.1".parse().unwrap(), "255.255.255.0".parse().unwrap())))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.range.unwrap().0, "10.44.0.100".parse::<Ipv4Addr>().unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_macs_and_duplicates_are_refused() {
+        assert!(err(&format!("{BASE}bogus = 1\n")).contains("unknown"));
+        let bad_mac = format!("{BASE}[[node]]\nmac = \"52:54:00\"\nhostname = \"a\"\n");
+        assert!(err(&bad_mac).contains("node[0].mac"));
+        let dup = format!(
+            "{BASE}[[node]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"a\"\n[[node]]\nmac = \"52-54-00-00-00-01\"\nhostname = \"b\"\n"
+        );
+        assert!(err(&dup).contains("declared twice"));
+        let dup_name = format!(
+            "{BASE}[[node]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"a\"\n[[node]]\nmac = \"52:54:00:00:00:02\"\nhostname = \"a\"\n"
+        );
+        assert!(err(&dup_name).contains("node[1].hostname"));
+    }
+
+    #[test]
+    fn reversed_range_and_bad_netmask_are_refused() {
+        let rev = BASE.replace("[\"10.44.0.100\", \"10.44.0.199\"]", "[\"10.44.0.199\", \"10.44.0.100\"]");
+        assert!(err(&rev).contains("swap"));
+        let mask = format!("{BASE}netmask = \"255.0.255.0\"\n");
+        assert!(err(&mask).contains("dhcp.netmask"));
+    }
+
+    #[test]
+    fn normalizes_macs() {
+        assert_eq!(normalize_mac("52-54-00-AB-cd-01").unwrap(), "52:54:00:ab:cd:01");
+        assert!(normalize_mac("52:54:00:ab:cd").is_none());
+        assert!(normalize_mac("zz:54:00:ab:cd:01").is_none());
+    }
+}

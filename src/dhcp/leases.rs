@@ -1,0 +1,312 @@
+//! The address pool and its leases. Pure bookkeeping: no sockets, no clock (callers
+//! pass `now` in Unix seconds), and persistence goes through [`LeaseStore`] so a
+//! lease is on disk before the ACK that grants it leaves the server.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Offered, not yet requested. Held briefly so two clients are not offered one address.
+    Offered,
+    Bound,
+    /// Given back by the client; remembered so the same MAC gets the same address again.
+    Released,
+    /// A client said the address is in use by someone else: kept out of the pool.
+    Declined,
+}
+
+impl LeaseState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseState::Offered => "offered",
+            LeaseState::Bound => "bound",
+            LeaseState::Released => "released",
+            LeaseState::Declined => "declined",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LeaseState> {
+        Some(match s {
+            "offered" => LeaseState::Offered,
+            "bound" => LeaseState::Bound,
+            "released" => LeaseState::Released,
+            "declined" => LeaseState::Declined,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    /// Normalized lower-case MAC; empty for a declined address nobody owns.
+    pub mac: String,
+    /// Unix seconds. For Declined, the end of the quarantine.
+    pub expires: u64,
+    pub state: LeaseState,
+}
+
+impl Lease {
+    /// Whether this lease keeps the address from anyone else at `now`.
+    fn holds(&self, now: u64) -> bool {
+        match self.state {
+            LeaseState::Bound | LeaseState::Offered | LeaseState::Declined => self.expires > now,
+            LeaseState::Released => false,
+        }
+    }
+}
+
+/// Where leases are persisted. Implemented by the SQLite store; tests use memory.
+pub trait LeaseStore: Send {
+    fn save(&mut self, lease: &Lease) -> Result<(), crate::store::StoreError>;
+    fn load_all(&mut self) -> Result<Vec<Lease>, crate::store::StoreError>;
+}
+
+#[derive(Default)]
+pub struct MemoryLeaseStore {
+    pub saved: HashMap<Ipv4Addr, Lease>,
+}
+
+impl LeaseStore for MemoryLeaseStore {
+    fn save(&mut self, lease: &Lease) -> Result<(), crate::store::StoreError> {
+        self.saved.insert(lease.ip, lease.clone());
+        Ok(())
+    }
+    fn load_all(&mut self) -> Result<Vec<Lease>, crate::store::StoreError> {
+        Ok(self.saved.values().cloned().collect())
+    }
+}
+
+/// A contiguous range of dynamic addresses (the local subnet or one behind a relay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+}
+
+impl Range {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (u32::from(self.first)..=u32::from(self.last)).contains(&u32::from(ip))
+    }
+}
+
+/// All leases the server knows, keyed by address, plus the static reservations.
+pub struct LeaseTable {
+    by_ip: BTreeMap<u32, Lease>,
+    /// MAC → reserved address (from `[[node]] ip`).
+    reservations: HashMap<String, Ipv4Addr>,
+    store: Box<dyn LeaseStore>,
+}
+
+impl LeaseTable {
+    pub fn load(
+        mut store: Box<dyn LeaseStore>,
+        reservations: HashMap<String, Ipv4Addr>,
+    ) -> Result<LeaseTable, crate::store::StoreError> {
+        let by_ip = store
+            .load_all()?
+            .into_iter()
+            .map(|l| (u32::from(l.ip), l))
+            .collect();
+        Ok(LeaseTable {
+            by_ip,
+            reservations,
+            store,
+        })
+    }
+
+    pub fn get(&self, ip: Ipv4Addr) -> Option<&Lease> {
+        self.by_ip.get(&u32::from(ip))
+    }
+
+    pub fn by_mac(&self, mac: &str) -> Option<&Lease> {
+        self.by_ip
+            .values()
+            .filter(|l| l.mac == mac && l.state != LeaseState::Declined)
+            .max_by_key(|l| l.expires)
+    }
+
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.by_ip.values()
+    }
+
+    pub fn reservation(&self, mac: &str) -> Option<Ipv4Addr> {
+        self.reservations.get(mac).copied()
+    }
+
+    fn reserved_for_other(&self, ip: Ipv4Addr, mac: &str) -> bool {
+        self.reservations.iter().any(|(m, r)| *r == ip && m != mac)
+    }
+
+    /// Whether `mac` may have `ip` at `now`: nobody else holds it and it is not
+    /// reserved for another node.
+    pub fn available_to(&self, ip: Ipv4Addr, mac: &str, now: u64) -> bool {
+        if self.reserved_for_other(ip, mac) {
+            return false;
+        }
+        match self.get(ip) {
+            None => true,
+            Some(l) => l.mac == mac && l.state != LeaseState::Declined || !l.holds(now),
+        }
+    }
+
+    /// The address to offer `mac` in `range`: its reservation, its previous lease,
+    /// the address it asked for, or the lowest free one; then the longest-expired.
+    pub fn choose(
+        &self,
+        mac: &str,
+        range: Option<&Range>,
+        requested: Option<Ipv4Addr>,
+        now: u64,
+    ) -> Option<Ipv4Addr> {
+        if let Some(ip) = self.reservation(mac) {
+            return Some(ip);
+        }
+        let range = range?;
+        let usable = |ip: Ipv4Addr| range.contains(ip) && self.available_to(ip, mac, now);
+        if let Some(prev) = self.by_mac(mac).map(|l| l.ip).filter(|ip| usable(*ip)) {
+            return Some(prev);
+        }
+        if let Some(ip) = requested.filter(|ip| usable(*ip)) {
+            return Some(ip);
+        }
+        let (first, last) = (u32::from(range.first), u32::from(range.last));
+        let never_used = (first..=last)
+            .map(Ipv4Addr::from)
+            .find(|ip| self.get(*ip).is_none() && !self.reserved_for_other(*ip, mac));
+        never_used.or_else(|| {
+            // Pool exhausted by history: reuse the address that expired longest ago, so a
+            // recently-gone client that comes back still likely finds its old address.
+            self.by_ip
+                .range(first..=last)
+                .map(|(_, l)| l)
+                .filter(|l| !l.holds(now) && !self.reserved_for_other(l.ip, mac))
+                .min_by_key(|l| l.expires)
+                .map(|l| l.ip)
+        })
+    }
+
+    /// Records a lease. Bound, released and declined leases are persisted before this
+    /// returns; offers live in memory only (a restart just makes the client ask again).
+    pub fn record(&mut self, lease: Lease) -> Result<(), crate::store::StoreError> {
+        if lease.state != LeaseState::Offered {
+            self.store.save(&lease)?;
+        }
+        // One address per MAC: drop this MAC's other offers so the pool does not leak.
+        let mac = lease.mac.clone();
+        let ip = u32::from(lease.ip);
+        self.by_ip
+            .retain(|k, l| *k == ip || l.mac != mac || l.state != LeaseState::Offered);
+        self.by_ip.insert(ip, lease);
+        Ok(())
+    }
+
+    /// Forgets an unaccepted offer (the client chose another server).
+    pub fn withdraw_offer(&mut self, mac: &str) {
+        self.by_ip
+            .retain(|_, l| !(l.mac == mac && l.state == LeaseState::Offered));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn table(res: &[(&str, &str)]) -> LeaseTable {
+        let reservations = res.iter().map(|(m, i)| (m.to_string(), ip(i))).collect();
+        LeaseTable::load(Box::new(MemoryLeaseStore::default()), reservations).unwrap()
+    }
+
+    fn range() -> Range {
+        Range {
+            first: ip("10.0.0.10"),
+            last: ip("10.0.0.12"),
+        }
+    }
+
+    fn bind(t: &mut LeaseTable, mac: &str, addr: Ipv4Addr, expires: u64) {
+        t.record(Lease {
+            ip: addr,
+            mac: mac.into(),
+            expires,
+            state: LeaseState::Bound,
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn hands_out_lowest_free_and_never_the_same_address_twice() {
+        let mut t = table(&[]);
+        let mut given = vec![];
+        for mac in ["a", "b", "c"] {
+            let a = t.choose(mac, Some(&range()), None, 100).unwrap();
+            bind(&mut t, mac, a, 1000);
+            given.push(a);
+        }
+        assert_eq!(given, vec![ip("10.0.0.10"), ip("10.0.0.11"), ip("10.0.0.12")]);
+        assert_eq!(t.choose("d", Some(&range()), None, 100), None, "pool is full");
+    }
+
+    #[test]
+    fn same_mac_gets_same_address_back() {
+        let mut t = table(&[]);
+        bind(&mut t, "a", ip("10.0.0.11"), 1000);
+        assert_eq!(t.choose("a", Some(&range()), None, 100), Some(ip("10.0.0.11")));
+        // Even after it expired, while nobody else took it.
+        assert_eq!(t.choose("a", Some(&range()), None, 5000), Some(ip("10.0.0.11")));
+    }
+
+    #[test]
+    fn reservations_win_and_are_never_given_to_others() {
+        let t = table(&[("r", "10.0.0.10")]);
+        assert_eq!(t.choose("r", Some(&range()), None, 0), Some(ip("10.0.0.10")));
+        assert_eq!(t.choose("x", Some(&range()), Some(ip("10.0.0.10")), 0), Some(ip("10.0.0.11")));
+    }
+
+    #[test]
+    fn requested_address_honoured_only_when_free() {
+        let mut t = table(&[]);
+        bind(&mut t, "a", ip("10.0.0.12"), 1000);
+        assert_eq!(t.choose("b", Some(&range()), Some(ip("10.0.0.12")), 100), Some(ip("10.0.0.10")));
+        assert_eq!(t.choose("b", Some(&range()), Some(ip("10.0.0.11")), 100), Some(ip("10.0.0.11")));
+    }
+
+    #[test]
+    fn expired_leases_are_reused_oldest_first_and_declined_are_quarantined() {
+        let mut t = table(&[]);
+        bind(&mut t, "a", ip("10.0.0.10"), 300);
+        bind(&mut t, "b", ip("10.0.0.11"), 200);
+        t.record(Lease {
+            ip: ip("10.0.0.12"),
+            mac: String::new(),
+            expires: 10_000,
+            state: LeaseState::Declined,
+        })
+        .unwrap();
+        assert_eq!(t.choose("c", Some(&range()), None, 100), None);
+        assert_eq!(t.choose("c", Some(&range()), None, 400), Some(ip("10.0.0.11")));
+        assert_eq!(t.choose("c", Some(&range()), Some(ip("10.0.0.12")), 400), Some(ip("10.0.0.11")));
+    }
+
+    #[test]
+    fn offers_are_not_persisted_but_bound_leases_are() {
+        let mut t = table(&[]);
+        t.record(Lease {
+            ip: ip("10.0.0.10"),
+            mac: "a".into(),
+            expires: 60,
+            state: LeaseState::Offered,
+        })
+        .unwrap();
+        assert_eq!(t.choose("b", Some(&range()), None, 0), Some(ip("10.0.0.11")), "offer holds the address");
+        bind(&mut t, "a", ip("10.0.0.10"), 1000);
+        let saved = t.store.load_all().unwrap();
+        assert_eq!(saved.len(), 1);
+        assert_eq!(saved[0].state, LeaseState::Bound);
+    }
+}

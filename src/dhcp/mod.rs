@@ -1,0 +1,11 @@
+//! DHCP for PXE: full server, proxyDHCP and relayed subnets, with persistent leases.
+
+pub mod core;
+pub mod leases;
+pub mod pxe;
+pub mod server;
+
+#[cfg(test)]
+mod core_tests;
+
+pub use self::core::{CoreConfig, DhcpCore, Outcome, Reply, Subnet, Via};

@@ -1,0 +1,27 @@
+//! rollout: network-boot provisioning for racks of blank machines.
+//!
+//! The library owns the logic; `main.rs` only parses the command line. Each
+//! protocol or concern is its own module and owns its types.
+
+pub mod wire;
+
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod dhcp;
+#[cfg(feature = "server")]
+pub mod http;
+#[cfg(feature = "server")]
+pub mod inventory;
+#[cfg(feature = "server")]
+pub mod netif;
+#[cfg(feature = "server")]
+pub mod serve;
+#[cfg(feature = "server")]
+pub mod store;
+#[cfg(feature = "server")]
+pub mod tftp;
+#[cfg(feature = "server")]
+pub mod images;
+#[cfg(feature = "server")]
+pub mod initramfs;

@@ -1,0 +1,310 @@
+//! Types that cross the wire between `rollout serve` and the installer (and the
+//! installed node's `rollout-sync`). Both sides import exactly these structs, so a
+//! field added here is added on both ends at once.
+//!
+//! This module depends on serde only: the installer builds the `rollout` crate with
+//! `default-features = false` and gets nothing else.
+
+use serde::{Deserialize, Serialize};
+
+/// Kernel command-line keys the iPXE script passes to the installer.
+pub mod cmdline {
+    /// Base URL of the server, e.g. `http://10.44.0.1:8080`.
+    pub const SERVER: &str = "rollout.server";
+    /// MAC address of the NIC the firmware booted from (iPXE `${net0/mac}`).
+    pub const MAC: &str = "rollout.mac";
+    /// Set to `1` to make the installer drop to a shell instead of rebooting on failure.
+    pub const DEBUG: &str = "rollout.debug";
+}
+
+/// HTTP paths served by `rollout serve` that the installer and installed nodes call.
+pub mod paths {
+    /// `GET {PLAN}/{mac}` → [`InstallPlan`](super::InstallPlan).
+    pub const PLAN: &str = "/api/v1/plan";
+    /// `POST /api/v1/installs/{install_id}/events` with a [`ProgressEvent`](super::ProgressEvent),
+    /// `Authorization: Bearer {token}`.
+    pub const INSTALLS: &str = "/api/v1/installs";
+    /// `POST` a [`PhoneHome`](super::PhoneHome) from the installed OS.
+    pub const PHONE_HOME: &str = "/api/v1/phone-home";
+    /// `GET {IMAGES}/{name}/serial` → the published serial as plain text.
+    pub const IMAGES: &str = "/api/v1/images";
+}
+
+/// What stays node-local: never copied from the image on install, never
+/// overwritten on update (rsync filter syntax, anchored at the image root).
+pub const DEFAULT_EXCLUDES: &[&str] = &[
+    "/etc/hostname",
+    "/etc/hosts",
+    "/etc/fstab",
+    "/etc/machine-id",
+    "/etc/ssh/ssh_host_*",
+    "/etc/rollout/",
+    "/etc/network/interfaces",
+    "/etc/systemd/network/",
+    "/var/lib/dhcp/",
+    "/lost+found",
+    "/proc/*",
+    "/sys/*",
+    "/dev/*",
+    "/run/*",
+    "/tmp/*",
+];
+
+/// Everything a node needs to install itself. Fetched by MAC from the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallPlan {
+    /// Identifies this install attempt; progress events are posted under it.
+    pub install_id: String,
+    /// Bearer token for progress events: a node can only report for its own install.
+    pub token: String,
+    pub mac: String,
+    pub hostname: String,
+    pub server_url: String,
+    pub network: NetworkPlan,
+    pub image: ImageRef,
+    pub disk: DiskSelector,
+    pub layout: Layout,
+    pub bootloader: Bootloader,
+    /// rsync exclude patterns (anchored at the image root), node-local files among them.
+    pub excludes: Vec<String>,
+    /// Extra files the server wants written into the installed root.
+    pub files: Vec<FileSpec>,
+    /// Keys put in root's `~/.ssh/authorized_keys` (the server's, for `rollout exec`).
+    pub ssh_authorized_keys: Vec<String>,
+    /// Appended to the installed kernel command line after `root=UUID=…`.
+    pub kernel_cmdline: String,
+    pub on_failure: FailurePolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum NetworkPlan {
+    /// The installed OS runs DHCP on the boot NIC (the server reserves its address).
+    Dhcp,
+    Static {
+        /// CIDR, e.g. `10.44.0.20/24`.
+        address: String,
+        gateway: Option<String>,
+        dns: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    pub name: String,
+    pub serial: u64,
+    /// `rsync://host/module/` serving exactly this serial, read-only.
+    pub rsync_url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DiskSelector {
+    /// A device path such as `/dev/vda`; `None` picks the first non-removable disk
+    /// that is large enough for the layout.
+    pub path: Option<String>,
+}
+
+/// Partition layout, in MiB. The installer adds a BIOS boot or EFI system partition
+/// as the firmware requires; the root partition comes last when `root_mib` is 0 (fill).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub root_mib: u64,
+    pub swap_mib: u64,
+    pub root_fs: RootFs,
+    pub root_label: String,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            root_mib: 1024,
+            swap_mib: 2048,
+            root_fs: RootFs::Ext3,
+            root_label: "rollout-root".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootFs {
+    Ext3,
+    Ext4,
+}
+
+impl RootFs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RootFs::Ext3 => "ext3",
+            RootFs::Ext4 => "ext4",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Bootloader {
+    /// extlinux on BIOS, an EFI loader on UEFI: decided by the installer from /sys/firmware/efi.
+    #[default]
+    Auto,
+    Extlinux,
+    Uefi,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSpec {
+    pub path: String,
+    pub mode: u32,
+    pub contents: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailurePolicy {
+    /// Reboot this many seconds after a failure (the server then decides what the
+    /// node boots); `None` waits for a retry signal from the server.
+    pub reboot_after_secs: Option<u64>,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        FailurePolicy {
+            reboot_after_secs: Some(60),
+        }
+    }
+}
+
+/// The installer's steps, in order. Names are stable: they appear on the console,
+/// in the server's records and on the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    MountPseudo,
+    LoadModules,
+    PickNic,
+    Dhcp,
+    FetchPlan,
+    ChooseDisk,
+    Partition,
+    Format,
+    Mount,
+    Copy,
+    Configure,
+    Bootloader,
+    Finish,
+}
+
+impl Step {
+    pub const ALL: [Step; 13] = [
+        Step::MountPseudo,
+        Step::LoadModules,
+        Step::PickNic,
+        Step::Dhcp,
+        Step::FetchPlan,
+        Step::ChooseDisk,
+        Step::Partition,
+        Step::Format,
+        Step::Mount,
+        Step::Copy,
+        Step::Configure,
+        Step::Bootloader,
+        Step::Finish,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::MountPseudo => "mount_pseudo",
+            Step::LoadModules => "load_modules",
+            Step::PickNic => "pick_nic",
+            Step::Dhcp => "dhcp",
+            Step::FetchPlan => "fetch_plan",
+            Step::ChooseDisk => "choose_disk",
+            Step::Partition => "partition",
+            Step::Format => "format",
+            Step::Mount => "mount",
+            Step::Copy => "copy",
+            Step::Configure => "configure",
+            Step::Bootloader => "bootloader",
+            Step::Finish => "finish",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One report from the installer, posted to
+/// `{server}/api/v1/installs/{install_id}/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressEvent {
+    pub step: Step,
+    #[serde(flatten)]
+    pub kind: EventKind,
+    /// Human-readable line, as printed on the node's console.
+    pub message: String,
+    /// Milliseconds since the installer started.
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    Started,
+    Progress {
+        done_bytes: u64,
+        total_bytes: u64,
+    },
+    Done,
+    /// The whole install is finished and the node is about to reboot.
+    Installed {
+        serial: u64,
+    },
+    Failed {
+        error: String,
+        /// The last lines the installer printed, for the operator.
+        console_tail: Vec<String>,
+    },
+}
+
+/// Posted by the installed OS on every boot (the unit the installer writes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhoneHome {
+    pub mac: String,
+    pub hostname: String,
+    pub serial: u64,
+    pub boot_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_event_json_is_flat_and_tagged() {
+        let ev = ProgressEvent {
+            step: Step::Copy,
+            kind: EventKind::Progress {
+                done_bytes: 50,
+                total_bytes: 100,
+            },
+            message: "copy 50%".into(),
+            elapsed_ms: 1234,
+        };
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(json["step"], "copy");
+        assert_eq!(json["kind"], "progress");
+        assert_eq!(json["done_bytes"], 50);
+        let back: ProgressEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn step_names_round_trip_through_serde() {
+        for step in Step::ALL {
+            let s = serde_json::to_string(&step).unwrap();
+            assert_eq!(s, format!("\"{}\"", step.as_str()));
+        }
+    }
+}
