@@ -1,0 +1,477 @@
+//! Builds the installer's initramfs: the `rollout-installer` static binary as `/init`,
+//! the kernel modules for common NICs, disks and filesystems, and the host programs the
+//! installer runs (mke2fs, rsync, extlinux, …) with their shared libraries.
+//!
+//! The archive is written by our own deterministic newc writer ([`cpio`]), so the same
+//! inputs always give the same `initramfs.img` bytes.
+
+pub mod cli;
+pub mod collect;
+pub mod cpio;
+pub mod elf;
+pub mod modules;
+
+pub use cli::{run, BuildArgs, InitramfsCmd};
+
+use collect::{Category, Collector};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Programs the installer may exec, at their host (and therefore initramfs) paths.
+/// Debian 12 is merged-/usr: `/sbin`, `/bin`, `/lib` and `/lib64` are symlinks into
+/// `/usr` on the host and in the initramfs, so `/sbin/mke2fs` works as well.
+/// `/usr/bin/busybox` is there for `rollout.debug=1` shells (`/usr/bin/sh` links to it).
+pub const HELPER_PROGRAMS: &[&str] = &[
+    "/usr/sbin/mke2fs",
+    "/usr/sbin/mkfs.ext3",
+    "/usr/sbin/mkfs.ext4",
+    "/usr/sbin/mkswap",
+    "/usr/sbin/mkfs.vfat",
+    "/usr/bin/rsync",
+    "/usr/bin/extlinux",
+    "/usr/bin/busybox",
+];
+
+/// Data files the installer copies onto the target disk, at their host paths.
+pub const HELPER_FILES: &[&str] = &[
+    "/usr/lib/syslinux/mbr/gptmbr.bin",
+    "/usr/lib/syslinux/mbr/mbr.bin",
+    "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+    "/usr/lib/syslinux/modules/bios/libcom32.c32",
+    "/usr/lib/syslinux/modules/bios/libutil.c32",
+    "/usr/lib/syslinux/modules/bios/menu.c32",
+    "/usr/lib/syslinux/modules/bios/mboot.c32",
+    "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+    "/etc/mke2fs.conf",
+];
+
+/// Modules requested by name; their hard and soft dependencies come along. The
+/// installer loads every line of the shipped `modules.dep` in order.
+pub const DEFAULT_MODULES: &[&str] = &[
+    "virtio_net",
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_pci",
+    "e1000",
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "ahci",
+    "nvme",
+    "sd_mod",
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859_1",
+    "af_packet",
+    "efivarfs",
+];
+
+/// Budget for the compressed archive: it crosses the network to every node under
+/// TFTP-era firmware, and 40 MB stays well inside what iPXE handles comfortably.
+pub const SIZE_BUDGET: u64 = 40 * 1024 * 1024;
+
+const BUILD_HINT: &str =
+    "build it with: cargo build -p rollout-installer --release --target x86_64-unknown-linux-musl";
+
+/// Which Debian package provides a host file, for error messages.
+fn package_for(path: &str) -> &'static str {
+    match path {
+        p if p.contains("mke2fs") || p.contains("mkfs.ext") => "e2fsprogs",
+        p if p.contains("mkswap") => "util-linux",
+        p if p.contains("vfat") => "dosfstools",
+        p if p.contains("rsync") => "rsync",
+        p if p.contains("extlinux") => "extlinux",
+        p if p.contains("busybox") => "busybox-static",
+        p if p.contains("syslinux") => "syslinux-common",
+        p if p.contains("systemd-boot") => "systemd-boot-efi",
+        _ => "the package that provides it",
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitramfsError {
+    #[error("installer binary {0} not found; {BUILD_HINT}")]
+    InstallerMissing(PathBuf),
+    #[error("no kernel found: need /lib/modules/<version> and /boot/vmlinuz-<version> (apt-get install linux-image-amd64), or pass --kernel-version")]
+    NoKernel,
+    #[error("kernel image {0} not found; install the matching linux-image package or pick another --kernel-version")]
+    KernelMissing(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("host file {path} is missing; install it with: apt-get install {package}")]
+    HostFileMissing { path: String, package: &'static str },
+    #[error("{path}: {source}")]
+    Elf {
+        path: PathBuf,
+        source: elf::ElfError,
+    },
+    #[error("shared library {library} needed by {needed_by} not found in the library directories")]
+    LibraryNotFound { library: String, needed_by: PathBuf },
+    #[error("too many levels of symbolic links resolving {0}")]
+    SymlinkLoop(PathBuf),
+    #[error("{0} is not a regular file, directory or symlink")]
+    NotARegularFile(PathBuf),
+    #[error("decompressing {path} with {tool} failed: {detail} (apt-get install xz-utils zstd)")]
+    Decompress {
+        path: PathBuf,
+        tool: &'static str,
+        detail: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InitramfsError + '_ {
+    move |source| InitramfsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// `None`: the newest `/lib/modules/*` that has a `/boot/vmlinuz-*`.
+    pub kernel_version: Option<String>,
+    /// `None`: [`default_installer_path`].
+    pub installer: Option<PathBuf>,
+    /// Where `initramfs.img` and `vmlinuz` go, normally `{state_dir}/boot`.
+    pub output_dir: PathBuf,
+    pub modules: Vec<String>,
+    pub helper_programs: Vec<String>,
+    pub helper_files: Vec<String>,
+}
+
+impl BuildOptions {
+    pub fn new(output_dir: impl Into<PathBuf>) -> Self {
+        BuildOptions {
+            kernel_version: None,
+            installer: None,
+            output_dir: output_dir.into(),
+            modules: DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
+            helper_programs: HELPER_PROGRAMS.iter().map(|s| s.to_string()).collect(),
+            helper_files: HELPER_FILES.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub kernel_version: String,
+    pub initramfs: PathBuf,
+    pub kernel: PathBuf,
+    pub compressed_bytes: u64,
+    pub uncompressed_bytes: u64,
+    pub entries: usize,
+    pub installer_bytes: u64,
+    pub modules_bytes: u64,
+    pub helpers_bytes: u64,
+    pub libs_bytes: u64,
+    pub other_bytes: u64,
+    /// Module files shipped, in load order (paths relative to the modules directory).
+    pub modules: Vec<String>,
+    pub builtin_modules: Vec<String>,
+    pub missing_modules: Vec<String>,
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+impl fmt::Display for BuildReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "initramfs: {}", self.initramfs.display())?;
+        writeln!(
+            f,
+            "kernel:    {} ({})",
+            self.kernel.display(),
+            self.kernel_version
+        )?;
+        writeln!(
+            f,
+            "size:      {} compressed, {} uncompressed, {} entries{}",
+            mib(self.compressed_bytes),
+            mib(self.uncompressed_bytes),
+            self.entries,
+            if self.compressed_bytes > SIZE_BUDGET {
+                format!(" — OVER the {} budget", mib(SIZE_BUDGET))
+            } else {
+                String::new()
+            }
+        )?;
+        writeln!(f, "  installer {:>10}", mib(self.installer_bytes))?;
+        writeln!(
+            f,
+            "  modules   {:>10}  ({} files)",
+            mib(self.modules_bytes),
+            self.modules.len()
+        )?;
+        writeln!(f, "  helpers   {:>10}", mib(self.helpers_bytes))?;
+        writeln!(f, "  libs      {:>10}", mib(self.libs_bytes))?;
+        writeln!(f, "  other     {:>10}", mib(self.other_bytes))?;
+        if !self.builtin_modules.is_empty() {
+            writeln!(
+                f,
+                "built into the kernel: {}",
+                self.builtin_modules.join(" ")
+            )?;
+        }
+        if !self.missing_modules.is_empty() {
+            writeln!(
+                f,
+                "warning: not available for this kernel: {}",
+                self.missing_modules.join(" ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `<workspace>/target/x86_64-unknown-linux-musl/release/rollout-installer`, honouring
+/// `CARGO_TARGET_DIR` when it is set at run time.
+pub fn default_installer_path() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("x86_64-unknown-linux-musl/release/rollout-installer")
+}
+
+fn list_dir(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn default_kernel_version() -> Option<String> {
+    modules::pick_kernel_version(
+        &list_dir(Path::new("/lib/modules")),
+        &list_dir(Path::new("/boot")),
+    )
+}
+
+fn read_opt(path: &Path) -> Result<String, InitramfsError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Reads a module file, decompressing `.xz`/`.zst`/`.gz` so the installer can
+/// `finit_module` it without a decompressor.
+fn read_module(path: &Path) -> Result<Vec<u8>, InitramfsError> {
+    let name = path.to_string_lossy();
+    let tool: &'static str = if name.ends_with(".xz") {
+        "xz"
+    } else if name.ends_with(".zst") {
+        "zstd"
+    } else if name.ends_with(".gz") {
+        "gzip"
+    } else {
+        return std::fs::read(path).map_err(io_err(path));
+    };
+    let out = Command::new(tool)
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .map_err(|e| InitramfsError::Decompress {
+            path: path.to_path_buf(),
+            tool,
+            detail: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(InitramfsError::Decompress {
+            path: path.to_path_buf(),
+            tool,
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out.stdout)
+}
+
+fn add_modules(
+    c: &mut Collector,
+    version: &str,
+    wanted: &[String],
+) -> Result<modules::Resolution, InitramfsError> {
+    let dir = PathBuf::from("/lib/modules").join(version);
+    let dep_text = std::fs::read_to_string(dir.join("modules.dep"))
+        .map_err(io_err(&dir.join("modules.dep")))?;
+    let dep = modules::ModulesDep::parse(&dep_text);
+    let builtin: HashSet<String> = modules::parse_builtin(&read_opt(&dir.join("modules.builtin"))?);
+    let softdeps = modules::parse_softdeps(&read_opt(&dir.join("modules.softdep"))?);
+    let aliases: HashMap<String, Vec<String>> =
+        modules::parse_exact_aliases(&read_opt(&dir.join("modules.alias"))?);
+    let tables = modules::Tables {
+        dep: &dep,
+        builtin: &builtin,
+        softdeps: &softdeps,
+        aliases: &aliases,
+    };
+    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    let res = modules::resolve(&tables, &wanted);
+    // Reproduce the /lib → usr/lib symlink and find the real directory to put files in.
+    let real_dir = c.add_host_path(&dir, Category::Other)?;
+    let real_rel = real_dir
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .to_string();
+    for m in &res.load_order {
+        let data = read_module(&dir.join(m))?;
+        let dest = format!("{real_rel}/{}", modules::plain_ko_path(m));
+        c.add_bytes(&dest, 0o644, data, Category::Modules);
+    }
+    let trimmed = modules::render_trimmed(&dep, &res.load_order);
+    c.add_bytes(
+        &format!("{real_rel}/modules.dep"),
+        0o644,
+        trimmed.into_bytes(),
+        Category::Modules,
+    );
+    Ok(res)
+}
+
+fn add_skeleton(c: &mut Collector) -> Result<(), InitramfsError> {
+    for (dir, perm) in [
+        ("dev", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("run", 0o755),
+        ("tmp", 0o1777),
+        ("mnt", 0o755),
+        ("root", 0o700),
+        ("etc", 0o755),
+    ] {
+        c.archive.add_dir(dir, perm);
+    }
+    // The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
+    c.archive.add_char_dev("dev/console", 0o600, 5, 1);
+    c.archive.add_char_dev("dev/null", 0o666, 1, 3);
+    // rsync and mke2fs look up names for uid 0 on some paths; give them one.
+    c.add_bytes(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+        Category::Other,
+    );
+    c.add_bytes("etc/group", 0o644, b"root:x:0:\n".to_vec(), Category::Other);
+    // Merged-/usr links, so both /sbin/x and /usr/sbin/x resolve as on the host.
+    for top in ["bin", "sbin", "lib", "lib64"] {
+        let p = Path::new("/").join(top);
+        if let Ok(target) = std::fs::read_link(&p) {
+            c.archive.add_symlink(top, &target.to_string_lossy());
+        }
+    }
+    Ok(())
+}
+
+/// Builds `{output_dir}/initramfs.img` and copies the kernel to `{output_dir}/vmlinuz`.
+pub fn build(opts: &BuildOptions) -> Result<BuildReport, InitramfsError> {
+    let version = match &opts.kernel_version {
+        Some(v) => v.clone(),
+        None => default_kernel_version().ok_or(InitramfsError::NoKernel)?,
+    };
+    let kernel_src = PathBuf::from(format!("/boot/vmlinuz-{version}"));
+    if !kernel_src.exists() {
+        return Err(InitramfsError::KernelMissing(kernel_src));
+    }
+    let installer = opts
+        .installer
+        .clone()
+        .unwrap_or_else(default_installer_path);
+    let installer_bytes = match std::fs::read(&installer) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(InitramfsError::InstallerMissing(installer))
+        }
+        Err(e) => return Err(io_err(&installer)(e)),
+    };
+
+    let mut c = Collector::new();
+    add_skeleton(&mut c)?;
+    let is_dynamic = elf::is_elf(&installer_bytes)
+        && elf::parse(&installer_bytes).is_ok_and(|d| d.interp.is_some());
+    c.add_bytes("init", 0o755, installer_bytes, Category::Installer);
+    if is_dynamic {
+        // Not the intended static build, but it can still run if its libraries come along.
+        tracing::warn!(path = %installer.display(), "installer is dynamically linked; shipping its libraries");
+        c.add_elf_deps(&installer)?;
+    }
+    let res = add_modules(&mut c, &version, &opts.modules)?;
+    for prog in &opts.helper_programs {
+        if std::fs::symlink_metadata(prog).is_err() {
+            return Err(InitramfsError::HostFileMissing {
+                path: prog.clone(),
+                package: package_for(prog),
+            });
+        }
+        c.add_program(Path::new(prog), Category::Helpers)?;
+    }
+    if opts.helper_programs.iter().any(|p| p == "/usr/bin/busybox") {
+        c.archive.add_symlink("usr/bin/sh", "busybox");
+    }
+    for file in &opts.helper_files {
+        if std::fs::symlink_metadata(file).is_err() {
+            return Err(InitramfsError::HostFileMissing {
+                path: file.clone(),
+                package: package_for(file),
+            });
+        }
+        c.add_host_path(Path::new(file), Category::Helpers)?;
+    }
+
+    let cpio = c.archive.to_bytes();
+    std::fs::create_dir_all(&opts.output_dir).map_err(io_err(&opts.output_dir))?;
+    let img = opts.output_dir.join("initramfs.img");
+    let gz = gzip(&cpio);
+    write_atomic(&img, &gz)?;
+    let kernel = opts.output_dir.join("vmlinuz");
+    let kernel_bytes = std::fs::read(&kernel_src).map_err(io_err(&kernel_src))?;
+    write_atomic(&kernel, &kernel_bytes)?;
+
+    let sizes = c.sizes();
+    let get = |cat| sizes.get(&cat).copied().unwrap_or(0);
+    Ok(BuildReport {
+        kernel_version: version,
+        initramfs: img,
+        kernel,
+        compressed_bytes: gz.len() as u64,
+        uncompressed_bytes: cpio.len() as u64,
+        entries: c.archive.len(),
+        installer_bytes: get(Category::Installer),
+        modules_bytes: get(Category::Modules),
+        helpers_bytes: get(Category::Helpers),
+        libs_bytes: get(Category::Libs),
+        other_bytes: get(Category::Other),
+        modules: res
+            .load_order
+            .iter()
+            .map(|m| modules::plain_ko_path(m))
+            .collect(),
+        builtin_modules: res.builtin,
+        missing_modules: res.missing,
+    })
+}
+
+/// gzip with no name and mtime 0 in the header, so output depends on content only.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::best());
+    enc.write_all(data).expect("writing to a Vec cannot fail");
+    enc.finish().expect("writing to a Vec cannot fail")
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), InitramfsError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}

@@ -1,0 +1,393 @@
+//! Kernel module selection: which `.ko` files the installer needs and in what order to
+//! load them. Everything here is a pure function over the text of `modules.dep`,
+//! `modules.builtin`, `modules.softdep` and `modules.alias`, so it is tested against fixtures.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// Module name as the kernel sees it: basename without `.ko[.xz|.zst|.gz]`, with `-`
+/// folded to `_` (the kernel treats them alike, so `nls_iso8859_1` is `nls_iso8859-1.ko`).
+pub fn module_name(path: &str) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    let stem = base.split(".ko").next().unwrap_or(base);
+    stem.replace('-', "_")
+}
+
+/// `path` with a compression suffix removed, so it names the plain `.ko` we ship.
+pub fn plain_ko_path(path: &str) -> String {
+    for ext in [".xz", ".zst", ".gz"] {
+        if let Some(p) = path.strip_suffix(ext) {
+            if p.ends_with(".ko") {
+                return p.to_string();
+            }
+        }
+    }
+    path.to_string()
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModulesDep {
+    /// module name → (path relative to /lib/modules/<ver>, dependency paths in file order)
+    entries: BTreeMap<String, (String, Vec<String>)>,
+    by_path: HashMap<String, String>,
+}
+
+impl ModulesDep {
+    pub fn parse(text: &str) -> Self {
+        let mut dep = ModulesDep::default();
+        for line in text.lines() {
+            let Some((path, deps)) = line.split_once(':') else {
+                continue;
+            };
+            let path = path.trim();
+            if path.is_empty() || path.starts_with('#') {
+                continue;
+            }
+            let deps: Vec<String> = deps.split_whitespace().map(String::from).collect();
+            let name = module_name(path);
+            dep.by_path.insert(path.to_string(), name.clone());
+            dep.entries.insert(name, (path.to_string(), deps));
+        }
+        dep
+    }
+
+    pub fn path_of(&self, name: &str) -> Option<&str> {
+        self.entries
+            .get(&name.replace('-', "_"))
+            .map(|(p, _)| p.as_str())
+    }
+
+    pub fn deps_of(&self, path: &str) -> &[String] {
+        self.by_path
+            .get(path)
+            .and_then(|n| self.entries.get(n))
+            .map(|(_, d)| d.as_slice())
+            .unwrap_or(&[])
+    }
+}
+
+/// Names listed in `modules.builtin` (compiled into the kernel: nothing to load).
+pub fn parse_builtin(text: &str) -> HashSet<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(module_name)
+        .collect()
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SoftDeps {
+    pub pre: Vec<String>,
+    pub post: Vec<String>,
+}
+
+/// `softdep ext4 pre: crypto-crc32c` lines. A bare name without `pre:`/`post:` counts as pre.
+pub fn parse_softdeps(text: &str) -> HashMap<String, SoftDeps> {
+    let mut map: HashMap<String, SoftDeps> = HashMap::new();
+    for line in text.lines() {
+        let mut tokens = line.split_whitespace();
+        if tokens.next() != Some("softdep") {
+            continue;
+        }
+        let Some(module) = tokens.next() else {
+            continue;
+        };
+        let entry = map.entry(module.replace('-', "_")).or_default();
+        let mut post = false;
+        for t in tokens {
+            match t {
+                "pre:" => post = false,
+                "post:" => post = true,
+                name if post => entry.post.push(name.to_string()),
+                name => entry.pre.push(name.to_string()),
+            }
+        }
+    }
+    map
+}
+
+/// Exact (wildcard-free) aliases from `modules.alias`: alias → module names.
+/// Soft dependencies name crypto algorithms this way (`crypto-crc32c`).
+pub fn parse_exact_aliases(text: &str) -> HashMap<String, Vec<String>> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for line in text.lines() {
+        let mut tokens = line.split_whitespace();
+        if tokens.next() != Some("alias") {
+            continue;
+        }
+        let (Some(alias), Some(module)) = (tokens.next(), tokens.next()) else {
+            continue;
+        };
+        if alias.contains(['*', '?', '[']) {
+            continue;
+        }
+        map.entry(alias.to_string())
+            .or_default()
+            .push(module.replace('-', "_"));
+    }
+    map
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolution {
+    /// Module paths (relative to the modules dir) in load order: every module after its
+    /// hard and soft pre-dependencies.
+    pub load_order: Vec<String>,
+    /// Requested names compiled into the kernel.
+    pub builtin: Vec<String>,
+    /// Requested names found neither as modules nor built in.
+    pub missing: Vec<String>,
+}
+
+pub struct Tables<'a> {
+    pub dep: &'a ModulesDep,
+    pub builtin: &'a HashSet<String>,
+    pub softdeps: &'a HashMap<String, SoftDeps>,
+    pub aliases: &'a HashMap<String, Vec<String>>,
+}
+
+impl Tables<'_> {
+    /// Soft dependencies are optional by definition: a name that resolves to nothing is dropped.
+    fn soft_targets(&self, names: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in names {
+            let norm = n.replace('-', "_");
+            if let Some(p) = self.dep.path_of(&norm) {
+                out.push(p.to_string());
+            } else if let Some(mods) = self.aliases.get(n) {
+                out.extend(
+                    mods.iter()
+                        .filter_map(|m| self.dep.path_of(m).map(String::from)),
+                );
+            }
+        }
+        out
+    }
+
+    fn visit(&self, path: &str, seen: &mut BTreeSet<String>, order: &mut Vec<String>) {
+        if !seen.insert(path.to_string()) {
+            return;
+        }
+        let soft = self.softdeps.get(&module_name(path));
+        if let Some(s) = soft {
+            for p in self.soft_targets(&s.pre) {
+                self.visit(&p, seen, order);
+            }
+        }
+        // modules.dep lists the transitive closure with the deepest dependency last;
+        // visiting in reverse loads leaves first, which also is what modprobe does.
+        for d in self.dep.deps_of(path).iter().rev() {
+            self.visit(d, seen, order);
+        }
+        order.push(path.to_string());
+        if let Some(s) = soft {
+            for p in self.soft_targets(&s.post) {
+                self.visit(&p, seen, order);
+            }
+        }
+    }
+}
+
+/// Resolves `wanted` module names to the full set of files to ship, in load order.
+pub fn resolve(tables: &Tables, wanted: &[&str]) -> Resolution {
+    let mut res = Resolution::default();
+    let mut seen = BTreeSet::new();
+    for name in wanted {
+        let norm = name.replace('-', "_");
+        if let Some(path) = tables.dep.path_of(&norm) {
+            tables.visit(path, &mut seen, &mut res.load_order);
+        } else if tables.builtin.contains(&norm) {
+            res.builtin.push(norm);
+        } else {
+            res.missing.push(norm);
+        }
+    }
+    res
+}
+
+/// A `modules.dep` holding only the shipped modules, lines in load order, with
+/// compressed paths renamed to the plain `.ko` files we ship.
+pub fn render_trimmed(dep: &ModulesDep, load_order: &[String]) -> String {
+    let mut out = String::new();
+    for path in load_order {
+        out.push_str(&plain_ko_path(path));
+        out.push(':');
+        for d in dep.deps_of(path) {
+            out.push(' ');
+            out.push_str(&plain_ko_path(d));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Orders kernel versions like `sort -V`: digit runs compare numerically.
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for (x, y) in ca.iter().zip(cb.iter()) {
+        let ord = match (x, y) {
+            ((true, x), (true, y)) => {
+                let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+                x.len().cmp(&y.len()).then_with(|| x.cmp(y))
+            }
+            ((_, x), (_, y)) => x.cmp(y),
+        };
+        if ord != Ordering::Equal {
+            return ord;
+        }
+    }
+    ca.len().cmp(&cb.len())
+}
+
+/// The newest version that has both a modules directory and a kernel image.
+pub fn pick_kernel_version(module_dirs: &[String], vmlinuz_files: &[String]) -> Option<String> {
+    let kernels: HashSet<&str> = vmlinuz_files
+        .iter()
+        .filter_map(|f| f.strip_prefix("vmlinuz-"))
+        .collect();
+    module_dirs
+        .iter()
+        .filter(|v| kernels.contains(v.as_str()))
+        .max_by(|a, b| compare_versions(a, b))
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "\
+kernel/fs/ext4/ext4.ko.xz: kernel/lib/crc16.ko.xz kernel/fs/mbcache.ko.xz kernel/fs/jbd2/jbd2.ko.xz
+kernel/fs/jbd2/jbd2.ko.xz:
+kernel/fs/mbcache.ko.xz:
+kernel/lib/crc16.ko.xz:
+kernel/crypto/crc32c_generic.ko.xz:
+kernel/arch/x86/crypto/crc32c-intel.ko.xz:
+kernel/drivers/net/virtio_net.ko.xz: kernel/drivers/net/net_failover.ko.xz kernel/net/core/failover.ko.xz kernel/drivers/virtio/virtio.ko.xz kernel/drivers/virtio/virtio_ring.ko.xz
+kernel/drivers/net/net_failover.ko.xz: kernel/net/core/failover.ko.xz
+kernel/net/core/failover.ko.xz:
+kernel/drivers/virtio/virtio.ko.xz: kernel/drivers/virtio/virtio_ring.ko.xz
+kernel/drivers/virtio/virtio_ring.ko.xz:
+kernel/drivers/block/virtio_blk.ko.xz: kernel/drivers/virtio/virtio.ko.xz kernel/drivers/virtio/virtio_ring.ko.xz
+kernel/fs/nls/nls_iso8859-1.ko.xz:
+kernel/drivers/unrelated.ko.xz: kernel/fs/mbcache.ko.xz
+";
+    const SOFTDEP: &str =
+        "# comment\nsoftdep ext4 pre: crypto-crc32c\nsoftdep jbd2 pre: crypto-crc32c\n";
+    const ALIAS: &str = "alias crypto-crc32c crc32c_intel\nalias crypto-crc32c crc32c_generic\nalias pci:v00001AF4d* virtio_pci\n";
+    const BUILTIN: &str = "kernel/drivers/virtio/virtio_pci.ko\nkernel/fs/fat/vfat.ko\n";
+
+    fn resolve_fixture(wanted: &[&str]) -> (ModulesDep, Resolution) {
+        let dep = ModulesDep::parse(DEP);
+        let builtin = parse_builtin(BUILTIN);
+        let soft = parse_softdeps(SOFTDEP);
+        let aliases = parse_exact_aliases(ALIAS);
+        let t = Tables {
+            dep: &dep,
+            builtin: &builtin,
+            softdeps: &soft,
+            aliases: &aliases,
+        };
+        let r = resolve(&t, wanted);
+        (dep, r)
+    }
+
+    fn pos(order: &[String], needle: &str) -> usize {
+        order
+            .iter()
+            .position(|p| p.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} missing from {order:?}"))
+    }
+
+    #[test]
+    fn names_fold_dashes_and_drop_compression() {
+        assert_eq!(
+            module_name("kernel/fs/nls/nls_iso8859-1.ko.xz"),
+            "nls_iso8859_1"
+        );
+        assert_eq!(module_name("crc32c-intel.ko"), "crc32c_intel");
+        assert_eq!(plain_ko_path("a/b.ko.zst"), "a/b.ko");
+        assert_eq!(plain_ko_path("a/b.ko"), "a/b.ko");
+    }
+
+    #[test]
+    fn dependencies_load_before_dependents() {
+        let (_, r) = resolve_fixture(&["virtio_net", "virtio_blk", "ext4"]);
+        let o = &r.load_order;
+        assert!(pos(o, "virtio_ring") < pos(o, "/virtio.ko"));
+        assert!(pos(o, "/virtio.ko") < pos(o, "virtio_net"));
+        assert!(pos(o, "/failover") < pos(o, "net_failover"));
+        assert!(pos(o, "net_failover") < pos(o, "virtio_net"));
+        assert!(pos(o, "jbd2") < pos(o, "ext4"));
+        assert!(pos(o, "crc16") < pos(o, "ext4"));
+        // shared deps appear once
+        assert_eq!(o.iter().filter(|p| p.ends_with("/virtio.ko.xz")).count(), 1);
+        assert!(!o.iter().any(|p| p.contains("unrelated")));
+    }
+
+    #[test]
+    fn soft_dependencies_resolve_through_aliases() {
+        let (_, r) = resolve_fixture(&["ext4"]);
+        let o = &r.load_order;
+        assert!(pos(o, "crc32c-intel") < pos(o, "ext4"));
+        assert!(pos(o, "crc32c_generic") < pos(o, "ext4"));
+    }
+
+    #[test]
+    fn builtin_and_missing_are_reported() {
+        let (_, r) = resolve_fixture(&["virtio_pci", "vfat", "nls_iso8859_1", "nope"]);
+        assert_eq!(r.builtin, ["virtio_pci", "vfat"]);
+        assert_eq!(r.missing, ["nope"]);
+        assert_eq!(r.load_order, ["kernel/fs/nls/nls_iso8859-1.ko.xz"]);
+    }
+
+    #[test]
+    fn trimmed_dep_uses_plain_paths_in_load_order() {
+        let (dep, r) = resolve_fixture(&["virtio_blk"]);
+        let text = render_trimmed(&dep, &r.load_order);
+        assert_eq!(
+            text,
+            "kernel/drivers/virtio/virtio_ring.ko:\n\
+             kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n\
+             kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n"
+        );
+        // and it parses back
+        let back = ModulesDep::parse(&text);
+        assert_eq!(
+            back.path_of("virtio_blk"),
+            Some("kernel/drivers/block/virtio_blk.ko")
+        );
+    }
+
+    #[test]
+    fn newest_kernel_with_an_image_wins() {
+        let dirs = vec![
+            "6.1.0-9-amd64".to_string(),
+            "6.1.0-56-amd64".to_string(),
+            "6.10.0-1-amd64".to_string(),
+        ];
+        let boot = vec![
+            "vmlinuz-6.1.0-9-amd64".to_string(),
+            "vmlinuz-6.1.0-56-amd64".to_string(),
+            "config-6.10.0-1-amd64".to_string(),
+        ];
+        assert_eq!(
+            pick_kernel_version(&dirs, &boot).as_deref(),
+            Some("6.1.0-56-amd64")
+        );
+        assert_eq!(compare_versions("6.10.0", "6.9.0"), Ordering::Greater);
+        assert_eq!(pick_kernel_version(&dirs, &[]), None);
+    }
+}
