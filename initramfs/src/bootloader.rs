@@ -1,0 +1,355 @@
+//! Making the installed disk bootable: extlinux + gptmbr.bin on BIOS,
+//! systemd-boot on UEFI. Both boot the image's own kernel and initrd.
+
+use std::cmp::Ordering;
+use std::path::{Path, PathBuf};
+
+use crate::{partition, paths, sys};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("the image has no kernel: no /boot/vmlinuz-* and no /vmlinuz symlink; install a kernel package in the golden image")]
+    NoKernel,
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Sys(#[from] sys::SysError),
+    #[error(transparent)]
+    Partition(#[from] partition::PartitionError),
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BootError {
+    let path = path.display().to_string();
+    move |source| BootError::Io { op, path, source }
+}
+
+/// Kernel and initrd as paths inside the installed root (`/boot/vmlinuz-…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelPair {
+    pub kernel: String,
+    pub initrd: Option<String>,
+}
+
+/// Compares version strings numerically where both have digits
+/// (`6.1.0-10` < `6.1.0-9` is wrong; this gets it right).
+pub fn version_cmp(a: &str, b: &str) -> Ordering {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[i - 1].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for (x, y) in ca.iter().zip(cb.iter()) {
+        let o = match (x, y) {
+            ((true, x), (true, y)) => x
+                .trim_start_matches('0')
+                .len()
+                .cmp(&y.trim_start_matches('0').len())
+                .then_with(|| x.trim_start_matches('0').cmp(y.trim_start_matches('0'))),
+            ((_, x), (_, y)) => x.cmp(y),
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    ca.len().cmp(&cb.len())
+}
+
+/// Resolves a symlink like `/vmlinuz → boot/vmlinuz-6.1.0-13-amd64` to a path
+/// inside the image.
+fn resolve_in_image(root: &Path, link: &str) -> Option<String> {
+    let p = root.join(link.trim_start_matches('/'));
+    let target = std::fs::read_link(&p).ok()?;
+    let resolved = if target.is_absolute() {
+        target
+    } else {
+        Path::new(link)
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join(target)
+    };
+    let s = resolved.to_string_lossy().to_string();
+    root.join(s.trim_start_matches('/')).exists().then_some(s)
+}
+
+pub fn find_kernel(root: &Path) -> Result<KernelPair, BootError> {
+    let boot = root.join("boot");
+    let mut versions: Vec<String> = std::fs::read_dir(&boot)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().is_file())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_prefix("vmlinuz-")
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort_by(|a, b| version_cmp(b, a));
+    let with_initrd = versions
+        .iter()
+        .find(|v| boot.join(format!("initrd.img-{v}")).exists());
+    if let Some(v) = with_initrd.or(versions.first()) {
+        let initrd = format!("/boot/initrd.img-{v}");
+        return Ok(KernelPair {
+            kernel: format!("/boot/vmlinuz-{v}"),
+            initrd: root
+                .join(initrd.trim_start_matches('/'))
+                .exists()
+                .then_some(initrd),
+        });
+    }
+    for (k, i) in [
+        ("/vmlinuz", "/initrd.img"),
+        ("/boot/vmlinuz", "/boot/initrd.img"),
+    ] {
+        if let Some(kernel) = resolve_in_image(root, k) {
+            return Ok(KernelPair {
+                kernel,
+                initrd: resolve_in_image(root, i),
+            });
+        }
+    }
+    Err(BootError::NoKernel)
+}
+
+/// `SERIAL 0 115200` when the kernel command line sends the console to ttyS0, so
+/// the boot menu shows up where the kernel's output will.
+pub fn serial_directive(cmdline: &str) -> Option<String> {
+    cmdline.split_whitespace().find_map(|w| {
+        let dev = w.strip_prefix("console=ttyS")?;
+        let (port, rest) = dev.split_once(',').unwrap_or((dev, "115200"));
+        let port: u8 = port.parse().ok()?;
+        let baud: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let baud = if baud.is_empty() {
+            "115200".into()
+        } else {
+            baud
+        };
+        Some(format!("SERIAL {port} {baud}"))
+    })
+}
+
+pub fn kernel_options(root_uuid: &str, extra: &str) -> String {
+    let extra = extra.trim();
+    if extra.is_empty() {
+        format!("root=UUID={root_uuid} ro")
+    } else {
+        format!("root=UUID={root_uuid} ro {extra}")
+    }
+}
+
+pub fn extlinux_conf(k: &KernelPair, title: &str, root_uuid: &str, cmdline: &str) -> String {
+    let mut s = String::from("# Written by rollout-installer.\n");
+    if let Some(serial) = serial_directive(cmdline) {
+        s.push_str(&serial);
+        s.push('\n');
+    }
+    s.push_str("DEFAULT rollout\nPROMPT 0\nTIMEOUT 10\n\nLABEL rollout\n");
+    s.push_str(&format!("  MENU LABEL {title}\n  LINUX {}\n", k.kernel));
+    if let Some(i) = &k.initrd {
+        s.push_str(&format!("  INITRD {i}\n"));
+    }
+    s.push_str(&format!(
+        "  APPEND {}\n",
+        kernel_options(root_uuid, cmdline)
+    ));
+    s
+}
+
+pub const ESP_KERNEL: &str = "/rollout/vmlinuz";
+pub const ESP_INITRD: &str = "/rollout/initrd.img";
+
+pub fn sdboot_entry(title: &str, has_initrd: bool, root_uuid: &str, cmdline: &str) -> String {
+    let mut s = format!("title {title}\nlinux {ESP_KERNEL}\n");
+    if has_initrd {
+        s.push_str(&format!("initrd {ESP_INITRD}\n"));
+    }
+    s.push_str(&format!("options {}\n", kernel_options(root_uuid, cmdline)));
+    s
+}
+
+pub fn loader_conf() -> String {
+    "default rollout.conf\ntimeout 3\nconsole-mode keep\n".into()
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), BootError> {
+    if let Some(p) = to.parent() {
+        std::fs::create_dir_all(p).map_err(io("create directory", p))?;
+    }
+    std::fs::copy(from, to).map_err(io("copy to", to))?;
+    Ok(())
+}
+
+fn in_root(root: &Path, p: &str) -> PathBuf {
+    root.join(p.trim_start_matches('/'))
+}
+
+/// BIOS: extlinux in /boot/extlinux of the root file system, gptmbr.bin in the MBR.
+pub fn install_extlinux(
+    target: &Path,
+    disk: &Path,
+    title: &str,
+    root_uuid: &str,
+    cmdline: &str,
+) -> Result<String, BootError> {
+    let k = find_kernel(target)?;
+    let dir = target.join("boot/extlinux");
+    std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+    sys::run(paths::EXTLINUX, &["--install", &dir.to_string_lossy()])?;
+    let conf = dir.join("extlinux.conf");
+    std::fs::write(&conf, extlinux_conf(&k, title, root_uuid, cmdline))
+        .map_err(io("write", &conf))?;
+    for m in paths::EXTLINUX_C32 {
+        let src = Path::new(paths::SYSLINUX_BIOS_MODULES).join(m);
+        if src.exists() {
+            copy(&src, &dir.join(m))?;
+        }
+    }
+    let mbr = std::fs::read(paths::GPTMBR_BIN).map_err(io("read", Path::new(paths::GPTMBR_BIN)))?;
+    partition::write_mbr_bootcode(disk, &mbr)?;
+    Ok(format!(
+        "extlinux in /boot/extlinux, gptmbr.bin on {}, kernel {}",
+        disk.display(),
+        k.kernel
+    ))
+}
+
+/// UEFI: systemd-boot as the removable-media loader, kernel and initrd copied to
+/// the ESP (mounted at `esp`).
+pub fn install_sdboot(
+    target: &Path,
+    esp: &Path,
+    title: &str,
+    root_uuid: &str,
+    cmdline: &str,
+) -> Result<String, BootError> {
+    let k = find_kernel(target)?;
+    let efi = Path::new(paths::SYSTEMD_BOOT_EFI);
+    copy(efi, &esp.join("EFI/BOOT/BOOTX64.EFI"))?;
+    copy(efi, &esp.join("EFI/systemd/systemd-bootx64.efi"))?;
+    copy(&in_root(target, &k.kernel), &in_root(esp, ESP_KERNEL))?;
+    if let Some(i) = &k.initrd {
+        copy(&in_root(target, i), &in_root(esp, ESP_INITRD))?;
+    }
+    let loader = esp.join("loader/loader.conf");
+    std::fs::create_dir_all(esp.join("loader/entries")).map_err(io("create directory", &loader))?;
+    std::fs::write(&loader, loader_conf()).map_err(io("write", &loader))?;
+    let entry = esp.join("loader/entries/rollout.conf");
+    std::fs::write(
+        &entry,
+        sdboot_entry(title, k.initrd.is_some(), root_uuid, cmdline),
+    )
+    .map_err(io("write", &entry))?;
+    Ok(format!("systemd-boot on the ESP, kernel {}", k.kernel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UUID: &str = "0f3c2a7e-1b2d-4c5e-8f90-123456789abc";
+
+    fn golden(name: &str) -> String {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn extlinux_conf_matches_golden_file() {
+        let k = KernelPair {
+            kernel: "/boot/vmlinuz-6.1.0-56-amd64".into(),
+            initrd: Some("/boot/initrd.img-6.1.0-56-amd64".into()),
+        };
+        let got = extlinux_conf(&k, "default serial 7", UUID, "console=ttyS0,115200n8 quiet");
+        assert_eq!(got, golden("extlinux.conf"));
+    }
+
+    #[test]
+    fn sdboot_entry_matches_golden_file() {
+        let got = sdboot_entry("default serial 7", true, UUID, "console=ttyS0");
+        assert_eq!(got, golden("rollout-sdboot-entry.conf"));
+        assert!(!sdboot_entry("t", false, UUID, "").contains("initrd"));
+        assert!(sdboot_entry("t", false, UUID, "")
+            .ends_with("options root=UUID=0f3c2a7e-1b2d-4c5e-8f90-123456789abc ro\n"));
+    }
+
+    #[test]
+    fn serial_directive_follows_console() {
+        assert_eq!(
+            serial_directive("quiet console=ttyS1,9600n8").as_deref(),
+            Some("SERIAL 1 9600")
+        );
+        assert_eq!(
+            serial_directive("console=ttyS0").as_deref(),
+            Some("SERIAL 0 115200")
+        );
+        assert_eq!(serial_directive("console=tty0"), None);
+        let k = KernelPair {
+            kernel: "/k".into(),
+            initrd: None,
+        };
+        let c = extlinux_conf(&k, "t", UUID, "");
+        assert!(!c.contains("SERIAL") && !c.contains("INITRD"), "{c}");
+    }
+
+    #[test]
+    fn versions_sort_numerically() {
+        assert_eq!(
+            version_cmp("6.1.0-10-amd64", "6.1.0-9-amd64"),
+            Ordering::Greater
+        );
+        assert_eq!(version_cmp("5.10.0", "6.1.0"), Ordering::Less);
+        assert_eq!(version_cmp("6.1.0", "6.1.0"), Ordering::Equal);
+    }
+
+    #[test]
+    fn finds_newest_kernel_with_initrd_or_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("boot")).unwrap();
+        for f in [
+            "vmlinuz-6.1.0-9-amd64",
+            "initrd.img-6.1.0-9-amd64",
+            "vmlinuz-6.1.0-10-amd64",
+            "initrd.img-6.1.0-10-amd64",
+            "vmlinuz-6.1.0-11-amd64",
+        ] {
+            std::fs::write(r.join("boot").join(f), "x").unwrap();
+        }
+        let k = find_kernel(r).unwrap();
+        assert_eq!(
+            k.kernel, "/boot/vmlinuz-6.1.0-10-amd64",
+            "newest with an initrd wins"
+        );
+        assert_eq!(k.initrd.as_deref(), Some("/boot/initrd.img-6.1.0-10-amd64"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("opt/k")).unwrap();
+        std::fs::write(r.join("opt/k/bzImage"), "x").unwrap();
+        std::os::unix::fs::symlink("opt/k/bzImage", r.join("vmlinuz")).unwrap();
+        let k = find_kernel(r).unwrap();
+        assert_eq!((k.kernel.as_str(), k.initrd), ("/opt/k/bzImage", None));
+        assert!(matches!(
+            find_kernel(tempfile::tempdir().unwrap().path()),
+            Err(BootError::NoKernel)
+        ));
+    }
+}

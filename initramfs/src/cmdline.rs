@@ -1,0 +1,184 @@
+//! Parses the kernel command line the iPXE script wrote (`rollout.*` keys).
+
+use rollout::wire::cmdline as keys;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CmdlineError {
+    #[error("kernel command line has no {0}=...; the iPXE script from `rollout serve` sets it — boot through the rollout server")]
+    Missing(&'static str),
+    #[error("{key}={value:?} is not valid: {why}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelArgs {
+    /// Base URL without a trailing slash, e.g. `http://10.44.0.1:8080`.
+    pub server: String,
+    /// Lower-case, colon-separated MAC of the boot NIC.
+    pub mac: String,
+    pub debug: bool,
+}
+
+/// Splits a command line into `key[=value]` words, honouring double quotes the way
+/// the kernel does (`key="a b"` is one word, quotes removed).
+pub fn split(line: &str) -> Vec<(String, Option<String>)> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_quotes = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                in_quotes = !in_quotes;
+                any = true;
+            }
+            c if c.is_whitespace() && !in_quotes => {
+                if any {
+                    words.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        words.push(cur);
+    }
+    words
+        .into_iter()
+        .map(|w| match w.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (w, None),
+        })
+        .collect()
+}
+
+/// Accepts `52:54:00:AB:CD:EF`, `52-54-00-ab-cd-ef` and the pxelinux form
+/// `01-52-54-00-ab-cd-ef`; returns `52:54:00:ab:cd:ef`.
+pub fn normalize_mac(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.trim().split([':', '-']).collect();
+    let parts = match parts.len() {
+        6 => &parts[..],
+        7 if parts[0] == "01" => &parts[1..],
+        _ => return None,
+    };
+    let mut out = Vec::with_capacity(6);
+    for p in parts {
+        if p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        out.push(p.to_ascii_lowercase());
+    }
+    Some(out.join(":"))
+}
+
+/// MAC string (any form [`normalize_mac`] accepts) to bytes.
+pub fn mac_bytes(s: &str) -> Option<[u8; 6]> {
+    let norm = normalize_mac(s)?;
+    let mut out = [0u8; 6];
+    for (i, p) in norm.split(':').enumerate() {
+        out[i] = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(out)
+}
+
+pub fn parse(line: &str) -> Result<KernelArgs, CmdlineError> {
+    let mut server = None;
+    let mut mac = None;
+    let mut debug = false;
+    for (k, v) in split(line) {
+        match (k.as_str(), v) {
+            (keys::SERVER, Some(v)) => server = Some(v),
+            (keys::MAC, Some(v)) => mac = Some(v),
+            (keys::DEBUG, v) => debug = matches!(v.as_deref(), None | Some("1" | "yes" | "true")),
+            _ => {}
+        }
+    }
+    let server = server.ok_or(CmdlineError::Missing(keys::SERVER))?;
+    let server = server.trim_end_matches('/').to_string();
+    if !server.starts_with("http://") || server.len() <= "http://".len() {
+        return Err(CmdlineError::Invalid {
+            key: keys::SERVER,
+            value: server,
+            why: "expected http://HOST[:PORT] (the installer has no TLS)",
+        });
+    }
+    let raw_mac = mac.ok_or(CmdlineError::Missing(keys::MAC))?;
+    let mac = normalize_mac(&raw_mac).ok_or(CmdlineError::Invalid {
+        key: keys::MAC,
+        value: raw_mac,
+        why: "expected six hex bytes like 52:54:00:12:34:56",
+    })?;
+    Ok(KernelArgs { server, mac, debug })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_ipxe_command_line() {
+        let a = parse("initrd=initramfs.img rollout.server=http://10.44.0.1:8080/ rollout.mac=52:54:00:AB:cd:01 console=ttyS0").unwrap();
+        assert_eq!(a.server, "http://10.44.0.1:8080");
+        assert_eq!(a.mac, "52:54:00:ab:cd:01");
+        assert!(!a.debug);
+    }
+
+    #[test]
+    fn debug_flag_forms() {
+        let base = "rollout.server=http://s rollout.mac=52:54:00:00:00:01";
+        assert!(parse(&format!("{base} rollout.debug=1")).unwrap().debug);
+        assert!(parse(&format!("{base} rollout.debug")).unwrap().debug);
+        assert!(!parse(&format!("{base} rollout.debug=0")).unwrap().debug);
+    }
+
+    #[test]
+    fn quotes_group_words() {
+        let w = split(r#"a="b c" d  e=f"#);
+        assert_eq!(
+            w,
+            vec![
+                ("a".into(), Some("b c".into())),
+                ("d".into(), None),
+                ("e".into(), Some("f".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_and_invalid_keys_are_named() {
+        assert_eq!(
+            parse("rollout.mac=52:54:00:00:00:01"),
+            Err(CmdlineError::Missing("rollout.server"))
+        );
+        assert_eq!(
+            parse("rollout.server=http://x"),
+            Err(CmdlineError::Missing("rollout.mac"))
+        );
+        let e = parse("rollout.server=https://x rollout.mac=52:54:00:00:00:01").unwrap_err();
+        assert!(e.to_string().contains("no TLS"), "{e}");
+        let e = parse("rollout.server=http://x rollout.mac=zz").unwrap_err();
+        assert!(e.to_string().contains("rollout.mac"), "{e}");
+    }
+
+    #[test]
+    fn mac_forms() {
+        assert_eq!(
+            normalize_mac("01-52-54-00-0A-0b-0c").as_deref(),
+            Some("52:54:00:0a:0b:0c")
+        );
+        assert_eq!(normalize_mac("52:54:00:0a:0b"), None);
+        assert_eq!(normalize_mac("52:54:00:0a:0b:0g"), None);
+        assert_eq!(
+            mac_bytes("52:54:00:0a:0b:ff"),
+            Some([0x52, 0x54, 0, 0x0a, 0x0b, 0xff])
+        );
+    }
+}

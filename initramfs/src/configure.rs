@@ -1,0 +1,500 @@
+//! Node-specific files in the freshly copied root: identity, network, fstab,
+//! keys, the plan's files and the phone-home hooks.
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rollout::wire::{InstallPlan, NetworkPlan, RootFs};
+
+use crate::render::{self, RenderError};
+use crate::{paths, sys};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigureError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error("plan.files entry {0:?} must be an absolute path without `..`")]
+    BadPath(String),
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ConfigureError {
+    let path = path.display().to_string();
+    move |source| ConfigureError::Io { op, path, source }
+}
+
+/// `target` + an absolute in-image path, refusing `..` so plan files cannot escape.
+pub fn in_target(target: &Path, path: &str) -> Result<PathBuf, ConfigureError> {
+    let rel = Path::new(path);
+    if !rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(ConfigureError::BadPath(path.to_string()));
+    }
+    Ok(target.join(path.trim_start_matches('/')))
+}
+
+/// Whether the image has `path`, without following absolute symlinks out of it.
+fn has(target: &Path, path: &str) -> bool {
+    target
+        .join(path.trim_start_matches('/'))
+        .symlink_metadata()
+        .is_ok()
+}
+
+pub fn write_file(
+    target: &Path,
+    path: &str,
+    contents: &[u8],
+    mode: u32,
+) -> Result<(), ConfigureError> {
+    let p = in_target(target, path)?;
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).map_err(io("create directory", parent))?;
+    }
+    // A symlink in the image (e.g. resolv.conf → stub) is replaced, not followed.
+    if p.symlink_metadata()
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false)
+    {
+        std::fs::remove_file(&p).map_err(io("remove symlink", &p))?;
+    }
+    std::fs::write(&p, contents).map_err(io("write", &p))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(io("chmod", &p))
+}
+
+fn link(target: &Path, link_path: &str, points_to: &str) -> Result<(), ConfigureError> {
+    let p = in_target(target, link_path)?;
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).map_err(io("create directory", parent))?;
+    }
+    let _ = std::fs::remove_file(&p);
+    symlink(points_to, &p).map_err(io("symlink", &p))
+}
+
+/// First of `candidates` present in the image.
+fn first_present<'a>(target: &Path, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates.iter().copied().find(|c| has(target, c))
+}
+
+/// Facts the configure step needs beyond the plan.
+pub struct NodeFacts<'a> {
+    pub plan: &'a InstallPlan,
+    pub root_uuid: String,
+    pub root_fs: RootFs,
+    pub swap_uuid: Option<String>,
+    /// The boot NIC's kernel name in the installer, for ifupdown configs.
+    pub iface: String,
+    /// The installer binary to copy onto the node as rollout-sync.
+    pub installer_exe: PathBuf,
+}
+
+/// Writes everything and returns notes worth printing (which mechanisms were used).
+pub fn apply(target: &Path, f: &NodeFacts) -> Result<Vec<String>, ConfigureError> {
+    let plan = f.plan;
+    let mut notes = Vec::new();
+    write_file(
+        target,
+        "/etc/hostname",
+        render::hostname(&plan.hostname).as_bytes(),
+        0o644,
+    )?;
+    write_file(
+        target,
+        "/etc/hosts",
+        render::hosts(&plan.hostname).as_bytes(),
+        0o644,
+    )?;
+    write_file(
+        target,
+        "/etc/fstab",
+        render::fstab(&f.root_uuid, f.root_fs, f.swap_uuid.as_deref()).as_bytes(),
+        0o644,
+    )?;
+    notes.push(network(target, f)?);
+    let machine_id = format!("{}\n", uuid::Uuid::new_v4().simple());
+    write_file(target, "/etc/machine-id", machine_id.as_bytes(), 0o444)?;
+    let dbus_id = target.join("var/lib/dbus/machine-id");
+    if dbus_id
+        .symlink_metadata()
+        .map(|m| m.is_file())
+        .unwrap_or(false)
+    {
+        write_file(
+            target,
+            "/var/lib/dbus/machine-id",
+            machine_id.as_bytes(),
+            0o444,
+        )?;
+    }
+    notes.push(ssh_host_keys(target)?);
+    authorized_keys(target, &plan.ssh_authorized_keys)?;
+    write_file(
+        target,
+        paths::NODE_SERIAL,
+        format!("{}\n", plan.image.serial).as_bytes(),
+        0o644,
+    )?;
+    write_file(
+        target,
+        paths::NODE_CONFIG,
+        render::node_toml(plan).as_bytes(),
+        0o644,
+    )?;
+    for file in &plan.files {
+        write_file(target, &file.path, file.contents.as_bytes(), file.mode)?;
+    }
+    notes.push(phone_home(target, &f.installer_exe)?);
+    Ok(notes)
+}
+
+fn network(target: &Path, f: &NodeFacts) -> Result<String, ConfigureError> {
+    let plan = f.plan;
+    let networkd = first_present(
+        target,
+        &[
+            "/usr/lib/systemd/systemd-networkd",
+            "/lib/systemd/systemd-networkd",
+        ],
+    );
+    let unit_dir = first_present(target, &["/usr/lib/systemd/system", "/lib/systemd/system"]);
+    let how = match (networkd, unit_dir) {
+        (Some(_), Some(units)) => {
+            write_file(
+                target,
+                "/etc/systemd/network/10-rollout.network",
+                render::networkd(&plan.mac, &plan.network)?.as_bytes(),
+                0o644,
+            )?;
+            // What `systemctl enable systemd-networkd` would create.
+            let wants = "/etc/systemd/system";
+            link(
+                target,
+                &format!("{wants}/multi-user.target.wants/systemd-networkd.service"),
+                &format!("{units}/systemd-networkd.service"),
+            )?;
+            link(
+                target,
+                &format!("{wants}/dbus-org.freedesktop.network1.service"),
+                &format!("{units}/systemd-networkd.service"),
+            )?;
+            if has(target, &format!("{units}/systemd-networkd.socket")) {
+                link(
+                    target,
+                    &format!("{wants}/sockets.target.wants/systemd-networkd.socket"),
+                    &format!("{units}/systemd-networkd.socket"),
+                )?;
+            }
+            if has(
+                target,
+                &format!("{units}/systemd-networkd-wait-online.service"),
+            ) {
+                link(
+                    target,
+                    &format!(
+                        "{wants}/network-online.target.wants/systemd-networkd-wait-online.service"
+                    ),
+                    &format!("{units}/systemd-networkd-wait-online.service"),
+                )?;
+            }
+            if has(target, "/etc/network/interfaces") {
+                write_file(
+                    target,
+                    "/etc/network/interfaces",
+                    render::interfaces_loopback_only().as_bytes(),
+                    0o644,
+                )?;
+            }
+            format!("network: systemd-networkd, matched by MAC {}", plan.mac)
+        }
+        _ => {
+            write_file(
+                target,
+                "/etc/network/interfaces",
+                render::interfaces(&f.iface, &plan.network)?.as_bytes(),
+                0o644,
+            )?;
+            format!(
+                "network: /etc/network/interfaces for {} (kernel name in the installer)",
+                f.iface
+            )
+        }
+    };
+    if let NetworkPlan::Static { dns, .. } = &plan.network {
+        if !dns.is_empty() {
+            write_file(
+                target,
+                "/etc/resolv.conf",
+                render::resolv_conf(dns).as_bytes(),
+                0o644,
+            )?;
+        }
+    }
+    Ok(how)
+}
+
+/// Never keeps the image's host keys: every node must have its own.
+fn ssh_host_keys(target: &Path) -> Result<String, ConfigureError> {
+    let dir = target.join("etc/ssh");
+    let mut removed = 0;
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.filter_map(|e| e.ok()) {
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                std::fs::remove_file(e.path()).map_err(io("remove", &e.path()))?;
+                removed += 1;
+            }
+        }
+    }
+    let keygen = first_present(target, &["/usr/bin/ssh-keygen", "/bin/ssh-keygen"]);
+    let Some(keygen) = keygen else {
+        return Ok(format!(
+            "ssh: no ssh-keygen in the image; removed {removed} image host keys (the image must generate keys on first boot)"
+        ));
+    };
+    match sys::run_in_chroot(target, keygen, &["-A"]) {
+        Ok(_) => Ok(format!("ssh: removed {removed} image host keys, generated fresh ones with ssh-keygen -A")),
+        Err(e) => Ok(format!(
+            "ssh: removed {removed} image host keys; ssh-keygen -A in the image failed ({e}), keys must be generated on first boot"
+        )),
+    }
+}
+
+fn authorized_keys(target: &Path, keys: &[String]) -> Result<(), ConfigureError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let path = "/root/.ssh/authorized_keys";
+    let existing = std::fs::read_to_string(in_target(target, path)?).unwrap_or_default();
+    let mut lines: Vec<String> = existing.lines().map(str::to_string).collect();
+    for k in keys {
+        let k = k.trim();
+        if !k.is_empty() && !lines.iter().any(|l| l.trim() == k) {
+            lines.push(k.to_string());
+        }
+    }
+    let dir = in_target(target, "/root/.ssh")?;
+    std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io("chmod", &dir))?;
+    write_file(target, path, (lines.join("\n") + "\n").as_bytes(), 0o600)
+}
+
+fn phone_home(target: &Path, installer: &Path) -> Result<String, ConfigureError> {
+    let bin = in_target(target, paths::NODE_SYNC_BINARY)?;
+    if let Some(parent) = bin.parent() {
+        std::fs::create_dir_all(parent).map_err(io("create directory", parent))?;
+    }
+    std::fs::copy(installer, &bin).map_err(io("copy the installer to", &bin))?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))
+        .map_err(io("chmod", &bin))?;
+    write_file(
+        target,
+        paths::NODE_PHONE_HOME_SCRIPT,
+        render::phone_home_script().as_bytes(),
+        0o755,
+    )?;
+    let systemd = first_present(
+        target,
+        &["/usr/lib/systemd/systemd", "/lib/systemd/systemd"],
+    );
+    if systemd.is_some() {
+        let unit = format!("/etc/systemd/system/{}", render::PHONE_HOME_UNIT_NAME);
+        write_file(target, &unit, render::phone_home_unit().as_bytes(), 0o644)?;
+        link(
+            target,
+            &format!(
+                "/etc/systemd/system/multi-user.target.wants/{}",
+                render::PHONE_HOME_UNIT_NAME
+            ),
+            &unit,
+        )?;
+        return Ok(format!(
+            "phone-home: systemd unit {}",
+            render::PHONE_HOME_UNIT_NAME
+        ));
+    }
+    if has(target, "/etc/rc2.d") {
+        write_file(
+            target,
+            "/etc/init.d/rollout-phone-home",
+            render::phone_home_initd().as_bytes(),
+            0o755,
+        )?;
+        for rl in 2..=5 {
+            link(
+                target,
+                &format!("/etc/rc{rl}.d/S99rollout-phone-home"),
+                "../init.d/rollout-phone-home",
+            )?;
+        }
+        return Ok("phone-home: sysvinit script /etc/init.d/rollout-phone-home".into());
+    }
+    let inittab = in_target(target, "/etc/inittab")?;
+    if let Ok(text) = std::fs::read_to_string(&inittab) {
+        if text.contains("::sysinit:") {
+            if !text.contains(paths::NODE_PHONE_HOME_SCRIPT) {
+                let mut t = text;
+                if !t.ends_with('\n') {
+                    t.push('\n');
+                }
+                t.push_str(&format!("::once:{}\n", paths::NODE_PHONE_HOME_SCRIPT));
+                std::fs::write(&inittab, t).map_err(io("write", &inittab))?;
+            }
+            return Ok("phone-home: busybox inittab ::once entry".into());
+        }
+    }
+    Ok(format!(
+        "phone-home: no systemd, sysvinit or busybox inittab found; {} written but not hooked into boot",
+        paths::NODE_PHONE_HOME_SCRIPT
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_paths_cannot_escape() {
+        let t = Path::new("/target");
+        assert_eq!(
+            in_target(t, "/etc/motd").unwrap(),
+            PathBuf::from("/target/etc/motd")
+        );
+        assert!(in_target(t, "etc/motd").is_err());
+        assert!(in_target(t, "/etc/../../x").is_err());
+    }
+
+    /// A fake systemd-less, ssh-less image: files land where they should.
+    #[test]
+    fn apply_to_a_minimal_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path();
+        std::fs::create_dir_all(t.join("etc/ssh")).unwrap();
+        std::fs::create_dir_all(t.join("etc/rc2.d")).unwrap();
+        std::fs::write(t.join("etc/ssh/ssh_host_ed25519_key"), "IMAGE KEY").unwrap();
+        std::fs::create_dir_all(t.join("root/.ssh")).unwrap();
+        std::fs::write(
+            t.join("root/.ssh/authorized_keys"),
+            "ssh-ed25519 AAAA image\n",
+        )
+        .unwrap();
+        symlink(
+            "/run/systemd/resolve/stub-resolv.conf",
+            t.join("etc/resolv.conf"),
+        )
+        .unwrap();
+        let exe = dir.path().join("fake-installer");
+        std::fs::write(&exe, "binary").unwrap();
+        let mut plan = crate::testutil::plan();
+        plan.hostname = "node7".into();
+        plan.network = NetworkPlan::Static {
+            address: "10.44.0.27/24".into(),
+            gateway: None,
+            dns: vec!["10.44.0.1".into()],
+        };
+        let facts = NodeFacts {
+            plan: &plan,
+            root_uuid: "r-uuid".into(),
+            root_fs: RootFs::Ext3,
+            swap_uuid: Some("s-uuid".into()),
+            iface: "eth0".into(),
+            installer_exe: exe,
+        };
+        let notes = apply(t, &facts).unwrap();
+        let read = |p: &str| std::fs::read_to_string(t.join(p)).unwrap();
+        assert_eq!(read("etc/hostname"), "node7\n");
+        assert!(read("etc/fstab").contains("UUID=r-uuid\t/\text3"));
+        assert!(read("etc/network/interfaces").contains("iface eth0 inet static"));
+        assert_eq!(
+            read("etc/resolv.conf"),
+            "# Written by rollout-installer.\nnameserver 10.44.0.1\n"
+        );
+        let mid = read("etc/machine-id");
+        assert_eq!(mid.trim().len(), 32);
+        assert!(mid.trim().chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(
+            !t.join("etc/ssh/ssh_host_ed25519_key").exists(),
+            "image host key kept"
+        );
+        assert_eq!(
+            read("root/.ssh/authorized_keys"),
+            "ssh-ed25519 AAAA image\nssh-ed25519 AAAA rollout-server\n"
+        );
+        assert_eq!(read("etc/rollout/serial"), "7\n");
+        assert!(read("etc/rollout/node.toml").contains("hostname = \"node7\""));
+        assert_eq!(read("etc/motd"), "hello\n");
+        let mode = std::fs::metadata(t.join("etc/motd"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(mode, 0o640);
+        assert_eq!(read("usr/local/sbin/rollout-sync"), "binary");
+        assert!(t
+            .join("etc/rc3.d/S99rollout-phone-home")
+            .symlink_metadata()
+            .is_ok());
+        assert!(notes.iter().any(|n| n.contains("sysvinit")), "{notes:?}");
+        assert!(
+            notes.iter().any(|n| n.contains("no ssh-keygen")),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn systemd_images_get_networkd_and_a_unit() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path();
+        for f in [
+            "usr/lib/systemd/systemd",
+            "usr/lib/systemd/systemd-networkd",
+            "usr/lib/systemd/system/systemd-networkd.service",
+            "etc/network/interfaces",
+        ] {
+            std::fs::create_dir_all(t.join(f).parent().unwrap()).unwrap();
+            std::fs::write(t.join(f), "x").unwrap();
+        }
+        let exe = t.join("exe");
+        std::fs::write(&exe, "b").unwrap();
+        let plan = crate::testutil::plan();
+        let facts = NodeFacts {
+            plan: &plan,
+            root_uuid: "r".into(),
+            root_fs: RootFs::Ext3,
+            swap_uuid: None,
+            iface: "eth0".into(),
+            installer_exe: exe,
+        };
+        apply(t, &facts).unwrap();
+        let net =
+            std::fs::read_to_string(t.join("etc/systemd/network/10-rollout.network")).unwrap();
+        assert!(net.contains("MACAddress=52:54:00:00:00:01"));
+        let l = std::fs::read_link(
+            t.join("etc/systemd/system/multi-user.target.wants/systemd-networkd.service"),
+        )
+        .unwrap();
+        assert_eq!(
+            l,
+            PathBuf::from("/usr/lib/systemd/system/systemd-networkd.service")
+        );
+        let l = std::fs::read_link(
+            t.join("etc/systemd/system/multi-user.target.wants/rollout-phone-home.service"),
+        )
+        .unwrap();
+        assert_eq!(
+            l,
+            PathBuf::from("/etc/systemd/system/rollout-phone-home.service")
+        );
+        assert!(!std::fs::read_to_string(t.join("etc/network/interfaces"))
+            .unwrap()
+            .contains("eth0"));
+    }
+}

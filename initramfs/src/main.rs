@@ -1,0 +1,44 @@
+//! Entry point: `/init` in the initramfs (PID 1) runs the installer; on an
+//! installed node the same binary is `rollout-sync` with subcommands.
+
+use std::process::ExitCode;
+
+use rollout_installer::{console, phone_home, sys};
+
+const USAGE: &str = "usage: rollout-sync phone-home   (report this boot to the rollout server)\n\
+                     As /init (PID 1) of the rollout initramfs this binary installs the node.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("phone-home") => match phone_home::run(std::path::Path::new("/"), 30) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rollout-sync: {:#}", anyhow::Error::new(e));
+                ExitCode::FAILURE
+            }
+        },
+        Some("--version") => {
+            println!("rollout-installer {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        _ if sys::is_pid1() => {
+            std::panic::set_hook(Box::new(|info| {
+                console::line(&format!("internal error: {info}"))
+            }));
+            // PID 1 must never exit or unwind out: the kernel would panic.
+            loop {
+                let _ = std::panic::catch_unwind(|| {
+                    rollout_installer::init_main();
+                });
+                console::line("the installer crashed; rebooting in 60 s");
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                sys::reboot();
+            }
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}

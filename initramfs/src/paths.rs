@@ -1,0 +1,67 @@
+//! Every path the installer expects inside the initramfs, in one place so the
+//! initramfs builder can pack exactly these (see `REQUIRED_FILES`).
+
+/// Kernel modules live under `{MODULES_DIR}/{uname -r}/` together with `modules.dep`.
+pub const MODULES_DIR: &str = "/lib/modules";
+/// e2fsprogs' mke2fs; also makes ext3/ext4 through `-t`.
+pub const MKE2FS: &str = "/sbin/mke2fs";
+/// dosfstools' mkfs.fat, only needed to format the EFI system partition.
+pub const MKFS_FAT: &str = "/sbin/mkfs.fat";
+pub const RSYNC: &str = "/usr/bin/rsync";
+pub const EXTLINUX: &str = "/sbin/extlinux";
+/// syslinux' GPT-aware MBR boot code (440 bytes).
+pub const GPTMBR_BIN: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
+/// syslinux' BIOS COM32 modules (`ldlinux.c32`, ...).
+pub const SYSLINUX_BIOS_MODULES: &str = "/usr/lib/syslinux/modules/bios";
+pub const SYSTEMD_BOOT_EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+/// Spawned with `rollout.debug=1` after a failure, when present.
+pub const SHELL: &str = "/bin/sh";
+/// The console the kernel gives PID 1; the builder must create this node (c 5 1).
+pub const CONSOLE: &str = "/dev/console";
+
+/// Where the installer mounts the new root and the EFI system partition.
+pub const TARGET: &str = "/target";
+pub const ESP_MOUNT: &str = "/run/rollout-esp";
+
+/// Where the installer puts itself on the installed node.
+pub const NODE_SYNC_BINARY: &str = "/usr/local/sbin/rollout-sync";
+pub const NODE_CONFIG: &str = "/etc/rollout/node.toml";
+pub const NODE_SERIAL: &str = "/etc/rollout/serial";
+pub const NODE_PHONE_HOME_SCRIPT: &str = "/usr/local/sbin/rollout-phone-home";
+
+/// Files and directories the initramfs must contain for every step to work
+/// (helpers also need their shared libraries and the ELF interpreter).
+pub const REQUIRED_FILES: &[&str] = &[
+    MKE2FS,
+    MKFS_FAT,
+    RSYNC,
+    EXTLINUX,
+    GPTMBR_BIN,
+    SYSLINUX_BIOS_MODULES,
+    SYSTEMD_BOOT_EFI,
+    CONSOLE,
+];
+
+/// The kernel modules the installer loads, in this order (dependencies first,
+/// resolved from `modules.dep`). Missing ones are skipped with a note.
+pub const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_scsi",
+    "e1000",
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "ahci",
+    "nvme",
+    "sd_mod",
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859_1",
+];
+
+/// COM32 modules copied next to `extlinux.conf` (extlinux itself installs
+/// `ldlinux.sys`; a matching `ldlinux.c32` must sit beside it).
+pub const EXTLINUX_C32: &[&str] = &["ldlinux.c32", "libcom32.c32", "libutil.c32"];

@@ -1,0 +1,124 @@
+//! `rollout-sync phone-home`: run on the installed node at boot, tells the server
+//! which serial this node booted.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rollout::wire::{paths as api, PhoneHome};
+
+use crate::{http, paths, render};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PhoneHomeError {
+    #[error(
+        "reading {path}: {source} (written by the installer; was this node installed by rollout?)"
+    )]
+    Config {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} lacks `{1}`")]
+    Missing(String, &'static str),
+    #[error("phone-home to {url} failed after {attempts} attempts: {last}")]
+    Failed {
+        url: String,
+        attempts: u32,
+        last: String,
+    },
+}
+
+/// Builds the report from the node's files (`root` is `/` on the node).
+pub fn build(root: &Path) -> Result<(String, PhoneHome), PhoneHomeError> {
+    let conf_path = root.join(paths::NODE_CONFIG.trim_start_matches('/'));
+    let text = std::fs::read_to_string(&conf_path).map_err(|source| PhoneHomeError::Config {
+        path: conf_path.display().to_string(),
+        source,
+    })?;
+    let conf = render::parse_node_toml(&text);
+    let get = |k: &'static str| {
+        conf.get(k)
+            .cloned()
+            .ok_or_else(|| PhoneHomeError::Missing(conf_path.display().to_string(), k))
+    };
+    let server = get("server")?;
+    let serial = std::fs::read_to_string(root.join(paths::NODE_SERIAL.trim_start_matches('/')))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .or_else(|| conf.get("serial").and_then(|s| s.parse().ok()))
+        .unwrap_or(0);
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .ok()
+    };
+    let hostname = read("/proc/sys/kernel/hostname")
+        .filter(|h| !h.is_empty() && h != "(none)")
+        .or_else(|| conf.get("hostname").cloned())
+        .unwrap_or_default();
+    let report = PhoneHome {
+        mac: get("mac")?,
+        hostname,
+        serial,
+        boot_id: read("/proc/sys/kernel/random/boot_id").unwrap_or_default(),
+    };
+    Ok((
+        format!("{}{}", server.trim_end_matches('/'), api::PHONE_HOME),
+        report,
+    ))
+}
+
+/// Posts the report, retrying every 10 s for about five minutes (the network may
+/// come up after this starts).
+pub fn run(root: &Path, attempts: u32) -> Result<(), PhoneHomeError> {
+    let (url, report) = build(root)?;
+    let body = render::phone_home_json(&report);
+    let mut last = String::new();
+    for i in 1..=attempts {
+        match http::post_json(&url, None, &body, Duration::from_secs(10)) {
+            Ok(r) if r.is_success() => {
+                println!(
+                    "rollout-sync: phone-home ok ({} serial {})",
+                    report.hostname, report.serial
+                );
+                return Ok(());
+            }
+            Ok(r) => last = format!("server answered {}: {}", r.status, r.text().trim()),
+            Err(e) => last = e.to_string(),
+        }
+        if i < attempts {
+            std::thread::sleep(Duration::from_secs(10));
+        }
+    }
+    Err(PhoneHomeError::Failed {
+        url,
+        attempts,
+        last,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_report_from_node_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("etc/rollout")).unwrap();
+        std::fs::write(
+            r.join("etc/rollout/node.toml"),
+            render::node_toml(&crate::testutil::plan()),
+        )
+        .unwrap();
+        std::fs::write(r.join("etc/rollout/serial"), "9\n").unwrap();
+        let (url, report) = build(r).unwrap();
+        assert_eq!(url, "http://10.44.0.1:8080/api/v1/phone-home");
+        assert_eq!(report.mac, "52:54:00:00:00:01");
+        assert_eq!(report.serial, 9, "serial file wins over node.toml");
+        assert!(matches!(
+            build(&r.join("nope")),
+            Err(PhoneHomeError::Config { .. })
+        ));
+    }
+}

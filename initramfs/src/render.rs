@@ -1,0 +1,366 @@
+//! Text of every file the installer writes into the new root. Pure functions, so
+//! each rendering is tested against the exact expected text.
+
+use rollout::wire::{InstallPlan, NetworkPlan, PhoneHome, RootFs};
+
+use crate::paths;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RenderError {
+    #[error("plan.network.address {0:?} is not IPv4 CIDR like 10.44.0.20/24")]
+    BadAddress(String),
+}
+
+pub fn hostname(name: &str) -> String {
+    format!("{name}\n")
+}
+
+pub fn hosts(name: &str) -> String {
+    let short = name.split('.').next().unwrap_or(name);
+    let names = if short == name {
+        name.to_string()
+    } else {
+        format!("{name} {short}")
+    };
+    format!(
+        "127.0.0.1\tlocalhost\n127.0.1.1\t{names}\n\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+    )
+}
+
+pub fn fstab(root_uuid: &str, root_fs: RootFs, swap_uuid: Option<&str>) -> String {
+    let mut s = String::from("# /etc/fstab: written by rollout-installer.\n");
+    s.push_str("# <file system>\t<mount point>\t<type>\t<options>\t<dump>\t<pass>\n");
+    s.push_str(&format!(
+        "UUID={root_uuid}\t/\t{}\terrors=remount-ro\t0\t1\n",
+        root_fs.as_str()
+    ));
+    if let Some(u) = swap_uuid {
+        s.push_str(&format!("UUID={u}\tnone\tswap\tsw\t0\t0\n"));
+    }
+    s
+}
+
+fn check_cidr(a: &str) -> Result<(), RenderError> {
+    let bad = || RenderError::BadAddress(a.to_string());
+    let (ip, prefix) = a.split_once('/').ok_or_else(bad)?;
+    ip.parse::<std::net::Ipv4Addr>().map_err(|_| bad())?;
+    match prefix.parse::<u8>() {
+        Ok(p) if p <= 32 => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+/// systemd-networkd unit for the boot NIC, matched by MAC so the installed OS's
+/// interface naming does not matter.
+pub fn networkd(mac: &str, net: &NetworkPlan) -> Result<String, RenderError> {
+    let mut s = format!(
+        "# Written by rollout-installer: the NIC this node was installed through.\n[Match]\nMACAddress={mac}\n\n[Network]\n"
+    );
+    match net {
+        NetworkPlan::Dhcp => s.push_str("DHCP=ipv4\n"),
+        NetworkPlan::Static {
+            address,
+            gateway,
+            dns,
+        } => {
+            check_cidr(address)?;
+            s.push_str(&format!("Address={address}\n"));
+            if let Some(g) = gateway {
+                s.push_str(&format!("Gateway={g}\n"));
+            }
+            for d in dns {
+                s.push_str(&format!("DNS={d}\n"));
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// ifupdown (or busybox ifup) config; `iface` is the kernel name the installer saw.
+pub fn interfaces(iface: &str, net: &NetworkPlan) -> Result<String, RenderError> {
+    let mut s = String::from(
+        "# Written by rollout-installer.\nsource /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n\n",
+    );
+    match net {
+        NetworkPlan::Dhcp => s.push_str(&format!("auto {iface}\niface {iface} inet dhcp\n")),
+        NetworkPlan::Static {
+            address,
+            gateway,
+            dns,
+        } => {
+            check_cidr(address)?;
+            s.push_str(&format!(
+                "auto {iface}\niface {iface} inet static\n    address {address}\n"
+            ));
+            if let Some(g) = gateway {
+                s.push_str(&format!("    gateway {g}\n"));
+            }
+            if !dns.is_empty() {
+                s.push_str(&format!("    dns-nameservers {}\n", dns.join(" ")));
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// ifupdown file when networkd manages the NIC: loopback only, so the two never
+/// both run DHCP on the same link.
+pub fn interfaces_loopback_only() -> String {
+    "# Written by rollout-installer: the boot NIC is managed by systemd-networkd\n# (/etc/systemd/network/10-rollout.network).\nsource /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n".into()
+}
+
+pub fn resolv_conf(dns: &[String]) -> String {
+    let mut s = String::from("# Written by rollout-installer.\n");
+    for d in dns {
+        s.push_str(&format!("nameserver {d}\n"));
+    }
+    s
+}
+
+/// A TOML basic string.
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+pub fn node_toml(plan: &InstallPlan) -> String {
+    format!(
+        "# Written by rollout-installer; read by {bin}.\nserver = {}\nmac = {}\nhostname = {}\nimage = {}\nserial = {}\ninstall_id = {}\n",
+        toml_str(&plan.server_url),
+        toml_str(&plan.mac),
+        toml_str(&plan.hostname),
+        toml_str(&plan.image.name),
+        plan.image.serial,
+        toml_str(&plan.install_id),
+        bin = paths::NODE_SYNC_BINARY,
+    )
+}
+
+/// Reads back the flat `key = value` file [`node_toml`] writes.
+pub fn parse_node_toml(text: &str) -> std::collections::HashMap<String, String> {
+    let mut m = std::collections::HashMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim();
+        let value = if let Some(inner) = v.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+            let mut out = String::new();
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                if c != '\\' {
+                    out.push(c);
+                    continue;
+                }
+                match chars.next() {
+                    Some('n') => out.push('\n'),
+                    Some('u') => {
+                        let hex: String = chars.by_ref().take(4).collect();
+                        if let Some(ch) =
+                            u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32)
+                        {
+                            out.push(ch);
+                        }
+                    }
+                    Some(other) => out.push(other),
+                    None => {}
+                }
+            }
+            out
+        } else {
+            v.to_string()
+        };
+        m.insert(k.trim().to_string(), value);
+    }
+    m
+}
+
+pub const PHONE_HOME_UNIT_NAME: &str = "rollout-phone-home.service";
+
+pub fn phone_home_unit() -> String {
+    format!(
+        "# Written by rollout-installer.\n[Unit]\nDescription=Report this boot to the rollout server\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\n# simple, not oneshot: boot must not wait while the server is unreachable.\nType=simple\nExecStart={bin} phone-home\n\n[Install]\nWantedBy=multi-user.target\n",
+        bin = paths::NODE_SYNC_BINARY
+    )
+}
+
+/// Fallback for images without systemd: prefers the installer binary, then curl,
+/// wget or busybox wget, retrying for about five minutes.
+pub fn phone_home_script() -> String {
+    format!(
+        r#"#!/bin/sh
+# Written by rollout-installer: report this boot to the rollout server.
+CONF={conf}
+get() {{ sed -n "s/^$1 *= *\"\{{0,1\}}\([^\"]*\)\"\{{0,1\}} *$/\1/p" "$CONF" | head -n 1; }}
+if [ -x {bin} ] && {bin} phone-home; then exit 0; fi
+SERVER=$(get server)
+MAC=$(get mac)
+SERIAL=$(cat {serial} 2>/dev/null || get serial)
+HOST=$(cat /proc/sys/kernel/hostname 2>/dev/null || hostname)
+BOOT_ID=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
+BODY=$(printf '{{"mac":"%s","hostname":"%s","serial":%s,"boot_id":"%s"}}' "$MAC" "$HOST" "${{SERIAL:-0}}" "$BOOT_ID")
+URL="$SERVER{path}"
+i=0
+while [ $i -lt 30 ]; do
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsS -m 10 -H 'Content-Type: application/json' -d "$BODY" "$URL" >/dev/null && exit 0
+  elif command -v wget >/dev/null 2>&1; then
+    wget -q -T 10 -O /dev/null --header='Content-Type: application/json' --post-data="$BODY" "$URL" && exit 0
+  elif command -v busybox >/dev/null 2>&1; then
+    busybox wget -q -T 10 -O /dev/null --header='Content-Type: application/json' --post-data="$BODY" "$URL" && exit 0
+  else
+    echo "rollout-phone-home: no HTTP client (curl, wget) on this system" >&2
+    exit 1
+  fi
+  i=$((i + 1))
+  sleep 10
+done
+exit 1
+"#,
+        conf = paths::NODE_CONFIG,
+        bin = paths::NODE_SYNC_BINARY,
+        serial = paths::NODE_SERIAL,
+        path = rollout::wire::paths::PHONE_HOME,
+    )
+}
+
+pub fn phone_home_initd() -> String {
+    format!(
+        "#!/bin/sh\n### BEGIN INIT INFO\n# Provides:          rollout-phone-home\n# Required-Start:    $network $remote_fs\n# Required-Stop:\n# Default-Start:     2 3 4 5\n# Default-Stop:\n# Short-Description: Report this boot to the rollout server\n### END INIT INFO\ncase \"$1\" in\n  start) {script} >/dev/null 2>&1 & ;;\nesac\nexit 0\n",
+        script = paths::NODE_PHONE_HOME_SCRIPT
+    )
+}
+
+pub fn phone_home_json(p: &PhoneHome) -> Vec<u8> {
+    serde_json::to_vec(p).expect("PhoneHome serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fstab_by_uuid() {
+        assert_eq!(
+            fstab("1111-aa", RootFs::Ext3, Some("2222-bb")),
+            "# /etc/fstab: written by rollout-installer.\n\
+             # <file system>\t<mount point>\t<type>\t<options>\t<dump>\t<pass>\n\
+             UUID=1111-aa\t/\text3\terrors=remount-ro\t0\t1\n\
+             UUID=2222-bb\tnone\tswap\tsw\t0\t0\n"
+        );
+        assert!(!fstab("u", RootFs::Ext4, None).contains("swap"));
+    }
+
+    #[test]
+    fn hosts_has_fqdn_and_short_name() {
+        assert!(hosts("node1").contains("127.0.1.1\tnode1\n"));
+        assert!(hosts("node1.lab").contains("127.0.1.1\tnode1.lab node1\n"));
+    }
+
+    #[test]
+    fn network_configs() {
+        let dhcp = networkd("52:54:00:00:00:01", &NetworkPlan::Dhcp).unwrap();
+        assert!(
+            dhcp.contains("[Match]\nMACAddress=52:54:00:00:00:01\n\n[Network]\nDHCP=ipv4\n"),
+            "{dhcp}"
+        );
+        let st = NetworkPlan::Static {
+            address: "10.44.0.20/24".into(),
+            gateway: Some("10.44.0.1".into()),
+            dns: vec!["10.44.0.1".into(), "10.44.0.2".into()],
+        };
+        let n = networkd("m", &st).unwrap();
+        assert!(
+            n.ends_with("Address=10.44.0.20/24\nGateway=10.44.0.1\nDNS=10.44.0.1\nDNS=10.44.0.2\n"),
+            "{n}"
+        );
+        let i = interfaces("eth0", &st).unwrap();
+        assert!(i.ends_with("auto eth0\niface eth0 inet static\n    address 10.44.0.20/24\n    gateway 10.44.0.1\n    dns-nameservers 10.44.0.1 10.44.0.2\n"), "{i}");
+        assert!(interfaces("ens3", &NetworkPlan::Dhcp)
+            .unwrap()
+            .ends_with("auto ens3\niface ens3 inet dhcp\n"));
+        let bad = NetworkPlan::Static {
+            address: "10.44.0.20".into(),
+            gateway: None,
+            dns: vec![],
+        };
+        assert_eq!(
+            networkd("m", &bad),
+            Err(RenderError::BadAddress("10.44.0.20".into()))
+        );
+        assert!(resolv_conf(&["1.1.1.1".into()]).ends_with("nameserver 1.1.1.1\n"));
+    }
+
+    #[test]
+    fn node_toml_round_trips() {
+        let plan = crate::testutil::plan();
+        let text = node_toml(&plan);
+        let m = parse_node_toml(&text);
+        assert_eq!(m["server"], "http://10.44.0.1:8080");
+        assert_eq!(m["mac"], "52:54:00:00:00:01");
+        assert_eq!(m["hostname"], "node\"1\\");
+        assert_eq!(m["serial"], "7");
+        assert_eq!(m["image"], "default");
+        assert_eq!(toml_str("a\u{1}b"), "\"a\\u0001b\"");
+        assert_eq!(parse_node_toml("x = \"a\\u0001b\"")["x"], "a\u{1}b");
+    }
+
+    #[test]
+    fn phone_home_files() {
+        let unit = phone_home_unit();
+        assert!(unit.contains("ExecStart=/usr/local/sbin/rollout-sync phone-home\n"));
+        assert!(unit.contains("WantedBy=multi-user.target"));
+        let script = phone_home_script();
+        assert!(script.starts_with("#!/bin/sh\n"));
+        assert!(script.contains("URL=\"$SERVER/api/v1/phone-home\""));
+        assert!(script.contains("--post-data=\"$BODY\""));
+        assert!(phone_home_initd().contains("/usr/local/sbin/rollout-phone-home >/dev/null 2>&1 &"));
+        let json = phone_home_json(&PhoneHome {
+            mac: "m".into(),
+            hostname: "h".into(),
+            serial: 3,
+            boot_id: "b".into(),
+        });
+        assert_eq!(
+            json,
+            br#"{"mac":"m","hostname":"h","serial":3,"boot_id":"b"}"#
+        );
+    }
+
+    /// The fallback script must build the same JSON as the Rust side, through a real sh.
+    #[test]
+    fn phone_home_script_parses_node_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("node.toml");
+        std::fs::write(&conf, node_toml(&crate::testutil::plan())).unwrap();
+        let script = phone_home_script();
+        let get_line = script.lines().find(|l| l.starts_with("get()")).unwrap();
+        let sh = format!(
+            "CONF={}\n{get_line}\nget server; get serial; get mac",
+            conf.display()
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(sh)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "http://10.44.0.1:8080\n7\n52:54:00:00:00:01\n"
+        );
+    }
+}

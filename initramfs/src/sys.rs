@@ -1,0 +1,167 @@
+//! Thin wrappers over mount, chroot'ed commands and reboot.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use nix::mount::{MntFlags, MsFlags};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SysError {
+    #[error("mount {what} on {target} ({fstype}): {source}")]
+    Mount {
+        what: String,
+        target: String,
+        fstype: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{0} could not be started: {1}")]
+    Spawn(String, #[source] std::io::Error),
+    #[error("{cmd} failed ({status}): {output}")]
+    Failed {
+        cmd: String,
+        status: String,
+        output: String,
+    },
+}
+
+pub fn mount(
+    what: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), SysError> {
+    let _ = std::fs::create_dir_all(target);
+    nix::mount::mount(Some(what), target, Some(fstype), flags, data).map_err(|source| {
+        SysError::Mount {
+            what: what.to_string(),
+            target: target.display().to_string(),
+            fstype: fstype.to_string(),
+            source,
+        }
+    })
+}
+
+pub fn bind(src: &Path, target: &Path) -> Result<(), SysError> {
+    let _ = std::fs::create_dir_all(target);
+    nix::mount::mount(
+        Some(src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|source| SysError::Mount {
+        what: src.display().to_string(),
+        target: target.display().to_string(),
+        fstype: "bind".into(),
+        source,
+    })
+}
+
+/// True if `path` is a mount point listed in /proc/self/mounts.
+pub fn is_mounted(path: &Path) -> bool {
+    let want = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(&want))
+        })
+        .unwrap_or(false)
+}
+
+/// Unmounts everything at or below `prefix`, deepest first. Best-effort; returns
+/// what could not be unmounted.
+pub fn umount_tree(prefix: &Path) -> Vec<String> {
+    let p = prefix.to_string_lossy().to_string();
+    let mut points: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .filter(|m| *m == p || m.starts_with(&format!("{p}/")))
+        .collect();
+    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    points.dedup();
+    let mut failed = Vec::new();
+    for m in points {
+        if nix::mount::umount2(m.as_str(), MntFlags::empty()).is_err()
+            && nix::mount::umount2(m.as_str(), MntFlags::MNT_DETACH).is_err()
+        {
+            failed.push(m);
+        }
+    }
+    failed
+}
+
+fn finish(cmd: String, out: std::process::Output) -> Result<String, SysError> {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if out.status.success() {
+        return Ok(stdout);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(SysError::Failed {
+        cmd,
+        status: out.status.to_string(),
+        output: format!("{} {}", stderr.trim(), stdout.trim())
+            .trim()
+            .to_string(),
+    })
+}
+
+pub fn run(program: &str, args: &[&str]) -> Result<String, SysError> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| SysError::Spawn(program.to_string(), e))?;
+    finish(format!("{program} {}", args.join(" ")), out)
+}
+
+/// Runs `program` (a path inside `root`) chrooted into `root`.
+pub fn run_in_chroot(root: &Path, program: &str, args: &[&str]) -> Result<String, SysError> {
+    let root_c = CString::new(root.as_os_str().as_bytes())
+        .map_err(|e| SysError::Spawn(program.into(), e.into()))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root");
+    // SAFETY: only async-signal-safe calls (chroot, chdir) between fork and exec;
+    // the CStrings were built before forking.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::chroot(root_c.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| SysError::Spawn(program.to_string(), e))?;
+    finish(
+        format!("chroot {} {program} {}", root.display(), args.join(" ")),
+        out,
+    )
+}
+
+pub fn sync() {
+    nix::unistd::sync();
+}
+
+/// Reboots immediately; as PID 1 there is nobody else to do it.
+pub fn reboot() -> ! {
+    sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    // Only reached without CAP_SYS_BOOT (not PID 1 in a real boot).
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+pub fn is_pid1() -> bool {
+    std::process::id() == 1
+}
