@@ -1,0 +1,224 @@
+//! Test hosts in network namespaces this test creates (never the host's network):
+//! a server namespace with a bridge, and a client namespace whose veths plug into it.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SERVER_IP: &str = "10.44.0.1";
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Returns false (and says why) when a test needs what this machine lacks.
+pub fn can_run(tools: &[&str]) -> bool {
+    if !is_root() {
+        eprintln!("SKIP: needs root for network namespaces");
+        return false;
+    }
+    for t in tools {
+        if which(t).is_none() {
+            eprintln!("SKIP: {t} is not installed (run scripts/setup.sh)");
+            return false;
+        }
+    }
+    true
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+pub fn run(args: &[&str]) -> Output {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    out
+}
+
+pub fn must(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two namespaces joined by a bridge in the server one. Deleted on drop.
+pub struct Net {
+    pub srv: String,
+    pub cli: String,
+    clients: usize,
+}
+
+impl Net {
+    pub fn new(tag: &str) -> Net {
+        let id = format!("{}{}", tag, std::process::id() % 100000);
+        let net = Net { srv: format!("rt-{id}-s"), cli: format!("rt-{id}-c"), clients: 0 };
+        net.delete();
+        must(&["ip", "netns", "add", &net.srv]);
+        must(&["ip", "netns", "add", &net.cli]);
+        let s = &net.srv;
+        must(&["ip", "-n", s, "link", "set", "lo", "up"]);
+        must(&["ip", "-n", &net.cli, "link", "set", "lo", "up"]);
+        must(&["ip", "-n", s, "link", "add", "rbr0", "type", "bridge"]);
+        must(&["ip", "-n", s, "addr", "add", &format!("{SERVER_IP}/24"), "dev", "rbr0"]);
+        must(&["ip", "-n", s, "link", "set", "rbr0", "up"]);
+        net
+    }
+
+    /// Adds a client interface `c{n}` with `mac` in the client namespace.
+    pub fn add_client(&mut self, mac: &str) -> String {
+        let n = self.clients;
+        self.clients += 1;
+        let (c, p) = (format!("c{n}"), format!("p{n}"));
+        must(&["ip", "-n", &self.srv, "link", "add", &p, "type", "veth", "peer", "name", &c, "netns", &self.cli]);
+        must(&["ip", "-n", &self.srv, "link", "set", &p, "master", "rbr0"]);
+        must(&["ip", "-n", &self.srv, "link", "set", &p, "up"]);
+        must(&["ip", "-n", &self.cli, "link", "set", &c, "address", mac]);
+        must(&["ip", "-n", &self.cli, "link", "set", &c, "up"]);
+        c
+    }
+
+    /// A client with a static address in the subnet (for TFTP/HTTP tests).
+    pub fn add_static_client(&mut self, addr: &str) -> String {
+        let c = self.add_client("52:54:00:ee:00:01");
+        must(&["ip", "-n", &self.cli, "addr", "add", &format!("{addr}/24"), "dev", &c]);
+        c
+    }
+
+    pub fn in_cli(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.cli]).args(args);
+        cmd
+    }
+
+    fn delete(&self) {
+        for ns in [&self.srv, &self.cli] {
+            // Kill what a crashed earlier run left in the namespace, then remove it.
+            let _ = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+/// `rollout serve` running in the server namespace; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub log: PathBuf,
+    pub config: PathBuf,
+    ns: String,
+}
+
+pub fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("rollout.toml");
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, "state_dir = {:?}", dir.join("state")).unwrap();
+    f.write_all(body.as_bytes()).unwrap();
+    path
+}
+
+impl Server {
+    pub fn start(net: &Net, config: &Path) -> Server {
+        let log = config.with_file_name(format!("server-{}.log", Instant::now().elapsed().as_nanos()));
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &net.srv, env!("CARGO_BIN_EXE_rollout"), "serve", "--config"])
+            .arg(config)
+            .env("ROLLOUT_LOG", "debug,tower_http=info")
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .unwrap();
+        let s = Server { child, log, config: config.to_owned(), ns: net.srv.clone() };
+        s.wait_healthy();
+        s
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let ok = Command::new("ip")
+                .args(["netns", "exec", &self.ns, "curl", "-sf", "--max-time", "1", &format!("http://{SERVER_IP}/healthz")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("server did not become healthy; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+            eprintln!("--- server log tail ({}) ---\n{}", self.log.display(), tail.join("\n"));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs busybox udhcpc once on `iface` and returns what the server handed out:
+/// the variables udhcpc passes to its script (ip, boot_file, siaddr, hostname, …).
+pub fn udhcpc(net: &Net, iface: &str, extra: &[&str]) -> std::collections::HashMap<String, String> {
+    let script = std::env::temp_dir().join("rollout-udhcpc-script.sh");
+    if !script.exists() {
+        std::fs::write(&script, "#!/bin/sh\n[ \"$1\" = bound ] && env | grep -E '^(ip|subnet|router|dns|boot_file|siaddr|hostname|serverid|lease|opt60)=' > \"$RESULT\"\nexit 0\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let result = std::env::temp_dir().join(format!("udhcpc-{}-{iface}-{}", net.cli, std::process::id()));
+    let _ = std::fs::remove_file(&result);
+    let mut cmd = net.in_cli(&["busybox", "udhcpc", "-i", iface, "-n", "-q", "-f", "-t", "5", "-T", "2", "-A", "1", "-s"]);
+    cmd.arg(&script).env("RESULT", &result);
+    cmd.args(extra);
+    let out = cmd.output().unwrap();
+    let text = std::fs::read_to_string(&result).unwrap_or_default();
+    let _ = std::fs::remove_file(&result);
+    assert!(
+        !text.is_empty(),
+        "udhcpc on {iface} got no lease: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

@@ -1,0 +1,180 @@
+//! DHCP against real clients (busybox udhcpc, ISC dhclient) in namespaces the test makes.
+
+mod common;
+use common::*;
+use std::collections::HashSet;
+
+const PXE_BIOS: &[&str] = &["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000"];
+const PXE_UEFI: &[&str] = &["-V", "PXEClient:Arch:00007:UNDI:003016", "-x", "0x5d:0007"];
+
+fn full_config(dir: &std::path::Path) -> std::path::PathBuf {
+    write_config(
+        dir,
+        r#"
+[server]
+interface = "rbr0"
+address = "10.44.0.1"
+[dhcp]
+mode = "full"
+range = ["10.44.0.100", "10.44.0.199"]
+router = "10.44.0.1"
+dns = ["10.44.0.1"]
+lease_time = 600
+[[node]]
+mac = "52:54:00:aa:00:01"
+hostname = "rack1-node1"
+ip = "10.44.0.11"
+"#,
+    )
+}
+
+fn in_range(ip: &str) -> bool {
+    let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
+    ip.starts_with("10.44.0.") && (100..=199).contains(&last)
+}
+
+#[test]
+fn real_clients_get_addresses_boot_files_and_reservations() {
+    if !can_run(&["busybox", "curl", "dhclient"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = Net::new("d");
+    let _srv = Server::start(&net, &full_config(dir.path()));
+
+    let bios = net.add_client("52:54:00:00:10:01");
+    let got = udhcpc(&net, &bios, PXE_BIOS);
+    assert!(in_range(&got["ip"]), "{got:?}");
+    assert_eq!(got["boot_file"], "undionly.kpxe");
+    assert_eq!(got["siaddr"], SERVER_IP);
+    assert_eq!(got["router"], SERVER_IP);
+
+    let uefi = net.add_client("52:54:00:00:10:02");
+    let got2 = udhcpc(&net, &uefi, PXE_UEFI);
+    assert_eq!(got2["boot_file"], "snponly.efi");
+    assert_ne!(got2["ip"], got["ip"]);
+
+    let ipxe = net.add_client("52:54:00:00:10:03");
+    let got3 = udhcpc(&net, &ipxe, &["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x4d:69505845"]);
+    assert_eq!(got3["boot_file"], "http://10.44.0.1/boot.ipxe", "iPXE must get the script, not a loader");
+
+    let reserved = net.add_client("52:54:00:aa:00:01");
+    let got4 = udhcpc(&net, &reserved, PXE_BIOS);
+    assert_eq!(got4["ip"], "10.44.0.11");
+    assert_eq!(got4["hostname"], "rack1-node1");
+
+    // ISC dhclient, the other common client, on a plain (non-PXE) request.
+    let plain = net.add_client("52:54:00:00:10:04");
+    let lease_file = dir.path().join("dhclient.leases");
+    let out = net
+        .in_cli(&["dhclient", "-1", "-v", "-sf", "/bin/true", "-lf"])
+        .arg(&lease_file)
+        .arg(&plain)
+        .output()
+        .unwrap();
+    let leases = std::fs::read_to_string(&lease_file).unwrap_or_default();
+    assert!(out.status.success(), "dhclient failed: {}", String::from_utf8_lossy(&out.stderr));
+    let fixed = leases.lines().find(|l| l.contains("fixed-address")).expect("dhclient recorded a lease");
+    let ip = fixed.trim().trim_start_matches("fixed-address ").trim_end_matches(';');
+    assert!(in_range(ip), "{ip}");
+    assert!(!leases.contains("filename"), "plain DHCP clients get no boot file: {leases}");
+    let _ = net.in_cli(&["dhclient", "-x", "-lf"]).arg(&lease_file).arg(&plain).output();
+}
+
+#[test]
+fn fifty_clients_at_once_get_fifty_distinct_addresses() {
+    if !can_run(&["busybox"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = Net::new("f");
+    let _srv = Server::start(&net, &full_config(dir.path()));
+    let ifaces: Vec<String> = (0..50).map(|i| net.add_client(&format!("52:54:00:00:20:{i:02x}"))).collect();
+    let net = &net;
+    let addrs: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = ifaces.iter().map(|i| s.spawn(move || udhcpc(net, i, &[])["ip"].clone())).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let unique: HashSet<&String> = addrs.iter().collect();
+    assert_eq!(unique.len(), 50, "duplicate addresses handed out: {addrs:?}");
+    assert!(addrs.iter().all(|a| in_range(a)), "{addrs:?}");
+}
+
+#[test]
+fn leases_survive_restart_and_kill_9() {
+    if !can_run(&["busybox"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = Net::new("k");
+    let config = full_config(dir.path());
+    let mut srv = Server::start(&net, &config);
+    let a = net.add_client("52:54:00:00:30:01");
+    let first = udhcpc(&net, &a, &[])["ip"].clone();
+
+    // Graceful restart: SIGTERM exits cleanly and the lease is remembered.
+    assert!(srv.stop().success(), "server did not exit cleanly on SIGTERM:\n{}", srv.log_text());
+    assert!(srv.log_text().contains("all services stopped"));
+    let mut srv = Server::start(&net, &config);
+    let b = net.add_client("52:54:00:00:30:02");
+    let second = udhcpc(&net, &b, &[])["ip"].clone();
+    assert_ne!(second, first, "restart forgot {first} is leased");
+
+    // Crash: kill -9 right after the ACK. Both leases must still be held.
+    srv.kill9();
+    let _srv = Server::start(&net, &config);
+    let c = net.add_client("52:54:00:00:30:03");
+    let third = udhcpc(&net, &c, &[])["ip"].clone();
+    assert!(third != first && third != second, "after kill -9 {third} was handed out again");
+    assert_eq!(udhcpc(&net, &a, &[])["ip"], first, "a returning client keeps its address");
+}
+
+#[test]
+fn proxy_mode_gives_boot_information_and_no_address() {
+    if !can_run(&["busybox"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = Net::new("p");
+    let config = write_config(
+        dir.path(),
+        "[server]\ninterface = \"rbr0\"\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"proxy\"\n",
+    );
+    let srv = Server::start(&net, &config);
+    // A real PXE client talks to the LAN's DHCP server too; here there is none, so
+    // udhcpc must get nothing: a proxy never hands out an address.
+    let c = net.add_client("52:54:00:00:40:01");
+    let out = net
+        .in_cli(&["busybox", "udhcpc", "-i", &c, "-n", "-q", "-f", "-t", "2", "-T", "1", "-s", "/bin/true"])
+        .args(PXE_BIOS)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "udhcpc got a lease from a proxy-mode server");
+    let log = srv.log_text();
+    assert!(log.contains("proxy OFFER arch=bios → tftp undionly.kpxe"), "{log}");
+    assert!(log.contains("proxyDHCP listening on port 4011"));
+}
+
+#[test]
+fn refuses_to_start_on_a_missing_interface_or_a_range_outside_its_subnet() {
+    if !can_run(&[]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::new("r");
+    let run = |body: &str| {
+        let config = write_config(dir.path(), body);
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &net.srv, env!("CARGO_BIN_EXE_rollout"), "serve", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, err) = run("[server]\ninterface = \"nosuch0\"\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"full\"\nrange = [\"10.44.0.100\", \"10.44.0.110\"]\n");
+    assert!(!ok && err.contains("interface nosuch0 does not exist"), "{err}");
+    let (ok, err) = run("[server]\ninterface = \"rbr0\"\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"full\"\nrange = [\"10.9.0.100\", \"10.9.0.110\"]\n");
+    assert!(!ok && err.contains("outside rbr0's subnet 10.44.0.0/24"), "{err}");
+    let (ok, err) = run("[server]\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"full\"\nrange = [\"10.44.0.100\", \"10.44.0.110\"]\n");
+    assert!(!ok && err.contains("server.interface"), "{err}");
+}
