@@ -27,14 +27,12 @@ fn main() -> ExitCode {
                 console::line(&format!("internal error: {info}"))
             }));
             // PID 1 must never exit or unwind out: the kernel would panic.
-            loop {
-                let _ = std::panic::catch_unwind(|| {
-                    rollout_installer::init_main();
-                });
-                console::line("the installer crashed; rebooting in 60 s");
-                std::thread::sleep(std::time::Duration::from_secs(60));
-                sys::reboot();
-            }
+            let _ = std::panic::catch_unwind(|| {
+                rollout_installer::init_main();
+            });
+            console::line("the installer crashed; rebooting in 60 s");
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            sys::reboot()
         }
         _ => {
             eprintln!("{USAGE}");

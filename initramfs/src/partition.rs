@@ -82,7 +82,7 @@ pub fn wipe(disk: &Path) -> Result<(), PartitionError> {
     f.write_all(&zeros[..(size - tail_start) as usize])
         .map_err(io("wipe tail", disk))?;
     f.sync_all().map_err(io("sync", disk))?;
-    reread(&f, disk);
+    sync_kernel_view(&f, disk, &[]);
     Ok(())
 }
 
@@ -131,7 +131,18 @@ pub fn write_table(disk: &Path, layout: &PlannedLayout) -> Result<Vec<PathBuf>, 
     }
     let f = table.write().map_err(gpt_err)?;
     f.sync_all().map_err(io("sync", disk))?;
-    reread(&f, disk);
+    let want: Vec<(u32, u64, u64)> = layout
+        .parts
+        .iter()
+        .map(|p| {
+            (
+                p.number,
+                p.first_lba * layout.sector_size,
+                p.lba_count * layout.sector_size,
+            )
+        })
+        .collect();
+    sync_kernel_view(&f, disk, &want);
     let paths: Vec<PathBuf> = layout
         .parts
         .iter()
@@ -143,14 +154,111 @@ pub fn write_table(disk: &Path, layout: &PlannedLayout) -> Result<Vec<PathBuf>, 
 
 nix::ioctl_none!(blkrrpart, 0x12, 95);
 
-/// Asks the kernel to re-read the partition table. Failure is not fatal here: the
-/// node wait that follows reports the real problem if the kernel kept the old one.
+#[repr(C)]
+struct BlkpgPartition {
+    start: libc::c_longlong,
+    length: libc::c_longlong,
+    pno: libc::c_int,
+    devname: [u8; 64],
+    volname: [u8; 64],
+}
+
+#[repr(C)]
+struct BlkpgIoctlArg {
+    op: libc::c_int,
+    flags: libc::c_int,
+    datalen: libc::c_int,
+    data: *mut BlkpgPartition,
+}
+
+const BLKPG_ADD_PARTITION: libc::c_int = 1;
+const BLKPG_DEL_PARTITION: libc::c_int = 2;
+
+fn blkpg(f: &File, op: libc::c_int, pno: u32, start: u64, length: u64) -> std::io::Result<()> {
+    let mut part = BlkpgPartition {
+        start: start as libc::c_longlong,
+        length: length as libc::c_longlong,
+        pno: pno as libc::c_int,
+        devname: [0; 64],
+        volname: [0; 64],
+    };
+    let mut arg = BlkpgIoctlArg {
+        op,
+        flags: 0,
+        datalen: std::mem::size_of::<BlkpgPartition>() as libc::c_int,
+        data: &mut part,
+    };
+    let req = nix::request_code_none!(0x12, 105);
+    // SAFETY: BLKPG reads a blkpg_ioctl_arg pointing at a blkpg_partition, both
+    // alive for the duration of the call.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), req as _, &mut arg as *mut BlkpgIoctlArg) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// (number, start byte, length bytes) of the partitions the kernel currently has.
+fn kernel_partitions(disk: &Path) -> Vec<(u32, u64, u64)> {
+    let name = disk
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let dir = Path::new("/sys/class/block").join(&name);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let num = |p: PathBuf| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    rd.filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&name))
+        .filter_map(|e| {
+            let p = e.path();
+            Some((
+                num(p.join("partition"))? as u32,
+                num(p.join("start"))? * 512,
+                num(p.join("size"))? * 512,
+            ))
+        })
+        .collect()
+}
+
+/// Makes the kernel's partition list match `want` (number, start, length in
+/// bytes). BLKRRPART first; then, like `partx -u`, BLKPG for whatever the kernel
+/// did not pick up (kernels without a GPT parser, or a table still in use).
+fn sync_kernel_view(f: &File, disk: &Path, want: &[(u32, u64, u64)]) {
+    reread(f, disk);
+    let have = kernel_partitions(disk);
+    for &(pno, start, len) in &have {
+        if !want.contains(&(pno, start, len)) {
+            if let Err(e) = blkpg(f, BLKPG_DEL_PARTITION, pno, 0, 0) {
+                crate::console::line(&format!(
+                    "partition: note: removing stale partition {pno} of {}: {e}",
+                    disk.display()
+                ));
+            }
+        }
+    }
+    let have = kernel_partitions(disk);
+    for &(pno, start, len) in want {
+        if !have.contains(&(pno, start, len)) {
+            if let Err(e) = blkpg(f, BLKPG_ADD_PARTITION, pno, start, len) {
+                crate::console::line(&format!(
+                    "partition: note: adding partition {pno} of {} to the kernel: {e}",
+                    disk.display()
+                ));
+            }
+        }
+    }
+}
+
+/// Asks the kernel to re-read the partition table. Failure is not fatal here:
+/// `sync_kernel_view` and the node wait that follow catch what it missed.
 fn reread(f: &File, disk: &Path) {
     for _ in 0..5 {
         // SAFETY: BLKRRPART takes no argument and only acts on the block device.
         match unsafe { blkrrpart(f.as_raw_fd()) } {
             Ok(_) => return,
-            // EBUSY right after a write is udev-less noise; retry shortly.
+            // EBUSY right after a write is transient; retry shortly.
             Err(nix::errno::Errno::EBUSY) => std::thread::sleep(Duration::from_millis(300)),
             Err(e) => {
                 crate::console::line(&format!(

@@ -3,12 +3,14 @@
 
 /// Kernel modules live under `{MODULES_DIR}/{uname -r}/` together with `modules.dep`.
 pub const MODULES_DIR: &str = "/lib/modules";
+// Debian 12 paths (merged /usr: /sbin and /bin are symlinks into /usr), the same
+// on the build host and in the initramfs.
 /// e2fsprogs' mke2fs; also makes ext3/ext4 through `-t`.
-pub const MKE2FS: &str = "/sbin/mke2fs";
-/// dosfstools' mkfs.fat, only needed to format the EFI system partition.
-pub const MKFS_FAT: &str = "/sbin/mkfs.fat";
+pub const MKE2FS: &str = "/usr/sbin/mke2fs";
+/// dosfstools' mkfs.vfat (a symlink to mkfs.fat), only for the EFI system partition.
+pub const MKFS_FAT: &str = "/usr/sbin/mkfs.vfat";
 pub const RSYNC: &str = "/usr/bin/rsync";
-pub const EXTLINUX: &str = "/sbin/extlinux";
+pub const EXTLINUX: &str = "/usr/bin/extlinux";
 /// syslinux' GPT-aware MBR boot code (440 bytes).
 pub const GPTMBR_BIN: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
 /// syslinux' BIOS COM32 modules (`ldlinux.c32`, ...).

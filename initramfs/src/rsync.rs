@@ -159,7 +159,7 @@ pub fn copy(
             for line in split.push(&chunk[..n]) {
                 if let Some(p) = parse_progress2(&line) {
                     last = p;
-                    if last_report.map_or(true, |t| t.elapsed() >= every) {
+                    if !matches!(last_report, Some(t) if t.elapsed() < every) {
                         last_report = Some(Instant::now());
                         on_progress(p);
                     }

@@ -1,0 +1,203 @@
+//! Partitions and formats a sparse file through a loop device with the same
+//! library calls the installer makes, then inspects the result with the standard
+//! tools (sgdisk, blkid, dumpe2fs). Needs root and losetup; skips otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rollout::wire::{Layout, RootFs};
+use rollout_installer::layout::{self, Firmware, PartKind, MIB};
+use rollout_installer::{format, partition, swap};
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (loop devices need root)".into());
+    }
+    for tool in ["losetup", "sgdisk", "blkid", "dumpe2fs"] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !found {
+            return Some(format!(
+                "{tool} missing (apt-get install util-linux gdisk e2fsprogs)"
+            ));
+        }
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Some("no /dev/loop-control (loop driver unavailable here)".into());
+    }
+    None
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A loop device over a sparse file, detached on drop even if the test fails.
+struct Loop {
+    dev: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Loop {
+    fn new(size: u64, sector: u64) -> Loop {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        std::fs::File::create(&img).unwrap().set_len(size).unwrap();
+        let sector = sector.to_string();
+        let dev = run(
+            "losetup",
+            &[
+                "--find",
+                "--show",
+                "--partscan",
+                "--sector-size",
+                &sector,
+                img.to_str().unwrap(),
+            ],
+        );
+        Loop {
+            dev: PathBuf::from(dev.trim()),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+fn blkid(dev: &Path) -> String {
+    run("blkid", &["-p", "-o", "export", dev.to_str().unwrap()])
+}
+
+fn install_like(firmware: Firmware, sector: u64) {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED loop-device test: {why}");
+        return;
+    }
+    let disk = Loop::new(3 * 1024 * MIB, sector);
+    let lay = Layout {
+        root_mib: 0,
+        swap_mib: 256,
+        root_fs: RootFs::Ext3,
+        root_label: "it-root".into(),
+    };
+    let planned = layout::plan(3 * 1024 * MIB, sector, firmware, &lay).unwrap();
+    let parts = partition::write_table(&disk.dev, &planned).unwrap();
+    let dev_of = |k: PartKind| {
+        let i = planned.parts.iter().position(|p| p.kind == k).unwrap();
+        parts[i].clone()
+    };
+
+    // The partition table, as sgdisk sees it.
+    let table = run("sgdisk", &["-p", disk.dev.to_str().unwrap()]);
+    println!("{table}");
+    assert!(
+        table.contains(&format!("Sector size (logical/physical): {sector}/"))
+            || table.contains(&format!("Sector size (logical): {sector}")),
+        "{table}"
+    );
+    let (boot_code, boot_name) = match firmware {
+        Firmware::Bios => ("EF02", "BIOS boot partition"),
+        Firmware::Uefi => ("EF00", "EFI system partition"),
+    };
+    assert!(
+        table.contains(boot_code) && table.contains(boot_name),
+        "{table}"
+    );
+    assert!(table.contains("8300") && table.contains("8200"), "{table}");
+    let verify = run("sgdisk", &["-v", disk.dev.to_str().unwrap()]);
+    assert!(verify.contains("No problems found"), "{verify}");
+    let attrs = run("sgdisk", &["-A", "2:show", disk.dev.to_str().unwrap()]);
+    assert_eq!(
+        attrs.contains("legacy BIOS bootable"),
+        firmware == Firmware::Bios,
+        "root attributes: {attrs}"
+    );
+    // 1 MiB alignment of every partition.
+    for p in &planned.parts {
+        assert_eq!(p.first_lba * sector % MIB, 0);
+    }
+
+    // Root: ext3 with a journal, without extents, labelled.
+    let root = dev_of(PartKind::Root);
+    format::mke2fs(RootFs::Ext3, "it-root", &root).unwrap();
+    let uuid = format::uuid_string(format::read_ext_uuid(&root).unwrap());
+    let id = blkid(&root);
+    assert!(id.contains("TYPE=ext3"), "{id}");
+    assert!(id.contains("LABEL=it-root"), "{id}");
+    assert!(
+        id.contains(&format!("\nUUID={uuid}\n")) || id.starts_with(&format!("UUID={uuid}\n")),
+        "blkid {id} vs superblock {uuid}"
+    );
+    let sb = run("dumpe2fs", &["-h", root.to_str().unwrap()]);
+    let features = sb
+        .lines()
+        .find(|l| l.starts_with("Filesystem features:"))
+        .unwrap();
+    assert!(features.contains("has_journal"), "{features}");
+    assert!(!features.contains("extent"), "{features}");
+    assert!(sb.contains("Filesystem volume name:   it-root"), "{sb}");
+
+    // Swap: our own header, recognised by blkid with our UUID.
+    let sw = dev_of(PartKind::Swap);
+    let swap_part = planned.part(PartKind::Swap).unwrap();
+    let suuid = *uuid::Uuid::new_v4().as_bytes();
+    swap::write(&sw, swap_part.lba_count * sector, suuid, "rollout-swap").unwrap();
+    let id = blkid(&sw);
+    assert!(id.contains("TYPE=swap"), "{id}");
+    assert!(
+        id.contains(&format!("UUID={}", format::uuid_string(suuid))),
+        "{id}"
+    );
+    assert!(id.contains("LABEL=rollout-swap"), "{id}");
+    let page = std::fs::read(&sw)
+        .map(|b| b[..4096].to_vec())
+        .unwrap_or_default();
+    assert_eq!(&page[4086..], b"SWAPSPACE2");
+
+    if firmware == Firmware::Uefi {
+        let esp = dev_of(PartKind::Esp);
+        format::mkfs_fat("ESP", &esp).unwrap();
+        let id = blkid(&esp);
+        assert!(id.contains("TYPE=vfat") && id.contains("LABEL=ESP"), "{id}");
+    }
+
+    // The failure path: wiping leaves no partition table behind.
+    partition::wipe(&disk.dev).unwrap();
+    let out = Command::new("sgdisk")
+        .arg("-p")
+        .arg(&disk.dev)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("8300"), "table survived the wipe: {text}");
+}
+
+#[test]
+fn bios_layout_on_512_byte_sectors() {
+    install_like(Firmware::Bios, 512);
+}
+
+#[test]
+fn uefi_layout_on_4k_sectors() {
+    install_like(Firmware::Uefi, 4096);
+}
