@@ -169,7 +169,11 @@ pub fn copy(
         let exit = child.wait().map_err(RsyncError::Spawn)?;
         stderr_text = err_thread.join().unwrap_or_default();
         if exit_ok(exit.code()) {
-            return Ok(last);
+            // progress2's last line can say 99% for a finished copy.
+            return Ok(Progress {
+                percent: 100,
+                ..last
+            });
         }
         status = exit.to_string();
         let tail: Vec<&str> = stderr_text.lines().rev().take(5).collect();

@@ -1,0 +1,77 @@
+//! `rsync::copy` with the real rsync binary between two local directories: the
+//! flags are accepted, excludes apply, and progress2 output is parsed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rollout_installer::{paths, rsync};
+
+#[test]
+fn copies_tree_with_excludes_and_reports_progress() {
+    if !Path::new(paths::RSYNC).exists() {
+        println!(
+            "SKIPPED rsync test: {} missing (apt-get install rsync)",
+            paths::RSYNC
+        );
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("etc/ssh")).unwrap();
+    std::fs::write(src.path().join("etc/hostname"), "golden\n").unwrap();
+    std::fs::write(src.path().join("etc/ssh/ssh_host_rsa_key"), "secret").unwrap();
+    std::fs::write(src.path().join("big"), vec![7u8; 3 << 20]).unwrap();
+    std::os::unix::fs::symlink("etc/hostname", src.path().join("link")).unwrap();
+    let mut seen = Vec::new();
+    let last = rsync::copy(
+        &src.path().to_string_lossy(),
+        &dst.path().to_string_lossy(),
+        &["/etc/ssh/ssh_host_*".into()],
+        1,
+        Duration::ZERO,
+        |p| seen.push(p),
+        |_, why| panic!("retry: {why}"),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dst.path().join("etc/hostname")).unwrap(),
+        "golden\n"
+    );
+    assert_eq!(
+        std::fs::read_link(dst.path().join("link")).unwrap(),
+        Path::new("etc/hostname")
+    );
+    assert!(
+        !dst.path().join("etc/ssh/ssh_host_rsa_key").exists(),
+        "exclude ignored"
+    );
+    assert!(!seen.is_empty(), "no progress2 line parsed");
+    assert_eq!(last.percent, 100);
+    assert!(last.bytes >= 3 << 20, "{last:?}");
+}
+
+#[test]
+fn failure_is_reported_after_the_attempts() {
+    if !Path::new(paths::RSYNC).exists() {
+        println!("SKIPPED rsync test: {} missing", paths::RSYNC);
+        return;
+    }
+    let dst = tempfile::tempdir().unwrap();
+    let mut retries = 0;
+    let err = rsync::copy(
+        "/nonexistent-rollout-src",
+        &dst.path().to_string_lossy(),
+        &[],
+        2,
+        Duration::ZERO,
+        |_| {},
+        |_, _| retries += 1,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(retries, 1);
+    assert!(
+        err.contains("failed 2 times") && err.contains("nonexistent-rollout-src"),
+        "{err}"
+    );
+}
