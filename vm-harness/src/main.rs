@@ -1,0 +1,263 @@
+//! `vm-harness`: the virtual lab from the command line.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use vm_harness::boottest::{self, BootTestOptions, ServerKind};
+use vm_harness::{Accel, Firmware, FirmwareChoice, Lab, LabOptions};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A virtual lab of blank QEMU nodes that PXE-boot from rollout"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the lab, start `rollout serve` and the nodes, and stay up until Ctrl-C.
+    Up(UpArgs),
+    /// Remove a lab left behind by a crashed run (its namespace and processes).
+    Down {
+        #[arg(long, default_value = "demo")]
+        name: String,
+        /// Every `rollout-lab-*` namespace on this machine.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Boot blank nodes and check each reaches the installer's first console line.
+    BootTest(BootTestArgs),
+    /// (Not yet implemented) Follow installs through the server's API.
+    Demo(UpArgs),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Lab name; the namespace is rollout-lab-NAME.
+    #[arg(long, default_value = "demo")]
+    name: String,
+    /// `rollout` binary [default: $ROLLOUT_BIN, else target/debug/rollout].
+    #[arg(long)]
+    rollout_bin: Option<PathBuf>,
+    /// Installer kernel [default: newest /boot/vmlinuz-*].
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Installer initramfs [default: $ROLLOUT_INITRAMFS, else a busybox probe].
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    #[arg(long, default_value = "1024")]
+    memory: u32,
+    /// tcg, or kvm (probed with a 5 s limit, falls back to tcg).
+    #[arg(long, default_value = "tcg")]
+    accel: String,
+    /// Keep disks, logs and config in this directory.
+    #[arg(long)]
+    keep_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct UpArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value = "2")]
+    nodes: usize,
+    /// bios, uefi or mixed.
+    #[arg(long, default_value = "mixed")]
+    firmware: FirmwareChoice,
+    /// Disk size per node (e.g. 8G).
+    #[arg(long, default_value = "8G")]
+    disk_size: String,
+    /// Serve with dnsmasq (DHCP+TFTP) instead of rollout: no installs, lab check only.
+    #[arg(long)]
+    dnsmasq: bool,
+}
+
+#[derive(Args, Clone)]
+struct BootTestArgs {
+    #[command(flatten)]
+    common: Common,
+    /// One node per firmware listed.
+    #[arg(long, value_delimiter = ',', default_value = "bios,uefi")]
+    firmware: Vec<String>,
+    /// Seconds each node has to reach the installer.
+    #[arg(long, default_value = "240")]
+    timeout: u64,
+    /// Serve with dnsmasq instead of rollout (tells lab faults from server faults).
+    #[arg(long)]
+    dnsmasq: bool,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // Catch Ctrl-C so destructors tear the lab down instead of leaving it behind.
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+    }
+    match cli.cmd {
+        Cmd::Up(a) => up(a, false),
+        Cmd::Demo(a) => up(a, true),
+        Cmd::Down { name, all } => {
+            let names = if all {
+                vm_harness::netns::list_lab_namespaces()
+                    .into_iter()
+                    .filter_map(|n| {
+                        n.strip_prefix(vm_harness::netns::NS_PREFIX)
+                            .map(String::from)
+                    })
+                    .collect()
+            } else {
+                vec![name]
+            };
+            for n in names {
+                vm_harness::cleanup(&n).with_context(|| format!("cleaning up lab {n}"))?;
+                println!("lab {n}: cleaned up");
+            }
+            Ok(())
+        }
+        Cmd::BootTest(a) => boot_test(a),
+    }
+}
+
+fn rollout_bin(arg: &Option<PathBuf>) -> PathBuf {
+    arg.clone()
+        .or_else(|| std::env::var_os("ROLLOUT_BIN").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("target/debug/rollout"))
+}
+
+fn initramfs(arg: &Option<PathBuf>) -> Option<PathBuf> {
+    arg.clone()
+        .or_else(|| std::env::var_os("ROLLOUT_INITRAMFS").map(PathBuf::from))
+}
+
+fn accel(s: &str) -> Result<Accel> {
+    match s {
+        "tcg" => Ok(Accel::choose(false)),
+        "kvm" => Ok(Accel::choose(true)),
+        _ => bail!("unknown accelerator {s:?}: use tcg or kvm"),
+    }
+}
+
+fn boot_test(a: BootTestArgs) -> Result<()> {
+    let server = if a.dnsmasq {
+        ServerKind::Dnsmasq
+    } else {
+        ServerKind::Rollout(rollout_bin(&a.common.rollout_bin))
+    };
+    let mut opts = BootTestOptions::new(&a.common.name, server);
+    opts.firmwares = a
+        .firmware
+        .iter()
+        .map(|f| match f.as_str() {
+            "bios" => Ok(Firmware::Bios),
+            "uefi" => Ok(Firmware::Uefi),
+            _ => bail!("unknown firmware {f:?}: use bios or uefi"),
+        })
+        .collect::<Result<_>>()?;
+    opts.kernel = a.common.kernel.clone();
+    opts.initramfs = initramfs(&a.common.initramfs);
+    opts.timeout = Duration::from_secs(a.timeout);
+    opts.memory_mib = a.common.memory;
+    opts.keep_dir = a.common.keep_dir.clone();
+    opts.accel = accel(&a.common.accel)?;
+    let report = boottest::run(&opts)?;
+    print!("{}", report.render());
+    if !report.all_passed() {
+        bail!("boot test failed");
+    }
+    Ok(())
+}
+
+fn up(a: UpArgs, demo: bool) -> Result<()> {
+    let c = &a.common;
+    let disk_bytes = vm_harness::qemu::parse_size(&a.disk_size)
+        .with_context(|| format!("bad --disk-size {:?}: use e.g. 8G or 512M", a.disk_size))?;
+    let mut lab = Lab::create_with(LabOptions {
+        name: c.name.clone(),
+        nodes: a.nodes,
+        firmware: a.firmware,
+        disk_bytes,
+        memory_mib: c.memory,
+        keep_dir: c.keep_dir.clone(),
+        accel: accel(&c.accel)?,
+    })?;
+    let kernel = match &c.kernel {
+        Some(k) => k.clone(),
+        None => boottest::host_kernel()?,
+    };
+    boottest::stage_boot_files(
+        &lab.state_dir(),
+        &kernel,
+        initramfs(&c.initramfs).as_deref(),
+    )?;
+    if a.dnsmasq {
+        bail!("`up --dnsmasq` is only wired into boot-test; use `boot-test --dnsmasq`");
+    }
+    let cfg = lab.write_config(&lab.config())?;
+    lab.spawn_server(&cfg, &rollout_bin(&c.rollout_bin))?;
+    lab.wait_server_ready(Duration::from_secs(30))
+        .context("waiting for rollout serve")?;
+    lab.start_all()?;
+    println!(
+        "lab {} up in namespace {}; files in {}",
+        lab.name(),
+        lab.netns().name(),
+        lab.dir().display()
+    );
+    for n in lab.nodes() {
+        println!(
+            "  {} {} {} console {}",
+            n.name(),
+            n.firmware(),
+            n.mac(),
+            n.console_log().display()
+        );
+    }
+    if demo {
+        // TODO(lead): once `GET /api/v1/nodes` exists, poll it here with
+        // vm_harness::server::http_get and print each node's install state
+        // until every node reports `installed`, then exit 0.
+        println!(
+            "demo: node tracking via /api/v1/nodes is not implemented yet; behaving like `up`"
+        );
+    }
+    println!("Ctrl-C to tear down");
+    let started = Instant::now();
+    let mut last = Instant::now();
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+        if last.elapsed() >= Duration::from_secs(15) {
+            last = Instant::now();
+            for n in lab.nodes_mut() {
+                let state = if n.is_running() { "running" } else { "off" };
+                let line = n.console_tail(1).pop().unwrap_or_default();
+                println!(
+                    "[{:>4}s] {} {state}: {line}",
+                    started.elapsed().as_secs(),
+                    n.name()
+                );
+            }
+        }
+    }
+    println!("tearing down lab {}", lab.name());
+    Ok(())
+}

@@ -1,0 +1,524 @@
+//! One lab node: a QEMU machine with a blank disk that boots from the network first.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::console::{self, Pattern};
+use crate::error::{Error, IoContext, Result};
+use crate::proc::{run, ProcessGroup};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+/// Debian's ipxe-qemu ROM for virtio-net; it carries both the legacy PXE and the
+/// EFI driver, so the same NIC boots under SeaBIOS and OVMF.
+pub const VIRTIO_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS on the i440fx machine.
+    Bios,
+    /// OVMF on q35, with a per-node copy of the variable store.
+    Uefi,
+}
+
+impl Firmware {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
+impl std::fmt::Display for Firmware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+impl Accel {
+    /// TCG unless KVM is asked for (`want_kvm`, or `ROLLOUT_KVM=1`) and a probe
+    /// shows it actually runs guest code. Nested KVM on some hosts opens fine and
+    /// then hangs on the first instruction, hence the probe.
+    pub fn choose(want_kvm: bool) -> Accel {
+        let env = std::env::var("ROLLOUT_KVM").is_ok_and(|v| v == "1");
+        if !(want_kvm || env) {
+            return Accel::Tcg;
+        }
+        if probe(Accel::Kvm, Duration::from_secs(5)) {
+            Accel::Kvm
+        } else {
+            eprintln!("vm-harness: KVM did not boot a probe VM within 5 s; using TCG");
+            Accel::Tcg
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+}
+
+/// Whether `accel` gets SeaBIOS to print its banner within `timeout`. SeaBIOS
+/// writes its log to the debug port 0x402, which we route to stdout.
+pub fn probe(accel: Accel, timeout: Duration) -> bool {
+    if accel == Accel::Kvm && !Path::new("/dev/kvm").exists() {
+        return false;
+    }
+    let mut cmd = Command::new(QEMU);
+    cmd.args(["-accel", accel.as_str(), "-machine", "pc", "-m", "64"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-chardev", "stdio,id=dbg", "-device"])
+        .arg("isa-debugcon,iobase=0x402,chardev=dbg")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let Ok(mut pg) = ProcessGroup::spawn("kvm probe", &mut cmd) else {
+        return false;
+    };
+    let Some(stdout) = pg_stdout(&mut pg) else {
+        return false;
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+            if line.contains("SeaBIOS") {
+                let _ = tx.send(());
+                return;
+            }
+        }
+    });
+    let ok = rx.recv_timeout(timeout).is_ok();
+    pg.kill(Duration::from_millis(200));
+    ok
+}
+
+fn pg_stdout(pg: &mut ProcessGroup) -> Option<std::process::ChildStdout> {
+    pg.child_mut().stdout.take()
+}
+
+/// The MAC of lab node number `index` (1-based), e.g. `52:54:00:00:00:01`.
+pub fn mac_for(index: usize) -> String {
+    format!(
+        "52:54:00:00:{:02x}:{:02x}",
+        (index >> 8) & 0xff,
+        index & 0xff
+    )
+}
+
+/// Parses sizes like `8G`, `512M`, `1073741824`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'G' | 'g') => (&s[..i], 1u64 << 30),
+        (i, 'M' | 'm') => (&s[..i], 1u64 << 20),
+        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
+        _ => (s, 1),
+    };
+    u64::from_str(num).ok()?.checked_mul(mult)
+}
+
+/// How to build one node.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub mac: String,
+    pub firmware: Firmware,
+    pub memory_mib: u32,
+    pub disk_bytes: u64,
+    pub accel: Accel,
+}
+
+/// A QEMU node in the lab. The QEMU process is killed when this is dropped; the
+/// disk, variable store and logs stay in the node's directory.
+#[derive(Debug)]
+pub struct Node {
+    spec: NodeSpec,
+    netns: String,
+    tap: String,
+    dir: PathBuf,
+    run_dir: PathBuf,
+    proc: Option<ProcessGroup>,
+}
+
+impl Node {
+    /// Creates the node's blank disk (and UEFI variable store) under `dir`.
+    /// `run_dir` holds the QMP socket and pid file; it must be short (socket paths
+    /// are limited to 107 bytes).
+    pub(crate) fn prepare(
+        spec: NodeSpec,
+        netns: &str,
+        tap: &str,
+        dir: PathBuf,
+        run_dir: &Path,
+    ) -> Result<Node> {
+        fs::create_dir_all(&dir).ctx("creating the node directory", &dir)?;
+        let node = Node {
+            netns: netns.to_string(),
+            tap: tap.to_string(),
+            run_dir: run_dir.to_path_buf(),
+            dir,
+            spec,
+            proc: None,
+        };
+        let disk = node.disk_path();
+        if !disk.exists() {
+            run(Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&disk)
+                .arg(node.spec.disk_bytes.to_string()))?;
+        }
+        if node.spec.firmware == Firmware::Uefi && !node.vars_path().exists() {
+            fs::copy(OVMF_VARS, node.vars_path())
+                .ctx("copying the OVMF variable store", OVMF_VARS)?;
+        }
+        Ok(node)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+    pub fn mac(&self) -> &str {
+        &self.spec.mac
+    }
+    pub fn firmware(&self) -> Firmware {
+        self.spec.firmware
+    }
+    pub fn spec(&self) -> &NodeSpec {
+        &self.spec
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn disk_path(&self) -> PathBuf {
+        self.dir.join("disk.qcow2")
+    }
+    pub fn vars_path(&self) -> PathBuf {
+        self.dir.join("OVMF_VARS.fd")
+    }
+    /// The serial console, appended to across restarts.
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    /// QEMU's own stderr.
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.run_dir.join(format!("{}.qmp", self.spec.name))
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.run_dir.join(format!("{}.pid", self.spec.name))
+    }
+
+    /// The full QEMU argument list (without the program).
+    pub fn qemu_args(&self) -> Vec<String> {
+        let s = &self.spec;
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|x| x.to_string()));
+        // graphics=off makes SeaBIOS mirror its screen, and with it the iPXE
+        // ROM's messages, onto the serial console: no VGA here to show them.
+        let machine = match s.firmware {
+            Firmware::Bios => "pc,graphics=off",
+            Firmware::Uefi => "q35",
+        };
+        push(&[
+            "-name",
+            &s.name,
+            "-accel",
+            s.accel.as_str(),
+            "-machine",
+            machine,
+        ]);
+        push(&["-m", &s.memory_mib.to_string(), "-smp", "1"]);
+        push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+        let log = self.console_log();
+        push(&[
+            "-chardev",
+            &format!("file,id=ser0,path={},append=on", log.display()),
+            "-serial",
+            "chardev:ser0",
+        ]);
+        let qmp = self.qmp_socket();
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", qmp.display()),
+        ]);
+        push(&[
+            "-netdev",
+            &format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap),
+        ]);
+        // The ROM's legacy image is built for the modern virtio-net id (1af4:1041);
+        // QEMU only patches ids into its *default* ROM, so with an explicit
+        // romfile a transitional device (1af4:1000) makes SeaBIOS skip the ROM.
+        // disable-legacy=on presents 1041 and the ids match under both firmwares.
+        // bootindex puts the NIC first and the disk second for both SeaBIOS and
+        // OVMF; when iPXE exits (an installed node), the firmware falls through
+        // to the disk.
+        push(&[
+            "-device",
+            &format!(
+                "virtio-net-pci,netdev=n0,mac={},disable-legacy=on,romfile={VIRTIO_ROM},bootindex=1",
+                s.mac
+            ),
+        ]);
+        let disk = self.disk_path();
+        push(&[
+            "-drive",
+            &format!(
+                "file={},if=none,id=d0,format=qcow2,discard=unmap",
+                disk.display()
+            ),
+            "-device",
+            "virtio-blk-pci,drive=d0,bootindex=2",
+        ]);
+        if s.firmware == Firmware::Uefi {
+            let vars = self.vars_path();
+            push(&[
+                "-drive",
+                &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                "-drive",
+                &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            ]);
+        }
+        a
+    }
+
+    /// Powers the node on (QEMU inside the lab namespace).
+    pub fn start(&mut self) -> Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        let _ = fs::remove_file(self.qmp_socket());
+        let qemu_log = self.qemu_log();
+        let err = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&qemu_log)
+            .ctx("opening the QEMU log", &qemu_log)?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns, QEMU])
+            .args(self.qemu_args())
+            .stdout(err.try_clone().ctx("opening the QEMU log", &qemu_log)?)
+            .stderr(err);
+        let mut pg = ProcessGroup::spawn(&format!("qemu {}", self.spec.name), &mut cmd)?;
+        pg.write_pid_file(&self.pid_file())?;
+        self.proc = Some(pg);
+        Ok(())
+    }
+
+    /// Whether QEMU is running (a guest poweroff ends the process).
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(|p| p.is_running())
+    }
+
+    /// Current length of the console log; pass it to [`Node::wait_for_console_after`]
+    /// to wait for output printed from now on (e.g. after a reboot).
+    pub fn console_mark(&self) -> u64 {
+        console::mark(&self.console_log())
+    }
+
+    /// Waits until `pattern` appears anywhere on the console.
+    pub fn wait_for_console(&mut self, pattern: &Pattern, timeout: Duration) -> Result<Duration> {
+        self.wait_for_console_after(0, pattern, timeout)
+    }
+
+    /// Waits until `pattern` appears in console output past byte `mark`. Returns
+    /// how long the wait took. Fails early if QEMU exits without printing it.
+    pub fn wait_for_console_after(
+        &mut self,
+        mark: u64,
+        pattern: &Pattern,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if self.poll_console(mark, pattern)? {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() >= timeout {
+                return Err(Error::Timeout {
+                    what: format!("{pattern} on the console of {}", self.spec.name),
+                    after: timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// One non-blocking look: `Ok(true)` once `pattern` is on the console past
+    /// `mark`, an error if QEMU is not running and never printed it.
+    pub fn poll_console(&mut self, mark: u64, pattern: &Pattern) -> Result<bool> {
+        let log = self.console_log();
+        let exited = match self.proc.as_mut() {
+            None => Some("not started".to_string()),
+            Some(p) => p.try_wait().map(|st| st.to_string()),
+        };
+        // Read after checking the exit so output flushed just before exit counts.
+        if pattern.find_end(&console::read_from(&log, mark)).is_some() {
+            return Ok(true);
+        }
+        match exited {
+            Some(status) => Err(Error::Exited {
+                what: format!("node {}", self.spec.name),
+                status,
+                waiting_for: format!("its console showed {pattern}"),
+                log,
+            }),
+            None => Ok(false),
+        }
+    }
+
+    /// The last `n` lines of the serial console.
+    pub fn console_tail(&self, n: usize) -> Vec<String> {
+        console::tail(&self.console_log(), n)
+    }
+
+    /// Pulls the plug: QMP `quit`, or killing QEMU if QMP does not answer.
+    pub fn power_off(&mut self) -> Result<()> {
+        let Some(mut pg) = self.proc.take() else {
+            return Ok(());
+        };
+        if pg.is_running() {
+            let _ = self.qmp("quit");
+            if pg.wait_timeout(Duration::from_secs(5)).is_none() {
+                pg.kill(Duration::from_secs(1));
+            }
+        }
+        drop(pg);
+        Ok(())
+    }
+
+    /// Power cycle: a fresh QEMU process on the same disk and variable store.
+    pub fn restart(&mut self) -> Result<()> {
+        self.power_off()?;
+        self.start()
+    }
+
+    /// Hardware reset through QMP, keeping the QEMU process.
+    pub fn reset(&mut self) -> Result<()> {
+        self.qmp("system_reset").map(|_| ())
+    }
+
+    /// Runs one QMP command without arguments and returns the raw reply line.
+    pub fn qmp(&self, command: &str) -> Result<String> {
+        let sock = self.qmp_socket();
+        let err = |message: String| Error::Qmp {
+            socket: sock.clone(),
+            message,
+        };
+        let stream = UnixStream::connect(&sock).map_err(|e| err(format!("connect: {e}")))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| err(e.to_string()))?;
+        let mut w = stream.try_clone().map_err(|e| err(e.to_string()))?;
+        let mut r = BufReader::new(stream);
+        let mut greeting = String::new();
+        r.read_line(&mut greeting)
+            .map_err(|e| err(format!("greeting: {e}")))?;
+        let mut reply = |cmd: &str| -> Result<String> {
+            writeln!(w, "{{\"execute\":\"{cmd}\"}}").map_err(|e| err(format!("send: {e}")))?;
+            loop {
+                let mut line = String::new();
+                let n = r
+                    .read_line(&mut line)
+                    .map_err(|e| err(format!("read: {e}")))?;
+                // `quit` may close the socket before or after replying.
+                if n == 0 {
+                    return Ok(String::new());
+                }
+                if line.contains("\"error\"") {
+                    return Err(err(line.trim().to_string()));
+                }
+                if line.contains("\"return\"") {
+                    return Ok(line.trim().to_string());
+                }
+            }
+        };
+        reply("qmp_capabilities")?;
+        reply(command)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Killing (not QMP) keeps teardown fast; the disk needs no clean shutdown.
+        if let Some(mut pg) = self.proc.take() {
+            pg.kill(Duration::from_secs(1));
+        }
+        let _ = fs::remove_file(self.qmp_socket());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(fw: Firmware) -> Node {
+        Node {
+            spec: NodeSpec {
+                name: "node1".into(),
+                mac: mac_for(1),
+                firmware: fw,
+                memory_mib: 1024,
+                disk_bytes: 8 << 30,
+                accel: Accel::Tcg,
+            },
+            netns: "rollout-lab-t".into(),
+            tap: "tap1".into(),
+            dir: "/lab/node1".into(),
+            run_dir: "/run/vm-harness/t".into(),
+            proc: None,
+        }
+    }
+
+    #[test]
+    fn bios_node_boots_network_first_without_no_reboot() {
+        let args = node(Firmware::Bios).qemu_args().join(" ");
+        assert!(
+            args.contains("-accel tcg -machine pc,graphics=off "),
+            "{args}"
+        );
+        assert!(args.contains("-netdev tap,id=n0,ifname=tap1,script=no,downscript=no"));
+        assert!(args.contains(
+            "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01,disable-legacy=on,romfile=/usr/lib/ipxe/qemu/efi-virtio.rom,bootindex=1"
+        ));
+        assert!(args.contains("virtio-blk-pci,drive=d0,bootindex=2"));
+        assert!(args.contains("file=/lab/node1/disk.qcow2,if=none"));
+        assert!(args.contains("path=/lab/node1/console.log,append=on"));
+        assert!(!args.contains("-no-reboot"));
+        assert!(!args.contains("pflash"));
+    }
+
+    #[test]
+    fn uefi_node_uses_q35_and_its_own_vars() {
+        let args = node(Firmware::Uefi).qemu_args().join(" ");
+        assert!(args.contains("-machine q35"));
+        assert!(args.contains(&format!("unit=0,readonly=on,file={OVMF_CODE}")));
+        assert!(args.contains("unit=1,file=/lab/node1/OVMF_VARS.fd"));
+    }
+
+    #[test]
+    fn macs_and_sizes() {
+        assert_eq!(mac_for(1), "52:54:00:00:00:01");
+        assert_eq!(mac_for(300), "52:54:00:00:01:2c");
+        assert_eq!(parse_size("8G"), Some(8 << 30));
+        assert_eq!(parse_size("512m"), Some(512 << 20));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("x"), None);
+    }
+}
