@@ -127,7 +127,9 @@ pub struct LoadReport {
     pub loaded: Vec<String>,
     pub already: Vec<String>,
     pub builtin: Vec<String>,
-    /// Human-readable notes for skipped or failed modules.
+    /// Modules (or dependencies) whose files are not in the initramfs.
+    pub missing: Vec<String>,
+    /// Human-readable notes for modules that failed to load.
     pub notes: Vec<String>,
 }
 
@@ -164,9 +166,7 @@ pub fn load(dir: &Path, wanted: &[&str]) -> Result<LoadReport, ModuleError> {
             if plain.exists() {
                 path = plain;
             } else {
-                report
-                    .notes
-                    .push(format!("{name}: {} missing, skipped", path.display()));
+                report.missing.push(name);
                 continue;
             }
         } else if !rel.ends_with(".ko") {

@@ -58,6 +58,10 @@ pub const MODULES: &[&str] = &[
     "ahci",
     "nvme",
     "sd_mod",
+    // ext4 and jbd2 need crc32c through the crypto API (a modules.softdep, which
+    // nobody resolves without modprobe): load an implementation first.
+    "crc32c_generic",
+    "crc32c_intel",
     "ext4",
     "vfat",
     "nls_cp437",

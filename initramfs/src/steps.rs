@@ -613,16 +613,23 @@ impl Installer {
 fn load_modules() -> Result<((), String), StepError> {
     let dir = modules::modules_dir(Path::new(paths::MODULES_DIR));
     let r = modules::load(&dir, paths::MODULES)?;
+    if !r.missing.is_empty() {
+        console::line(&format!(
+            "load_modules: note: not in the initramfs, skipped: {}",
+            r.missing.join(" ")
+        ));
+    }
     for n in &r.notes {
         console::line(&format!("load_modules: note: {n}"));
     }
     Ok((
         (),
         format!(
-            "{} loaded, {} already loaded, {} built in, {} skipped ({})",
+            "{} loaded, {} already loaded, {} built in, {} missing, {} failed ({})",
             r.loaded.len(),
             r.already.len(),
             r.builtin.len(),
+            r.missing.len(),
             r.notes.len(),
             dir.display()
         ),
