@@ -61,6 +61,10 @@ pub struct ServerConfig {
     pub tftp_root: PathBuf,
     /// Listen for HTTP/TFTP on this address instead of `address` (tests bind 127.0.0.1).
     pub listen: Option<Ipv4Addr>,
+    #[serde(default = "default_rsync_port")]
+    pub rsync_port: u16,
+    /// Token for API calls that change state; generated into state_dir/admin.token if unset.
+    pub admin_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +76,8 @@ impl Default for ServerConfig {
             tftp_port: default_tftp_port(),
             tftp_root: default_tftp_root(),
             listen: None,
+            rsync_port: default_rsync_port(),
+            admin_token: None,
         }
     }
 }
@@ -81,6 +87,9 @@ fn default_http_port() -> u16 {
 }
 fn default_tftp_port() -> u16 {
     69
+}
+fn default_rsync_port() -> u16 {
+    873
 }
 fn default_tftp_root() -> PathBuf {
     PathBuf::from("/usr/lib/ipxe")
@@ -155,6 +164,18 @@ pub struct InstallConfig {
     /// Extra kernel arguments for the installer (and the installed OS).
     #[serde(default = "default_cmdline")]
     pub kernel_cmdline: String,
+    /// What to do with machines that PXE-boot but are not declared.
+    #[serde(default = "default_unknown")]
+    pub unknown: crate::inventory::UnknownPolicy,
+    /// What a node whose install failed does on its next boot.
+    #[serde(default)]
+    pub on_failure: crate::inventory::RetryPolicy,
+    /// Seconds without a report after which an install is marked failed.
+    #[serde(default = "default_install_timeout")]
+    pub install_timeout: u64,
+    /// Seconds a failed installer waits before rebooting (0: wait for the server).
+    #[serde(default = "default_reboot_after")]
+    pub reboot_after_failure: u64,
 }
 
 impl Default for InstallConfig {
@@ -162,12 +183,27 @@ impl Default for InstallConfig {
         InstallConfig {
             image: default_image(),
             kernel_cmdline: default_cmdline(),
+            unknown: default_unknown(),
+            on_failure: Default::default(),
+            install_timeout: default_install_timeout(),
+            reboot_after_failure: default_reboot_after(),
         }
     }
 }
 
 fn default_image() -> String {
     "default".into()
+}
+/// Unknown machines get the default image's installer: on a provisioning network
+/// that is why they PXE-boot. Use "approve" where strangers may plug in.
+fn default_unknown() -> crate::inventory::UnknownPolicy {
+    crate::inventory::UnknownPolicy::Install
+}
+fn default_install_timeout() -> u64 {
+    1800
+}
+fn default_reboot_after() -> u64 {
+    60
 }
 fn default_cmdline() -> String {
     "console=ttyS0,115200".into()
@@ -332,7 +368,10 @@ impl Config {
     }
 
     /// The DHCP plan if DHCP is to run, checked against the interface's real subnet.
-    pub fn dhcp_plan(&self, iface_addr: Option<(Ipv4Addr, Ipv4Addr)>) -> Result<Option<DhcpPlan>, ConfigError> {
+    pub fn dhcp_plan(
+        &self,
+        iface_addr: Option<(Ipv4Addr, Ipv4Addr)>,
+    ) -> Result<Option<DhcpPlan>, ConfigError> {
         if self.dhcp.mode == DhcpMode::Off {
             return Ok(None);
         }
@@ -403,6 +442,14 @@ impl Config {
             .unwrap_or(Ipv4Addr::UNSPECIFIED)
     }
 
+    pub fn policy(&self) -> crate::inventory::Policy {
+        crate::inventory::Policy {
+            unknown: self.install.unknown,
+            retry: self.install.on_failure,
+            install_timeout_secs: self.install.install_timeout,
+        }
+    }
+
     pub fn node_by_mac(&self, mac: &str) -> Option<&NodeConfig> {
         let mac = normalize_mac(mac)?;
         self.nodes
@@ -435,7 +482,11 @@ pub fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, mask: Ipv4Addr) -> bool {
 /// since operators paste MACs from BMCs and switch CLIs in both forms.
 pub fn normalize_mac(s: &str) -> Option<String> {
     let parts: Vec<&str> = s.trim().split([':', '-']).collect();
-    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit())) {
+    if parts.len() != 6
+        || parts
+            .iter()
+            .any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()))
+    {
         return None;
     }
     Some(parts.join(":").to_ascii_lowercase())
@@ -484,7 +535,8 @@ range = ["10.44.0.100", "10.44.0.199"]
 
     #[test]
     fn dhcp_without_interface_is_refused_naming_the_key() {
-        let e = err("state_dir = \"/x\"\n[server]\naddress = \"10.0.0.1\"\n[dhcp]\nmode = \"proxy\"\n");
+        let e =
+            err("state_dir = \"/x\"\n[server]\naddress = \"10.0.0.1\"\n[dhcp]\nmode = \"proxy\"\n");
         assert!(e.contains("server.interface"), "{e}");
         assert!(e.contains("never guesses"), "{e}");
     }
@@ -499,15 +551,24 @@ range = ["10.44.0.100", "10.44.0.199"]
     fn range_outside_interface_subnet_is_refused() {
         let c = Config::parse(BASE).unwrap();
         let e = c
-            .dhcp_plan(Some(("10.45.0.1".parse().unwrap(), "255.255.255.0".parse().unwrap())))
+            .dhcp_plan(Some((
+                "10.45.0.1".parse().unwrap(),
+                "255.255.255.0".parse().unwrap(),
+            )))
             .unwrap_err()
             .to_string();
         assert!(e.contains("outside rbr0's subnet 10.45.0.0/24"), "{e}");
         let ok = c
-            .dhcp_plan(Some(("10.44.0.1".parse().unwrap(), "255.255.255.0".parse().unwrap())))
+            .dhcp_plan(Some((
+                "10.44.0.1".parse().unwrap(),
+                "255.255.255.0".parse().unwrap(),
+            )))
             .unwrap()
             .unwrap();
-        assert_eq!(ok.range.unwrap().0, "10.44.0.100".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            ok.range.unwrap().0,
+            "10.44.0.100".parse::<Ipv4Addr>().unwrap()
+        );
     }
 
     #[test]
@@ -527,7 +588,10 @@ range = ["10.44.0.100", "10.44.0.199"]
 
     #[test]
     fn reversed_range_and_bad_netmask_are_refused() {
-        let rev = BASE.replace("[\"10.44.0.100\", \"10.44.0.199\"]", "[\"10.44.0.199\", \"10.44.0.100\"]");
+        let rev = BASE.replace(
+            "[\"10.44.0.100\", \"10.44.0.199\"]",
+            "[\"10.44.0.199\", \"10.44.0.100\"]",
+        );
         assert!(err(&rev).contains("swap"));
         let mask = format!("{BASE}netmask = \"255.0.255.0\"\n");
         assert!(err(&mask).contains("dhcp.netmask"));
@@ -535,7 +599,10 @@ range = ["10.44.0.100", "10.44.0.199"]
 
     #[test]
     fn normalizes_macs() {
-        assert_eq!(normalize_mac("52-54-00-AB-cd-01").unwrap(), "52:54:00:ab:cd:01");
+        assert_eq!(
+            normalize_mac("52-54-00-AB-cd-01").unwrap(),
+            "52:54:00:ab:cd:01"
+        );
         assert!(normalize_mac("52:54:00:ab:cd").is_none());
         assert!(normalize_mac("zz:54:00:ab:cd:01").is_none());
     }

@@ -12,6 +12,10 @@ pub mod dhcp;
 #[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]
+pub mod images;
+#[cfg(feature = "server")]
+pub mod initramfs;
+#[cfg(feature = "server")]
 pub mod inventory;
 #[cfg(feature = "server")]
 pub mod netif;
@@ -21,7 +25,3 @@ pub mod serve;
 pub mod store;
 #[cfg(feature = "server")]
 pub mod tftp;
-#[cfg(feature = "server")]
-pub mod images;
-#[cfg(feature = "server")]
-pub mod initramfs;

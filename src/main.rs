@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "rollout", version, about = "Network-boot provisioning: DHCP, TFTP and HTTP for racks of blank machines")]
+#[command(
+    name = "rollout",
+    version,
+    about = "Network-boot provisioning: DHCP, TFTP and HTTP for racks of blank machines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,8 +31,9 @@ enum Command {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLOUT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,async_tftp=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLOUT_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,tower_http=warn,async_tftp=warn")
+    });
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -68,7 +73,11 @@ fn main() -> anyhow::Result<()> {
             let config = rollout::config::Config::load(&config)?;
             println!("{} is valid", config.state_dir.display());
             println!("HTTP base URL: {}", config.http_base_url());
-            println!("DHCP mode: {:?}, {} declared node(s)", config.dhcp.mode, config.nodes.len());
+            println!(
+                "DHCP mode: {:?}, {} declared node(s)",
+                config.dhcp.mode,
+                config.nodes.len()
+            );
         }
     }
     Ok(())

@@ -19,8 +19,16 @@ pub fn ipv4_of(name: &str) -> Result<Option<(Ipv4Addr, Ipv4Addr)>, NetifError> {
             continue;
         }
         exists = true;
-        let addr = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()).map(|s| s.ip());
-        let mask = ifa.netmask.as_ref().and_then(|a| a.as_sockaddr_in()).map(|s| s.ip());
+        let addr = ifa
+            .address
+            .as_ref()
+            .and_then(|a| a.as_sockaddr_in())
+            .map(|s| s.ip());
+        let mask = ifa
+            .netmask
+            .as_ref()
+            .and_then(|a| a.as_sockaddr_in())
+            .map(|s| s.ip());
         if let (Some(a), Some(m), None) = (addr, mask, found) {
             found = Some((a, m));
         }

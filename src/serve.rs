@@ -1,7 +1,12 @@
 //! `rollout serve`: DHCP, TFTP and HTTP together, stopped by one cancellation token.
 
 use crate::config::{Config, DhcpMode};
-use crate::dhcp::{self, leases::{LeaseTable, Range}, pxe::BootTargets, CoreConfig, DhcpCore, Subnet};
+use crate::dhcp::{
+    self,
+    leases::{LeaseTable, Range},
+    pxe::BootTargets,
+    CoreConfig, DhcpCore, Subnet,
+};
 use crate::http::{self, AppState};
 use crate::inventory::Inventory;
 use crate::store::SqliteLeaseStore;
@@ -29,12 +34,19 @@ pub enum ServeError {
     #[error(transparent)]
     Http(#[from] http::HttpError),
     #[error("cannot create state directory {path}: {source}")]
-    StateDir { path: std::path::PathBuf, source: std::io::Error },
+    StateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("a service stopped unexpectedly: {0}")]
     Task(String),
 }
 
-fn dhcp_core(config: &Config, plan: &crate::config::DhcpPlan, db: &std::path::Path) -> Result<DhcpCore, ServeError> {
+fn dhcp_core(
+    config: &Config,
+    plan: &crate::config::DhcpPlan,
+    db: &std::path::Path,
+) -> Result<DhcpCore, ServeError> {
     let d = &config.dhcp;
     let mut reservations = HashMap::new();
     let mut hostnames = HashMap::new();
@@ -50,7 +62,10 @@ fn dhcp_core(config: &Config, plan: &crate::config::DhcpPlan, db: &std::path::Pa
         .relays
         .iter()
         .map(|r| Subnet {
-            range: Some(Range { first: r.range[0], last: r.range[1] }),
+            range: Some(Range {
+                first: r.range[0],
+                last: r.range[1],
+            }),
             netmask: r.netmask,
             router: r.router,
             dns: d.dns.clone(),
@@ -74,12 +89,100 @@ fn dhcp_core(config: &Config, plan: &crate::config::DhcpPlan, db: &std::path::Pa
     Ok(DhcpCore::new(cfg, leases))
 }
 
+/// Config-file nodes become declared records (their install state is kept).
+fn declare_config_nodes(config: &Config, inventory: &Inventory) -> Result<(), ServeError> {
+    use crate::inventory::{NodeRecord, NodeState, Source};
+    for n in &config.nodes {
+        let mac = crate::config::normalize_mac(&n.mac).expect("validated");
+        let image = n
+            .image
+            .clone()
+            .unwrap_or_else(|| config.install.image.clone());
+        let mut rec = NodeRecord::new(
+            &mac,
+            &n.hostname,
+            &image,
+            Source::Config,
+            NodeState::Pending,
+        );
+        rec.ip = n.ip.map(|ip| ip.to_string());
+        rec.disk = n.disk.clone();
+        rec.root_mib = n.root_mib;
+        rec.swap_mib = n.swap_mib;
+        inventory.declare(rec)?;
+    }
+    Ok(())
+}
+
+/// The admin token: from the config, or generated once into `state_dir/admin.token` (0600).
+fn admin_token(config: &Config) -> Result<String, ServeError> {
+    if let Some(t) = &config.server.admin_token {
+        return Ok(t.clone());
+    }
+    let path = config.state_dir.join("admin.token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    let token = crate::inventory::random_hex(24);
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| ServeError::StateDir {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(err)?;
+    use std::io::Write;
+    writeln!(f, "{token}")
+        .and_then(|_| f.sync_all())
+        .map_err(err)?;
+    info!(path = %path.display(), "generated the admin token");
+    Ok(token)
+}
+
+/// The server's SSH key (for `rollout exec`), made once with ssh-keygen. Its public
+/// half goes into every node's authorized_keys.
+fn server_ssh_key(state_dir: &std::path::Path) -> Option<String> {
+    let key = state_dir.join("ssh/id_ed25519");
+    if !key.exists() {
+        std::fs::create_dir_all(key.parent()?).ok()?;
+        let made = std::process::Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "rollout-server",
+                "-f",
+            ])
+            .arg(&key)
+            .status();
+        if !made.map(|s| s.success()).unwrap_or(false) {
+            warn!("ssh-keygen is missing or failed: nodes get no server key, so `rollout exec` cannot reach them (apt-get install openssh-client)");
+            return None;
+        }
+    }
+    std::fs::read_to_string(key.with_extension("pub"))
+        .ok()
+        .map(|k| k.trim().to_string())
+}
+
 /// Binds everything first (so a taken port or a missing interface is an error at
 /// startup, with a non-zero exit), then serves until `cancel` fires.
 pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), ServeError> {
-    std::fs::create_dir_all(config.state_dir.join("boot")).map_err(|source| ServeError::StateDir {
-        path: config.state_dir.clone(),
-        source,
+    std::fs::create_dir_all(config.state_dir.join("boot")).map_err(|source| {
+        ServeError::StateDir {
+            path: config.state_dir.clone(),
+            source,
+        }
     })?;
     let db = config.state_dir.join("rollout.db");
     let tftp_root = crate::tftp::check_root(&config.server.tftp_root)?;
@@ -112,15 +215,71 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Serv
     info!(addr = %http_addr, base = %config.http_base_url(), "HTTP listening");
     let tftp_addr = SocketAddr::from((listen, config.server.tftp_port));
     // Bind TFTP now so a taken port fails startup instead of a later boot.
-    std::net::UdpSocket::bind(tftp_addr)
-        .map_err(|source| http::HttpError::Bind { addr: tftp_addr, source })?;
-    let inventory = Inventory::open(&db)?;
-    let state = Arc::new(AppState { config, inventory });
+    std::net::UdpSocket::bind(tftp_addr).map_err(|source| http::HttpError::Bind {
+        addr: tftp_addr,
+        source,
+    })?;
+    let inventory = Arc::new(Inventory::open(&db, config.policy())?);
+    declare_config_nodes(&config, &inventory)?;
+    let admin_token = admin_token(&config)?;
+    let ssh_keys = server_ssh_key(&config.state_dir).into_iter().collect();
+    let c = cancel.clone();
+    let sweeper_inventory = inventory.clone();
+    tasks.spawn(async move {
+        crate::inventory::timeout_sweeper(
+            sweeper_inventory,
+            std::time::Duration::from_secs(10),
+            crate::inventory::now,
+            c,
+        )
+        .await;
+        Ok(())
+    });
+    if let Some(address) = config.server.address {
+        let mask = dhcp_plan
+            .as_ref()
+            .map(|p| p.netmask)
+            .unwrap_or(std::net::Ipv4Addr::new(255, 255, 255, 0));
+        let subnet = format!(
+            "{}/{}",
+            crate::config::network(address, mask),
+            u32::from(mask).count_ones()
+        );
+        let mut settings = crate::images::rsyncd::RsyncdSettings::new(
+            &config.state_dir,
+            address.into(),
+            vec![subnet],
+        );
+        settings.port = config.server.rsync_port;
+        let c = cancel.clone();
+        tasks.spawn(async move {
+            crate::images::rsyncd::Supervisor::new(settings)
+                .run(c)
+                .await
+                .map_err(std::io::Error::other)
+        });
+    } else {
+        warn!("server.address is not set: no rsync daemon, so nodes cannot install");
+    }
+    let state = Arc::new(AppState {
+        config,
+        inventory,
+        admin_token,
+        ssh_keys,
+    });
 
     let c = cancel.clone();
-    tasks.spawn(async move { http::run(listener, state, c).await.map_err(std::io::Error::other) });
+    tasks.spawn(async move {
+        http::run(listener, state, c)
+            .await
+            .map_err(std::io::Error::other)
+    });
     let c = cancel.clone();
-    tasks.spawn(async move { crate::tftp::run(tftp_root, tftp_addr, c).await.map_err(std::io::Error::other) });
+    tasks.spawn(async move {
+        crate::tftp::run(tftp_root, tftp_addr, c)
+            .await
+            .map_err(std::io::Error::other)
+    });
 
     let mut first_error = None;
     while let Some(done) = tasks.join_next().await {

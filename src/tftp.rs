@@ -23,7 +23,9 @@ pub enum TftpError {
     MissingRoot(PathBuf),
     #[error("TFTP root {root} lacks {file}; install Debian's `ipxe` package (apt-get install ipxe) or copy the iPXE binaries there")]
     MissingLoader { root: PathBuf, file: String },
-    #[error("cannot start TFTP on {addr}: {source}; is another TFTP server running, and are you root?")]
+    #[error(
+        "cannot start TFTP on {addr}: {source}; is another TFTP server running, and are you root?"
+    )]
     Bind {
         addr: SocketAddr,
         source: async_tftp::Error,
@@ -45,9 +47,10 @@ pub fn resolve(root: &Path, requested: &Path) -> Result<PathBuf, Refusal> {
         // fine as long as they name something under the root.
         match requested.strip_prefix(root) {
             Ok(rest) => rest.to_path_buf(),
-            Err(_) if requested.components().count() == 2 => {
-                requested.strip_prefix("/").map_err(|_| Refusal::OutsideRoot)?.to_path_buf()
-            }
+            Err(_) if requested.components().count() == 2 => requested
+                .strip_prefix("/")
+                .map_err(|_| Refusal::OutsideRoot)?
+                .to_path_buf(),
             Err(_) => return Err(Refusal::OutsideRoot),
         }
     } else {
@@ -99,7 +102,11 @@ pub struct LoggedReader {
 }
 
 impl AsyncRead for LoggedReader {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -113,7 +120,10 @@ impl Drop for LoggedReader {
         if sent >= size {
             info!("sent {} ({size} bytes)", self.name);
         } else {
-            warn!("transfer of {} ended after {sent} of {size} bytes", self.name);
+            warn!(
+                "transfer of {} ended after {sent} of {size} bytes",
+                self.name
+            );
         }
     }
 }
@@ -140,10 +150,14 @@ impl Handler for ConfinedHandler {
                 return Err(packet::Error::FileNotFound);
             }
         };
-        let len = std::fs::metadata(&real).map(|m| m.len()).unwrap_or(u64::MAX);
+        let len = std::fs::metadata(&real)
+            .map(|m| m.len())
+            .unwrap_or(u64::MAX);
         if len > MAX_TFTP_FILE {
             warn!(len, "refused: too large for TFTP, serve it over HTTP");
-            return Err(packet::Error::Msg("file too large for TFTP; use HTTP".into()));
+            return Err(packet::Error::Msg(
+                "file too large for TFTP; use HTTP".into(),
+            ));
         }
         let data = std::fs::read(&real).map_err(|_| packet::Error::FileNotFound)?;
         info!(bytes = data.len(), "RRQ");
@@ -169,7 +183,11 @@ impl Handler for ConfinedHandler {
     }
 }
 
-pub async fn run(root: PathBuf, addr: SocketAddr, cancel: CancellationToken) -> Result<(), TftpError> {
+pub async fn run(
+    root: PathBuf,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+) -> Result<(), TftpError> {
     let server = TftpServerBuilder::with_handler(ConfinedHandler { root })
         .bind(addr)
         .build()
@@ -203,18 +221,43 @@ mod tests {
     #[test]
     fn serves_files_inside_the_root() {
         let (_d, r) = root();
-        assert_eq!(resolve(&r, Path::new("undionly.kpxe")).unwrap(), r.join("undionly.kpxe"));
-        assert_eq!(resolve(&r, Path::new("/undionly.kpxe")).unwrap(), r.join("undionly.kpxe"));
-        assert_eq!(resolve(&r, Path::new("sub/a.efi")).unwrap(), r.join("sub/a.efi"));
-        assert_eq!(resolve(&r, &r.join("sub/a.efi")).unwrap(), r.join("sub/a.efi"));
-        assert_eq!(resolve(&r, Path::new("alias")).unwrap(), r.join("undionly.kpxe"));
+        assert_eq!(
+            resolve(&r, Path::new("undionly.kpxe")).unwrap(),
+            r.join("undionly.kpxe")
+        );
+        assert_eq!(
+            resolve(&r, Path::new("/undionly.kpxe")).unwrap(),
+            r.join("undionly.kpxe")
+        );
+        assert_eq!(
+            resolve(&r, Path::new("sub/a.efi")).unwrap(),
+            r.join("sub/a.efi")
+        );
+        assert_eq!(
+            resolve(&r, &r.join("sub/a.efi")).unwrap(),
+            r.join("sub/a.efi")
+        );
+        assert_eq!(
+            resolve(&r, Path::new("alias")).unwrap(),
+            r.join("undionly.kpxe")
+        );
     }
 
     #[test]
     fn refuses_every_way_out() {
         let (_d, r) = root();
-        for bad in ["../secret", "sub/../../secret", "/etc/passwd", "escape", "/tmp/x/y"] {
-            assert_eq!(resolve(&r, Path::new(bad)), Err(Refusal::OutsideRoot), "{bad}");
+        for bad in [
+            "../secret",
+            "sub/../../secret",
+            "/etc/passwd",
+            "escape",
+            "/tmp/x/y",
+        ] {
+            assert_eq!(
+                resolve(&r, Path::new(bad)),
+                Err(Refusal::OutsideRoot),
+                "{bad}"
+            );
         }
         assert_eq!(resolve(&r, Path::new("missing")), Err(Refusal::NotFound));
         assert_eq!(resolve(&r, Path::new("sub")), Err(Refusal::NotFound));

@@ -55,8 +55,20 @@ fn real_clients_get_addresses_boot_files_and_reservations() {
     assert_ne!(got2["ip"], got["ip"]);
 
     let ipxe = net.add_client("52:54:00:00:10:03");
-    let got3 = udhcpc(&net, &ipxe, &["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x4d:69505845"]);
-    assert_eq!(got3["boot_file"], "http://10.44.0.1/boot.ipxe", "iPXE must get the script, not a loader");
+    let got3 = udhcpc(
+        &net,
+        &ipxe,
+        &[
+            "-V",
+            "PXEClient:Arch:00000:UNDI:002001",
+            "-x",
+            "0x4d:69505845",
+        ],
+    );
+    assert_eq!(
+        got3["boot_file"], "http://10.44.0.1/boot.ipxe",
+        "iPXE must get the script, not a loader"
+    );
 
     let reserved = net.add_client("52:54:00:aa:00:01");
     let got4 = udhcpc(&net, &reserved, PXE_BIOS);
@@ -73,12 +85,29 @@ fn real_clients_get_addresses_boot_files_and_reservations() {
         .output()
         .unwrap();
     let leases = std::fs::read_to_string(&lease_file).unwrap_or_default();
-    assert!(out.status.success(), "dhclient failed: {}", String::from_utf8_lossy(&out.stderr));
-    let fixed = leases.lines().find(|l| l.contains("fixed-address")).expect("dhclient recorded a lease");
-    let ip = fixed.trim().trim_start_matches("fixed-address ").trim_end_matches(';');
+    assert!(
+        out.status.success(),
+        "dhclient failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fixed = leases
+        .lines()
+        .find(|l| l.contains("fixed-address"))
+        .expect("dhclient recorded a lease");
+    let ip = fixed
+        .trim()
+        .trim_start_matches("fixed-address ")
+        .trim_end_matches(';');
     assert!(in_range(ip), "{ip}");
-    assert!(!leases.contains("filename"), "plain DHCP clients get no boot file: {leases}");
-    let _ = net.in_cli(&["dhclient", "-x", "-lf"]).arg(&lease_file).arg(&plain).output();
+    assert!(
+        !leases.contains("filename"),
+        "plain DHCP clients get no boot file: {leases}"
+    );
+    let _ = net
+        .in_cli(&["dhclient", "-x", "-lf"])
+        .arg(&lease_file)
+        .arg(&plain)
+        .output();
 }
 
 #[test]
@@ -89,14 +118,23 @@ fn fifty_clients_at_once_get_fifty_distinct_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let mut net = Net::new("f");
     let _srv = Server::start(&net, &full_config(dir.path()));
-    let ifaces: Vec<String> = (0..50).map(|i| net.add_client(&format!("52:54:00:00:20:{i:02x}"))).collect();
+    let ifaces: Vec<String> = (0..50)
+        .map(|i| net.add_client(&format!("52:54:00:00:20:{i:02x}")))
+        .collect();
     let net = &net;
     let addrs: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = ifaces.iter().map(|i| s.spawn(move || udhcpc(net, i, &[])["ip"].clone())).collect();
+        let handles: Vec<_> = ifaces
+            .iter()
+            .map(|i| s.spawn(move || udhcpc(net, i, &[])["ip"].clone()))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let unique: HashSet<&String> = addrs.iter().collect();
-    assert_eq!(unique.len(), 50, "duplicate addresses handed out: {addrs:?}");
+    assert_eq!(
+        unique.len(),
+        50,
+        "duplicate addresses handed out: {addrs:?}"
+    );
     assert!(addrs.iter().all(|a| in_range(a)), "{addrs:?}");
 }
 
@@ -113,7 +151,11 @@ fn leases_survive_restart_and_kill_9() {
     let first = udhcpc(&net, &a, &[])["ip"].clone();
 
     // Graceful restart: SIGTERM exits cleanly and the lease is remembered.
-    assert!(srv.stop().success(), "server did not exit cleanly on SIGTERM:\n{}", srv.log_text());
+    assert!(
+        srv.stop().success(),
+        "server did not exit cleanly on SIGTERM:\n{}",
+        srv.log_text()
+    );
     assert!(srv.log_text().contains("all services stopped"));
     let mut srv = Server::start(&net, &config);
     let b = net.add_client("52:54:00:00:30:02");
@@ -125,8 +167,15 @@ fn leases_survive_restart_and_kill_9() {
     let _srv = Server::start(&net, &config);
     let c = net.add_client("52:54:00:00:30:03");
     let third = udhcpc(&net, &c, &[])["ip"].clone();
-    assert!(third != first && third != second, "after kill -9 {third} was handed out again");
-    assert_eq!(udhcpc(&net, &a, &[])["ip"], first, "a returning client keeps its address");
+    assert!(
+        third != first && third != second,
+        "after kill -9 {third} was handed out again"
+    );
+    assert_eq!(
+        udhcpc(&net, &a, &[])["ip"],
+        first,
+        "a returning client keeps its address"
+    );
 }
 
 #[test]
@@ -145,13 +194,33 @@ fn proxy_mode_gives_boot_information_and_no_address() {
     // udhcpc must get nothing: a proxy never hands out an address.
     let c = net.add_client("52:54:00:00:40:01");
     let out = net
-        .in_cli(&["busybox", "udhcpc", "-i", &c, "-n", "-q", "-f", "-t", "2", "-T", "1", "-s", "/bin/true"])
+        .in_cli(&[
+            "busybox",
+            "udhcpc",
+            "-i",
+            &c,
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "2",
+            "-T",
+            "1",
+            "-s",
+            "/bin/true",
+        ])
         .args(PXE_BIOS)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "udhcpc got a lease from a proxy-mode server");
+    assert!(
+        !out.status.success(),
+        "udhcpc got a lease from a proxy-mode server"
+    );
     let log = srv.log_text();
-    assert!(log.contains("proxy OFFER arch=bios → tftp undionly.kpxe"), "{log}");
+    assert!(
+        log.contains("proxy OFFER arch=bios → tftp undionly.kpxe"),
+        "{log}"
+    );
     assert!(log.contains("proxyDHCP listening on port 4011"));
 }
 
@@ -165,16 +234,32 @@ fn refuses_to_start_on_a_missing_interface_or_a_range_outside_its_subnet() {
     let run = |body: &str| {
         let config = write_config(dir.path(), body);
         let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &net.srv, env!("CARGO_BIN_EXE_rollout"), "serve", "--config"])
+            .args([
+                "netns",
+                "exec",
+                &net.srv,
+                env!("CARGO_BIN_EXE_rollout"),
+                "serve",
+                "--config",
+            ])
             .arg(&config)
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (ok, err) = run("[server]\ninterface = \"nosuch0\"\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"full\"\nrange = [\"10.44.0.100\", \"10.44.0.110\"]\n");
-    assert!(!ok && err.contains("interface nosuch0 does not exist"), "{err}");
+    assert!(
+        !ok && err.contains("interface nosuch0 does not exist"),
+        "{err}"
+    );
     let (ok, err) = run("[server]\ninterface = \"rbr0\"\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"full\"\nrange = [\"10.9.0.100\", \"10.9.0.110\"]\n");
-    assert!(!ok && err.contains("outside rbr0's subnet 10.44.0.0/24"), "{err}");
+    assert!(
+        !ok && err.contains("outside rbr0's subnet 10.44.0.0/24"),
+        "{err}"
+    );
     let (ok, err) = run("[server]\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"full\"\nrange = [\"10.44.0.100\", \"10.44.0.110\"]\n");
     assert!(!ok && err.contains("server.interface"), "{err}");
 }

@@ -26,7 +26,8 @@ pub struct Subnet {
 
 impl Subnet {
     fn contains(&self, ip: Ipv4Addr) -> bool {
-        self.range.is_some_and(|r| crate::config::same_subnet(r.first, ip, self.netmask))
+        self.range
+            .is_some_and(|r| crate::config::same_subnet(r.first, ip, self.netmask))
     }
 }
 
@@ -155,9 +156,9 @@ impl DhcpCore {
         let lease_secs = u64::from(self.cfg.lease_time);
         match kind {
             MessageType::Discover => {
-                let Some(ip) = self
-                    .leases
-                    .choose(mac, subnet.range.as_ref(), requested_ip(req), now)
+                let Some(ip) =
+                    self.leases
+                        .choose(mac, subnet.range.as_ref(), requested_ip(req), now)
                 else {
                     return Outcome::Ignore(format!("{mac}: no free address in the pool: DISCOVER unanswered; widen dhcp.range or shorten lease_time"));
                 };
@@ -179,7 +180,11 @@ impl DhcpCore {
                 };
                 match self.leases.get(ip) {
                     Some(l) if l.mac == mac => {}
-                    _ => return Outcome::Ignore(format!("{mac}: DECLINE of {ip}, which is not its lease")),
+                    _ => {
+                        return Outcome::Ignore(format!(
+                            "{mac}: DECLINE of {ip}, which is not its lease"
+                        ))
+                    }
                 }
                 let quarantine = Lease {
                     ip,
@@ -199,7 +204,11 @@ impl DhcpCore {
                 let ip = req.ciaddr();
                 match self.leases.get(ip) {
                     Some(l) if l.mac == mac && l.state == LeaseState::Bound => {}
-                    _ => return Outcome::Ignore(format!("{mac}: RELEASE of {ip}, which is not its lease")),
+                    _ => {
+                        return Outcome::Ignore(format!(
+                            "{mac}: RELEASE of {ip}, which is not its lease"
+                        ))
+                    }
                 }
                 let released = Lease {
                     ip,
@@ -213,9 +222,20 @@ impl DhcpCore {
                 }
             }
             MessageType::Inform => {
-                let mut r = self.reply(req, MessageType::Ack, Ipv4Addr::UNSPECIFIED, &subnet, class, mac);
+                let mut r = self.reply(
+                    req,
+                    MessageType::Ack,
+                    Ipv4Addr::UNSPECIFIED,
+                    &subnet,
+                    class,
+                    mac,
+                );
                 // INFORM: configuration only, no lease; answer the address it already has.
-                for code in [OptionCode::AddressLeaseTime, OptionCode::Renewal, OptionCode::Rebinding] {
+                for code in [
+                    OptionCode::AddressLeaseTime,
+                    OptionCode::Renewal,
+                    OptionCode::Rebinding,
+                ] {
                     r.msg.opts_mut().remove(code);
                 }
                 if !req.ciaddr().is_unspecified() && req.giaddr().is_unspecified() {
@@ -247,20 +267,30 @@ impl DhcpCore {
         }
         // SELECTING and INIT-REBOOT name the address in option 50; RENEWING and
         // REBINDING put it in ciaddr.
-        let wanted = requested_ip(req).or_else(|| Some(req.ciaddr()).filter(|ip| !ip.is_unspecified()));
+        let wanted =
+            requested_ip(req).or_else(|| Some(req.ciaddr()).filter(|ip| !ip.is_unspecified()));
         let Some(wanted) = wanted else {
             return Outcome::Reply(self.nak(req, mac, "REQUEST names no address"));
         };
         let in_range = subnet.range.is_some_and(|r| r.contains(wanted));
-        let ok = self.leases.reservation(mac).map_or(in_range, |r| r == wanted)
+        let ok = self
+            .leases
+            .reservation(mac)
+            .map_or(in_range, |r| r == wanted)
             && self.leases.available_to(wanted, mac, now);
         if !ok {
             if selecting.is_none() && !subnet.contains(wanted) {
                 // INIT-REBOOT for a network we do not serve: stay silent (RFC 2131 4.3.2),
                 // the client may be on another segment we just hear.
-                return Outcome::Ignore(format!("{mac}: REQUEST for {wanted}, outside our subnets"));
+                return Outcome::Ignore(format!(
+                    "{mac}: REQUEST for {wanted}, outside our subnets"
+                ));
             }
-            return Outcome::Reply(self.nak(req, mac, &format!("{wanted} is not available to this client")));
+            return Outcome::Reply(self.nak(
+                req,
+                mac,
+                &format!("{wanted} is not available to this client"),
+            ));
         }
         let bound = Lease {
             ip: wanted,
@@ -270,7 +300,9 @@ impl DhcpCore {
         };
         // Persist before answering: an ACK the server forgets could be handed out twice.
         if let Err(e) = self.leases.record(bound) {
-            return Outcome::Ignore(format!("{mac}: cannot persist lease for {wanted}: {e}; not acknowledging"));
+            return Outcome::Ignore(format!(
+                "{mac}: cannot persist lease for {wanted}: {e}; not acknowledging"
+            ));
         }
         Outcome::Reply(self.reply(req, MessageType::Ack, wanted, subnet, class, mac))
     }
@@ -290,7 +322,9 @@ impl DhcpCore {
             (MessageType::Discover, Via::Server) => MessageType::Offer,
             (MessageType::Request, Via::Proxy(_)) => MessageType::Ack,
             (MessageType::Request, Via::Server) => {
-                return Outcome::Ignore(format!("{mac}: REQUEST on port 67 is for the LAN's DHCP server"))
+                return Outcome::Ignore(format!(
+                    "{mac}: REQUEST on port 67 is for the LAN's DHCP server"
+                ))
             }
             (other, _) => return Outcome::Ignore(format!("{mac}: proxy mode ignores {other:?}")),
         };
@@ -342,7 +376,9 @@ impl DhcpCore {
         opts.insert(DhcpOption::Renewal(self.cfg.lease_time / 2));
         opts.insert(DhcpOption::Rebinding(self.cfg.lease_time / 8 * 7));
         opts.insert(DhcpOption::SubnetMask(subnet.netmask));
-        let router = subnet.router.or_else(|| Some(req.giaddr()).filter(|g| !g.is_unspecified()));
+        let router = subnet
+            .router
+            .or_else(|| Some(req.giaddr()).filter(|g| !g.is_unspecified()));
         if let Some(router) = router {
             opts.insert(DhcpOption::Router(vec![router]));
         }
@@ -359,12 +395,18 @@ impl DhcpCore {
                 msg.set_fname_str(file);
                 let opts = msg.opts_mut();
                 opts.insert(DhcpOption::BootfileName(file.clone().into_bytes()));
-                opts.insert(DhcpOption::TFTPServerName(self.cfg.server_ip.to_string().into_bytes()));
+                opts.insert(DhcpOption::TFTPServerName(
+                    self.cfg.server_ip.to_string().into_bytes(),
+                ));
             }
         }
         if class.pxe || class.ipxe {
             let opts = msg.opts_mut();
-            let vendor: &[u8] = if class.http_client { b"HTTPClient" } else { b"PXEClient" };
+            let vendor: &[u8] = if class.http_client {
+                b"HTTPClient"
+            } else {
+                b"PXEClient"
+            };
             opts.insert(DhcpOption::ClassIdentifier(vendor.to_vec()));
             // PXE_DISCOVERY_CONTROL = 8: boot the file named in this offer directly,
             // without a boot server discovery round.
@@ -399,8 +441,10 @@ impl DhcpCore {
             req.chaddr(),
         );
         msg.set_opcode(Opcode::BootReply).set_flags(req.flags());
-        msg.opts_mut().insert(DhcpOption::MessageType(MessageType::Nak));
-        msg.opts_mut().insert(DhcpOption::ServerIdentifier(self.cfg.server_ip));
+        msg.opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Nak));
+        msg.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(self.cfg.server_ip));
         msg.opts_mut().insert(DhcpOption::Message(why.to_string()));
         let dest = if req.giaddr().is_unspecified() {
             SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)

@@ -27,13 +27,19 @@ fn core(mode: DhcpMode) -> DhcpCore {
             mode,
             server_ip: SERVER,
             local: Subnet {
-                range: Some(Range { first: ip("10.44.0.100"), last: ip("10.44.0.199") }),
+                range: Some(Range {
+                    first: ip("10.44.0.100"),
+                    last: ip("10.44.0.199"),
+                }),
                 netmask: ip("255.255.255.0"),
                 router: Some(SERVER),
                 dns: vec![SERVER],
             },
             relays: vec![Subnet {
-                range: Some(Range { first: ip("10.45.0.50"), last: ip("10.45.0.60") }),
+                range: Some(Range {
+                    first: ip("10.45.0.50"),
+                    last: ip("10.45.0.60"),
+                }),
                 netmask: ip("255.255.255.0"),
                 router: None,
                 dns: vec![],
@@ -52,15 +58,27 @@ fn mac(n: u8) -> [u8; 6] {
 }
 
 fn msg(chaddr: [u8; 6], kind: MessageType) -> Message {
-    let mut m = Message::new_with_id(0x1234, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &chaddr);
+    let mut m = Message::new_with_id(
+        0x1234,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &chaddr,
+    );
     m.set_opcode(Opcode::BootRequest);
     m.opts_mut().insert(DhcpOption::MessageType(kind));
     m
 }
 
 fn pxe(mut m: Message, arch: u16) -> Message {
-    m.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()));
-    m.opts_mut().insert(DhcpOption::ClientSystemArchitecture(Architecture::from(arch)));
+    m.opts_mut().insert(DhcpOption::ClassIdentifier(
+        b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
+    ));
+    m.opts_mut()
+        .insert(DhcpOption::ClientSystemArchitecture(Architecture::from(
+            arch,
+        )));
     m
 }
 
@@ -88,7 +106,8 @@ fn lease(c: &mut DhcpCore, chaddr: [u8; 6], now: u64) -> Ipv4Addr {
     assert_eq!(kind(&offer), MessageType::Offer);
     let mut req = msg(chaddr, MessageType::Request);
     req.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
-    req.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.msg.yiaddr()));
+    req.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(offer.msg.yiaddr()));
     let ack = reply(c.handle(&req, Via::Server, now));
     assert_eq!(kind(&ack), MessageType::Ack);
     assert_eq!(ack.msg.yiaddr(), offer.msg.yiaddr());
@@ -98,14 +117,22 @@ fn lease(c: &mut DhcpCore, chaddr: [u8; 6], now: u64) -> Ipv4Addr {
 #[test]
 fn bios_pxe_discover_gets_an_address_and_undionly_over_tftp() {
     let mut c = core(DhcpMode::Full);
-    let r = reply(c.handle(&pxe(msg(mac(1), MessageType::Discover), 0), Via::Server, 100));
+    let r = reply(c.handle(
+        &pxe(msg(mac(1), MessageType::Discover), 0),
+        Via::Server,
+        100,
+    ));
     assert_eq!(kind(&r), MessageType::Offer);
     assert_eq!(r.msg.yiaddr(), ip("10.44.0.100"));
     assert_eq!(r.msg.siaddr(), SERVER);
     assert_eq!(bootfile(&r).as_deref(), Some("undionly.kpxe"));
     assert_eq!(r.msg.fname_str().unwrap().unwrap(), "undionly.kpxe");
     assert_eq!(r.dest, SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT));
-    assert!(r.summary.contains("arch=bios") && r.summary.contains("tftp undionly.kpxe"), "{}", r.summary);
+    assert!(
+        r.summary.contains("arch=bios") && r.summary.contains("tftp undionly.kpxe"),
+        "{}",
+        r.summary
+    );
 }
 
 #[test]
@@ -122,7 +149,10 @@ fn known_mac_gets_its_reservation_and_hostname() {
     let mut c = core(DhcpMode::Full);
     let r = reply(c.handle(&pxe(msg(KNOWN, MessageType::Discover), 7), Via::Server, 100));
     assert_eq!(r.msg.yiaddr(), ip("10.44.0.11"));
-    assert_eq!(r.msg.opts().get(OptionCode::Hostname), Some(&DhcpOption::Hostname("node1".into())));
+    assert_eq!(
+        r.msg.opts().get(OptionCode::Hostname),
+        Some(&DhcpOption::Hostname("node1".into()))
+    );
     assert_eq!(bootfile(&r).as_deref(), Some("snponly.efi"));
     assert_eq!(lease(&mut c, KNOWN, 100), ip("10.44.0.11"));
 }
@@ -133,9 +163,16 @@ fn fifty_clients_get_fifty_distinct_addresses_and_keep_them() {
     let addrs: Vec<_> = (0..50).map(|i| lease(&mut c, mac(i), 100)).collect();
     let unique: std::collections::HashSet<_> = addrs.iter().collect();
     assert_eq!(unique.len(), 50);
-    assert!(!addrs.contains(&ip("10.44.0.11")), "reservation handed to a stranger");
+    assert!(
+        !addrs.contains(&ip("10.44.0.11")),
+        "reservation handed to a stranger"
+    );
     for (i, a) in addrs.iter().enumerate() {
-        assert_eq!(lease(&mut c, mac(i as u8), 200), *a, "client {i} renewed to another address");
+        assert_eq!(
+            lease(&mut c, mac(i as u8), 200),
+            *a,
+            "client {i} renewed to another address"
+        );
     }
 }
 
@@ -144,11 +181,20 @@ fn request_for_another_server_withdraws_our_offer() {
     let mut c = core(DhcpMode::Full);
     let offer = reply(c.handle(&msg(mac(1), MessageType::Discover), Via::Server, 100));
     let mut req = msg(mac(1), MessageType::Request);
-    req.opts_mut().insert(DhcpOption::ServerIdentifier(ip("10.44.0.254")));
-    req.opts_mut().insert(DhcpOption::RequestedIpAddress(ip("10.44.0.230")));
-    assert!(matches!(c.handle(&req, Via::Server, 100), Outcome::Ignore(_)));
+    req.opts_mut()
+        .insert(DhcpOption::ServerIdentifier(ip("10.44.0.254")));
+    req.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(ip("10.44.0.230")));
+    assert!(matches!(
+        c.handle(&req, Via::Server, 100),
+        Outcome::Ignore(_)
+    ));
     let next = reply(c.handle(&msg(mac(2), MessageType::Discover), Via::Server, 100));
-    assert_eq!(next.msg.yiaddr(), offer.msg.yiaddr(), "withdrawn offer is free again");
+    assert_eq!(
+        next.msg.yiaddr(),
+        offer.msg.yiaddr(),
+        "withdrawn offer is free again"
+    );
 }
 
 #[test]
@@ -162,8 +208,12 @@ fn init_reboot_for_someone_elses_address_is_naked() {
     assert_eq!(r.dest.ip(), &Ipv4Addr::BROADCAST);
     // Outside every subnet we serve: silence, not a NAK.
     let mut req = msg(mac(2), MessageType::Request);
-    req.opts_mut().insert(DhcpOption::RequestedIpAddress(ip("192.0.2.7")));
-    assert!(matches!(c.handle(&req, Via::Server, 100), Outcome::Ignore(_)));
+    req.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(ip("192.0.2.7")));
+    assert!(matches!(
+        c.handle(&req, Via::Server, 100),
+        Outcome::Ignore(_)
+    ));
 }
 
 #[test]
@@ -186,18 +236,29 @@ fn release_frees_and_decline_quarantines() {
     rel.set_ciaddr(a);
     assert!(matches!(c.handle(&rel, Via::Server, 150), Outcome::Done(_)));
     let b = lease(&mut c, mac(2), 200);
-    assert_eq!(b, ip("10.44.0.101"), "released address stays preferred for its old owner");
+    assert_eq!(
+        b,
+        ip("10.44.0.101"),
+        "released address stays preferred for its old owner"
+    );
     assert_eq!(lease(&mut c, mac(1), 200), a, "old owner gets it back");
 
     let mut dec = msg(mac(2), MessageType::Decline);
     dec.opts_mut().insert(DhcpOption::RequestedIpAddress(b));
     assert!(matches!(c.handle(&dec, Via::Server, 300), Outcome::Done(_)));
     let next = reply(c.handle(&msg(mac(2), MessageType::Discover), Via::Server, 301));
-    assert_ne!(next.msg.yiaddr(), b, "declined address offered again during quarantine");
+    assert_ne!(
+        next.msg.yiaddr(),
+        b,
+        "declined address offered again during quarantine"
+    );
     // Someone else cannot decline an address that is not theirs.
     let mut dec = msg(mac(9), MessageType::Decline);
     dec.opts_mut().insert(DhcpOption::RequestedIpAddress(a));
-    assert!(matches!(c.handle(&dec, Via::Server, 302), Outcome::Ignore(_)));
+    assert!(matches!(
+        c.handle(&dec, Via::Server, 302),
+        Outcome::Ignore(_)
+    ));
 }
 
 #[test]
@@ -215,21 +276,38 @@ fn inform_gets_options_without_a_lease() {
 #[test]
 fn proxy_mode_gives_boot_info_but_no_address_and_only_to_pxe_clients() {
     let mut c = core(DhcpMode::Proxy);
-    assert!(matches!(c.handle(&msg(mac(1), MessageType::Discover), Via::Server, 100), Outcome::Ignore(_)));
-    let r = reply(c.handle(&pxe(msg(mac(1), MessageType::Discover), 0), Via::Server, 100));
+    assert!(matches!(
+        c.handle(&msg(mac(1), MessageType::Discover), Via::Server, 100),
+        Outcome::Ignore(_)
+    ));
+    let r = reply(c.handle(
+        &pxe(msg(mac(1), MessageType::Discover), 0),
+        Via::Server,
+        100,
+    ));
     assert_eq!(kind(&r), MessageType::Offer);
     assert!(r.msg.yiaddr().is_unspecified());
     assert!(r.msg.opts().get(OptionCode::SubnetMask).is_none());
     assert!(r.msg.opts().get(OptionCode::AddressLeaseTime).is_none());
     assert_eq!(bootfile(&r).as_deref(), Some("undionly.kpxe"));
-    assert_eq!(r.msg.opts().get(OptionCode::ClassIdentifier), Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec())));
+    assert_eq!(
+        r.msg.opts().get(OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+    );
     // Port 4011: REQUEST → ACK unicast back to the client's source.
     let src = SocketAddrV4::new(ip("192.168.7.20"), 68);
-    let r = reply(c.handle(&pxe(msg(mac(1), MessageType::Request), 7), Via::Proxy(src), 100));
+    let r = reply(c.handle(
+        &pxe(msg(mac(1), MessageType::Request), 7),
+        Via::Proxy(src),
+        100,
+    ));
     assert_eq!(kind(&r), MessageType::Ack);
     assert_eq!(r.dest, src);
     assert_eq!(bootfile(&r).as_deref(), Some("snponly.efi"));
-    assert!(c.leases.leases().next().is_none(), "proxy mode must not lease");
+    assert!(
+        c.leases.leases().next().is_none(),
+        "proxy mode must not lease"
+    );
 }
 
 #[test]
@@ -240,7 +318,10 @@ fn relayed_requests_use_the_relay_subnet_and_go_back_via_the_relay() {
     let r = reply(c.handle(&m, Via::Server, 100));
     assert_eq!(r.msg.yiaddr(), ip("10.45.0.50"));
     assert_eq!(r.dest, SocketAddrV4::new(ip("10.45.0.1"), SERVER_PORT));
-    assert_eq!(r.msg.opts().get(OptionCode::Router), Some(&DhcpOption::Router(vec![ip("10.45.0.1")])));
+    assert_eq!(
+        r.msg.opts().get(OptionCode::Router),
+        Some(&DhcpOption::Router(vec![ip("10.45.0.1")]))
+    );
     let mut m = msg(mac(2), MessageType::Discover);
     m.set_giaddr(ip("10.99.0.1"));
     assert!(matches!(c.handle(&m, Via::Server, 100), Outcome::Ignore(_)));
@@ -252,8 +333,15 @@ fn pool_exhaustion_leaves_discover_unanswered_until_leases_expire() {
     for i in 0..100 {
         lease(&mut c, mac(i), 100);
     }
-    assert!(matches!(c.handle(&msg(mac(200), MessageType::Discover), Via::Server, 100), Outcome::Ignore(_)));
-    let r = reply(c.handle(&msg(mac(200), MessageType::Discover), Via::Server, 100 + 3601));
+    assert!(matches!(
+        c.handle(&msg(mac(200), MessageType::Discover), Via::Server, 100),
+        Outcome::Ignore(_)
+    ));
+    let r = reply(c.handle(
+        &msg(mac(200), MessageType::Discover),
+        Via::Server,
+        100 + 3601,
+    ));
     assert_eq!(kind(&r), MessageType::Offer);
 }
 
@@ -269,10 +357,16 @@ fn hostile_headers_are_ignored_not_panicked_on() {
     }
     let mut reply_op = good.clone();
     reply_op.set_opcode(Opcode::BootReply);
-    assert!(matches!(c.handle(&reply_op, Via::Server, 100), Outcome::Ignore(_)));
+    assert!(matches!(
+        c.handle(&reply_op, Via::Server, 100),
+        Outcome::Ignore(_)
+    ));
     let mut bootp = good;
     bootp.opts_mut().remove(OptionCode::MessageType);
-    assert!(matches!(c.handle(&bootp, Via::Server, 100), Outcome::Ignore(_)));
+    assert!(matches!(
+        c.handle(&bootp, Via::Server, 100),
+        Outcome::Ignore(_)
+    ));
     for len in 0..bytes.len() {
         if let Ok(m) = Message::decode(&mut Decoder::new(&bytes[..len])) {
             let _ = c.handle(&m, Via::Server, 100);

@@ -248,32 +248,57 @@ mod tests {
             bind(&mut t, mac, a, 1000);
             given.push(a);
         }
-        assert_eq!(given, vec![ip("10.0.0.10"), ip("10.0.0.11"), ip("10.0.0.12")]);
-        assert_eq!(t.choose("d", Some(&range()), None, 100), None, "pool is full");
+        assert_eq!(
+            given,
+            vec![ip("10.0.0.10"), ip("10.0.0.11"), ip("10.0.0.12")]
+        );
+        assert_eq!(
+            t.choose("d", Some(&range()), None, 100),
+            None,
+            "pool is full"
+        );
     }
 
     #[test]
     fn same_mac_gets_same_address_back() {
         let mut t = table(&[]);
         bind(&mut t, "a", ip("10.0.0.11"), 1000);
-        assert_eq!(t.choose("a", Some(&range()), None, 100), Some(ip("10.0.0.11")));
+        assert_eq!(
+            t.choose("a", Some(&range()), None, 100),
+            Some(ip("10.0.0.11"))
+        );
         // Even after it expired, while nobody else took it.
-        assert_eq!(t.choose("a", Some(&range()), None, 5000), Some(ip("10.0.0.11")));
+        assert_eq!(
+            t.choose("a", Some(&range()), None, 5000),
+            Some(ip("10.0.0.11"))
+        );
     }
 
     #[test]
     fn reservations_win_and_are_never_given_to_others() {
         let t = table(&[("r", "10.0.0.10")]);
-        assert_eq!(t.choose("r", Some(&range()), None, 0), Some(ip("10.0.0.10")));
-        assert_eq!(t.choose("x", Some(&range()), Some(ip("10.0.0.10")), 0), Some(ip("10.0.0.11")));
+        assert_eq!(
+            t.choose("r", Some(&range()), None, 0),
+            Some(ip("10.0.0.10"))
+        );
+        assert_eq!(
+            t.choose("x", Some(&range()), Some(ip("10.0.0.10")), 0),
+            Some(ip("10.0.0.11"))
+        );
     }
 
     #[test]
     fn requested_address_honoured_only_when_free() {
         let mut t = table(&[]);
         bind(&mut t, "a", ip("10.0.0.12"), 1000);
-        assert_eq!(t.choose("b", Some(&range()), Some(ip("10.0.0.12")), 100), Some(ip("10.0.0.10")));
-        assert_eq!(t.choose("b", Some(&range()), Some(ip("10.0.0.11")), 100), Some(ip("10.0.0.11")));
+        assert_eq!(
+            t.choose("b", Some(&range()), Some(ip("10.0.0.12")), 100),
+            Some(ip("10.0.0.10"))
+        );
+        assert_eq!(
+            t.choose("b", Some(&range()), Some(ip("10.0.0.11")), 100),
+            Some(ip("10.0.0.11"))
+        );
     }
 
     #[test]
@@ -289,8 +314,14 @@ mod tests {
         })
         .unwrap();
         assert_eq!(t.choose("c", Some(&range()), None, 100), None);
-        assert_eq!(t.choose("c", Some(&range()), None, 400), Some(ip("10.0.0.11")));
-        assert_eq!(t.choose("c", Some(&range()), Some(ip("10.0.0.12")), 400), Some(ip("10.0.0.11")));
+        assert_eq!(
+            t.choose("c", Some(&range()), None, 400),
+            Some(ip("10.0.0.11"))
+        );
+        assert_eq!(
+            t.choose("c", Some(&range()), Some(ip("10.0.0.12")), 400),
+            Some(ip("10.0.0.11"))
+        );
     }
 
     #[test]
@@ -303,7 +334,11 @@ mod tests {
             state: LeaseState::Offered,
         })
         .unwrap();
-        assert_eq!(t.choose("b", Some(&range()), None, 0), Some(ip("10.0.0.11")), "offer holds the address");
+        assert_eq!(
+            t.choose("b", Some(&range()), None, 0),
+            Some(ip("10.0.0.11")),
+            "offer holds the address"
+        );
         bind(&mut t, "a", ip("10.0.0.10"), 1000);
         let saved = t.store.load_all().unwrap();
         assert_eq!(saved.len(), 1);

@@ -190,11 +190,32 @@ mod tests {
         let cases: &[(u16, bool, bool, BootOffer)] = &[
             (0, false, false, tftp("undionly.kpxe")),
             (0, true, false, script.clone()),
-            (0, false, true, BootOffer::None { reason: "HTTP boot is only offered to x86-64 UEFI" }),
+            (
+                0,
+                false,
+                true,
+                BootOffer::None {
+                    reason: "HTTP boot is only offered to x86-64 UEFI",
+                },
+            ),
             (0, true, true, script.clone()),
-            (6, false, false, BootOffer::None { reason: "32-bit UEFI: no ia32 iPXE loader is installed" }),
+            (
+                6,
+                false,
+                false,
+                BootOffer::None {
+                    reason: "32-bit UEFI: no ia32 iPXE loader is installed",
+                },
+            ),
             (6, true, false, script.clone()),
-            (6, false, true, BootOffer::None { reason: "HTTP boot is only offered to x86-64 UEFI" }),
+            (
+                6,
+                false,
+                true,
+                BootOffer::None {
+                    reason: "HTTP boot is only offered to x86-64 UEFI",
+                },
+            ),
             (6, true, true, script.clone()),
             (7, false, false, tftp("snponly.efi")),
             (7, true, false, script.clone()),
@@ -204,9 +225,23 @@ mod tests {
             (9, true, false, script.clone()),
             (9, false, true, http_efi.clone()),
             (9, true, true, script.clone()),
-            (11, false, false, BootOffer::None { reason: "arm64 UEFI: no arm64 iPXE loader is installed" }),
+            (
+                11,
+                false,
+                false,
+                BootOffer::None {
+                    reason: "arm64 UEFI: no arm64 iPXE loader is installed",
+                },
+            ),
             (11, true, false, script.clone()),
-            (11, false, true, BootOffer::None { reason: "HTTP boot is only offered to x86-64 UEFI" }),
+            (
+                11,
+                false,
+                true,
+                BootOffer::None {
+                    reason: "HTTP boot is only offered to x86-64 UEFI",
+                },
+            ),
             (11, true, true, script.clone()),
             (16, false, true, http_efi.clone()),
         ];

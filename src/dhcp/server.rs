@@ -2,8 +2,8 @@
 //! one tracing span per transaction, and replies finished before shutdown.
 
 use super::core::{DhcpCore, Outcome, Via};
-use dhcproto::{Decodable, Decoder, Encodable};
 use dhcproto::v4::Message;
+use dhcproto::{Decodable, Decoder, Encodable};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
@@ -28,8 +28,12 @@ pub fn bind_on_interface(interface: &str, port: u16) -> Result<UdpSocket, DhcpSe
         port,
         source,
     };
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
-        .map_err(err)?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(err)?;
     sock.set_reuse_address(true).map_err(err)?;
     sock.set_broadcast(true).map_err(err)?;
     sock.bind_device(Some(interface.as_bytes())).map_err(err)?;
@@ -74,13 +78,19 @@ pub async fn run(
         let mac = super::core::client_mac(&msg).unwrap_or_else(|| "?".into());
         let span = info_span!("dhcp", xid = format_args!("{:#010x}", msg.xid()), mac = %mac);
         async {
-            let via = if proxy_port { Via::Proxy(src) } else { Via::Server };
+            let via = if proxy_port {
+                Via::Proxy(src)
+            } else {
+                Via::Server
+            };
             let kind = msg.opts().msg_type();
             // The lease write fsyncs; keep it off the async workers' hot path.
             let outcome = tokio::task::block_in_place(|| {
                 core.lock()
                     .map(|mut c| c.handle(&msg, via, unix_now()))
-                    .unwrap_or_else(|_| Outcome::Ignore("DHCP state poisoned by an earlier panic".into()))
+                    .unwrap_or_else(|_| {
+                        Outcome::Ignore("DHCP state poisoned by an earlier panic".into())
+                    })
             });
             match outcome {
                 Outcome::Reply(reply) => {
@@ -90,7 +100,12 @@ pub async fn run(
                         return;
                     }
                     match socket.send_to(&out, reply.dest).await {
-                        Ok(_) => info!("{:?} → {} (to {})", kind.unwrap_or(dhcproto::v4::MessageType::Unknown(0)), reply.summary, reply.dest),
+                        Ok(_) => info!(
+                            "{:?} → {} (to {})",
+                            kind.unwrap_or(dhcproto::v4::MessageType::Unknown(0)),
+                            reply.summary,
+                            reply.dest
+                        ),
                         Err(e) => warn!(dest = %reply.dest, error = %e, "cannot send reply"),
                     }
                 }
@@ -102,4 +117,3 @@ pub async fn run(
         .await;
     }
 }
-

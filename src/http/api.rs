@@ -1,29 +1,14 @@
-//! The installer's API (plan, progress events, phone-home) and node reads.
+//! The installer's API: plan, progress events, phone-home.
 
-use super::Shared;
+use super::{error, inventory_error, Shared};
 use crate::config::normalize_mac;
-use crate::inventory::InventoryError;
+use crate::inventory::{boot_action, BootAction};
 use crate::wire::{self, EventKind, InstallPlan, PhoneHome, ProgressEvent};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 use tracing::{info, warn};
-
-/// JSON error with a message that says what to fix.
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
-}
-
-fn inventory_error(e: InventoryError) -> Response {
-    let status = match e {
-        InventoryError::BadToken(_) => StatusCode::FORBIDDEN,
-        InventoryError::UnknownInstall(_) | InventoryError::UnknownNode(_) => StatusCode::NOT_FOUND,
-        InventoryError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    error(status, e.to_string())
-}
 
 /// The serial an image currently publishes: `images/NAME/published` → `serials/N`.
 pub fn published_serial(state_dir: &std::path::Path, image: &str) -> Option<u64> {
@@ -33,16 +18,32 @@ pub fn published_serial(state_dir: &std::path::Path, image: &str) -> Option<u64>
 
 pub async fn plan(State(state): State<Shared>, Path(mac): Path<String>) -> Response {
     let Some(mac) = normalize_mac(&mac) else {
-        return error(StatusCode::BAD_REQUEST, format!("{mac:?} is not a MAC address"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{mac:?} is not a MAC address"),
+        );
     };
     let cfg = &state.config;
-    let declared = cfg.node_by_mac(&mac);
-    let hostname = declared
-        .map(|n| n.hostname.clone())
-        .unwrap_or_else(|| super::boot::generated_hostname(&mac));
-    let image = declared
-        .and_then(|n| n.image.clone())
-        .unwrap_or_else(|| cfg.install.image.clone());
+    let inv = &state.inventory;
+    let record = match tokio::task::block_in_place(|| inv.get(&mac)) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            let hostname = super::boot::generated_hostname(&mac);
+            match tokio::task::block_in_place(|| {
+                inv.seen(&mac, &hostname, &cfg.install.image, None)
+            }) {
+                Ok(r) => r,
+                Err(e) => return inventory_error(e),
+            }
+        }
+        Err(e) => return inventory_error(e),
+    };
+    if let BootAction::Wait(reason) =
+        boot_action(record.state, inv.policy.unknown, inv.policy.retry)
+    {
+        return error(StatusCode::CONFLICT, format!("{mac}: {reason}"));
+    }
+    let image = record.image.clone();
     let Some(serial) = published_serial(&cfg.state_dir, &image) else {
         warn!(%mac, %image, "plan refused: image not published");
         return error(
@@ -50,26 +51,24 @@ pub async fn plan(State(state): State<Shared>, Path(mac): Path<String>) -> Respo
             format!("image {image:?} has no published serial; build or import it with `rollout image build {image}` / `rollout image import {image} DIR`"),
         );
     };
-    let inv = &state.inventory;
-    let started = tokio::task::block_in_place(|| {
-        inv.ensure(&mac, &hostname, &image, declared.is_some())?;
-        inv.begin_install(&mac, &image, serial)
-    });
-    let (install_id, token) = match started {
-        Ok(v) => v,
+    let record = match tokio::task::block_in_place(|| inv.begin_install(&mac, serial)) {
+        Ok(r) => r,
         Err(e) => return inventory_error(e),
     };
     let mut layout = wire::Layout::default();
-    if let Some(n) = declared {
-        layout.root_mib = n.root_mib.unwrap_or(layout.root_mib);
-        layout.swap_mib = n.swap_mib.unwrap_or(layout.swap_mib);
-    }
-    let address = cfg.server.address.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1".into());
+    layout.root_mib = record.root_mib.unwrap_or(layout.root_mib);
+    layout.swap_mib = record.swap_mib.unwrap_or(layout.swap_mib);
+    let address = cfg
+        .server
+        .address
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let reboot_after = cfg.install.reboot_after_failure;
     let plan = InstallPlan {
-        install_id: install_id.clone(),
-        token,
+        install_id: record.install_id.clone().unwrap_or_default(),
+        token: record.token.clone().unwrap_or_default(),
         mac: mac.clone(),
-        hostname: hostname.clone(),
+        hostname: record.hostname.clone(),
         server_url: cfg.http_base_url(),
         network: wire::NetworkPlan::Dhcp,
         image: wire::ImageRef {
@@ -78,21 +77,26 @@ pub async fn plan(State(state): State<Shared>, Path(mac): Path<String>) -> Respo
             rsync_url: format!("rsync://{address}/{image}-{serial}/"),
         },
         disk: wire::DiskSelector {
-            path: declared.and_then(|n| n.disk.clone()),
+            path: record.disk.clone(),
         },
         layout,
         bootloader: wire::Bootloader::Auto,
-        excludes: wire::DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect(),
+        excludes: wire::DEFAULT_EXCLUDES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         files: vec![],
-        ssh_authorized_keys: vec![],
+        ssh_authorized_keys: state.ssh_keys.clone(),
         kernel_cmdline: cfg.install.kernel_cmdline.clone(),
-        on_failure: wire::FailurePolicy::default(),
+        on_failure: wire::FailurePolicy {
+            reboot_after_secs: (reboot_after > 0).then_some(reboot_after),
+        },
     };
-    info!(%mac, %hostname, %image, serial, %install_id, "plan handed out");
+    info!(%mac, hostname = %plan.hostname, %image, serial, install_id = %plan.install_id, "plan handed out");
     Json(plan).into_response()
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
@@ -107,15 +111,22 @@ pub async fn event(
     Json(ev): Json<ProgressEvent>,
 ) -> Response {
     let Some(token) = bearer(&headers) else {
-        return error(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer <token>` (the token is in the install plan)");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <token>` (the token is in the install plan)",
+        );
     };
     let inv = &state.inventory;
     match tokio::task::block_in_place(|| inv.record_event(&id, token, &ev)) {
         Ok(rec) => {
+            let span = tracing::info_span!("install", mac = %rec.mac, hostname = %rec.hostname);
+            let _g = span.enter();
             match &ev.kind {
-                EventKind::Progress { .. } => tracing::debug!(mac = %rec.mac, "{}", ev.message),
-                EventKind::Failed { error, .. } => warn!(mac = %rec.mac, step = %ev.step, "install failed: {error}"),
-                _ => info!(mac = %rec.mac, step = %ev.step, "{}", ev.message),
+                EventKind::Progress { .. } => tracing::debug!("{}", ev.message),
+                EventKind::Failed { error, .. } => {
+                    warn!(step = %ev.step, "install failed: {error}")
+                }
+                _ => info!(step = %ev.step, "{}", ev.message),
             }
             StatusCode::NO_CONTENT.into_response()
         }
@@ -125,45 +136,16 @@ pub async fn event(
 
 pub async fn phone_home(State(state): State<Shared>, Json(ph): Json<PhoneHome>) -> Response {
     let Some(mac) = normalize_mac(&ph.mac) else {
-        return error(StatusCode::BAD_REQUEST, format!("{:?} is not a MAC address", ph.mac));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{:?} is not a MAC address", ph.mac),
+        );
     };
     let ph = PhoneHome { mac, ..ph };
-    let inv = &state.inventory;
-    match tokio::task::block_in_place(|| inv.phone_home(&ph)) {
+    match tokio::task::block_in_place(|| state.inventory.phone_home(&ph)) {
         Ok(rec) => {
             info!(mac = %rec.mac, hostname = %ph.hostname, serial = ph.serial, "phoned home from its installed OS");
             StatusCode::NO_CONTENT.into_response()
-        }
-        Err(e) => inventory_error(e),
-    }
-}
-
-pub async fn list_nodes(State(state): State<Shared>) -> Response {
-    match tokio::task::block_in_place(|| state.inventory.list()) {
-        Ok(nodes) => Json(nodes).into_response(),
-        Err(e) => inventory_error(e),
-    }
-}
-
-pub async fn get_node(State(state): State<Shared>, Path(mac): Path<String>) -> Response {
-    let Some(mac) = normalize_mac(&mac) else {
-        return error(StatusCode::BAD_REQUEST, format!("{mac:?} is not a MAC address"));
-    };
-    match tokio::task::block_in_place(|| state.inventory.get(&mac)) {
-        Ok(Some(n)) => Json(n).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no node {mac}; it appears after its first PXE boot")),
-        Err(e) => inventory_error(e),
-    }
-}
-
-pub async fn reinstall(State(state): State<Shared>, Path(mac): Path<String>) -> Response {
-    let Some(mac) = normalize_mac(&mac) else {
-        return error(StatusCode::BAD_REQUEST, format!("{mac:?} is not a MAC address"));
-    };
-    match tokio::task::block_in_place(|| state.inventory.request_reinstall(&mac)) {
-        Ok(n) => {
-            info!(%mac, "reinstall requested");
-            Json(n).into_response()
         }
         Err(e) => inventory_error(e),
     }

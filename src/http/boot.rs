@@ -36,6 +36,15 @@ pub struct ChainScript<'a> {
     pub base: &'a str,
 }
 
+#[derive(Template)]
+#[template(path = "wait.ipxe", escape = "none")]
+pub struct WaitScript<'a> {
+    pub base: &'a str,
+    pub mac: &'a str,
+    pub reason: &'a str,
+    pub seconds: u32,
+}
+
 #[derive(Deserialize)]
 pub struct BootQuery {
     mac: Option<String>,
@@ -58,46 +67,70 @@ pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> 
         return ipxe(ChainScript { base: &base }.render().unwrap_or_default());
     };
     let Some(mac) = normalize_mac(&raw_mac) else {
-        return (StatusCode::BAD_REQUEST, format!("mac={raw_mac:?} is not a MAC address\n")).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("mac={raw_mac:?} is not a MAC address\n"),
+        )
+            .into_response();
     };
-    let declared = state.config.node_by_mac(&mac);
-    let hostname = declared.map(|n| n.hostname.clone()).unwrap_or_else(|| generated_hostname(&mac));
-    let image = declared
-        .and_then(|n| n.image.clone())
-        .unwrap_or_else(|| state.config.install.image.clone());
     let inv = &state.inventory;
-    let record = match tokio::task::block_in_place(|| inv.ensure(&mac, &hostname, &image, declared.is_some())) {
+    let platform = q
+        .platform
+        .filter(|p| p.len() < 16 && p.chars().all(|c| c.is_ascii_alphanumeric()));
+    let default_image = &state.config.install.image;
+    let seen = tokio::task::block_in_place(|| {
+        inv.seen(
+            &mac,
+            &generated_hostname(&mac),
+            default_image,
+            platform.as_deref(),
+        )
+    });
+    let record = match seen {
         Ok(r) => r,
         Err(e) => {
             warn!(%mac, error = %e, "cannot read node state");
-            return (StatusCode::SERVICE_UNAVAILABLE, format!("node state unavailable: {e}\n")).into_response();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("node state unavailable: {e}\n"),
+            )
+                .into_response();
         }
     };
-    let platform = q.platform.unwrap_or_else(|| "unknown".into());
-    match boot_action(record.state) {
+    let platform = platform.as_deref().unwrap_or("unknown");
+    let (hostname, image) = (&record.hostname, &record.image);
+    match boot_action(record.state, inv.policy.unknown, inv.policy.retry) {
         BootAction::LocalDisk => {
-            info!(%mac, %hostname, %platform, "boot.ipxe → boot from local disk (installed)");
-            ipxe(
-                LocalScript {
-                    mac: &mac,
-                    hostname: &hostname,
-                    image: &record.image,
-                    serial: record.serial.unwrap_or(0),
-                    sanboot: false,
-                }
-                .render()
-                .unwrap_or_default(),
-            )
+            info!(%mac, %hostname, %platform, state = record.state.as_str(), "boot.ipxe → boot from local disk");
+            let script = LocalScript {
+                mac: &mac,
+                hostname,
+                image,
+                serial: record.serial.unwrap_or(0),
+                sanboot: false,
+            };
+            ipxe(script.render().unwrap_or_default())
         }
         BootAction::Install => {
             info!(%mac, %hostname, %platform, state = record.state.as_str(), "boot.ipxe → installer");
+            let cmdline = &state.config.install.kernel_cmdline;
+            let script = InstallScript {
+                base: &base,
+                mac: &mac,
+                hostname,
+                image,
+                cmdline,
+            };
+            ipxe(script.render().unwrap_or_default())
+        }
+        BootAction::Wait(reason) => {
+            info!(%mac, %hostname, %platform, "boot.ipxe → wait: {reason}");
             ipxe(
-                InstallScript {
+                WaitScript {
                     base: &base,
                     mac: &mac,
-                    hostname: &hostname,
-                    image: &image,
-                    cmdline: &state.config.install.kernel_cmdline,
+                    reason,
+                    seconds: 30,
                 }
                 .render()
                 .unwrap_or_default(),
@@ -141,6 +174,20 @@ mod tests {
         .unwrap();
         assert!(s.contains("serial 4"));
         assert!(s.lines().any(|l| l == "exit"));
+    }
+
+    #[test]
+    fn wait_script_asks_again() {
+        let s = WaitScript {
+            base: "http://x",
+            mac: "m",
+            reason: "why",
+            seconds: 30,
+        }
+        .render()
+        .unwrap();
+        assert!(s.contains("sleep 30"));
+        assert!(s.contains("chain --replace http://x/boot.ipxe?mac=m"));
     }
 
     #[test]

@@ -1,13 +1,22 @@
 //! HTTP: iPXE scripts, the installer's kernel and initramfs (with Range support),
-//! the installer's API and health.
+//! the installer's API, the operator API and the dashboard.
 
+mod admin;
 mod api;
 mod boot;
+mod dashboard;
+mod openapi;
+
+pub use api::published_serial;
+pub use boot::generated_hostname;
 
 use crate::config::Config;
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, InventoryError};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Json, Router};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -15,31 +24,57 @@ use tower_http::services::ServeDir;
 
 pub struct AppState {
     pub config: Config,
-    pub inventory: Inventory,
+    pub inventory: Arc<Inventory>,
+    /// Mutating API calls need `Authorization: Bearer <admin_token>`.
+    pub admin_token: String,
+    /// Put in root's authorized_keys on every node (for `rollout exec`).
+    pub ssh_keys: Vec<String>,
 }
 
 pub type Shared = Arc<AppState>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot listen for HTTP on {addr}: {source}; another web server may hold the port (set server.http_port), or run as root for port 80")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}; another server may hold the port (set server.http_port), or run as root for ports below 1024")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
 }
 
+/// JSON error with a message that says what to fix.
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+pub(crate) fn inventory_error(e: InventoryError) -> Response {
+    let status = match e {
+        InventoryError::BadToken(_) => StatusCode::FORBIDDEN,
+        InventoryError::UnknownInstall(_) | InventoryError::UnknownNode(_) => StatusCode::NOT_FOUND,
+        InventoryError::Transition { .. } | InventoryError::Conflict(_) => StatusCode::CONFLICT,
+        InventoryError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e.to_string())
+}
+
 pub fn router(state: Shared) -> Router {
+    use crate::wire::paths;
     let boot_dir = state.config.state_dir.join("boot");
     let ipxe_dir = state.config.server.tftp_root.clone();
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/boot.ipxe", get(boot::script))
-        .route(&format!("{}/{{mac}}", crate::wire::paths::PLAN), get(api::plan))
-        .route(&format!("{}/{{id}}/events", crate::wire::paths::INSTALLS), post(api::event))
-        .route(crate::wire::paths::PHONE_HOME, post(api::phone_home))
-        .route("/api/v1/nodes", get(api::list_nodes))
-        .route("/api/v1/nodes/{mac}", get(api::get_node))
-        .route("/api/v1/nodes/{mac}/reinstall", post(api::reinstall))
+        .route(&format!("{}/{{mac}}", paths::PLAN), get(api::plan))
+        .route(
+            &format!("{}/{{id}}/events", paths::INSTALLS),
+            post(api::event),
+        )
+        .route(paths::PHONE_HOME, post(api::phone_home))
+        .merge(admin::routes())
+        .merge(dashboard::routes())
+        .route("/api/v1/openapi.json", get(openapi::spec))
         .nest_service("/boot", ServeDir::new(boot_dir))
         // UEFI HTTP boot clients fetch ipxe.efi by URL instead of TFTP.
         .nest_service("/ipxe", ServeDir::new(ipxe_dir))
@@ -54,7 +89,11 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError
 }
 
 /// Serves until cancelled; requests in flight are finished first.
-pub async fn run(listener: tokio::net::TcpListener, state: Shared, cancel: CancellationToken) -> Result<(), HttpError> {
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: Shared,
+    cancel: CancellationToken,
+) -> Result<(), HttpError> {
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await

@@ -38,13 +38,20 @@ pub fn which(tool: &str) -> Option<PathBuf> {
 }
 
 pub fn run(args: &[&str]) -> Output {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     out
 }
 
 pub fn must(args: &[&str]) -> String {
     let out = run(args);
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -58,7 +65,11 @@ pub struct Net {
 impl Net {
     pub fn new(tag: &str) -> Net {
         let id = format!("{}{}", tag, std::process::id() % 100000);
-        let net = Net { srv: format!("rt-{id}-s"), cli: format!("rt-{id}-c"), clients: 0 };
+        let net = Net {
+            srv: format!("rt-{id}-s"),
+            cli: format!("rt-{id}-c"),
+            clients: 0,
+        };
         net.delete();
         must(&["ip", "netns", "add", &net.srv]);
         must(&["ip", "netns", "add", &net.cli]);
@@ -66,7 +77,16 @@ impl Net {
         must(&["ip", "-n", s, "link", "set", "lo", "up"]);
         must(&["ip", "-n", &net.cli, "link", "set", "lo", "up"]);
         must(&["ip", "-n", s, "link", "add", "rbr0", "type", "bridge"]);
-        must(&["ip", "-n", s, "addr", "add", &format!("{SERVER_IP}/24"), "dev", "rbr0"]);
+        must(&[
+            "ip",
+            "-n",
+            s,
+            "addr",
+            "add",
+            &format!("{SERVER_IP}/24"),
+            "dev",
+            "rbr0",
+        ]);
         must(&["ip", "-n", s, "link", "set", "rbr0", "up"]);
         net
     }
@@ -76,7 +96,10 @@ impl Net {
         let n = self.clients;
         self.clients += 1;
         let (c, p) = (format!("c{n}"), format!("p{n}"));
-        must(&["ip", "-n", &self.srv, "link", "add", &p, "type", "veth", "peer", "name", &c, "netns", &self.cli]);
+        must(&[
+            "ip", "-n", &self.srv, "link", "add", &p, "type", "veth", "peer", "name", &c, "netns",
+            &self.cli,
+        ]);
         must(&["ip", "-n", &self.srv, "link", "set", &p, "master", "rbr0"]);
         must(&["ip", "-n", &self.srv, "link", "set", &p, "up"]);
         must(&["ip", "-n", &self.cli, "link", "set", &c, "address", mac]);
@@ -87,7 +110,16 @@ impl Net {
     /// A client with a static address in the subnet (for TFTP/HTTP tests).
     pub fn add_static_client(&mut self, addr: &str) -> String {
         let c = self.add_client("52:54:00:ee:00:01");
-        must(&["ip", "-n", &self.cli, "addr", "add", &format!("{addr}/24"), "dev", &c]);
+        must(&[
+            "ip",
+            "-n",
+            &self.cli,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            &c,
+        ]);
         c
     }
 
@@ -100,12 +132,18 @@ impl Net {
     fn delete(&self) {
         for ns in [&self.srv, &self.cli] {
             // Kill what a crashed earlier run left in the namespace, then remove it.
-            let _ = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| {
-                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            });
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()
+                .map(|o| {
+                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                        let _ = Command::new("kill").args(["-9", pid]).status();
+                    }
+                });
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -134,17 +172,36 @@ pub fn write_config(dir: &Path, body: &str) -> PathBuf {
 
 impl Server {
     pub fn start(net: &Net, config: &Path) -> Server {
-        let log = config.with_file_name(format!("server-{}.log", Instant::now().elapsed().as_nanos()));
-        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let log = config.with_file_name(format!(
+            "server-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &net.srv, env!("CARGO_BIN_EXE_rollout"), "serve", "--config"])
+            .args([
+                "netns",
+                "exec",
+                &net.srv,
+                env!("CARGO_BIN_EXE_rollout"),
+                "serve",
+                "--config",
+            ])
             .arg(config)
             .env("ROLLOUT_LOG", "debug,tower_http=info")
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
             .spawn()
             .unwrap();
-        let s = Server { child, log, config: config.to_owned(), ns: net.srv.clone() };
+        let s = Server {
+            child,
+            log,
+            config: config.to_owned(),
+            ns: net.srv.clone(),
+        };
         s.wait_healthy();
         s
     }
@@ -153,7 +210,16 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             let ok = Command::new("ip")
-                .args(["netns", "exec", &self.ns, "curl", "-sf", "--max-time", "1", &format!("http://{SERVER_IP}/healthz")])
+                .args([
+                    "netns",
+                    "exec",
+                    &self.ns,
+                    "curl",
+                    "-sf",
+                    "--max-time",
+                    "1",
+                    &format!("http://{SERVER_IP}/healthz"),
+                ])
                 .output()
                 .map(|o| o.status.success())
                 .unwrap_or(false);
@@ -186,8 +252,19 @@ impl Drop for Server {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let text = self.log_text();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
-            eprintln!("--- server log tail ({}) ---\n{}", self.log.display(), tail.join("\n"));
+            let tail: Vec<&str> = text
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            eprintln!(
+                "--- server log tail ({}) ---\n{}",
+                self.log.display(),
+                tail.join("\n")
+            );
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -203,9 +280,12 @@ pub fn udhcpc(net: &Net, iface: &str, extra: &[&str]) -> std::collections::HashM
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let result = std::env::temp_dir().join(format!("udhcpc-{}-{iface}-{}", net.cli, std::process::id()));
+    let result =
+        std::env::temp_dir().join(format!("udhcpc-{}-{iface}-{}", net.cli, std::process::id()));
     let _ = std::fs::remove_file(&result);
-    let mut cmd = net.in_cli(&["busybox", "udhcpc", "-i", iface, "-n", "-q", "-f", "-t", "5", "-T", "2", "-A", "1", "-s"]);
+    let mut cmd = net.in_cli(&[
+        "busybox", "udhcpc", "-i", iface, "-n", "-q", "-f", "-t", "5", "-T", "2", "-A", "1", "-s",
+    ]);
     cmd.arg(&script).env("RESULT", &result);
     cmd.args(extra);
     let out = cmd.output().unwrap();

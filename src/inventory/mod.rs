@@ -1,0 +1,524 @@
+//! Nodes and their install state. Declared nodes come from the config file or the
+//! API; the server learns the rest (discovered MACs, firmware, installs, boots).
+//! Every change goes through the state machine in [`state`] and is stored with a
+//! history line in one transaction, then broadcast to dashboards.
+
+pub mod sqlite;
+pub mod state;
+
+use crate::store::StoreError;
+use crate::wire::{EventKind, PhoneHome, ProgressEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Mutex;
+use tokio::sync::broadcast;
+
+pub use state::{
+    boot_action, next, BootAction, NodeState, RetryPolicy, Transition, TransitionError,
+    UnknownPolicy,
+};
+
+/// Where a node's declaration comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Config,
+    Api,
+    Discovered,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub mac: String,
+    pub hostname: String,
+    pub ip: Option<String>,
+    pub image: String,
+    pub disk: Option<String>,
+    pub root_mib: Option<u64>,
+    pub swap_mib: Option<u64>,
+    pub source: Source,
+    pub state: NodeState,
+    /// `pcbios` or `efi`, as iPXE reported it.
+    pub firmware: Option<String>,
+    pub serial: Option<u64>,
+    pub install_id: Option<String>,
+    /// Never leaves the server except inside the node's own plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub stage: Option<String>,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    pub last_error: Option<String>,
+    pub console_tail: Vec<String>,
+    pub installs: u64,
+    pub install_started: Option<u64>,
+    pub installed_at: Option<u64>,
+    pub booted_at: Option<u64>,
+    pub boot_id: Option<String>,
+    pub last_seen: Option<u64>,
+    pub updated: u64,
+}
+
+impl NodeRecord {
+    pub fn new(
+        mac: &str,
+        hostname: &str,
+        image: &str,
+        source: Source,
+        state: NodeState,
+    ) -> NodeRecord {
+        NodeRecord {
+            mac: mac.into(),
+            hostname: hostname.into(),
+            ip: None,
+            image: image.into(),
+            disk: None,
+            root_mib: None,
+            swap_mib: None,
+            source,
+            state,
+            firmware: None,
+            serial: None,
+            install_id: None,
+            token: None,
+            stage: None,
+            done_bytes: 0,
+            total_bytes: 0,
+            last_error: None,
+            console_tail: vec![],
+            installs: 0,
+            install_started: None,
+            installed_at: None,
+            booted_at: None,
+            boot_id: None,
+            last_seen: None,
+            updated: 0,
+        }
+    }
+
+    /// The copy shown to API readers and browsers: without the install token.
+    pub fn public(&self) -> NodeRecord {
+        NodeRecord {
+            token: None,
+            ..self.clone()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    pub at: u64,
+    pub event: serde_json::Value,
+}
+
+/// Storage behind the inventory. SQLite today; a shared SQL server could back
+/// several rollout servers through the same trait.
+pub trait NodeStore: Send + Sync {
+    fn get(&self, mac: &str) -> Result<Option<NodeRecord>, StoreError>;
+    fn by_install(&self, install_id: &str) -> Result<Option<NodeRecord>, StoreError>;
+    fn list(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// Writes the record and, if given, one history line, atomically.
+    fn save(&self, rec: &NodeRecord, history: Option<&serde_json::Value>)
+        -> Result<(), StoreError>;
+    fn delete(&self, mac: &str) -> Result<bool, StoreError>;
+    fn history(&self, mac: &str) -> Result<Vec<HistoryEntry>, StoreError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no install {0}; the node must fetch a new plan")]
+    UnknownInstall(String),
+    #[error("bad token for install {0}: a node can only report for its own install")]
+    BadToken(String),
+    #[error("no node with MAC {0}; it appears after its first PXE boot, or add it with `rollout node add`")]
+    UnknownNode(String),
+    #[error("node {mac}: {source}")]
+    Transition {
+        mac: String,
+        source: TransitionError,
+    },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("/dev/urandom is readable");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub unknown: UnknownPolicy,
+    pub retry: RetryPolicy,
+    /// An install with no report for this long is marked failed.
+    pub install_timeout_secs: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            unknown: UnknownPolicy::Approve,
+            retry: RetryPolicy::Retry,
+            install_timeout_secs: 1800,
+        }
+    }
+}
+
+pub struct Inventory {
+    store: Box<dyn NodeStore>,
+    /// Serializes read-modify-write cycles so two reports cannot interleave.
+    write: Mutex<()>,
+    changes: broadcast::Sender<NodeRecord>,
+    pub policy: Policy,
+}
+
+impl Inventory {
+    pub fn new(store: Box<dyn NodeStore>, policy: Policy) -> Inventory {
+        let (changes, _) = broadcast::channel(256);
+        Inventory {
+            store,
+            write: Mutex::new(()),
+            changes,
+            policy,
+        }
+    }
+
+    pub fn open(db: &std::path::Path, policy: Policy) -> Result<Inventory, InventoryError> {
+        Ok(Inventory::new(
+            Box::new(sqlite::SqliteNodeStore::open(db)?),
+            policy,
+        ))
+    }
+
+    /// Live feed of changed records (without tokens), for SSE.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeRecord> {
+        self.changes.subscribe()
+    }
+
+    pub fn get(&self, mac: &str) -> Result<Option<NodeRecord>, InventoryError> {
+        Ok(self.store.get(mac)?)
+    }
+
+    pub fn list(&self) -> Result<Vec<NodeRecord>, InventoryError> {
+        Ok(self.store.list()?)
+    }
+
+    pub fn history(&self, mac: &str) -> Result<Vec<HistoryEntry>, InventoryError> {
+        Ok(self.store.history(mac)?)
+    }
+
+    pub fn find(&self, name_or_mac: &str) -> Result<Option<NodeRecord>, InventoryError> {
+        if let Some(mac) = crate::config::normalize_mac(name_or_mac) {
+            return self.get(&mac);
+        }
+        Ok(self.list()?.into_iter().find(|n| n.hostname == name_or_mac))
+    }
+
+    fn commit(
+        &self,
+        mut rec: NodeRecord,
+        history: serde_json::Value,
+    ) -> Result<NodeRecord, InventoryError> {
+        rec.updated = now();
+        self.store.save(&rec, Some(&history))?;
+        let _ = self.changes.send(rec.public());
+        Ok(rec)
+    }
+
+    fn transition(rec: &mut NodeRecord, t: Transition) -> Result<(), InventoryError> {
+        rec.state = next(rec.state, t).map_err(|source| InventoryError::Transition {
+            mac: rec.mac.clone(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Creates or updates a declared node. Its install state is kept.
+    pub fn declare(&self, decl: NodeRecord) -> Result<NodeRecord, InventoryError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        for other in self.store.list()? {
+            if other.mac == decl.mac {
+                continue;
+            }
+            if other.hostname == decl.hostname {
+                return Err(InventoryError::Conflict(format!(
+                    "hostname {} is already used by {}; pick another hostname",
+                    decl.hostname, other.mac
+                )));
+            }
+            if decl.ip.is_some() && other.ip == decl.ip {
+                return Err(InventoryError::Conflict(format!(
+                    "address {} is already reserved for {} ({}); pick another address",
+                    decl.ip.as_deref().unwrap_or(""),
+                    other.hostname,
+                    other.mac
+                )));
+            }
+        }
+        let rec = match self.store.get(&decl.mac)? {
+            Some(existing) => {
+                let unchanged = existing.hostname == decl.hostname
+                    && existing.ip == decl.ip
+                    && existing.image == decl.image
+                    && existing.disk == decl.disk
+                    && existing.root_mib == decl.root_mib
+                    && existing.swap_mib == decl.swap_mib
+                    && existing.source == decl.source;
+                if unchanged {
+                    return Ok(existing);
+                }
+                let mut rec = existing;
+                if rec.state == NodeState::Discovered {
+                    rec.state = NodeState::Pending;
+                }
+                rec.hostname = decl.hostname;
+                rec.ip = decl.ip;
+                rec.image = decl.image;
+                rec.disk = decl.disk;
+                rec.root_mib = decl.root_mib;
+                rec.swap_mib = decl.swap_mib;
+                rec.source = decl.source;
+                rec
+            }
+            None => NodeRecord {
+                state: NodeState::Pending,
+                ..decl
+            },
+        };
+        let event = json!({"kind": "declared", "hostname": rec.hostname, "image": rec.image, "source": rec.source});
+        self.commit(rec, event)
+    }
+
+    /// Records that a MAC asked for its boot script; creates a discovered node for
+    /// strangers. `hostname` and `image` apply only to a node created here.
+    pub fn seen(
+        &self,
+        mac: &str,
+        hostname: &str,
+        image: &str,
+        firmware: Option<&str>,
+    ) -> Result<NodeRecord, InventoryError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut rec, event) = match self.store.get(mac)? {
+            Some(rec) => (rec, json!({"kind": "pxe_boot", "firmware": firmware})),
+            None => (
+                NodeRecord::new(
+                    mac,
+                    hostname,
+                    image,
+                    Source::Discovered,
+                    NodeState::Discovered,
+                ),
+                json!({"kind": "discovered", "firmware": firmware}),
+            ),
+        };
+        rec.last_seen = Some(now());
+        if let Some(fw) = firmware {
+            rec.firmware = Some(fw.to_string());
+        }
+        self.commit(rec, event)
+    }
+
+    /// A new install attempt: fresh id and token.
+    pub fn begin_install(&self, mac: &str, serial: u64) -> Result<NodeRecord, InventoryError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rec = self
+            .store
+            .get(mac)?
+            .ok_or_else(|| InventoryError::UnknownNode(mac.into()))?;
+        Self::transition(&mut rec, Transition::BeginInstall)?;
+        let t = now();
+        rec.install_id = Some(format!("{t}-{}", random_hex(4)));
+        rec.token = Some(random_hex(16));
+        rec.serial = Some(serial);
+        rec.stage = Some(crate::wire::Step::FetchPlan.as_str().into());
+        rec.done_bytes = 0;
+        rec.total_bytes = 0;
+        rec.last_error = None;
+        rec.console_tail.clear();
+        rec.installs += 1;
+        rec.install_started = Some(t);
+        let event = json!({"kind": "install_started", "install_id": rec.install_id, "image": rec.image, "serial": serial});
+        self.commit(rec, event)
+    }
+
+    /// Applies one progress event from the installer, after checking its token.
+    pub fn record_event(
+        &self,
+        install_id: &str,
+        token: &str,
+        ev: &ProgressEvent,
+    ) -> Result<NodeRecord, InventoryError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rec = self
+            .store
+            .by_install(install_id)?
+            .ok_or_else(|| InventoryError::UnknownInstall(install_id.into()))?;
+        if rec.token.as_deref() != Some(token) {
+            return Err(InventoryError::BadToken(install_id.into()));
+        }
+        rec.stage = Some(ev.step.as_str().into());
+        match &ev.kind {
+            EventKind::Started | EventKind::Done => {
+                Self::transition(&mut rec, Transition::Progress)?
+            }
+            EventKind::Progress {
+                done_bytes,
+                total_bytes,
+            } => {
+                Self::transition(&mut rec, Transition::Progress)?;
+                rec.done_bytes = *done_bytes;
+                rec.total_bytes = *total_bytes;
+            }
+            EventKind::Installed { serial } => {
+                Self::transition(&mut rec, Transition::Installed)?;
+                rec.serial = Some(*serial);
+                rec.installed_at = Some(now());
+            }
+            EventKind::Failed {
+                error,
+                console_tail,
+            } => {
+                Self::transition(&mut rec, Transition::Failed)?;
+                rec.last_error = Some(error.clone());
+                rec.console_tail = console_tail.clone();
+            }
+        }
+        let mut event = serde_json::to_value(ev).unwrap_or_default();
+        event["install_id"] = json!(install_id);
+        // Byte counters tick every few seconds: keep them out of the history table.
+        if matches!(ev.kind, EventKind::Progress { .. }) {
+            rec.updated = now();
+            self.store.save(&rec, None)?;
+            let _ = self.changes.send(rec.public());
+            return Ok(rec);
+        }
+        self.commit(rec, event)
+    }
+
+    pub fn phone_home(&self, ph: &PhoneHome) -> Result<NodeRecord, InventoryError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rec = self
+            .store
+            .get(&ph.mac)?
+            .ok_or_else(|| InventoryError::UnknownNode(ph.mac.clone()))?;
+        rec.booted_at = Some(now());
+        rec.boot_id = Some(ph.boot_id.clone());
+        rec.serial = Some(ph.serial);
+        let event = json!({"kind": "booted", "hostname": ph.hostname, "serial": ph.serial, "boot_id": ph.boot_id});
+        self.commit(rec, event)
+    }
+
+    fn apply(&self, mac: &str, t: Transition, kind: &str) -> Result<NodeRecord, InventoryError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rec = self
+            .store
+            .get(mac)?
+            .ok_or_else(|| InventoryError::UnknownNode(mac.into()))?;
+        Self::transition(&mut rec, t)?;
+        if t == Transition::RequestReinstall {
+            // The running install (if any) can no longer report.
+            rec.install_id = None;
+            rec.token = None;
+            rec.stage = None;
+        }
+        self.commit(rec, json!({"kind": kind}))
+    }
+
+    /// The node installs again on its next boot.
+    pub fn request_reinstall(&self, mac: &str) -> Result<NodeRecord, InventoryError> {
+        self.apply(mac, Transition::RequestReinstall, "reinstall_requested")
+    }
+
+    pub fn approve(&self, mac: &str) -> Result<NodeRecord, InventoryError> {
+        self.apply(mac, Transition::Approve, "approved")
+    }
+
+    pub fn ignore(&self, mac: &str) -> Result<NodeRecord, InventoryError> {
+        self.apply(mac, Transition::Ignore, "ignored")
+    }
+
+    pub fn remove(&self, mac: &str) -> Result<(), InventoryError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.store.delete(mac)? {
+            return Err(InventoryError::UnknownNode(mac.into()));
+        }
+        Ok(())
+    }
+
+    /// Marks installs that stopped reporting as failed. Returns the nodes it failed.
+    pub fn sweep_timeouts(&self, now: u64) -> Result<Vec<NodeRecord>, InventoryError> {
+        let limit = self.policy.install_timeout_secs;
+        let stale: Vec<NodeRecord> = self
+            .store
+            .list()?
+            .into_iter()
+            .filter(|n| n.state == NodeState::Installing && now.saturating_sub(n.updated) >= limit)
+            .collect();
+        let mut failed = vec![];
+        for n in stale {
+            let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            // Re-read under the lock: a report may have arrived meanwhile.
+            let Some(mut rec) = self.store.get(&n.mac)? else {
+                continue;
+            };
+            if rec.state != NodeState::Installing || now.saturating_sub(rec.updated) < limit {
+                continue;
+            }
+            Self::transition(&mut rec, Transition::TimedOut)?;
+            let stage = rec.stage.clone().unwrap_or_default();
+            rec.last_error = Some(format!(
+                "timed out: no report for {limit} s during {stage}; check the node's console, then `rollout node reinstall {}`",
+                rec.hostname
+            ));
+            rec.token = None;
+            let event = json!({"kind": "timed_out", "stage": stage});
+            failed.push(self.commit(rec, event)?);
+        }
+        Ok(failed)
+    }
+}
+
+/// Runs [`Inventory::sweep_timeouts`] every `period` until cancelled.
+pub async fn timeout_sweeper(
+    inventory: std::sync::Arc<Inventory>,
+    period: std::time::Duration,
+    clock: impl Fn() -> u64 + Send + 'static,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (inv, now) = (inventory.clone(), clock());
+        let swept = tokio::task::spawn_blocking(move || inv.sweep_timeouts(now)).await;
+        match swept
+            .unwrap_or_else(|e| Err(InventoryError::Conflict(format!("sweep task failed: {e}"))))
+        {
+            Ok(failed) => {
+                for n in failed {
+                    tracing::warn!(mac = %n.mac, hostname = %n.hostname, "{}", n.last_error.as_deref().unwrap_or("install timed out"));
+                }
+            }
+            Err(e) => tracing::warn!("timeout sweep failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

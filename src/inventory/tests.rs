@@ -1,0 +1,259 @@
+use super::*;
+use crate::wire::Step;
+use std::sync::Arc;
+
+const MAC: &str = "52:54:00:00:00:01";
+
+fn ev(step: Step, kind: EventKind) -> ProgressEvent {
+    ProgressEvent {
+        step,
+        kind,
+        message: String::new(),
+        elapsed_ms: 0,
+    }
+}
+
+fn declared(mac: &str, hostname: &str) -> NodeRecord {
+    NodeRecord::new(mac, hostname, "default", Source::Config, NodeState::Pending)
+}
+
+fn open(dir: &std::path::Path) -> Inventory {
+    Inventory::open(&dir.join("rollout.db"), Policy::default()).unwrap()
+}
+
+#[test]
+fn install_lifecycle_with_token_check_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = open(dir.path());
+    inv.declare(declared(MAC, "node1")).unwrap();
+    let rec = inv.begin_install(MAC, 3).unwrap();
+    let (id, token) = (rec.install_id.clone().unwrap(), rec.token.clone().unwrap());
+    assert!(matches!(
+        inv.record_event(&id, "wrong", &ev(Step::Copy, EventKind::Done)),
+        Err(InventoryError::BadToken(_))
+    ));
+    assert!(matches!(
+        inv.record_event("nope", &token, &ev(Step::Copy, EventKind::Done)),
+        Err(InventoryError::UnknownInstall(_))
+    ));
+    let rec = inv
+        .record_event(
+            &id,
+            &token,
+            &ev(
+                Step::Copy,
+                EventKind::Progress {
+                    done_bytes: 5,
+                    total_bytes: 10,
+                },
+            ),
+        )
+        .unwrap();
+    assert_eq!(
+        (rec.state, rec.stage.as_deref(), rec.done_bytes),
+        (NodeState::Installing, Some("copy"), 5)
+    );
+    inv.record_event(
+        &id,
+        &token,
+        &ev(Step::Finish, EventKind::Installed { serial: 3 }),
+    )
+    .unwrap();
+    drop(inv);
+
+    // As after a crash: a fresh process sees exactly what was acknowledged.
+    let inv = open(dir.path());
+    let rec = inv.get(MAC).unwrap().unwrap();
+    assert_eq!((rec.state, rec.serial), (NodeState::Installed, Some(3)));
+    let kinds: Vec<String> = inv
+        .history(MAC)
+        .unwrap()
+        .iter()
+        .map(|h| h.event["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(kinds, ["declared", "install_started", "installed"]);
+    // A stale report after the install ended is refused by the state machine.
+    let e = inv
+        .record_event(&id, &token, &ev(Step::Copy, EventKind::Done))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("install that is over"), "{e}");
+    // Reinstall: pending again, and the old token is dead.
+    inv.request_reinstall(MAC).unwrap();
+    assert!(matches!(
+        inv.record_event(&id, &token, &ev(Step::Copy, EventKind::Done)),
+        Err(InventoryError::UnknownInstall(_))
+    ));
+    assert_eq!(inv.get(MAC).unwrap().unwrap().state, NodeState::Pending);
+}
+
+#[test]
+fn installed_nodes_refuse_a_new_install_until_reinstall_is_requested() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = open(dir.path());
+    inv.declare(declared(MAC, "node1")).unwrap();
+    let rec = inv.begin_install(MAC, 1).unwrap();
+    inv.record_event(
+        rec.install_id.as_ref().unwrap(),
+        rec.token.as_ref().unwrap(),
+        &ev(Step::Finish, EventKind::Installed { serial: 1 }),
+    )
+    .unwrap();
+    let e = inv.begin_install(MAC, 1).unwrap_err().to_string();
+    assert!(e.contains("request a reinstall first"), "{e}");
+}
+
+#[test]
+fn failure_keeps_error_and_console_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = open(dir.path());
+    inv.seen("aa:bb:cc:dd:ee:ff", "node-ddeeff", "img", Some("efi"))
+        .unwrap();
+    let rec = inv.begin_install("aa:bb:cc:dd:ee:ff", 1).unwrap();
+    let failed = EventKind::Failed {
+        error: "disk too small".into(),
+        console_tail: vec!["line".into()],
+    };
+    let rec = inv
+        .record_event(
+            rec.install_id.as_ref().unwrap(),
+            rec.token.as_ref().unwrap(),
+            &ev(Step::ChooseDisk, failed),
+        )
+        .unwrap();
+    assert_eq!(rec.state, NodeState::Failed);
+    assert_eq!(rec.stage.as_deref(), Some("choose_disk"));
+    assert_eq!(rec.last_error.as_deref(), Some("disk too small"));
+    assert_eq!(rec.console_tail, vec!["line".to_string()]);
+    assert_eq!(rec.firmware.as_deref(), Some("efi"));
+}
+
+#[test]
+fn discovered_machines_are_approved_or_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = open(dir.path());
+    let rec = inv
+        .seen(
+            "aa:00:00:00:00:01",
+            "node-000001",
+            "default",
+            Some("pcbios"),
+        )
+        .unwrap();
+    assert_eq!(
+        (rec.state, rec.source),
+        (NodeState::Discovered, Source::Discovered)
+    );
+    assert_eq!(
+        inv.approve("aa:00:00:00:00:01").unwrap().state,
+        NodeState::Pending
+    );
+    inv.seen("aa:00:00:00:00:02", "node-000002", "default", None)
+        .unwrap();
+    assert_eq!(
+        inv.ignore("aa:00:00:00:00:02").unwrap().state,
+        NodeState::Ignored
+    );
+    let e = inv
+        .begin_install("aa:00:00:00:00:02", 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("approve it first"), "{e}");
+    assert!(matches!(
+        inv.approve("ff:ff:ff:ff:ff:ff"),
+        Err(InventoryError::UnknownNode(_))
+    ));
+}
+
+#[test]
+fn declarations_refuse_duplicate_hostnames_and_addresses_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = open(dir.path());
+    let mut a = declared("aa:00:00:00:00:01", "a");
+    a.ip = Some("10.44.0.11".into());
+    inv.declare(a).unwrap();
+    let e = inv
+        .declare(declared("aa:00:00:00:00:02", "a"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("hostname a is already used"), "{e}");
+    let mut b = declared("aa:00:00:00:00:02", "b");
+    b.ip = Some("10.44.0.11".into());
+    let e = inv.declare(b).unwrap_err().to_string();
+    assert!(e.contains("10.44.0.11 is already reserved"), "{e}");
+    assert_eq!(inv.list().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn stalled_installs_time_out_and_reporting_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Policy {
+        install_timeout_secs: 600,
+        ..Policy::default()
+    };
+    let inv = Arc::new(Inventory::open(&dir.path().join("db"), policy).unwrap());
+    inv.declare(declared("aa:00:00:00:00:01", "stalled"))
+        .unwrap();
+    inv.declare(declared("aa:00:00:00:00:02", "busy")).unwrap();
+    inv.begin_install("aa:00:00:00:00:01", 1).unwrap();
+    let busy = inv.begin_install("aa:00:00:00:00:02", 1).unwrap();
+
+    // Time is virtual: a clock that follows tokio's (paused) time from the real start.
+    let start_wall = now();
+    let start = tokio::time::Instant::now();
+    let clock = move || start_wall + start.elapsed().as_secs();
+    assert!(
+        inv.sweep_timeouts(clock()).unwrap().is_empty(),
+        "nothing is stale yet"
+    );
+    tokio::time::pause();
+    tokio::time::advance(std::time::Duration::from_secs(599)).await;
+    assert!(inv.sweep_timeouts(clock()).unwrap().is_empty());
+    tokio::time::advance(std::time::Duration::from_secs(2)).await;
+    // The busy node reports just in time (its record's clock is the wall clock,
+    // so report at the virtual "now").
+    let mut rec = inv.get("aa:00:00:00:00:02").unwrap().unwrap();
+    rec.updated = clock();
+    inv.store.save(&rec, None).unwrap();
+    let failed = inv.sweep_timeouts(clock()).unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].hostname, "stalled");
+    assert!(failed[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("timed out: no report for 600 s during fetch_plan"));
+    assert_eq!(
+        inv.get("aa:00:00:00:00:02").unwrap().unwrap().state,
+        NodeState::Installing
+    );
+    let _ = busy;
+
+    // The sweeper task does the same on its own.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(timeout_sweeper(
+        inv.clone(),
+        std::time::Duration::from_secs(10),
+        clock,
+        cancel.clone(),
+    ));
+    tokio::time::advance(std::time::Duration::from_secs(700)).await;
+    let mut state = NodeState::Installing;
+    for _ in 0..200 {
+        tokio::time::advance(std::time::Duration::from_secs(10)).await;
+        // The sweep itself runs on a blocking thread in real time.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        tokio::task::yield_now().await;
+        state = inv.get("aa:00:00:00:00:02").unwrap().unwrap().state;
+        if state == NodeState::Failed {
+            break;
+        }
+    }
+    assert_eq!(
+        state,
+        NodeState::Failed,
+        "the sweeper task did not time the install out"
+    );
+    cancel.cancel();
+    task.await.unwrap();
+}
