@@ -19,6 +19,7 @@ pub enum Category {
     Other,
 }
 
+#[derive(Default)]
 pub struct Collector {
     pub archive: Archive,
     owners: HashMap<String, (Category, u64)>,
@@ -38,11 +39,7 @@ fn io_err(path: &Path, e: std::io::Error) -> InitramfsError {
 
 impl Collector {
     pub fn new() -> Self {
-        Collector {
-            archive: Archive::new(),
-            owners: HashMap::new(),
-            elf_done: BTreeSet::new(),
-        }
+        Self::default()
     }
 
     /// Adds generated content (not from the host) at `path`, replacing what was there.

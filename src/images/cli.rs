@@ -1,0 +1,244 @@
+//! `rollout image …`
+
+use super::build::BuildOptions;
+use super::enter::EnterOptions;
+use super::store::{Images, SerialMeta};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ImageCmd {
+    /// Build a fresh Debian image with debootstrap and publish it.
+    Build {
+        name: String,
+        #[arg(long, default_value = "bookworm")]
+        suite: String,
+        /// Extra packages (comma-separated, repeatable).
+        #[arg(long, value_delimiter = ',')]
+        include: Vec<String>,
+        #[arg(long, default_value = "linux-image-amd64")]
+        kernel: String,
+        /// Default: the Debian mirror in /etc/apt/sources.list*, else http://deb.debian.org/debian.
+        #[arg(long)]
+        mirror: Option<String>,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Import a directory or tarball as a new serial and publish it.
+    Import {
+        name: String,
+        source: PathBuf,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Open a shell (or run a command after `--`) in a copy of the published serial;
+    /// on success the result is published as a new serial.
+    Enter {
+        name: String,
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Also delete paths matching this pattern before publishing (repeatable).
+        #[arg(long)]
+        strip: Vec<String>,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// List images and their published serials.
+    List,
+    /// Show one image: published serial, serials, rsync modules.
+    Show { name: String },
+    /// Every serial with its date, size and changes.
+    History { name: String },
+    /// Publish an existing serial again.
+    Rollback { name: String, serial: u64 },
+    /// Delete old serials, keeping the newest K and always the published one.
+    Prune {
+        name: String,
+        #[arg(long)]
+        keep: usize,
+    },
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / 1048576.0)
+}
+
+fn announce(name: &str, meta: Option<SerialMeta>, previous: Option<u64>) {
+    match meta {
+        Some(m) => {
+            let changes = m
+                .changes
+                .as_ref()
+                .map(|c| format!(", changes {}", c.summary()))
+                .unwrap_or_default();
+            println!(
+                "published {name} serial {} ({} files, {}{changes})",
+                m.serial,
+                m.file_count,
+                mib(m.size_bytes)
+            );
+        }
+        None => match previous {
+            Some(p) => println!("no changes; {name} serial {p} stays published"),
+            None => println!("no changes"),
+        },
+    }
+}
+
+pub fn run(cmd: ImageCmd, state_dir: &Path) -> anyhow::Result<()> {
+    let images = Images::new(state_dir);
+    match cmd {
+        ImageCmd::Build {
+            name,
+            suite,
+            include,
+            kernel,
+            mirror,
+            note,
+        } => {
+            let opts = BuildOptions {
+                suite,
+                mirror,
+                kernel,
+                include,
+                note,
+                ..Default::default()
+            };
+            images.build(&name, &opts, &mut |line| println!("{line}"))?;
+        }
+        ImageCmd::Import { name, source, note } => {
+            let prev = images.published(&name)?;
+            announce(&name, images.import(&name, &source, &note, &[])?, prev);
+        }
+        ImageCmd::Enter {
+            name,
+            note,
+            strip,
+            command,
+        } => {
+            let prev = images.published(&name)?;
+            let meta = images.enter(
+                &name,
+                &EnterOptions {
+                    command,
+                    note,
+                    extra_strip: strip,
+                },
+            )?;
+            announce(&name, meta, prev);
+        }
+        ImageCmd::List => {
+            let list = images.list()?;
+            if list.is_empty() {
+                println!(
+                    "no images in {}; create one with `rollout image build` or `import`",
+                    images.root().display()
+                );
+            }
+            println!(
+                "{:<20} {:>9} {:>8} {:>12} {:<20}",
+                "NAME", "PUBLISHED", "SERIALS", "SIZE", "CREATED"
+            );
+            for s in list {
+                let (size, created) = s
+                    .published_meta
+                    .as_ref()
+                    .map(|m| (mib(m.size_bytes), m.created.clone()))
+                    .unwrap_or_default();
+                println!(
+                    "{:<20} {:>9} {:>8} {:>12} {:<20}{}",
+                    s.name,
+                    s.published
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    s.serials.len(),
+                    size,
+                    created,
+                    s.locked_by
+                        .map(|h| format!("  [locked by {h}]"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        ImageCmd::Show { name } => {
+            let s = images.summary(&name)?;
+            println!("image:     {name}");
+            println!("path:      {}", images.image_dir(&name).display());
+            match &s.published_meta {
+                Some(m) => {
+                    println!(
+                        "published: serial {} ({}, {} files, {})",
+                        m.serial,
+                        m.created,
+                        m.file_count,
+                        mib(m.size_bytes)
+                    );
+                    if !m.note.is_empty() {
+                        println!("note:      {}", m.note);
+                    }
+                }
+                None => println!("published: nothing yet"),
+            }
+            println!("serials:   {:?}", s.serials);
+            let mut modules = vec![name.clone()];
+            modules.extend(
+                s.serials
+                    .iter()
+                    .map(|n| super::rsyncd::serial_module(&name, *n)),
+            );
+            println!("rsync:     modules {}", modules.join(" "));
+            if let Some(h) = s.locked_by {
+                println!("locked:    by {h}");
+            }
+        }
+        ImageCmd::History { name } => {
+            let published = images.published(&name)?;
+            for m in images.history(&name)? {
+                let changes = match &m.changes {
+                    Some(c) => c.summary(),
+                    None => "(new)".into(),
+                };
+                println!(
+                    "{}{:>4}  {}  {:>12}  {:>8} files  {:<14} {}",
+                    if Some(m.serial) == published {
+                        "*"
+                    } else {
+                        " "
+                    },
+                    m.serial,
+                    m.created,
+                    mib(m.size_bytes),
+                    m.file_count,
+                    changes,
+                    m.note
+                );
+                if let Some(c) = &m.changes {
+                    for (sign, list, count) in [
+                        ("+", &c.added, c.added_count),
+                        ("~", &c.changed, c.changed_count),
+                        ("-", &c.removed, c.removed_count),
+                    ] {
+                        for p in list.iter().take(20) {
+                            println!("        {sign} {p}");
+                        }
+                        if count > 20 {
+                            println!("        {sign} … and {} more", count - 20);
+                        }
+                    }
+                }
+            }
+        }
+        ImageCmd::Rollback { name, serial } => {
+            images.rollback(&name, serial)?;
+            println!("published {name} serial {serial}");
+        }
+        ImageCmd::Prune { name, keep } => {
+            let removed = images.prune(&name, keep)?;
+            if removed.is_empty() {
+                println!("nothing to prune");
+            } else {
+                println!("removed serials {removed:?}");
+            }
+        }
+    }
+    Ok(())
+}
