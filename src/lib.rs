@@ -6,6 +6,8 @@
 pub mod wire;
 
 #[cfg(feature = "server")]
+pub mod cli;
+#[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
 pub mod dhcp;

@@ -9,6 +9,7 @@ mod openapi;
 
 pub use api::published_serial;
 pub use boot::generated_hostname;
+pub use dashboard::percent;
 
 use crate::config::Config;
 use crate::inventory::{Inventory, InventoryError};

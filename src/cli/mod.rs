@@ -1,0 +1,108 @@
+//! The `rollout` command line. `main.rs` parses and calls [`run`]; each area owns
+//! its subcommands (images, initramfs, nodes, fleet).
+
+pub mod client;
+pub mod nodes;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+pub const DEFAULT_CONFIG: &str = "/etc/rollout/rollout.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "rollout",
+    version,
+    about = "Network-boot provisioning: DHCP, TFTP and HTTP for racks of blank machines"
+)]
+pub struct Cli {
+    /// The server's config file (also tells the CLI where the server and its state are).
+    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG, env = "ROLLOUT_CONFIG")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve DHCP, TFTP, HTTP and rsync to PXE clients (as root, on the provisioning network).
+    Serve,
+    /// Check the config file and print what would be served.
+    CheckConfig,
+    /// Build the installer's initramfs.
+    #[command(subcommand)]
+    Initramfs(crate::initramfs::cli::InitramfsCmd),
+    /// Golden images: build, import, enter, list, history, rollback, prune.
+    #[command(subcommand)]
+    Image(crate::images::cli::ImageCmd),
+    /// Nodes known to the running server.
+    #[command(subcommand)]
+    Node(nodes::NodeCmd),
+    /// Machines that PXE-booted without being declared.
+    #[command(subcommand)]
+    Discovered(nodes::DiscoveredCmd),
+    /// Live progress of every install, until interrupted.
+    Watch(nodes::WatchArgs),
+}
+
+async fn shutdown_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    cancel.cancel();
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<crate::config::Config> {
+    crate::config::Config::load(path)
+        .with_context(|| "rollout needs its config file; pass --config FILE or set ROLLOUT_CONFIG")
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => {
+            let config = load(&cli.config)?;
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            rt.block_on(async {
+                let cancel = CancellationToken::new();
+                tokio::spawn(shutdown_signal(cancel.clone()));
+                crate::serve::serve(config, cancel).await
+            })?;
+        }
+        Command::CheckConfig => {
+            let config = load(&cli.config)?;
+            println!("{} is valid", cli.config.display());
+            println!("state directory: {}", config.state_dir.display());
+            println!("HTTP base URL:   {}", config.http_base_url());
+            println!(
+                "DHCP:            {:?} on {}",
+                config.dhcp.mode,
+                config
+                    .server
+                    .interface
+                    .as_deref()
+                    .unwrap_or("(no interface)")
+            );
+            println!("declared nodes:  {}", config.nodes.len());
+        }
+        Command::Initramfs(cmd) => crate::initramfs::cli::run(cmd, &load(&cli.config)?.state_dir)?,
+        Command::Image(cmd) => crate::images::cli::run(cmd, &load(&cli.config)?.state_dir)?,
+        Command::Node(cmd) => {
+            nodes::run_node(cmd, &client::Client::from_config(&load(&cli.config)?)?)?
+        }
+        Command::Discovered(cmd) => {
+            nodes::run_discovered(cmd, &client::Client::from_config(&load(&cli.config)?)?)?
+        }
+        Command::Watch(args) => {
+            nodes::watch(args, &client::Client::from_config(&load(&cli.config)?)?)?
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,482 @@
+//! The operator API and the installer API against a real `rollout serve` on
+//! loopback (DHCP off), plus the CLI that talks to it.
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    base: String,
+    dir: PathBuf,
+    log: PathBuf,
+    token: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, port: u16) -> PathBuf {
+    let cfg = dir.join("rollout.toml");
+    let body = format!(
+        r#"state_dir = "{state}"
+[server]
+address = "127.0.0.1"
+http_port = {port}
+tftp_port = {tftp}
+rsync_port = {rsync}
+[install]
+unknown = "approve"
+install_timeout = 5
+[[node]]
+mac = "52:54:00:00:00:01"
+hostname = "node1"
+ip = "127.0.0.11"
+"#,
+        state = dir.join("state").display(),
+        tftp = free_port(),
+        rsync = free_port(),
+    );
+    std::fs::write(&cfg, body).unwrap();
+    // A published image, laid out as `rollout image` lays it out.
+    let img = dir.join("state/images/default");
+    std::fs::create_dir_all(img.join("serials/1/root/etc")).unwrap();
+    std::os::unix::fs::symlink("serials/1", img.join("published")).ok();
+    cfg
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let port = free_port();
+        let cfg = if dir.join("rollout.toml").exists() {
+            let text = std::fs::read_to_string(dir.join("rollout.toml")).unwrap();
+            let re = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("http_port") {
+                        format!("http_port = {port}")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            std::fs::write(dir.join("rollout.toml"), re).unwrap();
+            dir.join("rollout.toml")
+        } else {
+            write_config(dir, port)
+        };
+        let log = dir.join(format!("server-{port}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_rollout"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ureq::get(&format!("{base}/healthz")).call().is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "server did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let token = std::fs::read_to_string(dir.join("state/admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Server {
+            child,
+            base,
+            dir: dir.to_owned(),
+            log,
+            token,
+        }
+    }
+
+    fn url(&self, p: &str) -> String {
+        format!("{}{p}", self.base)
+    }
+
+    /// (status, JSON body or Null)
+    fn req(&self, method: &str, path: &str, body: Option<Value>, admin: bool) -> (u16, Value) {
+        let mut r = ureq::request(method, &self.url(path));
+        if admin {
+            r = r.set("Authorization", &format!("Bearer {}", self.token));
+        }
+        let res = match body {
+            Some(b) => r.send_json(b),
+            None => r.call(),
+        };
+        let (status, resp) = match res {
+            Ok(resp) => (resp.status(), resp),
+            Err(ureq::Error::Status(s, resp)) => (s, resp),
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let text = resp.into_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_rollout"))
+            .arg("--config")
+            .arg(self.dir.join("rollout.toml"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- server log ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn event(step: &str, kind: Value) -> Value {
+    let mut e = json!({"step": step, "message": format!("{step}"), "elapsed_ms": 1});
+    for (k, v) in kind.as_object().unwrap() {
+        e[k] = v.clone();
+    }
+    e
+}
+
+#[test]
+fn every_endpoint_with_auth_and_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+
+    // Reads are open.
+    let (st, nodes) = s.req("GET", "/api/v1/nodes", None, false);
+    assert_eq!(st, 200);
+    assert_eq!(nodes[0]["hostname"], "node1");
+    assert_eq!(nodes[0]["state"], "pending");
+    assert!(nodes[0].get("token").is_none(), "tokens must not leak");
+    let (st, one) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    assert_eq!((st, one["mac"].as_str()), (200, Some("52:54:00:00:00:01")));
+    let (st, e) = s.req("GET", "/api/v1/nodes/nosuch", None, false);
+    assert_eq!(st, 404);
+    assert!(e["error"].as_str().unwrap().contains("rollout node list"));
+    let (st, images) = s.req("GET", "/api/v1/images", None, false);
+    assert_eq!(
+        (
+            st,
+            images[0]["name"].as_str(),
+            images[0]["published"].as_u64()
+        ),
+        (200, Some("default"), Some(1))
+    );
+    let serial = ureq::get(&s.url("/api/v1/images/default/serial"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert_eq!(serial.trim(), "1");
+    let (st, spec) = s.req("GET", "/api/v1/openapi.json", None, false);
+    assert_eq!(st, 200);
+    assert_eq!(spec["openapi"], "3.0.3");
+
+    // Changes need the token, and a refused change changes nothing.
+    let add = json!({"mac": "52:54:00:00:00:02", "hostname": "node2", "ip": "127.0.0.12"});
+    let (st, e) = s.req("POST", "/api/v1/nodes", Some(add.clone()), false);
+    assert_eq!(st, 401);
+    assert!(e["error"].as_str().unwrap().contains("admin.token"));
+    for (bad, why) in [
+        (
+            json!({"mac": "52:54:00", "hostname": "x"}),
+            "not a MAC address",
+        ),
+        (
+            json!({"mac": "52:54:00:00:00:03", "hostname": "node1"}),
+            "hostname node1 is already used",
+        ),
+        (
+            json!({"mac": "52:54:00:00:00:03", "hostname": "n3", "ip": "127.0.0.11"}),
+            "already reserved for node1",
+        ),
+        (
+            json!({"mac": "52:54:00:00:00:03", "hostname": "n3", "ip": "10.9.9.9"}),
+            "outside the provisioning subnet",
+        ),
+        (
+            json!({"mac": "52:54:00:00:00:03", "hostname": "n3", "image": "nosuch"}),
+            "image \"nosuch\" does not exist",
+        ),
+        (
+            json!({"mac": "52:54:00:00:00:03", "hostname": "bad name"}),
+            "is not valid",
+        ),
+        (json!({"mac": "52:54:00:00:00:03"}), "body is not a node"),
+    ] {
+        let (st, e) = s.req("POST", "/api/v1/nodes", Some(bad.clone()), true);
+        assert!((400..500).contains(&st), "{bad}: {st}");
+        assert!(e["error"].as_str().unwrap().contains(why), "{bad}: {e}");
+    }
+    assert_eq!(
+        s.req("GET", "/api/v1/nodes", None, false)
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "refused calls changed state"
+    );
+    let (st, n2) = s.req("POST", "/api/v1/nodes", Some(add), true);
+    assert_eq!((st, n2["state"].as_str()), (200, Some("pending")));
+
+    // Reinstall, delete (config nodes cannot be deleted through the API).
+    assert_eq!(
+        s.req("POST", "/api/v1/nodes/node2/reinstall", None, false)
+            .0,
+        401
+    );
+    assert_eq!(
+        s.req("POST", "/api/v1/nodes/node2/reinstall", None, true).0,
+        200
+    );
+    assert_eq!(s.req("DELETE", "/api/v1/nodes/node1", None, true).0, 409);
+    assert_eq!(s.req("DELETE", "/api/v1/nodes/node2", None, false).0, 401);
+    assert_eq!(s.req("DELETE", "/api/v1/nodes/node2", None, true).0, 204);
+    assert_eq!(s.req("GET", "/api/v1/nodes/node2", None, false).0, 404);
+
+    // A stranger PXE-boots: discovered, waits for approval, then installs.
+    let script = ureq::get(&s.url("/boot.ipxe?mac=aa:bb:cc:00:00:01&platform=efi"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(script.contains("waiting for approval"), "{script}");
+    let (_, disc) = s.req("GET", "/api/v1/discovered", None, false);
+    assert_eq!(disc[0]["mac"], "aa:bb:cc:00:00:01");
+    assert_eq!(disc[0]["firmware"], "efi");
+    assert_eq!(
+        s.req("GET", "/api/v1/plan/aa:bb:cc:00:00:01", None, false)
+            .0,
+        409
+    );
+    assert_eq!(
+        s.req(
+            "POST",
+            "/api/v1/discovered/aa:bb:cc:00:00:01/approve",
+            None,
+            false
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        s.req(
+            "POST",
+            "/api/v1/discovered/aa:bb:cc:00:00:01/approve",
+            None,
+            true
+        )
+        .0,
+        200
+    );
+    let script = ureq::get(&s.url("/boot.ipxe?mac=aa:bb:cc:00:00:01"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(script.contains("rollout.mac=aa:bb:cc:00:00:01"), "{script}");
+    assert_eq!(
+        s.req(
+            "POST",
+            "/api/v1/discovered/aa:bb:cc:00:00:01/ignore",
+            None,
+            true
+        )
+        .0,
+        200
+    );
+    let script = ureq::get(&s.url("/boot.ipxe?mac=aa:bb:cc:00:00:01"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        script.lines().any(|l| l == "exit"),
+        "ignored machines boot their disk: {script}"
+    );
+
+    // The installer's side: plan, events with the plan's token only, history.
+    let (st, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:01", None, false);
+    assert_eq!(st, 200);
+    assert_eq!(
+        (plan["hostname"].as_str(), plan["image"]["serial"].as_u64()),
+        (Some("node1"), Some(1))
+    );
+    assert_eq!(plan["layout"]["root_mib"], 1024);
+    let path = format!(
+        "/api/v1/installs/{}/events",
+        plan["install_id"].as_str().unwrap()
+    );
+    let ev = event(
+        "copy",
+        json!({"kind": "progress", "done_bytes": 10, "total_bytes": 40}),
+    );
+    let st = ureq::post(&s.url(&path))
+        .send_json(ev.clone())
+        .err()
+        .map(|e| match e {
+            ureq::Error::Status(s, _) => s,
+            _ => 0,
+        });
+    assert_eq!(st, Some(401));
+    let st = ureq::post(&s.url(&path))
+        .set("Authorization", "Bearer nope")
+        .send_json(ev.clone())
+        .err()
+        .map(|e| match e {
+            ureq::Error::Status(s, _) => s,
+            _ => 0,
+        });
+    assert_eq!(st, Some(403));
+    let token = plan["token"].as_str().unwrap();
+    let ok = ureq::post(&s.url(&path))
+        .set("Authorization", &format!("Bearer {token}"))
+        .send_json(ev)
+        .unwrap();
+    assert_eq!(ok.status(), 204);
+    let (_, n1) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    assert_eq!(
+        (
+            n1["state"].as_str(),
+            n1["stage"].as_str(),
+            n1["done_bytes"].as_u64()
+        ),
+        (Some("installing"), Some("copy"), Some(10))
+    );
+    let (st, hist) = s.req("GET", "/api/v1/nodes/node1/history", None, false);
+    assert_eq!(st, 200);
+    assert!(hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["event"]["kind"] == "install_started"));
+
+    // The CLI reads the same API.
+    let (ok, out, err) = s.cli(&["node", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("node1") && l.contains("installing") && l.contains("25%")),
+        "{out}"
+    );
+    let (ok, out, _) = s.cli(&["node", "list", "--json"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v.as_array().unwrap().len() >= 2);
+    let (ok, out, err) = s.cli(&[
+        "node",
+        "add",
+        "--mac",
+        "52:54:00:00:00:05",
+        "--hostname",
+        "node5",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("node5 (52:54:00:00:00:05) declared: pending"));
+    let (ok, _, err) = s.cli(&[
+        "node",
+        "add",
+        "--mac",
+        "52:54:00:00:00:06",
+        "--hostname",
+        "node5",
+    ]);
+    assert!(
+        !ok && err.contains("hostname node5 is already used"),
+        "{err}"
+    );
+    let (ok, out, _) = s.cli(&["node", "show", "node1"]);
+    assert!(ok && out.contains("install_started"), "{out}");
+    let (ok, out, _) = s.cli(&["discovered", "list"]);
+    assert!(
+        ok && out.contains("aa:bb:cc:00:00:01") && out.contains("ignored"),
+        "{out}"
+    );
+    let (ok, out, _) = s.cli(&["watch", "--once"]);
+    assert!(ok && out.contains("node1"), "{out}");
+}
+
+#[test]
+fn crash_mid_install_keeps_state_and_history_then_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(dir.path());
+    let (_, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:01", None, false);
+    let path = format!(
+        "/api/v1/installs/{}/events",
+        plan["install_id"].as_str().unwrap()
+    );
+    let auth = format!("Bearer {}", plan["token"].as_str().unwrap());
+    for (i, step) in ["choose_disk", "partition", "format", "mount"]
+        .iter()
+        .enumerate()
+    {
+        let ev = event(step, json!({"kind": "done"}));
+        ureq::post(&s.url(&path))
+            .set("Authorization", &auth)
+            .send_json(ev)
+            .unwrap();
+        if i == 2 {
+            // kill -9 between two acknowledged reports.
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+            s = Server::start(dir.path());
+        }
+    }
+    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    assert_eq!(
+        (n["state"].as_str(), n["stage"].as_str()),
+        (Some("installing"), Some("mount"))
+    );
+    let (_, hist) = s.req("GET", "/api/v1/nodes/node1/history", None, false);
+    let steps: Vec<&str> = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["event"]["step"].as_str())
+        .collect();
+    assert_eq!(
+        steps,
+        ["choose_disk", "partition", "format", "mount"],
+        "acknowledged reports lost in the crash"
+    );
+    // The install then stops reporting: the configured 5 s timeout fails it.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
+        if n["state"] == "failed" {
+            assert!(
+                n["last_error"].as_str().unwrap().contains("timed out"),
+                "{n}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "install never timed out: {n}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
