@@ -16,6 +16,8 @@ PACKAGES=(
   syslinux syslinux-common extlinux systemd-boot-efi
   # golden images
   debootstrap openssh-client
+  # the dashboard's browser test
+  chromium chromium-driver
   # building
   build-essential pkg-config musl-tools
 )

@@ -44,6 +44,42 @@ pub fn percent(n: &NodeRecord) -> u64 {
     }
 }
 
+/// `1.5 GiB`-style sizes for people.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Stage, percent, bytes and elapsed time of a running install; the page's
+/// JavaScript builds the same text from live events.
+pub fn progress_text(n: &NodeRecord, now: u64) -> String {
+    if n.state != NodeState::Installing {
+        return String::new();
+    }
+    let mut t = format!("{} {}%", n.stage.as_deref().unwrap_or(""), percent(n));
+    if n.total_bytes > 0 {
+        t.push_str(&format!(
+            " · {} / {}",
+            human_bytes(n.done_bytes),
+            human_bytes(n.total_bytes)
+        ));
+    }
+    if let Some(start) = n.install_started {
+        t.push_str(&format!(" · {}s", now.saturating_sub(start)));
+    }
+    t
+}
+
 impl From<&NodeRecord> for NodeView {
     fn from(n: &NodeRecord) -> NodeView {
         let pct = percent(n);
@@ -56,11 +92,7 @@ impl From<&NodeRecord> for NodeView {
             serial: n.serial,
             state: n.state.as_str(),
             percent: pct,
-            progress_text: if n.state == NodeState::Installing {
-                format!("{} {pct}%", n.stage.as_deref().unwrap_or(""))
-            } else {
-                String::new()
-            },
+            progress_text: progress_text(n, crate::inventory::now()),
             error: n.last_error.clone().unwrap_or_default(),
             installs: n.installs,
         }
@@ -114,6 +146,25 @@ fn render(t: impl Template) -> Response {
 
 fn utc(secs: u64) -> String {
     crate::images::rfc3339(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::Source;
+
+    #[test]
+    fn progress_text_has_stage_percent_bytes_and_elapsed() {
+        let mut n = NodeRecord::new("m", "h", "i", Source::Api, NodeState::Installing);
+        n.stage = Some("copy".into());
+        n.done_bytes = 3 << 29;
+        n.total_bytes = 3 << 30;
+        n.install_started = Some(100);
+        assert_eq!(progress_text(&n, 142), "copy 50% · 1.5 GiB / 3.0 GiB · 42s");
+        n.state = NodeState::Installed;
+        assert_eq!(progress_text(&n, 142), "");
+        assert_eq!(human_bytes(512), "512 B");
+    }
 }
 
 async fn index(State(state): State<Shared>) -> Response {

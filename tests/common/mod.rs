@@ -2,6 +2,8 @@
 //! a server namespace with a bridge, and a client namespace whose veths plug into it.
 #![allow(dead_code)]
 
+pub mod loopback;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

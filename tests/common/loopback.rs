@@ -1,0 +1,162 @@
+//! `rollout serve` on loopback with DHCP off: for API, CLI and browser tests.
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub dir: PathBuf,
+    log: PathBuf,
+    pub token: String,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn write_config(dir: &Path, port: u16) -> PathBuf {
+    let cfg = dir.join("rollout.toml");
+    let body = format!(
+        r#"state_dir = "{state}"
+[server]
+address = "127.0.0.1"
+http_port = {port}
+tftp_port = {tftp}
+rsync_port = {rsync}
+[install]
+unknown = "approve"
+install_timeout = 5
+[[node]]
+mac = "52:54:00:00:00:01"
+hostname = "node1"
+ip = "127.0.0.11"
+"#,
+        state = dir.join("state").display(),
+        tftp = free_port(),
+        rsync = free_port(),
+    );
+    std::fs::write(&cfg, body).unwrap();
+    // A published image, laid out as `rollout image` lays it out.
+    let img = dir.join("state/images/default");
+    std::fs::create_dir_all(img.join("serials/1/root/etc")).unwrap();
+    std::os::unix::fs::symlink("serials/1", img.join("published")).ok();
+    cfg
+}
+
+impl Server {
+    pub fn start(dir: &Path) -> Server {
+        let port = free_port();
+        let cfg = if dir.join("rollout.toml").exists() {
+            let text = std::fs::read_to_string(dir.join("rollout.toml")).unwrap();
+            let re = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("http_port") {
+                        format!("http_port = {port}")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            std::fs::write(dir.join("rollout.toml"), re).unwrap();
+            dir.join("rollout.toml")
+        } else {
+            write_config(dir, port)
+        };
+        let log = dir.join(format!("server-{port}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_rollout"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ureq::get(&format!("{base}/healthz")).call().is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "server did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let token = std::fs::read_to_string(dir.join("state/admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Server {
+            child,
+            base,
+            dir: dir.to_owned(),
+            log,
+            token,
+        }
+    }
+
+    pub fn url(&self, p: &str) -> String {
+        format!("{}{p}", self.base)
+    }
+
+    /// (status, JSON body or Null)
+    pub fn req(&self, method: &str, path: &str, body: Option<Value>, admin: bool) -> (u16, Value) {
+        let mut r = ureq::request(method, &self.url(path));
+        if admin {
+            r = r.set("Authorization", &format!("Bearer {}", self.token));
+        }
+        let res = match body {
+            Some(b) => r.send_json(b),
+            None => r.call(),
+        };
+        let (status, resp) = match res {
+            Ok(resp) => (resp.status(), resp),
+            Err(ureq::Error::Status(s, resp)) => (s, resp),
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let text = resp.into_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_rollout"))
+            .arg("--config")
+            .arg(self.dir.join("rollout.toml"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- server log ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn event(step: &str, kind: Value) -> Value {
+    let mut e = json!({"step": step, "message": format!("{step}"), "elapsed_ms": 1});
+    for (k, v) in kind.as_object().unwrap() {
+        e[k] = v.clone();
+    }
+    e
+}

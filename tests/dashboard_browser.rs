@@ -1,0 +1,204 @@
+//! The dashboard in a real headless Chromium (driven over WebDriver by
+//! chromedriver): a node's progress bar moves live while it installs, without a
+//! reload, and the page is saved as a screenshot.
+
+mod common;
+use common::loopback::{event, free_port, Server};
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Driver {
+    child: Child,
+    base: String,
+    session: String,
+}
+
+impl Driver {
+    fn start() -> Option<Driver> {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ureq::get(&format!("{base}/status")).call().is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let profile = tempfile::tempdir().unwrap().keep();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                         "--window-size=1280,600", format!("--user-data-dir={}", profile.display())]
+            }
+        }}});
+        let resp: Value = ureq::post(&format!("{base}/session"))
+            .send_json(caps)
+            .unwrap()
+            .into_json()
+            .unwrap();
+        let session = resp["value"]["sessionId"]
+            .as_str()
+            .expect("a WebDriver session")
+            .to_string();
+        Some(Driver {
+            child,
+            base,
+            session,
+        })
+    }
+
+    fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let r = match method {
+            "GET" => ureq::get(&url).call(),
+            _ => ureq::post(&url).send_json(body),
+        };
+        match r {
+            Ok(r) => r.into_json::<Value>().unwrap()["value"].clone(),
+            Err(ureq::Error::Status(_, r)) => {
+                panic!("WebDriver {path}: {}", r.into_string().unwrap_or_default())
+            }
+            Err(e) => panic!("WebDriver {path}: {e}"),
+        }
+    }
+
+    fn script(&self, js: &str) -> Value {
+        self.cmd("POST", "/execute/sync", json!({"script": js, "args": []}))
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = ureq::delete(&format!("{}/session/{}", self.base, self.session)).call();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const PROGRESS: &str = r#"var p = document.querySelector('tr[data-mac="52:54:00:00:00:01"] progress'); return p ? p.value : -1;"#;
+
+fn wait_for(d: &Driver, want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = d.script(PROGRESS).as_f64().unwrap_or(-1.0);
+        if (v - want).abs() < 0.5 || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn progress_bar_moves_live_and_screenshot_is_saved() {
+    if Command::new("chromedriver")
+        .arg("--version")
+        .output()
+        .is_err()
+        || !std::path::Path::new("/usr/bin/chromium").exists()
+    {
+        eprintln!("SKIP: chromium and chromium-driver are not installed (run scripts/setup.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (_, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:01", None, false);
+    let path = format!(
+        "/api/v1/installs/{}/events",
+        plan["install_id"].as_str().unwrap()
+    );
+    let auth = format!("Bearer {}", plan["token"].as_str().unwrap());
+    let report = |done: u64| {
+        let ev = event(
+            "copy",
+            json!({"kind": "progress", "done_bytes": done, "total_bytes": 200}),
+        );
+        ureq::post(&s.url(&path))
+            .set("Authorization", &auth)
+            .send_json(ev)
+            .unwrap();
+    };
+    report(20);
+
+    let d = Driver::start().expect("chromedriver starts");
+    d.cmd("POST", "/url", json!({"url": s.url("/")}));
+    assert_eq!(wait_for(&d, 10.0), 10.0, "server-rendered progress");
+    // Wait until the event stream is connected, then mark the page: a reload would lose the mark.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while d.script("return document.getElementById('live').textContent;") != "live" {
+        assert!(
+            Instant::now() < deadline,
+            "the page never connected to /api/v1/events"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.script("window.rolloutMark = 1; return 0;");
+    report(120);
+    assert_eq!(
+        wait_for(&d, 60.0),
+        60.0,
+        "progress bar did not follow the install"
+    );
+    report(180);
+    assert_eq!(wait_for(&d, 90.0), 90.0);
+    assert_eq!(
+        d.script("return window.rolloutMark || 0;"),
+        json!(1),
+        "the page reloaded instead of updating live"
+    );
+    let stage = d.script(
+        r#"return document.querySelector('tr[data-mac="52:54:00:00:00:01"] .stage').textContent;"#,
+    );
+    assert!(
+        stage
+            .as_str()
+            .unwrap()
+            .starts_with("copy 90% · 180 B / 200 B · "),
+        "{stage}"
+    );
+
+    let png = d.cmd("GET", "/screenshot", Value::Null);
+    let b64 = png.as_str().unwrap();
+    let bytes = base64_decode(b64);
+    assert!(bytes.starts_with(b"\x89PNG"), "screenshot is not a PNG");
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&out, &bytes).unwrap();
+    eprintln!("screenshot: {}", out.display());
+
+    // The node page renders too, without JavaScript involvement.
+    d.cmd("POST", "/url", json!({"url": s.url("/nodes/node1")}));
+    let h1 = d.script("return document.querySelector('h1').textContent;");
+    assert!(h1.as_str().unwrap().contains("node1"), "{h1}");
+}
+
+/// Standard base64 (WebDriver screenshots); small and local so the test needs no crate.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes().filter_map(val) {
+        acc = (acc << 6) | c;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
