@@ -274,11 +274,19 @@ impl Images {
     ) -> Result<Option<SerialMeta>, ImageError> {
         let stripped = tree::strip(work_root, extra_strip)?;
         if !stripped.is_empty() {
+            let shown: Vec<&str> = stripped.iter().take(8).map(String::as_str).collect();
+            let more = stripped.len() - shown.len();
+            let more = if more > 0 {
+                format!(" … and {more} more")
+            } else {
+                String::new()
+            };
             tracing::info!(
-                count = stripped.len(),
-                "stripped host-only files: {}",
-                stripped.join(" ")
+                "stripped {} host-only paths: {}{more}",
+                stripped.len(),
+                shown.join(" ")
             );
+            tracing::debug!("stripped: {}", stripped.join(" "));
         }
         let inv = tree::scan(work_root)?;
         let changes = match parent {
