@@ -194,6 +194,8 @@ pub const STRIP_PATTERNS: &[&str] = &[
     "/home/*/.*history",
     "/var/cache/apt/archives/*.deb",
     "/var/cache/apt/*.bin",
+    // Rewritten by every ldconfig run; only noise in change lists.
+    "/var/cache/ldconfig/aux-cache",
     // List files all contain `_`; `lock` and `partial/` stay so apt works unchanged.
     "/var/lib/apt/lists/*_*",
 ];
