@@ -74,7 +74,11 @@ pub async fn plan(State(state): State<Shared>, Path(mac): Path<String>) -> Respo
         image: wire::ImageRef {
             name: image.clone(),
             serial,
-            rsync_url: format!("rsync://{address}/{image}-{serial}/"),
+            rsync_url: format!(
+                "rsync://{address}:{}/{}/",
+                cfg.server.rsync_port,
+                crate::images::rsyncd::serial_module(&image, serial)
+            ),
         },
         disk: wire::DiskSelector {
             path: record.disk.clone(),
