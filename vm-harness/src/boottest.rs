@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::config::{BRIDGE, SERVER_ADDR};
 use crate::console::Pattern;
 use crate::error::{Error, IoContext, Result};
-use crate::initrd::{probe_initramfs, STARTING};
+use crate::initrd::{host_kernel, probe_initramfs, STARTING};
 use crate::lab::{FirmwareChoice, Lab, LabOptions};
 use crate::qemu::{Accel, Firmware};
 
@@ -116,23 +116,6 @@ impl BootTestReport {
         }
         out
     }
-}
-
-/// The newest `/boot/vmlinuz-*` on this machine.
-pub fn host_kernel() -> Result<PathBuf> {
-    let mut ks: Vec<PathBuf> = fs::read_dir("/boot")
-        .ctx("listing kernels", "/boot")?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-        .collect();
-    ks.sort();
-    ks.pop().ok_or_else(|| Error::MissingTool {
-        tool: "/boot/vmlinuz-*".into(),
-        hint: "install linux-image-amd64 (scripts/setup.sh does)".into(),
-    })
 }
 
 /// Puts the installer kernel and initramfs where the server serves them:

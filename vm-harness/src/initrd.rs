@@ -3,9 +3,10 @@
 //! proves DHCP → iPXE → HTTP → kernel → initramfs works without the real
 //! installer.
 
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// What the probe prints; the same line the real installer prints first.
 pub const STARTING: &str = "rollout-installer: starting";
@@ -130,6 +131,23 @@ pub fn probe_initramfs(busybox: &Path) -> Result<Vec<u8>> {
             data: probe_init_script().into_bytes(),
         },
     ]))
+}
+
+/// The newest `/boot/vmlinuz-*` on this machine.
+pub fn host_kernel() -> Result<PathBuf> {
+    let mut ks: Vec<PathBuf> = fs::read_dir("/boot")
+        .ctx("listing kernels", "/boot")?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .collect();
+    ks.sort();
+    ks.pop().ok_or_else(|| Error::MissingTool {
+        tool: "/boot/vmlinuz-*".into(),
+        hint: "install linux-image-amd64 (scripts/setup.sh does)".into(),
+    })
 }
 
 #[cfg(test)]

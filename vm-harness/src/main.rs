@@ -202,7 +202,7 @@ fn up(a: UpArgs, demo: bool) -> Result<()> {
     })?;
     let kernel = match &c.kernel {
         Some(k) => k.clone(),
-        None => boottest::host_kernel()?,
+        None => vm_harness::initrd::host_kernel()?,
     };
     boottest::stage_boot_files(
         &lab.state_dir(),

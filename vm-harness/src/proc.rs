@@ -239,6 +239,12 @@ mod tests {
     fn stale_pid_file_for_another_program_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !fs::read(&cmdline).unwrap_or_default().starts_with(b"sleep") {
+            assert!(Instant::now() < deadline, "sleep never exec'd");
+            sleep(Duration::from_millis(10));
+        }
         let pidf = dir.path().join("x.pid");
         fs::write(&pidf, child.id().to_string()).unwrap();
         kill_stale_pid_file(&pidf, &["qemu-system", "dnsmasq"]);
@@ -249,9 +255,7 @@ mod tests {
         assert!(!pidf.exists());
         fs::write(&pidf, child.id().to_string()).unwrap();
         kill_stale_pid_file(&pidf, &["sleep"]);
-        assert!(
-            child.wait().unwrap().code().is_none(),
-            "expected death by signal"
-        );
+        let st = child.wait().unwrap();
+        assert!(st.code().is_none(), "expected death by signal, got {st}");
     }
 }

@@ -1,0 +1,102 @@
+//! The lab's plumbing without a boot server: namespace, bridge, taps, leftover
+//! cleanup, and a node's power controls over QMP. Needs root and QEMU; otherwise
+//! prints why and passes.
+
+use std::process::Command;
+use std::time::Duration;
+
+use vm_harness::proc::{have_program, is_root};
+use vm_harness::{netns, Firmware, Lab, LabOptions, Pattern};
+
+fn can_run() -> bool {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespace, tap devices)");
+        return false;
+    }
+    for tool in ["qemu-system-x86_64", "qemu-img", "ip"] {
+        if !have_program(tool) {
+            eprintln!("skipped: {tool} not installed (scripts/setup.sh installs it)");
+            return false;
+        }
+    }
+    true
+}
+
+fn host_links() -> String {
+    let out = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn lab_network_lives_only_in_its_namespace_and_leftovers_are_cleaned() {
+    if !can_run() {
+        return;
+    }
+    let before = host_links();
+    let lab = Lab::create_with(LabOptions {
+        name: "t-net".into(),
+        nodes: 2,
+        ..LabOptions::default()
+    })
+    .unwrap();
+    let ns = lab.netns();
+    assert_eq!(ns.name(), "rollout-lab-t-net");
+    let addrs = ns.ip(&["-o", "addr", "show", "dev", "rbr0"]).unwrap();
+    assert!(addrs.contains("10.44.0.1/24"), "{addrs}");
+    for tap in ["tap1", "tap2"] {
+        let link = ns.ip(&["-o", "link", "show", tap]).unwrap();
+        assert!(
+            link.contains("master rbr0"),
+            "{tap} not on the bridge: {link}"
+        );
+    }
+    let lo = ns.ip(&["-o", "link", "show", "lo"]).unwrap();
+    assert!(lo.contains("UP"), "{lo}");
+    assert_eq!(host_links(), before, "the host's interfaces changed");
+    assert!(lab.nodes()[0].disk_path().is_file());
+
+    // A crashed run leaves its namespace behind; the next one must still start.
+    std::mem::forget(lab);
+    assert!(netns::exists("rollout-lab-t-net"));
+    let lab = Lab::create("t-net").expect("recreating over a leftover");
+    drop(lab);
+    assert!(
+        !netns::exists("rollout-lab-t-net"),
+        "drop left the namespace"
+    );
+    assert_eq!(host_links(), before);
+}
+
+#[test]
+fn node_powers_off_over_qmp_and_restarts_with_the_console_appended() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::create("t-qmp").unwrap();
+    lab.add_node(Firmware::Bios).unwrap();
+    let node = &mut lab.nodes_mut()[0];
+    node.start().unwrap();
+    // No server: iPXE comes up and keeps asking for DHCP.
+    let ipxe = Pattern::regex(r"iPXE .*Open Source Network Boot Firmware").unwrap();
+    node.wait_for_console(&ipxe, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.console_tail(20).join("\n")));
+    assert!(node.is_running());
+    node.power_off().unwrap();
+    assert!(!node.is_running());
+    // QMP `quit` ends QEMU quietly; the kill fallback makes it log the signal.
+    let qlog = std::fs::read_to_string(node.qemu_log()).unwrap_or_default();
+    assert!(
+        !qlog.contains("terminating on signal"),
+        "QMP quit failed: {qlog}"
+    );
+
+    let mark = node.console_mark();
+    assert!(mark > 0);
+    node.restart().unwrap();
+    let took = node
+        .wait_for_console_after(mark, &ipxe, Duration::from_secs(120))
+        .unwrap();
+    eprintln!("second boot reached iPXE in {:.1} s", took.as_secs_f64());
+    assert!(node.console_mark() > mark);
+    node.reset().expect("QMP system_reset");
+}
