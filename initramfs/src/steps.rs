@@ -162,7 +162,11 @@ impl Installer {
             Ok((v, msg)) => {
                 let line = format!("{step}: {msg}");
                 console::line(&line);
-                self.reporter.send(step, EventKind::Done, &line);
+                // Finish reports `Installed` itself; after it the install is over
+                // and the server refuses further reports for it.
+                if step != Step::Finish {
+                    self.reporter.send(step, EventKind::Done, &line);
+                }
                 Ok(v)
             }
             Err(error) => Err(Failure { step, error }),
