@@ -59,6 +59,12 @@ pub enum Error {
     #[error("network namespace {ns}: {message}")]
     Netns { ns: String, message: String },
 
+    #[error("node {node} failed to install: {detail}")]
+    InstallFailed { node: String, detail: String },
+
+    #[error("interrupted")]
+    Interrupted,
+
     #[error("HTTP {url}: {message}")]
     Http { url: String, message: String },
 }

@@ -17,6 +17,7 @@
 pub mod boottest;
 pub mod config;
 pub mod console;
+pub mod demo;
 pub mod error;
 pub mod initrd;
 pub mod lab;

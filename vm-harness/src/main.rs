@@ -33,8 +33,9 @@ enum Cmd {
     },
     /// Boot blank nodes and check each reaches the installer's first console line.
     BootTest(BootTestArgs),
-    /// (Not yet implemented) Follow installs through the server's API.
-    Demo(UpArgs),
+    /// `up`, then follow every node through the server's API until each is
+    /// installed and booted its new OS (exit 0), or one fails (exit 1).
+    Demo(DemoArgs),
 }
 
 #[derive(Args, Clone)]
@@ -73,9 +74,15 @@ struct UpArgs {
     /// Disk size per node (e.g. 8G).
     #[arg(long, default_value = "8G")]
     disk_size: String,
-    /// Serve with dnsmasq (DHCP+TFTP) instead of rollout: no installs, lab check only.
-    #[arg(long)]
-    dnsmasq: bool,
+}
+
+#[derive(Args, Clone)]
+struct DemoArgs {
+    #[command(flatten)]
+    up: UpArgs,
+    /// Seconds for all nodes to install and boot.
+    #[arg(long, default_value = "1800")]
+    timeout: u64,
 }
 
 #[derive(Args, Clone)]
@@ -114,8 +121,8 @@ fn main() -> Result<()> {
         );
     }
     match cli.cmd {
-        Cmd::Up(a) => up(a, false),
-        Cmd::Demo(a) => up(a, true),
+        Cmd::Up(a) => up(a),
+        Cmd::Demo(a) => demo(a),
         Cmd::Down { name, all } => {
             let names = if all {
                 vm_harness::netns::list_lab_namespaces()
@@ -187,7 +194,7 @@ fn boot_test(a: BootTestArgs) -> Result<()> {
     Ok(())
 }
 
-fn up(a: UpArgs, demo: bool) -> Result<()> {
+fn bring_up(a: &UpArgs) -> Result<Lab> {
     let c = &a.common;
     let disk_bytes = vm_harness::qemu::parse_size(&a.disk_size)
         .with_context(|| format!("bad --disk-size {:?}: use e.g. 8G or 512M", a.disk_size))?;
@@ -209,13 +216,10 @@ fn up(a: UpArgs, demo: bool) -> Result<()> {
         &kernel,
         initramfs(&c.initramfs).as_deref(),
     )?;
-    if a.dnsmasq {
-        bail!("`up --dnsmasq` is only wired into boot-test; use `boot-test --dnsmasq`");
-    }
     let cfg = lab.write_config(&lab.config())?;
     lab.spawn_server(&cfg, &rollout_bin(&c.rollout_bin))?;
     lab.wait_server_ready(Duration::from_secs(30))
-        .context("waiting for rollout serve")?;
+        .with_context(|| format!("waiting for rollout serve\n{}", lab.diagnostics(30)))?;
     lab.start_all()?;
     println!(
         "lab {} up in namespace {}; files in {}",
@@ -232,14 +236,11 @@ fn up(a: UpArgs, demo: bool) -> Result<()> {
             n.console_log().display()
         );
     }
-    if demo {
-        // TODO(lead): once `GET /api/v1/nodes` exists, poll it here with
-        // vm_harness::server::http_get and print each node's install state
-        // until every node reports `installed`, then exit 0.
-        println!(
-            "demo: node tracking via /api/v1/nodes is not implemented yet; behaving like `up`"
-        );
-    }
+    Ok(lab)
+}
+
+fn up(a: UpArgs) -> Result<()> {
+    let mut lab = bring_up(&a)?;
     println!("Ctrl-C to tear down");
     let started = Instant::now();
     let mut last = Instant::now();
@@ -260,4 +261,27 @@ fn up(a: UpArgs, demo: bool) -> Result<()> {
     }
     println!("tearing down lab {}", lab.name());
     Ok(())
+}
+
+fn demo(a: DemoArgs) -> Result<()> {
+    let mut lab = bring_up(&a.up)?;
+    let server =
+        std::net::SocketAddr::from((vm_harness::config::SERVER_ADDR, lab.config().http_port()));
+    let res = vm_harness::demo::follow(
+        &mut lab,
+        server,
+        Duration::from_secs(a.timeout),
+        || STOP.load(Ordering::SeqCst),
+        |line| println!("{line}"),
+    );
+    match res {
+        Ok(nodes) => {
+            println!("all {} nodes installed and booted", nodes.len());
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{}", lab.diagnostics(30));
+            bail!("demo failed: {e}")
+        }
+    }
 }
