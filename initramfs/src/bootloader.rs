@@ -199,6 +199,34 @@ fn in_root(root: &Path, p: &str) -> PathBuf {
     root.join(p.trim_start_matches('/'))
 }
 
+pub const EXTLINUX_CONF: &str = "/boot/extlinux/extlinux.conf";
+pub const SDBOOT_ENTRY: &str = "/loader/entries/rollout.conf";
+
+/// Writes `file` through a temporary sibling and a rename, so a crash leaves the
+/// old or the new contents, never half of one (the node must stay bootable).
+pub fn write_atomic(file: &Path, contents: &[u8]) -> Result<(), BootError> {
+    let tmp = file.with_extension("rollout-tmp");
+    std::fs::write(&tmp, contents).map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, file).map_err(io("rename into place", file))
+}
+
+/// (Re)writes extlinux.conf for the newest kernel in `target`; extlinux must be
+/// installed in `target/boot/extlinux` already.
+pub fn write_extlinux_conf(
+    target: &Path,
+    title: &str,
+    root_uuid: &str,
+    cmdline: &str,
+) -> Result<KernelPair, BootError> {
+    let k = find_kernel(target)?;
+    let conf = in_root(target, EXTLINUX_CONF);
+    write_atomic(
+        &conf,
+        extlinux_conf(&k, title, root_uuid, cmdline).as_bytes(),
+    )?;
+    Ok(k)
+}
+
 /// BIOS: extlinux in /boot/extlinux of the root file system, gptmbr.bin in the MBR.
 pub fn install_extlinux(
     target: &Path,
@@ -207,13 +235,10 @@ pub fn install_extlinux(
     root_uuid: &str,
     cmdline: &str,
 ) -> Result<String, BootError> {
-    let k = find_kernel(target)?;
     let dir = target.join("boot/extlinux");
     std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
     sys::run(paths::EXTLINUX, &["--install", &dir.to_string_lossy()])?;
-    let conf = dir.join("extlinux.conf");
-    std::fs::write(&conf, extlinux_conf(&k, title, root_uuid, cmdline))
-        .map_err(io("write", &conf))?;
+    let k = write_extlinux_conf(target, title, root_uuid, cmdline)?;
     for m in paths::EXTLINUX_C32 {
         let src = Path::new(paths::SYSLINUX_BIOS_MODULES).join(m);
         if src.exists() {
@@ -238,24 +263,39 @@ pub fn install_sdboot(
     root_uuid: &str,
     cmdline: &str,
 ) -> Result<String, BootError> {
-    let k = find_kernel(target)?;
     let efi = Path::new(paths::SYSTEMD_BOOT_EFI);
     copy(efi, &esp.join("EFI/BOOT/BOOTX64.EFI"))?;
     copy(efi, &esp.join("EFI/systemd/systemd-bootx64.efi"))?;
+    let loader = esp.join("loader/loader.conf");
+    std::fs::create_dir_all(esp.join("loader/entries")).map_err(io("create directory", &loader))?;
+    std::fs::write(&loader, loader_conf()).map_err(io("write", &loader))?;
+    let k = write_sdboot_kernel(target, esp, title, root_uuid, cmdline)?;
+    Ok(format!("systemd-boot on the ESP, kernel {}", k.kernel))
+}
+
+/// Copies the newest kernel and initrd of `target` to the ESP and (re)writes the
+/// loader entry; systemd-boot itself must be on the ESP already.
+pub fn write_sdboot_kernel(
+    target: &Path,
+    esp: &Path,
+    title: &str,
+    root_uuid: &str,
+    cmdline: &str,
+) -> Result<KernelPair, BootError> {
+    let k = find_kernel(target)?;
     copy(&in_root(target, &k.kernel), &in_root(esp, ESP_KERNEL))?;
     if let Some(i) = &k.initrd {
         copy(&in_root(target, i), &in_root(esp, ESP_INITRD))?;
     }
-    let loader = esp.join("loader/loader.conf");
-    std::fs::create_dir_all(esp.join("loader/entries")).map_err(io("create directory", &loader))?;
-    std::fs::write(&loader, loader_conf()).map_err(io("write", &loader))?;
-    let entry = esp.join("loader/entries/rollout.conf");
-    std::fs::write(
+    let entry = in_root(esp, SDBOOT_ENTRY);
+    if let Some(p) = entry.parent() {
+        std::fs::create_dir_all(p).map_err(io("create directory", p))?;
+    }
+    write_atomic(
         &entry,
-        sdboot_entry(title, k.initrd.is_some(), root_uuid, cmdline),
-    )
-    .map_err(io("write", &entry))?;
-    Ok(format!("systemd-boot on the ESP, kernel {}", k.kernel))
+        sdboot_entry(title, k.initrd.is_some(), root_uuid, cmdline).as_bytes(),
+    )?;
+    Ok(k)
 }
 
 #[cfg(test)]

@@ -85,6 +85,25 @@ fn first_present<'a>(target: &Path, candidates: &[&'a str]) -> Option<&'a str> {
     candidates.iter().copied().find(|c| has(target, c))
 }
 
+/// Files this module writes that are not already in `wire::DEFAULT_EXCLUDES`
+/// (rsync filter syntax, anchored at the root). `rollout-sync` keeps them out of
+/// an update, so `--delete` cannot remove the node's network, keys or hooks.
+pub const INSTALLER_WRITTEN: &[&str] = &[
+    "/var/lib/dbus/machine-id",
+    "/etc/resolv.conf",
+    "/root/.ssh/authorized_keys",
+    "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+    "/etc/systemd/system/dbus-org.freedesktop.network1.service",
+    "/etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
+    "/etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service",
+    paths::NODE_SYNC_BINARY,
+    paths::NODE_PHONE_HOME_SCRIPT,
+    "/etc/systemd/system/rollout-phone-home.service",
+    "/etc/systemd/system/multi-user.target.wants/rollout-phone-home.service",
+    "/etc/init.d/rollout-phone-home",
+    "/etc/rc[2-5].d/S99rollout-phone-home",
+];
+
 /// Facts the configure step needs beyond the plan.
 pub struct NodeFacts<'a> {
     pub plan: &'a InstallPlan,
@@ -295,6 +314,13 @@ fn phone_home(target: &Path, installer: &Path) -> Result<String, ConfigureError>
     std::fs::copy(installer, &bin).map_err(io("copy the installer to", &bin))?;
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))
         .map_err(io("chmod", &bin))?;
+    hook_phone_home(target)
+}
+
+/// Writes the phone-home script and hooks it into the image's init system.
+/// Idempotent: `rollout-sync` runs it again after an update, which may have
+/// brought a new `/etc/inittab`.
+pub fn hook_phone_home(target: &Path) -> Result<String, ConfigureError> {
     write_file(
         target,
         paths::NODE_PHONE_HOME_SCRIPT,

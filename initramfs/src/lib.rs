@@ -24,6 +24,7 @@ pub mod report;
 pub mod rsync;
 pub mod steps;
 pub mod swap;
+pub mod sync;
 pub mod sys;
 
 #[cfg(test)]

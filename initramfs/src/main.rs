@@ -3,9 +3,10 @@
 
 use std::process::ExitCode;
 
-use rollout_installer::{console, phone_home, sys};
+use rollout_installer::{console, phone_home, sync, sys};
 
 const USAGE: &str = "usage: rollout-sync phone-home   (report this boot to the rollout server)\n\
+                     \x20      rollout-sync sync         (update this node to the published image serial)\n\
                      As /init (PID 1) of the rollout initramfs this binary installs the node.";
 
 fn main() -> ExitCode {
@@ -18,6 +19,34 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("sync") => {
+            // `--root DIR` (undocumented) syncs into DIR instead of /, for tests.
+            let root = match args.get(2).map(String::as_str) {
+                None => "/".to_string(),
+                Some("--root") if args.len() == 4 => args[3].clone(),
+                Some(_) => {
+                    eprintln!("{USAGE}");
+                    return ExitCode::from(2);
+                }
+            };
+            match sync::run(std::path::Path::new(&root), |l| {
+                println!("rollout-sync: {l}")
+            }) {
+                Ok(report) => {
+                    if let sync::Report::Updated { notes, .. } = &report {
+                        for n in notes {
+                            println!("rollout-sync: {n}");
+                        }
+                    }
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rollout-sync: sync failed: {:#}", anyhow::Error::new(e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some("--version") => {
             println!("rollout-installer {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -133,15 +133,27 @@ pub fn toml_str(s: &str) -> String {
     out
 }
 
+/// `rsync://host[:port]` of a module URL such as `rsync://10.44.0.1:873/web-3/`.
+pub fn rsync_base(url: &str) -> &str {
+    let Some(rest) = url.strip_prefix("rsync://") else {
+        return "";
+    };
+    match rest.find('/') {
+        Some(i) => &url[..8 + i],
+        None => url,
+    }
+}
+
 pub fn node_toml(plan: &InstallPlan) -> String {
     format!(
-        "# Written by rollout-installer; read by {bin}.\nserver = {}\nmac = {}\nhostname = {}\nimage = {}\nserial = {}\ninstall_id = {}\n",
+        "# Written by rollout-installer; read by {bin}.\nserver = {}\nmac = {}\nhostname = {}\nimage = {}\nserial = {}\ninstall_id = {}\nrsync = {}\n",
         toml_str(&plan.server_url),
         toml_str(&plan.mac),
         toml_str(&plan.hostname),
         toml_str(&plan.image.name),
         plan.image.serial,
         toml_str(&plan.install_id),
+        toml_str(rsync_base(&plan.image.rsync_url)),
         bin = paths::NODE_SYNC_BINARY,
     )
 }
@@ -315,6 +327,13 @@ mod tests {
         assert_eq!(m["hostname"], "node\"1\\");
         assert_eq!(m["serial"], "7");
         assert_eq!(m["image"], "default");
+        assert_eq!(m["rsync"], rsync_base(&plan.image.rsync_url));
+        assert_eq!(
+            rsync_base("rsync://10.44.0.1:873/web-3/"),
+            "rsync://10.44.0.1:873"
+        );
+        assert_eq!(rsync_base("rsync://h"), "rsync://h");
+        assert_eq!(rsync_base("http://h/x"), "");
         assert_eq!(toml_str("a\u{1}b"), "\"a\\u0001b\"");
         assert_eq!(parse_node_toml("x = \"a\\u0001b\"")["x"], "a\u{1}b");
     }

@@ -123,10 +123,49 @@ pub fn copy(
     excludes: &[String],
     attempts: u32,
     every: Duration,
+    on_progress: impl FnMut(Progress),
+    on_retry: impl FnMut(u32, &str),
+) -> Result<Progress, RsyncError> {
+    copy_with(
+        url,
+        dest,
+        excludes,
+        &[],
+        attempts,
+        every,
+        on_progress,
+        on_retry,
+    )
+    .map(|o| o.progress)
+}
+
+/// What a successful [`copy_with`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Complete (percent 100) once rsync succeeded.
+    pub progress: Progress,
+    /// Every stdout line that is not a progress line, from all attempts in order
+    /// (itemized changes and `--stats` output when those flags are given).
+    pub lines: Vec<String>,
+}
+
+/// [`copy`] with extra rsync flags (placed before the excludes) and the other
+/// output lines kept, so callers can add `--delete`, `-i` or `--stats`.
+#[allow(clippy::too_many_arguments)]
+pub fn copy_with(
+    url: &str,
+    dest: &str,
+    excludes: &[String],
+    extra: &[&str],
+    attempts: u32,
+    every: Duration,
     mut on_progress: impl FnMut(Progress),
     mut on_retry: impl FnMut(u32, &str),
-) -> Result<Progress, RsyncError> {
-    let argv = args(url, dest, excludes);
+) -> Result<Outcome, RsyncError> {
+    let mut argv = args(url, dest, excludes);
+    let at = argv.len() - 2 - excludes.len();
+    argv.splice(at..at, extra.iter().map(|s| s.to_string()));
+    let mut lines = Vec::new();
     let mut last = Progress {
         bytes: 0,
         percent: 0,
@@ -163,6 +202,8 @@ pub fn copy(
                         last_report = Some(Instant::now());
                         on_progress(p);
                     }
+                } else {
+                    lines.push(line);
                 }
             }
         }
@@ -170,9 +211,12 @@ pub fn copy(
         stderr_text = err_thread.join().unwrap_or_default();
         if exit_ok(exit.code()) {
             // progress2's last line can say 99% for a finished copy.
-            return Ok(Progress {
-                percent: 100,
-                ..last
+            return Ok(Outcome {
+                progress: Progress {
+                    percent: 100,
+                    ..last
+                },
+                lines,
             });
         }
         status = exit.to_string();
