@@ -16,6 +16,8 @@ PACKAGES=(
   syslinux syslinux-common extlinux systemd-boot-efi
   # golden images
   debootstrap openssh-client
+  # `rollout exec` test: a real sshd per test-made network namespace
+  openssh-server
   # the dashboard's browser test
   chromium chromium-driver
   # building
