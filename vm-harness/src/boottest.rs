@@ -191,9 +191,9 @@ pub fn run(opts: &BootTestOptions) -> Result<BootTestReport> {
             let ready = lab.wait_server_ready(Duration::from_secs(30));
             if let Err(e) = ready {
                 let tail = lab.server().map(|s| s.log_tail(30)).unwrap_or_default();
-                return Err(Error::Netns {
-                    ns,
-                    message: format!("the server did not come up: {e}\n{}", tail.join("\n")),
+                return Err(Error::ServerNotReady {
+                    cause: e.to_string(),
+                    log_tail: tail.join("\n"),
                 });
             }
         }

@@ -59,6 +59,9 @@ pub enum Error {
     #[error("network namespace {ns}: {message}")]
     Netns { ns: String, message: String },
 
+    #[error("the boot server did not come up: {cause}\n{log_tail}")]
+    ServerNotReady { cause: String, log_tail: String },
+
     #[error("node {node} failed to install: {detail}")]
     InstallFailed { node: String, detail: String },
 

@@ -293,7 +293,10 @@ impl Node {
         // disable-legacy=on presents 1041 and the ids match under both firmwares.
         // bootindex puts the NIC first and the disk second for both SeaBIOS and
         // OVMF; when iPXE exits (an installed node), the firmware falls through
-        // to the disk.
+        // to the disk. OVMF has two NIC options: the ROM's iPXE, then its own
+        // PXEv4 (which the server answers with ipxe.efi), so an installed UEFI
+        // node asks for boot.ipxe twice before its disk. A blank disk (no ESP)
+        // gets no option at all: OVMF ends in its setup UI instead.
         push(&[
             "-device",
             &format!(

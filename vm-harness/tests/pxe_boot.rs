@@ -59,7 +59,7 @@ fn blank_bios_and_uefi_nodes_reach_the_installer() {
     opts.initramfs = std::env::var_os("ROLLOUT_INITRAMFS").map(PathBuf::from);
     opts.timeout = Duration::from_secs(240);
 
-    let report = boottest::run(&opts).expect("setting up the lab");
+    let report = boottest::run(&opts).unwrap_or_else(|e| panic!("setting up the lab: {e}"));
     let text = report.render();
     eprint!("{text}");
     assert_eq!(report.nodes.len(), 2);
