@@ -12,6 +12,8 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod dhcp;
 #[cfg(feature = "server")]
+pub mod fleet;
+#[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]
 pub mod images;
