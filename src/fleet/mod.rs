@@ -271,7 +271,7 @@ pub fn parse_sync_output(stdout: &str) -> Option<SyncStatus> {
             let serial = rest.strip_suffix(')')?.parse().ok()?;
             return Some(SyncStatus {
                 serial,
-                line: l.to_string(),
+                line: "up to date".into(),
                 reboot: false,
             });
         }

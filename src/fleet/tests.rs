@@ -142,7 +142,10 @@ fn one_line_per_node_and_the_summary() {
 #[test]
 fn sync_output_gives_the_serial() {
     let up = parse_sync_output("up to date (serial 4)\n").unwrap();
-    assert_eq!((up.serial, up.reboot), (4, false));
+    assert_eq!(
+        (up.serial, up.reboot, up.line.as_str()),
+        (4, false, "up to date")
+    );
     let out = "rollout-sync: syncing rsync://10.44.0.1:873/web-5/ onto /\nupdated 4 → 5, 1234 bytes transferred, reboot needed: yes\n";
     let s = parse_sync_output(out).unwrap();
     assert_eq!((s.serial, s.reboot), (5, true));

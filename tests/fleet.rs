@@ -1,0 +1,412 @@
+//! `rollout exec` against two "nodes" that are network namespaces this test
+//! creates, each running a real sshd that trusts a key made here, plus one
+//! address where nothing answers. The node list comes from a tiny fake API on
+//! loopback; one node has no `ip` and is found through its DHCP lease.
+//!
+//! Topology (all in test-made namespaces, 10.44.77.0/24): a hub namespace with
+//! a bridge, where this test's thread, the fake API and the ssh client run;
+//! node namespaces `a` and `b` plugged into the bridge with veths.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{can_run, must};
+use rollout::fleet::{self, ExecArgs, Target};
+
+const HUB_IP: &str = "10.44.77.1";
+const A_IP: &str = "10.44.77.11";
+const B_IP: &str = "10.44.77.12";
+/// In the subnet, nobody there: ARP fails, ssh says "No route to host".
+const NOBODY_IP: &str = "10.44.77.13";
+
+struct Lab {
+    hub: String,
+    nodes: Vec<String>,
+    sshds: Vec<Child>,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let id = std::process::id() % 100000;
+        let lab = Lab {
+            hub: format!("rf-{id}-h"),
+            nodes: vec![format!("rf-{id}-a"), format!("rf-{id}-b")],
+            sshds: vec![],
+        };
+        lab.delete();
+        must(&["ip", "netns", "add", &lab.hub]);
+        must(&["ip", "-n", &lab.hub, "link", "set", "lo", "up"]);
+        must(&[
+            "ip", "-n", &lab.hub, "link", "add", "fbr0", "type", "bridge",
+        ]);
+        must(&[
+            "ip",
+            "-n",
+            &lab.hub,
+            "addr",
+            "add",
+            &format!("{HUB_IP}/24"),
+            "dev",
+            "fbr0",
+        ]);
+        must(&["ip", "-n", &lab.hub, "link", "set", "fbr0", "up"]);
+        for (i, (ns, ip)) in lab.nodes.iter().zip([A_IP, B_IP]).enumerate() {
+            let port = format!("p{i}");
+            must(&["ip", "netns", "add", ns]);
+            must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            must(&[
+                "ip", "-n", &lab.hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                "netns", ns,
+            ]);
+            must(&["ip", "-n", &lab.hub, "link", "set", &port, "master", "fbr0"]);
+            must(&["ip", "-n", &lab.hub, "link", "set", &port, "up"]);
+            must(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ]);
+            must(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+        }
+        lab
+    }
+
+    fn delete(&self) {
+        for ns in self.nodes.iter().chain([&self.hub]) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    /// A real sshd in node namespace `i`, trusting only `authorized_keys`.
+    fn start_sshd(&mut self, i: usize, dir: &Path, ip: &str, name: &str, authorized_keys: &Path) {
+        let host_key = dir.join(format!("host_key_{name}"));
+        must(&[
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            &host_key.to_string_lossy(),
+        ]);
+        let conf = dir.join(format!("sshd_{name}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "ListenAddress {ip}\nPort 22\nHostKey {}\nPidFile {}/sshd_{name}.pid\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n# The key lives in a temp dir, not ~root/.ssh.\nStrictModes no\nSetEnv NODE={name}\nForceCommand {}\n",
+                host_key.display(),
+                dir.display(),
+                authorized_keys.display(),
+                dir.join("dispatch.sh").display()
+            ),
+        )
+        .unwrap();
+        // sshd's privilege separation directory.
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.nodes[i],
+                "/usr/sbin/sshd",
+                "-D",
+                "-e",
+                "-f",
+            ])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("sshd_{name}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        self.sshds.push(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let up = Command::new("ip")
+                .args(["netns", "exec", &self.nodes[i], "bash", "-c"])
+                .arg(format!("exec 3<>/dev/tcp/{ip}/22"))
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if up {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sshd for {name} did not listen: {}",
+                std::fs::read_to_string(dir.join(format!("sshd_{name}.log"))).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Moves the calling thread (and threads and processes it starts later)
+    /// into the hub namespace.
+    fn enter_hub(&self) {
+        let f = std::fs::File::open(format!("/var/run/netns/{}", self.hub)).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.sshds {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.delete();
+    }
+}
+
+/// Answers `GET /api/v1/nodes` with `body`, forever (loopback of the hub).
+fn fake_api(body: String) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 2048];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let reply = if buf.starts_with(b"GET /api/v1/nodes ") {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
+            };
+            let _ = c.write_all(reply.as_bytes());
+        }
+    });
+    port
+}
+
+fn exec(
+    config: &rollout::config::Config,
+    target: Target,
+    timeout: u64,
+    cmd: &[&str],
+) -> (i32, String) {
+    let mut out = Vec::new();
+    let code = fleet::run_exec_to(
+        ExecArgs {
+            target,
+            parallel: 3,
+            timeout,
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+        },
+        config,
+        &mut out,
+    )
+    .unwrap();
+    (code, String::from_utf8(out).unwrap())
+}
+
+fn line_of<'a>(out: &'a str, host: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.split_whitespace().next() == Some(host))
+        .unwrap_or_else(|| panic!("no line for {host} in:\n{out}"))
+}
+
+fn nodes(pattern: &str) -> Target {
+    Target {
+        nodes: Some(pattern.into()),
+        all: false,
+    }
+}
+
+#[test]
+fn exec_over_ssh_reports_each_node_and_a_summary() {
+    if !can_run(&["ip", "ssh", "ssh-keygen", "sshd"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let state = t.join("state");
+    std::fs::create_dir_all(state.join("ssh")).unwrap();
+    let key = state.join("ssh/id_ed25519");
+    must(&[
+        "ssh-keygen",
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-C",
+        "rollout-test",
+        "-f",
+        &key.to_string_lossy(),
+    ]);
+    let authorized = t.join("authorized_keys");
+    std::fs::copy(key.with_extension("pub"), &authorized).unwrap();
+
+    // beta has no fixed address: the server's lease table knows it.
+    let conn = rusqlite::Connection::open(state.join("rollout.db")).unwrap();
+    conn.execute_batch(&format!(
+        "CREATE TABLE leases (ip TEXT PRIMARY KEY, mac TEXT NOT NULL, expires INTEGER NOT NULL, state TEXT NOT NULL);
+         INSERT INTO leases VALUES ('{B_IP}', '52:54:00:77:00:02', 4000000000, 'bound');"
+    ))
+    .unwrap();
+    drop(conn);
+
+    // The nodes share this machine's file system, which has no rollout-sync:
+    // stand in for it, passing every other command through.
+    let dispatch = t.join("dispatch.sh");
+    std::fs::write(
+        &dispatch,
+        "#!/bin/sh\nif [ \"$SSH_ORIGINAL_COMMAND\" = \"/usr/local/sbin/rollout-sync sync\" ]; then\n  echo 'rollout-sync: syncing rsync://10.44.77.1/web-3/ onto /'\n  if [ \"$NODE\" = a ]; then echo 'updated 2 → 3, 1234 bytes transferred, reboot needed: yes'; else echo 'up to date (serial 3)'; fi\n  exit 0\nfi\nexec sh -c \"$SSH_ORIGINAL_COMMAND\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &dispatch,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut lab = Lab::new();
+    lab.start_sshd(0, t, A_IP, "a", &authorized);
+    lab.start_sshd(1, t, B_IP, "b", &authorized);
+    lab.enter_hub();
+
+    let api = serde_json::json!([
+        {"mac": "52:54:00:77:00:01", "hostname": "alpha", "ip": A_IP, "state": "booted", "serial": 3},
+        {"mac": "52:54:00:77:00:02", "hostname": "beta", "ip": null, "state": "booted", "serial": 3},
+        {"mac": "52:54:00:77:00:03", "hostname": "gamma", "ip": NOBODY_IP, "state": "booted", "serial": 2},
+    ]);
+    let port = fake_api(api.to_string());
+    let config = rollout::config::Config::parse(&format!(
+        "state_dir = \"{}\"\n[server]\naddress = \"127.0.0.1\"\nhttp_port = {port}\n",
+        state.display()
+    ))
+    .unwrap();
+
+    // Every node: alpha succeeds, beta's command fails, gamma is not there.
+    let (code, out) = exec(
+        &config,
+        Target {
+            nodes: None,
+            all: true,
+        },
+        30,
+        &["echo node=$NODE; test \"$NODE\" = a"],
+    );
+    assert_eq!(line_of(&out, "alpha"), "alpha  exit=0  node=a", "{out}");
+    assert_eq!(line_of(&out, "beta"), "beta   exit=1  node=b", "{out}");
+    let gamma = line_of(&out, "gamma");
+    assert!(gamma.starts_with("gamma  UNREACHABLE: "), "{out}");
+    assert!(gamma.contains(NOBODY_IP), "{out}");
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert_eq!(
+        out.lines().last(),
+        Some("1 ok, 1 failed, 1 unreachable"),
+        "{out}"
+    );
+    assert_ne!(code, 0);
+    let known = std::fs::read_to_string(state.join("ssh/known_hosts")).unwrap();
+    // Debian hashes known_hosts names: count the entries instead.
+    assert_eq!(
+        known.lines().count(),
+        2,
+        "accept-new records both nodes: {known}"
+    );
+
+    // A pattern picks nodes; several arguments run as that exact argv.
+    let (code, out) = exec(
+        &config,
+        nodes("al*"),
+        30,
+        &["sh", "-c", "echo \"$NODE  two  spaces\""],
+    );
+    assert_eq!(
+        out,
+        "alpha  exit=0  a  two  spaces\n1 ok, 0 failed, 0 unreachable\n"
+    );
+    assert_eq!(code, 0);
+
+    // The per-node timeout kills a hanging command.
+    let started = Instant::now();
+    let (code, out) = exec(&config, nodes("beta"), 2, &["echo started; sleep 30"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "timeout not applied"
+    );
+    assert_eq!(
+        line_of(&out, "beta"),
+        "beta  TIMEOUT after 2 s  started",
+        "{out}"
+    );
+    assert!(out.ends_with("0 ok, 1 failed, 0 unreachable\n"), "{out}");
+    assert_ne!(code, 0);
+
+    // `rollout sync`: each node's serial from what rollout-sync printed.
+    let mut buf = Vec::new();
+    let code = fleet::run_sync_to(
+        fleet::SyncArgs {
+            target: Target {
+                nodes: None,
+                all: true,
+            },
+            parallel: 3,
+            timeout: 30,
+        },
+        &config,
+        &mut buf,
+    )
+    .unwrap();
+    let out = String::from_utf8(buf).unwrap();
+    assert_eq!(
+        line_of(&out, "alpha"),
+        "alpha  exit=0  serial 3 (updated 2 → 3, 1234 bytes transferred, reboot needed: yes)",
+        "{out}"
+    );
+    assert_eq!(
+        line_of(&out, "beta"),
+        "beta   exit=0  serial 3 (up to date)",
+        "{out}"
+    );
+    assert!(
+        line_of(&out, "gamma").starts_with("gamma  UNREACHABLE: "),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("2 ok, 0 failed, 1 unreachable\nreboot needed on: alpha\n"),
+        "{out}"
+    );
+    assert_ne!(code, 0);
+
+    // A pattern that matches nobody is an error naming the known nodes.
+    let err = fleet::run_exec_to(
+        ExecArgs {
+            target: nodes("web*"),
+            parallel: 1,
+            timeout: 5,
+            command: vec!["true".into()],
+        },
+        &config,
+        &mut Vec::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("web*") && err.contains("alpha, beta, gamma"),
+        "{err}"
+    );
+}
