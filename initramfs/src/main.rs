@@ -42,7 +42,8 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("rollout-sync: sync failed: {:#}", anyhow::Error::new(e));
+                    // Every SyncError message already names its cause.
+                    eprintln!("rollout-sync: sync failed: {e}");
                     ExitCode::FAILURE
                 }
             }
