@@ -1,0 +1,139 @@
+//! Everything the installer writes into a node must survive `rollout-sync`:
+//! configure a tree as the installer does, then rsync an empty image over it
+//! with `--delete` and the sync excludes (the real rsync decides what matches).
+//! A file added to `configure` without an exclude fails here.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rollout::wire::*;
+use rollout_installer::{configure, paths, rsync, sync};
+
+fn plan(network: NetworkPlan) -> InstallPlan {
+    InstallPlan {
+        install_id: "i".into(),
+        token: "t".into(),
+        mac: "52:54:00:00:00:01".into(),
+        hostname: "node1".into(),
+        server_url: "http://10.44.0.1:8080".into(),
+        network,
+        image: ImageRef {
+            name: "web".into(),
+            serial: 3,
+            rsync_url: "rsync://10.44.0.1:873/web-3/".into(),
+        },
+        disk: DiskSelector::default(),
+        layout: Layout::default(),
+        bootloader: Bootloader::Auto,
+        excludes: DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect(),
+        // plan.files are not recorded on the node, so a sync cannot keep them.
+        files: vec![],
+        ssh_authorized_keys: vec!["ssh-ed25519 AAAA rollout-server".into()],
+        kernel_cmdline: String::new(),
+        on_failure: FailurePolicy::default(),
+    }
+}
+
+/// Files and symlinks under `root`, relative.
+fn tree(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn check(image_files: &[&str], network: NetworkPlan) {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("node");
+    for f in image_files {
+        let p = t.join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, "image\n").unwrap();
+    }
+    let before = tree(&t);
+    let exe = dir.path().join("installer");
+    std::fs::write(&exe, "binary").unwrap();
+    let plan = plan(network);
+    configure::apply(
+        &t,
+        &configure::NodeFacts {
+            plan: &plan,
+            root_uuid: "r".into(),
+            root_fs: RootFs::Ext4,
+            swap_uuid: None,
+            iface: "eth0".into(),
+            installer_exe: exe,
+        },
+    )
+    .unwrap();
+    // New files, and image files the installer overwrote (dbus machine-id...).
+    let untouched = |p: &Path| std::fs::read_to_string(t.join(p)).is_ok_and(|c| c == "image\n");
+    let written: Vec<PathBuf> = tree(&t)
+        .into_iter()
+        .filter(|p| !before.contains(p) || !untouched(p))
+        .collect();
+    let image_only: Vec<PathBuf> = before.into_iter().filter(|p| untouched(p)).collect();
+    assert!(written.len() > 5, "{written:?}");
+    let empty = dir.path().join("empty-image");
+    std::fs::create_dir_all(&empty).unwrap();
+    rsync::copy_with(
+        &empty.to_string_lossy(),
+        &t.to_string_lossy(),
+        &sync::excludes(),
+        sync::EXTRA_FLAGS,
+        1,
+        Duration::ZERO,
+        |_| {},
+        |_, why| panic!("{why}"),
+    )
+    .unwrap();
+    let lost: Vec<&PathBuf> = written
+        .iter()
+        .filter(|p| t.join(p).symlink_metadata().is_err())
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "a sync would delete these installer-written files; add them to configure::INSTALLER_WRITTEN: {lost:?}"
+    );
+    // The image's own files are not protected.
+    for f in &image_only {
+        assert!(!t.join(f).exists(), "{f:?} kept although not node-local");
+    }
+}
+
+#[test]
+fn installer_written_files_survive_a_sync() {
+    if !Path::new(paths::RSYNC).exists() {
+        println!("SKIPPED: {} missing (apt-get install rsync)", paths::RSYNC);
+        return;
+    }
+    check(
+        &[
+            "usr/lib/systemd/systemd",
+            "usr/lib/systemd/systemd-networkd",
+            "usr/lib/systemd/system/systemd-networkd.service",
+            "usr/lib/systemd/system/systemd-networkd.socket",
+            "usr/lib/systemd/system/systemd-networkd-wait-online.service",
+            "var/lib/dbus/machine-id",
+        ],
+        NetworkPlan::Dhcp,
+    );
+    check(
+        &["etc/rc2.d/README", "etc/network/interfaces"],
+        NetworkPlan::Static {
+            address: "10.44.0.20/24".into(),
+            gateway: Some("10.44.0.1".into()),
+            dns: vec!["10.44.0.1".into()],
+        },
+    );
+}
