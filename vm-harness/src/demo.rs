@@ -28,6 +28,12 @@ pub struct NodeStatus {
     pub firmware: Option<String>,
     /// Set when the installed OS phoned home.
     pub booted_at: Option<u64>,
+    pub ip: Option<String>,
+    pub installs: u64,
+    pub install_started: Option<u64>,
+    pub installed_at: Option<u64>,
+    pub boot_id: Option<String>,
+    pub console_tail: Vec<String>,
 }
 
 impl NodeStatus {
@@ -70,7 +76,36 @@ impl NodeStatus {
 
 /// `GET /api/v1/nodes` from inside the lab.
 pub fn fetch_nodes(lab: &Lab, server: SocketAddr) -> Result<Vec<NodeStatus>> {
-    let path = "/api/v1/nodes";
+    get_json(lab, server, "/api/v1/nodes")
+}
+
+/// `GET /api/v1/nodes/{id}` (a MAC or a hostname) from inside the lab.
+pub fn fetch_node(lab: &Lab, server: SocketAddr, id: &str) -> Result<NodeStatus> {
+    get_json(lab, server, &format!("/api/v1/nodes/{id}"))
+}
+
+/// One line of `GET /api/v1/nodes/{id}/history`: `at` in Unix seconds.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct HistoryEntry {
+    pub at: u64,
+    pub event: serde_json::Value,
+}
+
+impl HistoryEntry {
+    pub fn kind(&self) -> &str {
+        self.event["kind"].as_str().unwrap_or("")
+    }
+}
+
+pub fn fetch_history(lab: &Lab, server: SocketAddr, id: &str) -> Result<Vec<HistoryEntry>> {
+    get_json(lab, server, &format!("/api/v1/nodes/{id}/history"))
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(
+    lab: &Lab,
+    server: SocketAddr,
+    path: &str,
+) -> Result<T> {
     let (status, body) = http_get(lab.netns(), server, path)?;
     let url = format!("http://{server}{path}");
     if status != 200 {
@@ -81,7 +116,7 @@ pub fn fetch_nodes(lab: &Lab, server: SocketAddr) -> Result<Vec<NodeStatus>> {
     }
     serde_json::from_str(&body).map_err(|e| Error::Http {
         url,
-        message: format!("unexpected node list: {e}"),
+        message: format!("unexpected answer: {e}"),
     })
 }
 

@@ -18,11 +18,14 @@ pub mod boottest;
 pub mod config;
 pub mod console;
 pub mod demo;
+pub mod disk;
+pub mod e2e;
 pub mod error;
 pub mod initrd;
 pub mod lab;
 pub mod netns;
 pub mod proc;
+pub mod progress;
 pub mod qemu;
 pub mod server;
 

@@ -1,0 +1,182 @@
+//! End-to-end installs: blank QEMU nodes PXE-boot from `rollout serve` in a
+//! private namespace, install a golden image, reboot from their own disks and
+//! phone home. Each test waits on the server's record of the node (state
+//! `installed` and `booted_at` set), then inspects the disk from the host.
+//!
+//! Needs root, QEMU and the tools of scripts/setup.sh; otherwise each test
+//! prints why and passes. The tests share one fixture (installer initramfs,
+//! tiny image, Debian image, all cached under target/) and run one lab at a
+//! time whatever `--test-threads` says. The Debian test builds the image once
+//! (~2.5 min, needs the Debian mirror) and reuses it from target/e2e-images/.
+
+mod e2e_support;
+
+use std::time::Duration;
+
+use e2e_support::{assert_distinct_keys, check_disk, fixture, E2eLab};
+use vm_harness::e2e::ImageKind;
+use vm_harness::Firmware;
+
+const GIB: u64 = 1 << 30;
+const INSTALL: Duration = Duration::from_secs(600);
+
+fn install_and_check(name: &str, fw: Firmware) {
+    let Some((_serial, a)) = fixture() else {
+        return;
+    };
+    let mut t = E2eLab::new(a, name, &[fw], ImageKind::Tiny, 8 * GIB);
+    t.lab.start_all().unwrap();
+    let rec = t.wait_booted("node1", INSTALL);
+    assert_eq!(rec.hostname, "node1");
+    assert_eq!(rec.installs, 1);
+    assert!(rec.serial.is_some(), "{}", rec.line());
+    let node = &mut t.lab.nodes_mut()[0];
+    // The tiny image's rcS prints this from the installed system, after DHCP.
+    node.wait_for_console(
+        &"rollout-tiny: node1 booted from disk".into(),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    node.power_off().unwrap();
+    let facts = check_disk(&node.disk_path(), "node1", fw);
+    assert!(
+        !facts.host_keys.is_empty(),
+        "no SSH host keys were generated"
+    );
+}
+
+#[test]
+fn bios_node_installs_reboots_and_phones_home_from_disk() {
+    install_and_check("e2e-bios", Firmware::Bios);
+}
+
+#[test]
+fn uefi_node_installs_reboots_and_phones_home_from_disk() {
+    install_and_check("e2e-uefi", Firmware::Uefi);
+}
+
+#[test]
+fn installed_node_boots_locally_until_a_reinstall_is_requested() {
+    let Some((_serial, a)) = fixture() else {
+        return;
+    };
+    let mut t = E2eLab::new(a, "e2e-again", &[Firmware::Bios], ImageKind::Tiny, 8 * GIB);
+    t.lab.start_all().unwrap();
+    let first = t.wait_booted("node1", INSTALL);
+    let first_boot = first.boot_id.clone().expect("phone-home sends a boot id");
+
+    // Second power-on: the server tells iPXE to boot the disk, nothing reinstalls.
+    t.lab.nodes_mut()[0].restart().unwrap();
+    let second = t.wait_record("node1", "a second phone-home", INSTALL, |r| {
+        r.is_done() && r.boot_id.as_deref().is_some_and(|b| b != first_boot)
+    });
+    assert_eq!(second.installs, 1, "the second power-on reinstalled");
+    assert!(
+        t.server_log().contains("boot.ipxe → boot from local disk"),
+        "the server did not send the installed node to its disk"
+    );
+
+    // A reinstall requested on the server takes effect at the next power-on.
+    let out = t.cli(a, &["node", "reinstall", "node1"]);
+    eprintln!("rollout node reinstall node1: {}", out.trim());
+    t.lab.nodes_mut()[0].restart().unwrap();
+    let third = t.wait_record("node1", "the reinstall and its phone-home", INSTALL, |r| {
+        r.installs == 2 && r.is_done()
+    });
+    assert_eq!(third.installs, 2);
+}
+
+#[test]
+fn three_mixed_nodes_install_at_once_with_distinct_identities() {
+    let Some((_serial, a)) = fixture() else {
+        return;
+    };
+    let fws = [Firmware::Bios, Firmware::Uefi, Firmware::Bios];
+    let mut t = E2eLab::new(a, "e2e-three", &fws, ImageKind::Tiny, 8 * GIB);
+    t.lab.start_all().unwrap();
+    let mut ips = Vec::new();
+    for i in 1..=3 {
+        let rec = t.wait_booted(&format!("node{i}"), INSTALL);
+        assert_eq!(rec.hostname, format!("node{i}"));
+        ips.push(rec.ip.clone());
+    }
+    let mut facts = Vec::new();
+    for (i, node) in t.lab.nodes_mut().iter_mut().enumerate() {
+        let name = format!("node{}", i + 1);
+        let want = format!("rollout-tiny: {name} booted from disk, serial");
+        node.wait_for_console(&want.as_str().into(), Duration::from_secs(60))
+            .unwrap();
+        // The address the installed OS got, as it printed it.
+        let line = node
+            .console_tail(400)
+            .into_iter()
+            .rev()
+            .find(|l| l.contains(&want))
+            .unwrap();
+        let want_ip = format!("10.44.0.{}/24", 11 + i);
+        assert!(line.contains(&want_ip), "{name}: {line}");
+        node.power_off().unwrap();
+        facts.push(check_disk(&node.disk_path(), &name, fws[i]));
+    }
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 3, "addresses not distinct: {ips:?}");
+    assert_distinct_keys(&facts.iter().collect::<Vec<_>>());
+}
+
+#[test]
+fn too_small_disk_reports_a_failed_install_with_the_sizes() {
+    let Some((_serial, a)) = fixture() else {
+        return;
+    };
+    let mut t = E2eLab::new(a, "e2e-small", &[Firmware::Bios], ImageKind::Tiny, 2 * GIB);
+    t.lab.start_all().unwrap();
+    let rec = t.wait_record("node1", "a failed install", INSTALL, |r| r.is_failed());
+    assert_eq!(rec.stage.as_deref(), Some("choose_disk"), "{}", rec.line());
+    let err = rec.last_error.clone().unwrap_or_default();
+    // The disk's size and what the layout (1 GiB root + 2 GiB swap + boot) needs.
+    assert!(err.contains("2048 MiB"), "{err}");
+    assert!(err.contains("307") && err.contains("needs"), "{err}");
+}
+
+#[test]
+fn debian_image_installs_and_phones_home_from_systemd() {
+    let Some((_serial, a)) = fixture() else {
+        return;
+    };
+    let image = match a.debian_image() {
+        Ok(p) => p,
+        Err(e) => panic!("building the Debian image: {e}"),
+    };
+    let mut t = E2eLab::new(
+        a,
+        "e2e-debian",
+        &[Firmware::Bios],
+        ImageKind::Debian,
+        8 * GIB,
+    );
+    t.lab.start_all().unwrap();
+    let rec = t.wait_booted("node1", Duration::from_secs(1200));
+    assert_eq!(rec.installs, 1);
+    let node = &mut t.lab.nodes_mut()[0];
+    node.power_off().unwrap();
+    let facts = check_disk(&node.disk_path(), "node1", Firmware::Bios);
+    for k in [
+        "ssh_host_ed25519_key",
+        "ssh_host_rsa_key",
+        "ssh_host_ecdsa_key",
+    ] {
+        assert!(
+            facts.host_keys.contains_key(k),
+            "{k} missing: {:?}",
+            facts.host_keys.keys()
+        );
+    }
+    // The image's own keys, if it has any, must not be on the node.
+    let published = std::fs::canonicalize(image.join("published")).unwrap();
+    let image_ssh = published.join("root/etc/ssh");
+    for (name, key) in &facts.host_keys {
+        let img = std::fs::read_to_string(image_ssh.join(name)).ok();
+        assert_ne!(img.as_ref(), Some(key), "{name} is the image's key");
+    }
+}

@@ -1,0 +1,315 @@
+//! Shared by the end-to-end tests: the once-per-run fixture, a lab guard that
+//! prints the consoles and the server log when a test fails, waiting on the
+//! server's record, and the host-side disk checks.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use vm_harness::demo::{fetch_node, NodeStatus};
+use vm_harness::disk::DiskImage;
+use vm_harness::e2e::{self, Artifacts, ImageKind, FAKE_KEY_MARK};
+use vm_harness::{Firmware, Lab, LabOptions};
+
+/// QEMU under TCG on two cores: one lab at a time, whatever the test threads.
+static SERIAL: Mutex<()> = Mutex::new(());
+static ARTIFACTS: OnceLock<Result<Artifacts, String>> = OnceLock::new();
+
+/// The fixture, or `None` (after printing why) where the e2e tests cannot run.
+pub fn fixture() -> Option<(MutexGuard<'static, ()>, &'static Artifacts)> {
+    if let Some(why) = e2e::skip_reason() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let a = ARTIFACTS.get_or_init(|| Artifacts::prepare().map_err(|e| e.to_string()));
+    match a {
+        Ok(a) => Some((guard, a)),
+        Err(e) => panic!("preparing the e2e fixture: {e}"),
+    }
+}
+
+/// A lab that prints every console tail and the server log if the test panics.
+pub struct E2eLab {
+    pub lab: Lab,
+    pub server: SocketAddr,
+    pub started: Instant,
+}
+
+impl Drop for E2eLab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "==== diagnostics of lab {} ====\n{}",
+                self.lab.name(),
+                self.lab.diagnostics(40)
+            );
+        }
+    }
+}
+
+impl E2eLab {
+    /// A lab with one node per entry of `firmwares`, serving `image`.
+    pub fn new(
+        a: &Artifacts,
+        name: &str,
+        firmwares: &[Firmware],
+        image: ImageKind,
+        disk_bytes: u64,
+    ) -> E2eLab {
+        let mut lab = Lab::create_with(LabOptions {
+            name: name.into(),
+            disk_bytes,
+            ..LabOptions::default()
+        })
+        .expect("creating the lab");
+        for fw in firmwares {
+            lab.add_node(*fw).expect("adding a node");
+        }
+        let server = match a.serve(&mut lab, image) {
+            Ok(s) => s,
+            Err(e) => panic!("starting rollout serve: {e}\n{}", lab.diagnostics(30)),
+        };
+        E2eLab {
+            lab,
+            server,
+            started: Instant::now(),
+        }
+    }
+
+    /// Polls the server's record of `id` until `done` holds; panics when the
+    /// install fails (unless `done` accepts failures), the node powers off or
+    /// time runs out.
+    pub fn wait_record(
+        &mut self,
+        id: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&NodeStatus) -> bool,
+    ) -> NodeStatus {
+        let start = Instant::now();
+        let mut last = String::new();
+        loop {
+            let rec = fetch_node(&self.lab, self.server, id).unwrap_or_default();
+            let line = rec.line();
+            if line != last {
+                eprintln!("[{:>4}s] {line}", self.started.elapsed().as_secs());
+                last = line;
+            }
+            if done(&rec) {
+                return rec;
+            }
+            assert!(
+                !rec.is_failed(),
+                "{id} failed while waiting for {what}: {}",
+                rec.line()
+            );
+            let node = self
+                .lab
+                .nodes_mut()
+                .iter_mut()
+                .find(|n| n.name() == id || n.mac() == id);
+            if let Some(n) = node {
+                assert!(n.is_running(), "{id} powered off while waiting for {what}");
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{id}: no {what} within {} s; last record: {}",
+                timeout.as_secs(),
+                rec.line()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Waits until `id` is installed and its installed OS phoned home.
+    pub fn wait_booted(&mut self, id: &str, timeout: Duration) -> NodeStatus {
+        self.wait_record(id, "install and phone-home", timeout, |r| r.is_done())
+    }
+
+    pub fn server_log(&mut self) -> String {
+        let p = self.lab.server().expect("server").log_path().to_path_buf();
+        std::fs::read_to_string(p).unwrap_or_default()
+    }
+
+    /// `rollout -c CONFIG ARGS…` inside the lab namespace (the CLI talks to the
+    /// server over its API at the lab address).
+    pub fn cli(&self, a: &Artifacts, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", self.lab.netns().name()])
+            .arg(&a.rollout)
+            .arg("-c")
+            .arg(self.lab.dir().join("rollout.toml"))
+            .args(args)
+            .output()
+            .expect("running the rollout CLI");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "rollout {}: {text}", args.join(" "));
+        text
+    }
+}
+
+/// What a disk check found, for comparisons across nodes.
+#[derive(Debug)]
+pub struct DiskFacts {
+    pub machine_id: String,
+    /// File name → contents of `/etc/ssh/ssh_host_*`.
+    pub host_keys: BTreeMap<String, String>,
+}
+
+/// Checks a powered-off node's disk from the host: GPT with the firmware's boot
+/// partition, a 1 GiB ext3 root and a 2 GiB swap, the hostname, fstab by UUID,
+/// a bootloader for the firmware, and host keys that are not the image's.
+pub fn check_disk(qcow2: &Path, hostname: &str, firmware: Firmware) -> DiskFacts {
+    let mut d =
+        DiskImage::open(qcow2).unwrap_or_else(|e| panic!("opening {}: {e}", qcow2.display()));
+    let gpt = &d.sgdisk;
+    assert!(
+        !gpt.contains("invalid GPT") && !gpt.contains("MBR only"),
+        "no valid GPT:\n{gpt}"
+    );
+    let boot_code = match firmware {
+        Firmware::Bios => "EF02",
+        Firmware::Uefi => "EF00",
+    };
+    assert_eq!(d.partition(1).unwrap().code, boot_code, "{gpt}");
+    assert_eq!(
+        d.partition(2).unwrap().size_bytes(),
+        1 << 30,
+        "root size:\n{gpt}"
+    );
+    assert_eq!(
+        d.partition(3).unwrap().size_bytes(),
+        2 << 30,
+        "swap size:\n{gpt}"
+    );
+    let root = d.blkid(2).unwrap();
+    let swap = d.blkid(3).unwrap();
+    assert_eq!(
+        root.get("TYPE").map(String::as_str),
+        Some("ext3"),
+        "{root:?}"
+    );
+    assert_eq!(
+        swap.get("TYPE").map(String::as_str),
+        Some("swap"),
+        "{swap:?}"
+    );
+    let (root_uuid, swap_uuid) = (root["UUID"].clone(), swap["UUID"].clone());
+
+    let esp = match firmware {
+        Firmware::Uefi => Some(d.mount(1).expect("mounting the ESP")),
+        Firmware::Bios => None,
+    };
+    let mnt = d.mount(2).expect("mounting the root file system");
+    let read = |p: &str| {
+        std::fs::read_to_string(mnt.join(p))
+            .unwrap_or_else(|e| panic!("reading /{p} on the disk: {e}"))
+    };
+    assert_eq!(read("etc/hostname").trim(), hostname);
+    let fstab = read("etc/fstab");
+    let mounts: Vec<Vec<&str>> = fstab
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| l.split_whitespace().collect())
+        .filter(|w: &Vec<&str>| w.len() >= 3)
+        .collect();
+    let root_uuid_spec = format!("UUID={root_uuid}");
+    let swap_uuid_spec = format!("UUID={swap_uuid}");
+    assert!(
+        mounts
+            .iter()
+            .any(|w| w[0] == root_uuid_spec && w[1] == "/" && w[2] == "ext3"),
+        "fstab has no / on {root_uuid_spec}:\n{fstab}"
+    );
+    assert!(
+        mounts
+            .iter()
+            .any(|w| w[0] == swap_uuid_spec && w[2] == "swap"),
+        "fstab has no swap on {swap_uuid_spec}:\n{fstab}"
+    );
+    match &esp {
+        None => {
+            let conf = read("boot/extlinux/extlinux.conf");
+            assert!(conf.contains(&format!("root=UUID={root_uuid}")), "{conf}");
+        }
+        Some(esp) => {
+            let find = |rel: &str| {
+                // FAT is case-insensitive; the mount shows whatever case was written.
+                let want = rel.to_ascii_lowercase();
+                walk(esp).into_iter().find(|p| {
+                    p.strip_prefix(esp)
+                        .map(|r| r.to_string_lossy().to_ascii_lowercase() == want)
+                        .unwrap_or(false)
+                })
+            };
+            assert!(
+                find("efi/boot/bootx64.efi").is_some(),
+                "no \\EFI\\BOOT\\BOOTX64.EFI on the ESP: {:?}",
+                walk(esp)
+            );
+            let entry = find("loader/entries/rollout.conf").expect("systemd-boot entry");
+            let entry = std::fs::read_to_string(entry).unwrap();
+            assert!(entry.contains(&format!("root=UUID={root_uuid}")), "{entry}");
+        }
+    }
+    let machine_id = read("etc/machine-id").trim().to_string();
+    assert_eq!(machine_id.len(), 32, "machine-id {machine_id:?}");
+    let mut host_keys = BTreeMap::new();
+    for e in std::fs::read_dir(mnt.join("etc/ssh"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("ssh_host_") {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            assert!(
+                !text.contains(FAKE_KEY_MARK),
+                "{name} is the image's host key, copied onto the node"
+            );
+            host_keys.insert(name, text);
+        }
+    }
+    DiskFacts {
+        machine_id,
+        host_keys,
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Asserts that no host key file is shared between any two of `disks`.
+pub fn assert_distinct_keys(disks: &[&DiskFacts]) {
+    for (i, a) in disks.iter().enumerate() {
+        assert!(!a.host_keys.is_empty(), "disk {i} has no SSH host keys");
+        for b in &disks[i + 1..] {
+            for (name, key) in &a.host_keys {
+                assert_ne!(
+                    b.host_keys.get(name),
+                    Some(key),
+                    "{name} is the same on two nodes"
+                );
+            }
+            assert_ne!(a.machine_id, b.machine_id, "two nodes share a machine-id");
+        }
+    }
+}
