@@ -2,8 +2,7 @@
 //! server runs, in full and proxy mode. The server must never panic on input.
 #![no_main]
 
-use dhcproto::{Decodable, Decoder, Encodable, Encoder};
-use dhcproto::v4::Message;
+use dhcproto::{Encodable, Encoder};
 use libfuzzer_sys::fuzz_target;
 use rollout::config::DhcpMode;
 use rollout::dhcp::leases::{LeaseTable, MemoryLeaseStore, Range};
@@ -35,7 +34,7 @@ fn core(mode: DhcpMode) -> DhcpCore {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(msg) = Message::decode(&mut Decoder::new(data)) else { return };
+    let Ok(msg) = rollout::dhcp::decode::decode(data) else { return };
     for (mode, via) in [
         (DhcpMode::Full, Via::Server),
         (DhcpMode::Proxy, Via::Server),

@@ -45,6 +45,10 @@ pub enum Command {
     Discovered(nodes::DiscoveredCmd),
     /// Live progress of every install, until interrupted.
     Watch(nodes::WatchArgs),
+    /// Run a command on nodes over SSH with the server's key.
+    Exec(crate::fleet::ExecArgs),
+    /// Bring nodes to their image's published serial (runs rollout-sync on each).
+    Sync(crate::fleet::SyncArgs),
 }
 
 async fn shutdown_signal(cancel: CancellationToken) {
@@ -63,6 +67,13 @@ async fn shutdown_signal(cancel: CancellationToken) {
 fn load(path: &std::path::Path) -> anyhow::Result<crate::config::Config> {
     crate::config::Config::load(path)
         .with_context(|| "rollout needs its config file; pass --config FILE or set ROLLOUT_CONFIG")
+}
+
+/// `exec` and `sync` print their own summary; the exit code carries the verdict.
+fn exit_on_failure(code: i32) {
+    if code != 0 {
+        std::process::exit(code);
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -103,6 +114,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => {
             nodes::watch(args, &client::Client::from_config(&load(&cli.config)?)?)?
         }
+        Command::Exec(args) => exit_on_failure(crate::fleet::run_exec(args, &load(&cli.config)?)?),
+        Command::Sync(args) => exit_on_failure(crate::fleet::run_sync(args, &load(&cli.config)?)?),
     }
     Ok(())
 }

@@ -392,7 +392,10 @@ impl DhcpCore {
         match &boot {
             BootOffer::None { .. } => {}
             BootOffer::Tftp { file } | BootOffer::Http { url: file } => {
-                msg.set_fname_str(file);
+                // The header's file field holds 128 bytes; option 67 carries longer URLs.
+                if file.len() < 128 {
+                    msg.set_fname_str(file);
+                }
                 let opts = msg.opts_mut();
                 opts.insert(DhcpOption::BootfileName(file.clone().into_bytes()));
                 opts.insert(DhcpOption::TFTPServerName(

@@ -1,6 +1,7 @@
 //! DHCP for PXE: full server, proxyDHCP and relayed subnets, with persistent leases.
 
 pub mod core;
+pub mod decode;
 pub mod leases;
 pub mod pxe;
 pub mod server;

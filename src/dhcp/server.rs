@@ -2,8 +2,7 @@
 //! one tracing span per transaction, and replies finished before shutdown.
 
 use super::core::{DhcpCore, Outcome, Via};
-use dhcproto::v4::Message;
-use dhcproto::{Decodable, Decoder, Encodable};
+use dhcproto::Encodable;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
@@ -68,10 +67,17 @@ pub async fn run(
             SocketAddr::V4(s) => s,
             SocketAddr::V6(_) => continue,
         };
-        let msg = match Message::decode(&mut Decoder::new(&buf[..len])) {
-            Ok(m) => m,
-            Err(e) => {
+        // The decoder is third-party code fed by the network: a panic in it must
+        // cost one packet, not the DHCP service.
+        let decoded = std::panic::catch_unwind(|| super::decode::decode(&buf[..len]));
+        let msg = match decoded {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
                 debug!(%src, len, error = %e, "dropping malformed DHCP packet");
+                continue;
+            }
+            Err(_) => {
+                warn!(%src, len, "dropping a DHCP packet that crashed the decoder");
                 continue;
             }
         };

@@ -4,7 +4,7 @@ use super::{error, inventory_error, Shared};
 use crate::config::normalize_mac;
 use crate::inventory::{boot_action, BootAction};
 use crate::wire::{self, EventKind, InstallPlan, PhoneHome, ProgressEvent};
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,7 +16,27 @@ pub fn published_serial(state_dir: &std::path::Path, image: &str) -> Option<u64>
     target.file_name()?.to_str()?.parse().ok()
 }
 
-pub async fn plan(State(state): State<Shared>, Path(mac): Path<String>) -> Response {
+/// A reinstalled node comes back with fresh SSH host keys: forget its old one so
+/// `rollout exec` does not refuse it as an impostor.
+fn forget_host_key(state_dir: &std::path::Path, ip: std::net::IpAddr) {
+    let known = state_dir.join("ssh/known_hosts");
+    if known.exists() {
+        let _ = std::process::Command::new("ssh-keygen")
+            .arg("-R")
+            .arg(ip.to_string())
+            .arg("-f")
+            .arg(&known)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+pub async fn plan(
+    State(state): State<Shared>,
+    Path(mac): Path<String>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+) -> Response {
     let Some(mac) = normalize_mac(&mac) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -55,6 +75,7 @@ pub async fn plan(State(state): State<Shared>, Path(mac): Path<String>) -> Respo
         Ok(r) => r,
         Err(e) => return inventory_error(e),
     };
+    tokio::task::block_in_place(|| forget_host_key(&cfg.state_dir, peer.ip()));
     let mut layout = wire::Layout::default();
     layout.root_mib = record.root_mib.unwrap_or(layout.root_mib);
     layout.swap_mib = record.swap_mib.unwrap_or(layout.swap_mib);

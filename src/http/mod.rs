@@ -95,7 +95,8 @@ pub async fn run(
     state: Shared,
     cancel: CancellationToken,
 ) -> Result<(), HttpError> {
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
         .map_err(HttpError::Serve)
