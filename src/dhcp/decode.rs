@@ -32,53 +32,38 @@ pub enum DecodeError {
 }
 
 pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
-    let mut totals = [0usize; 256];
+    // The decoder joins a run of adjacent options with the same code into one
+    // (RFC 3396) and decodes each run on its own: check runs, not single TLVs.
+    let check = |run: Option<(u8, usize)>| match run {
+        Some((code, len)) if !length_ok(code, len) => {
+            Err(DecodeError::BadOptionLength { code, len })
+        }
+        _ => Ok(()),
+    };
+    let mut run: Option<(u8, usize)> = None;
     let mut i = OPTIONS_START;
     while i < buf.len() {
         let code = buf[i];
-        match code {
-            0 => i += 1,
-            255 => break,
-            _ => {
-                let Some(&len) = buf.get(i + 1) else { break };
-                totals[code as usize] += len as usize;
-                i += 2 + len as usize;
+        if code == 0 || code == 255 {
+            check(run.take())?;
+            if code == 255 {
+                break;
             }
+            i += 1;
+            continue;
         }
-    }
-    for (code, &len) in totals.iter().enumerate() {
-        if len > 0 || code == 80 {
-            let present = len > 0 || option_present(buf, code as u8);
-            if present && !length_ok(code as u8, len) {
-                return Err(DecodeError::BadOptionLength {
-                    code: code as u8,
-                    len,
-                });
+        let len = buf.get(i + 1).copied().unwrap_or(0) as usize;
+        run = match run {
+            Some((c, total)) if c == code => Some((c, total + len)),
+            other => {
+                check(other)?;
+                Some((code, len))
             }
-        }
+        };
+        i += 2 + len;
     }
+    check(run)?;
     Message::decode(&mut Decoder::new(buf)).map_err(|e| DecodeError::Malformed(e.to_string()))
-}
-
-/// Whether a zero-length option appears at all (rapid commit is present with len 0).
-fn option_present(buf: &[u8], wanted: u8) -> bool {
-    let mut i = OPTIONS_START;
-    while i < buf.len() {
-        match buf[i] {
-            0 => i += 1,
-            255 => return false,
-            code => {
-                if code == wanted {
-                    return true;
-                }
-                let Some(&len) = buf.get(i + 1) else {
-                    return false;
-                };
-                i += 2 + len as usize;
-            }
-        }
-    }
-    false
 }
 
 #[cfg(test)]
@@ -130,6 +115,9 @@ mod tests {
         assert!(decode(&with_option(94, &[1, 2])).is_err());
         assert!(decode(&with_option(80, &[1])).is_err());
         assert!(decode(&with_option(81, &[1])).is_err());
+        // Zero-length forms count too (the fuzzer's second find).
+        assert!(decode(&with_option(94, &[])).is_err());
+        assert!(decode(&with_option(155, &[])).is_err());
         // Repeated options are concatenated by the decoder: the sum counts.
         let twice = {
             let b = with_option(94, &[1, 2, 0]);
@@ -139,6 +127,18 @@ mod tests {
             b2
         };
         assert!(decode(&twice).is_err());
+        // ...but a pad between two of them makes two options, each checked alone.
+        let split = {
+            let b = with_option(81, &[0, 0, 0, 3, b'a', b'b', b'c']);
+            let end = b.iter().rposition(|&x| x == 255).unwrap();
+            let mut b2 = b.clone();
+            b2.splice(end..end, vec![0, 81, 0]);
+            b2
+        };
+        assert_eq!(
+            decode(&split).unwrap_err(),
+            DecodeError::BadOptionLength { code: 81, len: 0 }
+        );
     }
 
     #[test]
