@@ -133,7 +133,8 @@ impl DhcpCore {
 
     fn subnet_for(&self, req: &Message) -> Option<&Subnet> {
         let giaddr = req.giaddr();
-        if giaddr.is_unspecified() {
+        // A relay on the provisioning segment itself serves the local pool.
+        if giaddr.is_unspecified() || self.cfg.local.contains(giaddr) {
             return Some(&self.cfg.local);
         }
         self.cfg.relays.iter().find(|s| s.contains(giaddr))

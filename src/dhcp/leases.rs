@@ -2,6 +2,7 @@
 //! pass `now` in Unix seconds), and persistence goes through [`LeaseStore`] so a
 //! lease is on disk before the ACK that grants it leaves the server.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
@@ -92,28 +93,56 @@ impl Range {
 }
 
 /// All leases the server knows, keyed by address, plus the static reservations.
+/// Every lookup a request makes is indexed, so a busy pool costs no more per
+/// packet than an empty one.
 pub struct LeaseTable {
     by_ip: BTreeMap<u32, Lease>,
-    /// MAC → reserved address (from `[[node]] ip`).
+    /// MAC → address of its current lease (verified against `by_ip` on use).
+    by_mac: HashMap<String, u32>,
+    /// MAC → reserved address (from `[[node]] ip`), and the reverse.
     reservations: HashMap<String, Ipv4Addr>,
+    reserved_ips: HashMap<u32, String>,
+    /// Per range (keyed by its first address): no address below this was ever
+    /// free of a lease, so the search for a never-used one starts here.
+    unused_from: RefCell<HashMap<u32, u32>>,
     store: Box<dyn LeaseStore>,
 }
 
 impl LeaseTable {
     pub fn load(
-        mut store: Box<dyn LeaseStore>,
+        store: Box<dyn LeaseStore>,
         reservations: HashMap<String, Ipv4Addr>,
     ) -> Result<LeaseTable, crate::store::StoreError> {
-        let by_ip = store
-            .load_all()?
-            .into_iter()
-            .map(|l| (u32::from(l.ip), l))
-            .collect();
-        Ok(LeaseTable {
-            by_ip,
+        let mut t = LeaseTable {
+            by_ip: BTreeMap::new(),
+            by_mac: HashMap::new(),
+            reserved_ips: reservations
+                .iter()
+                .map(|(m, ip)| (u32::from(*ip), m.clone()))
+                .collect(),
             reservations,
+            unused_from: RefCell::new(HashMap::new()),
             store,
-        })
+        };
+        for l in t.store.load_all()? {
+            t.insert(l);
+        }
+        Ok(t)
+    }
+
+    fn insert(&mut self, lease: Lease) {
+        let ip = u32::from(lease.ip);
+        if lease.state != LeaseState::Declined && !lease.mac.is_empty() {
+            self.by_mac.insert(lease.mac.clone(), ip);
+        }
+        self.by_ip.insert(ip, lease);
+    }
+
+    fn remove(&mut self, ip: u32) {
+        self.by_ip.remove(&ip);
+        for hint in self.unused_from.get_mut().values_mut() {
+            *hint = (*hint).min(ip);
+        }
     }
 
     pub fn get(&self, ip: Ipv4Addr) -> Option<&Lease> {
@@ -121,10 +150,10 @@ impl LeaseTable {
     }
 
     pub fn by_mac(&self, mac: &str) -> Option<&Lease> {
+        let ip = self.by_mac.get(mac)?;
         self.by_ip
-            .values()
+            .get(ip)
             .filter(|l| l.mac == mac && l.state != LeaseState::Declined)
-            .max_by_key(|l| l.expires)
     }
 
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
@@ -136,7 +165,9 @@ impl LeaseTable {
     }
 
     fn reserved_for_other(&self, ip: Ipv4Addr, mac: &str) -> bool {
-        self.reservations.iter().any(|(m, r)| *r == ip && m != mac)
+        self.reserved_ips
+            .get(&u32::from(ip))
+            .is_some_and(|m| m != mac)
     }
 
     /// Whether `mac` may have `ip` at `now`: nobody else holds it and it is not
@@ -151,8 +182,25 @@ impl LeaseTable {
         }
     }
 
+    /// The lowest address in `range` that never had a lease and is not reserved.
+    fn never_used(&self, range: &Range, mac: &str) -> Option<Ipv4Addr> {
+        let (first, last) = (u32::from(range.first), u32::from(range.last));
+        let mut hints = self.unused_from.borrow_mut();
+        let from = hints.entry(first).or_insert(first);
+        let mut ip = (*from).max(first);
+        while ip <= last {
+            if !self.by_ip.contains_key(&ip) && !self.reserved_for_other(Ipv4Addr::from(ip), mac) {
+                *from = ip;
+                return Some(Ipv4Addr::from(ip));
+            }
+            ip += 1;
+        }
+        *from = last.saturating_add(1);
+        None
+    }
+
     /// The address to offer `mac` in `range`: its reservation, its previous lease,
-    /// the address it asked for, or the lowest free one; then the longest-expired.
+    /// the address it asked for, or the lowest never-used one; then the longest-expired.
     pub fn choose(
         &self,
         mac: &str,
@@ -171,13 +219,10 @@ impl LeaseTable {
         if let Some(ip) = requested.filter(|ip| usable(*ip)) {
             return Some(ip);
         }
-        let (first, last) = (u32::from(range.first), u32::from(range.last));
-        let never_used = (first..=last)
-            .map(Ipv4Addr::from)
-            .find(|ip| self.get(*ip).is_none() && !self.reserved_for_other(*ip, mac));
-        never_used.or_else(|| {
+        self.never_used(range, mac).or_else(|| {
             // Pool exhausted by history: reuse the address that expired longest ago, so a
             // recently-gone client that comes back still likely finds its old address.
+            let (first, last) = (u32::from(range.first), u32::from(range.last));
             self.by_ip
                 .range(first..=last)
                 .map(|(_, l)| l)
@@ -193,19 +238,25 @@ impl LeaseTable {
         if lease.state != LeaseState::Offered {
             self.store.save(&lease)?;
         }
-        // One address per MAC: drop this MAC's other offers so the pool does not leak.
-        let mac = lease.mac.clone();
-        let ip = u32::from(lease.ip);
-        self.by_ip
-            .retain(|k, l| *k == ip || l.mac != mac || l.state != LeaseState::Offered);
-        self.by_ip.insert(ip, lease);
+        // One address per MAC: an offer this MAC holds elsewhere goes, so the pool does not leak.
+        if let Some(old) = self
+            .by_mac(&lease.mac)
+            .filter(|l| l.state == LeaseState::Offered && l.ip != lease.ip)
+        {
+            let old = u32::from(old.ip);
+            self.remove(old);
+        }
+        self.insert(lease);
         Ok(())
     }
 
     /// Forgets an unaccepted offer (the client chose another server).
     pub fn withdraw_offer(&mut self, mac: &str) {
-        self.by_ip
-            .retain(|_, l| !(l.mac == mac && l.state == LeaseState::Offered));
+        if let Some(l) = self.by_mac(mac).filter(|l| l.state == LeaseState::Offered) {
+            let ip = u32::from(l.ip);
+            self.remove(ip);
+            self.by_mac.remove(mac);
+        }
     }
 }
 
