@@ -50,6 +50,31 @@ pub const DEFAULT_EXCLUDES: &[&str] = &[
     "/tmp/*",
 ];
 
+/// Kernel modules the installer loads, in this order (its initramfs carries them
+/// with their dependencies). ext4 needs crc32c through the crypto API, a soft
+/// dependency nobody resolves without modprobe: an implementation comes first.
+pub const INSTALLER_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_scsi",
+    "e1000",
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "ahci",
+    "nvme",
+    "sd_mod",
+    "crc32c_generic",
+    "crc32c_intel",
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859_1",
+    "af_packet",
+    "efivarfs",
+];
+
 /// Everything a node needs to install itself. Fetched by MAC from the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallPlan {

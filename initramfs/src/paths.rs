@@ -24,6 +24,10 @@ pub const CONSOLE: &str = "/dev/console";
 /// Where the installer mounts the new root and the EFI system partition.
 pub const TARGET: &str = "/target";
 pub const ESP_MOUNT: &str = "/run/rollout-esp";
+/// vfat loads its I/O charset at mount time, and Debian's kernel defaults to
+/// `ascii` (nls_ascii), which the initramfs does not carry: without this the
+/// ESP mount fails with EINVAL. nls_iso8859_1 is loaded with the storage modules.
+pub const ESP_MOUNT_OPTIONS: &str = "iocharset=iso8859-1";
 
 /// Where the installer puts itself on the installed node.
 pub const NODE_SYNC_BINARY: &str = "/usr/local/sbin/rollout-sync";
@@ -46,27 +50,7 @@ pub const REQUIRED_FILES: &[&str] = &[
 
 /// The kernel modules the installer loads, in this order (dependencies first,
 /// resolved from `modules.dep`). Missing ones are skipped with a note.
-pub const MODULES: &[&str] = &[
-    "virtio_pci",
-    "virtio_net",
-    "virtio_blk",
-    "virtio_scsi",
-    "e1000",
-    "e1000e",
-    "igb",
-    "ixgbe",
-    "ahci",
-    "nvme",
-    "sd_mod",
-    // ext4 and jbd2 need crc32c through the crypto API (a modules.softdep, which
-    // nobody resolves without modprobe): load an implementation first.
-    "crc32c_generic",
-    "crc32c_intel",
-    "ext4",
-    "vfat",
-    "nls_cp437",
-    "nls_iso8859_1",
-];
+pub use rollout::wire::INSTALLER_MODULES as MODULES;
 
 /// COM32 modules copied next to `extlinux.conf` (extlinux itself installs
 /// `ldlinux.sys`; a matching `ldlinux.c32` must sit beside it).

@@ -23,25 +23,8 @@ pub use store::{ImageSummary, Images, SerialMeta};
 
 use std::path::PathBuf;
 
-/// Node-local paths the installer must not copy from an image (rsync exclude syntax,
-/// anchored at the image root): identity, network and mount config, pseudo-filesystems.
-pub const DEFAULT_EXCLUDES: &[&str] = &[
-    "/etc/hostname",
-    "/etc/hosts",
-    "/etc/fstab",
-    "/etc/machine-id",
-    "/etc/ssh/ssh_host_*",
-    "/etc/rollout/",
-    "/etc/network/interfaces",
-    "/etc/systemd/network/",
-    "/var/lib/dhcp/",
-    "lost+found",
-    "/proc/*",
-    "/sys/*",
-    "/dev/*",
-    "/run/*",
-    "/tmp/*",
-];
+/// Node-local paths (one list for install, update and image stripping).
+pub use crate::wire::DEFAULT_EXCLUDES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

@@ -50,25 +50,7 @@ pub const HELPER_FILES: &[&str] = &[
 
 /// Modules requested by name; their hard and soft dependencies come along. The
 /// installer loads every line of the shipped `modules.dep` in order.
-pub const DEFAULT_MODULES: &[&str] = &[
-    "virtio_net",
-    "virtio_blk",
-    "virtio_scsi",
-    "virtio_pci",
-    "e1000",
-    "e1000e",
-    "igb",
-    "ixgbe",
-    "ahci",
-    "nvme",
-    "sd_mod",
-    "ext4",
-    "vfat",
-    "nls_cp437",
-    "nls_iso8859_1",
-    "af_packet",
-    "efivarfs",
-];
+pub use crate::wire::INSTALLER_MODULES as DEFAULT_MODULES;
 
 /// Budget for the compressed archive: it crosses the network to every node under
 /// TFTP-era firmware, and 40 MB stays well inside what iPXE handles comfortably.
