@@ -128,6 +128,29 @@ impl DiskImage {
         Ok(parse_blkid(&out))
     }
 
+    /// Reads `path` (e.g. `/loader/loader.conf`) from the FAT file system on
+    /// partition `number` with mtools: hosts whose kernel has no vfat (some CI
+    /// VMs) can still look into an ESP.
+    pub fn fat_read(&self, number: u32, path: &str) -> Result<Vec<u8>> {
+        let p = self.partition(number)?;
+        let img = format!("{}@@{}", self.raw.display(), p.start * SECTOR);
+        let out = Command::new("mtype")
+            .args(["-i", &img, &format!("::{path}")])
+            .output()
+            .map_err(|source| Error::Spawn {
+                cmd: "mtype (install mtools)".into(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                cmd: format!("mtype -i {img} ::{path}"),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(out.stdout)
+    }
+
     /// Mounts partition `number` read-only (without replaying the journal: the
     /// node was switched off, not shut down) and returns the mount point.
     pub fn mount(&mut self, number: u32) -> Result<PathBuf> {

@@ -14,6 +14,7 @@
 //! # Ok::<(), vm_harness::Error>(())
 //! ```
 
+pub mod bench;
 pub mod boottest;
 pub mod config;
 pub mod console;

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use vm_harness::boottest::{self, BootTestOptions, ServerKind};
+use vm_harness::e2e::{Artifacts, ImageKind};
+use vm_harness::progress::{summary_table, Tracker};
 use vm_harness::{Accel, Firmware, FirmwareChoice, Lab, LabOptions};
 
 #[derive(Parser)]
@@ -36,6 +38,9 @@ enum Cmd {
     /// `up`, then follow every node through the server's API until each is
     /// installed and booted its new OS (exit 0), or one fails (exit 1).
     Demo(DemoArgs),
+    /// Time power-on to phone-home by stage for 1, 3 and 6 concurrent nodes,
+    /// and the copy stage against a raw transfer of the same bytes.
+    Bench(BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -78,9 +83,41 @@ struct UpArgs {
 
 #[derive(Args, Clone)]
 struct DemoArgs {
-    #[command(flatten)]
-    up: UpArgs,
+    /// Lab name; the namespace is rollout-lab-NAME.
+    #[arg(long, default_value = "demo")]
+    name: String,
+    #[arg(long, default_value = "3")]
+    nodes: usize,
+    /// bios, uefi or mixed (odd nodes BIOS, even UEFI).
+    #[arg(long, default_value = "mixed")]
+    firmware: FirmwareChoice,
+    /// Disk size per node (e.g. 8G).
+    #[arg(long, default_value = "8G")]
+    disk_size: String,
+    /// debian (built once with `rollout image build`, cached under target/) or tiny.
+    #[arg(long, default_value = "debian")]
+    image: ImageKind,
+    /// Keep the node disks (qcow2), logs and config in this directory.
+    #[arg(long)]
+    keep: Option<PathBuf>,
     /// Seconds for all nodes to install and boot.
+    #[arg(long, default_value = "1800")]
+    timeout: u64,
+}
+
+#[derive(Args, Clone)]
+struct BenchArgs {
+    /// Concurrency levels, one lab each.
+    #[arg(long, value_delimiter = ',', default_value = "1,3,6")]
+    nodes: Vec<usize>,
+    #[arg(long, default_value = "bios")]
+    firmware: FirmwareChoice,
+    #[arg(long, default_value = "tiny")]
+    image: ImageKind,
+    /// Keep each round's disks and logs under DIR/n<N>.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// Seconds per round.
     #[arg(long, default_value = "1800")]
     timeout: u64,
 }
@@ -123,6 +160,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Up(a) => up(a),
         Cmd::Demo(a) => demo(a),
+        Cmd::Bench(a) => bench(a),
         Cmd::Down { name, all } => {
             let names = if all {
                 vm_harness::netns::list_lab_namespaces()
@@ -264,19 +302,56 @@ fn up(a: UpArgs) -> Result<()> {
 }
 
 fn demo(a: DemoArgs) -> Result<()> {
-    let mut lab = bring_up(&a.up)?;
-    let server =
-        std::net::SocketAddr::from((vm_harness::config::SERVER_ADDR, lab.config().http_port()));
-    let res = vm_harness::demo::follow(
+    let disk_bytes = vm_harness::qemu::parse_size(&a.disk_size)
+        .with_context(|| format!("bad --disk-size {:?}: use e.g. 8G or 512M", a.disk_size))?;
+    let art = Artifacts::prepare().context("preparing the installer and images")?;
+    if a.image == ImageKind::Debian {
+        let img = art.debian_image().context("building the Debian image")?;
+        println!("image: Debian bookworm from {}", img.display());
+    }
+    let mut lab = Lab::create_with(LabOptions {
+        name: a.name.clone(),
+        nodes: a.nodes,
+        firmware: a.firmware,
+        disk_bytes,
+        keep_dir: a.keep.clone(),
+        ..LabOptions::default()
+    })?;
+    let server = art.serve(&mut lab, a.image)?;
+    println!(
+        "lab {}: rollout serve on {server} in namespace {}; files in {}",
+        lab.name(),
+        lab.netns().name(),
+        lab.dir().display()
+    );
+    lab.start_all()?;
+    for n in lab.nodes() {
+        println!(
+            "  powered on {} ({}, {}), console {}",
+            n.name(),
+            n.firmware(),
+            n.mac(),
+            n.console_log().display()
+        );
+    }
+    let mut t = Tracker::new(&lab, server);
+    let res = t.run(
         &mut lab,
-        server,
         Duration::from_secs(a.timeout),
         || STOP.load(Ordering::SeqCst),
         |line| println!("{line}"),
     );
     match res {
-        Ok(nodes) => {
-            println!("all {} nodes installed and booted", nodes.len());
+        Ok(()) => {
+            println!(
+                "\nall {} nodes installed, rebooted from their own disks and phoned home:\n",
+                t.nodes.len()
+            );
+            print!("{}", summary_table(&t.nodes));
+            if let Some(k) = &a.keep {
+                println!("\ndisks and logs kept in {}", k.display());
+            }
+            println!("tearing down lab {}", lab.name());
             Ok(())
         }
         Err(e) => {
@@ -284,4 +359,19 @@ fn demo(a: DemoArgs) -> Result<()> {
             bail!("demo failed: {e}")
         }
     }
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let art = Artifacts::prepare().context("preparing the installer and images")?;
+    let opts = vm_harness::bench::BenchOptions {
+        sizes: a.nodes,
+        firmware: a.firmware,
+        image: a.image,
+        timeout: Duration::from_secs(a.timeout),
+        keep_dir: a.keep,
+    };
+    let stop = || STOP.load(Ordering::SeqCst);
+    let (rounds, raw) = vm_harness::bench::run_bench(&art, &opts, &stop)?;
+    print!("{}", vm_harness::bench::render(&rounds, raw));
+    Ok(())
 }

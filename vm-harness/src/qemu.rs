@@ -178,6 +178,8 @@ pub struct Node {
     dir: PathBuf,
     run_dir: PathBuf,
     proc: Option<ProcessGroup>,
+    /// Appended to the QEMU command line at the next start (e.g. `-kernel`).
+    extra_args: Vec<String>,
 }
 
 impl Node {
@@ -199,6 +201,7 @@ impl Node {
             dir,
             spec,
             proc: None,
+            extra_args: Vec::new(),
         };
         let disk = node.disk_path();
         if !disk.exists() {
@@ -323,7 +326,14 @@ impl Node {
                 &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
             ]);
         }
+        a.extend(self.extra_args.iter().cloned());
         a
+    }
+
+    /// Extra QEMU arguments for the following starts (empty to undo). The
+    /// benchmark boots a node's own VM straight into a kernel this way.
+    pub fn set_extra_args(&mut self, args: Vec<String>) {
+        self.extra_args = args;
     }
 
     /// Powers the node on (QEMU inside the lab namespace).
@@ -511,6 +521,7 @@ mod tests {
             dir: "/lab/node1".into(),
             run_dir: "/run/vm-harness/t".into(),
             proc: None,
+            extra_args: Vec::new(),
         }
     }
 

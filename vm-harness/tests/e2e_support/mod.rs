@@ -63,6 +63,8 @@ impl E2eLab {
         let mut lab = Lab::create_with(LabOptions {
             name: name.into(),
             disk_bytes,
+            // ROLLOUT_E2E_KEEP=DIR keeps each lab's disks and logs in DIR/<lab>.
+            keep_dir: std::env::var_os("ROLLOUT_E2E_KEEP").map(|d| Path::new(&d).join(name)),
             ..LabOptions::default()
         })
         .expect("creating the lab");
@@ -204,10 +206,6 @@ pub fn check_disk(qcow2: &Path, hostname: &str, firmware: Firmware) -> DiskFacts
     );
     let (root_uuid, swap_uuid) = (root["UUID"].clone(), swap["UUID"].clone());
 
-    let esp = match firmware {
-        Firmware::Uefi => Some(d.mount(1).expect("mounting the ESP")),
-        Firmware::Bios => None,
-    };
     let mnt = d.mount(2).expect("mounting the root file system");
     let read = |p: &str| {
         std::fs::read_to_string(mnt.join(p))
@@ -235,28 +233,20 @@ pub fn check_disk(qcow2: &Path, hostname: &str, firmware: Firmware) -> DiskFacts
             .any(|w| w[0] == swap_uuid_spec && w[2] == "swap"),
         "fstab has no swap on {swap_uuid_spec}:\n{fstab}"
     );
-    match &esp {
-        None => {
+    match firmware {
+        Firmware::Bios => {
             let conf = read("boot/extlinux/extlinux.conf");
             assert!(conf.contains(&format!("root=UUID={root_uuid}")), "{conf}");
         }
-        Some(esp) => {
-            let find = |rel: &str| {
-                // FAT is case-insensitive; the mount shows whatever case was written.
-                let want = rel.to_ascii_lowercase();
-                walk(esp).into_iter().find(|p| {
-                    p.strip_prefix(esp)
-                        .map(|r| r.to_string_lossy().to_ascii_lowercase() == want)
-                        .unwrap_or(false)
-                })
-            };
-            assert!(
-                find("efi/boot/bootx64.efi").is_some(),
-                "no \\EFI\\BOOT\\BOOTX64.EFI on the ESP: {:?}",
-                walk(esp)
-            );
-            let entry = find("loader/entries/rollout.conf").expect("systemd-boot entry");
-            let entry = std::fs::read_to_string(entry).unwrap();
+        Firmware::Uefi => {
+            let efi = d
+                .fat_read(1, "/EFI/BOOT/BOOTX64.EFI")
+                .unwrap_or_else(|e| panic!("no \\EFI\\BOOT\\BOOTX64.EFI on the ESP: {e}"));
+            assert_eq!(&efi[..2], b"MZ", "BOOTX64.EFI is not a PE image");
+            let entry = d
+                .fat_read(1, "/loader/entries/rollout.conf")
+                .expect("systemd-boot entry on the ESP");
+            let entry = String::from_utf8_lossy(&entry);
             assert!(entry.contains(&format!("root=UUID={root_uuid}")), "{entry}");
         }
     }
@@ -282,19 +272,6 @@ pub fn check_disk(qcow2: &Path, hostname: &str, firmware: Firmware) -> DiskFacts
         machine_id,
         host_keys,
     }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// Asserts that no host key file is shared between any two of `disks`.
