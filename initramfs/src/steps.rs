@@ -512,7 +512,13 @@ impl Installer {
             Firmware::Uefi => {
                 let esp = Path::new(paths::ESP_MOUNT);
                 let dev = self.parts[&PartKind::Esp].to_string_lossy().to_string();
-                sys::mount(&dev, esp, "vfat", MsFlags::empty(), None)?;
+                sys::mount(
+                    &dev,
+                    esp,
+                    "vfat",
+                    MsFlags::empty(),
+                    Some(paths::ESP_MOUNT_OPTIONS),
+                )?;
                 let r = bootloader::install_sdboot(
                     target,
                     esp,
