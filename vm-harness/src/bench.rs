@@ -29,6 +29,8 @@ use crate::progress::{secs, NodeTimes, Tracker, STAGES};
 #[derive(Debug)]
 pub struct Round {
     pub nodes: Vec<NodeTimes>,
+    /// Apparent size of the image tree: what rsync copies onto a blank disk.
+    pub image_bytes: u64,
 }
 
 /// The raw transfer measured in the guest.
@@ -79,7 +81,15 @@ pub fn run_bench(
                 }
             };
         }
-        rounds.push(Round { nodes: t.nodes });
+        let root = lab.state_dir().join("images/default/published/");
+        let image_bytes = run(Command::new("du").arg("-sb").arg(&root))
+            .ok()
+            .and_then(|o| o.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        rounds.push(Round {
+            nodes: t.nodes,
+            image_bytes,
+        });
     }
     Ok((rounds, raw))
 }
@@ -114,13 +124,10 @@ pub fn raw_copy(lab: &mut Lab) -> Result<RawCopy> {
         .and_then(|f| f.strip_prefix("vmlinuz-"))
         .unwrap_or_default()
         .to_string();
-    let deps = run(Command::new("modprobe").args([
-        "-S",
-        &kver,
-        "--show-depends",
-        "virtio_pci",
-        "virtio_net",
-    ]))?;
+    let mut deps = String::new();
+    for m in ["virtio_pci", "virtio_net"] {
+        deps += &run(Command::new("modprobe").args(["-S", &kver, "--show-depends", m]))?;
+    }
     let mut mods: Vec<PathBuf> = Vec::new();
     for l in deps.lines() {
         if let Some(p) = l.strip_prefix("insmod ") {
@@ -291,8 +298,12 @@ pub fn render(rounds: &[Round], raw: Option<RawCopy>) -> String {
                 secs(max.map(Duration::from_secs_f64))
             ));
         }
-        let bytes: u64 = r.nodes.iter().map(|n| n.bytes).max().unwrap_or(0);
-        out.push_str(&format!("bytes copied per node: {:.1} MiB\n", mib(bytes)));
+        let seen: u64 = r.nodes.iter().map(|n| n.bytes).max().unwrap_or(0);
+        out.push_str(&format!(
+            "bytes copied per node: {:.1} MiB (image tree; largest count the server reported: {:.1} MiB)\n",
+            mib(r.image_bytes),
+            mib(seen)
+        ));
         if let Some(raw) = raw {
             let copy: Vec<f64> = r
                 .nodes
@@ -347,7 +358,10 @@ mod tests {
     #[test]
     fn render_names_every_stage_and_the_ratio() {
         let out = render(
-            &[Round { nodes: Vec::new() }],
+            &[Round {
+                nodes: Vec::new(),
+                image_bytes: 0,
+            }],
             Some(RawCopy {
                 bytes: 100 << 20,
                 seconds: 2.0,

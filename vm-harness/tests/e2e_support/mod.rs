@@ -93,6 +93,7 @@ impl E2eLab {
         done: impl Fn(&NodeStatus) -> bool,
     ) -> NodeStatus {
         let start = Instant::now();
+        let marks: Vec<u64> = self.lab.nodes().iter().map(|n| n.console_mark()).collect();
         let mut last = String::new();
         loop {
             let rec = fetch_node(&self.lab, self.server, id).unwrap_or_default();
@@ -116,6 +117,20 @@ impl E2eLab {
                 .find(|n| n.name() == id || n.mac() == id);
             if let Some(n) = node {
                 assert!(n.is_running(), "{id} powered off while waiting for {what}");
+                let i = self
+                    .lab
+                    .nodes()
+                    .iter()
+                    .position(|x| x.mac() == rec.mac || x.name() == id);
+                let text = vm_harness::console::read_from(
+                    &self.lab.nodes()[i.unwrap_or(0)].console_log(),
+                    marks[i.unwrap_or(0)],
+                );
+                // OVMF out of boot options sits in its setup UI forever: fail now.
+                assert!(
+                    !text.contains("starting Boot0000 \"UiApp\""),
+                    "{id}: OVMF found nothing to boot and opened its setup UI while waiting for {what}"
+                );
             }
             assert!(
                 start.elapsed() < timeout,
