@@ -16,6 +16,8 @@ PACKAGES=(
   syslinux syslinux-common extlinux systemd-boot-efi
   # golden images
   debootstrap openssh-client
+  # reading the ESP of an installed disk in the QEMU tests (no vfat in some host kernels)
+  mtools
   # `rollout exec` test: a real sshd per test-made network namespace
   openssh-server
   # the dashboard's browser test

@@ -262,4 +262,25 @@ fn refuses_to_start_on_a_missing_interface_or_a_range_outside_its_subnet() {
     );
     let (ok, err) = run("[server]\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"full\"\nrange = [\"10.44.0.100\", \"10.44.0.110\"]\n");
     assert!(!ok && err.contains("server.interface"), "{err}");
+    // A port already taken (another web server on 80) is a clear startup error.
+    let mut holder = net_listener(&net.srv, 80);
+    let (ok, err) = run("[server]\ninterface = \"rbr0\"\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"full\"\nrange = [\"10.44.0.100\", \"10.44.0.110\"]\n");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        !ok && err.contains("cannot listen on 10.44.0.1:80") && err.contains("http_port"),
+        "{err}"
+    );
+}
+
+/// A process holding TCP `port` on the server address inside namespace `ns`.
+fn net_listener(ns: &str, port: u16) -> std::process::Child {
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c"])
+        .arg(format!("import socket, time\ns = socket.socket()\ns.bind(('{SERVER_IP}', {port}))\ns.listen()\ntime.sleep(60)"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child
 }

@@ -160,6 +160,8 @@ fn debian_image_installs_and_phones_home_from_systemd() {
     t.lab.start_all().unwrap();
     let rec = t.wait_booted("node1", Duration::from_secs(1200));
     assert_eq!(rec.installs, 1);
+    let installed_serial = rec.serial.expect("installed serial");
+    maintain_in_place(&mut t, a, installed_serial);
     let node = &mut t.lab.nodes_mut()[0];
     node.power_off().unwrap();
     let facts = check_disk(&node.disk_path(), "node1", Firmware::Bios);
@@ -181,4 +183,93 @@ fn debian_image_installs_and_phones_home_from_systemd() {
         let img = std::fs::read_to_string(image_ssh.join(name)).ok();
         assert_ne!(img.as_ref(), Some(key), "{name} is the image's key");
     }
+}
+
+/// The maintenance phase on a running node: publish serial N+1 (a changed file
+/// and a new package, made inside `image enter`), `rollout sync --all` brings the
+/// node to N+1 moving only the changes, node-local files stay, and `rollout exec`
+/// sees the new serial.
+fn maintain_in_place(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64) {
+    let config = t.lab.dir().join("rollout.toml");
+    // Outside the lab namespace: apt inside the image needs the Debian mirror.
+    let out = std::process::Command::new(&a.rollout)
+        .arg("-c")
+        .arg(&config)
+        .args([
+            "image",
+            "enter",
+            "default",
+            "--",
+            "sh",
+            "-c",
+            "echo rollout-e2e-v2 > /etc/rollout-release && apt-get update -q && apt-get install -y -q --no-install-recommends less",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "image enter: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let to = from + 1;
+    // The rsync daemon picks up a new serial within seconds.
+    std::thread::sleep(Duration::from_secs(5));
+    let image_bytes: u64 = std::fs::read_to_string(
+        t.lab
+            .state_dir()
+            .join(format!("images/default/serials/{to}/meta.json")),
+    )
+    .ok()
+    .and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok())
+    .and_then(|m| m["size_bytes"].as_u64())
+    .expect("meta.json of the new serial has size_bytes");
+
+    let synced = t.cli(a, &["sync", "--all"]);
+    eprintln!("{synced}");
+    assert!(
+        synced.contains(&format!("updated {from} → {to}")),
+        "{synced}"
+    );
+    let moved: u64 = synced
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(3)
+        .find(|w| w[1] == "bytes" && w[2].starts_with("transferred"))
+        .and_then(|w| {
+            w[0].trim_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
+        .expect("sync reports the bytes it transferred");
+    assert!(
+        moved < image_bytes / 20,
+        "sync moved {moved} bytes of a {image_bytes}-byte image"
+    );
+
+    let again = t.cli(a, &["sync", "--all"]);
+    assert!(
+        again.contains(&format!("serial {to} (up to date)")),
+        "{again}"
+    );
+    let serials = t.cli(a, &["exec", "--all", "--", "cat", "/etc/rollout/serial"]);
+    assert!(
+        serials.contains(&format!("exit=0  {to}")) && serials.contains("1 ok"),
+        "{serials}"
+    );
+    let state = t.cli(
+        a,
+        &[
+            "exec",
+            "--all",
+            "--",
+            "cat /etc/hostname /etc/rollout-release; command -v less",
+        ],
+    );
+    assert!(
+        state.contains("node1")
+            && state.contains("rollout-e2e-v2")
+            && state.contains("/usr/bin/less"),
+        "{state}"
+    );
 }
