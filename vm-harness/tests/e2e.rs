@@ -16,6 +16,7 @@ use std::time::Duration;
 use e2e_support::{assert_distinct_keys, check_disk, fixture, E2eLab};
 use vm_harness::e2e::ImageKind;
 use vm_harness::Firmware;
+use vm_harness::{Lab, LabOptions};
 
 const GIB: u64 = 1 << 30;
 /// Install plus boot from disk takes ~70 s under TCG; this leaves room for a
@@ -271,5 +272,101 @@ fn maintain_in_place(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64) 
             && state.contains("rollout-e2e-v2")
             && state.contains("/usr/bin/less"),
         "{state}"
+    );
+}
+
+/// A machine nobody declared PXE-boots: the dashboard's live stream (the
+/// `/api/v1/events` that the page follows) shows it discovered, installing
+/// through its stages and installed, and the page and `rollout watch` list it.
+#[test]
+fn unknown_machine_shows_on_the_dashboard_from_discovered_to_installed() {
+    let Some((_serial, a)) = fixture() else {
+        return;
+    };
+    let mut lab = Lab::create_with(LabOptions {
+        name: "e2e-dash".into(),
+        ..LabOptions::default()
+    })
+    .unwrap();
+    lab.add_node(Firmware::Bios).unwrap();
+    let mut config = lab.config();
+    config.nodes.clear();
+    let server = a.serve_with(&mut lab, ImageKind::Tiny, config).unwrap();
+    // What a browser on the dashboard receives, recorded from the start.
+    let stream = tempfile::NamedTempFile::new().unwrap();
+    let mut curl = std::process::Command::new("ip")
+        .args(["netns", "exec", lab.netns().name(), "curl", "-sN"])
+        .arg(format!("http://{server}/api/v1/events"))
+        .stdout(stream.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let mac = lab.nodes()[0].mac().to_string();
+    let mut t = E2eLab {
+        lab,
+        server,
+        started: std::time::Instant::now(),
+    };
+    t.lab.start_all().unwrap();
+    let rec = t.wait_booted(&mac, INSTALL);
+    let _ = curl.kill();
+    let _ = curl.wait();
+    assert_eq!(
+        rec.hostname,
+        format!("node-{}", mac.replace(':', "")[6..].to_string())
+    );
+
+    let events = std::fs::read_to_string(stream.path()).unwrap();
+    let mut states: Vec<(String, String)> = vec![];
+    for data in events.lines().filter_map(|l| l.strip_prefix("data:")) {
+        let v: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
+        let entry = (
+            v["state"].as_str().unwrap_or("").to_string(),
+            v["stage"].as_str().unwrap_or("").to_string(),
+        );
+        if states.last() != Some(&entry) {
+            states.push(entry);
+        }
+    }
+    let order: Vec<&str> = states.iter().map(|(s, _)| s.as_str()).collect();
+    let pos = |st: &str| {
+        order
+            .iter()
+            .position(|s| *s == st)
+            .unwrap_or_else(|| panic!("{st} never streamed: {states:?}"))
+    };
+    assert!(
+        pos("discovered") < pos("installing") && pos("installing") < pos("installed"),
+        "{states:?}"
+    );
+    for stage in ["partition", "copy", "bootloader"] {
+        assert!(
+            states
+                .iter()
+                .any(|(s, st)| s == "installing" && st == stage),
+            "stage {stage} never streamed: {states:?}"
+        );
+    }
+
+    let page = std::process::Command::new("ip")
+        .args(["netns", "exec", t.lab.netns().name(), "curl", "-sf"])
+        .arg(format!("http://{server}/"))
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout);
+    let row = page
+        .split("<tr")
+        .find(|r| r.contains(&format!("data-mac=\"{mac}\"")))
+        .expect("the node has a row on the dashboard");
+    assert!(
+        row.contains("state-installed") && row.contains(&rec.hostname),
+        "{row}"
+    );
+    let watch = t.cli(a, &["watch", "--once"]);
+    assert!(
+        watch
+            .lines()
+            .any(|l| l.starts_with(&rec.hostname) && l.contains("installed") && l.contains("100%")),
+        "{watch}"
     );
 }
