@@ -324,3 +324,67 @@ fn crash_mid_install_keeps_state_and_history_then_times_out() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+#[test]
+fn dashboard_reinstall_button_needs_the_admin_sign_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let status = |r: Result<ureq::Response, ureq::Error>| match r {
+        Ok(r) => (
+            r.status(),
+            r.header("location").unwrap_or("").to_string(),
+            r.header("set-cookie").unwrap_or("").to_string(),
+        ),
+        Err(ureq::Error::Status(c, r)) => (
+            c,
+            r.header("location").unwrap_or("").to_string(),
+            String::new(),
+        ),
+        Err(e) => panic!("{e}"),
+    };
+    // Not signed in: sent to the login page, nothing changes.
+    let (code, location, _) = status(agent.post(&s.url("/nodes/node1/reinstall")).call());
+    assert_eq!((code, location.as_str()), (303, "/login"));
+    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    assert_eq!(n["state"], "pending");
+    let (_, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:01", None, false);
+    assert!(plan["install_id"].is_string());
+    // A wrong token does not sign in.
+    let (code, _, cookie) = status(
+        agent
+            .post(&s.url("/login"))
+            .send_form(&[("token", "wrong")]),
+    );
+    assert_eq!(code, 200);
+    assert!(cookie.is_empty());
+    // The right one does; the button then works.
+    let (_, _, cookie) = status(
+        agent
+            .post(&s.url("/login"))
+            .send_form(&[("token", &s.token)]),
+    );
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    assert!(cookie.starts_with("rollout_admin="), "{cookie}");
+    let (code, location, _) = status(
+        agent
+            .post(&s.url("/nodes/node1/reinstall"))
+            .set("Cookie", &cookie)
+            .call(),
+    );
+    assert_eq!((code, location.as_str()), (303, "/nodes/52:54:00:00:00:01"));
+    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    assert_eq!(
+        n["state"], "pending",
+        "reinstall from the dashboard did not take"
+    );
+    let page = ureq::get(&s.url("/nodes/node1"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        page.contains("reinstall_requested"),
+        "history shows the request"
+    );
+}
