@@ -11,6 +11,7 @@ pub mod configure;
 pub mod console;
 pub mod dhcp;
 pub mod disk;
+pub mod efivars;
 pub mod format;
 pub mod http;
 pub mod layout;

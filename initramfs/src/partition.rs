@@ -86,9 +86,28 @@ pub fn wipe(disk: &Path) -> Result<(), PartitionError> {
     Ok(())
 }
 
+/// A partition as written: its device node and its GPT unique partition GUID
+/// (what a UEFI HardDrive device path names it by).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenPart {
+    pub path: PathBuf,
+    pub guid: uuid::Uuid,
+}
+
 /// Writes a protective MBR and a fresh GPT holding exactly the planned partitions.
 /// Returns each partition's device path, in the layout's order.
 pub fn write_table(disk: &Path, layout: &PlannedLayout) -> Result<Vec<PathBuf>, PartitionError> {
+    Ok(write_table_parts(disk, layout)?
+        .into_iter()
+        .map(|p| p.path)
+        .collect())
+}
+
+/// `write_table`, also returning each partition's unique GUID.
+pub fn write_table_parts(
+    disk: &Path,
+    layout: &PlannedLayout,
+) -> Result<Vec<WrittenPart>, PartitionError> {
     wipe(disk)?;
     let lb = match layout.sector_size {
         4096 => LogicalBlockSize::Lb4096,
@@ -129,6 +148,18 @@ pub fn write_table(disk: &Path, layout: &PlannedLayout) -> Result<Vec<PathBuf>, 
             )
             .map_err(gpt_err)?;
     }
+    // The gpt crate makes up each unique GUID; keep them for the UEFI boot entry.
+    let guids: Vec<uuid::Uuid> = layout
+        .parts
+        .iter()
+        .map(|p| {
+            table
+                .partitions()
+                .get(&p.number)
+                .map(|q| q.part_guid)
+                .unwrap_or_default()
+        })
+        .collect();
     let f = table.write().map_err(gpt_err)?;
     f.sync_all().map_err(io("sync", disk))?;
     let want: Vec<(u32, u64, u64)> = layout
@@ -149,7 +180,11 @@ pub fn write_table(disk: &Path, layout: &PlannedLayout) -> Result<Vec<PathBuf>, 
         .map(|p| partition_path(disk, p.number))
         .collect();
     wait_for_nodes(&paths, Duration::from_secs(10))?;
-    Ok(paths)
+    Ok(paths
+        .into_iter()
+        .zip(guids)
+        .map(|(path, guid)| WrittenPart { path, guid })
+        .collect())
 }
 
 nix::ioctl_none!(blkrrpart, 0x12, 95);

@@ -12,8 +12,8 @@ use crate::cmdline::{self, KernelArgs};
 use crate::layout::{self, Firmware, PartKind, PlannedLayout, MIB};
 use crate::report::Reporter;
 use crate::{
-    bootloader, configure, console, dhcp, disk, format, http, modules, net, partition, paths,
-    rsync, swap, sys,
+    bootloader, configure, console, dhcp, disk, efivars, format, http, modules, net, partition,
+    paths, rsync, swap, sys,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +129,8 @@ pub struct Installer {
     disk: Option<disk::DiskInfo>,
     layout: Option<PlannedLayout>,
     parts: HashMap<PartKind, PathBuf>,
+    /// GPT unique partition GUIDs, for the UEFI boot entry.
+    part_guids: HashMap<PartKind, uuid::Uuid>,
     /// Set once partitioning begins: on failure this disk's table is wiped.
     wipe_on_failure: Option<PathBuf>,
     root_uuid: Option<String>,
@@ -145,6 +147,7 @@ impl Installer {
             disk: None,
             layout: None,
             parts: HashMap::new(),
+            part_guids: HashMap::new(),
             wipe_on_failure: None,
             root_uuid: None,
             swap_uuid: None,
@@ -365,8 +368,11 @@ impl Installer {
         let d = self.disk.clone().expect("disk chosen");
         let l = self.layout.clone().expect("layout planned");
         self.wipe_on_failure = Some(d.dev.clone());
-        let paths = partition::write_table(&d.dev, &l)?;
-        self.parts = l.parts.iter().map(|p| p.kind).zip(paths).collect();
+        let written = partition::write_table_parts(&d.dev, &l)?;
+        for (p, w) in l.parts.iter().zip(written) {
+            self.parts.insert(p.kind, w.path);
+            self.part_guids.insert(p.kind, w.guid);
+        }
         Ok(((), format!("{} {}", d.dev.display(), l.describe())))
     }
 
@@ -528,10 +534,48 @@ impl Installer {
                 );
                 sys::sync();
                 sys::umount_tree(esp);
-                r?
+                let mut msg = r?;
+                msg.push_str(&format!(
+                    ", {}",
+                    self.register_efi_entry(&l, &plan.hostname)
+                ));
+                msg
             }
         };
         Ok(((), msg))
+    }
+
+    /// The firmware boots only what BootOrder lists (OVMF ends in its setup UI
+    /// otherwise), so the ESP gets a Boot#### behind the network entries. Not
+    /// fatal: firmware that falls back to \EFI\BOOT\BOOTX64.EFI still boots.
+    fn register_efi_entry(&self, l: &PlannedLayout, hostname: &str) -> String {
+        let (Some(part), Some(guid)) = (l.part(PartKind::Esp), self.part_guids.get(&PartKind::Esp))
+        else {
+            return "no EFI boot entry (no ESP in the layout)".into();
+        };
+        let esp = efivars::EspLocation {
+            number: part.number,
+            start_lba: part.first_lba,
+            size_lba: part.lba_count,
+            signature: guid.to_bytes_le(),
+        };
+        let desc = format!("{}{hostname}", efivars::DESCRIPTION_PREFIX);
+        match efivars::register(&desc, &esp) {
+            Ok(Some(n)) => format!(
+                "EFI boot entry {} \"{desc}\" (HD({},GPT,{guid}){}) last in BootOrder",
+                efivars::boot_var_name(n),
+                part.number,
+                efivars::LOADER_PATH
+            ),
+            Ok(None) => {
+                console::line("bootloader: note: not booted through UEFI (no /sys/firmware/efi): no EFI boot entry; the firmware must find \\EFI\\BOOT\\BOOTX64.EFI itself");
+                "no EFI boot entry (not booted through UEFI)".into()
+            }
+            Err(e) => {
+                console::line(&format!("bootloader: note: could not add the EFI boot entry: {e}; the firmware must find {} itself", efivars::LOADER_PATH));
+                format!("no EFI boot entry ({e})")
+            }
+        }
     }
 
     fn finish(&mut self) -> Result<((), String), StepError> {
@@ -609,6 +653,7 @@ impl Installer {
         self.disk = None;
         self.layout = None;
         self.parts.clear();
+        self.part_guids.clear();
         self.wipe_on_failure = None;
         self.root_uuid = None;
         self.swap_uuid = None;
