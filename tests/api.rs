@@ -161,7 +161,7 @@ fn every_endpoint_with_auth_and_bad_input() {
         .into_string()
         .unwrap();
     assert!(
-        script.lines().any(|l| l == "exit"),
+        script.lines().any(|l| l == "exit 1"),
         "ignored machines boot their disk: {script}"
     );
 

@@ -173,7 +173,9 @@ mod tests {
         .render()
         .unwrap();
         assert!(s.contains("serial 4"));
-        assert!(s.lines().any(|l| l == "exit"));
+        // Non-zero: UEFI firmware treats a successful return as "done" and opens its
+        // setup menu instead of trying the next boot option (the disk).
+        assert!(s.lines().any(|l| l == "exit 1"));
     }
 
     #[test]
