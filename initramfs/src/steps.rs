@@ -105,6 +105,35 @@ pub fn get_plan(server: &str, mac: &str) -> Result<InstallPlan, PlanError> {
     serde_json::from_slice(&resp.body).map_err(|source| PlanError::Json { url, source })
 }
 
+/// [`get_plan`] until it succeeds, waiting 1, 2, 4 … up to 30 s between tries
+/// (`pause` does the waiting, so tests need not), and giving up after `limit`.
+pub fn get_plan_retrying(
+    server: &str,
+    mac: &str,
+    limit: Duration,
+    pause: &mut dyn FnMut(Duration, &PlanError),
+) -> Result<InstallPlan, PlanError> {
+    let mut waited = Duration::ZERO;
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match get_plan(server, mac) {
+            Ok(p) => return Ok(p),
+            Err(e) if waited + wait > limit => {
+                return Err(PlanError::GaveUp {
+                    url: plan_url(server, mac),
+                    secs: limit.as_secs(),
+                    last: e.to_string(),
+                })
+            }
+            Err(e) => {
+                pause(wait, &e);
+                waited += wait;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
 pub fn detect_firmware() -> Firmware {
     if Path::new("/sys/firmware/efi").exists() {
         Firmware::Uefi
@@ -292,30 +321,13 @@ impl Installer {
 
     fn fetch_plan(&mut self) -> Result<((), String), StepError> {
         let (server, mac) = (self.args().server.clone(), self.args().mac.clone());
-        let start = Instant::now();
-        let limit = Duration::from_secs(300);
-        let mut wait = Duration::from_secs(1);
-        let plan = loop {
-            match get_plan(&server, &mac) {
-                Ok(p) => break p,
-                Err(e) if start.elapsed() + wait > limit => {
-                    return Err(PlanError::GaveUp {
-                        url: plan_url(&server, &mac),
-                        secs: limit.as_secs(),
-                        last: e.to_string(),
-                    }
-                    .into())
-                }
-                Err(e) => {
-                    console::line(&format!(
-                        "fetch_plan: retrying in {} s: {e}",
-                        wait.as_secs()
-                    ));
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(Duration::from_secs(30));
-                }
-            }
-        };
+        let plan = get_plan_retrying(&server, &mac, Duration::from_secs(300), &mut |wait, e| {
+            console::line(&format!(
+                "fetch_plan: retrying in {} s: {e}",
+                wait.as_secs()
+            ));
+            std::thread::sleep(wait);
+        })?;
         self.set_plan(plan);
         let p = self.plan();
         Ok((
@@ -713,6 +725,60 @@ mod tests {
             firmware_for(Bootloader::Uefi, Firmware::Bios),
             Firmware::Uefi
         );
+    }
+
+    /// Server unreachable: retried with growing waits, then a clear failure; a
+    /// server that comes up meanwhile is used.
+    #[test]
+    fn unreachable_server_is_retried_with_backoff_then_given_up() {
+        // A port nobody listens on: connection refused every time.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let server = format!("http://127.0.0.1:{port}");
+        let mut waits = vec![];
+        let e = get_plan_retrying(
+            &server,
+            "52:54:00:00:00:01",
+            Duration::from_secs(60),
+            &mut |w, _| waits.push(w.as_secs()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(waits, [1, 2, 4, 8, 16], "backoff doubles until the limit");
+        assert!(e.contains("60") && e.contains(&server), "{e}");
+
+        // The server starts while the installer waits: the next try gets the plan.
+        let mut listener = None;
+        let body = serde_json::to_string(&crate::testutil::plan()).unwrap();
+        let mut tries = 0;
+        let plan = get_plan_retrying(
+            &server,
+            "52:54:00:00:00:01",
+            Duration::from_secs(60),
+            &mut |_, _| {
+                tries += 1;
+                if tries == 2 {
+                    let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+                    let body = body.clone();
+                    listener = Some(std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let (mut c, _) = l.accept().unwrap();
+                        let mut buf = [0u8; 2048];
+                        let _ = c.read(&mut buf).unwrap();
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        c.write_all(resp.as_bytes()).unwrap();
+                    }));
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(plan, crate::testutil::plan());
+        assert_eq!(tries, 2);
+        listener.unwrap().join().unwrap();
     }
 
     #[test]
