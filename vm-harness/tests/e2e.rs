@@ -311,10 +311,7 @@ fn unknown_machine_shows_on_the_dashboard_from_discovered_to_installed() {
     let rec = t.wait_booted(&mac, INSTALL);
     let _ = curl.kill();
     let _ = curl.wait();
-    assert_eq!(
-        rec.hostname,
-        format!("node-{}", mac.replace(':', "")[6..].to_string())
-    );
+    assert_eq!(rec.hostname, format!("node-{}", &mac.replace(':', "")[6..]));
 
     let events = std::fs::read_to_string(stream.path()).unwrap();
     let mut states: Vec<(String, String)> = vec![];
