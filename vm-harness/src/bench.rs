@@ -20,7 +20,7 @@ use crate::config::SERVER_ADDR;
 use crate::console::Pattern;
 use crate::e2e::{Artifacts, ImageKind};
 use crate::error::{IoContext, Result};
-use crate::initrd::{host_kernel, newc, Entry};
+use crate::initrd::{busybox_skeleton, host_kernel, newc, Entry};
 use crate::lab::{FirmwareChoice, Lab, LabOptions};
 use crate::proc::run;
 use crate::progress::{secs, NodeTimes, Tracker, STAGES};
@@ -137,23 +137,8 @@ pub fn raw_copy(lab: &mut Lab) -> Result<RawCopy> {
             }
         }
     }
-    let mut entries = vec![
-        Entry::Dir("bin".into()),
-        Entry::Dir("dev".into()),
-        Entry::Dir("proc".into()),
-        Entry::Dir("sys".into()),
-        Entry::Dir("m".into()),
-        Entry::CharDev {
-            path: "dev/console".into(),
-            major: 5,
-            minor: 1,
-        },
-        Entry::File {
-            path: "bin/busybox".into(),
-            mode: 0o755,
-            data: fs::read("/bin/busybox").ctx("reading busybox", "/bin/busybox")?,
-        },
-    ];
+    let mut entries = busybox_skeleton(Path::new("/bin/busybox"))?;
+    entries.push(Entry::Dir("m".into()));
     let mut names = Vec::new();
     for m in &mods {
         let name = m.file_name().unwrap().to_string_lossy().to_string();

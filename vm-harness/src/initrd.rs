@@ -102,10 +102,11 @@ pub fn probe_init_script() -> String {
     )
 }
 
-/// Builds the probe initramfs around a static busybox.
-pub fn probe_initramfs(busybox: &Path) -> Result<Vec<u8>> {
+/// The bones of a busybox initramfs: /bin, /dev, /proc, /sys, the console node and
+/// a static busybox. Callers add their /init (and whatever else they need).
+pub fn busybox_skeleton(busybox: &Path) -> Result<Vec<Entry>> {
     let bb = std::fs::read(busybox).ctx("reading busybox (install busybox-static)", busybox)?;
-    Ok(newc(&[
+    Ok(vec![
         Entry::Dir("bin".into()),
         Entry::Dir("dev".into()),
         Entry::Dir("proc".into()),
@@ -121,16 +122,22 @@ pub fn probe_initramfs(busybox: &Path) -> Result<Vec<u8>> {
             mode: 0o755,
             data: bb,
         },
-        Entry::Symlink {
-            path: "bin/sh".into(),
-            target: "busybox".into(),
-        },
-        Entry::File {
-            path: "init".into(),
-            mode: 0o755,
-            data: probe_init_script().into_bytes(),
-        },
-    ]))
+    ])
+}
+
+/// Builds the probe initramfs around a static busybox.
+pub fn probe_initramfs(busybox: &Path) -> Result<Vec<u8>> {
+    let mut entries = busybox_skeleton(busybox)?;
+    entries.push(Entry::Symlink {
+        path: "bin/sh".into(),
+        target: "busybox".into(),
+    });
+    entries.push(Entry::File {
+        path: "init".into(),
+        mode: 0o755,
+        data: probe_init_script().into_bytes(),
+    });
+    Ok(newc(&entries))
 }
 
 /// The newest `/boot/vmlinuz-*` on this machine.
