@@ -2,77 +2,21 @@
 //! namespace), stripping, history, locking, and the rsync daemon with a real client.
 //! Needs root (chroot, mount namespaces) and a static busybox to act as the image's shell.
 
+mod common;
+
+use common::image_tree::{can_enter_images, mounts_under, sample_tree, sh};
 use rollout::images::enter::EnterOptions;
 use rollout::images::rsyncd::{RsyncdSettings, Supervisor};
 use rollout::images::{ImageError, Images};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BUSYBOX: &str = "/bin/busybox";
-
-fn skip_reason() -> Option<&'static str> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (chroot and mount namespaces)");
-    }
-    if !Path::new(BUSYBOX).exists() {
-        return Some("needs /bin/busybox (apt-get install busybox-static)");
-    }
-    None
-}
-
-macro_rules! require_root {
-    () => {
-        if let Some(why) = skip_reason() {
-            eprintln!("skipping: {why}");
-            return;
-        }
-    };
-}
-
-/// A tiny root: busybox as /bin/sh, fake host keys and a machine-id that must not ship.
-fn sample_tree(dir: &Path) -> PathBuf {
-    let root = dir.join("src-root");
-    for d in ["bin", "etc/ssh", "tmp", "root"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
-    std::os::unix::fs::symlink("busybox", root.join("bin/sleep")).unwrap();
-    std::fs::write(root.join("etc/ssh/ssh_host_ed25519_key"), "PRIVATE KEY").unwrap();
-    std::fs::write(
-        root.join("etc/ssh/sshd_config"),
-        "PermitRootLogin prohibit-password\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("etc/machine-id"),
-        "0123456789abcdef0123456789abcdef\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/os-release"), "NAME=test\n").unwrap();
-    std::fs::write(root.join("root/.bash_history"), "secret command\n").unwrap();
-    root
-}
-
-fn sh(cmd: &str) -> Vec<String> {
-    vec!["sh".into(), "-c".into(), cmd.into()]
-}
-
-fn mounts_under(p: &Path) -> Vec<String> {
-    let p = p.to_string_lossy().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&p))
-        .map(String::from)
-        .collect()
-}
-
 #[test]
 fn import_enter_strips_and_records_history() {
-    require_root!();
+    if !can_enter_images() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let images = Images::new(&t.path().join("state"));
     let src = sample_tree(t.path());
@@ -167,7 +111,9 @@ fn import_enter_strips_and_records_history() {
 
 #[test]
 fn second_enter_is_refused_naming_the_holder() {
-    require_root!();
+    if !can_enter_images() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let images = Images::new(&t.path().join("state"));
     images
@@ -237,7 +183,9 @@ fn rsync(args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsync_daemon_serves_serials_read_only() {
-    require_root!();
+    if !can_enter_images() {
+        return;
+    }
     if Command::new("rsync").arg("--version").output().is_err() {
         eprintln!("skipping: rsync not installed");
         return;
@@ -364,7 +312,9 @@ async fn rsync_daemon_serves_serials_read_only() {
 #[test]
 #[ignore = "slow: downloads and installs a Debian system"]
 fn debootstrap_build() {
-    require_root!();
+    if !can_enter_images() {
+        return;
+    }
     let state = std::env::var_os("ROLLOUT_IMAGE_STATE")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("rollout-debootstrap-test"));
@@ -412,7 +362,9 @@ fn debootstrap_build() {
 #[test]
 #[ignore = "slow: needs the image from debootstrap_build and the Debian mirror"]
 fn enter_debian_and_install_a_package() {
-    require_root!();
+    if !can_enter_images() {
+        return;
+    }
     let state = std::env::var_os("ROLLOUT_IMAGE_STATE")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("rollout-debootstrap-test"));

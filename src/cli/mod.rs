@@ -104,7 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("declared nodes:  {}", config.nodes.len());
         }
         Command::Initramfs(cmd) => crate::initramfs::cli::run(cmd, &load(&cli.config)?.state_dir)?,
-        Command::Image(cmd) => crate::images::cli::run(cmd, &load(&cli.config)?.state_dir)?,
+        Command::Image(cmd) => crate::images::cli::run(cmd, &load(&cli.config)?)?,
         Command::Node(cmd) => {
             nodes::run_node(cmd, &client::Client::from_config(&load(&cli.config)?)?)?
         }

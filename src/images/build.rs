@@ -245,7 +245,7 @@ impl Images {
         let result = (|| {
             debootstrap(&root, opts, &mirror, progress)?;
             let enable = ["systemctl", "enable", "systemd-networkd"].map(String::from);
-            let status = run_in_root(&root, &enable, "")?;
+            let status = run_in_root(&root, &enable, "", &[])?;
             if !status.success() {
                 return Err(ImageError::Command {
                     command: enable.join(" "),

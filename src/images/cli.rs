@@ -3,7 +3,7 @@
 use super::build::BuildOptions;
 use super::enter::EnterOptions;
 use super::store::{Images, SerialMeta};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ImageCmd {
@@ -84,8 +84,8 @@ fn announce(name: &str, meta: Option<SerialMeta>, previous: Option<u64>) {
     }
 }
 
-pub fn run(cmd: ImageCmd, state_dir: &Path) -> anyhow::Result<()> {
-    let images = Images::new(state_dir);
+pub fn run(cmd: ImageCmd, config: &crate::config::Config) -> anyhow::Result<()> {
+    let images = Images::new(&config.state_dir).configured(config.images.clone());
     match cmd {
         ImageCmd::Build {
             name,
@@ -188,6 +188,25 @@ pub fn run(cmd: ImageCmd, state_dir: &Path) -> anyhow::Result<()> {
             println!("rsync:     modules {}", modules.join(" "));
             if let Some(h) = s.locked_by {
                 println!("locked:    by {h}");
+            }
+            if let Some(c) = images.config(&name) {
+                if !c.excludes.is_empty() {
+                    println!(
+                        "node-local (besides the defaults): {}",
+                        c.excludes.join(" ")
+                    );
+                }
+                for m in &c.mounts {
+                    let options = if m.options.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", m.options)
+                    };
+                    println!(
+                        "mounted during enter: {} on {} [{}]{options}",
+                        m.source, m.target, m.fstype
+                    );
+                }
             }
         }
         ImageCmd::History { name } => {

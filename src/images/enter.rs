@@ -5,8 +5,10 @@
 //! mount private, so the /proc, /sys and /dev bind mounts exist only for that child and
 //! vanish with it — even if this process is killed, nothing is left mounted on the host.
 
+use super::mounts::{make_dirs, ExtraMounts};
 use super::store::{Images, SerialMeta};
 use super::ImageError;
+use crate::config::ImageMount;
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use std::os::unix::process::CommandExt;
@@ -58,34 +60,39 @@ fn mounts_under(root: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Makes `root/dir` a real directory we may mount on, refusing symlinks: a mount on
-/// `root/dev -> /etc` would land on the host path inside our namespace. Directories we
-/// had to create are removed again afterwards so they do not show up as changes.
-fn mount_point(root: &Path, dir: &str, created: &mut Vec<PathBuf>) -> Result<PathBuf, ImageError> {
-    let p = root.join(dir);
-    match std::fs::symlink_metadata(&p) {
-        Ok(m) if m.is_dir() => Ok(p),
-        Ok(_) => Err(ImageError::Unsafe(format!(
-            "/{dir} in the image is not a directory; fix the image before entering it"
-        ))),
-        Err(_) => {
-            std::fs::create_dir(&p).map_err(io_err(&p))?;
-            created.push(p.clone());
-            Ok(p)
-        }
-    }
-}
-
 /// `PATH` for commands inside an image.
 const IMAGE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Runs `argv` chrooted into `root` with /proc, /sys, /dev and /dev/pts mounted, in a
-/// private mount namespace. Stdio is inherited (interactive shells work).
-pub fn run_in_root(root: &Path, argv: &[String], prompt: &str) -> Result<ExitStatus, ImageError> {
+/// Runs `argv` chrooted into `root` with /proc, /sys, /dev and /dev/pts mounted, plus
+/// `extra` mounts, in a private mount namespace. Stdio is inherited (interactive shells work).
+pub fn run_in_root(
+    root: &Path,
+    argv: &[String],
+    prompt: &str,
+    extra: &[ImageMount],
+) -> Result<ExitStatus, ImageError> {
     let mut created = Vec::new();
-    let proc_dir = mount_point(root, "proc", &mut created)?;
-    let sys_dir = mount_point(root, "sys", &mut created)?;
-    let dev_dir = mount_point(root, "dev", &mut created)?;
+    let status = run_in_root_inner(root, argv, prompt, extra, &mut created);
+    // Deepest first; remove_dir only succeeds on an empty directory, so anything the
+    // command put there stays.
+    for dir in created.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
+    }
+    status
+}
+
+fn run_in_root_inner(
+    root: &Path,
+    argv: &[String],
+    prompt: &str,
+    extra: &[ImageMount],
+    created: &mut Vec<PathBuf>,
+) -> Result<ExitStatus, ImageError> {
+    let proc_dir = make_dirs(root, "proc", created)?;
+    let sys_dir = make_dirs(root, "sys", created)?;
+    let dev_dir = make_dirs(root, "dev", created)?;
+    let mut extra_mounts = ExtraMounts::prepare(root, extra, created)?;
+    let mut in_child = extra_mounts.child_part();
     let resolv = root.join("etc/resolv.conf");
     // Name resolution for apt inside the image, without writing the host's resolver
     // config into the image: bind it over the image's file only if that is a plain file.
@@ -142,6 +149,7 @@ pub fn run_in_root(root: &Path, argv: &[String], prompt: &str) -> Result<ExitSta
                 )
                 .map_err(errno)?;
             }
+            in_child.mount_all()?;
             nix::unistd::chroot(&root_owned).map_err(errno)?;
             nix::unistd::chdir("/").map_err(errno)?;
             // The parent ignores these while it waits; the command gets them back.
@@ -175,9 +183,8 @@ pub fn run_in_root(root: &Path, argv: &[String], prompt: &str) -> Result<ExitSta
             let _ = nix::sys::signal::signal(nix::sys::signal::SIGQUIT, h);
         }
     }
-    for dir in created {
-        // remove_dir only succeeds on an empty directory: anything the command put there stays.
-        let _ = std::fs::remove_dir(dir);
+    if let Some(e) = extra_mounts.failure() {
+        return Err(e);
     }
     status.map_err(|e| ImageError::Command {
         command: argv.join(" "),
@@ -311,7 +318,11 @@ impl Images {
         };
         let status = {
             let _policy = PolicyRcD::install(&root);
-            run_in_root(&root, &argv, &format!("(image {name}) \\w # "))?
+            let mounts = self
+                .config(name)
+                .map(|c| c.mounts.as_slice())
+                .unwrap_or(&[]);
+            run_in_root(&root, &argv, &format!("(image {name}) \\w # "), mounts)?
         };
         if !status.success() {
             return Err(ImageError::Discarded {

@@ -13,6 +13,7 @@ pub mod build;
 pub mod cli;
 pub mod enter;
 pub mod lock;
+pub mod mounts;
 pub mod rsyncd;
 pub mod store;
 pub mod tree;

@@ -3,6 +3,7 @@
 use super::lock::{self, ImageLock};
 use super::tree::{self, Changes};
 use super::ImageError;
+use crate::config::ImageConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -29,10 +30,11 @@ pub struct ImageSummary {
     pub locked_by: Option<super::LockHolder>,
 }
 
-/// Handle on `{state_dir}/images`.
+/// Handle on `{state_dir}/images`, with the operator's `[[image]]` settings.
 #[derive(Debug, Clone)]
 pub struct Images {
     root: PathBuf,
+    configs: Vec<ImageConfig>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -64,7 +66,19 @@ impl Images {
     pub fn new(state_dir: &Path) -> Self {
         Images {
             root: state_dir.join("images"),
+            configs: Vec::new(),
         }
+    }
+
+    /// Applies `[[image]]` settings: their excludes are stripped from every serial
+    /// published from now on, their mounts are made during `enter`.
+    pub fn configured(mut self, configs: Vec<ImageConfig>) -> Self {
+        self.configs = configs;
+        self
+    }
+
+    pub fn config(&self, name: &str) -> Option<&ImageConfig> {
+        self.configs.iter().find(|c| c.name == name)
     }
 
     pub fn root(&self) -> &Path {
@@ -272,7 +286,12 @@ impl Images {
         note: &str,
         extra_strip: &[String],
     ) -> Result<Option<SerialMeta>, ImageError> {
-        let stripped = tree::strip(work_root, extra_strip)?;
+        let configured = self
+            .config(name)
+            .map(|c| c.excludes.as_slice())
+            .unwrap_or(&[]);
+        let patterns: Vec<String> = configured.iter().chain(extra_strip).cloned().collect();
+        let stripped = tree::strip(work_root, &patterns)?;
         if !stripped.is_empty() {
             let shown: Vec<&str> = stripped.iter().take(8).map(String::as_str).collect();
             let more = stripped.len() - shown.len();

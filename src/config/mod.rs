@@ -2,6 +2,10 @@
 //! key and says how to fix it, because a provisioning server that starts with a
 //! wrong range hands out wrong addresses to a whole rack.
 
+mod image;
+
+pub use image::{check_exclude, ImageConfig, ImageMount};
+
 use serde::Deserialize;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -43,6 +47,8 @@ pub struct Config {
     pub install: InstallConfig,
     #[serde(default, rename = "node")]
     pub nodes: Vec<NodeConfig>,
+    #[serde(default, rename = "image")]
+    pub images: Vec<ImageConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -364,7 +370,7 @@ impl Config {
                 }
             }
         }
-        Ok(())
+        image::validate(&self.images)
     }
 
     /// The DHCP plan if DHCP is to run, checked against the interface's real subnet.
@@ -450,6 +456,24 @@ impl Config {
         }
     }
 
+    /// The `[[image]]` settings of `name`, if any.
+    pub fn image(&self, name: &str) -> Option<&ImageConfig> {
+        self.images.iter().find(|i| i.name == name)
+    }
+
+    /// Node-local paths of `image`: the defaults, then the image's own.
+    pub fn excludes_for(&self, image: &str) -> Vec<String> {
+        crate::wire::DEFAULT_EXCLUDES
+            .iter()
+            .map(|s| s.to_string())
+            .chain(
+                self.image(image)
+                    .into_iter()
+                    .flat_map(|i| i.excludes.clone()),
+            )
+            .collect()
+    }
+
     pub fn node_by_mac(&self, mac: &str) -> Option<&NodeConfig> {
         let mac = normalize_mac(mac)?;
         self.nodes
@@ -501,109 +525,4 @@ pub fn valid_hostname(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const BASE: &str = r#"
-state_dir = "/tmp/rollout"
-[server]
-interface = "rbr0"
-address = "10.44.0.1"
-[dhcp]
-mode = "full"
-range = ["10.44.0.100", "10.44.0.199"]
-"#;
-
-    fn err(text: &str) -> String {
-        Config::parse(text).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn full_mode_config_loads_with_defaults() {
-        let c = Config::parse(BASE).unwrap();
-        assert_eq!(c.server.http_port, 80);
-        assert_eq!(c.dhcp.lease_time, 3600);
-        assert_eq!(c.http_base_url(), "http://10.44.0.1");
-    }
-
-    #[test]
-    fn dhcp_is_off_without_explicit_mode() {
-        let c = Config::parse("state_dir = \"/x\"\n").unwrap();
-        assert_eq!(c.dhcp.mode, DhcpMode::Off);
-        assert!(c.dhcp_plan(None).unwrap().is_none());
-    }
-
-    #[test]
-    fn dhcp_without_interface_is_refused_naming_the_key() {
-        let e =
-            err("state_dir = \"/x\"\n[server]\naddress = \"10.0.0.1\"\n[dhcp]\nmode = \"proxy\"\n");
-        assert!(e.contains("server.interface"), "{e}");
-        assert!(e.contains("never guesses"), "{e}");
-    }
-
-    #[test]
-    fn full_mode_without_range_is_refused() {
-        let e = err("state_dir = \"/x\"\n[server]\ninterface = \"e\"\naddress = \"10.0.0.1\"\n[dhcp]\nmode = \"full\"\n");
-        assert!(e.contains("dhcp.range"), "{e}");
-    }
-
-    #[test]
-    fn range_outside_interface_subnet_is_refused() {
-        let c = Config::parse(BASE).unwrap();
-        let e = c
-            .dhcp_plan(Some((
-                "10.45.0.1".parse().unwrap(),
-                "255.255.255.0".parse().unwrap(),
-            )))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("outside rbr0's subnet 10.45.0.0/24"), "{e}");
-        let ok = c
-            .dhcp_plan(Some((
-                "10.44.0.1".parse().unwrap(),
-                "255.255.255.0".parse().unwrap(),
-            )))
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            ok.range.unwrap().0,
-            "10.44.0.100".parse::<Ipv4Addr>().unwrap()
-        );
-    }
-
-    #[test]
-    fn unknown_keys_and_bad_macs_and_duplicates_are_refused() {
-        assert!(err(&format!("{BASE}bogus = 1\n")).contains("unknown"));
-        let bad_mac = format!("{BASE}[[node]]\nmac = \"52:54:00\"\nhostname = \"a\"\n");
-        assert!(err(&bad_mac).contains("node[0].mac"));
-        let dup = format!(
-            "{BASE}[[node]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"a\"\n[[node]]\nmac = \"52-54-00-00-00-01\"\nhostname = \"b\"\n"
-        );
-        assert!(err(&dup).contains("declared twice"));
-        let dup_name = format!(
-            "{BASE}[[node]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"a\"\n[[node]]\nmac = \"52:54:00:00:00:02\"\nhostname = \"a\"\n"
-        );
-        assert!(err(&dup_name).contains("node[1].hostname"));
-    }
-
-    #[test]
-    fn reversed_range_and_bad_netmask_are_refused() {
-        let rev = BASE.replace(
-            "[\"10.44.0.100\", \"10.44.0.199\"]",
-            "[\"10.44.0.199\", \"10.44.0.100\"]",
-        );
-        assert!(err(&rev).contains("swap"));
-        let mask = format!("{BASE}netmask = \"255.0.255.0\"\n");
-        assert!(err(&mask).contains("dhcp.netmask"));
-    }
-
-    #[test]
-    fn normalizes_macs() {
-        assert_eq!(
-            normalize_mac("52-54-00-AB-cd-01").unwrap(),
-            "52:54:00:ab:cd:01"
-        );
-        assert!(normalize_mac("52:54:00:ab:cd").is_none());
-        assert!(normalize_mac("zz:54:00:ab:cd:01").is_none());
-    }
-}
+mod tests;

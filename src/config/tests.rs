@@ -1,0 +1,156 @@
+use super::*;
+
+const BASE: &str = r#"
+state_dir = "/tmp/rollout"
+[server]
+interface = "rbr0"
+address = "10.44.0.1"
+[dhcp]
+mode = "full"
+range = ["10.44.0.100", "10.44.0.199"]
+"#;
+
+fn err(text: &str) -> String {
+    Config::parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn full_mode_config_loads_with_defaults() {
+    let c = Config::parse(BASE).unwrap();
+    assert_eq!(c.server.http_port, 80);
+    assert_eq!(c.dhcp.lease_time, 3600);
+    assert_eq!(c.http_base_url(), "http://10.44.0.1");
+}
+
+#[test]
+fn dhcp_is_off_without_explicit_mode() {
+    let c = Config::parse("state_dir = \"/x\"\n").unwrap();
+    assert_eq!(c.dhcp.mode, DhcpMode::Off);
+    assert!(c.dhcp_plan(None).unwrap().is_none());
+}
+
+#[test]
+fn dhcp_without_interface_is_refused_naming_the_key() {
+    let e = err("state_dir = \"/x\"\n[server]\naddress = \"10.0.0.1\"\n[dhcp]\nmode = \"proxy\"\n");
+    assert!(e.contains("server.interface"), "{e}");
+    assert!(e.contains("never guesses"), "{e}");
+}
+
+#[test]
+fn full_mode_without_range_is_refused() {
+    let e = err("state_dir = \"/x\"\n[server]\ninterface = \"e\"\naddress = \"10.0.0.1\"\n[dhcp]\nmode = \"full\"\n");
+    assert!(e.contains("dhcp.range"), "{e}");
+}
+
+#[test]
+fn range_outside_interface_subnet_is_refused() {
+    let c = Config::parse(BASE).unwrap();
+    let e = c
+        .dhcp_plan(Some((
+            "10.45.0.1".parse().unwrap(),
+            "255.255.255.0".parse().unwrap(),
+        )))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("outside rbr0's subnet 10.45.0.0/24"), "{e}");
+    let ok = c
+        .dhcp_plan(Some((
+            "10.44.0.1".parse().unwrap(),
+            "255.255.255.0".parse().unwrap(),
+        )))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ok.range.unwrap().0,
+        "10.44.0.100".parse::<Ipv4Addr>().unwrap()
+    );
+}
+
+#[test]
+fn unknown_keys_and_bad_macs_and_duplicates_are_refused() {
+    assert!(err(&format!("{BASE}bogus = 1\n")).contains("unknown"));
+    let bad_mac = format!("{BASE}[[node]]\nmac = \"52:54:00\"\nhostname = \"a\"\n");
+    assert!(err(&bad_mac).contains("node[0].mac"));
+    let dup = format!(
+        "{BASE}[[node]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"a\"\n[[node]]\nmac = \"52-54-00-00-00-01\"\nhostname = \"b\"\n"
+    );
+    assert!(err(&dup).contains("declared twice"));
+    let dup_name = format!(
+        "{BASE}[[node]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"a\"\n[[node]]\nmac = \"52:54:00:00:00:02\"\nhostname = \"a\"\n"
+    );
+    assert!(err(&dup_name).contains("node[1].hostname"));
+}
+
+#[test]
+fn reversed_range_and_bad_netmask_are_refused() {
+    let rev = BASE.replace(
+        "[\"10.44.0.100\", \"10.44.0.199\"]",
+        "[\"10.44.0.199\", \"10.44.0.100\"]",
+    );
+    assert!(err(&rev).contains("swap"));
+    let mask = format!("{BASE}netmask = \"255.0.255.0\"\n");
+    assert!(err(&mask).contains("dhcp.netmask"));
+}
+
+#[test]
+fn normalizes_macs() {
+    assert_eq!(
+        normalize_mac("52-54-00-AB-cd-01").unwrap(),
+        "52:54:00:ab:cd:01"
+    );
+    assert!(normalize_mac("52:54:00:ab:cd").is_none());
+    assert!(normalize_mac("zz:54:00:ab:cd:01").is_none());
+}
+
+#[test]
+fn image_tables_add_excludes_and_mounts() {
+    let c = Config::parse(&format!(
+        r#"{BASE}
+[[image]]
+name = "compute"
+excludes = ["/var/lib/slurm/", "/etc/munge/munge.key"]
+
+[[image.mount]]
+source = "nfs1:/export/usr"
+target = "/usr"
+type = "nfs"
+options = "ro,nolock"
+
+[[image.mount]]
+source = "/srv/site-tools"
+target = "/opt/site"
+"#
+    ))
+    .unwrap();
+    let image = c.image("compute").unwrap();
+    assert_eq!(image.mounts.len(), 2);
+    assert_eq!(image.mounts[1].fstype, "bind", "bind is the default type");
+    let ex = c.excludes_for("compute");
+    assert!(ex.contains(&"/etc/hostname".to_string()), "defaults stay");
+    assert_eq!(ex.last().unwrap(), "/etc/munge/munge.key");
+    assert_eq!(
+        c.excludes_for("other").len(),
+        crate::wire::DEFAULT_EXCLUDES.len()
+    );
+}
+
+#[test]
+fn bad_image_tables_are_refused_naming_the_key() {
+    let e = err(&format!(
+        "{BASE}[[image]]\nname = \"a\"\nexcludes = [\"etc/x\"]\n"
+    ));
+    assert!(
+        e.contains("image[0].excludes[0]") && e.contains("not absolute"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{BASE}[[image]]\nname = \"a\"\n[[image]]\nname = \"a\"\n"
+    ));
+    assert!(e.contains("image[1].name") && e.contains("twice"), "{e}");
+    let e = err(&format!(
+        "{BASE}[[image]]\nname = \"a\"\n[[image.mount]]\nsource = \"/x\"\ntarget = \"/proc/x\"\n"
+    ));
+    assert!(e.contains("image[0].mount[0].target"), "{e}");
+    let e = err(&format!("{BASE}[[image]]\nname = \"web-2\"\n"));
+    assert!(e.contains("image[0].name"), "{e}");
+}

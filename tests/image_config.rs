@@ -1,0 +1,158 @@
+//! `[[image]]` settings on this host: configured mounts exist inside `image enter`
+//! and only there (nothing on them reaches a serial, nothing stays mounted), a mount
+//! that fails discards the change with a message naming it, and configured excludes
+//! never reach a published serial. Needs root and busybox, like tests/images.rs.
+
+mod common;
+
+use common::image_tree::{can_enter_images, mounts_under, sample_tree, sh};
+use rollout::config::{ImageConfig, ImageMount};
+use rollout::images::enter::EnterOptions;
+use rollout::images::{ImageError, Images};
+use std::path::Path;
+
+fn mount(source: &Path, target: &str, fstype: &str, options: &str) -> ImageMount {
+    ImageMount {
+        source: source.display().to_string(),
+        target: target.into(),
+        fstype: fstype.into(),
+        options: options.into(),
+    }
+}
+
+fn run(images: &Images, cmd: &str) -> Result<Option<rollout::images::SerialMeta>, ImageError> {
+    images.enter(
+        "img",
+        &EnterOptions {
+            command: sh(cmd),
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn configured_mounts_exist_only_inside_enter_and_excludes_never_ship() {
+    if !can_enter_images() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let tools = t.path().join("site-tools");
+    std::fs::create_dir(&tools).unwrap();
+    std::fs::write(tools.join("hello"), "from the host\n").unwrap();
+    let src = sample_tree(t.path());
+    std::fs::write(src.join("etc/site-a.key"), "site secret\n").unwrap();
+
+    let images = Images::new(&t.path().join("state")).configured(vec![ImageConfig {
+        name: "img".into(),
+        excludes: vec!["/var/lib/site/".into(), "/etc/site-*.key".into()],
+        mounts: vec![
+            mount(&tools, "/opt/site/tools", "bind", "ro"),
+            mount(Path::new("tmpfs"), "/var/cache/build", "tmpfs", "size=4m"),
+        ],
+    }]);
+    images.import("img", &src, "", &[]).unwrap();
+    assert!(
+        !images.serial_root("img", 1).join("etc/site-a.key").exists(),
+        "an import publishes configured excludes"
+    );
+
+    let m = run(
+        &images,
+        "busybox cat /opt/site/tools/hello > /etc/seen-tools \
+         && ! busybox touch /opt/site/tools/new 2>/dev/null \
+         && busybox grep -q ' /var/cache/build tmpfs ' /proc/self/mounts \
+         && echo obj > /var/cache/build/obj \
+         && busybox mkdir -p /var/lib/site && echo mine > /var/lib/site/state \
+         && echo k > /etc/site-b.key",
+    )
+    .unwrap()
+    .expect("a change was made");
+    let root = images.published_root("img");
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/seen-tools")).unwrap(),
+        "from the host\n",
+        "the bind mount was visible inside"
+    );
+    assert!(
+        !tools.join("new").exists(),
+        "the ro bind mount was writable"
+    );
+    for gone in ["opt", "var/cache", "var/lib/site", "etc/site-b.key"] {
+        assert!(
+            !root.join(gone).exists(),
+            "/{gone} reached serial {}",
+            m.serial
+        );
+    }
+    let changes = m.changes.unwrap();
+    assert!(changes.added.contains(&"/etc/seen-tools".to_string()));
+    assert!(
+        changes
+            .added
+            .iter()
+            .all(|p| !p.starts_with("/opt") && !p.starts_with("/var/cache")),
+        "{changes:?}"
+    );
+    assert!(
+        mounts_under(t.path()).is_empty(),
+        "{:?}",
+        mounts_under(t.path())
+    );
+    assert!(!images.work_dir("img").exists());
+}
+
+#[test]
+fn a_failing_or_escaping_mount_discards_the_change_and_says_which() {
+    if !can_enter_images() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = sample_tree(t.path());
+    std::os::unix::fs::symlink("/etc", src.join("lnk")).unwrap();
+    let state = t.path().join("state");
+    Images::new(&state).import("img", &src, "", &[]).unwrap();
+    let with_mount = |m: ImageMount| {
+        Images::new(&state).configured(vec![ImageConfig {
+            name: "img".into(),
+            excludes: vec![],
+            mounts: vec![m],
+        }])
+    };
+
+    // mount(8) itself fails: an unknown filesystem type.
+    let images = with_mount(mount(Path::new("none"), "/mnt/data", "nosuchfs", ""));
+    let err = run(&images, "echo x > /etc/changed")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nosuchfs") && err.contains("/mnt/data") && err.contains("[[image.mount]]"),
+        "{err}"
+    );
+    // A symlink on the way would put the mount outside the image.
+    let images = with_mount(mount(&t.path().join("src-root/etc"), "/lnk/x", "bind", ""));
+    let err = run(&images, "echo x > /etc/changed")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/lnk") && err.contains("not a directory"),
+        "{err}"
+    );
+    assert!(!Path::new("/etc/x").exists());
+    // A bind source that does not exist on this host.
+    let images = with_mount(mount(&t.path().join("absent"), "/mnt/data", "bind", ""));
+    let err = run(&images, "true").unwrap_err().to_string();
+    assert!(
+        err.contains("absent") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    assert_eq!(images.serials("img").unwrap(), [1], "nothing was published");
+    let root = images.published_root("img");
+    assert!(!root.join("etc/changed").exists() && !root.join("mnt").exists());
+    assert!(!images.lock_path("img").exists(), "the lock was released");
+    assert!(
+        mounts_under(t.path()).is_empty(),
+        "{:?}",
+        mounts_under(t.path())
+    );
+}
