@@ -7,9 +7,17 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rollout::wire::{self, paths as api};
+use rollout::wire;
 
-use crate::{bootloader, configure, http, layout, partition, paths, phone_home, render, rsync};
+use crate::{bootloader, configure, paths, render, rsync};
+
+mod boot;
+mod remote;
+
+pub use boot::{boot_changed, boot_target, current_options, extlinux_kernel, BootTarget};
+use boot::{extlinux_stale, update_bootloader};
+use remote::{fetch_published, report_serial};
+pub use remote::{module_url, parse_serial, serial_url};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -94,33 +102,6 @@ pub fn local_serial(root: &Path) -> Option<u64> {
         .ok()
 }
 
-pub fn serial_url(server: &str, image: &str) -> String {
-    format!(
-        "{}{}/{image}/serial",
-        server.trim_end_matches('/'),
-        api::IMAGES
-    )
-}
-
-/// `rsync://host[:port]/{image}-{serial}/`, the server's per-serial module.
-pub fn module_url(conf: &NodeConf, serial: u64) -> Result<String, SyncError> {
-    let base = match &conf.rsync {
-        Some(b) => b.trim_end_matches('/').to_string(),
-        None => {
-            let u = http::parse_url(&conf.server).map_err(|e| SyncError::Serial {
-                url: conf.server.clone(),
-                reason: e.to_string(),
-            })?;
-            format!("rsync://{}", u.host)
-        }
-    };
-    Ok(format!("{base}/{}-{serial}/", conf.image))
-}
-
-pub fn parse_serial(body: &str) -> Option<u64> {
-    body.trim().parse().ok()
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     UpToDate(u64),
@@ -165,160 +146,6 @@ pub fn bytes_received(lines: &[String]) -> u64 {
         .sum()
 }
 
-/// Whether an itemized change touches a file under /boot: a transfer, creation,
-/// hard link or deletion of a non-directory (attribute-only and directory
-/// changes do not make a new kernel).
-pub fn boot_changed(lines: &[String]) -> bool {
-    lines.iter().any(|l| {
-        let (code, path) = if let Some(p) = l.strip_prefix("*deleting") {
-            ("*deleting", p.trim_start())
-        } else {
-            match l.split_once(' ') {
-                Some((c, p)) if c.len() == 11 => (c, p.trim_start()),
-                _ => return false,
-            }
-        };
-        let in_boot = path.starts_with("boot/") && !path.ends_with('/');
-        let is_dir = code != "*deleting" && code.as_bytes()[1] == b'd';
-        let changes = code == "*deleting" || matches!(code.as_bytes()[0], b'>' | b'c' | b'h');
-        in_boot && !is_dir && changes
-    })
-}
-
-/// `root=UUID=…` and the rest of the kernel options from the current boot
-/// entry (`APPEND` in extlinux.conf, `options` in a systemd-boot entry), so an
-/// update keeps what the install set.
-pub fn current_options(conf: &str) -> Option<(String, String)> {
-    let opts = conf.lines().find_map(|l| {
-        let l = l.trim();
-        let (k, v) = l.split_once(char::is_whitespace)?;
-        (k.eq_ignore_ascii_case("append") || k == "options").then(|| v.trim().to_string())
-    })?;
-    let mut uuid = None;
-    let mut seen_ro = false;
-    let mut rest = Vec::new();
-    for w in opts.split_whitespace() {
-        if let Some(u) = w.strip_prefix("root=UUID=") {
-            uuid = Some(u.to_string());
-        } else if w == "ro" && !seen_ro {
-            seen_ro = true;
-        } else {
-            rest.push(w);
-        }
-    }
-    Some((uuid?, rest.join(" ")))
-}
-
-/// The `LINUX` path of an extlinux.conf.
-pub fn extlinux_kernel(conf: &str) -> Option<&str> {
-    conf.lines().find_map(|l| {
-        let (k, v) = l.trim().split_once(char::is_whitespace)?;
-        (k.eq_ignore_ascii_case("linux") || k.eq_ignore_ascii_case("kernel")).then(|| v.trim())
-    })
-}
-
-/// Whether extlinux.conf boots another kernel than the newest one in /boot: an
-/// earlier sync copied /boot and then failed, so this run's itemized output no
-/// longer shows the change.
-fn extlinux_stale(root: &Path) -> bool {
-    let conf =
-        std::fs::read_to_string(in_root(root, bootloader::EXTLINUX_CONF)).unwrap_or_default();
-    match (extlinux_kernel(&conf), bootloader::find_kernel(root)) {
-        (Some(cur), Ok(k)) => cur != k.kernel,
-        _ => false,
-    }
-}
-
-/// Where the node's bootloader lives, for re-pointing it at a new kernel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BootTarget {
-    Extlinux,
-    /// systemd-boot on the ESP partition `dev`.
-    SdBoot {
-        dev: String,
-    },
-    None(String),
-}
-
-/// The ESP next to the root file system: a sibling partition whose GPT name is
-/// the one the installer gave it.
-fn find_esp(root: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(root).ok()?.dev();
-    let (maj, min) = (libc::major(dev), libc::minor(dev));
-    let part = std::fs::canonicalize(format!("/sys/dev/block/{maj}:{min}")).ok()?;
-    let disk = part.parent()?;
-    let want = format!("PARTNAME={}", partition::gpt_name(layout::PartKind::Esp));
-    std::fs::read_dir(disk).ok()?.flatten().find_map(|e| {
-        let uevent = std::fs::read_to_string(e.path().join("uevent")).ok()?;
-        if !uevent.lines().any(|l| l == want) {
-            return None;
-        }
-        let name = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
-        Some(format!("/dev/{name}"))
-    })
-}
-
-pub fn boot_target(root: &Path) -> BootTarget {
-    if in_root(root, bootloader::EXTLINUX_CONF).exists() {
-        return BootTarget::Extlinux;
-    }
-    // Only a real root has a firmware and an ESP to look for.
-    if root == Path::new("/") && Path::new("/sys/firmware/efi").exists() {
-        if let Some(dev) = find_esp(root) {
-            return BootTarget::SdBoot { dev };
-        }
-        return BootTarget::None(
-            "UEFI, but no partition named \"EFI system partition\" next to the root".into(),
-        );
-    }
-    BootTarget::None(format!("no {}", bootloader::EXTLINUX_CONF))
-}
-
-fn update_bootloader(root: &Path, title: &str, serial: u64) -> Result<String, SyncError> {
-    let boot = |source| SyncError::Boot { serial, source };
-    match boot_target(root) {
-        BootTarget::Extlinux => {
-            let conf = in_root(root, bootloader::EXTLINUX_CONF);
-            let text = std::fs::read_to_string(&conf).map_err(io("read", &conf))?;
-            let (uuid, cmdline) = current_options(&text).ok_or_else(|| {
-                SyncError::BootConfig(format!(
-                    "{} has no APPEND line with root=UUID=; fix it by hand or reinstall the node",
-                    conf.display()
-                ))
-            })?;
-            let k = bootloader::write_extlinux_conf(root, title, &uuid, &cmdline).map_err(boot)?;
-            Ok(format!("extlinux.conf now boots {}", k.kernel))
-        }
-        BootTarget::SdBoot { dev } => {
-            let esp = Path::new(paths::ESP_MOUNT);
-            std::fs::create_dir_all(esp).map_err(io("create directory", esp))?;
-            crate::sys::mount(&dev, esp, "vfat", nix::mount::MsFlags::empty(), None)
-                .map_err(|e| boot(e.into()))?;
-            let result = (|| {
-                let entry = in_root(esp, bootloader::SDBOOT_ENTRY);
-                let text = std::fs::read_to_string(&entry).map_err(io("read", &entry))?;
-                let (uuid, cmdline) = current_options(&text).ok_or_else(|| {
-                    SyncError::BootConfig(format!(
-                        "{} on {dev} has no options line with root=UUID=",
-                        bootloader::SDBOOT_ENTRY
-                    ))
-                })?;
-                bootloader::write_sdboot_kernel(root, esp, title, &uuid, &cmdline).map_err(boot)
-            })();
-            crate::sys::sync();
-            crate::sys::umount_tree(esp);
-            Ok(format!(
-                "systemd-boot on {dev} now boots {}",
-                result?.kernel
-            ))
-        }
-        BootTarget::None(why) => Err(SyncError::BootConfig(format!(
-            "/boot changed but no bootloader to update ({why}); the new kernel would not boot"
-        ))),
-    }
-}
-
 /// Holds an exclusive lock on `/etc/rollout/sync.lock` (excluded from syncs)
 /// for as long as it lives.
 struct Lock(#[allow(dead_code)] std::fs::File);
@@ -336,36 +163,6 @@ fn lock(root: &Path) -> Result<Lock, SyncError> {
         return Err(SyncError::Locked(path.display().to_string()));
     }
     Ok(Lock(f))
-}
-
-fn fetch_published(conf: &NodeConf) -> Result<u64, SyncError> {
-    let url = serial_url(&conf.server, &conf.image);
-    let err = |reason: String| SyncError::Serial {
-        url: url.clone(),
-        reason,
-    };
-    let mut last = String::new();
-    for attempt in 1..=3 {
-        match http::get(&url, Duration::from_secs(10)) {
-            Ok(r) if r.is_success() => {
-                return parse_serial(&r.text())
-                    .ok_or_else(|| err(format!("answer {:?} is not a serial", r.text().trim())))
-            }
-            // The server answered: retrying will not change its mind.
-            Ok(r) => {
-                return Err(err(format!(
-                    "server answered {}: {}",
-                    r.status,
-                    r.text().trim()
-                )))
-            }
-            Err(e) => last = e.to_string(),
-        }
-        if attempt < 3 {
-            std::thread::sleep(Duration::from_secs(2 * attempt));
-        }
-    }
-    Err(err(last))
 }
 
 /// What a sync did, for the one-line summary.
@@ -410,16 +207,6 @@ pub fn write_serial(root: &Path, serial: u64) -> Result<(), SyncError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("{serial}\n")).map_err(io("write", &tmp))?;
     std::fs::rename(&tmp, &path).map_err(io("rename into place", &path))
-}
-
-fn report_serial(root: &Path) -> Result<(), String> {
-    let (url, report) = phone_home::build(root).map_err(|e| e.to_string())?;
-    let body = render::phone_home_json(&report);
-    match http::post_json(&url, None, &body, Duration::from_secs(10)) {
-        Ok(r) if r.is_success() => Ok(()),
-        Ok(r) => Err(format!("{url} answered {}: {}", r.status, r.text().trim())),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 /// The whole sync against `root` (`/` on a node). `log` gets progress lines.
@@ -518,34 +305,6 @@ mod tests {
         ]);
         assert_eq!(bytes_received(&l), 1_234_577);
         assert_eq!(bytes_received(&lines(&["nothing"])), 0);
-    }
-
-    #[test]
-    fn boot_changes_need_a_file_change_under_boot() {
-        assert!(boot_changed(&lines(&[">f+++++++++ boot/vmlinuz-6.1"])));
-        assert!(boot_changed(&lines(&["*deleting   boot/initrd.img-6.0"])));
-        assert!(boot_changed(&lines(&["cL+++++++++ boot/vmlinuz -> x"])));
-        assert!(boot_changed(&lines(&[">f.st...... boot/config"])));
-        assert!(!boot_changed(&lines(&[".d..t...... boot/"])));
-        assert!(!boot_changed(&lines(&["cd+++++++++ boot/grub/"])));
-        assert!(!boot_changed(&lines(&[".f...p..... boot/vmlinuz-6.1"])));
-        assert!(!boot_changed(&lines(&[">f+++++++++ etc/boot/x"])));
-        assert!(!boot_changed(&lines(&[">f+++++++++ bootstrap"])));
-        assert!(!boot_changed(&lines(&["Total bytes received: 5"])));
-    }
-
-    #[test]
-    fn keeps_root_uuid_and_options_from_the_current_entry() {
-        let conf = "DEFAULT rollout\nLABEL rollout\n  LINUX /boot/vmlinuz-1\n  APPEND root=UUID=abc-1 ro console=ttyS0 quiet\n";
-        assert_eq!(
-            current_options(conf),
-            Some(("abc-1".into(), "console=ttyS0 quiet".into()))
-        );
-        let entry = "title t\nlinux /rollout/vmlinuz\noptions root=UUID=u2 ro\n";
-        assert_eq!(current_options(entry), Some(("u2".into(), String::new())));
-        assert_eq!(current_options("APPEND root=/dev/sda1 ro"), None);
-        assert_eq!(extlinux_kernel(conf), Some("/boot/vmlinuz-1"));
-        assert_eq!(extlinux_kernel("DEFAULT x\n"), None);
     }
 
     #[test]
