@@ -26,7 +26,8 @@ pub mod paths {
     pub const INSTALLS: &str = "/api/v1/installs";
     /// `POST` a [`PhoneHome`](super::PhoneHome) from the installed OS.
     pub const PHONE_HOME: &str = "/api/v1/phone-home";
-    /// `GET {IMAGES}/{name}/serial` → the published serial as plain text.
+    /// `GET {IMAGES}/{name}/serial` → the published serial as plain text;
+    /// `GET {IMAGES}/{name}/excludes` → the image's node-local paths, one per line.
     pub const IMAGES: &str = "/api/v1/images";
 }
 

@@ -37,6 +37,20 @@ fn every_endpoint_with_auth_and_bad_input() {
         .into_string()
         .unwrap();
     assert_eq!(serial.trim(), "1");
+    // Node-local paths for rollout-sync: the defaults, then the image's own.
+    let excludes = ureq::get(&s.url("/api/v1/images/default/excludes"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let lines: Vec<&str> = excludes.lines().collect();
+    assert!(lines.contains(&"/etc/hostname"), "{excludes}");
+    assert_eq!(lines.last(), Some(&"/var/lib/site/"), "{excludes}");
+    let missing = ureq::get(&s.url("/api/v1/images/nosuch/excludes")).call();
+    assert!(
+        matches!(missing, Err(ureq::Error::Status(404, _))),
+        "{missing:?}"
+    );
     let (st, spec) = s.req("GET", "/api/v1/openapi.json", None, false);
     assert_eq!(st, 200);
     assert_eq!(spec["openapi"], "3.0.3");
@@ -173,6 +187,16 @@ fn every_endpoint_with_auth_and_bad_input() {
         (Some("node1"), Some(1))
     );
     assert_eq!(plan["layout"]["root_mib"], 1024);
+    let excludes: Vec<&str> = plan["excludes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        excludes.contains(&"/etc/ssh/ssh_host_*") && excludes.contains(&"/var/lib/site/"),
+        "{excludes:?}"
+    );
     let path = format!(
         "/api/v1/installs/{}/events",
         plan["install_id"].as_str().unwrap()

@@ -31,6 +31,7 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/discovered/{mac}/ignore", post(ignore))
         .route("/api/v1/images", get(images))
         .route("/api/v1/images/{name}/serial", get(image_serial))
+        .route("/api/v1/images/{name}/excludes", get(image_excludes))
         .route("/api/v1/events", get(events))
 }
 
@@ -345,6 +346,20 @@ async fn image_serial(State(state): State<Shared>, Path(name): Path<String>) -> 
             format!("image {name:?} has no published serial"),
         ),
     }
+}
+
+/// The image's node-local paths, one per line: what `rollout-sync` must not touch.
+/// Asked at every sync, so a path the operator adds protects nodes already installed.
+async fn image_excludes(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+    if super::published_serial(&state.config.state_dir, &name).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("image {name:?} has no published serial"),
+        );
+    }
+    let mut body = state.config.excludes_for(&name).join("\n");
+    body.push('\n');
+    body.into_response()
 }
 
 /// Server-Sent Events: one `node` event with the full public record per change.

@@ -106,10 +106,7 @@ pub async fn plan(
         },
         layout,
         bootloader: wire::Bootloader::Auto,
-        excludes: wire::DEFAULT_EXCLUDES
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        excludes: cfg.excludes_for(&image),
         files: vec![],
         ssh_authorized_keys: state.ssh_keys.clone(),
         kernel_cmdline: cfg.install.kernel_cmdline.clone(),

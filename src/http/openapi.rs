@@ -25,6 +25,7 @@ mod tests {
             "/api/v1/discovered/{mac}/ignore",
             "/api/v1/images",
             "/api/v1/images/{name}/serial",
+            "/api/v1/images/{name}/excludes",
             "/api/v1/events",
             "/api/v1/plan/{mac}",
             "/api/v1/installs/{id}/events",

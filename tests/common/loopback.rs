@@ -37,6 +37,9 @@ install_timeout = 5
 mac = "52:54:00:00:00:01"
 hostname = "node1"
 ip = "127.0.0.11"
+[[image]]
+name = "default"
+excludes = ["/var/lib/site/"]
 "#,
         state = dir.join("state").display(),
         tftp = free_port(),
