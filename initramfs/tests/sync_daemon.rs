@@ -39,7 +39,8 @@ fn read(root: &Path, rel: &str) -> String {
     std::fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
-/// Serves `GET /api/v1/images/web/serial` from `serial` and records the bodies
+/// Serves `GET /api/v1/images/web/serial` from `serial` and the image's excludes,
+/// and records the bodies
 /// of `POST /api/v1/phone-home`.
 fn http_responder(serial: Arc<AtomicU64>, posts: Arc<Mutex<Vec<String>>>) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -75,6 +76,9 @@ fn http_responder(serial: Arc<AtomicU64>, posts: Arc<Mutex<Vec<String>>>) -> u16
             };
             let reply = if head.starts_with("GET /api/v1/images/web/serial ") {
                 format!("{}\n", serial.load(Ordering::SeqCst))
+            } else if head.starts_with("GET /api/v1/images/web/excludes ") {
+                // As `rollout serve` lists them: defaults, then the image's [[image]] excludes.
+                "/etc/hostname\n/var/lib/site/\n".to_string()
             } else if head.starts_with("POST /api/v1/phone-home ") {
                 posts.lock().unwrap().push(body);
                 String::new()
@@ -230,6 +234,8 @@ fn sync_updates_a_node_root_from_an_rsync_daemon() {
         "placed by extlinux --install\n",
     );
     write(&root, "etc/rollout/serial", "1\n");
+    // Node-local by the image's own configured exclude; the image has no such path.
+    write(&root, "var/lib/site/state", "this node's\n");
     write(
         &root,
         "etc/rollout/node.toml",
@@ -270,6 +276,7 @@ fn sync_updates_a_node_root_from_an_rsync_daemon() {
     assert!(!root.join("etc/gone").exists(), "deleted file kept");
     assert!(!root.join("boot/vmlinuz-6.1.0-1-amd64").exists());
     assert_eq!(read(&root, "etc/hostname"), "node1\n");
+    assert_eq!(read(&root, "var/lib/site/state"), "this node's\n");
     assert_eq!(
         read(&root, "etc/fstab"),
         "UUID=abc-1\t/\text3\terrors=remount-ro\t0\t1\n"

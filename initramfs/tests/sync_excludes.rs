@@ -89,7 +89,7 @@ fn check(image_files: &[&str], network: NetworkPlan) {
     rsync::copy_with(
         &empty.to_string_lossy(),
         &t.to_string_lossy(),
-        &sync::excludes(),
+        &sync::excludes(&[]),
         sync::EXTRA_FLAGS,
         1,
         Duration::ZERO,

@@ -16,8 +16,8 @@ mod remote;
 
 pub use boot::{boot_changed, boot_target, current_options, extlinux_kernel, BootTarget};
 use boot::{extlinux_stale, update_bootloader};
-use remote::{fetch_published, report_serial};
-pub use remote::{module_url, parse_serial, serial_url};
+pub use remote::{excludes_url, module_url, parse_excludes, parse_serial, serial_url};
+use remote::{fetch_excludes, fetch_published, report_serial};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -31,8 +31,8 @@ pub enum SyncError {
     },
     #[error("{0} lacks `{1}`; reinstall the node or add the key")]
     Missing(String, &'static str),
-    #[error("asking {url} for the published serial: {reason}")]
-    Serial { url: String, reason: String },
+    #[error("asking the server {url}: {reason}; nothing was changed, run the sync again once the server answers")]
+    Server { url: String, reason: String },
     #[error("another rollout-sync is running (lock {0}); wait for it to finish")]
     Locked(String),
     #[error(transparent)]
@@ -123,15 +123,22 @@ pub fn decide(local: Option<u64>, published: u64) -> Decision {
     }
 }
 
-/// Excludes for an update: the installer's defaults, everything the installer
-/// wrote, and the installed extlinux (ldlinux.sys must not move on disk).
-pub fn excludes() -> Vec<String> {
-    wire::DEFAULT_EXCLUDES
+/// Excludes for an update: the image's node-local paths as the server lists them
+/// now, the installer's defaults, everything the installer wrote, and the
+/// installed extlinux (ldlinux.sys must not move on disk).
+pub fn excludes(image: &[String]) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    let fixed = wire::DEFAULT_EXCLUDES
         .iter()
         .chain(configure::INSTALLER_WRITTEN)
         .chain(&["/boot/extlinux/"])
-        .map(|s| s.to_string())
-        .collect()
+        .map(|s| s.to_string());
+    for e in image.iter().cloned().chain(fixed) {
+        if !all.contains(&e) {
+            all.push(e);
+        }
+    }
+    all
 }
 
 /// rsync flags on top of the installer's copy flags.
@@ -218,13 +225,14 @@ pub fn run(root: &Path, mut log: impl FnMut(&str)) -> Result<Report, SyncError> 
         Decision::UpToDate(s) => return Ok(Report::UpToDate(s)),
         Decision::Update { from, to } => (from, to),
     };
+    let image_excludes = fetch_excludes(&conf)?;
     let url = module_url(&conf, to)?;
     log(&format!("syncing {url} onto {}", root.display()));
     let dest = root.to_string_lossy().to_string();
     let outcome = rsync::copy_with(
         &url,
         &dest,
-        &excludes(),
+        &excludes(&image_excludes),
         EXTRA_FLAGS,
         5,
         Duration::from_secs(3600),
@@ -321,7 +329,13 @@ mod tests {
         assert_eq!(module_url(&c, 7).unwrap(), "rsync://10.44.0.1/web-7/");
         c.rsync = Some("rsync://10.44.0.1:8873/".into());
         assert_eq!(module_url(&c, 7).unwrap(), "rsync://10.44.0.1:8873/web-7/");
-        let ex = excludes();
+        assert_eq!(
+            excludes_url(&c.server, "web"),
+            "http://10.44.0.1:8080/api/v1/images/web/excludes"
+        );
+        let ex = excludes(&["/var/lib/site/".to_string(), "/etc/hostname".to_string()]);
+        assert_eq!(ex[0], "/var/lib/site/", "the image's own come first");
+        assert_eq!(ex.iter().filter(|e| *e == "/etc/hostname").count(), 1);
         for must in [
             "/etc/hostname",
             "/etc/fstab",

@@ -22,7 +22,7 @@ pub fn module_url(conf: &NodeConf, serial: u64) -> Result<String, SyncError> {
     let base = match &conf.rsync {
         Some(b) => b.trim_end_matches('/').to_string(),
         None => {
-            let u = http::parse_url(&conf.server).map_err(|e| SyncError::Serial {
+            let u = http::parse_url(&conf.server).map_err(|e| SyncError::Server {
                 url: conf.server.clone(),
                 reason: e.to_string(),
             })?;
@@ -36,20 +36,35 @@ pub fn parse_serial(body: &str) -> Option<u64> {
     body.trim().parse().ok()
 }
 
-pub(super) fn fetch_published(conf: &NodeConf) -> Result<u64, SyncError> {
-    let url = serial_url(&conf.server, &conf.image);
-    let err = |reason: String| SyncError::Serial {
-        url: url.clone(),
+pub fn excludes_url(server: &str, image: &str) -> String {
+    format!(
+        "{}{}/{image}/excludes",
+        server.trim_end_matches('/'),
+        api::IMAGES
+    )
+}
+
+/// One pattern per line; anything that is not an absolute pattern is ignored
+/// rather than handed to rsync.
+pub fn parse_excludes(body: &str) -> Vec<String> {
+    body.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with('/') && !l.chars().any(char::is_control))
+        .map(String::from)
+        .collect()
+}
+
+/// GET with three tries for a server that is briefly away; an answer that is
+/// not a success is final.
+fn fetch_text(url: &str) -> Result<String, SyncError> {
+    let err = |reason: String| SyncError::Server {
+        url: url.to_string(),
         reason,
     };
     let mut last = String::new();
     for attempt in 1..=3 {
-        match http::get(&url, Duration::from_secs(10)) {
-            Ok(r) if r.is_success() => {
-                return parse_serial(&r.text())
-                    .ok_or_else(|| err(format!("answer {:?} is not a serial", r.text().trim())))
-            }
-            // The server answered: retrying will not change its mind.
+        match http::get(url, Duration::from_secs(10)) {
+            Ok(r) if r.is_success() => return Ok(r.text()),
             Ok(r) => {
                 return Err(err(format!(
                     "server answered {}: {}",
@@ -66,6 +81,24 @@ pub(super) fn fetch_published(conf: &NodeConf) -> Result<u64, SyncError> {
     Err(err(last))
 }
 
+pub(super) fn fetch_published(conf: &NodeConf) -> Result<u64, SyncError> {
+    let url = serial_url(&conf.server, &conf.image);
+    let body = fetch_text(&url)?;
+    parse_serial(&body).ok_or_else(|| SyncError::Server {
+        url,
+        reason: format!("answer {:?} is not a serial", body.trim()),
+    })
+}
+
+/// The image's node-local paths as the server lists them now, so a path the
+/// operator adds after the install is protected from the next sync on.
+pub(super) fn fetch_excludes(conf: &NodeConf) -> Result<Vec<String>, SyncError> {
+    Ok(parse_excludes(&fetch_text(&excludes_url(
+        &conf.server,
+        &conf.image,
+    ))?))
+}
+
 pub(super) fn report_serial(root: &Path) -> Result<(), String> {
     let (url, report) = phone_home::build(root).map_err(|e| e.to_string())?;
     let body = render::phone_home_json(&report);
@@ -73,5 +106,16 @@ pub(super) fn report_serial(root: &Path) -> Result<(), String> {
         Ok(r) if r.is_success() => Ok(()),
         Ok(r) => Err(format!("{url} answered {}: {}", r.status, r.text().trim())),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn excludes_are_absolute_patterns_only() {
+        assert_eq!(
+            super::parse_excludes("/etc/hostname\n\n  /var/lib/site/ \nrelative\n--delete-all\n"),
+            ["/etc/hostname", "/var/lib/site/"]
+        );
     }
 }
