@@ -21,6 +21,26 @@ pub struct RolloutConfig {
     pub install: InstallSection,
     #[serde(rename = "node", default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeEntry>,
+    #[serde(rename = "image", default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageEntry>,
+}
+
+/// `[[image]]`: an image's own node-local paths and its mounts during `image enter`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageEntry {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excludes: Vec<String>,
+    #[serde(rename = "mount", default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountEntry {
+    pub source: String,
+    pub target: String,
+    #[serde(rename = "type")]
+    pub fstype: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +105,7 @@ impl RolloutConfig {
                 kernel_cmdline: "console=ttyS0".into(),
             },
             nodes: Vec::new(),
+            images: Vec::new(),
         }
     }
 

@@ -14,11 +14,14 @@ mod e2e_support;
 use std::time::Duration;
 
 use e2e_support::{assert_distinct_keys, check_disk, fixture, E2eLab};
+use vm_harness::config::{ImageEntry, MountEntry};
 use vm_harness::e2e::ImageKind;
 use vm_harness::Firmware;
 use vm_harness::{Lab, LabOptions};
 
 const GIB: u64 = 1 << 30;
+/// Node-local by the Debian test image's `[[image]] excludes`.
+const SITE_LOCAL_DIR: &str = "/var/lib/site-local/";
 /// Install plus boot from disk takes ~70 s under TCG; this leaves room for a
 /// loaded CI machine without letting a stuck node eat the budget.
 const INSTALL: Duration = Duration::from_secs(300);
@@ -151,12 +154,25 @@ fn debian_image_installs_and_phones_home_from_systemd() {
         Ok(p) => p,
         Err(e) => panic!("building the Debian image: {e}"),
     };
-    let mut t = E2eLab::new(
+    let mut t = E2eLab::new_with(
         a,
         "e2e-debian",
         &[Firmware::Bios],
         ImageKind::Debian,
         8 * GIB,
+        |cfg| {
+            // A site's own node-local directory, and apt's downloads kept on a
+            // tmpfs while the image is changed, as a cluster would configure it.
+            cfg.images.push(ImageEntry {
+                name: cfg.install.image.clone(),
+                excludes: vec![SITE_LOCAL_DIR.into()],
+                mounts: vec![MountEntry {
+                    source: "tmpfs".into(),
+                    target: "/var/cache/apt/archives".into(),
+                    fstype: "tmpfs".into(),
+                }],
+            })
+        },
     );
     t.lab.start_all().unwrap();
     let rec = t.wait_booted("node1", Duration::from_secs(1200));
@@ -192,6 +208,18 @@ fn debian_image_installs_and_phones_home_from_systemd() {
 /// sees the new serial.
 fn maintain_in_place(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64) {
     let config = t.lab.dir().join("rollout.toml");
+    // Made on the node after its install; the image never has it, so only the
+    // image's configured exclude keeps `sync --delete` from removing it.
+    let made = t.cli(
+        a,
+        &[
+            "exec",
+            "--all",
+            "--",
+            &format!("mkdir -p {SITE_LOCAL_DIR} && echo mine > {SITE_LOCAL_DIR}state"),
+        ],
+    );
+    assert!(made.contains("1 ok"), "{made}");
     // Outside the lab namespace: apt inside the image needs the Debian mirror.
     let out = std::process::Command::new(&a.rollout)
         .arg("-c")
@@ -203,7 +231,7 @@ fn maintain_in_place(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64) 
             "--",
             "sh",
             "-c",
-            "echo rollout-e2e-v2 > /etc/rollout-release && apt-get update -q && apt-get install -y -q --no-install-recommends less",
+            "grep -q ' /var/cache/apt/archives tmpfs ' /proc/self/mounts && echo rollout-e2e-v2 > /etc/rollout-release && apt-get update -q && apt-get install -y -q --no-install-recommends less",
         ])
         .output()
         .unwrap();
@@ -264,12 +292,14 @@ fn maintain_in_place(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64) 
             "exec",
             "--all",
             "--",
-            "cat /etc/hostname /etc/rollout-release; command -v less",
+            // One line: exec shows the first three lines of each node's output.
+            &format!("{{ cat /etc/hostname /etc/rollout-release {SITE_LOCAL_DIR}state; command -v less; }} | tr '\\n' ' '"),
         ],
     );
     assert!(
         state.contains("node1")
             && state.contains("rollout-e2e-v2")
+            && state.contains("mine")
             && state.contains("/usr/bin/less"),
         "{state}"
     );

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use vm_harness::config::RolloutConfig;
 use vm_harness::demo::{fetch_node, NodeStatus};
 use vm_harness::disk::DiskImage;
 use vm_harness::e2e::{self, Artifacts, ImageKind, FAKE_KEY_MARK};
@@ -60,6 +61,18 @@ impl E2eLab {
         image: ImageKind,
         disk_bytes: u64,
     ) -> E2eLab {
+        Self::new_with(a, name, firmwares, image, disk_bytes, |_| {})
+    }
+
+    /// [`E2eLab::new`] with the lab's config changed by `tweak` before the server starts.
+    pub fn new_with(
+        a: &Artifacts,
+        name: &str,
+        firmwares: &[Firmware],
+        image: ImageKind,
+        disk_bytes: u64,
+        tweak: impl FnOnce(&mut RolloutConfig),
+    ) -> E2eLab {
         let mut lab = Lab::create_with(LabOptions {
             name: name.into(),
             disk_bytes,
@@ -71,7 +84,9 @@ impl E2eLab {
         for fw in firmwares {
             lab.add_node(*fw).expect("adding a node");
         }
-        let server = match a.serve(&mut lab, image) {
+        let mut config = lab.config();
+        tweak(&mut config);
+        let server = match a.serve_with(&mut lab, image, config) {
             Ok(s) => s,
             Err(e) => panic!("starting rollout serve: {e}\n{}", lab.diagnostics(30)),
         };
