@@ -4,8 +4,11 @@
 //! Why: OVMF (and plenty of real firmware) only boots what BootOrder lists. With
 //! the NIC first in the firmware's order, an installed node whose iPXE says
 //! `exit` falls through to... nothing, unless a Boot#### for the disk exists: the
-//! removable-media path alone is not enough. The entry goes at the END of
-//! BootOrder so the network stays first and the server keeps deciding every boot.
+//! removable-media path alone is not enough. BootOrder becomes: the option that
+//! booted the installer (BootCurrent, the NIC) first, so the server keeps
+//! deciding every boot, then the disk, then the rest; the firmware does not try
+//! its other network options (PXEv6, HTTP boot: minutes of timeouts) before the
+//! disk. Without BootCurrent the entry goes last.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -137,12 +140,29 @@ pub fn boot_order_bytes(order: &[u16]) -> Vec<u8> {
     order.iter().flat_map(|n| n.to_le_bytes()).collect()
 }
 
-/// `order` with `n` last (moved there if it was listed earlier): whatever the
-/// firmware lists (the network) keeps booting first.
-pub fn append_to_boot_order(order: &[u16], n: u16) -> Vec<u16> {
-    let mut out: Vec<u16> = order.iter().copied().filter(|&x| x != n).collect();
-    out.push(n);
+/// `current` (the option that booted us) then `n`, then the rest of `order`;
+/// `n` last when `current` is unknown or is `n` itself. No duplicates.
+pub fn place_in_boot_order(order: &[u16], current: Option<u16>, n: u16) -> Vec<u16> {
+    let first: Vec<u16> = match current {
+        Some(c) if c != n => vec![c, n],
+        _ => vec![],
+    };
+    let mut out = first.clone();
+    out.extend(
+        order
+            .iter()
+            .copied()
+            .filter(|x| !first.contains(x) && *x != n),
+    );
+    if first.is_empty() {
+        out.push(n);
+    }
     out
+}
+
+/// BootCurrent's UINT16, if the firmware set it.
+pub fn parse_boot_current(bytes: &[u8]) -> Option<u16> {
+    (bytes.len() == 2).then(|| u16::from_le_bytes([bytes[0], bytes[1]]))
 }
 
 /// The lowest Boot#### number not in `taken`.
@@ -259,8 +279,13 @@ impl EfiVars {
     }
 
     /// Creates (or, on a reinstall, overwrites our previous) Boot#### for the
-    /// ESP's loader and appends it to BootOrder. Returns its number.
-    pub fn add_boot_entry(&self, description: &str, esp: &EspLocation) -> Result<u16, EfiVarError> {
+    /// ESP's loader and puts it in BootOrder right after the network option
+    /// that booted us. Returns its number and the BootOrder now in effect.
+    pub fn add_boot_entry(
+        &self,
+        description: &str,
+        esp: &EspLocation,
+    ) -> Result<(u16, Vec<u16>), EfiVarError> {
         let taken = self.boot_numbers()?;
         let ours = taken.iter().copied().find(|&n| {
             self.read(&boot_var_name(n))
@@ -279,17 +304,23 @@ impl EfiVars {
             Some(b) => parse_boot_order(&b)?,
             None => Vec::new(),
         };
-        let new = append_to_boot_order(&order, n);
+        let current = self
+            .read("BootCurrent")?
+            .and_then(|b| parse_boot_current(&b));
+        let new = place_in_boot_order(&order, current, n);
         if new != order {
             self.write("BootOrder", &boot_order_bytes(&new))?;
         }
-        Ok(n)
+        Ok((n, new))
     }
 }
 
 /// Adds the boot entry when booted through UEFI. `Ok(None)`: not a UEFI boot
 /// (a BIOS machine told to install systemd-boot), nothing to register.
-pub fn register(description: &str, esp: &EspLocation) -> Result<Option<u16>, EfiVarError> {
+pub fn register(
+    description: &str,
+    esp: &EspLocation,
+) -> Result<Option<(u16, Vec<u16>)>, EfiVarError> {
     if !Path::new("/sys/firmware/efi").exists() {
         return Ok(None);
     }
@@ -384,10 +415,20 @@ mod tests {
     }
 
     #[test]
-    fn boot_order_appends_last_without_duplicates() {
-        assert_eq!(append_to_boot_order(&[1, 0], 3), vec![1, 0, 3]);
-        assert_eq!(append_to_boot_order(&[3, 1, 0], 3), vec![1, 0, 3]);
-        assert_eq!(append_to_boot_order(&[], 0), vec![0]);
+    fn boot_order_is_the_booting_nic_then_the_disk() {
+        // OVMF: 0 UiApp, 1 disk, 2 PXEv4, 4 PXEv6, 5 HTTPv4; booted through 2.
+        assert_eq!(
+            place_in_boot_order(&[0, 1, 2, 4, 5], Some(2), 3),
+            [2, 3, 0, 1, 4, 5]
+        );
+        assert_eq!(place_in_boot_order(&[2, 3, 0, 1], Some(2), 3), [2, 3, 0, 1]);
+        // A one-time network boot (BootNext) that is not in BootOrder.
+        assert_eq!(place_in_boot_order(&[1, 0], Some(6), 3), [6, 3, 1, 0]);
+        // No BootCurrent: last, without duplicates.
+        assert_eq!(place_in_boot_order(&[3, 1, 0], None, 3), [1, 0, 3]);
+        assert_eq!(place_in_boot_order(&[], None, 0), [0]);
+        assert_eq!(parse_boot_current(&[1, 0]), Some(1));
+        assert_eq!(parse_boot_current(&[1]), None);
         assert_eq!(boot_order_bytes(&[1, 0x0a03]), vec![1, 0, 0x03, 0x0a]);
         assert_eq!(
             parse_boot_order(&[1, 0, 0x03, 0x0a]).unwrap(),
@@ -419,9 +460,9 @@ mod tests {
     }
 
     /// A plain directory stands in for efivarfs: the entry is created at the
-    /// first free number, appended to BootOrder, and reused on a reinstall.
+    /// first free number, placed in BootOrder, and reused on a reinstall.
     #[test]
-    fn add_boot_entry_appends_and_reuses_our_entry() {
+    fn add_boot_entry_places_and_reuses_our_entry() {
         let dir = tempfile::tempdir().unwrap();
         let vars = EfiVars::at(dir.path());
         let g = GLOBAL_GUID;
@@ -437,7 +478,7 @@ mod tests {
             )
             .unwrap();
         }
-        let n = vars.add_boot_entry("rollout node1", &esp()).unwrap();
+        let (n, _) = vars.add_boot_entry("rollout node1", &esp()).unwrap();
         assert_eq!(n, 2);
         let raw = std::fs::read(dir.path().join(format!("Boot0002-{g}"))).unwrap();
         assert_eq!(&raw[..4], &[7, 0, 0, 0]);
@@ -448,14 +489,29 @@ mod tests {
         let order = vars.read("BootOrder").unwrap().unwrap();
         assert_eq!(parse_boot_order(&order).unwrap(), vec![1, 0, 2]);
 
+        // Reinstalled through PXE option 1: the disk comes right behind it.
+        std::fs::write(
+            dir.path().join(format!("BootCurrent-{g}")),
+            efivarfs_payload(6, &[1, 0]),
+        )
+        .unwrap();
         let mut other = esp();
         other.signature[0] ^= 0xff;
-        let n = vars
+        let (n, _) = vars
             .add_boot_entry("rollout node1-renamed", &other)
             .unwrap();
         assert_eq!(n, 2, "a reinstall overwrites its own entry");
         let order = vars.read("BootOrder").unwrap().unwrap();
-        assert_eq!(parse_boot_order(&order).unwrap(), vec![1, 0, 2]);
+        assert_eq!(parse_boot_order(&order).unwrap(), vec![1, 2, 0]);
+        // Reinstalled through option 0 this time: it moves first.
+        std::fs::write(
+            dir.path().join(format!("BootCurrent-{g}")),
+            efivarfs_payload(6, &[0, 0]),
+        )
+        .unwrap();
+        vars.add_boot_entry("rollout node1", &esp()).unwrap();
+        let order = vars.read("BootOrder").unwrap().unwrap();
+        assert_eq!(parse_boot_order(&order).unwrap(), vec![0, 2, 1]);
         assert_eq!(vars.boot_numbers().unwrap(), vec![0, 1, 2]);
     }
 }

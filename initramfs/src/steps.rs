@@ -573,11 +573,16 @@ impl Installer {
         };
         let desc = format!("{}{hostname}", efivars::DESCRIPTION_PREFIX);
         match efivars::register(&desc, &esp) {
-            Ok(Some(n)) => format!(
-                "EFI boot entry {} \"{desc}\" (HD({},GPT,{guid}){}) last in BootOrder",
+            Ok(Some((n, order))) => format!(
+                "EFI boot entry {} \"{desc}\" (HD({},GPT,{guid}){}), BootOrder {}",
                 efivars::boot_var_name(n),
                 part.number,
-                efivars::LOADER_PATH
+                efivars::LOADER_PATH,
+                order
+                    .iter()
+                    .map(|o| format!("{o:04X}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
             Ok(None) => {
                 console::line("bootloader: note: not booted through UEFI (no /sys/firmware/efi): no EFI boot entry; the firmware must find \\EFI\\BOOT\\BOOTX64.EFI itself");

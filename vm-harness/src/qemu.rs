@@ -294,16 +294,23 @@ impl Node {
         // QEMU only patches ids into its *default* ROM, so with an explicit
         // romfile a transitional device (1af4:1000) makes SeaBIOS skip the ROM.
         // disable-legacy=on presents 1041 and the ids match under both firmwares.
-        // bootindex puts the NIC first and the disk second for both SeaBIOS and
-        // OVMF; when iPXE exits (an installed node), the firmware falls through
-        // to the disk. OVMF has two NIC options: the ROM's iPXE, then its own
-        // PXEv4 (which the server answers with ipxe.efi), so an installed UEFI
-        // node asks for boot.ipxe twice before its disk. A blank disk (no ESP)
-        // gets no option at all: OVMF ends in its setup UI instead.
+        // SeaBIOS has no boot variables: bootindex puts the NIC first and the
+        // disk second, and when iPXE exits (an installed node) it falls through
+        // to the disk. UEFI nodes get no bootindex, like a real machine whose
+        // network boot was set up once in its NVRAM: OVMF rewrites BootOrder from
+        // QEMU's bootindex list at every boot, which would put all four network
+        // options (PXEv4/v6, HTTPv4/v6: minutes of timeouts under TCG) back in
+        // front of the disk entry the installer placed right after the NIC. On a
+        // blank disk OVMF's own order tries the disk, finds no loader, and
+        // PXE-boots.
+        let (net_index, disk_index) = match s.firmware {
+            Firmware::Bios => (",bootindex=1", ",bootindex=2"),
+            Firmware::Uefi => ("", ""),
+        };
         push(&[
             "-device",
             &format!(
-                "virtio-net-pci,netdev=n0,mac={},disable-legacy=on,romfile={VIRTIO_ROM},bootindex=1",
+                "virtio-net-pci,netdev=n0,mac={},disable-legacy=on,romfile={VIRTIO_ROM}{net_index}",
                 s.mac
             ),
         ]);
@@ -315,7 +322,7 @@ impl Node {
                 disk.display()
             ),
             "-device",
-            "virtio-blk-pci,drive=d0,bootindex=2",
+            &format!("virtio-blk-pci,drive=d0{disk_index}"),
         ]);
         if s.firmware == Firmware::Uefi {
             let vars = self.vars_path();
@@ -549,6 +556,7 @@ mod tests {
         assert!(args.contains("-machine q35"));
         assert!(args.contains(&format!("unit=0,readonly=on,file={OVMF_CODE}")));
         assert!(args.contains("unit=1,file=/lab/node1/OVMF_VARS.fd"));
+        assert!(!args.contains("bootindex"), "OVMF would reorder BootOrder");
     }
 
     #[test]
