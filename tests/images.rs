@@ -395,3 +395,56 @@ fn enter_debian_and_install_a_package() {
         .unwrap()
         .all(|e| !e.unwrap().file_name().to_string_lossy().contains('_')));
 }
+
+/// `rollout image prune` reads the server's node records: a serial a node is
+/// installing right now keeps its rsync module, whatever `--keep` says.
+#[test]
+fn prune_keeps_a_serial_a_node_is_installing() {
+    if !can_enter_images() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let state = t.path().join("state");
+    let images = Images::new(&state);
+    let src = sample_tree(t.path());
+    for n in 1..=3 {
+        std::fs::write(src.join("etc/version"), format!("{n}\n")).unwrap();
+        images.import("img", &src, "", &[]).unwrap();
+    }
+    let inventory = rollout::inventory::Inventory::open(
+        &state.join("rollout.db"),
+        rollout::inventory::Policy::default(),
+    )
+    .unwrap();
+    let node = rollout::inventory::NodeRecord::new(
+        "52:54:00:00:00:01",
+        "node1",
+        "img",
+        rollout::inventory::Source::Config,
+        rollout::inventory::NodeState::Pending,
+    );
+    inventory.declare(node).unwrap();
+    inventory.begin_install("52:54:00:00:00:01", 1).unwrap();
+    drop(inventory);
+
+    let config = t.path().join("rollout.toml");
+    std::fs::write(&config, format!("state_dir = \"{}\"\n", state.display())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rollout"))
+        .arg("-c")
+        .arg(&config)
+        .args(["image", "prune", "img", "--keep", "1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("keeping serial 1: node1 is installing it"),
+        "{text}"
+    );
+    assert!(text.contains("removed serials [2]"), "{text}");
+    assert_eq!(images.serials("img").unwrap(), [1, 3]);
+}

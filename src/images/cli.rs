@@ -50,7 +50,8 @@ pub enum ImageCmd {
     History { name: String },
     /// Publish an existing serial again.
     Rollback { name: String, serial: u64 },
-    /// Delete old serials, keeping the newest K and always the published one.
+    /// Delete old serials, keeping the newest K, the published one and any a node
+    /// is installing right now.
     Prune {
         name: String,
         #[arg(long)]
@@ -82,6 +83,20 @@ fn announce(name: &str, meta: Option<SerialMeta>, previous: Option<u64>) {
             None => println!("no changes"),
         },
     }
+}
+
+/// From the server's node records (read directly, so it works whether or not
+/// `rollout serve` runs); none when the server never ran here.
+fn being_installed(state_dir: &std::path::Path, image: &str) -> anyhow::Result<Vec<(u64, String)>> {
+    let db = state_dir.join("rollout.db");
+    if !db.exists() {
+        return Ok(Vec::new());
+    }
+    let inventory = crate::inventory::Inventory::open(&db, Default::default())?;
+    Ok(crate::inventory::serials_being_installed(
+        &inventory.list()?,
+        image,
+    ))
 }
 
 pub fn run(cmd: ImageCmd, config: &crate::config::Config) -> anyhow::Result<()> {
@@ -251,7 +266,12 @@ pub fn run(cmd: ImageCmd, config: &crate::config::Config) -> anyhow::Result<()> 
             println!("published {name} serial {serial}");
         }
         ImageCmd::Prune { name, keep } => {
-            let removed = images.prune(&name, keep)?;
+            let installing = being_installed(&config.state_dir, &name)?;
+            let in_use: Vec<u64> = installing.iter().map(|(s, _)| *s).collect();
+            for (serial, host) in &installing {
+                println!("keeping serial {serial}: {host} is installing it");
+            }
+            let removed = images.prune(&name, keep, &in_use)?;
             if removed.is_empty() {
                 println!("nothing to prune");
             } else {

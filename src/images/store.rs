@@ -243,7 +243,8 @@ impl Images {
 
     /// Deletes all but the newest `keep` serials, never the published one. Returns the
     /// serials removed.
-    pub fn prune(&self, name: &str, keep: usize) -> Result<Vec<u64>, ImageError> {
+    /// `in_use`: serials nodes are installing right now (their rsync module must stay).
+    pub fn prune(&self, name: &str, keep: usize, in_use: &[u64]) -> Result<Vec<u64>, ImageError> {
         self.require(name)?;
         let _lock = self.lock(name, &format!("rollout image prune {name} --keep {keep}"))?;
         let published = self.published(name)?;
@@ -251,7 +252,7 @@ impl Images {
         let cutoff = serials.len().saturating_sub(keep);
         let mut removed = Vec::new();
         for &s in &serials[..cutoff] {
-            if Some(s) == published {
+            if Some(s) == published || in_use.contains(&s) {
                 continue;
             }
             let dir = self.serial_dir(name, s);
@@ -429,7 +430,11 @@ mod tests {
         );
         assert!(images.rollback("img", 9).is_err());
 
-        let removed = images.prune("img", 1).unwrap();
+        assert!(
+            images.prune("img", 1, &[2]).unwrap().is_empty(),
+            "a node is installing serial 2"
+        );
+        let removed = images.prune("img", 1, &[]).unwrap();
         assert_eq!(removed, [2], "published serial 1 and newest serial 3 stay");
         assert_eq!(images.serials("img").unwrap(), [1, 3]);
         assert_eq!(images.next_serial("img").unwrap(), 4);

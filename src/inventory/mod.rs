@@ -143,6 +143,18 @@ pub enum InventoryError {
     Conflict(String),
 }
 
+/// Serials of `image` that nodes are installing right now, with those nodes'
+/// hostnames: an install rsyncs from its serial's module until it finishes.
+pub fn serials_being_installed(records: &[NodeRecord], image: &str) -> Vec<(u64, String)> {
+    let mut out: Vec<(u64, String)> = records
+        .iter()
+        .filter(|r| r.image == image && r.state == NodeState::Installing)
+        .filter_map(|r| Some((r.serial?, r.hostname.clone())))
+        .collect();
+    out.sort();
+    out
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

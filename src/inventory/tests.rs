@@ -257,3 +257,35 @@ async fn stalled_installs_time_out_and_reporting_ones_do_not() {
     cancel.cancel();
     task.await.unwrap();
 }
+
+#[test]
+fn serials_being_installed_are_those_of_installing_nodes_of_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = open(dir.path());
+    inv.declare(declared(MAC, "node1")).unwrap();
+    inv.declare(declared("52:54:00:00:00:02", "node2")).unwrap();
+    inv.declare(declared("52:54:00:00:00:03", "node3")).unwrap();
+    inv.begin_install(MAC, 3).unwrap();
+    // node2 finished installing serial 2: it syncs from the published serial now.
+    let rec = inv.begin_install("52:54:00:00:00:02", 2).unwrap();
+    inv.record_event(
+        rec.install_id.as_deref().unwrap(),
+        rec.token.as_deref().unwrap(),
+        &ev(Step::Finish, EventKind::Installed { serial: 2 }),
+    )
+    .unwrap();
+    let mut other = declared("52:54:00:00:00:04", "node4");
+    other.image = "web".into();
+    inv.declare(other).unwrap();
+    inv.begin_install("52:54:00:00:00:04", 7).unwrap();
+
+    let records = inv.list().unwrap();
+    assert_eq!(
+        serials_being_installed(&records, "default"),
+        [(3, "node1".to_string())]
+    );
+    assert_eq!(
+        serials_being_installed(&records, "web"),
+        [(7, "node4".to_string())]
+    );
+}
