@@ -468,6 +468,16 @@ impl Installer {
                 console::line(&format!("copy: attempt {attempt} failed ({why}); resuming"))
             },
         )?;
+        // A copy shorter than the progress interval never reported; the record
+        // should still say how much arrived.
+        self.reporter.send(
+            Step::Copy,
+            EventKind::Progress {
+                done_bytes: done.bytes,
+                total_bytes: done.bytes,
+            },
+            &format!("copy: 100% ({} MiB)", done.bytes / MIB),
+        );
         Ok((
             (),
             format!(

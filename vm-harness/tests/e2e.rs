@@ -36,6 +36,14 @@ fn install_and_check(name: &str, fw: Firmware) {
     assert_eq!(rec.hostname, "node1");
     assert_eq!(rec.installs, 1);
     assert!(rec.serial.is_some(), "{}", rec.line());
+    // The tiny image copies in under the 2-s progress interval: the record
+    // still shows every byte.
+    assert!(
+        rec.total_bytes > 0 && rec.done_bytes == rec.total_bytes,
+        "{} of {} bytes",
+        rec.done_bytes,
+        rec.total_bytes
+    );
     let node = &mut t.lab.nodes_mut()[0];
     // The tiny image's rcS prints this from the installed system, after DHCP.
     node.wait_for_console(
