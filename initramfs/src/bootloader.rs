@@ -1,6 +1,7 @@
 //! Making the installed disk bootable: extlinux + gptmbr.bin on BIOS,
 //! systemd-boot on UEFI. Both boot the image's own kernel and initrd.
 
+use crate::fileop::{io, FileError};
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 
@@ -10,22 +11,12 @@ use crate::{partition, paths, sys};
 pub enum BootError {
     #[error("the image has no kernel: no /boot/vmlinuz-* and no /vmlinuz symlink; install a kernel package in the golden image")]
     NoKernel,
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     #[error(transparent)]
     Sys(#[from] sys::SysError),
     #[error(transparent)]
     Partition(#[from] partition::PartitionError),
-}
-
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BootError {
-    let path = path.display().to_string();
-    move |source| BootError::Io { op, path, source }
 }
 
 /// Kernel and initrd as paths inside the installed root (`/boot/vmlinuz-…`).
@@ -207,7 +198,7 @@ pub const SDBOOT_ENTRY: &str = "/loader/entries/rollout.conf";
 pub fn write_atomic(file: &Path, contents: &[u8]) -> Result<(), BootError> {
     let tmp = file.with_extension("rollout-tmp");
     std::fs::write(&tmp, contents).map_err(io("write", &tmp))?;
-    std::fs::rename(&tmp, file).map_err(io("rename into place", file))
+    std::fs::rename(&tmp, file).map_err(|e| io("rename into place", file)(e).into())
 }
 
 /// (Re)writes extlinux.conf for the newest kernel in `target`; extlinux must be

@@ -1,6 +1,7 @@
 //! Node-specific files in the freshly copied root: identity, network, fstab,
 //! keys, the plan's files and the phone-home hooks.
 
+use crate::fileop::{io, FileError};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -11,22 +12,12 @@ use crate::{paths, sys};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigureError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     #[error(transparent)]
     Render(#[from] RenderError),
     #[error("plan.files entry {0:?} must be an absolute path without `..`")]
     BadPath(String),
-}
-
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ConfigureError {
-    let path = path.display().to_string();
-    move |source| ConfigureError::Io { op, path, source }
 }
 
 /// `target` + an absolute in-image path, refusing `..` so plan files cannot escape.
@@ -68,7 +59,8 @@ pub fn write_file(
         std::fs::remove_file(&p).map_err(io("remove symlink", &p))?;
     }
     std::fs::write(&p, contents).map_err(io("write", &p))?;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(io("chmod", &p))
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io("chmod", &p)(e).into())
 }
 
 fn link(target: &Path, link_path: &str, points_to: &str) -> Result<(), ConfigureError> {
@@ -77,7 +69,7 @@ fn link(target: &Path, link_path: &str, points_to: &str) -> Result<(), Configure
         std::fs::create_dir_all(parent).map_err(io("create directory", parent))?;
     }
     let _ = std::fs::remove_file(&p);
-    symlink(points_to, &p).map_err(io("symlink", &p))
+    symlink(points_to, &p).map_err(|e| io("symlink", &p)(e).into())
 }
 
 /// First of `candidates` present in the image.

@@ -10,6 +10,7 @@
 //! its other network options (PXEv6, HTTP boot: minutes of timeouts) before the
 //! disk. Without BootCurrent the entry goes last.
 
+use crate::fileop::{io, FileError};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -30,24 +31,14 @@ const FS_IMMUTABLE_FL: libc::c_long = 0x10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EfiVarError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     #[error("mounting efivarfs on {EFIVARS_DIR}: {0}; is the efivarfs module in the initramfs?")]
     Mount(#[source] nix::Error),
     #[error("all 65536 Boot#### numbers are taken; delete stale entries (efibootmgr -b XXXX -B)")]
     NoFreeNumber,
     #[error("BootOrder has an odd length ({0} bytes); the variable store looks corrupt")]
     BadBootOrder(usize),
-}
-
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> EfiVarError {
-    let path = path.display().to_string();
-    move |source| EfiVarError::Io { op, path, source }
 }
 
 /// Where the EFI system partition sits, as the HardDrive device path node
@@ -227,7 +218,7 @@ impl EfiVars {
         match std::fs::read(&p) {
             Ok(b) => Ok(Some(b.get(4..).unwrap_or_default().to_vec())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io("read", &p)(e)),
+            Err(e) => Err(io("read", &p)(e).into()),
         }
     }
 
@@ -243,20 +234,21 @@ impl EfiVars {
             .open(&p)
             .or_else(|e| {
                 // Opening an immutable file for writing fails with EPERM.
-                clear_immutable(&File::open(&p).map_err(|_| io("open", &p)(e))?, &p)?;
-                OpenOptions::new()
-                    .write(true)
-                    .open(&p)
-                    .map_err(io("open for writing", &p))
+                let file = File::open(&p).map_err(|_| io("open", &p)(e))?;
+                clear_immutable(&file, &p)?;
+                Ok::<_, EfiVarError>(
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&p)
+                        .map_err(io("open for writing", &p))?,
+                )
             })?;
         clear_immutable(&f, &p)?;
         let buf = efivarfs_payload(ATTR_NV_BS_RT, data);
         let n = f.write(&buf).map_err(io("write", &p))?;
         if n != buf.len() {
-            return Err(io("write", &p)(std::io::Error::other(format!(
-                "short write: {n} of {} bytes",
-                buf.len()
-            ))));
+            let short = std::io::Error::other(format!("short write: {n} of {} bytes", buf.len()));
+            return Err(io("write", &p)(short).into());
         }
         // efivarfs replaced the variable; only a plain file (tests) can hold
         // a longer old value past the end.
@@ -336,7 +328,7 @@ fn clear_immutable(f: &File, p: &Path) -> Result<(), EfiVarError> {
     // SAFETY: FS_IOC_GETFLAGS writes at most a long into `flags`, alive for the call.
     let rc = unsafe { libc::ioctl(f.as_raw_fd(), get as _, &mut flags as *mut libc::c_long) };
     if rc != 0 {
-        return Err(io("read the flags of", p)(std::io::Error::last_os_error()));
+        return Err(io("read the flags of", p)(std::io::Error::last_os_error()).into());
     }
     if flags & FS_IMMUTABLE_FL == 0 {
         return Ok(());
@@ -345,9 +337,7 @@ fn clear_immutable(f: &File, p: &Path) -> Result<(), EfiVarError> {
     // SAFETY: FS_IOC_SETFLAGS reads an int/long from `flags`, alive for the call.
     let rc = unsafe { libc::ioctl(f.as_raw_fd(), set as _, &flags as *const libc::c_long) };
     if rc != 0 {
-        return Err(io("clear the immutable flag of", p)(
-            std::io::Error::last_os_error(),
-        ));
+        return Err(io("clear the immutable flag of", p)(std::io::Error::last_os_error()).into());
     }
     Ok(())
 }

@@ -6,20 +6,13 @@ use std::time::Duration;
 
 use rollout::wire::{paths as api, PhoneHome};
 
+use crate::nodetoml::{NodeToml, NodeTomlError};
 use crate::{http, paths, render};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PhoneHomeError {
-    #[error(
-        "reading {path}: {source} (written by the installer; was this node installed by rollout?)"
-    )]
-    Config {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0} lacks `{1}`")]
-    Missing(String, &'static str),
+    #[error(transparent)]
+    NodeToml(#[from] NodeTomlError),
     #[error("phone-home to {url} failed after {attempts} attempts: {last}")]
     Failed {
         url: String,
@@ -30,18 +23,8 @@ pub enum PhoneHomeError {
 
 /// Builds the report from the node's files (`root` is `/` on the node).
 pub fn build(root: &Path) -> Result<(String, PhoneHome), PhoneHomeError> {
-    let conf_path = root.join(paths::NODE_CONFIG.trim_start_matches('/'));
-    let text = std::fs::read_to_string(&conf_path).map_err(|source| PhoneHomeError::Config {
-        path: conf_path.display().to_string(),
-        source,
-    })?;
-    let conf = render::parse_node_toml(&text);
-    let get = |k: &'static str| {
-        conf.get(k)
-            .cloned()
-            .ok_or_else(|| PhoneHomeError::Missing(conf_path.display().to_string(), k))
-    };
-    let server = get("server")?;
+    let conf = NodeToml::read(root)?;
+    let server = conf.require("server")?;
     let serial = std::fs::read_to_string(root.join(paths::NODE_SERIAL.trim_start_matches('/')))
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -54,10 +37,10 @@ pub fn build(root: &Path) -> Result<(String, PhoneHome), PhoneHomeError> {
     };
     let hostname = read("/proc/sys/kernel/hostname")
         .filter(|h| !h.is_empty() && h != "(none)")
-        .or_else(|| conf.get("hostname").cloned())
+        .or_else(|| conf.get("hostname").map(String::from))
         .unwrap_or_default();
     let report = PhoneHome {
-        mac: get("mac")?,
+        mac: conf.require("mac")?,
         hostname,
         serial,
         boot_id: read("/proc/sys/kernel/random/boot_id").unwrap_or_default(),
@@ -118,7 +101,7 @@ mod tests {
         assert_eq!(report.serial, 9, "serial file wins over node.toml");
         assert!(matches!(
             build(&r.join("nope")),
-            Err(PhoneHomeError::Config { .. })
+            Err(PhoneHomeError::NodeToml(NodeTomlError::Read { .. }))
         ));
     }
 }

@@ -3,13 +3,15 @@
 //! installer's excludes and everything it wrote) are kept; the recorded serial
 //! changes only after the copy and the bootloader update both succeeded.
 
+use crate::fileop::{io, FileError};
+use crate::nodetoml::{NodeToml, NodeTomlError};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rollout::wire;
 
-use crate::{bootloader, configure, paths, render, rsync};
+use crate::{bootloader, configure, paths, rsync};
 
 mod boot;
 mod remote;
@@ -21,16 +23,8 @@ use remote::{fetch_excludes, fetch_published, report_serial};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    #[error(
-        "reading {path}: {source} (written by the installer; was this node installed by rollout?)"
-    )]
-    Config {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0} lacks `{1}`; reinstall the node or add the key")]
-    Missing(String, &'static str),
+    #[error(transparent)]
+    NodeToml(#[from] NodeTomlError),
     #[error("asking the server {url}: {reason}; nothing was changed, run the sync again once the server answers")]
     Server { url: String, reason: String },
     #[error("another rollout-sync is running (lock {0}); wait for it to finish")]
@@ -45,18 +39,8 @@ pub enum SyncError {
     },
     #[error("{0}")]
     BootConfig(String),
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SyncError {
-    let path = path.display().to_string();
-    move |source| SyncError::Io { op, path, source }
+    #[error(transparent)]
+    Io(#[from] FileError),
 }
 
 /// What `/etc/rollout/node.toml` says about this node.
@@ -74,22 +58,11 @@ pub fn in_root(root: &Path, p: &str) -> PathBuf {
 }
 
 pub fn read_conf(root: &Path) -> Result<NodeConf, SyncError> {
-    let path = in_root(root, paths::NODE_CONFIG);
-    let text = std::fs::read_to_string(&path).map_err(|source| SyncError::Config {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let m = render::parse_node_toml(&text);
-    let get = |k: &'static str| {
-        m.get(k)
-            .filter(|v| !v.is_empty())
-            .cloned()
-            .ok_or_else(|| SyncError::Missing(path.display().to_string(), k))
-    };
+    let conf = NodeToml::read(root)?;
     Ok(NodeConf {
-        server: get("server")?,
-        image: get("image")?,
-        rsync: m.get("rsync").filter(|v| !v.is_empty()).cloned(),
+        server: conf.require("server")?,
+        image: conf.require("image")?,
+        rsync: conf.get("rsync").map(String::from),
     })
 }
 
@@ -213,7 +186,8 @@ pub fn write_serial(root: &Path, serial: u64) -> Result<(), SyncError> {
     let path = in_root(root, paths::NODE_SERIAL);
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("{serial}\n")).map_err(io("write", &tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io("rename into place", &path))
+    std::fs::rename(&tmp, &path).map_err(io("rename into place", &path))?;
+    Ok(())
 }
 
 /// The whole sync against `root` (`/` on a node). `log` gets progress lines.
