@@ -24,6 +24,7 @@ pub mod e2e;
 pub mod error;
 pub mod initrd;
 pub mod lab;
+pub mod maintain;
 pub mod netns;
 pub mod proc;
 pub mod progress;

@@ -103,6 +103,10 @@ struct DemoArgs {
     /// Seconds for all nodes to install and boot.
     #[arg(long, default_value = "1800")]
     timeout: u64,
+    /// Stop after the installs (by default a Debian demo then changes the image
+    /// and updates the running nodes with `rollout sync --all`).
+    #[arg(long)]
+    no_maintenance: bool,
 }
 
 #[derive(Args, Clone)]
@@ -348,6 +352,15 @@ fn demo(a: DemoArgs) -> Result<()> {
                 t.nodes.len()
             );
             print!("{}", summary_table(&t.nodes));
+            if a.image == ImageKind::Debian && !a.no_maintenance {
+                let image = lab.config().install.image;
+                let serial =
+                    vm_harness::maintain::maintain(&lab, &art.rollout, &image, &mut |line| {
+                        println!("{line}")
+                    })
+                    .context("the maintenance phase")?;
+                println!("\nevery node runs serial {serial} of image {image}, updated in place");
+            }
             if let Some(k) = &a.keep {
                 println!("\ndisks and logs kept in {}", k.display());
             }
