@@ -235,6 +235,7 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Serv
         .await;
         Ok(())
     });
+    let mut rsyncd = None;
     if let Some(address) = config.server.address {
         let mask = dhcp_plan
             .as_ref()
@@ -251,6 +252,7 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Serv
             vec![subnet],
         );
         settings.port = config.server.rsync_port;
+        rsyncd = Some(settings.clone());
         let c = cancel.clone();
         tasks.spawn(async move {
             crate::images::rsyncd::Supervisor::new(settings)
@@ -266,6 +268,7 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Serv
         inventory,
         admin_token,
         ssh_keys,
+        rsyncd,
     });
 
     let c = cancel.clone();

@@ -412,3 +412,28 @@ fn dashboard_reinstall_button_needs_the_admin_sign_in() {
         "history shows the request"
     );
 }
+
+/// A serial published by the CLI is handed out only with its rsync module in
+/// place: asking right after the switch finds it in rsyncd.conf already, not
+/// after the supervisor's next refresh.
+#[test]
+fn a_newly_published_serial_comes_with_its_rsync_module() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/motd"), "serial 2\n").unwrap();
+    let published = rollout::images::Images::new(&dir.path().join("state"))
+        .import("default", &tree, "", &[])
+        .unwrap()
+        .unwrap();
+    assert_eq!(published.serial, 2);
+    let serial = ureq::get(&s.url("/api/v1/images/default/serial"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert_eq!(serial.trim(), "2");
+    let conf = std::fs::read_to_string(dir.path().join("state/rsyncd.conf")).unwrap();
+    assert!(conf.contains("[default-2]"), "{conf}");
+}

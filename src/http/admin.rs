@@ -339,7 +339,7 @@ async fn images(State(state): State<Shared>) -> Response {
 }
 
 async fn image_serial(State(state): State<Shared>, Path(name): Path<String>) -> Response {
-    match super::published_serial(&state.config.state_dir, &name) {
+    match tokio::task::block_in_place(|| super::api::served_serial(&state, &name)) {
         Some(s) => format!("{s}\n").into_response(),
         None => error(
             StatusCode::NOT_FOUND,

@@ -10,6 +10,25 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tracing::{info, warn};
 
+/// The serial to hand out for `image`: the published one, after making sure the
+/// rsync daemon serves its module. The supervisor picks up a serial published by
+/// the CLI within seconds; a node asking in between must not get a module that
+/// does not exist yet.
+pub fn served_serial(state: &super::AppState, image: &str) -> Option<u64> {
+    let serial = published_serial(&state.config.state_dir, image)?;
+    if let Some(settings) = &state.rsyncd {
+        let module = format!("[{}]", crate::images::rsyncd::serial_module(image, serial));
+        let listed = std::fs::read_to_string(settings.config_path())
+            .is_ok_and(|conf| conf.lines().any(|l| l.trim() == module));
+        if !listed {
+            if let Err(e) = crate::images::rsyncd::write_config(settings) {
+                warn!(%image, serial, "could not add the rsync module: {e}");
+            }
+        }
+    }
+    Some(serial)
+}
+
 /// The serial an image currently publishes: `images/NAME/published` → `serials/N`.
 pub fn published_serial(state_dir: &std::path::Path, image: &str) -> Option<u64> {
     let target = std::fs::read_link(state_dir.join("images").join(image).join("published")).ok()?;
@@ -64,7 +83,7 @@ pub async fn plan(
         return error(StatusCode::CONFLICT, format!("{mac}: {reason}"));
     }
     let image = record.image.clone();
-    let Some(serial) = published_serial(&cfg.state_dir, &image) else {
+    let Some(serial) = tokio::task::block_in_place(|| served_serial(&state, &image)) else {
         warn!(%mac, %image, "plan refused: image not published");
         return error(
             StatusCode::CONFLICT,

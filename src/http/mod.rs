@@ -30,6 +30,9 @@ pub struct AppState {
     pub admin_token: String,
     /// Put in root's authorized_keys on every node (for `rollout exec`).
     pub ssh_keys: Vec<String>,
+    /// The rsync daemon's settings, when it runs: a serial is only handed out
+    /// once its module is in rsyncd.conf.
+    pub rsyncd: Option<crate::images::rsyncd::RsyncdSettings>,
 }
 
 pub type Shared = Arc<AppState>;
