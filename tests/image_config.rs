@@ -156,3 +156,68 @@ fn a_failing_or_escaping_mount_discards_the_change_and_says_which() {
         mounts_under(t.path())
     );
 }
+
+/// Killing the command in the image (an operator's shell dying, say) leaves no
+/// mount behind and publishes nothing; while it ran, its mounts were never
+/// visible on the host.
+#[test]
+fn killing_the_command_leaves_nothing_mounted_and_nothing_published() {
+    if !can_enter_images() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let tools = t.path().join("site-tools");
+    std::fs::create_dir(&tools).unwrap();
+    let images = Images::new(&t.path().join("state")).configured(vec![ImageConfig {
+        name: "img".into(),
+        excludes: vec![],
+        mounts: vec![
+            mount(&tools, "/opt/tools", "bind", ""),
+            mount(Path::new("tmpfs"), "/scratch", "tmpfs", ""),
+        ],
+    }]);
+    images
+        .import("img", &sample_tree(t.path()), "", &[])
+        .unwrap();
+    let pid_file = images.work_dir("img").join("root/tmp/pid");
+    let running = {
+        let images = images.clone();
+        std::thread::spawn(move || run(&images, "echo $$ > /tmp/pid; exec sleep 60"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        mounts_under(t.path()).is_empty(),
+        "the image's mounts leaked into the host namespace: {:?}",
+        mounts_under(t.path())
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    let err = running.join().unwrap().unwrap_err();
+    assert!(
+        matches!(err, ImageError::Discarded { serial: 1, .. }),
+        "{err}"
+    );
+    assert!(
+        mounts_under(t.path()).is_empty(),
+        "{:?}",
+        mounts_under(t.path())
+    );
+    assert!(!images.lock_path("img").exists(), "the lock was released");
+    assert!(
+        !images.work_dir("img").exists(),
+        "the work copy was removed"
+    );
+    assert_eq!(images.serials("img").unwrap(), [1]);
+}
