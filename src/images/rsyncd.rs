@@ -151,9 +151,16 @@ pub fn write_config(s: &RsyncdSettings) -> Result<bool, ImageError> {
         source,
     };
     std::fs::create_dir_all(&s.state_dir).map_err(io)?;
-    let tmp = path.with_extension("conf.tmp");
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
+    // The supervisor's refresh and the HTTP handlers may both write: each its own
+    // temp file, so a rename never moves another writer's half-written one.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("conf.tmp.{}.{n}", std::process::id()));
+    let written = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
     Ok(true)
 }
 
