@@ -102,6 +102,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or("(no interface)")
             );
             println!("declared nodes:  {}", config.nodes.len());
+            for image in &config.images {
+                println!(
+                    "image {}: {} node-local paths besides the defaults, {} mounts during enter",
+                    image.name,
+                    image.excludes.len(),
+                    image.mounts.len()
+                );
+            }
         }
         Command::Initramfs(cmd) => crate::initramfs::cli::run(cmd, &load(&cli.config)?.state_dir)?,
         Command::Image(cmd) => crate::images::cli::run(cmd, &load(&cli.config)?)?,
