@@ -31,18 +31,10 @@ fn every_endpoint_with_auth_and_bad_input() {
         ),
         (200, Some("default"), Some(1))
     );
-    let serial = ureq::get(&s.url("/api/v1/images/default/serial"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let serial = s.text("/api/v1/images/default/serial");
     assert_eq!(serial.trim(), "1");
     // Node-local paths for rollout-sync: the defaults, then the image's own.
-    let excludes = ureq::get(&s.url("/api/v1/images/default/excludes"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let excludes = s.text("/api/v1/images/default/excludes");
     let lines: Vec<&str> = excludes.lines().collect();
     assert!(lines.contains(&"/etc/hostname"), "{excludes}");
     assert_eq!(lines.last(), Some(&"/var/lib/site/"), "{excludes}");
@@ -119,11 +111,7 @@ fn every_endpoint_with_auth_and_bad_input() {
     assert_eq!(s.req("GET", "/api/v1/nodes/node2", None, false).0, 404);
 
     // A stranger PXE-boots: discovered, waits for approval, then installs.
-    let script = ureq::get(&s.url("/boot.ipxe?mac=aa:bb:cc:00:00:01&platform=efi"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let script = s.text("/boot.ipxe?mac=aa:bb:cc:00:00:01&platform=efi");
     assert!(script.contains("waiting for approval"), "{script}");
     let (_, disc) = s.req("GET", "/api/v1/discovered", None, false);
     assert_eq!(disc[0]["mac"], "aa:bb:cc:00:00:01");
@@ -153,11 +141,7 @@ fn every_endpoint_with_auth_and_bad_input() {
         .0,
         200
     );
-    let script = ureq::get(&s.url("/boot.ipxe?mac=aa:bb:cc:00:00:01"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let script = s.text("/boot.ipxe?mac=aa:bb:cc:00:00:01");
     assert!(script.contains("rollout.mac=aa:bb:cc:00:00:01"), "{script}");
     assert_eq!(
         s.req(
@@ -169,11 +153,7 @@ fn every_endpoint_with_auth_and_bad_input() {
         .0,
         200
     );
-    let script = ureq::get(&s.url("/boot.ipxe?mac=aa:bb:cc:00:00:01"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let script = s.text("/boot.ipxe?mac=aa:bb:cc:00:00:01");
     assert!(
         script.lines().any(|l| l == "exit 1"),
         "ignored machines boot their disk: {script}"
@@ -402,11 +382,7 @@ fn dashboard_reinstall_button_needs_the_admin_sign_in() {
         n["state"], "pending",
         "reinstall from the dashboard did not take"
     );
-    let page = ureq::get(&s.url("/nodes/node1"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let page = s.text("/nodes/node1");
     assert!(
         page.contains("reinstall_requested"),
         "history shows the request"
@@ -428,11 +404,7 @@ fn a_newly_published_serial_comes_with_its_rsync_module() {
         .unwrap()
         .unwrap();
     assert_eq!(published.serial, 2);
-    let serial = ureq::get(&s.url("/api/v1/images/default/serial"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let serial = s.text("/api/v1/images/default/serial");
     assert_eq!(serial.trim(), "2");
     let conf = std::fs::read_to_string(dir.path().join("state/rsyncd.conf")).unwrap();
     assert!(conf.contains("[default-2]"), "{conf}");

@@ -20,6 +20,22 @@ fn mount(source: &Path, target: &str, fstype: &str, options: &str) -> ImageMount
     }
 }
 
+/// Image `img` in `state` with these settings.
+fn configured(state: &Path, excludes: &[&str], mounts: Vec<ImageMount>) -> Images {
+    Images::new(state).configured(vec![ImageConfig {
+        name: "img".into(),
+        excludes: excludes.iter().map(|e| e.to_string()).collect(),
+        mounts,
+    }])
+}
+
+/// A host directory to bind-mount, under `dir`.
+fn host_dir(dir: &Path) -> std::path::PathBuf {
+    let tools = dir.join("site-tools");
+    std::fs::create_dir(&tools).unwrap();
+    tools
+}
+
 fn run(images: &Images, cmd: &str) -> Result<Option<rollout::images::SerialMeta>, ImageError> {
     images.enter(
         "img",
@@ -36,20 +52,19 @@ fn configured_mounts_exist_only_inside_enter_and_excludes_never_ship() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let tools = t.path().join("site-tools");
-    std::fs::create_dir(&tools).unwrap();
+    let tools = host_dir(t.path());
     std::fs::write(tools.join("hello"), "from the host\n").unwrap();
     let src = sample_tree(t.path());
     std::fs::write(src.join("etc/site-a.key"), "site secret\n").unwrap();
 
-    let images = Images::new(&t.path().join("state")).configured(vec![ImageConfig {
-        name: "img".into(),
-        excludes: vec!["/var/lib/site/".into(), "/etc/site-*.key".into()],
-        mounts: vec![
+    let images = configured(
+        &t.path().join("state"),
+        &["/var/lib/site/", "/etc/site-*.key"],
+        vec![
             mount(&tools, "/opt/site/tools", "bind", "ro"),
             mount(Path::new("tmpfs"), "/var/cache/build", "tmpfs", "size=4m"),
         ],
-    }]);
+    );
     images.import("img", &src, "", &[]).unwrap();
     assert!(
         !images.serial_root("img", 1).join("etc/site-a.key").exists(),
@@ -111,13 +126,7 @@ fn a_failing_or_escaping_mount_discards_the_change_and_says_which() {
     std::os::unix::fs::symlink("/etc", src.join("lnk")).unwrap();
     let state = t.path().join("state");
     Images::new(&state).import("img", &src, "", &[]).unwrap();
-    let with_mount = |m: ImageMount| {
-        Images::new(&state).configured(vec![ImageConfig {
-            name: "img".into(),
-            excludes: vec![],
-            mounts: vec![m],
-        }])
-    };
+    let with_mount = |m: ImageMount| configured(&state, &[], vec![m]);
 
     // mount(8) itself fails: an unknown filesystem type.
     let images = with_mount(mount(Path::new("none"), "/mnt/data", "nosuchfs", ""));
@@ -166,16 +175,15 @@ fn killing_the_command_leaves_nothing_mounted_and_nothing_published() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let tools = t.path().join("site-tools");
-    std::fs::create_dir(&tools).unwrap();
-    let images = Images::new(&t.path().join("state")).configured(vec![ImageConfig {
-        name: "img".into(),
-        excludes: vec![],
-        mounts: vec![
+    let tools = host_dir(t.path());
+    let images = configured(
+        &t.path().join("state"),
+        &[],
+        vec![
             mount(&tools, "/opt/tools", "bind", ""),
             mount(Path::new("tmpfs"), "/scratch", "tmpfs", ""),
         ],
-    }]);
+    );
     images
         .import("img", &sample_tree(t.path()), "", &[])
         .unwrap();

@@ -109,6 +109,15 @@ impl Server {
         format!("{}{p}", self.base)
     }
 
+    /// The body of a successful GET, as text.
+    pub fn text(&self, p: &str) -> String {
+        ureq::get(&self.url(p))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {p}: {e}"))
+            .into_string()
+            .unwrap()
+    }
+
     /// (status, JSON body or Null)
     pub fn req(&self, method: &str, path: &str, body: Option<Value>, admin: bool) -> (u16, Value) {
         let mut r = ureq::request(method, &self.url(path));
