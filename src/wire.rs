@@ -100,6 +100,10 @@ pub struct InstallPlan {
     /// Appended to the installed kernel command line after `root=UUID=…`.
     pub kernel_cmdline: String,
     pub on_failure: FailurePolicy,
+    /// Seconds between the installed node's own `rollout-sync` runs (a systemd
+    /// timer); 0: none, the node updates when `rollout sync` tells it to.
+    #[serde(default)]
+    pub sync_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -167,6 +167,7 @@ fn every_endpoint_with_auth_and_bad_input() {
         (Some("node1"), Some(1))
     );
     assert_eq!(plan["layout"]["root_mib"], 1024);
+    assert_eq!(plan["sync_interval_secs"], 900, "[install] sync_interval");
     let excludes: Vec<&str> = plan["excludes"]
         .as_array()
         .unwrap()

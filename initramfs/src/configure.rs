@@ -94,7 +94,13 @@ pub const INSTALLER_WRITTEN: &[&str] = &[
     "/etc/systemd/system/multi-user.target.wants/rollout-phone-home.service",
     "/etc/init.d/rollout-phone-home",
     "/etc/rc[2-5].d/S99rollout-phone-home",
+    "/etc/systemd/system/rollout-sync.service",
+    "/etc/systemd/system/rollout-sync.timer",
+    "/etc/systemd/system/timers.target.wants/rollout-sync.timer",
 ];
+
+/// Where an image that boots with systemd has it.
+const SYSTEMD: &[&str] = &["/usr/lib/systemd/systemd", "/lib/systemd/systemd"];
 
 /// Facts the configure step needs beyond the plan.
 pub struct NodeFacts<'a> {
@@ -164,7 +170,40 @@ pub fn apply(target: &Path, f: &NodeFacts) -> Result<Vec<String>, ConfigureError
         write_file(target, &file.path, file.contents.as_bytes(), file.mode)?;
     }
     notes.push(phone_home(target, &f.installer_exe)?);
+    notes.push(sync_timer(target, plan.sync_interval_secs)?);
     Ok(notes)
+}
+
+/// The node's own periodic `rollout-sync` (the pull side of updates), when the
+/// server asks for one and the image runs systemd.
+fn sync_timer(target: &Path, interval: u64) -> Result<String, ConfigureError> {
+    if interval == 0 {
+        return Ok("periodic sync: off (the node updates on `rollout sync`)".into());
+    }
+    if first_present(target, SYSTEMD).is_none() {
+        return Ok(format!(
+            "periodic sync: not set up, the image has no systemd (every {interval} s was asked for); use `rollout sync`"
+        ));
+    }
+    let dir = "/etc/systemd/system";
+    let service = format!("{dir}/{}", render::SYNC_UNIT_NAME);
+    let timer = format!("{dir}/{}", render::SYNC_TIMER_NAME);
+    write_file(target, &service, render::sync_unit().as_bytes(), 0o644)?;
+    write_file(
+        target,
+        &timer,
+        render::sync_timer(interval).as_bytes(),
+        0o644,
+    )?;
+    link(
+        target,
+        &format!("{dir}/timers.target.wants/{}", render::SYNC_TIMER_NAME),
+        &timer,
+    )?;
+    Ok(format!(
+        "periodic sync: systemd timer {} every {interval} s",
+        render::SYNC_TIMER_NAME
+    ))
 }
 
 fn network(target: &Path, f: &NodeFacts) -> Result<String, ConfigureError> {
@@ -319,10 +358,7 @@ pub fn hook_phone_home(target: &Path) -> Result<String, ConfigureError> {
         render::phone_home_script().as_bytes(),
         0o755,
     )?;
-    let systemd = first_present(
-        target,
-        &["/usr/lib/systemd/systemd", "/lib/systemd/systemd"],
-    );
+    let systemd = first_present(target, SYSTEMD);
     if systemd.is_some() {
         let unit = format!("/etc/systemd/system/{}", render::PHONE_HOME_UNIT_NAME);
         write_file(target, &unit, render::phone_home_unit().as_bytes(), 0o644)?;
@@ -413,6 +449,7 @@ mod tests {
         std::fs::write(&exe, "binary").unwrap();
         let mut plan = crate::testutil::plan();
         plan.hostname = "node7".into();
+        plan.sync_interval_secs = 600;
         plan.network = NetworkPlan::Static {
             address: "10.44.0.27/24".into(),
             gateway: None,
@@ -462,6 +499,13 @@ mod tests {
             .is_ok());
         assert!(notes.iter().any(|n| n.contains("sysvinit")), "{notes:?}");
         assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("not set up, the image has no systemd")),
+            "{notes:?}"
+        );
+        assert!(!t.join("etc/systemd/system/rollout-sync.timer").exists());
+        assert!(
             notes.iter().any(|n| n.contains("no ssh-keygen")),
             "{notes:?}"
         );
@@ -482,7 +526,8 @@ mod tests {
         }
         let exe = t.join("exe");
         std::fs::write(&exe, "b").unwrap();
-        let plan = crate::testutil::plan();
+        let mut plan = crate::testutil::plan();
+        plan.sync_interval_secs = 900;
         let facts = NodeFacts {
             plan: &plan,
             root_uuid: "r".into(),
@@ -491,7 +536,29 @@ mod tests {
             iface: "eth0".into(),
             installer_exe: exe,
         };
-        apply(t, &facts).unwrap();
+        let notes = apply(t, &facts).unwrap();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("timer rollout-sync.timer every 900 s")),
+            "{notes:?}"
+        );
+        let timer =
+            std::fs::read_to_string(t.join("etc/systemd/system/rollout-sync.timer")).unwrap();
+        assert!(
+            timer.contains("OnUnitActiveSec=900\n") && timer.contains("RandomizedDelaySec=90\n")
+        );
+        let service =
+            std::fs::read_to_string(t.join("etc/systemd/system/rollout-sync.service")).unwrap();
+        assert!(
+            service.contains("ExecStart=/usr/local/sbin/rollout-sync sync\n"),
+            "{service}"
+        );
+        assert_eq!(
+            std::fs::read_link(t.join("etc/systemd/system/timers.target.wants/rollout-sync.timer"))
+                .unwrap(),
+            PathBuf::from("/etc/systemd/system/rollout-sync.timer")
+        );
         let net =
             std::fs::read_to_string(t.join("etc/systemd/network/10-rollout.network")).unwrap();
         assert!(net.contains("MACAddress=52:54:00:00:00:01"));

@@ -210,6 +210,25 @@ pub fn phone_home_unit() -> String {
     )
 }
 
+pub const SYNC_UNIT_NAME: &str = "rollout-sync.service";
+pub const SYNC_TIMER_NAME: &str = "rollout-sync.timer";
+
+pub fn sync_unit() -> String {
+    format!(
+        "# Written by rollout-installer.\n[Unit]\nDescription=Bring this node to its image's published serial\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\nType=oneshot\nExecStart={bin} sync\n",
+        bin = paths::NODE_SYNC_BINARY
+    )
+}
+
+/// Every `interval` seconds, spread by up to a tenth of it (at most 5 min) so a
+/// rack that booted together does not ask the server all at once.
+pub fn sync_timer(interval: u64) -> String {
+    let spread = (interval / 10).min(300);
+    format!(
+        "# Written by rollout-installer.\n[Unit]\nDescription=Check for a new image serial every {interval} s\n\n[Timer]\nOnBootSec={interval}\nOnUnitActiveSec={interval}\nRandomizedDelaySec={spread}\n\n[Install]\nWantedBy=timers.target\n"
+    )
+}
+
 /// Fallback for images without systemd: prefers the installer binary, then curl,
 /// wget or busybox wget, retrying for about five minutes.
 pub fn phone_home_script() -> String {

@@ -31,6 +31,8 @@ fn plan(network: NetworkPlan) -> InstallPlan {
         ssh_authorized_keys: vec!["ssh-ed25519 AAAA rollout-server".into()],
         kernel_cmdline: String::new(),
         on_failure: FailurePolicy::default(),
+        // The timer's units are node-local too: a sync must keep them.
+        sync_interval_secs: 900,
     }
 }
 

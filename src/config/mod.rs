@@ -182,6 +182,10 @@ pub struct InstallConfig {
     /// Seconds a failed installer waits before rebooting (0: wait for the server).
     #[serde(default = "default_reboot_after")]
     pub reboot_after_failure: u64,
+    /// Seconds between an installed node's own checks for a new serial (a systemd
+    /// timer running rollout-sync); 0, the default: nodes update on `rollout sync`.
+    #[serde(default)]
+    pub sync_interval: u64,
 }
 
 impl Default for InstallConfig {
@@ -193,6 +197,7 @@ impl Default for InstallConfig {
             on_failure: Default::default(),
             install_timeout: default_install_timeout(),
             reboot_after_failure: default_reboot_after(),
+            sync_interval: 0,
         }
     }
 }
@@ -369,6 +374,13 @@ impl Config {
                     ));
                 }
             }
+        }
+        if (1..60).contains(&self.install.sync_interval) {
+            return Err(invalid(
+                "install.sync_interval",
+                format!("{} seconds is too often", self.install.sync_interval),
+                "use 0 (no timer) or at least 60 seconds",
+            ));
         }
         image::validate(&self.images)
     }

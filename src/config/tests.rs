@@ -154,3 +154,12 @@ fn bad_image_tables_are_refused_naming_the_key() {
     let e = err(&format!("{BASE}[[image]]\nname = \"web-2\"\n"));
     assert!(e.contains("image[0].name"), "{e}");
 }
+
+#[test]
+fn sync_interval_is_off_by_default_and_not_too_short() {
+    assert_eq!(Config::parse(BASE).unwrap().install.sync_interval, 0);
+    let e = err(&format!("{BASE}[install]\nsync_interval = 10\n"));
+    assert!(e.contains("install.sync_interval"), "{e}");
+    let c = Config::parse(&format!("{BASE}[install]\nsync_interval = 900\n")).unwrap();
+    assert_eq!(c.install.sync_interval, 900);
+}

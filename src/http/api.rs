@@ -132,6 +132,7 @@ pub async fn plan(
         on_failure: wire::FailurePolicy {
             reboot_after_secs: (reboot_after > 0).then_some(reboot_after),
         },
+        sync_interval_secs: cfg.install.sync_interval,
     };
     info!(%mac, hostname = %plan.hostname, %image, serial, install_id = %plan.install_id, "plan handed out");
     Json(plan).into_response()

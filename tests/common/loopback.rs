@@ -33,6 +33,7 @@ rsync_port = {rsync}
 [install]
 unknown = "approve"
 install_timeout = 5
+sync_interval = 900
 [[node]]
 mac = "52:54:00:00:00:01"
 hostname = "node1"

@@ -27,7 +27,7 @@ pub enum SyncError {
     NodeToml(#[from] NodeTomlError),
     #[error("asking the server {url}: {reason}; nothing was changed, run the sync again once the server answers")]
     Server { url: String, reason: String },
-    #[error("another rollout-sync is running (lock {0}); wait for it to finish")]
+    #[error("another rollout-sync has held {0} for 10 minutes; see whether it hangs (ps, journalctl -u rollout-sync) before running it again")]
     Locked(String),
     #[error(transparent)]
     Rsync(#[from] rsync::RsyncError),
@@ -130,7 +130,11 @@ pub fn bytes_received(lines: &[String]) -> u64 {
 /// for as long as it lives.
 struct Lock(#[allow(dead_code)] std::fs::File);
 
-fn lock(root: &Path) -> Result<Lock, SyncError> {
+/// How long a sync waits for one already running (the node's timer, say) before
+/// giving up; the running one finishes a copy of the changes in far less.
+const LOCK_WAIT: Duration = Duration::from_secs(600);
+
+fn lock(root: &Path, wait: Duration, log: &mut impl FnMut(&str)) -> Result<Lock, SyncError> {
     let path = in_root(root, "/etc/rollout/sync.lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -138,9 +142,18 @@ fn lock(root: &Path) -> Result<Lock, SyncError> {
         .write(true)
         .open(&path)
         .map_err(io("open", &path))?;
+    let deadline = std::time::Instant::now() + wait;
+    let mut said = false;
     // SAFETY: flock on a descriptor we own; released when the file is closed.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(SyncError::Locked(path.display().to_string()));
+    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if std::time::Instant::now() >= deadline {
+            return Err(SyncError::Locked(path.display().to_string()));
+        }
+        if !said {
+            log("another rollout-sync is running (the node's timer?); waiting for it");
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
     Ok(Lock(f))
 }
@@ -193,7 +206,7 @@ pub fn write_serial(root: &Path, serial: u64) -> Result<(), SyncError> {
 /// The whole sync against `root` (`/` on a node). `log` gets progress lines.
 pub fn run(root: &Path, mut log: impl FnMut(&str)) -> Result<Report, SyncError> {
     let conf = read_conf(root)?;
-    let _lock = lock(root)?;
+    let _lock = lock(root, LOCK_WAIT, &mut log)?;
     let published = fetch_published(&conf)?;
     let (from, to) = match decide(local_serial(root), published) {
         Decision::UpToDate(s) => return Ok(Report::UpToDate(s)),
@@ -346,5 +359,27 @@ mod tests {
         write_serial(dir.path(), 8).unwrap();
         assert_eq!(local_serial(dir.path()), Some(8));
         assert!(!dir.path().join("etc/rollout/serial.tmp").exists());
+    }
+
+    /// A sync started while another runs (the node's timer) waits for it
+    /// instead of failing, up to a limit.
+    #[test]
+    fn a_second_sync_waits_for_the_running_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc/rollout")).unwrap();
+        let held = lock(dir.path(), Duration::ZERO, &mut |_| {}).unwrap();
+        let err = lock(dir.path(), Duration::from_millis(300), &mut |_| {});
+        assert!(matches!(err, Err(SyncError::Locked(_))));
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            drop(held);
+        });
+        let mut said = Vec::new();
+        lock(dir.path(), Duration::from_secs(10), &mut |l| {
+            said.push(l.to_string())
+        })
+        .unwrap();
+        assert!(said[0].contains("waiting for it"), "{said:?}");
+        release.join().unwrap();
     }
 }
