@@ -51,6 +51,21 @@ pub const DEFAULT_EXCLUDES: &[&str] = &[
     "/tmp/*",
 ];
 
+/// What a running node accumulates and an update must not delete (rsync
+/// "protect" rules, `***` = the directory and everything in it): a sync still
+/// brings the image's files there, it only never removes what the image lacks.
+/// Without these, `--delete` took the node's journal and logs with every update.
+pub const NODE_STATE: &[&str] = &[
+    "/var/log/***",
+    "/var/tmp/***",
+    "/var/spool/***",
+    "/var/lib/systemd/random-seed",
+    "/var/lib/systemd/timers/***",
+    "/var/lib/systemd/coredump/***",
+    "/home/***",
+    "/root/***",
+];
+
 /// Kernel modules the installer loads, in this order (its initramfs carries them
 /// with their dependencies). ext4 needs crc32c through the crypto API, a soft
 /// dependency nobody resolves without modprobe: an implementation comes first.

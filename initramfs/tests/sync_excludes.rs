@@ -1,4 +1,5 @@
-//! Everything the installer writes into a node must survive `rollout-sync`:
+//! Everything the installer writes into a node, and the node's own state (logs,
+//! users' files), must survive `rollout-sync`:
 //! configure a tree as the installer does, then rsync an empty image over it
 //! with `--delete` and the sync excludes (the real rsync decides what matches).
 //! A file added to `configure` without an exclude fails here.
@@ -78,6 +79,18 @@ fn check(image_files: &[&str], network: NetworkPlan) {
         },
     )
     .unwrap();
+    // What the running node writes itself: its journal and logs, users' files.
+    for f in [
+        "var/log/journal/0123abcd/system.journal",
+        "var/log/syslog",
+        "var/lib/systemd/random-seed",
+        "home/alice/notes",
+        "root/.bash_history",
+    ] {
+        let p = t.join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, "the node's own\n").unwrap();
+    }
     // New files, and image files the installer overwrote (dbus machine-id...).
     let untouched = |p: &Path| std::fs::read_to_string(t.join(p)).is_ok_and(|c| c == "image\n");
     let written: Vec<PathBuf> = tree(&t)
@@ -92,7 +105,10 @@ fn check(image_files: &[&str], network: NetworkPlan) {
         &empty.to_string_lossy(),
         &t.to_string_lossy(),
         &sync::excludes(&[]),
-        sync::EXTRA_FLAGS,
+        &sync::extra_flags()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
         1,
         Duration::ZERO,
         |_| {},
@@ -105,7 +121,7 @@ fn check(image_files: &[&str], network: NetworkPlan) {
         .collect();
     assert!(
         lost.is_empty(),
-        "a sync would delete these installer-written files; add them to configure::INSTALLER_WRITTEN: {lost:?}"
+        "a sync would delete these node files; add them to configure::INSTALLER_WRITTEN or wire::NODE_STATE: {lost:?}"
     );
     // The image's own files are not protected.
     for f in &image_only {

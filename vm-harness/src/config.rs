@@ -69,6 +69,9 @@ pub struct DhcpSection {
 pub struct InstallSection {
     pub image: String,
     pub kernel_cmdline: String,
+    /// Seconds between an installed node's own rollout-sync runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_interval: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +106,7 @@ impl RolloutConfig {
             install: InstallSection {
                 image: "default".into(),
                 kernel_cmdline: "console=ttyS0".into(),
+                sync_interval: None,
             },
             nodes: Vec::new(),
             images: Vec::new(),

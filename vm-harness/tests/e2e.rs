@@ -20,6 +20,8 @@ use vm_harness::Firmware;
 use vm_harness::{Lab, LabOptions};
 
 const GIB: u64 = 1 << 30;
+/// `[install] sync_interval` of the Debian test.
+const PULL_INTERVAL: u64 = 180;
 /// Node-local by the Debian test image's `[[image]] excludes`.
 const SITE_LOCAL_DIR: &str = "/var/lib/site-local/";
 /// Install plus boot from disk takes ~70 s under TCG; this leaves room for a
@@ -169,6 +171,9 @@ fn debian_image_installs_and_phones_home_from_systemd() {
         ImageKind::Debian,
         8 * GIB,
         |cfg| {
+            // Long enough that the operator's own `rollout sync --all` below
+            // runs well before the node's timer first fires (boot + 180 s).
+            cfg.install.sync_interval = Some(PULL_INTERVAL);
             // A site's own node-local directory, and apt's downloads kept on a
             // tmpfs while the image is changed, as a cluster would configure it.
             cfg.images.push(ImageEntry {
@@ -187,6 +192,7 @@ fn debian_image_installs_and_phones_home_from_systemd() {
     assert_eq!(rec.installs, 1);
     let installed_serial = rec.serial.expect("installed serial");
     maintain_in_place(&mut t, a, installed_serial);
+    node_pulls_a_new_serial_by_itself(&mut t, a, installed_serial + 1);
     let node = &mut t.lab.nodes_mut()[0];
     node.power_off().unwrap();
     let facts = check_disk(&node.disk_path(), "node1", Firmware::Bios);
@@ -310,6 +316,53 @@ fn maintain_in_place(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64) 
             && state.contains("mine")
             && state.contains("/usr/bin/less"),
         "{state}"
+    );
+}
+
+/// The pull side of updates: with `[install] sync_interval`, the node's own
+/// timer brings it to a newly published serial, with nobody running `rollout sync`.
+fn node_pulls_a_new_serial_by_itself(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64) {
+    let out = std::process::Command::new(&a.rollout)
+        .arg("-c")
+        .arg(t.lab.dir().join("rollout.toml"))
+        .args([
+            "image",
+            "enter",
+            "default",
+            "--",
+            "sh",
+            "-c",
+            "echo rollout-e2e-v3 > /etc/rollout-release",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let to = from + 1;
+    let wait = Duration::from_secs(2 * PULL_INTERVAL + 60);
+    t.wait_record(
+        "node1",
+        &format!("its timer to pull serial {to}"),
+        wait,
+        |r| r.serial == Some(to),
+    );
+    let journal = t.cli(
+        a,
+        &[
+            "exec",
+            "--all",
+            "--",
+            // The timer's run is in the node's journal, which the earlier sync
+            // (--delete onto the live root) must have left in place.
+            "journalctl -u rollout-sync.service -o cat --no-pager | grep updated | tail -n 1; cat /etc/rollout-release",
+        ],
+    );
+    assert!(
+        journal.contains(&format!("updated {from} → {to}")) && journal.contains("rollout-e2e-v3"),
+        "{journal}"
     );
 }
 

@@ -114,8 +114,15 @@ pub fn excludes(image: &[String]) -> Vec<String> {
     all
 }
 
-/// rsync flags on top of the installer's copy flags.
-pub const EXTRA_FLAGS: &[&str] = &["--delete", "--stats", "--itemize-changes"];
+/// rsync flags on top of the installer's copy flags: delete what the image no
+/// longer has, except the node's own state ([`wire::NODE_STATE`]).
+pub fn extra_flags() -> Vec<String> {
+    ["--delete", "--stats", "--itemize-changes"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(wire::NODE_STATE.iter().map(|p| format!("--filter=P {p}")))
+        .collect()
+}
 
 /// Sum of `Total bytes received:` over every `--stats` block in `lines`.
 pub fn bytes_received(lines: &[String]) -> u64 {
@@ -220,7 +227,7 @@ pub fn run(root: &Path, mut log: impl FnMut(&str)) -> Result<Report, SyncError> 
         &url,
         &dest,
         &excludes(&image_excludes),
-        EXTRA_FLAGS,
+        &extra_flags().iter().map(String::as_str).collect::<Vec<_>>(),
         5,
         Duration::from_secs(3600),
         |_| {},
