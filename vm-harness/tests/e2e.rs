@@ -221,7 +221,6 @@ fn debian_image_installs_and_phones_home_from_systemd() {
 /// node to N+1 moving only the changes, node-local files stay, and `rollout exec`
 /// sees the new serial.
 fn maintain_in_place(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64) {
-    let config = t.lab.dir().join("rollout.toml");
     // Made on the node after its install; the image never has it, so only the
     // image's configured exclude keeps `sync --delete` from removing it.
     let made = t.cli(
@@ -234,30 +233,14 @@ fn maintain_in_place(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64) 
         ],
     );
     assert!(made.contains("1 ok"), "{made}");
-    // Outside the lab namespace: apt inside the image needs the Debian mirror.
-    let out = std::process::Command::new(&a.rollout)
-        .arg("-c")
-        .arg(&config)
-        .args([
-            "image",
-            "enter",
-            "default",
-            "--",
-            "sh",
-            "-c",
-            "grep -q ' /var/cache/apt/archives tmpfs ' /proc/self/mounts && echo rollout-e2e-v2 > /etc/rollout-release && apt-get update -q && apt-get install -y -q --no-install-recommends less",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "image enter: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    enter_image(
+        t,
+        a,
+        "grep -q ' /var/cache/apt/archives tmpfs ' /proc/self/mounts && echo rollout-e2e-v2 > /etc/rollout-release && apt-get update -q && apt-get install -y -q --no-install-recommends less",
     );
+    // No wait for the rsync daemon: the server adds the new serial's module
+    // before it tells a node about the serial.
     let to = from + 1;
-    // The rsync daemon picks up a new serial within seconds.
-    std::thread::sleep(Duration::from_secs(5));
     let image_bytes: u64 = std::fs::read_to_string(
         t.lab
             .state_dir()
@@ -319,28 +302,27 @@ fn maintain_in_place(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64) 
     );
 }
 
-/// The pull side of updates: with `[install] sync_interval`, the node's own
-/// timer brings it to a newly published serial, with nobody running `rollout sync`.
-fn node_pulls_a_new_serial_by_itself(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64) {
+/// `rollout image enter default -- sh -c SCRIPT`, run outside the lab namespace:
+/// apt inside the image needs the Debian mirror.
+fn enter_image(t: &E2eLab, a: &vm_harness::e2e::Artifacts, script: &str) {
     let out = std::process::Command::new(&a.rollout)
         .arg("-c")
         .arg(t.lab.dir().join("rollout.toml"))
-        .args([
-            "image",
-            "enter",
-            "default",
-            "--",
-            "sh",
-            "-c",
-            "echo rollout-e2e-v3 > /etc/rollout-release",
-        ])
+        .args(["image", "enter", "default", "--", "sh", "-c", script])
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "image enter: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The pull side of updates: with `[install] sync_interval`, the node's own
+/// timer brings it to a newly published serial, with nobody running `rollout sync`.
+fn node_pulls_a_new_serial_by_itself(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64) {
+    enter_image(t, a, "echo rollout-e2e-v3 > /etc/rollout-release");
     let to = from + 1;
     let wait = Duration::from_secs(2 * PULL_INTERVAL + 60);
     t.wait_record(
