@@ -354,11 +354,14 @@ fn demo(a: DemoArgs) -> Result<()> {
             print!("{}", summary_table(&t.nodes));
             if a.image == ImageKind::Debian && !a.no_maintenance {
                 let image = lab.config().install.image;
-                let serial =
-                    vm_harness::maintain::maintain(&lab, &art.rollout, &image, &mut |line| {
-                        println!("{line}")
-                    })
-                    .context("the maintenance phase")?;
+                let serial = vm_harness::maintain::maintain(
+                    &lab,
+                    server,
+                    &art.rollout,
+                    &image,
+                    &mut |line| println!("{line}"),
+                )
+                .context("the maintenance phase")?;
                 println!("\nevery node runs serial {serial} of image {image}, updated in place");
             }
             if let Some(k) = &a.keep {
