@@ -65,7 +65,7 @@ fn check_absolute(path: &str) -> Result<(), String> {
 
 /// Excludes are rsync patterns on the node and strip patterns on the server: only the
 /// part of the language both read the same way is accepted.
-pub fn check_exclude(pattern: &str) -> Result<(), String> {
+fn check_exclude(pattern: &str) -> Result<(), String> {
     check_absolute(pattern)?;
     if pattern.contains("**") || pattern.contains(['[', ']', '\\']) {
         return Err(format!(

@@ -4,7 +4,7 @@
 
 mod image;
 
-pub use image::{check_exclude, ImageConfig, ImageMount};
+pub use image::{ImageConfig, ImageMount};
 
 use serde::Deserialize;
 use std::net::Ipv4Addr;

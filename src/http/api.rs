@@ -29,10 +29,13 @@ pub fn served_serial(state: &super::AppState, image: &str) -> Option<u64> {
     Some(serial)
 }
 
-/// The serial an image currently publishes: `images/NAME/published` → `serials/N`.
+/// The serial an image currently publishes (none for an unknown or bad name).
 pub fn published_serial(state_dir: &std::path::Path, image: &str) -> Option<u64> {
-    let target = std::fs::read_link(state_dir.join("images").join(image).join("published")).ok()?;
-    target.file_name()?.to_str()?.parse().ok()
+    crate::images::store::validate_name(image).ok()?;
+    crate::images::Images::new(state_dir)
+        .published(image)
+        .ok()
+        .flatten()
 }
 
 /// A reinstalled node comes back with fresh SSH host keys: forget its old one so
