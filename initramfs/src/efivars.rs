@@ -479,12 +479,16 @@ mod tests {
         let order = vars.read("BootOrder").unwrap().unwrap();
         assert_eq!(parse_boot_order(&order).unwrap(), vec![1, 0, 2]);
 
+        // BootCurrent is volatile (BS|RT) and set by the firmware.
+        let booted_through = |n: u16| {
+            std::fs::write(
+                dir.path().join(format!("BootCurrent-{g}")),
+                efivarfs_payload(6, &n.to_le_bytes()),
+            )
+            .unwrap()
+        };
         // Reinstalled through PXE option 1: the disk comes right behind it.
-        std::fs::write(
-            dir.path().join(format!("BootCurrent-{g}")),
-            efivarfs_payload(6, &[1, 0]),
-        )
-        .unwrap();
+        booted_through(1);
         let mut other = esp();
         other.signature[0] ^= 0xff;
         let (n, _) = vars
@@ -494,11 +498,7 @@ mod tests {
         let order = vars.read("BootOrder").unwrap().unwrap();
         assert_eq!(parse_boot_order(&order).unwrap(), vec![1, 2, 0]);
         // Reinstalled through option 0 this time: it moves first.
-        std::fs::write(
-            dir.path().join(format!("BootCurrent-{g}")),
-            efivarfs_payload(6, &[0, 0]),
-        )
-        .unwrap();
+        booted_through(0);
         vars.add_boot_entry("rollout node1", &esp()).unwrap();
         let order = vars.read("BootOrder").unwrap().unwrap();
         assert_eq!(parse_boot_order(&order).unwrap(), vec![0, 2, 1]);
