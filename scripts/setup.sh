@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian 12 machine (run as root).
-# Installs every system package, rustup target and cargo tool that the demo,
-# the tests and the benchmarks use. Safe to run again: it only adds what is missing.
+#
+# Installs every system package and rustup target that the demo, the tests and
+# the benchmarks use, in ONE apt transaction, then checks every program and file
+# they rely on and fails naming what is missing and which package provides it.
+# apt's exit code is not trusted: installing one package can remove another
+# (qemu-system-x86 7.2 removes a newer qemu-utils that Breaks it), so what counts
+# is what is on disk afterwards. Running it again changes nothing.
 set -euo pipefail
 
 PACKAGES=(
   # PXE firmware and first-stage loaders served over TFTP
   ipxe ipxe-qemu
-  # the virtual lab
+  # the virtual lab (qemu-utils is pinned below to qemu-system-x86's version)
   qemu-system-x86 qemu-utils ovmf iproute2 bridge-utils
-  # real DHCP/TFTP/HTTP clients and peers used by the tests
+  # real DHCP/TFTP/HTTP clients, peers and relays used by the tests
   isc-dhcp-client udhcpc busybox-static curl dnsmasq-base kea-admin
   # what the installer and its initramfs carry, and disk inspection in tests
-  linux-image-amd64 kmod cpio zstd rsync e2fsprogs gdisk fdisk dosfstools
+  linux-image-amd64 kmod cpio zstd rsync e2fsprogs gdisk fdisk dosfstools util-linux
   syslinux syslinux-common extlinux systemd-boot-efi
   # golden images
   debootstrap openssh-client
@@ -26,19 +31,95 @@ PACKAGES=(
   build-essential pkg-config musl-tools
 )
 
+# program -> package that provides it
+PROGRAMS=(
+  qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils qemu-nbd:qemu-utils
+  ip:iproute2 bridge:iproute2
+  dhclient:isc-dhcp-client udhcpc:udhcpc busybox:busybox-static curl:curl
+  dnsmasq:dnsmasq-base perfdhcp:kea-admin
+  modprobe:kmod depmod:kmod cpio:cpio zstd:zstd gzip:gzip rsync:rsync
+  mke2fs:e2fsprogs mkfs.ext3:e2fsprogs dumpe2fs:e2fsprogs mkswap:util-linux
+  sgdisk:gdisk sfdisk:fdisk mkfs.vfat:dosfstools blkid:util-linux losetup:mount
+  extlinux:extlinux debootstrap:debootstrap ssh:openssh-client ssh-keygen:openssh-client
+  sshd:openssh-server mtype:mtools mdir:mtools chromium:chromium chromedriver:chromium-driver
+  cc:build-essential musl-gcc:musl-tools pkg-config:pkg-config
+)
+
+# file -> package that provides it
+FILES=(
+  /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf /usr/share/OVMF/OVMF_VARS_4M.fd:ovmf
+  /usr/lib/ipxe/undionly.kpxe:ipxe /usr/lib/ipxe/snponly.efi:ipxe /usr/lib/ipxe/ipxe.efi:ipxe
+  /usr/lib/ipxe/qemu/efi-virtio.rom:ipxe-qemu /usr/lib/ipxe/qemu/pxe-virtio.rom:ipxe-qemu
+  /usr/lib/syslinux/mbr/gptmbr.bin:syslinux-common
+  /usr/lib/syslinux/modules/bios/ldlinux.c32:syslinux-common
+  /usr/lib/systemd/boot/efi/systemd-bootx64.efi:systemd-boot-efi
+  /bin/busybox:busybox-static
+)
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+version_of() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true; }
+
 missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+for p in "${PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
+# qemu-utils must be the same QEMU as qemu-system-x86: a newer qemu-utils (say 10,
+# from backports) Breaks qemu-system-common 7.2, and apt resolves that by removing
+# qemu-utils. Name both, at the same version, in the same transaction.
+if installed qemu-system-x86 && installed qemu-utils &&
+  [ "$(version_of qemu-utils)" != "$(version_of qemu-system-x86)" ]; then
+  missing+=(qemu-utils)
+fi
+
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  if installed qemu-system-x86; then qemu_version=$(version_of qemu-system-x86); fi
+  args=()
+  for p in "${PACKAGES[@]}"; do
+    if [ "$p" = qemu-utils ] && [ -n "$qemu_version" ] && [ "$qemu_version" != "(none)" ]; then
+      args+=("qemu-utils=$qemu_version")
+    else
+      args+=("$p")
+    fi
+  done
+  # Every package in one transaction, so apt resolves them together.
+  apt-get install -y -qq --no-install-recommends --allow-downgrades "${args[@]}" >/dev/null
 fi
 
+if ! command -v rustup >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+  source "$HOME/.cargo/env"
+fi
 if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
   echo "setup: adding rustup target x86_64-unknown-linux-musl"
   rustup target add x86_64-unknown-linux-musl
 fi
-echo "setup: ok"
+
+# Verify what is on disk now, whatever apt said.
+problems=()
+for p in "${PACKAGES[@]}"; do installed "$p" || problems+=("package $p is not installed"); done
+for entry in "${PROGRAMS[@]}"; do
+  prog=${entry%%:*} pkg=${entry#*:}
+  PATH="$PATH:/usr/sbin:/sbin" command -v "$prog" >/dev/null 2>&1 ||
+    problems+=("program $prog is missing (Debian package $pkg)")
+done
+for entry in "${FILES[@]}"; do
+  file=${entry%%:*} pkg=${entry#*:}
+  [ -e "$file" ] || problems+=("file $file is missing (Debian package $pkg)")
+done
+compgen -G "/boot/vmlinuz-*" >/dev/null || problems+=("no kernel /boot/vmlinuz-* (Debian package linux-image-amd64)")
+compgen -G "/lib/modules/*/modules.dep" >/dev/null || problems+=("no /lib/modules/*/modules.dep (Debian package linux-image-amd64)")
+if installed qemu-utils && installed qemu-system-x86 &&
+  [ "$(version_of qemu-utils)" != "$(version_of qemu-system-x86)" ]; then
+  problems+=("qemu-utils $(version_of qemu-utils) does not match qemu-system-x86 $(version_of qemu-system-x86)")
+fi
+rustup target list --installed | grep -qx x86_64-unknown-linux-musl ||
+  problems+=("rustup target x86_64-unknown-linux-musl is missing (rustup target add x86_64-unknown-linux-musl)")
+
+if ((${#problems[@]})); then
+  echo "setup: FAILED, this machine still lacks:" >&2
+  printf '  - %s\n' "${problems[@]}" >&2
+  echo "setup: install the packages named above (apt-get install NAME) and run scripts/setup.sh again" >&2
+  exit 1
+fi
+echo "setup: ok (${#PACKAGES[@]} packages, ${#PROGRAMS[@]} programs, ${#FILES[@]} files checked)"
