@@ -2,7 +2,10 @@
 
 mod common;
 use common::*;
+use dhcproto::v4::{Architecture, DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use std::collections::HashSet;
+use std::net::Ipv4Addr;
 
 const PXE_BIOS: &[&str] = &["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000"];
 const PXE_UEFI: &[&str] = &["-V", "PXEClient:Arch:00007:UNDI:003016", "-x", "0x5d:0007"];
@@ -190,9 +193,83 @@ fn proxy_mode_gives_boot_information_and_no_address() {
         "[server]\ninterface = \"rbr0\"\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"proxy\"\n",
     );
     let srv = Server::start(&net, &config);
-    // A real PXE client talks to the LAN's DHCP server too; here there is none, so
-    // udhcpc must get nothing: a proxy never hands out an address.
-    let c = net.add_client("52:54:00:00:40:01");
+    // The address a PXE client has from the LAN's own DHCP server by the time it
+    // asks the proxy on port 4011.
+    let c = net.add_static_client(PXE_CLIENT_IP);
+    let mac = [0x52, 0x54, 0x00, 0xee, 0x00, 0x01];
+    for (arch, vendor, loader) in [
+        (0u16, "PXEClient:Arch:00000:UNDI:002001", "undionly.kpxe"),
+        (7, "PXEClient:Arch:00007:UNDI:003016", "snponly.efi"),
+    ] {
+        let what = format!("arch {arch}");
+        let (offer, ack, ack_from) = common::netns::in_netns(&net.cli, || {
+            let sock = common::netns::udp_on(&c, 68, std::time::Duration::from_secs(3));
+            // 1. DHCPDISCOVER, broadcast to port 67: the proxy offers boot information.
+            let xid = 0x5000_0000 | u32::from(arch);
+            let discover = pxe_message(MessageType::Discover, xid, mac, arch, vendor, None);
+            sock.send_to(&encode(&discover), ("255.255.255.255", 67))
+                .unwrap();
+            let (offer, _) = receive(&sock, xid).expect("no proxy OFFER on port 68");
+            // 2. DHCPREQUEST to the proxy's port 4011, with the address it now has.
+            let xid = xid + 1;
+            let ciaddr: Ipv4Addr = PXE_CLIENT_IP.parse().unwrap();
+            let request = pxe_message(MessageType::Request, xid, mac, arch, vendor, Some(ciaddr));
+            sock.send_to(&encode(&request), (SERVER_IP, 4011)).unwrap();
+            let (ack, from) = receive(&sock, xid).expect("no answer from port 4011");
+            (offer, ack, from)
+        });
+        let server: Ipv4Addr = SERVER_IP.parse().unwrap();
+        for (msg, kind) in [(&offer, MessageType::Offer), (&ack, MessageType::Ack)] {
+            let what = format!("{what} {kind:?}");
+            assert_eq!(msg.opcode(), Opcode::BootReply, "{what}");
+            assert_eq!(msg.opts().msg_type(), Some(kind), "{what}");
+            assert_eq!(msg.chaddr(), &mac, "{what}");
+            assert_eq!(
+                msg.yiaddr(),
+                Ipv4Addr::UNSPECIFIED,
+                "{what}: a proxy never assigns an address"
+            );
+            assert_eq!(msg.siaddr(), server, "{what}: next-server");
+            // The header's 128-byte file field, up to its NUL.
+            let file = msg.fname().unwrap_or_default();
+            let file = file.split(|&b| b == 0).next().unwrap_or_default();
+            assert_eq!(file, loader.as_bytes(), "{what}: file field");
+            assert_eq!(
+                msg.opts().get(OptionCode::BootfileName),
+                Some(&DhcpOption::BootfileName(loader.as_bytes().to_vec())),
+                "{what}: option 67"
+            );
+            assert_eq!(
+                msg.opts().get(OptionCode::ClassIdentifier),
+                Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec())),
+                "{what}: option 60"
+            );
+            assert_eq!(
+                msg.opts().get(OptionCode::ServerIdentifier),
+                Some(&DhcpOption::ServerIdentifier(server)),
+                "{what}"
+            );
+            for code in [
+                OptionCode::AddressLeaseTime,
+                OptionCode::SubnetMask,
+                OptionCode::Router,
+                OptionCode::DomainNameServer,
+            ] {
+                assert!(
+                    msg.opts().get(code).is_none(),
+                    "{what}: addressing option {code:?} is the LAN server's job"
+                );
+            }
+        }
+        assert_eq!(
+            ack_from,
+            std::net::SocketAddr::from((server, 4011)),
+            "{what}: the ACK comes from the proxy port"
+        );
+    }
+
+    // A real DHCP client, for which the proxy must not hand out a lease either
+    // (there is no other DHCP server here, so udhcpc gets nothing).
     let out = net
         .in_cli(&[
             "busybox",
@@ -217,11 +294,65 @@ fn proxy_mode_gives_boot_information_and_no_address() {
         "udhcpc got a lease from a proxy-mode server"
     );
     let log = srv.log_text();
-    assert!(
-        log.contains("proxy OFFER arch=bios → tftp undionly.kpxe"),
-        "{log}"
-    );
-    assert!(log.contains("proxyDHCP listening on port 4011"));
+    assert!(log.contains("proxyDHCP listening on port 4011"), "{log}");
+}
+
+const PXE_CLIENT_IP: &str = "10.44.0.60";
+
+/// What PXE firmware sends: option 60 with its architecture, 93, 94, 97, the
+/// MAC in chaddr and, on the port-4011 REQUEST, its address in ciaddr.
+fn pxe_message(
+    kind: MessageType,
+    xid: u32,
+    mac: [u8; 6],
+    arch: u16,
+    vendor: &str,
+    ciaddr: Option<Ipv4Addr>,
+) -> Message {
+    let zero = Ipv4Addr::UNSPECIFIED;
+    let mut m = Message::new_with_id(xid, ciaddr.unwrap_or(zero), zero, zero, zero, &mac);
+    m.set_opcode(Opcode::BootRequest);
+    if ciaddr.is_none() {
+        m.set_flags(Flags::default().set_broadcast());
+    }
+    let o = m.opts_mut();
+    o.insert(DhcpOption::MessageType(kind));
+    o.insert(DhcpOption::MaxMessageSize(1260));
+    o.insert(DhcpOption::ParameterRequestList(vec![
+        OptionCode::SubnetMask,
+        OptionCode::Router,
+        OptionCode::DomainNameServer,
+        OptionCode::VendorExtensions,
+        OptionCode::ClassIdentifier,
+        OptionCode::TFTPServerName,
+        OptionCode::BootfileName,
+    ]));
+    o.insert(DhcpOption::ClientSystemArchitecture(Architecture(arch)));
+    o.insert(DhcpOption::ClientNetworkInterface(1, 2, 1));
+    let mut guid = vec![0u8];
+    guid.extend_from_slice(&[0x11; 16]);
+    o.insert(DhcpOption::ClientMachineIdentifier(guid));
+    o.insert(DhcpOption::ClassIdentifier(vendor.as_bytes().to_vec()));
+    m
+}
+
+fn encode(m: &Message) -> Vec<u8> {
+    let mut out = Vec::new();
+    m.encode(&mut Encoder::new(&mut out)).unwrap();
+    out
+}
+
+/// The next reply with transaction `xid`, or None once the socket times out.
+fn receive(sock: &std::net::UdpSocket, xid: u32) -> Option<(Message, std::net::SocketAddr)> {
+    let mut buf = [0u8; 1500];
+    loop {
+        let (n, from) = sock.recv_from(&mut buf).ok()?;
+        if let Ok(m) = Message::decode(&mut Decoder::new(&buf[..n])) {
+            if m.xid() == xid && m.opcode() == Opcode::BootReply {
+                return Some((m, from));
+            }
+        }
+    }
 }
 
 #[test]

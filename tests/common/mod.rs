@@ -4,6 +4,7 @@
 
 pub mod image_tree;
 pub mod loopback;
+pub mod netns;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
