@@ -2,6 +2,11 @@
 
 mod common;
 use common::*;
+use std::collections::BTreeMap;
+use std::net::UdpSocket;
+use std::time::Duration;
+
+const CLIENT_IP: &str = "10.44.0.50";
 
 fn setup(tag: &str) -> (tempfile::TempDir, Net, Server) {
     let dir = tempfile::tempdir().unwrap();
@@ -17,7 +22,7 @@ fn setup(tag: &str) -> (tempfile::TempDir, Net, Server) {
     std::fs::write(boot.join("vmlinuz"), &kernel).unwrap();
     std::fs::write(boot.join("initramfs.img"), b"initramfs").unwrap();
     let srv = Server::start(&net, &config);
-    net.add_static_client("10.44.0.50");
+    net.add_static_client(CLIENT_IP);
     (dir, net, srv)
 }
 
@@ -49,6 +54,36 @@ fn tftp_serves_ipxe_with_large_blksize_and_refuses_escapes() {
         assert!(ok, "blksize {blksize}: {err}");
         assert_eq!(body, want, "blksize {blksize}: file differs");
     }
+    // What curl cannot show: the options the server acknowledged and the size of
+    // each DATA packet, from a raw client in the client namespace.
+    let size = want.len().to_string();
+    for (blksize, windowsize) in [(512, 1), (1468, 4), (8192, 8)] {
+        let what = format!("blksize {blksize} windowsize {windowsize}");
+        let (b, w) = (blksize.to_string(), windowsize.to_string());
+        let t = tftp_get(
+            &net,
+            "undionly.kpxe",
+            &[("blksize", &b), ("tsize", "0"), ("windowsize", &w)],
+        );
+        let oack = t.oack.unwrap_or_else(|| panic!("{what}: no OACK"));
+        let expected: BTreeMap<String, String> =
+            [("blksize", &b), ("tsize", &size), ("windowsize", &w)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        assert_eq!(oack, expected, "{what}: OACK options");
+        assert_data_blocks(&t.blocks, blksize, &want, &what);
+        assert_eq!(
+            t.acks,
+            t.blocks.len().div_ceil(windowsize),
+            "{what}: one ACK per window"
+        );
+    }
+    // No options: plain RFC 1350, no OACK and 512-byte blocks.
+    let t = tftp_get(&net, "undionly.kpxe", &[]);
+    assert!(t.oack.is_none(), "OACK without options: {:?}", t.oack);
+    assert_data_blocks(&t.blocks, 512, &want, "no options");
+
     let (ok, body, _) = curl(&net, &["tftp://10.44.0.1/snponly.efi"]);
     assert!(ok && body == std::fs::read("/usr/lib/ipxe/snponly.efi").unwrap());
 
@@ -84,6 +119,120 @@ fn tftp_serves_ipxe_with_large_blksize_and_refuses_escapes() {
     assert!(srv
         .log_text()
         .contains("refused: path leaves the TFTP root"));
+}
+
+/// What one raw read request got.
+struct Transfer {
+    /// The OACK's options (names lower-cased), or None when DATA came straight away.
+    oack: Option<BTreeMap<String, String>>,
+    /// DATA payloads in block order.
+    blocks: Vec<Vec<u8>>,
+    /// ACKs of DATA blocks the client sent (not counting the ACK of the OACK).
+    acks: usize,
+}
+
+/// A raw TFTP read of `file` with `options`, from the client namespace. It acknowledges
+/// only the last block of each window (RFC 7440), so a server that acknowledged a
+/// window size it does not honour stalls the transfer and the test fails.
+fn tftp_get(net: &Net, file: &str, options: &[(&str, &str)]) -> Transfer {
+    common::netns::in_netns(&net.cli, || {
+        let sock = UdpSocket::bind((CLIENT_IP, 0)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut rrq = vec![0, 1];
+        for field in [file, "octet"]
+            .into_iter()
+            .chain(options.iter().flat_map(|(k, v)| [*k, *v]))
+        {
+            rrq.extend_from_slice(field.as_bytes());
+            rrq.push(0);
+        }
+        sock.send_to(&rrq, (SERVER_IP, 69)).unwrap();
+        let mut buf = vec![0u8; 65536];
+        let recv = |buf: &mut [u8], want: &str| {
+            sock.recv_from(buf)
+                .unwrap_or_else(|e| panic!("{file}: waiting for {want}: {e}"))
+        };
+        let (n, peer) = recv(&mut buf, "the first reply");
+        let opcode = u16::from_be_bytes([buf[0], buf[1]]);
+        let mut t = Transfer {
+            oack: None,
+            blocks: vec![],
+            acks: 0,
+        };
+        let mut pending = None;
+        match opcode {
+            6 => {
+                let fields: Vec<String> = buf[2..n]
+                    .split(|&b| b == 0)
+                    .map(|f| String::from_utf8_lossy(f).into_owned())
+                    .collect();
+                let oack: BTreeMap<String, String> = fields
+                    .chunks_exact(2)
+                    .map(|kv| (kv[0].to_lowercase(), kv[1].clone()))
+                    .collect();
+                t.oack = Some(oack);
+            }
+            3 => pending = Some(buf[..n].to_vec()),
+            5 => panic!("{file}: TFTP error {}", String::from_utf8_lossy(&buf[4..n])),
+            other => panic!("{file}: unexpected opcode {other}"),
+        }
+        let opt = |k: &str| {
+            t.oack
+                .as_ref()
+                .and_then(|o| o.get(k))
+                .map(|v| v.parse::<usize>().unwrap())
+        };
+        let blksize = opt("blksize").unwrap_or(512);
+        let window = opt("windowsize").unwrap_or(1);
+        let ack = |block: u16| {
+            let mut a = vec![0, 4];
+            a.extend_from_slice(&block.to_be_bytes());
+            sock.send_to(&a, peer).unwrap();
+        };
+        if t.oack.is_some() {
+            ack(0);
+        }
+        let mut in_window = 0;
+        loop {
+            let packet = match pending.take() {
+                Some(p) => p,
+                None => {
+                    let next = t.blocks.len() + 1;
+                    let (n, from) = recv(&mut buf, &format!("block {next}"));
+                    assert_eq!(from, peer, "{file}: a packet from another port");
+                    buf[..n].to_vec()
+                }
+            };
+            assert_eq!(&packet[..2], &[0, 3], "{file}: expected DATA");
+            let block = u16::from_be_bytes([packet[2], packet[3]]);
+            let expected = (t.blocks.len() + 1) as u16;
+            assert_eq!(
+                block, expected,
+                "{file}: block {block} arrived when {expected} was due (a resend: the window was not honoured)"
+            );
+            let last = packet.len() - 4 < blksize;
+            t.blocks.push(packet[4..].to_vec());
+            in_window += 1;
+            if last || in_window == window {
+                ack(block);
+                t.acks += 1;
+                in_window = 0;
+            }
+            if last {
+                return t;
+            }
+        }
+    })
+}
+
+/// Every DATA packet but the last carries exactly `blksize` bytes, and together they are `want`.
+fn assert_data_blocks(blocks: &[Vec<u8>], blksize: usize, want: &[u8], what: &str) {
+    let (last, full) = blocks.split_last().expect("at least one block");
+    for (i, b) in full.iter().enumerate() {
+        assert_eq!(b.len(), blksize, "{what}: block {} size", i + 1);
+    }
+    assert!(last.len() < blksize, "{what}: last block is not short");
+    assert_eq!(blocks.concat(), want, "{what}: file differs");
 }
 
 #[test]
