@@ -241,16 +241,11 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Serv
             .as_ref()
             .map(|p| p.netmask)
             .unwrap_or(std::net::Ipv4Addr::new(255, 255, 255, 0));
-        let subnet = format!(
-            "{}/{}",
-            crate::config::network(address, mask),
-            u32::from(mask).count_ones()
-        );
-        let mut settings = crate::images::rsyncd::RsyncdSettings::new(
-            &config.state_dir,
-            address.into(),
-            vec![subnet],
-        );
+        // Relayed subnets install over rsync too: without them a relayed node
+        // gets its address and installer, then has its copy refused.
+        let allow = crate::images::rsyncd::hosts_allow(address, mask, &config.dhcp.relays);
+        let mut settings =
+            crate::images::rsyncd::RsyncdSettings::new(&config.state_dir, address.into(), allow);
         settings.port = config.server.rsync_port;
         rsyncd = Some(settings.clone());
         let c = cancel.clone();

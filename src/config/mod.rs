@@ -426,11 +426,18 @@ impl Config {
         }
         for (i, node) in self.nodes.iter().enumerate() {
             if let Some(ip) = node.ip {
-                if !same_subnet(ip, if_ip, if_mask) {
+                let relayed = self
+                    .dhcp
+                    .relays
+                    .iter()
+                    .any(|r| same_subnet(ip, r.range[0], r.netmask));
+                if !same_subnet(ip, if_ip, if_mask) && !relayed {
                     return Err(invalid(
                         &format!("node[{i}].ip"),
-                        format!("{ip} is outside {interface}'s subnet"),
-                        "reserve an address on the provisioning network",
+                        format!(
+                            "{ip} is outside {interface}'s subnet and every [[dhcp.relay]] subnet"
+                        ),
+                        "reserve an address on the provisioning network or on a relayed subnet",
                     ));
                 }
             }

@@ -157,6 +157,16 @@ impl DhcpCore {
         let lease_secs = u64::from(self.cfg.lease_time);
         match kind {
             MessageType::Discover => {
+                if let Some(r) = self
+                    .leases
+                    .reservation(mac)
+                    .filter(|r| !subnet.contains(*r))
+                {
+                    return Outcome::Ignore(format!(
+                        "{mac}: reserved {r} is not on the subnet this DISCOVER came from (giaddr {}): unanswered; move the reservation or the node",
+                        req.giaddr()
+                    ));
+                }
                 let Some(ip) =
                     self.leases
                         .choose(mac, subnet.range.as_ref(), requested_ip(req), now)
@@ -277,7 +287,7 @@ impl DhcpCore {
         let ok = self
             .leases
             .reservation(mac)
-            .map_or(in_range, |r| r == wanted)
+            .map_or(in_range, |r| r == wanted && subnet.contains(r))
             && self.leases.available_to(wanted, mac, now);
         if !ok {
             if selecting.is_none() && !subnet.contains(wanted) {

@@ -19,6 +19,8 @@ fn ip(s: &str) -> Ipv4Addr {
 fn core(mode: DhcpMode) -> DhcpCore {
     let mut reservations = HashMap::new();
     reservations.insert("52:54:00:00:00:01".to_string(), ip("10.44.0.11"));
+    // A node declared on the relayed subnet.
+    reservations.insert("52:54:00:00:02:09".to_string(), ip("10.45.0.20"));
     let mut hostnames = HashMap::new();
     hostnames.insert("52:54:00:00:00:01".to_string(), "node1".to_string());
     let leases = LeaseTable::load(Box::new(MemoryLeaseStore::default()), reservations).unwrap();
@@ -325,6 +327,29 @@ fn relayed_requests_use_the_relay_subnet_and_go_back_via_the_relay() {
     let mut m = msg(mac(2), MessageType::Discover);
     m.set_giaddr(ip("10.99.0.1"));
     assert!(matches!(c.handle(&m, Via::Server, 100), Outcome::Ignore(_)));
+}
+
+#[test]
+fn a_reservation_on_a_relayed_subnet_is_offered_there_and_only_there() {
+    let mut c = core(DhcpMode::Full);
+    let relayed_node = [0x52, 0x54, 0, 0, 2, 9];
+    let mut m = msg(relayed_node, MessageType::Discover);
+    m.set_giaddr(ip("10.45.0.1"));
+    let r = reply(c.handle(&m, Via::Server, 100));
+    assert_eq!(r.msg.yiaddr(), ip("10.45.0.20"));
+    let mut req = msg(relayed_node, MessageType::Request);
+    req.set_giaddr(ip("10.45.0.1"));
+    req.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(ip("10.45.0.20")));
+    let r = reply(c.handle(&req, Via::Server, 101));
+    assert_eq!(kind(&r), MessageType::Ack);
+    assert_eq!(r.msg.yiaddr(), ip("10.45.0.20"));
+    // The same machine booting on the server's own segment gets nothing: its
+    // reserved address would not work there.
+    match c.handle(&msg(relayed_node, MessageType::Discover), Via::Server, 102) {
+        Outcome::Ignore(why) => assert!(why.contains("reserved 10.45.0.20"), "{why}"),
+        _ => panic!("offered a relayed reservation on the local segment"),
+    }
 }
 
 #[test]

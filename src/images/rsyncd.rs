@@ -164,6 +164,30 @@ pub fn write_config(s: &RsyncdSettings) -> Result<bool, ImageError> {
     Ok(true)
 }
 
+/// The `hosts allow` entries of the daemon: the server's own subnet and every
+/// subnet behind a DHCP relay (`[[dhcp.relay]]`), as `network/prefix`.
+pub fn hosts_allow(
+    address: std::net::Ipv4Addr,
+    netmask: std::net::Ipv4Addr,
+    relays: &[crate::config::RelaySubnet],
+) -> Vec<String> {
+    let cidr = |a, m: std::net::Ipv4Addr| {
+        format!(
+            "{}/{}",
+            crate::config::network(a, m),
+            u32::from(m).count_ones()
+        )
+    };
+    let mut allow = vec![cidr(address, netmask)];
+    for r in relays {
+        let c = cidr(r.range[0], r.netmask);
+        if !allow.contains(&c) {
+            allow.push(c);
+        }
+    }
+    allow
+}
+
 /// Runs `rsync --daemon` for as long as the token is not cancelled: restarts it with
 /// backoff when it dies and keeps its module list in step with the image store.
 pub struct Supervisor {
@@ -312,6 +336,29 @@ mod tests {
             assert!(c.contains(line), "missing {line:?} in\n{c}");
         }
         assert_eq!(settings().url("web-3"), "rsync://10.44.0.1:873/web-3/");
+    }
+
+    #[test]
+    fn relayed_subnets_may_copy_images() {
+        let relay = |first: [u8; 4], last: [u8; 4]| crate::config::RelaySubnet {
+            range: [first.into(), last.into()],
+            netmask: [255, 255, 255, 0].into(),
+            router: None,
+        };
+        let allow = hosts_allow(
+            [10, 44, 0, 1].into(),
+            [255, 255, 255, 0].into(),
+            &[
+                relay([10, 45, 0, 50], [10, 45, 0, 99]),
+                relay([10, 45, 0, 100], [10, 45, 0, 120]),
+                relay([10, 46, 7, 10], [10, 46, 7, 20]),
+            ],
+        );
+        assert_eq!(allow, ["10.44.0.0/24", "10.45.0.0/24", "10.46.7.0/24"]);
+        assert_eq!(
+            hosts_allow([10, 44, 0, 1].into(), [255, 255, 0, 0].into(), &[]),
+            ["10.44.0.0/16"]
+        );
     }
 
     #[test]
