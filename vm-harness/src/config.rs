@@ -56,13 +56,24 @@ pub struct ServerSection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DhcpSection {
     pub mode: String,
-    pub range: [String; 2],
+    /// The dynamic pool (full mode; a proxy hands out no addresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<[String; 2]>,
     pub netmask: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub router: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<String>,
     pub lease_time: u32,
+    /// `[[dhcp.relay]]`: subnets whose requests arrive through a DHCP relay.
+    #[serde(rename = "relay", default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<RelayEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayEntry {
+    pub range: [String; 2],
+    pub netmask: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,11 +108,12 @@ impl RolloutConfig {
             },
             dhcp: DhcpSection {
                 mode: "full".into(),
-                range: ["10.44.0.100".into(), "10.44.0.199".into()],
+                range: Some(["10.44.0.100".into(), "10.44.0.199".into()]),
                 netmask: "255.255.255.0".into(),
                 router: Some(addr.clone()),
                 dns: vec![addr],
                 lease_time: 3600,
+                relays: Vec::new(),
             },
             install: InstallSection {
                 image: "default".into(),
@@ -111,6 +123,25 @@ impl RolloutConfig {
             nodes: Vec::new(),
             images: Vec::new(),
         }
+    }
+
+    /// Proxy mode: another DHCP server hands out addresses, rollout adds only
+    /// the PXE boot information (and answers port 4011).
+    pub fn proxy(mut self) -> Self {
+        self.dhcp.mode = "proxy".into();
+        self.dhcp.range = None;
+        self.dhcp.router = None;
+        self.dhcp.dns.clear();
+        self
+    }
+
+    /// Adds a `[[dhcp.relay]]` subnet with the pool `first`–`last` (a /24).
+    pub fn with_relay(mut self, first: Ipv4Addr, last: Ipv4Addr) -> Self {
+        self.dhcp.relays.push(RelayEntry {
+            range: [first.to_string(), last.to_string()],
+            netmask: "255.255.255.0".into(),
+        });
+        self
     }
 
     /// Adds a `[[node]]` entry.

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use crate::config::{node_ip, RolloutConfig, BRIDGE, PREFIX_LEN, SERVER_ADDR};
 use crate::error::{Error, IoContext, Result};
+use crate::hosts::{Host, SUBNET_BRIDGE};
 use crate::netns::{self, Netns};
 use crate::proc::{have_program, is_root, kill_stale_pid_file};
 use crate::qemu::{mac_for, Accel, Firmware, Node, NodeSpec, QEMU};
@@ -80,6 +81,8 @@ pub struct Lab {
     opts: LabOptions,
     nodes: Vec<Node>,
     server: Option<Server>,
+    /// Other machines on the lab network (site DHCP server, routers).
+    hosts: Vec<Host>,
     dir: PathBuf,
     run_dir: PathBuf,
     // Declared last so it is dropped after everything running inside it.
@@ -108,6 +111,12 @@ pub fn cleanup(name: &str) -> Result<()> {
                 };
                 kill_stale_pid_file(&p, expect);
             }
+        }
+    }
+    // Hosts of the lab (`<ns>-<host>`) first: their veths end in the lab bridge.
+    for host_ns in netns::list_lab_namespaces() {
+        if host_ns.starts_with(&format!("{ns}-")) {
+            netns::remove_namespace(&host_ns)?;
         }
     }
     netns::remove_namespace(&ns)?;
@@ -160,6 +169,7 @@ impl Lab {
             opts,
             nodes: Vec::new(),
             server: None,
+            hosts: Vec::new(),
             dir,
             run_dir: rd,
             netns,
@@ -192,9 +202,32 @@ impl Lab {
     /// Adds a blank node (not started) on a new tap: `node<N>`, MAC
     /// `52:54:00:00:00:<N>`.
     pub fn add_node(&mut self, firmware: Firmware) -> Result<&mut Node> {
+        self.add_node_spec(firmware, None)
+    }
+
+    /// Adds a blank node on the subnet behind router `router` (see
+    /// [`Lab::add_router`]) instead of the lab bridge.
+    pub fn add_node_behind(&mut self, router: &str, firmware: Firmware) -> Result<&mut Node> {
+        self.add_node_spec(firmware, Some(router))
+    }
+
+    fn add_node_spec(&mut self, firmware: Firmware, router: Option<&str>) -> Result<&mut Node> {
         let index = self.nodes.len() + 1;
         let tap = format!("tap{index}");
-        self.netns.add_tap(&tap, BRIDGE)?;
+        let ns = match router {
+            None => {
+                self.netns.add_tap(&tap, BRIDGE)?;
+                self.netns.name().to_string()
+            }
+            Some(r) => {
+                let host = self.host(r).ok_or_else(|| Error::Netns {
+                    ns: self.netns.name().into(),
+                    message: format!("no router {r:?} in the lab (add it with add_router)"),
+                })?;
+                host.netns().add_tap(&tap, SUBNET_BRIDGE)?;
+                host.netns().name().to_string()
+            }
+        };
         let spec = NodeSpec {
             name: format!("node{index}"),
             mac: mac_for(index),
@@ -202,11 +235,43 @@ impl Lab {
             memory_mib: self.opts.memory_mib,
             disk_bytes: self.opts.disk_bytes,
             accel: self.opts.accel,
+            boot: crate::qemu::NetBoot::Pxe,
         };
         let dir = self.dir.join(&spec.name);
-        let node = Node::prepare(spec, self.netns.name(), &tap, dir, &self.run_dir)?;
+        let node = Node::prepare(spec, &ns, &tap, dir, &self.run_dir)?;
         self.nodes.push(node);
         Ok(self.nodes.last_mut().expect("just pushed"))
+    }
+
+    /// Adds another machine on the lab bridge at `address` (in namespace
+    /// `rollout-lab-<lab>-<name>`), e.g. a site DHCP server.
+    pub fn add_host(&mut self, name: &str, address: std::net::Ipv4Addr) -> Result<&mut Host> {
+        let ns = format!("{}-{name}", self.netns.name());
+        let host = Host::create(&self.netns, &ns, name, address)?;
+        self.hosts.push(host);
+        Ok(self.hosts.last_mut().expect("just pushed"))
+    }
+
+    /// Adds a router at `address` on the lab bridge with a subnet of its own
+    /// (`gateway/24` on its bridge); nodes go there with [`Lab::add_node_behind`].
+    pub fn add_router(
+        &mut self,
+        name: &str,
+        address: std::net::Ipv4Addr,
+        gateway: std::net::Ipv4Addr,
+    ) -> Result<&mut Host> {
+        let ns = format!("{}-{name}", self.netns.name());
+        let mut host = Host::create(&self.netns, &ns, name, address)?;
+        host.route_subnet(&self.netns, gateway)?;
+        self.hosts.push(host);
+        Ok(self.hosts.last_mut().expect("just pushed"))
+    }
+
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name() == name)
+    }
+    pub fn host_mut(&mut self, name: &str) -> Option<&mut Host> {
+        self.hosts.iter_mut().find(|h| h.name() == name)
     }
 
     pub fn nodes(&self) -> &[Node] {
@@ -315,6 +380,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.nodes.clear();
         self.server = None;
+        self.hosts.clear();
         let _ = fs::remove_dir_all(&self.run_dir);
         if self.opts.keep_dir.is_none() {
             let _ = fs::remove_dir_all(&self.dir);

@@ -157,6 +157,18 @@ pub fn parse_size(s: &str) -> Option<u64> {
     u64::from_str(num).ok()?.checked_mul(mult)
 }
 
+/// How a node's firmware boots from the network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NetBoot {
+    /// PXE: DHCP, then the first stage over TFTP (what both firmwares do by default).
+    #[default]
+    Pxe,
+    /// UEFI HTTP boot only: OVMF's PXE stacks are switched off through its
+    /// fw_cfg knobs, so the firmware's only network option is HTTPv4/HTTPv6 and
+    /// it never speaks TFTP.
+    HttpOnly,
+}
+
 /// How to build one node.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
@@ -166,6 +178,7 @@ pub struct NodeSpec {
     pub memory_mib: u32,
     pub disk_bytes: u64,
     pub accel: Accel,
+    pub boot: NetBoot,
 }
 
 /// A QEMU node in the lab. The QEMU process is killed when this is dropped; the
@@ -228,6 +241,10 @@ impl Node {
     }
     pub fn spec(&self) -> &NodeSpec {
         &self.spec
+    }
+    /// Changes how the firmware boots from the network (from the next start).
+    pub fn set_net_boot(&mut self, boot: NetBoot) {
+        self.spec.boot = boot;
     }
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -332,6 +349,14 @@ impl Node {
                 "-drive",
                 &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
             ]);
+            if s.boot == NetBoot::HttpOnly {
+                push(&[
+                    "-fw_cfg",
+                    "name=opt/org.tianocore/IPv4PXESupport,string=n",
+                    "-fw_cfg",
+                    "name=opt/org.tianocore/IPv6PXESupport,string=n",
+                ]);
+            }
         }
         a.extend(self.extra_args.iter().cloned());
         a
@@ -522,6 +547,7 @@ mod tests {
                 memory_mib: 1024,
                 disk_bytes: 8 << 30,
                 accel: Accel::Tcg,
+                boot: NetBoot::Pxe,
             },
             netns: "rollout-lab-t".into(),
             tap: "tap1".into(),

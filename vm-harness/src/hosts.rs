@@ -1,0 +1,177 @@
+//! Other machines on the lab's network, each in a namespace of its own with a
+//! veth plugged into the lab bridge: a site DHCP server that knows nothing of
+//! PXE (for proxy mode), and a router with a subnet of its own behind a real
+//! DHCP relay (for relayed installs). Like the lab itself, nothing here touches
+//! the host's interfaces.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+
+use crate::config::{BRIDGE, PREFIX_LEN};
+use crate::error::{IoContext, Result};
+use crate::netns::Netns;
+use crate::proc::{run, ProcessGroup};
+
+/// The bridge of a routed subnet, inside its router's namespace.
+pub const SUBNET_BRIDGE: &str = "rbr1";
+
+/// A machine on the lab bridge. Its processes and namespace go on drop.
+#[derive(Debug)]
+pub struct Host {
+    name: String,
+    address: Ipv4Addr,
+    /// The routed subnet's bridge address (`Some` for a router).
+    subnet: Option<Ipv4Addr>,
+    procs: Vec<ProcessGroup>,
+    // Last: dropped after the processes running inside it.
+    netns: Netns,
+}
+
+impl Host {
+    /// Creates namespace `ns` as a host with `address` on the lab bridge of
+    /// `lab_ns`, through a veth `vh-<name>` (lab side) / `eth0` (host side).
+    pub(crate) fn create(lab_ns: &Netns, ns: &str, name: &str, address: Ipv4Addr) -> Result<Host> {
+        let netns = Netns::create(ns)?;
+        let lab_side = format!("vh-{name}");
+        lab_ns.ip(&[
+            "link", "add", &lab_side, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ])?;
+        lab_ns.ip(&["link", "set", &lab_side, "master", BRIDGE])?;
+        lab_ns.ip(&["link", "set", &lab_side, "up"])?;
+        netns.ip(&[
+            "addr",
+            "add",
+            &format!("{address}/{PREFIX_LEN}"),
+            "dev",
+            "eth0",
+        ])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        Ok(Host {
+            name: name.into(),
+            address,
+            subnet: None,
+            procs: Vec::new(),
+            netns,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn address(&self) -> Ipv4Addr {
+        self.address
+    }
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+    /// The router's address on its own subnet (the relay's giaddr).
+    pub fn subnet_address(&self) -> Option<Ipv4Addr> {
+        self.subnet
+    }
+
+    /// Makes this host a router: bridge [`SUBNET_BRIDGE`] with `gateway/24`,
+    /// IPv4 forwarding on, and a route to the subnet through this host on the
+    /// lab side, so the boot server reaches the relayed nodes and they it.
+    pub(crate) fn route_subnet(&mut self, lab_ns: &Netns, gateway: Ipv4Addr) -> Result<()> {
+        self.netns
+            .add_bridge(SUBNET_BRIDGE, &format!("{gateway}/{PREFIX_LEN}"))?;
+        run(self
+            .netns
+            .command("sysctl")
+            .args(["-q", "-w", "net.ipv4.ip_forward=1"]))?;
+        let o = gateway.octets();
+        let subnet = format!("{}.{}.{}.0/{PREFIX_LEN}", o[0], o[1], o[2]);
+        lab_ns.ip(&["route", "add", &subnet, "via", &self.address.to_string()])?;
+        self.subnet = Some(gateway);
+        Ok(())
+    }
+
+    /// Runs `program ARGS…` inside this host until the host is dropped, output
+    /// appended to `log`.
+    pub fn spawn(&mut self, label: &str, program: &str, args: &[String], log: &Path) -> Result<()> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .ctx("opening a host log", log)?;
+        let mut cmd: Command = self.netns.command(program);
+        cmd.args(args)
+            .stdout(out.try_clone().ctx("opening a host log", log)?)
+            .stderr(out);
+        self.procs.push(ProcessGroup::spawn(label, &mut cmd)?);
+        Ok(())
+    }
+
+    /// Whether every process started here is still running.
+    pub fn all_running(&mut self) -> bool {
+        self.procs.iter_mut().all(|p| p.is_running())
+    }
+}
+
+/// dnsmasq as a plain site DHCP server on `eth0`: addresses from `range`, the
+/// lab server as router, and no PXE options at all (no boot file, no next
+/// server, no vendor class): PXE clients must get those from a proxyDHCP.
+pub fn site_dhcp_args(range: (Ipv4Addr, Ipv4Addr), router: Ipv4Addr, leases: &Path) -> Vec<String> {
+    vec![
+        "--no-daemon".into(),
+        "--conf-file=/dev/null".into(),
+        "--port=0".into(),
+        "--user=root".into(),
+        "--interface=eth0".into(),
+        "--bind-interfaces".into(),
+        "--log-dhcp".into(),
+        format!("--dhcp-range={},{},255.255.255.0,1h", range.0, range.1),
+        format!("--dhcp-option=option:router,{router}"),
+        format!("--dhcp-leasefile={}", leases.display()),
+    ]
+}
+
+/// dnsmasq as a DHCP relay (and nothing else): requests broadcast on the
+/// router's subnet go to `server` with giaddr = `giaddr`, replies come back.
+pub fn relay_args(giaddr: Ipv4Addr, server: Ipv4Addr) -> Vec<String> {
+    vec![
+        "--no-daemon".into(),
+        "--conf-file=/dev/null".into(),
+        "--port=0".into(),
+        "--user=root".into(),
+        "--log-dhcp".into(),
+        format!("--interface={SUBNET_BRIDGE}"),
+        "--interface=eth0".into(),
+        format!("--dhcp-relay={giaddr},{server}"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn site_dhcp_server_offers_no_pxe_options() {
+        let a = site_dhcp_args(
+            (Ipv4Addr::new(10, 44, 0, 150), Ipv4Addr::new(10, 44, 0, 199)),
+            Ipv4Addr::new(10, 44, 0, 1),
+            Path::new("/tmp/l"),
+        )
+        .join(" ");
+        assert!(a.contains("--dhcp-range=10.44.0.150,10.44.0.199,"));
+        for pxe in [
+            "dhcp-boot",
+            "enable-tftp",
+            "pxe-service",
+            "dhcp-vendorclass",
+        ] {
+            assert!(!a.contains(pxe), "{a}");
+        }
+    }
+
+    #[test]
+    fn relay_forwards_to_the_boot_server() {
+        let a = relay_args(Ipv4Addr::new(10, 45, 0, 1), Ipv4Addr::new(10, 44, 0, 1)).join(" ");
+        assert!(a.contains("--dhcp-relay=10.45.0.1,10.44.0.1"), "{a}");
+        assert!(
+            !a.contains("dhcp-range"),
+            "a relay hands out nothing itself: {a}"
+        );
+    }
+}
