@@ -4,6 +4,7 @@
 mod common;
 use common::loopback::{event, Server};
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -269,6 +270,73 @@ fn every_endpoint_with_auth_and_bad_input() {
     );
     let (ok, out, _) = s.cli(&["watch", "--once"]);
     assert!(ok && out.contains("node1"), "{out}");
+}
+
+/// The served OpenAPI document against the router's own route table, in both
+/// directions, and every documented operation asked of the running server: the
+/// router answers it (a handler's status, not axum's bare 404 or 405).
+#[test]
+fn openapi_documents_exactly_the_routes_the_server_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (st, spec) = s.req("GET", "/api/v1/openapi.json", None, false);
+    assert_eq!(st, 200);
+    let documented: BTreeSet<(String, String)> = rollout::http::documented_operations(&spec)
+        .into_iter()
+        .collect();
+    let served: BTreeSet<(String, String)> = rollout::http::api_routes().into_iter().collect();
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "served but not documented: {undocumented:?}"
+    );
+    let unserved: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        unserved.is_empty(),
+        "documented but not served: {unserved:?}"
+    );
+
+    // Without the admin token and without bodies, so nothing is changed; what
+    // matters is who answers.
+    let agent = ureq::AgentBuilder::new()
+        .redirects(0)
+        .timeout(Duration::from_secs(10))
+        .build();
+    let ask = |method: &str, path: &str| -> (u16, String) {
+        let res = agent.request(method, &s.url(path)).call();
+        let (status, resp) = match res {
+            Ok(r) => (r.status(), r),
+            Err(ureq::Error::Status(c, r)) => (c, r),
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        // The event stream never ends: its headers are the answer.
+        let streaming = resp.content_type() == "text/event-stream";
+        let body = if streaming {
+            String::new()
+        } else {
+            resp.into_string().unwrap_or_default()
+        };
+        (status, body)
+    };
+    let unrouted = |(status, body): &(u16, String)| {
+        *status == 405 || (*status == 404 && body.trim().is_empty())
+    };
+    // The check tells a missing route from a handler's own 404.
+    assert!(unrouted(&ask("GET", "/api/v1/nosuch")));
+    assert!(unrouted(&ask("PUT", "/api/v1/nodes")));
+    assert!(!unrouted(&ask("GET", "/api/v1/nodes/nosuch")));
+    for (method, path) in &documented {
+        let concrete = path
+            .replace("{id}", "node1")
+            .replace("{mac}", "52:54:00:00:00:01")
+            .replace("{name}", "default");
+        assert!(!concrete.contains('{'), "a parameter to fill in: {path}");
+        let got = ask(method, &concrete);
+        assert!(
+            !unrouted(&got),
+            "{method} {path} is documented but the router does not answer it: {got:?}"
+        );
+    }
 }
 
 #[test]

@@ -6,33 +6,39 @@
 // would only add noise at every call site.
 #![allow(clippy::result_large_err)]
 
-use super::{error, inventory_error, Shared};
+use super::{error, inventory_error, route, ApiRoute, Shared};
 use crate::config::{normalize_mac, valid_hostname};
 use crate::inventory::{NodeRecord, NodeState, Source};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 use std::net::Ipv4Addr;
 use tokio_stream::StreamExt;
 
-pub fn routes() -> Router<Shared> {
-    Router::new()
-        .route("/api/v1/nodes", get(list_nodes).post(upsert_node))
-        .route("/api/v1/nodes/{id}", get(get_node).delete(delete_node))
-        .route("/api/v1/nodes/{id}/reinstall", post(reinstall))
-        .route("/api/v1/nodes/{id}/history", get(history))
-        .route("/api/v1/discovered", get(discovered))
-        .route("/api/v1/discovered/{mac}/approve", post(approve))
-        .route("/api/v1/discovered/{mac}/ignore", post(ignore))
-        .route("/api/v1/images", get(images))
-        .route("/api/v1/images/{name}/serial", get(image_serial))
-        .route("/api/v1/images/{name}/excludes", get(image_excludes))
-        .route("/api/v1/events", get(events))
+pub fn routes() -> Vec<ApiRoute> {
+    vec![
+        route(Method::GET, "/api/v1/nodes", list_nodes),
+        route(Method::POST, "/api/v1/nodes", upsert_node),
+        route(Method::GET, "/api/v1/nodes/{id}", get_node),
+        route(Method::DELETE, "/api/v1/nodes/{id}", delete_node),
+        route(Method::POST, "/api/v1/nodes/{id}/reinstall", reinstall),
+        route(Method::GET, "/api/v1/nodes/{id}/history", history),
+        route(Method::GET, "/api/v1/discovered", discovered),
+        route(Method::POST, "/api/v1/discovered/{mac}/approve", approve),
+        route(Method::POST, "/api/v1/discovered/{mac}/ignore", ignore),
+        route(Method::GET, "/api/v1/images", images),
+        route(Method::GET, "/api/v1/images/{name}/serial", image_serial),
+        route(
+            Method::GET,
+            "/api/v1/images/{name}/excludes",
+            image_excludes,
+        ),
+        route(Method::GET, "/api/v1/events", events),
+    ]
 }
 
 /// The admin token from `Authorization: Bearer` or the dashboard's cookie.

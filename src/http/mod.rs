@@ -10,12 +10,14 @@ mod openapi;
 pub use api::published_serial;
 pub use boot::generated_hostname;
 pub use dashboard::percent;
+pub use openapi::documented_operations;
 
 use crate::config::Config;
 use crate::inventory::{Inventory, InventoryError};
-use axum::http::StatusCode;
+use axum::handler::Handler;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -63,22 +65,67 @@ pub(crate) fn inventory_error(e: InventoryError) -> Response {
     error(status, e.to_string())
 }
 
-pub fn router(state: Shared) -> Router {
+/// One route under `/api/v1`: the method and path it answers (axum's `{param}`
+/// syntax, which is also OpenAPI's) and its handler.
+pub(crate) struct ApiRoute {
+    method: Method,
+    path: String,
+    handler: MethodRouter<Shared>,
+}
+
+/// A route answering `method` only, so the table cannot say one method and serve another.
+pub(crate) fn route<H, T>(method: Method, path: impl Into<String>, handler: H) -> ApiRoute
+where
+    H: Handler<T, Shared>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("a method axum routes");
+    ApiRoute {
+        method,
+        path: path.into(),
+        handler: on(filter, handler),
+    }
+}
+
+/// Every route under `/api/v1`, in one list: [`router`] serves exactly these, and
+/// the OpenAPI document is checked against [`api_routes`]. Add API routes here,
+/// not to the router directly.
+fn api_table() -> Vec<ApiRoute> {
     use crate::wire::paths;
+    let mut table = vec![
+        route(Method::GET, format!("{}/{{mac}}", paths::PLAN), api::plan),
+        route(
+            Method::POST,
+            format!("{}/{{id}}/events", paths::INSTALLS),
+            api::event,
+        ),
+        route(Method::POST, paths::PHONE_HOME, api::phone_home),
+        route(Method::GET, "/api/v1/openapi.json", openapi::spec),
+    ];
+    table.extend(admin::routes());
+    table
+}
+
+/// `(method, path)` of every route the server answers under `/api/v1`: the
+/// table the router is built from.
+pub fn api_routes() -> Vec<(String, String)> {
+    api_table()
+        .into_iter()
+        .map(|r| (r.method.to_string(), r.path))
+        .collect()
+}
+
+pub fn router(state: Shared) -> Router {
     let boot_dir = state.config.state_dir.join("boot");
     let ipxe_dir = state.config.server.tftp_root.clone();
-    Router::new()
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/boot.ipxe", get(boot::script))
-        .route(&format!("{}/{{mac}}", paths::PLAN), get(api::plan))
-        .route(
-            &format!("{}/{{id}}/events", paths::INSTALLS),
-            post(api::event),
-        )
-        .route(paths::PHONE_HOME, post(api::phone_home))
-        .merge(admin::routes())
-        .merge(dashboard::routes())
-        .route("/api/v1/openapi.json", get(openapi::spec))
+        .route("/boot.ipxe", get(boot::script));
+    for r in api_table() {
+        // Two methods on one path merge into one method router.
+        app = app.route(&r.path, r.handler);
+    }
+    app.merge(dashboard::routes())
         .nest_service("/boot", ServeDir::new(boot_dir))
         // UEFI HTTP boot clients fetch ipxe.efi by URL instead of TFTP.
         .nest_service("/ipxe", ServeDir::new(ipxe_dir))
