@@ -104,7 +104,9 @@ fn progress_bar_moves_live_and_screenshot_is_saved() {
         .is_err()
         || !std::path::Path::new("/usr/bin/chromium").exists()
     {
-        eprintln!("SKIP: chromium and chromium-driver are not installed (run scripts/setup.sh)");
+        testkit::prereq::missing(
+            "chromium or chromedriver is not installed (Debian packages chromium, chromium-driver)",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -186,8 +186,7 @@ async fn rsync_daemon_serves_serials_read_only() {
     if !can_enter_images() {
         return;
     }
-    if Command::new("rsync").arg("--version").output().is_err() {
-        eprintln!("skipping: rsync not installed");
+    if !testkit::prereq::require_tools(&[("rsync", "rsync")]) {
         return;
     }
     let t = tempfile::tempdir().unwrap();

@@ -1,34 +1,21 @@
 //! The installer's DHCP client and ioctl network setup against a real dnsmasq,
 //! entirely inside two network namespaces this test creates (10.44.77.0/24) and
-//! removes. Needs root, `ip` and `dnsmasq`; skips otherwise.
+//! removes. Needs root, `ip` and `dnsmasq`: without them it fails under CI and
+//! scripts/test.sh, and a plain `cargo test` skips it (see `testkit::prereq`).
 
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rollout_installer::{dhcp, net};
+use testkit::prereq;
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x44, 0x77, 0x01];
 
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (network namespaces need root)".into());
-    }
-    for tool in ["ip", "dnsmasq"] {
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !ok {
-            return Some(format!(
-                "{tool} missing (apt-get install iproute2 dnsmasq-base)"
-            ));
-        }
-    }
-    None
+/// Whether this host can run the test (root, `ip`, `dnsmasq`); see `testkit::prereq`.
+fn can_run() -> bool {
+    prereq::require_root("network namespaces")
+        && prereq::require_tools(&[("ip", "iproute2"), ("dnsmasq", "dnsmasq-base")])
 }
 
 fn ip(args: &[&str]) {
@@ -124,8 +111,7 @@ fn lab() -> Lab {
 
 #[test]
 fn lease_from_dnsmasq_configures_the_interface() {
-    if let Some(why) = skip_reason() {
-        println!("SKIPPED DHCP namespace test: {why}");
+    if !can_run() {
         return;
     }
     let lab = lab();

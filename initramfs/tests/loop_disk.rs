@@ -1,6 +1,7 @@
 //! Partitions and formats a sparse file through a loop device with the same
 //! library calls the installer makes, then inspects the result with the standard
-//! tools (sgdisk, blkid, dumpe2fs). Needs root and losetup; skips otherwise.
+//! tools (sgdisk, blkid, dumpe2fs). Needs root and losetup: without them it fails
+//! under CI and scripts/test.sh, and a plain `cargo test` skips it (`testkit::prereq`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,29 +9,26 @@ use std::process::Command;
 use rollout::wire::{Layout, RootFs};
 use rollout_installer::layout::{self, Firmware, PartKind, MIB};
 use rollout_installer::{format, partition, swap};
+use testkit::prereq;
 
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (loop devices need root)".into());
-    }
-    for tool in ["losetup", "sgdisk", "blkid", "dumpe2fs"] {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !found {
-            return Some(format!(
-                "{tool} missing (apt-get install util-linux gdisk e2fsprogs)"
-            ));
-        }
+/// Whether this host can run the test (root, the tools, loop devices); see
+/// `testkit::prereq`.
+fn can_run() -> bool {
+    if !prereq::require_root("loop devices")
+        || !prereq::require_tools(&[
+            ("losetup", "mount"),
+            ("sgdisk", "gdisk"),
+            ("blkid", "util-linux"),
+            ("dumpe2fs", "e2fsprogs"),
+        ])
+    {
+        return false;
     }
     if !Path::new("/dev/loop-control").exists() {
-        return Some("no /dev/loop-control (loop driver unavailable here)".into());
+        prereq::missing("no /dev/loop-control (the loop driver is unavailable here)");
+        return false;
     }
-    None
+    true
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {
@@ -88,8 +86,7 @@ fn blkid(dev: &Path) -> String {
 }
 
 fn install_like(firmware: Firmware, sector: u64) {
-    if let Some(why) = skip_reason() {
-        println!("SKIPPED loop-device test: {why}");
+    if !can_run() {
         return;
     }
     let disk = Loop::new(3 * 1024 * MIB, sector);

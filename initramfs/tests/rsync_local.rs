@@ -6,14 +6,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use rollout_installer::{paths, rsync};
+use testkit::prereq;
 
 #[test]
 fn copies_tree_with_excludes_and_reports_progress() {
-    if !Path::new(paths::RSYNC).exists() {
-        println!(
-            "SKIPPED rsync test: {} missing (apt-get install rsync)",
-            paths::RSYNC
-        );
+    if !prereq::require_file(paths::RSYNC, "rsync") {
         return;
     }
     let src = tempfile::tempdir().unwrap();
@@ -53,8 +50,7 @@ fn copies_tree_with_excludes_and_reports_progress() {
 
 #[test]
 fn failure_is_reported_after_the_attempts() {
-    if !Path::new(paths::RSYNC).exists() {
-        println!("SKIPPED rsync test: {} missing", paths::RSYNC);
+    if !prereq::require_file(paths::RSYNC, "rsync") {
         return;
     }
     let dst = tempfile::tempdir().unwrap();
@@ -81,8 +77,7 @@ fn failure_is_reported_after_the_attempts() {
 /// put on the disk is not sent again.
 #[test]
 fn interrupted_copy_is_retried_and_resumes() {
-    if !Path::new(paths::RSYNC).exists() {
-        println!("SKIPPED rsync test: {} missing", paths::RSYNC);
+    if !prereq::require_file(paths::RSYNC, "rsync") {
         return;
     }
     let base = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rollout_installer::paths;
+use testkit::prereq;
 
 struct Daemon(Child);
 
@@ -116,15 +117,9 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn sync_updates_a_node_root_from_an_rsync_daemon() {
-    if unsafe { libc::geteuid() } != 0 {
-        println!("SKIPPED sync test: needs root (the rsync daemon serves files as uid 0 and the copy keeps owners)");
-        return;
-    }
-    if !Path::new(paths::RSYNC).exists() {
-        println!(
-            "SKIPPED sync test: {} missing (apt-get install rsync)",
-            paths::RSYNC
-        );
+    if !prereq::require_root("the rsync daemon serves files as uid 0 and the copy keeps owners")
+        || !prereq::require_file(paths::RSYNC, "rsync")
+    {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rollout::wire::*;
 use rollout_installer::{configure, paths, rsync, sync};
+use testkit::prereq;
 
 fn plan(network: NetworkPlan) -> InstallPlan {
     InstallPlan {
@@ -131,8 +132,7 @@ fn check(image_files: &[&str], network: NetworkPlan) {
 
 #[test]
 fn installer_written_files_survive_a_sync() {
-    if !Path::new(paths::RSYNC).exists() {
-        println!("SKIPPED: {} missing (apt-get install rsync)", paths::RSYNC);
+    if !prereq::require_file(paths::RSYNC, "rsync") {
         return;
     }
     check(

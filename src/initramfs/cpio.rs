@@ -271,8 +271,7 @@ mod tests {
     /// alignment than cpio, which `records_are_aligned_and_end_with_trailer` covers.
     #[test]
     fn gnu_cpio_lists_and_extracts_it() {
-        if Command::new("cpio").arg("--version").output().is_err() {
-            eprintln!("skipping: cpio not installed (apt-get install cpio)");
+        if !testkit::prereq::require_tools(&[("cpio", "cpio")]) {
             return;
         }
         let bytes = sample().to_bytes();

@@ -174,6 +174,7 @@ pub fn find_library(name: &str, origin: &Path, runpath: &[String]) -> Option<Pat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use testkit::prereq;
 
     #[test]
     fn rejects_non_elf() {
@@ -186,10 +187,10 @@ mod tests {
 
     #[test]
     fn host_rsync_needs_libc_and_the_loader() {
-        let Ok(bytes) = std::fs::read("/usr/bin/rsync") else {
-            eprintln!("skipping: /usr/bin/rsync not installed (apt-get install rsync)");
+        if !prereq::require_file("/usr/bin/rsync", "rsync") {
             return;
-        };
+        }
+        let bytes = std::fs::read("/usr/bin/rsync").unwrap();
         let deps = parse(&bytes).unwrap();
         assert_eq!(deps.interp.as_deref(), Some("/lib64/ld-linux-x86-64.so.2"));
         assert!(deps.needed.iter().any(|n| n == "libc.so.6"), "{deps:?}");
@@ -206,13 +207,14 @@ mod tests {
 
     #[test]
     fn static_busybox_has_no_deps() {
-        let Ok(bytes) = std::fs::read("/bin/busybox") else {
-            eprintln!("skipping: /bin/busybox not installed (apt-get install busybox-static)");
+        if !prereq::require_file("/bin/busybox", "busybox-static") {
             return;
-        };
-        let deps = parse(&bytes).unwrap();
+        }
+        let deps = parse(&std::fs::read("/bin/busybox").unwrap()).unwrap();
         if deps.interp.is_some() {
-            eprintln!("skipping: /bin/busybox is dynamically linked here");
+            prereq::missing(
+                "/bin/busybox is dynamically linked here (Debian package busybox-static has a static one)",
+            );
             return;
         }
         assert!(deps.needed.is_empty());

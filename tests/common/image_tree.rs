@@ -5,25 +5,12 @@ use std::path::{Path, PathBuf};
 
 pub const BUSYBOX: &str = "/bin/busybox";
 
-fn skip_reason() -> Option<&'static str> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (chroot and mount namespaces)");
-    }
-    if !Path::new(BUSYBOX).exists() {
-        return Some("needs /bin/busybox (apt-get install busybox-static)");
-    }
-    None
-}
-
-/// False (after saying why) when this host cannot chroot into a busybox image.
+/// Whether this host can chroot into a busybox image (root, /bin/busybox). When
+/// not, the test fails under CI and scripts/test.sh and a plain `cargo test` skips
+/// it (`testkit::prereq`).
 pub fn can_enter_images() -> bool {
-    match skip_reason() {
-        Some(why) => {
-            eprintln!("skipping: {why}");
-            false
-        }
-        None => true,
-    }
+    testkit::prereq::require_root("chroot and mount namespaces")
+        && testkit::prereq::require_file(BUSYBOX, "busybox-static")
 }
 
 /// A tiny root: busybox as /bin/sh, fake host keys and a machine-id that must not ship.

@@ -14,31 +14,19 @@ use std::time::{Duration, Instant};
 pub const SERVER_IP: &str = "10.44.0.1";
 
 pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    testkit::prereq::is_root()
 }
 
-/// Returns false (and says why) when a test needs what this machine lacks.
+/// Whether a test that needs root (network namespaces) and `tools` may run here.
+/// When not, the test fails under CI and scripts/test.sh and a plain `cargo test`
+/// skips it, naming what is missing and its Debian package (`testkit::prereq`).
 pub fn can_run(tools: &[&str]) -> bool {
-    if !is_root() {
-        eprintln!("SKIP: needs root for network namespaces");
-        return false;
-    }
-    for t in tools {
-        if which(t).is_none() {
-            eprintln!("SKIP: {t} is not installed (run scripts/setup.sh)");
-            return false;
-        }
-    }
-    true
+    testkit::prereq::require_root("network namespaces")
+        && testkit::prereq::require_known_tools(tools)
 }
 
 pub fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.is_file())
+    testkit::prereq::which(tool)
 }
 
 pub fn run(args: &[&str]) -> Output {

@@ -180,8 +180,7 @@ mod tests {
     /// Cross-checks the encoder against GNU cpio when it is installed.
     #[test]
     fn gnu_cpio_reads_our_archive() {
-        if Command::new("cpio").arg("--version").output().is_err() {
-            eprintln!("skipped: cpio not installed");
+        if !testkit::prereq::require_tools(&[("cpio", "cpio")]) {
             return;
         }
         let a = newc(&[

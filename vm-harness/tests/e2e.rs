@@ -3,8 +3,8 @@
 //! phone home. Each test waits on the server's record of the node (state
 //! `installed` and `booted_at` set), then inspects the disk from the host.
 //!
-//! Needs root, QEMU and the tools of scripts/setup.sh; otherwise each test
-//! prints why and passes. The tests share one fixture (installer initramfs,
+//! Needs root, QEMU and the tools of scripts/setup.sh; otherwise each test fails
+//! (a plain `cargo test` skips). The tests share one fixture (installer initramfs,
 //! tiny image, Debian image, all cached under target/) and run one lab at a
 //! time whatever `--test-threads` says. The Debian test builds the image once
 //! (~2.5 min, needs the Debian mirror) and reuses it from target/e2e-images/.

@@ -1,25 +1,16 @@
 //! The lab's plumbing without a boot server: namespace, bridge, taps, leftover
 //! cleanup, and a node's power controls over QMP. Needs root and QEMU; otherwise
-//! prints why and passes.
+//! fails under CI and scripts/test.sh (a plain `cargo test` skips, saying why).
 
 use std::process::Command;
 use std::time::Duration;
 
-use vm_harness::proc::{have_program, is_root};
+use testkit::prereq;
 use vm_harness::{netns, Firmware, Lab, LabOptions, Pattern};
 
 fn can_run() -> bool {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespace, tap devices)");
-        return false;
-    }
-    for tool in ["qemu-system-x86_64", "qemu-img", "ip"] {
-        if !have_program(tool) {
-            eprintln!("skipped: {tool} not installed (scripts/setup.sh installs it)");
-            return false;
-        }
-    }
-    true
+    prereq::require_root("network namespace, tap devices")
+        && prereq::require_known_tools(&["qemu-system-x86_64", "qemu-img", "ip"])
 }
 
 fn host_links() -> String {

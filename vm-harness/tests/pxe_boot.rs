@@ -2,7 +2,8 @@
 //! a private namespace, must get from firmware through `rollout serve` (DHCP,
 //! iPXE script, HTTP kernel + initramfs) to the installer's first console line.
 //!
-//! Needs root and qemu-system-x86_64; otherwise it prints why and passes.
+//! Needs root and qemu-system-x86_64; otherwise it fails under CI and scripts/test.sh
+//! (a plain `cargo test` skips it, saying why).
 //! ROLLOUT_BIN picks the server binary (default: <workspace>/target/debug/rollout,
 //! built here if missing); ROLLOUT_INITRAMFS a real installer initramfs (default:
 //! a busybox probe that prints the same line and powers off).
@@ -11,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use testkit::prereq;
 use vm_harness::boottest::{self, BootTestOptions, ServerKind};
-use vm_harness::proc::{have_program, is_root};
 use vm_harness::Firmware;
 
 fn workspace() -> PathBuf {
@@ -44,15 +45,10 @@ fn rollout_bin() -> PathBuf {
 
 #[test]
 fn blank_bios_and_uefi_nodes_reach_the_installer() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespace, tap devices)");
+    if !prereq::require_root("network namespace, tap devices")
+        || !prereq::require_known_tools(&["qemu-system-x86_64", "qemu-img", "ip"])
+    {
         return;
-    }
-    for tool in ["qemu-system-x86_64", "qemu-img", "ip"] {
-        if !have_program(tool) {
-            eprintln!("skipped: {tool} not installed (scripts/setup.sh installs it)");
-            return;
-        }
     }
     let mut opts = BootTestOptions::new("pxe-test", ServerKind::Rollout(rollout_bin()));
     opts.firmwares = vec![Firmware::Bios, Firmware::Uefi];

@@ -22,7 +22,7 @@ static ARTIFACTS: OnceLock<Result<Artifacts, String>> = OnceLock::new();
 /// The fixture, or `None` (after printing why) where the e2e tests cannot run.
 pub fn fixture() -> Option<(MutexGuard<'static, ()>, &'static Artifacts)> {
     if let Some(why) = e2e::skip_reason() {
-        eprintln!("skipped: {why}");
+        testkit::prereq::missing(why);
         return None;
     }
     let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
