@@ -3,25 +3,76 @@
 # test: unit tests, protocol tests against real clients in network namespaces the
 # tests make, the dashboard in headless Chromium, and the QEMU end-to-end installs.
 # Run as root on Debian 12.
+#
+# Nothing is skipped: ROLLOUT_TEST_STRICT=1 makes a test that lacks root, a tool or a
+# file fail, naming it and its Debian package (testkit::prereq), where a plain
+# `cargo test` would skip it. The tests run in groups, each test exactly once:
+#   unit         cargo test --workspace --lib --bins
+#   doc          cargo test --workspace --doc
+#   integration  cargo test --workspace --exclude vm-harness --test '*'
+#                (rollout's and rollout-installer's tests/, testkit's if any)
+#   images       cargo test -p rollout --test images -- --ignored --test-threads=1
+#                (builds and enters the Debian image; only while it is not cached)
+#   e2e          cargo test -p vm-harness --test '*' (QEMU; last, the slowest)
+# A failing group does not stop the others. Each group's output goes to
+# target/test-GROUP.log; at the end one line per group and, as the last line,
+# "N passed, N failed" (scripts/test-summary.sh). Exits non-zero when a build or a
+# group failed (a compile error counts) or no test ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 ./scripts/setup.sh
 source "$HOME/.cargo/env" 2>/dev/null || true
+source scripts/test-summary.sh
 
-echo "== build: installer (static, musl)"
-cargo build --release -p rollout-installer --target x86_64-unknown-linux-musl
-echo "== build: workspace"
-cargo build --workspace --all-targets
-
+export ROLLOUT_TEST_STRICT=1
+export CARGO_TERM_COLOR=never
 # The real Debian image, built once per checkout by the image tests themselves
 # (debootstrap, then `image enter` installs a package); the QEMU tests install it.
 export ROLLOUT_IMAGE_STATE="$PWD/target/e2e-images/state"
-if [ ! -L "$ROLLOUT_IMAGE_STATE/images/debian/published" ]; then
-  echo "== tests: build and enter a Debian image (debootstrap, ~2 min)"
-  cargo test -p rollout --test images -- --ignored --test-threads=1 2>&1 | tee target/test-images.log
-fi
 
-echo "== tests"
-cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.log
-echo "== all tests done in $(( $(date +%s) - started )) s"
+mkdir -p target
+ran=()
+
+# step NAME KIND FUNCTION: runs FUNCTION with its output on the terminal and in
+# target/test-NAME.log, and records "EXIT SECONDS KIND" in target/test-NAME.status.
+step() {
+  local name=$1 kind=$2 fn=$3 t0 rc
+  echo "== $kind $name"
+  t0=$(date +%s)
+  set +e
+  "$fn" 2>&1 | tee "target/test-$name.log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  echo "$rc $(($(date +%s) - t0)) $kind" >"target/test-$name.status"
+  echo "== $kind $name: exit $rc in $(($(date +%s) - t0)) s"
+  ran+=("$name")
+}
+
+tests() { cargo test --color never --no-fail-fast "$@"; }
+
+build_installer() { cargo build --color never --release -p rollout-installer --target x86_64-unknown-linux-musl; }
+build_workspace() { cargo build --color never --workspace --all-targets; }
+unit() { tests --workspace --lib --bins; }
+doc() { tests --workspace --doc; }
+integration() { tests --workspace --exclude vm-harness --test '*'; }
+images() { tests -p rollout --test images -- --ignored --test-threads=1; }
+e2e() { tests -p vm-harness --test '*'; }
+
+step installer build build_installer
+step workspace build build_workspace
+step unit tests unit
+step doc tests doc
+step integration tests integration
+if [ ! -L "$ROLLOUT_IMAGE_STATE/images/debian/published" ]; then
+  step images tests images
+else
+  echo "== tests images: the Debian image is built already ($ROLLOUT_IMAGE_STATE), not run"
+  echo "0 0 cached the Debian image is built already (rm -rf target/e2e-images to rebuild it)" \
+    >target/test-images.status
+  ran+=(images)
+fi
+step e2e tests e2e
+
+echo "== all tests done in $(($(date +%s) - started)) s (logs: target/test-*.log)"
+summarize target "${ran[@]}"
