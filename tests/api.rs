@@ -402,6 +402,22 @@ fn crash_mid_install_keeps_state_and_history_then_times_out() {
 fn dashboard_reinstall_button_needs_the_admin_sign_in() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
+    // Installed, so a reinstall that got through would show: the state would go
+    // back to pending, history would gain a row and iPXE would get the installer.
+    s.install("52:54:00:00:00:01");
+    let unchanged = |why: &str| {
+        let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
+        assert_eq!(n["state"], "installed", "{why}: {n}");
+        let kinds = s.history_kinds("node1");
+        assert!(
+            kinds.contains(&"installed".to_string())
+                && !kinds.contains(&"reinstall_requested".to_string()),
+            "{why}: {kinds:?}"
+        );
+        let script = s.text("/boot.ipxe?mac=52-54-00-00-00-01&platform=pcbios");
+        assert!(script.contains("booting from its disk"), "{why}: {script}");
+    };
+    unchanged("after the install");
     let agent = ureq::AgentBuilder::new().redirects(0).build();
     let status = |r: Result<ureq::Response, ureq::Error>| match r {
         Ok(r) => (
@@ -416,13 +432,18 @@ fn dashboard_reinstall_button_needs_the_admin_sign_in() {
         ),
         Err(e) => panic!("{e}"),
     };
-    // Not signed in: sent to the login page, nothing changes.
+    // Not signed in, or with a made-up cookie: sent to the login page, nothing changes.
     let (code, location, _) = status(agent.post(&s.url("/nodes/node1/reinstall")).call());
     assert_eq!((code, location.as_str()), (303, "/login"));
-    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
-    assert_eq!(n["state"], "pending");
-    let (_, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:01", None, false);
-    assert!(plan["install_id"].is_string());
+    unchanged("a reinstall without signing in");
+    let (code, location, _) = status(
+        agent
+            .post(&s.url("/nodes/node1/reinstall"))
+            .set("Cookie", "rollout_admin=guessed")
+            .call(),
+    );
+    assert_eq!((code, location.as_str()), (303, "/login"));
+    unchanged("a reinstall with a wrong cookie");
     // A wrong token does not sign in.
     let (code, _, cookie) = status(
         agent
@@ -450,6 +471,10 @@ fn dashboard_reinstall_button_needs_the_admin_sign_in() {
     assert_eq!(
         n["state"], "pending",
         "reinstall from the dashboard did not take"
+    );
+    assert_eq!(
+        s.history_kinds("node1").last().map(String::as_str),
+        Some("reinstall_requested")
     );
     let page = s.text("/nodes/node1");
     assert!(

@@ -73,6 +73,48 @@ impl Driver {
     fn script(&self, js: &str) -> Value {
         self.cmd("POST", "/execute/sync", json!({"script": js, "args": []}))
     }
+
+    /// The WebDriver id of the element `css` selects.
+    fn element(&self, css: &str) -> String {
+        let e = self.cmd(
+            "POST",
+            "/element",
+            json!({"using": "css selector", "value": css}),
+        );
+        e["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {e}"))
+            .to_string()
+    }
+
+    fn click(&self, css: &str) {
+        let id = self.element(css);
+        self.cmd("POST", &format!("/element/{id}/click"), json!({}));
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css);
+        self.cmd(
+            "POST",
+            &format!("/element/{id}/value"),
+            json!({"text": text}),
+        );
+    }
+
+    /// Waits until the browser is on a page whose path is `path`.
+    fn wait_for_path(&self, path: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let url = self.cmd("GET", "/url", Value::Null);
+            let at = url.as_str().unwrap_or("");
+            let here = at.splitn(4, '/').nth(3).map(|p| format!("/{p}"));
+            if here.as_deref() == Some(path) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "browser at {at}, not {path}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for Driver {
@@ -81,6 +123,14 @@ impl Drop for Driver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One browser at a time: two Chromiums starting on a small machine can take longer
+/// than the test server's 5 s install timeout, which fails the install being watched.
+static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_browser() -> std::sync::MutexGuard<'static, ()> {
+    ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 const PROGRESS: &str = r#"var p = document.querySelector('tr[data-mac="52:54:00:00:00:01"] progress'); return p ? p.value : -1;"#;
@@ -109,6 +159,7 @@ fn progress_bar_moves_live_and_screenshot_is_saved() {
         );
         return;
     }
+    let _browser = one_browser();
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
     let (_, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:01", None, false);
@@ -178,6 +229,72 @@ fn progress_bar_moves_live_and_screenshot_is_saved() {
     d.cmd("POST", "/url", json!({"url": s.url("/nodes/node1")}));
     let h1 = d.script("return document.querySelector('h1').textContent;");
     assert!(h1.as_str().unwrap().contains("node1"), "{h1}");
+}
+
+/// The node page's reinstall button in a real browser: refused (sent to the sign-in
+/// page, nothing changed) until the admin token is entered, then it takes.
+#[test]
+fn reinstall_button_needs_sign_in_in_the_browser() {
+    if Command::new("chromedriver")
+        .arg("--version")
+        .output()
+        .is_err()
+        || !std::path::Path::new("/usr/bin/chromium").exists()
+    {
+        testkit::prereq::missing(
+            "chromium or chromedriver is not installed (Debian packages chromium, chromium-driver)",
+        );
+        return;
+    }
+    let _browser = one_browser();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    // Installed, so a reinstall that got through would show.
+    s.install("52:54:00:00:00:01");
+    let state = || s.req("GET", "/api/v1/nodes/node1", None, false).1["state"].clone();
+    assert_eq!(state(), "installed");
+
+    let d = Driver::start().expect("chromedriver starts");
+    const BUTTON: &str = r#"form[action$="/reinstall"] button"#;
+    d.cmd("POST", "/url", json!({"url": s.url("/nodes/node1")}));
+    d.click(BUTTON);
+    d.wait_for_path("/login");
+    assert_eq!(
+        state(),
+        "installed",
+        "an unsigned-in click changed the node"
+    );
+    let kinds = s.history_kinds("node1");
+    assert!(
+        !kinds.iter().any(|k| k == "reinstall_requested"),
+        "{kinds:?}"
+    );
+
+    d.type_into(r#"input[name="token"]"#, &s.token);
+    d.click(r#"form[action="/login"] button"#);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !d
+        .script("return document.body.textContent;")
+        .as_str()
+        .unwrap_or("")
+        .contains("Signed in")
+    {
+        assert!(Instant::now() < deadline, "the sign-in did not take");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.cmd("POST", "/url", json!({"url": s.url("/nodes/node1")}));
+    d.click(BUTTON);
+    d.wait_for_path("/nodes/52:54:00:00:00:01");
+    assert_eq!(state(), "pending", "the signed-in click did not take");
+    assert_eq!(
+        s.history_kinds("node1").last().map(String::as_str),
+        Some("reinstall_requested")
+    );
+    let page = d.script("return document.body.textContent;");
+    assert!(
+        page.as_str().unwrap().contains("reinstall_requested"),
+        "the node page shows the request: {page}"
+    );
 }
 
 /// Standard base64 (WebDriver screenshots); small and local so the test needs no crate.

@@ -138,6 +138,39 @@ impl Server {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// Takes the node with `mac` through a whole install as its installer would:
+    /// the plan, then the final report with the plan's per-install token.
+    pub fn install(&self, mac: &str) {
+        let (st, plan) = self.req("GET", &format!("/api/v1/plan/{mac}"), None, false);
+        assert_eq!(st, 200, "plan for {mac}: {plan}");
+        let path = format!(
+            "/api/v1/installs/{}/events",
+            plan["install_id"].as_str().unwrap()
+        );
+        let serial = plan["image"]["serial"].as_u64().unwrap();
+        ureq::post(&self.url(&path))
+            .set(
+                "Authorization",
+                &format!("Bearer {}", plan["token"].as_str().unwrap()),
+            )
+            .send_json(event(
+                "finish",
+                json!({"kind": "installed", "serial": serial}),
+            ))
+            .unwrap_or_else(|e| panic!("install of {mac}: {e}"));
+    }
+
+    /// The `event.kind` of every history row of node `id`, oldest first.
+    pub fn history_kinds(&self, id: &str) -> Vec<String> {
+        let (st, hist) = self.req("GET", &format!("/api/v1/nodes/{id}/history"), None, false);
+        assert_eq!(st, 200, "history of {id}: {hist}");
+        hist.as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|h| h["event"]["kind"].as_str().map(String::from))
+            .collect()
+    }
+
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_rollout"))
             .arg("--config")
