@@ -160,6 +160,9 @@ fn progress_bar_moves_live_and_screenshot_is_saved() {
         return;
     }
     let _browser = one_browser();
+    // The browser first: the test server fails an install after 5 s without a
+    // report, and a cold Chromium start can take that long.
+    let d = Driver::start().expect("chromedriver starts");
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
     let (_, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:01", None, false);
@@ -179,8 +182,6 @@ fn progress_bar_moves_live_and_screenshot_is_saved() {
             .unwrap();
     };
     report(20);
-
-    let d = Driver::start().expect("chromedriver starts");
     d.cmd("POST", "/url", json!({"url": s.url("/")}));
     assert_eq!(wait_for(&d, 10.0), 10.0, "server-rendered progress");
     // Wait until the event stream is connected, then mark the page: a reload would lose the mark.
