@@ -128,8 +128,12 @@ pub fn boot_offer(class: &ClientClass, targets: &BootTargets) -> BootOffer {
             url: targets.script_url(),
         };
     }
+    // The same loader as over TFTP: snponly.efi drives the NIC through the
+    // firmware's own driver. ipxe.efi (its own drivers) did boot, but after an
+    // installed node's `exit 1` it hung in OVMF instead of handing back to the
+    // firmware, so the node never reached its disk (UEFI e2e, HTTP boot).
     let http_efi = || BootOffer::Http {
-        url: format!("{}/ipxe/ipxe.efi", targets.http_base),
+        url: format!("{}/ipxe/{}", targets.http_base, targets.uefi_loader),
     };
     if class.http_client {
         // UEFI HTTP boot runs an EFI binary straight from a URL; iPXE then takes over.
@@ -184,7 +188,7 @@ mod tests {
             url: "http://10.44.0.1/boot.ipxe".into(),
         };
         let http_efi = BootOffer::Http {
-            url: "http://10.44.0.1/ipxe/ipxe.efi".into(),
+            url: "http://10.44.0.1/ipxe/snponly.efi".into(),
         };
         let tftp = |f: &str| BootOffer::Tftp { file: f.into() };
         let cases: &[(u16, bool, bool, BootOffer)] = &[

@@ -127,7 +127,7 @@ pub fn router(state: Shared) -> Router {
     }
     app.merge(dashboard::routes())
         .nest_service("/boot", ServeDir::new(boot_dir))
-        // UEFI HTTP boot clients fetch ipxe.efi by URL instead of TFTP.
+        // UEFI HTTP boot clients fetch their first stage by URL instead of TFTP.
         .nest_service("/ipxe", ServeDir::new(ipxe_dir))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
