@@ -63,12 +63,19 @@ pub fn skip_reason() -> Option<String> {
     if !is_root() {
         return Some("needs root (network namespaces, tap devices, loop devices)".into());
     }
-    for tool in [
-        QEMU, "qemu-img", "ip", "losetup", "sgdisk", "blkid", "rsync",
+    for (tool, package) in [
+        (QEMU, "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+        ("ip", "iproute2"),
+        ("losetup", "mount"),
+        ("sgdisk", "gdisk"),
+        ("blkid", "util-linux"),
+        ("rsync", "rsync"),
+        ("dnsmasq", "dnsmasq-base"),
     ] {
         if !have_program(tool) {
             return Some(format!(
-                "{tool} not installed (scripts/setup.sh installs it)"
+                "{tool} not installed (Debian package {package}; scripts/setup.sh installs it)"
             ));
         }
     }

@@ -235,7 +235,7 @@ impl Lab {
             memory_mib: self.opts.memory_mib,
             disk_bytes: self.opts.disk_bytes,
             accel: self.opts.accel,
-            boot: crate::qemu::NetBoot::Pxe,
+            boot: crate::qemu::NetBoot::IpxeRom,
         };
         let dir = self.dir.join(&spec.name);
         let node = Node::prepare(spec, &ns, &tap, dir, &self.run_dir)?;

@@ -160,12 +160,17 @@ pub fn parse_size(s: &str) -> Option<u64> {
 /// How a node's firmware boots from the network.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum NetBoot {
-    /// PXE: DHCP, then the first stage over TFTP (what both firmwares do by default).
+    /// The NIC carries iPXE as its option ROM (Debian's ipxe-qemu), as QEMU
+    /// machines usually do: the ROM itself answers the firmware's network boot
+    /// and asks the server for `boot.ipxe` straight away.
     #[default]
-    Pxe,
-    /// UEFI HTTP boot only: OVMF's PXE stacks are switched off through its
-    /// fw_cfg knobs, so the firmware's only network option is HTTPv4/HTTPv6 and
-    /// it never speaks TFTP.
+    IpxeRom,
+    /// UEFI only: no option ROM, OVMF drives the NIC itself and PXE-boots as
+    /// a server's own firmware does: DHCP (arch 7), then `snponly.efi` over TFTP.
+    FirmwarePxe,
+    /// UEFI only: no option ROM and OVMF's PXE stacks switched off through its
+    /// fw_cfg knobs, so the firmware's only network option is HTTP boot: a URL
+    /// in the DHCP answer, `ipxe.efi` over HTTP, never TFTP.
     HttpOnly,
 }
 
@@ -324,10 +329,14 @@ impl Node {
             Firmware::Bios => (",bootindex=1", ",bootindex=2"),
             Firmware::Uefi => ("", ""),
         };
+        let rom = match s.boot {
+            NetBoot::IpxeRom => VIRTIO_ROM,
+            NetBoot::FirmwarePxe | NetBoot::HttpOnly => "",
+        };
         push(&[
             "-device",
             &format!(
-                "virtio-net-pci,netdev=n0,mac={},disable-legacy=on,romfile={VIRTIO_ROM}{net_index}",
+                "virtio-net-pci,netdev=n0,mac={},disable-legacy=on,romfile={rom}{net_index}",
                 s.mac
             ),
         ]);
@@ -538,6 +547,22 @@ impl Drop for Node {
 mod tests {
     use super::*;
 
+    #[test]
+    fn http_only_nodes_carry_no_ipxe_rom_and_no_pxe() {
+        let mut n = node(Firmware::Uefi);
+        n.set_net_boot(NetBoot::HttpOnly);
+        let args = n.qemu_args().join(" ");
+        assert!(args.contains("disable-legacy=on,romfile= "), "{args}");
+        assert!(args.contains("name=opt/org.tianocore/IPv4PXESupport,string=n"));
+        assert!(args.contains("name=opt/org.tianocore/IPv6PXESupport,string=n"));
+        n.set_net_boot(NetBoot::FirmwarePxe);
+        let args = n.qemu_args().join(" ");
+        assert!(
+            args.contains("romfile= ") && !args.contains("PXESupport"),
+            "{args}"
+        );
+    }
+
     fn node(fw: Firmware) -> Node {
         Node {
             spec: NodeSpec {
@@ -547,7 +572,7 @@ mod tests {
                 memory_mib: 1024,
                 disk_bytes: 8 << 30,
                 accel: Accel::Tcg,
-                boot: NetBoot::Pxe,
+                boot: NetBoot::IpxeRom,
             },
             netns: "rollout-lab-t".into(),
             tap: "tap1".into(),
@@ -588,7 +613,9 @@ mod tests {
     #[test]
     fn tcg_probe_boots_the_probe_kernel() {
         if !crate::proc::have_program(QEMU) || crate::initrd::host_kernel().is_err() {
-            eprintln!("skipped: needs {QEMU} and a /boot/vmlinuz-*");
+            testkit::prereq::missing(format!(
+                "needs {QEMU} (Debian package qemu-system-x86) and a /boot/vmlinuz-* (linux-image-amd64)"
+            ));
             return;
         }
         // TCG takes ~7 s here; the point is that the probe sees the line.

@@ -17,6 +17,7 @@ use e2e_support::{assert_distinct_keys, check_disk, fixture, E2eLab};
 use vm_harness::config::{ImageEntry, MountEntry};
 use vm_harness::e2e::ImageKind;
 use vm_harness::Firmware;
+use vm_harness::NetBoot;
 use vm_harness::{Lab, LabOptions};
 
 const GIB: u64 = 1 << 30;
@@ -66,9 +67,87 @@ fn bios_node_installs_reboots_and_phones_home_from_disk() {
     install_and_check("e2e-bios", Firmware::Bios);
 }
 
+/// Two UEFI nodes whose NICs carry no iPXE ROM, so OVMF boots them itself as
+/// a server's firmware would: node1 PXE-boots (arch 7, `snponly.efi` over
+/// TFTP), node2 can only HTTP-boot (OVMF's PXE is off: the DHCP answer to
+/// `HTTPClient` is a URL, and iPXE comes over HTTP). Both install and phone home from disk; node2 never
+/// touched TFTP. Then the cycle that depends on the BootOrder the installer
+/// wrote: a second power-on boots each from its disk without reinstalling, and
+/// a reinstall requested on the server takes effect at the next power-on.
 #[test]
-fn uefi_node_installs_reboots_and_phones_home_from_disk() {
-    install_and_check("e2e-uefi", Firmware::Uefi);
+fn uefi_nodes_pxe_and_http_boot_install_boot_locally_and_reinstall() {
+    let Some((_serial, a)) = fixture() else {
+        return;
+    };
+    let mut t = E2eLab::build(a, "e2e-uefi", ImageKind::Tiny, 8 * GIB, |lab| {
+        lab.add_node(Firmware::Uefi)?
+            .set_net_boot(NetBoot::FirmwarePxe);
+        lab.add_node(Firmware::Uefi)?
+            .set_net_boot(NetBoot::HttpOnly);
+        Ok(lab.config())
+    });
+    t.lab.start_all().unwrap();
+    let mut boots = Vec::new();
+    for name in ["node1", "node2"] {
+        let rec = t.wait_booted(name, INSTALL);
+        assert_eq!(rec.installs, 1, "{}", rec.line());
+        assert_eq!(rec.firmware.as_deref(), Some("efi"), "{}", rec.line());
+        boots.push(rec.boot_id.clone().expect("phone-home sends a boot id"));
+    }
+    let log = t.server_log();
+    // TFTP log lines carry the client's address: node1 is 10.44.0.11, node2 .12.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("client=10.44.0.11") && l.contains("sent snponly.efi")),
+        "node1 (PXE) fetched no snponly.efi over TFTP: the control for node2's check failed"
+    );
+    let node2_tftp: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tftp{client=10.44.0.12"))
+        .collect();
+    assert!(
+        node2_tftp.is_empty(),
+        "node2 (HTTP boot) used TFTP: {node2_tftp:?}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("mac=52:54:00:00:00:02")
+            && l.contains("http http://10.44.0.1/ipxe/snponly.efi")),
+        "node2's firmware was never answered with the HTTP-boot URL of snponly.efi"
+    );
+    for (i, node) in t.lab.nodes_mut().iter_mut().enumerate() {
+        let name = format!("node{}", i + 1);
+        node.wait_for_console(
+            &format!("rollout-tiny: {name} booted from disk")
+                .as_str()
+                .into(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        node.power_off().unwrap();
+        check_disk(&node.disk_path(), &name, Firmware::Uefi);
+        node.start().unwrap();
+    }
+    // Powered on again: both come up from their disks, nothing reinstalls.
+    for (i, name) in ["node1", "node2"].iter().enumerate() {
+        let first = boots[i].clone();
+        let again = t.wait_record(name, "a phone-home from disk", INSTALL, |r| {
+            r.is_done() && r.boot_id.as_deref().is_some_and(|b| b != first)
+        });
+        assert_eq!(again.installs, 1, "{name}: the second power-on reinstalled");
+    }
+    // A reinstall requested on the server takes effect at the next power-on.
+    for name in ["node1", "node2"] {
+        t.cli(a, &["node", "reinstall", name]);
+    }
+    for node in t.lab.nodes_mut() {
+        node.restart().unwrap();
+    }
+    for name in ["node1", "node2"] {
+        let rec = t.wait_record(name, "the reinstall and its phone-home", INSTALL, |r| {
+            r.installs == 2 && r.is_done()
+        });
+        assert_eq!(rec.installs, 2);
+    }
 }
 
 #[test]
@@ -193,6 +272,7 @@ fn debian_image_installs_and_phones_home_from_systemd() {
     let installed_serial = rec.serial.expect("installed serial");
     maintain_in_place(&mut t, a, installed_serial);
     node_pulls_a_new_serial_by_itself(&mut t, a, installed_serial + 1);
+    rolls_back_to(&mut t, a, installed_serial + 2, installed_serial);
     let node = &mut t.lab.nodes_mut()[0];
     node.power_off().unwrap();
     let facts = check_disk(&node.disk_path(), "node1", Firmware::Bios);
@@ -345,6 +425,49 @@ fn node_pulls_a_new_serial_by_itself(t: &mut E2eLab, a: &vm_harness::e2e::Artifa
     assert!(
         journal.contains(&format!("updated {from} → {to}")) && journal.contains("rollout-e2e-v3"),
         "{journal}"
+    );
+}
+
+/// `rollout image rollback` republishes an old serial and `rollout sync` takes
+/// the node back to it: the serial recorded on the node and on the server is
+/// the old one, and what the later serials added (a file, the `less` package)
+/// is gone again.
+fn rolls_back_to(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64, to: u64) {
+    let out = std::process::Command::new(&a.rollout)
+        .arg("-c")
+        .arg(t.lab.dir().join("rollout.toml"))
+        .args(["image", "rollback", "default", &to.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "image rollback: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let synced = t.cli(a, &["sync", "--all"]);
+    assert!(
+        synced.contains(&format!("updated {from} → {to}")),
+        "{synced}"
+    );
+    let rec = t.wait_record("node1", &format!("serial {to} reported"), INSTALL, |r| {
+        r.serial == Some(to)
+    });
+    assert_eq!(rec.installs, 1, "a rollback must not reinstall");
+    let state = t.cli(
+        a,
+        &[
+            "exec",
+            "--all",
+            "--",
+            "echo serial=$(cat /etc/rollout/serial) release=$(cat /etc/rollout-release 2>/dev/null || echo none) less=$(command -v less || echo none) host=$(cat /etc/hostname)",
+        ],
+    );
+    assert!(
+        state.contains(&format!("serial={to} "))
+            && state.contains("release=none")
+            && state.contains("less=none")
+            && state.contains("host=node1"),
+        "{state}"
     );
 }
 

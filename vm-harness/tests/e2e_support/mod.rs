@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test binary uses a different part of it
 //! Shared by the end-to-end tests: the once-per-run fixture, a lab guard that
 //! prints the consoles and the server log when a test fails, waiting on the
 //! server's record, and the host-side disk checks.
@@ -73,19 +74,37 @@ impl E2eLab {
         disk_bytes: u64,
         tweak: impl FnOnce(&mut RolloutConfig),
     ) -> E2eLab {
+        // ROLLOUT_E2E_KEEP=DIR keeps each lab's disks and logs in DIR/<lab>.
+        Self::build(a, name, image, disk_bytes, |lab| {
+            for fw in firmwares {
+                lab.add_node(*fw)?;
+            }
+            let mut config = lab.config();
+            tweak(&mut config);
+            Ok(config)
+        })
+    }
+
+    /// A lab that `setup` fills (nodes, other hosts) and whose server config it
+    /// returns; then the server starts with that config.
+    pub fn build(
+        a: &Artifacts,
+        name: &str,
+        image: ImageKind,
+        disk_bytes: u64,
+        setup: impl FnOnce(&mut Lab) -> vm_harness::Result<RolloutConfig>,
+    ) -> E2eLab {
         let mut lab = Lab::create_with(LabOptions {
             name: name.into(),
             disk_bytes,
-            // ROLLOUT_E2E_KEEP=DIR keeps each lab's disks and logs in DIR/<lab>.
             keep_dir: std::env::var_os("ROLLOUT_E2E_KEEP").map(|d| Path::new(&d).join(name)),
             ..LabOptions::default()
         })
         .expect("creating the lab");
-        for fw in firmwares {
-            lab.add_node(*fw).expect("adding a node");
-        }
-        let mut config = lab.config();
-        tweak(&mut config);
+        let config = match setup(&mut lab) {
+            Ok(c) => c,
+            Err(e) => panic!("setting up lab {name}: {e}\n{}", lab.diagnostics(30)),
+        };
         let server = match a.serve_with(&mut lab, image, config) {
             Ok(s) => s,
             Err(e) => panic!("starting rollout serve: {e}\n{}", lab.diagnostics(30)),
@@ -186,6 +205,26 @@ impl E2eLab {
         assert!(out.status.success(), "rollout {}: {text}", args.join(" "));
         text
     }
+}
+
+/// The IPv4 address the installed tiny OS of `node` runs on, from the line its
+/// rcS prints after DHCP (`rollout-tiny: NAME booted from disk, serial N, A.B.C.D/24`).
+pub fn installed_address(node: &mut vm_harness::Node, name: &str) -> std::net::Ipv4Addr {
+    let want = format!("rollout-tiny: {name} booted from disk, serial");
+    node.wait_for_console(&want.as_str().into(), Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{name} never printed its boot line: {e}"));
+    let line = node
+        .console_tail(400)
+        .into_iter()
+        .rev()
+        .find(|l| l.contains(&want))
+        .expect("the boot line is in the console");
+    let addr = line
+        .rsplit(", ")
+        .next()
+        .and_then(|a| a.trim().split('/').next())
+        .and_then(|a| a.parse().ok());
+    addr.unwrap_or_else(|| panic!("{name} booted without an address: {line}"))
 }
 
 /// What a disk check found, for comparisons across nodes.
