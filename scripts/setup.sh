@@ -95,26 +95,42 @@ if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
   rustup target add x86_64-unknown-linux-musl
 fi
 
-# Verify what is on disk now, whatever apt said.
-problems=()
-for p in "${PACKAGES[@]}"; do installed "$p" || problems+=("package $p is not installed"); done
-for entry in "${PROGRAMS[@]}"; do
-  prog=${entry%%:*} pkg=${entry#*:}
-  PATH="$PATH:/usr/sbin:/sbin" command -v "$prog" >/dev/null 2>&1 ||
-    problems+=("program $prog is missing (Debian package $pkg)")
-done
-for entry in "${FILES[@]}"; do
-  file=${entry%%:*} pkg=${entry#*:}
-  [ -e "$file" ] || problems+=("file $file is missing (Debian package $pkg)")
-done
-compgen -G "/boot/vmlinuz-*" >/dev/null || problems+=("no kernel /boot/vmlinuz-* (Debian package linux-image-amd64)")
-compgen -G "/lib/modules/*/modules.dep" >/dev/null || problems+=("no /lib/modules/*/modules.dep (Debian package linux-image-amd64)")
-if installed qemu-utils && installed qemu-system-x86 &&
-  [ "$(version_of qemu-utils)" != "$(version_of qemu-system-x86)" ]; then
-  problems+=("qemu-utils $(version_of qemu-utils) does not match qemu-system-x86 $(version_of qemu-system-x86)")
+# Verify what is on disk now, whatever apt said. Fills `problems` (what is wrong)
+# and `broken` (the packages that would fix it).
+verify() {
+  problems=() broken=()
+  for p in "${PACKAGES[@]}"; do installed "$p" || { problems+=("package $p is not installed"); broken+=("$p"); }; done
+  for entry in "${PROGRAMS[@]}"; do
+    prog=${entry%%:*} pkg=${entry#*:}
+    PATH="$PATH:/usr/sbin:/sbin" command -v "$prog" >/dev/null 2>&1 ||
+      { problems+=("program $prog is missing (Debian package $pkg)"); broken+=("$pkg"); }
+  done
+  for entry in "${FILES[@]}"; do
+    file=${entry%%:*} pkg=${entry#*:}
+    [ -e "$file" ] || { problems+=("file $file is missing (Debian package $pkg)"); broken+=("$pkg"); }
+  done
+  compgen -G "/boot/vmlinuz-*" >/dev/null ||
+    { problems+=("no kernel /boot/vmlinuz-* (Debian package linux-image-amd64)"); broken+=(linux-image-amd64); }
+  compgen -G "/lib/modules/*/modules.dep" >/dev/null ||
+    { problems+=("no /lib/modules/*/modules.dep (Debian package linux-image-amd64)"); broken+=(linux-image-amd64); }
+  if installed qemu-utils && installed qemu-system-x86 &&
+    [ "$(version_of qemu-utils)" != "$(version_of qemu-system-x86)" ]; then
+    problems+=("qemu-utils $(version_of qemu-utils) does not match qemu-system-x86 $(version_of qemu-system-x86)")
+  fi
+  rustup target list --installed | grep -qx x86_64-unknown-linux-musl ||
+    problems+=("rustup target x86_64-unknown-linux-musl is missing (rustup target add x86_64-unknown-linux-musl)")
+}
+
+verify
+if ((${#broken[@]})); then
+  # A package dpkg calls installed but whose files are gone (deleted by hand, a
+  # half-finished upgrade): reinstall it once, then look again.
+  mapfile -t broken < <(printf '%s\n' "${broken[@]}" | sort -u)
+  echo "setup: reinstalling ${broken[*]} (files missing)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends --reinstall "${broken[@]}" >/dev/null 2>&1 || true
+  verify
 fi
-rustup target list --installed | grep -qx x86_64-unknown-linux-musl ||
-  problems+=("rustup target x86_64-unknown-linux-musl is missing (rustup target add x86_64-unknown-linux-musl)")
 
 if ((${#problems[@]})); then
   echo "setup: FAILED, this machine still lacks:" >&2
