@@ -64,7 +64,7 @@ fn gpt_type(kind: PartKind) -> Type {
 }
 
 /// Zeroes the first and last MiB of the disk: both GPT copies and the MBR go, so
-/// neither firmware nor the server's sanboot finds a half-installed system.
+/// no firmware finds a half-installed system to boot.
 pub fn wipe(disk: &Path) -> Result<(), PartitionError> {
     let mut f = OpenOptions::new()
         .write(true)

@@ -27,7 +27,6 @@ pub struct LocalScript<'a> {
     pub hostname: &'a str,
     pub image: &'a str,
     pub serial: u64,
-    pub sanboot: bool,
 }
 
 #[derive(Template)]
@@ -56,15 +55,27 @@ pub fn generated_hostname(mac: &str) -> String {
     format!("node-{}", mac.replace(':', "")[6..].to_ascii_lowercase())
 }
 
-fn ipxe(body: String) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+/// A rendered iPXE script, or a 500 naming the template: an empty 200 would
+/// leave iPXE with nothing to run and no hint why.
+fn ipxe(rendered: Result<String, askama::Error>, template: &str) -> Response {
+    match rendered {
+        Ok(body) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response(),
+        Err(e) => {
+            warn!(template, error = %e, "cannot render an iPXE script");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("#!ipxe\necho rollout: cannot render {template}: {e}\n"),
+            )
+                .into_response()
+        }
+    }
 }
 
 pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> Response {
     let base = state.config.http_base_url();
     let Some(raw_mac) = q.mac else {
         // The DHCP filename carries no MAC; let iPXE fill it in and ask again.
-        return ipxe(ChainScript { base: &base }.render().unwrap_or_default());
+        return ipxe(ChainScript { base: &base }.render(), "chain.ipxe");
     };
     let Some(mac) = normalize_mac(&raw_mac) else {
         return (
@@ -107,9 +118,8 @@ pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> 
                 hostname,
                 image,
                 serial: record.serial.unwrap_or(0),
-                sanboot: false,
             };
-            ipxe(script.render().unwrap_or_default())
+            ipxe(script.render(), "local.ipxe")
         }
         BootAction::Install => {
             info!(%mac, %hostname, %platform, state = record.state.as_str(), "boot.ipxe → installer");
@@ -121,7 +131,7 @@ pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> 
                 image,
                 cmdline,
             };
-            ipxe(script.render().unwrap_or_default())
+            ipxe(script.render(), "install.ipxe")
         }
         BootAction::Wait(reason) => {
             info!(%mac, %hostname, %platform, "boot.ipxe → wait: {reason}");
@@ -132,8 +142,8 @@ pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> 
                     reason,
                     seconds: 30,
                 }
-                .render()
-                .unwrap_or_default(),
+                .render(),
+                "wait.ipxe",
             )
         }
     }
@@ -168,7 +178,6 @@ mod tests {
             hostname: "h",
             image: "i",
             serial: 4,
-            sanboot: false,
         }
         .render()
         .unwrap();
