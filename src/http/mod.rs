@@ -10,7 +10,7 @@ mod openapi;
 pub use api::published_serial;
 pub use boot::generated_hostname;
 pub use dashboard::percent;
-pub use openapi::documented_operations;
+pub use openapi::{documented_operations, spec_mismatches};
 
 use crate::config::Config;
 use crate::inventory::{Inventory, InventoryError};

@@ -385,18 +385,7 @@ fn maintain_in_place(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64) 
 /// `rollout image enter default -- sh -c SCRIPT`, run outside the lab namespace:
 /// apt inside the image needs the Debian mirror.
 fn enter_image(t: &E2eLab, a: &vm_harness::e2e::Artifacts, script: &str) {
-    let out = std::process::Command::new(&a.rollout)
-        .arg("-c")
-        .arg(t.lab.dir().join("rollout.toml"))
-        .args(["image", "enter", "default", "--", "sh", "-c", script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "image enter: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.host_cli(a, &["image", "enter", "default", "--", "sh", "-c", script]);
 }
 
 /// The pull side of updates: with `[install] sync_interval`, the node's own
@@ -433,17 +422,7 @@ fn node_pulls_a_new_serial_by_itself(t: &mut E2eLab, a: &vm_harness::e2e::Artifa
 /// the old one, and what the later serials added (a file, the `less` package)
 /// is gone again.
 fn rolls_back_to(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64, to: u64) {
-    let out = std::process::Command::new(&a.rollout)
-        .arg("-c")
-        .arg(t.lab.dir().join("rollout.toml"))
-        .args(["image", "rollback", "default", &to.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "image rollback: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.host_cli(a, &["image", "rollback", "default", &to.to_string()]);
     let synced = t.cli(a, &["sync", "--all"]);
     assert!(
         synced.contains(&format!("updated {from} → {to}")),

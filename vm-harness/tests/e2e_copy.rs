@@ -60,18 +60,7 @@ fn publish_padded_image(t: &E2eLab, a: &vm_harness::e2e::Artifacts) {
         .status()
         .unwrap();
     assert!(st.success(), "writing the padding");
-    let out = Command::new(&a.rollout)
-        .arg("-c")
-        .arg(t.lab.dir().join("rollout.toml"))
-        .args(["image", "import", "default"])
-        .arg(&tree)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "image import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.host_cli(a, &["image", "import", "default", &tree.to_string_lossy()]);
     let _ = std::fs::remove_dir_all(&tree);
 }
 

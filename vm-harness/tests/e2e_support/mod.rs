@@ -186,6 +186,24 @@ impl E2eLab {
         std::fs::read_to_string(p).unwrap_or_default()
     }
 
+    /// `rollout -c CONFIG ARGS…` on the host, outside the lab namespace: the
+    /// image commands (`image enter` runs apt against the Debian mirror).
+    pub fn host_cli(&self, a: &Artifacts, args: &[&str]) -> String {
+        let out = Command::new(&a.rollout)
+            .arg("-c")
+            .arg(self.lab.dir().join("rollout.toml"))
+            .args(args)
+            .output()
+            .expect("running the rollout CLI");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "rollout {}: {text}", args.join(" "));
+        text
+    }
+
     /// `rollout -c CONFIG ARGS…` inside the lab namespace (the CLI talks to the
     /// server over its API at the lab address).
     pub fn cli(&self, a: &Artifacts, args: &[&str]) -> String {
