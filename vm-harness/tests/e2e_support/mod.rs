@@ -189,27 +189,21 @@ impl E2eLab {
     /// `rollout -c CONFIG ARGS…` on the host, outside the lab namespace: the
     /// image commands (`image enter` runs apt against the Debian mirror).
     pub fn host_cli(&self, a: &Artifacts, args: &[&str]) -> String {
-        let out = Command::new(&a.rollout)
-            .arg("-c")
-            .arg(self.lab.dir().join("rollout.toml"))
-            .args(args)
-            .output()
-            .expect("running the rollout CLI");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "rollout {}: {text}", args.join(" "));
-        text
+        self.run_cli(Command::new(&a.rollout), args)
     }
 
     /// `rollout -c CONFIG ARGS…` inside the lab namespace (the CLI talks to the
     /// server over its API at the lab address).
     pub fn cli(&self, a: &Artifacts, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", self.lab.netns().name()])
-            .arg(&a.rollout)
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.lab.netns().name()])
+            .arg(&a.rollout);
+        self.run_cli(cmd, args)
+    }
+
+    /// Runs `cmd -c CONFIG ARGS…`, asserts it succeeded, returns stdout+stderr.
+    fn run_cli(&self, mut cmd: Command, args: &[&str]) -> String {
+        let out = cmd
             .arg("-c")
             .arg(self.lab.dir().join("rollout.toml"))
             .args(args)
