@@ -6,6 +6,8 @@
 pub mod wire;
 
 #[cfg(feature = "server")]
+pub mod bootfiles;
+#[cfg(feature = "server")]
 pub mod cli;
 #[cfg(feature = "server")]
 pub mod config;
@@ -17,8 +19,6 @@ pub mod fleet;
 pub mod http;
 #[cfg(feature = "server")]
 pub mod images;
-#[cfg(feature = "server")]
-pub mod initramfs;
 #[cfg(feature = "server")]
 pub mod inventory;
 #[cfg(feature = "server")]

@@ -1,7 +1,7 @@
 //! Builds a real initramfs from this host's kernel modules and tools and checks what a
 //! node would find in it, using GNU cpio as an independent reader.
 
-use rollout::initramfs::{build, default_kernel_version, BuildOptions};
+use rollout::bootfiles::{build, default_kernel_version, BuildOptions};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};

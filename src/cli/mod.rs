@@ -33,7 +33,7 @@ pub enum Command {
     CheckConfig,
     /// Build the installer's initramfs.
     #[command(subcommand)]
-    Initramfs(crate::initramfs::cli::InitramfsCmd),
+    Initramfs(crate::bootfiles::cli::InitramfsCmd),
     /// Golden images: build, import, enter, list, history, rollback, prune.
     #[command(subcommand)]
     Image(crate::images::cli::ImageCmd),
@@ -111,7 +111,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Initramfs(cmd) => crate::initramfs::cli::run(cmd, &load(&cli.config)?.state_dir)?,
+        Command::Initramfs(cmd) => crate::bootfiles::cli::run(cmd, &load(&cli.config)?.state_dir)?,
         Command::Image(cmd) => crate::images::cli::run(cmd, &load(&cli.config)?)?,
         Command::Node(cmd) => {
             nodes::run_node(cmd, &client::Client::from_config(&load(&cli.config)?)?)?
