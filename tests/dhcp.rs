@@ -406,12 +406,24 @@ fn refuses_to_start_on_a_missing_interface_or_a_range_outside_its_subnet() {
 
 /// A process holding TCP `port` on the server address inside namespace `ns`.
 fn net_listener(ns: &str, port: u16) -> std::process::Child {
-    let child = std::process::Command::new("ip")
+    use std::io::BufRead;
+    // Holds the port until killed, and says when it is bound: a fixed sleep
+    // raced with a slow start, and a holder that timed out let the server
+    // start for real, so the test waited on it forever.
+    let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", ns, "python3", "-c"])
-        .arg(format!("import socket, time\ns = socket.socket()\ns.bind(('{SERVER_IP}', {port}))\ns.listen()\ntime.sleep(60)"))
-        .stdout(std::process::Stdio::null())
+        .arg(format!("import socket, time\ns = socket.socket()\ns.bind(('{SERVER_IP}', {port}))\ns.listen()\nprint('bound', flush=True)\ntime.sleep(3600)"))
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(
+        line.trim(),
+        "bound",
+        "the port holder could not bind {port}"
+    );
     child
 }
