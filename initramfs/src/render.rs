@@ -203,9 +203,13 @@ pub fn parse_node_toml(text: &str) -> std::collections::HashMap<String, String> 
 
 pub const PHONE_HOME_UNIT_NAME: &str = "rollout-phone-home.service";
 
+/// "Booted" tells the operator the node takes `rollout exec` now, so the report
+/// waits for sshd (ssh.service is Type=notify: ordered after it, sshd listens);
+/// without this, a loaded node reported before sshd and exec met "connection
+/// refused". `After=` on a unit the image lacks orders nothing and is harmless.
 pub fn phone_home_unit() -> String {
     format!(
-        "# Written by rollout-installer.\n[Unit]\nDescription=Report this boot to the rollout server\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\n# simple, not oneshot: boot must not wait while the server is unreachable.\nType=simple\nExecStart={bin} phone-home\n\n[Install]\nWantedBy=multi-user.target\n",
+        "# Written by rollout-installer.\n[Unit]\nDescription=Report this boot to the rollout server\nWants=network-online.target\nAfter=network-online.target ssh.service sshd.service\n\n[Service]\n# simple, not oneshot: boot must not wait while the server is unreachable.\nType=simple\nExecStart={bin} phone-home\n\n[Install]\nWantedBy=multi-user.target\n",
         bin = paths::NODE_SYNC_BINARY
     )
 }
@@ -271,7 +275,7 @@ exit 1
 
 pub fn phone_home_initd() -> String {
     format!(
-        "#!/bin/sh\n### BEGIN INIT INFO\n# Provides:          rollout-phone-home\n# Required-Start:    $network $remote_fs\n# Required-Stop:\n# Default-Start:     2 3 4 5\n# Default-Stop:\n# Short-Description: Report this boot to the rollout server\n### END INIT INFO\ncase \"$1\" in\n  start) {script} >/dev/null 2>&1 & ;;\nesac\nexit 0\n",
+        "#!/bin/sh\n### BEGIN INIT INFO\n# Provides:          rollout-phone-home\n# Required-Start:    $network $remote_fs\n# Should-Start:      ssh sshd dropbear\n# Required-Stop:\n# Default-Start:     2 3 4 5\n# Default-Stop:\n# Short-Description: Report this boot to the rollout server\n### END INIT INFO\ncase \"$1\" in\n  start) {script} >/dev/null 2>&1 & ;;\nesac\nexit 0\n",
         script = paths::NODE_PHONE_HOME_SCRIPT
     )
 }
@@ -362,11 +366,13 @@ mod tests {
         let unit = phone_home_unit();
         assert!(unit.contains("ExecStart=/usr/local/sbin/rollout-sync phone-home\n"));
         assert!(unit.contains("WantedBy=multi-user.target"));
+        assert!(unit.contains("After=network-online.target ssh.service sshd.service\n"));
         let script = phone_home_script();
         assert!(script.starts_with("#!/bin/sh\n"));
         assert!(script.contains("URL=\"$SERVER/api/v1/phone-home\""));
         assert!(script.contains("--post-data=\"$BODY\""));
         assert!(phone_home_initd().contains("/usr/local/sbin/rollout-phone-home >/dev/null 2>&1 &"));
+        assert!(phone_home_initd().contains("# Should-Start:      ssh sshd dropbear\n"));
         let json = phone_home_json(&PhoneHome {
             mac: "m".into(),
             hostname: "h".into(),

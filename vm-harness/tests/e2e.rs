@@ -25,6 +25,10 @@ const GIB: u64 = 1 << 30;
 const PULL_INTERVAL: u64 = 180;
 /// Node-local by the Debian test image's `[[image]] excludes`.
 const SITE_LOCAL_DIR: &str = "/var/lib/site-local/";
+/// The package the Debian test's maintenance serial adds (and a rollback removes
+/// again): one no other test puts into the shared cached image (`less` is the
+/// image tests' own), or a rollback to the installed serial still has it.
+const NEW_PACKAGE: &str = "hello";
 /// Install plus boot from disk takes ~70 s under TCG; this leaves room for a
 /// loaded CI machine without letting a stuck node eat the budget.
 const INSTALL: Duration = Duration::from_secs(300);
@@ -313,10 +317,18 @@ fn maintain_in_place(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64) 
         ],
     );
     assert!(made.contains("1 ok"), "{made}");
+    // The package the new serial adds must be new to the node: the image tests
+    // (tests/images.rs) put `less` into the same cached image, so this one is
+    // a package nothing else in the project installs.
+    let before = t.cli(
+        a,
+        &["exec", "--all", "--", &format!("command -v {NEW_PACKAGE} || echo {NEW_PACKAGE}=none")],
+    );
+    assert!(before.contains(&format!("{NEW_PACKAGE}=none")), "{before}");
     enter_image(
         t,
         a,
-        "grep -q ' /var/cache/apt/archives tmpfs ' /proc/self/mounts && echo rollout-e2e-v2 > /etc/rollout-release && apt-get update -q && apt-get install -y -q --no-install-recommends less",
+        &format!("grep -q ' /var/cache/apt/archives tmpfs ' /proc/self/mounts && echo rollout-e2e-v2 > /etc/rollout-release && apt-get update -q && apt-get install -y -q --no-install-recommends {NEW_PACKAGE}"),
     );
     // No wait for the rsync daemon: the server adds the new serial's module
     // before it tells a node about the serial.
@@ -370,14 +382,14 @@ fn maintain_in_place(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64) 
             "--all",
             "--",
             // One line: exec shows the first three lines of each node's output.
-            &format!("{{ cat /etc/hostname /etc/rollout-release {SITE_LOCAL_DIR}state; command -v less; }} | tr '\\n' ' '"),
+            &format!("{{ cat /etc/hostname /etc/rollout-release {SITE_LOCAL_DIR}state; command -v {NEW_PACKAGE}; }} | tr '\\n' ' '"),
         ],
     );
     assert!(
         state.contains("node1")
             && state.contains("rollout-e2e-v2")
             && state.contains("mine")
-            && state.contains("/usr/bin/less"),
+            && state.contains(&format!("/usr/bin/{NEW_PACKAGE}")),
         "{state}"
     );
 }
@@ -419,7 +431,7 @@ fn node_pulls_a_new_serial_by_itself(t: &mut E2eLab, a: &vm_harness::e2e::Artifa
 
 /// `rollout image rollback` republishes an old serial and `rollout sync` takes
 /// the node back to it: the serial recorded on the node and on the server is
-/// the old one, and what the later serials added (a file, the `less` package)
+/// the old one, and what the later serials added (a file, [`NEW_PACKAGE`])
 /// is gone again.
 fn rolls_back_to(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64, to: u64) {
     t.host_cli(a, &["image", "rollback", "default", &to.to_string()]);
@@ -438,13 +450,13 @@ fn rolls_back_to(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64, to: 
             "exec",
             "--all",
             "--",
-            "echo serial=$(cat /etc/rollout/serial) release=$(cat /etc/rollout-release 2>/dev/null || echo none) less=$(command -v less || echo none) host=$(cat /etc/hostname)",
+            &format!("echo serial=$(cat /etc/rollout/serial) release=$(cat /etc/rollout-release 2>/dev/null || echo none) pkg=$(command -v {NEW_PACKAGE} || echo none) host=$(cat /etc/hostname)"),
         ],
     );
     assert!(
         state.contains(&format!("serial={to} "))
             && state.contains("release=none")
-            && state.contains("less=none")
+            && state.contains("pkg=none")
             && state.contains("host=node1"),
         "{state}"
     );
