@@ -63,6 +63,90 @@ pub fn bind(src: &Path, target: &Path) -> Result<(), SysError> {
     })
 }
 
+/// A mount the installer made on the target. Dropping it unmounts it with
+/// everything below it, so an early return or a panic in a later phase leaves
+/// nothing of the target disk mounted. Guards drop in reverse order of creation
+/// (locals do; [`Mounts`] does for a list), deepest mount first.
+#[must_use = "dropping the guard unmounts at once"]
+#[derive(Debug)]
+pub struct Mounted {
+    at: std::path::PathBuf,
+    armed: bool,
+}
+
+impl Mounted {
+    pub fn at(&self) -> &Path {
+        &self.at
+    }
+
+    /// Unmounts now; returns what could not be unmounted.
+    pub fn unmount(mut self) -> Vec<String> {
+        self.armed = false;
+        umount_tree(&self.at)
+    }
+
+    /// A guard for a directory the test treats as mounted (nothing is mounted
+    /// there, so dropping it unmounts nothing).
+    #[cfg(test)]
+    pub(crate) fn assume(at: &Path) -> Self {
+        Mounted {
+            at: at.to_path_buf(),
+            armed: true,
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.armed {
+            umount_tree(&self.at);
+        }
+    }
+}
+
+/// Guards unmounted in reverse order of mounting when dropped (a `Vec` alone
+/// drops front to back).
+#[derive(Debug, Default)]
+pub struct Mounts(Vec<Mounted>);
+
+impl Mounts {
+    pub fn push(&mut self, m: Mounted) {
+        self.0.push(m);
+    }
+}
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        while let Some(m) = self.0.pop() {
+            drop(m);
+        }
+    }
+}
+
+/// [`mount`], returning a guard that unmounts on drop.
+pub fn mount_guarded(
+    what: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<Mounted, SysError> {
+    mount(what, target, fstype, flags, data)?;
+    Ok(Mounted {
+        at: target.to_path_buf(),
+        armed: true,
+    })
+}
+
+/// [`bind`], returning a guard that unmounts on drop.
+pub fn bind_guarded(src: &Path, target: &Path) -> Result<Mounted, SysError> {
+    bind(src, target)?;
+    Ok(Mounted {
+        at: target.to_path_buf(),
+        armed: true,
+    })
+}
+
 /// True if `path` is a mount point listed in /proc/self/mounts.
 pub fn is_mounted(path: &Path) -> bool {
     let want = path.to_string_lossy();
