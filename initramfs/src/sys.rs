@@ -249,3 +249,40 @@ pub fn reboot() -> ! {
 pub fn is_pid1() -> bool {
     std::process::id() == 1
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards unmount on drop (a list of them too), on an explicit unmount,
+    /// and when a panic unwinds past them.
+    #[test]
+    fn mount_guards_unmount_on_drop_and_on_unwind() {
+        if !testkit::prereq::require_root("mounting tmpfs") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let outer = dir.path().join("outer");
+        let tmpfs = |at: &Path| mount_guarded("tmpfs", at, "tmpfs", MsFlags::empty(), None);
+        {
+            let mut ms = Mounts::default();
+            ms.push(tmpfs(&outer).unwrap());
+            // Inside the first, so the first can go only after it.
+            ms.push(bind_guarded(src.path(), &outer.join("inner")).unwrap());
+            assert!(is_mounted(&outer) && is_mounted(&outer.join("inner")));
+        }
+        assert!(!is_mounted(&outer.join("inner")) && !is_mounted(&outer));
+
+        let m = tmpfs(&outer).unwrap();
+        assert_eq!(m.unmount(), Vec::<String>::new());
+        assert!(!is_mounted(&outer));
+        // A panic unwinding past a guard unmounts too.
+        let r = std::panic::catch_unwind(|| {
+            let _m = tmpfs(&outer).unwrap();
+            panic!("after mounting");
+        });
+        assert!(r.is_err());
+        assert!(!is_mounted(&outer));
+    }
+}
