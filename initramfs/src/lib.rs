@@ -9,6 +9,7 @@ pub mod bootloader;
 pub mod cmdline;
 pub mod configure;
 pub mod console;
+pub mod crash;
 pub mod dhcp;
 pub mod disk;
 pub mod efivars;
@@ -37,9 +38,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// With `rollout.debug=1`, gives the operator a shell on the console before the
-/// failure policy continues (exit the shell to go on).
-fn debug_shell(inst: &steps::Installer) {
-    let debug = inst.args.as_ref().map(|a| a.debug).unwrap_or_else(|| {
+/// failure policy continues (exit the shell to go on). `args` is `None` when the
+/// failure came before the command line was parsed.
+fn debug_shell(args: Option<&cmdline::KernelArgs>) {
+    let debug = args.map(|a| a.debug).unwrap_or_else(|| {
         let line = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         cmdline::split(&line).iter().any(|(k, v)| {
             k == rollout::wire::cmdline::DEBUG && matches!(v.as_deref(), None | Some("1"))
@@ -65,17 +67,12 @@ fn debug_shell(inst: &steps::Installer) {
 }
 
 /// Polls the plan every 10 s until the server hands out a new install id.
-fn wait_for_new_plan(inst: &steps::Installer) -> rollout::wire::InstallPlan {
-    let args = inst
-        .args
-        .as_ref()
-        .expect("network is up, so args were parsed");
-    let old = inst.plan.as_ref().map(|p| p.install_id.clone());
+fn wait_for_new_plan(net: &steps::Network, old: &str) -> rollout::wire::InstallPlan {
     console::line("waiting for the server to schedule a new install (polling every 10 s)");
     loop {
         std::thread::sleep(Duration::from_secs(10));
-        if let Ok(p) = steps::get_plan(&args.server, &args.mac) {
-            if Some(&p.install_id) != old.as_ref() {
+        if let Ok(p) = steps::get_plan(&net.server, &net.mac) {
+            if p.install_id != old {
                 console::line(&format!("new install {}: restarting", p.install_id));
                 return p;
             }
@@ -83,32 +80,46 @@ fn wait_for_new_plan(inst: &steps::Installer) -> rollout::wire::InstallPlan {
     }
 }
 
-/// The whole life of PID 1: install, then reboot; on failure apply the plan's
-/// failure policy. Never returns.
+fn reboot_in(secs: u64) -> ! {
+    console::line(&format!("rebooting in {secs} s"));
+    std::thread::sleep(Duration::from_secs(secs));
+    sys::reboot()
+}
+
+/// A failure before there is a plan: report what can be reported, reboot.
+fn give_up(run: &mut steps::Run, f: &steps::Failure, args: Option<&cmdline::KernelArgs>) -> ! {
+    run.fail(f);
+    debug_shell(args);
+    let policy = rollout::wire::FailurePolicy::default();
+    reboot_in(policy.reboot_after_secs.unwrap_or(60))
+}
+
+/// The whole life of PID 1: install, then reboot; on failure (or a panic in a
+/// step) apply the plan's failure policy. Never returns.
 pub fn init_main() -> ! {
     console::raw("rollout-installer: starting");
-    let mut inst = steps::Installer::new(Instant::now());
-    let mut outcome = inst.bring_up().and_then(|_| inst.install());
+    crash::install_hook();
+    let mut run = steps::Run::new(report::Reporter::new("", Instant::now()));
+    let args = run
+        .guarded(steps::boot)
+        .unwrap_or_else(|f| give_up(&mut run, &f, None));
+    let (net, mut plan) = run
+        .guarded(|run| steps::bring_up(run, &args))
+        .unwrap_or_else(|f| give_up(&mut run, &f, Some(&args)));
     loop {
-        let failure = match outcome {
-            Ok(()) => sys::reboot(),
-            Err(f) => f,
-        };
-        let policy = inst.fail(&failure);
-        debug_shell(&inst);
-        match policy.reboot_after_secs {
-            None if inst.has_network() => {
-                let plan = wait_for_new_plan(&inst);
-                inst.reset_install();
-                inst.set_plan(plan);
-                outcome = inst.install();
+        let failure =
+            match run.guarded(|run| steps::install(run, &mut steps::Hardware, &net, &plan)) {
+                Ok(()) => sys::reboot(),
+                Err(f) => f,
+            };
+        run.fail(&failure);
+        debug_shell(Some(&args));
+        match plan.on_failure.reboot_after_secs {
+            None => {
+                plan = wait_for_new_plan(&net, &plan.install_id);
+                run.set_plan(&plan);
             }
-            secs => {
-                let secs = secs.unwrap_or(60);
-                console::line(&format!("rebooting in {secs} s"));
-                std::thread::sleep(Duration::from_secs(secs));
-                sys::reboot();
-            }
+            Some(secs) => reboot_in(secs),
         }
     }
 }

@@ -53,10 +53,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ if sys::is_pid1() => {
-            std::panic::set_hook(Box::new(|info| {
-                console::line(&format!("internal error: {info}"))
-            }));
-            // PID 1 must never exit or unwind out: the kernel would panic.
+            // A panic in a step is reported and handled as that step's failure
+            // inside init_main; this catch is the last resort for a panic in the
+            // failure path itself. PID 1 must never exit or unwind out: the
+            // kernel would panic. (init_main installs the panic hook.)
             let _ = std::panic::catch_unwind(|| {
                 rollout_installer::init_main();
             });

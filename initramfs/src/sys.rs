@@ -63,6 +63,90 @@ pub fn bind(src: &Path, target: &Path) -> Result<(), SysError> {
     })
 }
 
+/// A mount the installer made on the target. Dropping it unmounts it with
+/// everything below it, so an early return or a panic in a later phase leaves
+/// nothing of the target disk mounted. Guards drop in reverse order of creation
+/// (locals do; [`Mounts`] does for a list), deepest mount first.
+#[must_use = "dropping the guard unmounts at once"]
+#[derive(Debug)]
+pub struct Mounted {
+    at: std::path::PathBuf,
+    armed: bool,
+}
+
+impl Mounted {
+    pub fn at(&self) -> &Path {
+        &self.at
+    }
+
+    /// Unmounts now; returns what could not be unmounted.
+    pub fn unmount(mut self) -> Vec<String> {
+        self.armed = false;
+        umount_tree(&self.at)
+    }
+
+    /// A guard for a directory the test treats as mounted (nothing is mounted
+    /// there, so dropping it unmounts nothing).
+    #[cfg(test)]
+    pub(crate) fn assume(at: &Path) -> Self {
+        Mounted {
+            at: at.to_path_buf(),
+            armed: true,
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.armed {
+            umount_tree(&self.at);
+        }
+    }
+}
+
+/// Guards unmounted in reverse order of mounting when dropped (a `Vec` alone
+/// drops front to back).
+#[derive(Debug, Default)]
+pub struct Mounts(Vec<Mounted>);
+
+impl Mounts {
+    pub fn push(&mut self, m: Mounted) {
+        self.0.push(m);
+    }
+}
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        while let Some(m) = self.0.pop() {
+            drop(m);
+        }
+    }
+}
+
+/// [`mount`], returning a guard that unmounts on drop.
+pub fn mount_guarded(
+    what: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<Mounted, SysError> {
+    mount(what, target, fstype, flags, data)?;
+    Ok(Mounted {
+        at: target.to_path_buf(),
+        armed: true,
+    })
+}
+
+/// [`bind`], returning a guard that unmounts on drop.
+pub fn bind_guarded(src: &Path, target: &Path) -> Result<Mounted, SysError> {
+    bind(src, target)?;
+    Ok(Mounted {
+        at: target.to_path_buf(),
+        armed: true,
+    })
+}
+
 /// True if `path` is a mount point listed in /proc/self/mounts.
 pub fn is_mounted(path: &Path) -> bool {
     let want = path.to_string_lossy();
@@ -164,4 +248,41 @@ pub fn reboot() -> ! {
 
 pub fn is_pid1() -> bool {
     std::process::id() == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards unmount on drop (a list of them too), on an explicit unmount,
+    /// and when a panic unwinds past them.
+    #[test]
+    fn mount_guards_unmount_on_drop_and_on_unwind() {
+        if !testkit::prereq::require_root("mounting tmpfs") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let outer = dir.path().join("outer");
+        let tmpfs = |at: &Path| mount_guarded("tmpfs", at, "tmpfs", MsFlags::empty(), None);
+        {
+            let mut ms = Mounts::default();
+            ms.push(tmpfs(&outer).unwrap());
+            // Inside the first, so the first can go only after it.
+            ms.push(bind_guarded(src.path(), &outer.join("inner")).unwrap());
+            assert!(is_mounted(&outer) && is_mounted(&outer.join("inner")));
+        }
+        assert!(!is_mounted(&outer.join("inner")) && !is_mounted(&outer));
+
+        let m = tmpfs(&outer).unwrap();
+        assert_eq!(m.unmount(), Vec::<String>::new());
+        assert!(!is_mounted(&outer));
+        // A panic unwinding past a guard unmounts too.
+        let r = std::panic::catch_unwind(|| {
+            let _m = tmpfs(&outer).unwrap();
+            panic!("after mounting");
+        });
+        assert!(r.is_err());
+        assert!(!is_mounted(&outer));
+    }
 }

@@ -30,3 +30,58 @@ pub fn plan() -> InstallPlan {
         on_failure: FailurePolicy::default(),
     }
 }
+
+/// A stand-in for the server's events endpoint: answers 200 to every request
+/// and keeps the posted events, in order.
+pub struct EventSink {
+    pub url: String,
+    rx: std::sync::mpsc::Receiver<ProgressEvent>,
+}
+
+impl EventSink {
+    pub fn start() -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then as many body bytes as Content-Length says.
+                let body = loop {
+                    let n = c.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        break None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break Some(buf[end + 4..end + 4 + len].to_vec());
+                    }
+                };
+                // The event is queued before the answer, so it is visible once
+                // the installer's post returns.
+                if let Some(ev) = body.and_then(|b| serde_json::from_slice(&b).ok()) {
+                    let _ = tx.send(ev);
+                }
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        EventSink { url, rx }
+    }
+
+    /// The events posted since the last call.
+    pub fn take(&self) -> Vec<ProgressEvent> {
+        self.rx.try_iter().collect()
+    }
+}

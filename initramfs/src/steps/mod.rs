@@ -1,14 +1,19 @@
-//! The install sequence: one method per `wire::Step`, each printing one console
-//! line and reporting Started/Done, plus the failure policy. The steps live in
-//! `network` (up to the plan), `storage` (to a mounted root) and `system` (copy to
-//! reboot); the plan fetch with its retries in `plan`.
+//! The install sequence, one phase per `wire::Step`. Each phase is a small
+//! function that takes the results of the earlier ones and returns its own, so
+//! nothing is looked up later in half-filled state: network → plan → disk
+//! (chosen, partitioned, formatted) → mounted root → configured → finish.
+//! `run` holds what the failure path needs whatever failed (the reporter, the
+//! running step, the disk to wipe); `network` brings the node up to a plan,
+//! `storage` takes a plan to a mounted root, `system` goes from there to the
+//! reboot; the plan fetch with its retries is in `plan`.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::mount::MsFlags;
-use rollout::wire::{self, Bootloader, EventKind, FailurePolicy, InstallPlan, Step};
+use rollout::wire::{self, Bootloader, EventKind, InstallPlan, Step};
 
 use crate::cmdline::{self, KernelArgs};
 use crate::layout::{self, Firmware, PartKind, PlannedLayout, MIB};
@@ -20,11 +25,15 @@ use crate::{
 
 mod network;
 mod plan;
+mod run;
 mod storage;
 mod system;
+#[cfg(test)]
+mod tests;
 
-use network::load_modules;
 pub use plan::{get_plan, get_plan_retrying, plan_url, PlanError};
+pub use run::{Failure, Run};
+pub use system::Hardware;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
@@ -56,14 +65,126 @@ pub enum StepError {
     Configure(#[from] configure::ConfigureError),
     #[error(transparent)]
     Boot(#[from] bootloader::BootError),
+    /// A bug: the step panicked (message and location from `crash`).
+    #[error("internal error (panic): {0}")]
+    Panic(String),
     #[error("{0}")]
     Other(String),
 }
 
+/// A phase's result and the console line that says what it did.
+pub type StepResult<T> = Result<(T, String), StepError>;
+
+/// The network as DHCP configured it, and the server the kernel command line named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    pub iface: String,
+    pub addr: Ipv4Addr,
+    pub server: String,
+    pub mac: String,
+}
+
+/// The target disk and the layout planned for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChosenDisk {
+    pub disk: disk::DiskInfo,
+    pub layout: PlannedLayout,
+}
+
+/// The partitions as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partitioned {
+    pub root: partition::WrittenPart,
+    pub swap: Option<partition::WrittenPart>,
+    pub esp: Option<partition::WrittenPart>,
+}
+
+impl Partitioned {
+    /// Pairs the written partitions (in the layout's order) with their kinds.
+    pub fn new(
+        layout: &PlannedLayout,
+        written: Vec<partition::WrittenPart>,
+    ) -> Result<Self, StepError> {
+        let mut by_kind: HashMap<PartKind, partition::WrittenPart> =
+            layout.parts.iter().map(|p| p.kind).zip(written).collect();
+        let root = by_kind
+            .remove(&PartKind::Root)
+            .ok_or_else(|| StepError::Other("the layout has no root partition".into()))?;
+        Ok(Partitioned {
+            root,
+            swap: by_kind.remove(&PartKind::Swap),
+            esp: by_kind.remove(&PartKind::Esp),
+        })
+    }
+}
+
+/// The file systems made on the partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Formatted {
+    pub root_uuid: String,
+    pub swap_uuid: Option<String>,
+}
+
+/// The root file system mounted at `paths::TARGET`; unmounted when dropped.
 #[derive(Debug)]
-pub struct Failure {
-    pub step: Step,
-    pub error: StepError,
+pub struct MountedRoot {
+    mount: sys::Mounted,
+}
+
+impl MountedRoot {
+    pub fn at(&self) -> &Path {
+        self.mount.at()
+    }
+}
+
+/// The mounted root once the node's files are written: only this can get a
+/// bootloader and be finished.
+#[derive(Debug)]
+pub struct Configured {
+    root: MountedRoot,
+}
+
+impl Configured {
+    pub fn at(&self) -> &Path {
+        self.root.at()
+    }
+}
+
+/// What each install phase does to the machine. [`Hardware`] is the real one;
+/// tests drive [`install`] with a fake to check the sequencing.
+pub trait Machine {
+    fn choose_disk(&mut self, plan: &InstallPlan) -> StepResult<ChosenDisk>;
+    fn partition(&mut self, disk: &ChosenDisk) -> StepResult<Partitioned>;
+    fn format(
+        &mut self,
+        plan: &InstallPlan,
+        disk: &ChosenDisk,
+        parts: &Partitioned,
+    ) -> StepResult<Formatted>;
+    fn mount_root(&mut self, plan: &InstallPlan, parts: &Partitioned) -> StepResult<MountedRoot>;
+    fn copy(
+        &mut self,
+        reporter: &mut Reporter,
+        plan: &InstallPlan,
+        root: &MountedRoot,
+    ) -> StepResult<()>;
+    fn configure(
+        &mut self,
+        plan: &InstallPlan,
+        net: &Network,
+        fs: &Formatted,
+        root: MountedRoot,
+    ) -> StepResult<Configured>;
+    fn bootloader(
+        &mut self,
+        plan: &InstallPlan,
+        disk: &ChosenDisk,
+        parts: &Partitioned,
+        fs: &Formatted,
+        root: &Configured,
+    ) -> StepResult<()>;
+    /// Flushes and unmounts the finished root; returns what stayed mounted.
+    fn unmount(&mut self, root: Configured) -> Vec<String>;
 }
 
 pub fn detect_firmware() -> Firmware {
@@ -82,173 +203,58 @@ pub fn firmware_for(b: Bootloader, detected: Firmware) -> Firmware {
     }
 }
 
-pub struct Installer {
-    pub args: Option<KernelArgs>,
-    pub reporter: Reporter,
-    iface: Option<String>,
-    pub plan: Option<InstallPlan>,
-    disk: Option<disk::DiskInfo>,
-    layout: Option<PlannedLayout>,
-    parts: HashMap<PartKind, PathBuf>,
-    /// GPT unique partition GUIDs, for the UEFI boot entry.
-    part_guids: HashMap<PartKind, uuid::Uuid>,
-    /// Set once partitioning begins: on failure this disk's table is wiped.
-    wipe_on_failure: Option<PathBuf>,
-    root_uuid: Option<String>,
-    swap_uuid: Option<String>,
+/// Pseudo file systems, kernel command line, modules.
+pub fn boot(run: &mut Run) -> Result<KernelArgs, Failure> {
+    let args = run.step(Step::MountPseudo, |run| {
+        network::mount_pseudo(&mut run.reporter)
+    })?;
+    run.step(Step::LoadModules, |_| network::load_modules())?;
+    Ok(args)
 }
 
-impl Installer {
-    pub fn new(start: Instant) -> Self {
-        Installer {
-            args: None,
-            reporter: Reporter::new("", start),
-            iface: None,
-            plan: None,
-            disk: None,
-            layout: None,
-            parts: HashMap::new(),
-            part_guids: HashMap::new(),
-            wipe_on_failure: None,
-            root_uuid: None,
-            swap_uuid: None,
-        }
-    }
-
-    fn step<T>(
-        &mut self,
-        step: Step,
-        f: impl FnOnce(&mut Self) -> Result<(T, String), StepError>,
-    ) -> Result<T, Failure> {
-        self.reporter
-            .send(step, EventKind::Started, &format!("{step}: started"));
-        match f(self) {
-            Ok((v, msg)) => {
-                let line = format!("{step}: {msg}");
-                console::line(&line);
-                // Finish reports `Installed` itself; after it the install is over
-                // and the server refuses further reports for it.
-                if step != Step::Finish {
-                    self.reporter.send(step, EventKind::Done, &line);
-                }
-                Ok(v)
-            }
-            Err(error) => Err(Failure { step, error }),
-        }
-    }
-
-    fn args(&self) -> &KernelArgs {
-        self.args
-            .as_ref()
-            .expect("kernel args are parsed in mount_pseudo")
-    }
-
-    fn plan(&self) -> &InstallPlan {
-        self.plan
-            .as_ref()
-            .expect("plan is fetched before disk steps")
-    }
-
-    /// Everything up to and including the first plan.
-    pub fn bring_up(&mut self) -> Result<(), Failure> {
-        self.step(Step::MountPseudo, |s| s.mount_pseudo())?;
-        self.step(Step::LoadModules, |_| load_modules())?;
-        self.step(Step::PickNic, |s| s.pick_nic())?;
-        self.step(Step::Dhcp, |s| s.dhcp())?;
-        self.step(Step::FetchPlan, |s| s.fetch_plan())?;
-        Ok(())
-    }
-
-    /// The install proper, for the current plan.
-    pub fn install(&mut self) -> Result<(), Failure> {
-        self.step(Step::ChooseDisk, |s| s.choose_disk())?;
-        self.step(Step::Partition, |s| s.partition())?;
-        self.step(Step::Format, |s| s.format())?;
-        self.step(Step::Mount, |s| s.mount_root())?;
-        self.step(Step::Copy, |s| s.copy())?;
-        self.step(Step::Configure, |s| s.configure())?;
-        self.step(Step::Bootloader, |s| s.bootloader())?;
-        self.step(Step::Finish, |s| s.finish())?;
-        Ok(())
-    }
-
-    pub fn set_plan(&mut self, plan: InstallPlan) {
-        self.reporter.set_install(&plan.install_id, &plan.token);
-        self.plan = Some(plan);
-    }
-
-    /// Cleans up after a failed step and reports it. Returns the policy to apply.
-    pub fn fail(&mut self, f: &Failure) -> FailurePolicy {
-        console::line(&format!("{}: FAILED: {}", f.step, f.error));
-        let stuck = sys::umount_tree(Path::new(paths::ESP_MOUNT));
-        let stuck2 = sys::umount_tree(Path::new(paths::TARGET));
-        if let Some(d) = self.wipe_on_failure.take() {
-            if !stuck.is_empty() || !stuck2.is_empty() {
-                console::line("note: some file systems stayed mounted; wiping anyway");
-            }
-            match partition::wipe(&d) {
-                Ok(()) => console::line(&format!(
-                    "wiped the partition table of {} so this half-installed disk cannot boot",
-                    d.display()
-                )),
-                Err(e) => console::line(&format!("could not wipe {}: {e}", d.display())),
-            }
-        }
-        let ev = self.reporter.event(
-            f.step,
-            EventKind::Failed {
-                error: f.error.to_string(),
-                console_tail: console::tail(),
-            },
-            &format!("{}: FAILED: {}", f.step, f.error),
-        );
-        if let Err(e) = self.reporter.post(&ev) {
-            console::line(&format!("note: failure report not delivered: {e}"));
-        }
-        self.plan
-            .as_ref()
-            .map(|p| p.on_failure.clone())
-            .unwrap_or_default()
-    }
-
-    /// Forgets per-install state so a new plan starts from choose_disk.
-    pub fn reset_install(&mut self) {
-        self.disk = None;
-        self.layout = None;
-        self.parts.clear();
-        self.part_guids.clear();
-        self.wipe_on_failure = None;
-        self.root_uuid = None;
-        self.swap_uuid = None;
-    }
-
-    /// Whether the network is up (the plan can be polled after a failure).
-    pub fn has_network(&self) -> bool {
-        self.plan.is_some()
-    }
+/// The NIC, its address and the first plan (whose install the reports go to).
+pub fn bring_up(run: &mut Run, args: &KernelArgs) -> Result<(Network, InstallPlan), Failure> {
+    let iface = run.step(Step::PickNic, |_| network::pick_nic(args))?;
+    let net = run.step(Step::Dhcp, |_| network::dhcp(args, iface))?;
+    let plan = run.step(Step::FetchPlan, |run| {
+        let (plan, msg) = network::fetch_plan(&net)?;
+        run.set_plan(&plan);
+        Ok((plan, msg))
+    })?;
+    Ok((net, plan))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_and_firmware_choice() {
-        assert_eq!(
-            plan_url("http://10.44.0.1:8080", "52:54:00:00:00:01"),
-            "http://10.44.0.1:8080/api/v1/plan/52:54:00:00:00:01"
-        );
-        assert_eq!(
-            firmware_for(Bootloader::Auto, Firmware::Uefi),
-            Firmware::Uefi
-        );
-        assert_eq!(
-            firmware_for(Bootloader::Extlinux, Firmware::Uefi),
-            Firmware::Bios
-        );
-        assert_eq!(
-            firmware_for(Bootloader::Uefi, Firmware::Bios),
-            Firmware::Uefi
-        );
-    }
+/// The install proper, for one plan. Mount guards live in this frame (and in
+/// the phases' values), so any way out of it unmounts the target.
+pub fn install(
+    run: &mut Run,
+    m: &mut dyn Machine,
+    net: &Network,
+    plan: &InstallPlan,
+) -> Result<(), Failure> {
+    let disk = run.step(Step::ChooseDisk, |_| m.choose_disk(plan))?;
+    let parts = run.step(Step::Partition, |run| {
+        // From the first write on, a failure leaves a disk that must not boot.
+        run.writing_to(&disk.disk.dev);
+        m.partition(&disk)
+    })?;
+    let fs = run.step(Step::Format, |_| m.format(plan, &disk, &parts))?;
+    let root = run.step(Step::Mount, |_| m.mount_root(plan, &parts))?;
+    run.step(Step::Copy, |run| m.copy(&mut run.reporter, plan, &root))?;
+    let root = run.step(Step::Configure, |_| m.configure(plan, net, &fs, root))?;
+    run.step(Step::Bootloader, |_| {
+        m.bootloader(plan, &disk, &parts, &fs, &root)
+    })?;
+    run.step(Step::Finish, |run| {
+        let stuck = m.unmount(root);
+        if !stuck.is_empty() {
+            console::line(&format!(
+                "finish: note: could not unmount {}",
+                stuck.join(", ")
+            ));
+        }
+        // The disk is complete now: a reporting failure below must not wipe it.
+        run.disk_complete();
+        Ok(((), run.report_installed(plan)))
+    })
 }

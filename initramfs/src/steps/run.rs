@@ -1,0 +1,142 @@
+//! What the failure path needs whatever failed, and the step wrapper that keeps
+//! it current: the reporter, the step under way (named if it panics), and the
+//! disk this install has started to rewrite (wiped on failure).
+
+use super::*;
+
+#[derive(Debug)]
+pub struct Failure {
+    pub step: Step,
+    pub error: StepError,
+}
+
+pub struct Run {
+    pub reporter: Reporter,
+    /// The step last started; a panic is reported as its failure.
+    current: Step,
+    /// Set when partitioning begins and cleared when the install is complete:
+    /// a failure in between wipes this disk's table. Not a phase result but the
+    /// failure path's own record, so it is never `expect`ed.
+    dirty_disk: Option<PathBuf>,
+}
+
+impl Run {
+    pub fn new(reporter: Reporter) -> Self {
+        Run {
+            reporter,
+            current: Step::MountPseudo,
+            dirty_disk: None,
+        }
+    }
+
+    /// Runs one step: reports Started, prints and reports its line when done.
+    pub fn step<T>(
+        &mut self,
+        step: Step,
+        f: impl FnOnce(&mut Self) -> StepResult<T>,
+    ) -> Result<T, Failure> {
+        self.current = step;
+        self.reporter
+            .send(step, EventKind::Started, &format!("{step}: started"));
+        match f(self) {
+            Ok((v, msg)) => {
+                let line = format!("{step}: {msg}");
+                console::line(&line);
+                // Finish reports `Installed` itself; after it the install is over
+                // and the server refuses further reports for it.
+                if step != Step::Finish {
+                    self.reporter.send(step, EventKind::Done, &line);
+                }
+                Ok(v)
+            }
+            Err(error) => Err(Failure { step, error }),
+        }
+    }
+
+    /// Runs `f` so that a panic in it becomes the failure of the step that was
+    /// running (unwinding has dropped its mount guards by then).
+    pub fn guarded<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        // Unwind safety: after a panic only `current`, `dirty_disk` and the
+        // reporter are used, each consistent between its own updates.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+            Ok(r) => r,
+            Err(payload) => Err(Failure {
+                step: self.current,
+                error: StepError::Panic(crate::crash::take(payload)),
+            }),
+        }
+    }
+
+    /// Reports go to this plan's install from now on.
+    pub fn set_plan(&mut self, plan: &InstallPlan) {
+        self.reporter.set_install(&plan.install_id, &plan.token);
+    }
+
+    pub(super) fn writing_to(&mut self, disk: &Path) {
+        self.dirty_disk = Some(disk.to_path_buf());
+    }
+
+    pub(super) fn disk_complete(&mut self) {
+        self.dirty_disk = None;
+    }
+
+    /// Posts `Installed` (three tries) and returns the finish line.
+    pub(super) fn report_installed(&mut self, plan: &InstallPlan) -> String {
+        let msg = format!(
+            "installed {} serial {} on {}; rebooting",
+            plan.image.name, plan.image.serial, plan.hostname
+        );
+        let ev = self.reporter.event(
+            Step::Finish,
+            EventKind::Installed {
+                serial: plan.image.serial,
+            },
+            &msg,
+        );
+        for attempt in 1..=3 {
+            match self.reporter.post(&ev) {
+                Ok(()) => break,
+                Err(e) if attempt == 3 => console::line(&format!(
+                    "finish: note: server did not take the Installed report: {e}"
+                )),
+                Err(_) => std::thread::sleep(Duration::from_secs(2)),
+            }
+        }
+        msg
+    }
+
+    /// Cleans up after a failed step (or a panic) and reports it: whatever the
+    /// mount guards could not unmount is tried again, a disk being written is
+    /// wiped, and the server gets the step, the error and the console tail.
+    pub fn fail(&mut self, f: &Failure) {
+        console::line(&format!("{}: FAILED: {}", f.step, f.error));
+        let stuck = sys::umount_tree(Path::new(paths::ESP_MOUNT));
+        let stuck2 = sys::umount_tree(Path::new(paths::TARGET));
+        if let Some(d) = self.dirty_disk.take() {
+            if !stuck.is_empty() || !stuck2.is_empty() {
+                console::line("note: some file systems stayed mounted; wiping anyway");
+            }
+            match partition::wipe(&d) {
+                Ok(()) => console::line(&format!(
+                    "wiped the partition table of {} so this half-installed disk cannot boot",
+                    d.display()
+                )),
+                Err(e) => console::line(&format!("could not wipe {}: {e}", d.display())),
+            }
+        }
+        let ev = self.reporter.event(
+            f.step,
+            EventKind::Failed {
+                error: f.error.to_string(),
+                console_tail: console::tail(),
+            },
+            &format!("{}: FAILED: {}", f.step, f.error),
+        );
+        if let Err(e) = self.reporter.post(&ev) {
+            console::line(&format!("note: failure report not delivered: {e}"));
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The phase sequence driven with a fake machine and a fake events endpoint:
+//! order, hand-over of results, failures and panics.
+
+use super::*;
+use crate::testutil::{plan, EventSink};
+
+/// Records each phase call and checks it got what the earlier phase returned.
+struct Fake {
+    disk: PathBuf,
+    target: PathBuf,
+    calls: Vec<&'static str>,
+    fail_at: Option<&'static str>,
+    panic_at: Option<&'static str>,
+}
+
+impl Fake {
+    fn new(dir: &Path) -> Self {
+        let disk = dir.join("disk.img");
+        // A "disk" with a recognisable table area, to see the wipe.
+        std::fs::write(&disk, vec![0xa5u8; 3 * MIB as usize]).unwrap();
+        let target = dir.join("target");
+        std::fs::create_dir(&target).unwrap();
+        Fake {
+            disk,
+            target,
+            calls: vec![],
+            fail_at: None,
+            panic_at: None,
+        }
+    }
+
+    fn enter(&mut self, phase: &'static str) -> Result<(), StepError> {
+        self.calls.push(phase);
+        if self.panic_at == Some(phase) {
+            panic!("fake {phase} exploded");
+        }
+        match self.fail_at {
+            Some(p) if p == phase => Err(StepError::Other(format!("fake {phase} failed"))),
+            _ => Ok(()),
+        }
+    }
+
+    fn wiped(&self) -> bool {
+        let b = std::fs::read(&self.disk).unwrap();
+        b[..MIB as usize].iter().all(|&x| x == 0)
+            && b[b.len() - MIB as usize..].iter().all(|&x| x == 0)
+    }
+
+    fn part(&self, n: u32) -> partition::WrittenPart {
+        partition::WrittenPart {
+            path: PathBuf::from(format!("{}{n}", self.disk.display())),
+            guid: uuid::Uuid::from_u128(n as u128),
+        }
+    }
+}
+
+impl Machine for Fake {
+    fn choose_disk(&mut self, plan: &InstallPlan) -> StepResult<ChosenDisk> {
+        self.enter("choose_disk")?;
+        let size = 8 * 1024 * MIB;
+        let layout = layout::plan(size, 512, Firmware::Bios, &plan.layout)?;
+        let disk = disk::DiskInfo {
+            name: "disk.img".into(),
+            dev: self.disk.clone(),
+            size_bytes: size,
+            logical_sector: 512,
+            removable: false,
+        };
+        Ok((ChosenDisk { disk, layout }, "chosen".into()))
+    }
+    fn partition(&mut self, disk: &ChosenDisk) -> StepResult<Partitioned> {
+        self.enter("partition")?;
+        assert_eq!(disk.disk.dev, self.disk);
+        let written = (1..=disk.layout.parts.len() as u32)
+            .map(|n| self.part(n))
+            .collect();
+        Ok((
+            Partitioned::new(&disk.layout, written)?,
+            "partitioned".into(),
+        ))
+    }
+    fn format(
+        &mut self,
+        _: &InstallPlan,
+        _: &ChosenDisk,
+        parts: &Partitioned,
+    ) -> StepResult<Formatted> {
+        self.enter("format")?;
+        let fs = Formatted {
+            root_uuid: format!("uuid-of-{}", parts.root.path.display()),
+            swap_uuid: None,
+        };
+        Ok((fs, "formatted".into()))
+    }
+    fn mount_root(&mut self, _: &InstallPlan, _: &Partitioned) -> StepResult<MountedRoot> {
+        self.enter("mount")?;
+        let mount = sys::Mounted::assume(&self.target);
+        Ok((MountedRoot { mount }, "mounted".into()))
+    }
+    fn copy(&mut self, _: &mut Reporter, _: &InstallPlan, root: &MountedRoot) -> StepResult<()> {
+        self.enter("copy")?;
+        assert_eq!(root.at(), self.target);
+        Ok(((), "copied".into()))
+    }
+    fn configure(
+        &mut self,
+        _: &InstallPlan,
+        net: &Network,
+        fs: &Formatted,
+        root: MountedRoot,
+    ) -> StepResult<Configured> {
+        self.enter("configure")?;
+        assert_eq!(net.iface, "eth7");
+        assert!(fs.root_uuid.ends_with("disk.img2"), "{}", fs.root_uuid);
+        Ok((Configured { root }, "configured".into()))
+    }
+    fn bootloader(
+        &mut self,
+        _: &InstallPlan,
+        _: &ChosenDisk,
+        _: &Partitioned,
+        _: &Formatted,
+        root: &Configured,
+    ) -> StepResult<()> {
+        self.enter("bootloader")?;
+        assert_eq!(root.at(), self.target);
+        Ok(((), "bootloader installed".into()))
+    }
+    fn unmount(&mut self, root: Configured) -> Vec<String> {
+        self.calls.push("unmount");
+        root.root.mount.unmount()
+    }
+}
+
+fn network() -> Network {
+    Network {
+        iface: "eth7".into(),
+        addr: Ipv4Addr::new(10, 44, 0, 50),
+        server: "http://10.44.0.1:8080".into(),
+        mac: "52:54:00:00:00:01".into(),
+    }
+}
+
+/// A run reporting to `sink` for the fixture plan.
+fn run_for(sink: &EventSink) -> Run {
+    let mut run = Run::new(Reporter::new(&sink.url, Instant::now()));
+    run.set_plan(&plan());
+    run
+}
+
+fn install_with(fake: &mut Fake, run: &mut Run) -> Result<(), Failure> {
+    run.guarded(|run| install(run, fake, &network(), &plan()))
+}
+
+#[test]
+fn phases_run_in_wire_order_and_hand_their_results_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = EventSink::start();
+    let mut run = run_for(&sink);
+    let mut fake = Fake::new(dir.path());
+    install_with(&mut fake, &mut run).unwrap();
+    assert_eq!(
+        fake.calls,
+        [
+            "choose_disk",
+            "partition",
+            "format",
+            "mount",
+            "copy",
+            "configure",
+            "bootloader",
+            "unmount"
+        ]
+    );
+    let events = sink.take();
+    let mut want = vec![];
+    for step in &Step::ALL[5..12] {
+        want.push((*step, EventKind::Started));
+        want.push((*step, EventKind::Done));
+    }
+    want.push((Step::Finish, EventKind::Started));
+    want.push((Step::Finish, EventKind::Installed { serial: 7 }));
+    let got: Vec<_> = events.iter().map(|e| (e.step, e.kind.clone())).collect();
+    assert_eq!(got, want);
+    assert_eq!(events[1].message, "choose_disk: chosen");
+    assert!(!fake.wiped(), "a complete install is not wiped");
+    // A later failure (the Installed report is out) must not wipe the disk.
+    run.fail(&Failure {
+        step: Step::Finish,
+        error: StepError::Other("after the end".into()),
+    });
+    assert!(!fake.wiped());
+}
+
+#[test]
+fn a_failed_step_stops_the_sequence_is_reported_and_wipes_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = EventSink::start();
+    let mut run = run_for(&sink);
+    let mut fake = Fake::new(dir.path());
+    fake.fail_at = Some("format");
+    let f = install_with(&mut fake, &mut run).unwrap_err();
+    assert_eq!(f.step, Step::Format);
+    assert_eq!(fake.calls, ["choose_disk", "partition", "format"]);
+    assert!(!fake.wiped(), "the wipe is the failure path's job");
+    run.fail(&f);
+    assert!(fake.wiped());
+    let last = sink.take().pop().unwrap();
+    assert_eq!(last.step, Step::Format);
+    let EventKind::Failed {
+        error,
+        console_tail,
+    } = last.kind
+    else {
+        panic!("{last:?}")
+    };
+    assert_eq!(error, "fake format failed");
+    assert!(console_tail
+        .iter()
+        .any(|l| l.ends_with("format: FAILED: fake format failed")));
+}
+
+#[test]
+fn a_panicking_step_is_reported_as_its_failure_and_wipes_the_disk() {
+    crate::crash::install_hook();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = EventSink::start();
+    let mut run = run_for(&sink);
+    let mut fake = Fake::new(dir.path());
+    fake.panic_at = Some("copy");
+    let f = install_with(&mut fake, &mut run).unwrap_err();
+    assert_eq!(f.step, Step::Copy);
+    assert!(
+        matches!(&f.error, StepError::Panic(m) if m.starts_with("fake copy exploded at ") && m.contains("tests.rs:")),
+        "{:?}",
+        f.error
+    );
+    assert_eq!(
+        fake.calls,
+        ["choose_disk", "partition", "format", "mount", "copy"]
+    );
+    run.fail(&f);
+    assert!(fake.wiped());
+    let last = sink.take().pop().unwrap();
+    assert_eq!(last.step, Step::Copy);
+    let EventKind::Failed {
+        error,
+        console_tail,
+    } = last.kind
+    else {
+        panic!("{last:?}")
+    };
+    assert!(
+        error.contains("internal error (panic): fake copy exploded"),
+        "{error}"
+    );
+    assert!(console_tail
+        .iter()
+        .any(|l| l.contains("internal error: ") && l.contains("fake copy exploded")));
+}
+
+#[test]
+fn a_panic_before_partitioning_leaves_the_disk_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = EventSink::start();
+    let mut run = run_for(&sink);
+    let mut fake = Fake::new(dir.path());
+    fake.panic_at = Some("choose_disk");
+    let f = install_with(&mut fake, &mut run).unwrap_err();
+    assert_eq!(f.step, Step::ChooseDisk);
+    run.fail(&f);
+    assert!(!fake.wiped());
+    assert_eq!(sink.take().pop().unwrap().step, Step::ChooseDisk);
+}
+
+#[test]
+fn urls_and_firmware_choice() {
+    assert_eq!(
+        plan_url("http://10.44.0.1:8080", "52:54:00:00:00:01"),
+        "http://10.44.0.1:8080/api/v1/plan/52:54:00:00:00:01"
+    );
+    assert_eq!(
+        firmware_for(Bootloader::Auto, Firmware::Uefi),
+        Firmware::Uefi
+    );
+    assert_eq!(
+        firmware_for(Bootloader::Extlinux, Firmware::Uefi),
+        Firmware::Bios
+    );
+    assert_eq!(
+        firmware_for(Bootloader::Uefi, Firmware::Bios),
+        Firmware::Uefi
+    );
+}
