@@ -202,7 +202,7 @@ fn proxy_mode_gives_boot_information_and_no_address() {
         (7, "PXEClient:Arch:00007:UNDI:003016", "snponly.efi"),
     ] {
         let what = format!("arch {arch}");
-        let (offer, ack, ack_from) = common::netns::in_netns(&net.cli, || {
+        let (offer, ack, ack_from) = common::netns::in_netns(net.cli.name(), || {
             let sock = common::netns::udp_on(&c, 68, std::time::Duration::from_secs(3));
             // 1. DHCPDISCOVER, broadcast to port 67: the proxy offers boot information.
             let xid = 0x5000_0000 | u32::from(arch);
@@ -368,7 +368,7 @@ fn refuses_to_start_on_a_missing_interface_or_a_range_outside_its_subnet() {
             .args([
                 "netns",
                 "exec",
-                &net.srv,
+                net.srv.name(),
                 env!("CARGO_BIN_EXE_rollout"),
                 "serve",
                 "--config",
@@ -394,7 +394,7 @@ fn refuses_to_start_on_a_missing_interface_or_a_range_outside_its_subnet() {
     let (ok, err) = run("[server]\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"full\"\nrange = [\"10.44.0.100\", \"10.44.0.110\"]\n");
     assert!(!ok && err.contains("server.interface"), "{err}");
     // A port already taken (another web server on 80) is a clear startup error.
-    let mut holder = net_listener(&net.srv, 80);
+    let mut holder = net_listener(net.srv.name(), 80);
     let (ok, err) = run("[server]\ninterface = \"rbr0\"\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"full\"\nrange = [\"10.44.0.100\", \"10.44.0.110\"]\n");
     let _ = holder.kill();
     let _ = holder.wait();

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{can_run, must};
 use rollout::fleet::{self, ExecArgs, Target};
+use testkit::netns::Netns;
 
 const HUB_IP: &str = "10.44.77.1";
 const A_IP: &str = "10.44.77.11";
@@ -25,67 +26,30 @@ const B_IP: &str = "10.44.77.12";
 const NOBODY_IP: &str = "10.44.77.13";
 
 struct Lab {
-    hub: String,
-    nodes: Vec<String>,
+    hub: Netns,
+    nodes: Vec<Netns>,
     sshds: Vec<Child>,
 }
 
 impl Lab {
     fn new() -> Lab {
         let id = std::process::id() % 100000;
-        let lab = Lab {
-            hub: format!("rf-{id}-h"),
-            nodes: vec![format!("rf-{id}-a"), format!("rf-{id}-b")],
-            sshds: vec![],
-        };
-        lab.delete();
-        must(&["ip", "netns", "add", &lab.hub]);
-        must(&["ip", "-n", &lab.hub, "link", "set", "lo", "up"]);
-        must(&[
-            "ip", "-n", &lab.hub, "link", "add", "fbr0", "type", "bridge",
-        ]);
-        must(&[
-            "ip",
-            "-n",
-            &lab.hub,
-            "addr",
-            "add",
-            &format!("{HUB_IP}/24"),
-            "dev",
-            "fbr0",
-        ]);
-        must(&["ip", "-n", &lab.hub, "link", "set", "fbr0", "up"]);
-        for (i, (ns, ip)) in lab.nodes.iter().zip([A_IP, B_IP]).enumerate() {
-            let port = format!("p{i}");
-            must(&["ip", "netns", "add", ns]);
-            must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            must(&[
-                "ip", "-n", &lab.hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-                "netns", ns,
-            ]);
-            must(&["ip", "-n", &lab.hub, "link", "set", &port, "master", "fbr0"]);
-            must(&["ip", "-n", &lab.hub, "link", "set", &port, "up"]);
-            must(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                "eth0",
-            ]);
-            must(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+        let hub = Netns::create(&format!("rf-{id}-h")).unwrap_or_else(|e| panic!("{e}"));
+        hub.add_bridge("fbr0", &format!("{HUB_IP}/24"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut nodes = vec![];
+        for (i, (tag, ip)) in ["a", "b"].into_iter().zip([A_IP, B_IP]).enumerate() {
+            let ns = Netns::create(&format!("rf-{id}-{tag}")).unwrap_or_else(|e| panic!("{e}"));
+            hub.add_bridge_port("fbr0", &format!("p{i}"), ns.name(), "eth0")
+                .and_then(|()| ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]))
+                .and_then(|_| ns.ip(&["link", "set", "eth0", "up"]))
+                .unwrap_or_else(|e| panic!("{e}"));
+            nodes.push(ns);
         }
-        lab
-    }
-
-    fn delete(&self) {
-        for ns in self.nodes.iter().chain([&self.hub]) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
+        Lab {
+            hub,
+            nodes,
+            sshds: vec![],
         }
     }
 
@@ -120,7 +84,7 @@ impl Lab {
             .args([
                 "netns",
                 "exec",
-                &self.nodes[i],
+                self.nodes[i].name(),
                 "/usr/sbin/sshd",
                 "-D",
                 "-e",
@@ -135,7 +99,7 @@ impl Lab {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let up = Command::new("ip")
-                .args(["netns", "exec", &self.nodes[i], "bash", "-c"])
+                .args(["netns", "exec", self.nodes[i].name(), "bash", "-c"])
                 .arg(format!("exec 3<>/dev/tcp/{ip}/22"))
                 .stderr(Stdio::null())
                 .status()
@@ -156,7 +120,7 @@ impl Lab {
     /// Moves the calling thread (and threads and processes it starts later)
     /// into the hub namespace.
     fn enter_hub(&self) {
-        let f = std::fs::File::open(format!("/var/run/netns/{}", self.hub)).unwrap();
+        let f = std::fs::File::open(format!("/var/run/netns/{}", self.hub.name())).unwrap();
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
     }
 }
@@ -167,7 +131,7 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.delete();
+        // `hub` and `nodes` drop next and delete their namespaces.
     }
 }
 

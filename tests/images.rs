@@ -166,14 +166,6 @@ fn second_enter_is_refused_naming_the_holder() {
     assert!(!images.published_root("busy").join("etc/second").exists());
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn rsync(args: &[&str]) -> std::process::Output {
     Command::new("rsync")
         .args(args)
@@ -196,7 +188,7 @@ async fn rsync_daemon_serves_serials_read_only() {
         .import("img", &sample_tree(t.path()), "", &[])
         .unwrap();
 
-    let port = free_port();
+    let port = testkit::ports::free_port();
     let mut settings = RsyncdSettings::new(
         &state,
         "127.0.0.1".parse().unwrap(),

@@ -135,7 +135,7 @@ struct Transfer {
 /// only the last block of each window (RFC 7440), so a server that acknowledged a
 /// window size it does not honour stalls the transfer and the test fails.
 fn tftp_get(net: &Net, file: &str, options: &[(&str, &str)]) -> Transfer {
-    common::netns::in_netns(&net.cli, || {
+    common::netns::in_netns(net.cli.name(), || {
         let sock = UdpSocket::bind((CLIENT_IP, 0)).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut rrq = vec![0, 1];

@@ -3,11 +3,11 @@
 //! removes. Needs root, `ip` and `dnsmasq`: without them it fails under CI and
 //! scripts/test.sh, and a plain `cargo test` skips it (see `testkit::prereq`).
 
-use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use rollout_installer::{dhcp, net};
+use testkit::netns::{Netns, NetnsError};
 use testkit::prereq;
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x44, 0x77, 0x01];
@@ -18,76 +18,37 @@ fn can_run() -> bool {
         && prereq::require_tools(&[("ip", "iproute2"), ("dnsmasq", "dnsmasq-base")])
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ip_out(args: &[&str]) -> String {
-    String::from_utf8_lossy(&Command::new("ip").args(args).output().unwrap().stdout).into_owned()
-}
-
-/// Both namespaces and dnsmasq, torn down on drop.
+/// Both namespaces (deleted with everything in them when `Netns` drops) and
+/// dnsmasq, which runs in the server one.
 struct Lab {
-    srv: String,
-    cli: String,
-    dnsmasq: Option<Child>,
+    dnsmasq: Child,
+    _srv: Netns,
+    cli: Netns,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Some(mut c) = self.dnsmasq.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.srv])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.cli])
-            .status();
+        let _ = self.dnsmasq.kill();
+        let _ = self.dnsmasq.wait();
     }
 }
 
 fn lab() -> Lab {
     let id = std::process::id();
-    let (srv, cli) = (format!("rinst-s{id}"), format!("rinst-c{id}"));
+    let fail = |e: NetnsError| -> Netns { panic!("{e}") };
+    let srv = Netns::create(&format!("rinst-s{id}")).unwrap_or_else(fail);
+    let cli = Netns::create(&format!("rinst-c{id}")).unwrap_or_else(fail);
+    srv.add_veth("vs", cli.name(), "vc")
+        .and_then(|()| cli.ip(&["link", "set", "vc", "address", "52:54:00:44:77:01"]))
+        .and_then(|_| srv.ip(&["addr", "add", "10.44.77.1/24", "dev", "vs"]))
+        .and_then(|_| srv.ip(&["link", "set", "vs", "up"]))
+        .unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
-    let mut lab = Lab {
-        srv: srv.clone(),
-        cli: cli.clone(),
-        dnsmasq: None,
-        _dir: dir,
-    };
-    ip(&["netns", "add", &srv]);
-    ip(&["netns", "add", &cli]);
-    ip(&[
-        "-n", &srv, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns", &cli,
-    ]);
-    ip(&[
-        "-n",
-        &cli,
-        "link",
-        "set",
-        "vc",
-        "address",
-        "52:54:00:44:77:01",
-    ]);
-    ip(&["-n", &srv, "addr", "add", "10.44.77.1/24", "dev", "vs"]);
-    ip(&["-n", &srv, "link", "set", "vs", "up"]);
-    ip(&["-n", &srv, "link", "set", "lo", "up"]);
-    let leases = lab._dir.path().join("leases");
-    let child = Command::new("ip")
+    let leases = dir.path().join("leases");
+    let dnsmasq = srv
+        .command("dnsmasq")
         .args([
-            "netns",
-            "exec",
-            &srv,
-            "dnsmasq",
             "--no-daemon",
             "--port=0",
             "--interface=vs",
@@ -104,9 +65,13 @@ fn lab() -> Lab {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    lab.dnsmasq = Some(child);
     std::thread::sleep(Duration::from_millis(500));
-    lab
+    Lab {
+        dnsmasq,
+        _srv: srv,
+        cli,
+        _dir: dir,
+    }
 }
 
 #[test]
@@ -115,23 +80,15 @@ fn lease_from_dnsmasq_configures_the_interface() {
         return;
     }
     let lab = lab();
-    let cli = lab.cli.clone();
     // setns affects only the calling thread, so the client runs in its own thread.
-    let lease = std::thread::spawn(move || {
-        let ns = std::fs::File::open(format!("/run/netns/{cli}")).unwrap();
-        // SAFETY: setns on a namespace fd; changes only this thread's network namespace.
-        assert_eq!(
-            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+    let lease = lab.cli.run_in(|| {
         net::set_up("lo").unwrap();
         net::set_up("vc").unwrap();
         let lease = dhcp::obtain("vc", MAC, Duration::from_secs(30)).unwrap();
         net::configure("vc", lease.addr, lease.netmask, lease.router).unwrap();
         lease
-    })
-    .join()
-    .unwrap();
+    });
+    let lease = lease.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         lease.addr.to_string(),
         "10.44.77.42",
@@ -147,11 +104,11 @@ fn lease_from_dnsmasq_configures_the_interface() {
         ["10.44.77.53"]
     );
     assert_eq!(lease.server_id.to_string(), "10.44.77.1");
-    let addrs = ip_out(&["-n", &lab.cli, "-4", "addr", "show", "dev", "vc"]);
+    let addrs = lab.cli.ip(&["-4", "addr", "show", "dev", "vc"]).unwrap();
     assert!(
         addrs.contains("inet 10.44.77.42/24 brd 10.44.77.255"),
         "{addrs}"
     );
-    let routes = ip_out(&["-n", &lab.cli, "-4", "route"]);
+    let routes = lab.cli.ip(&["-4", "route"]).unwrap();
     assert!(routes.contains("default via 10.44.77.1 dev vc"), "{routes}");
 }

@@ -22,14 +22,6 @@ impl Drop for Daemon {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn write(root: &Path, rel: &str, text: &str) {
     let p = root.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -177,7 +169,7 @@ fn sync_updates_a_node_root_from_an_rsync_daemon() {
         ));
     }
     write(t, "rsyncd.conf", &conf);
-    let rsync_port = free_port();
+    let rsync_port = testkit::ports::free_port();
     let _daemon = Daemon(
         Command::new(paths::RSYNC)
             .args([

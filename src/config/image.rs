@@ -3,9 +3,9 @@
 //! scratch tmpfs). Images that are not listed get the defaults.
 
 use super::{invalid, ConfigError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageConfig {
     pub name: String,
@@ -19,7 +19,7 @@ pub struct ImageConfig {
     pub mounts: Vec<ImageMount>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageMount {
     /// A host directory for `bind`; otherwise what mount(8) takes (`nfs1:/export/usr`, `tmpfs`).

@@ -6,7 +6,7 @@ mod image;
 
 pub use image::{ImageConfig, ImageMount};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -35,7 +35,7 @@ fn invalid(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> Con
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub state_dir: PathBuf,
@@ -51,7 +51,7 @@ pub struct Config {
     pub images: Vec<ImageConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// The provisioning interface. DHCP binds to it and to nothing else.
@@ -101,7 +101,7 @@ fn default_tftp_root() -> PathBuf {
     PathBuf::from("/usr/lib/ipxe")
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DhcpMode {
     Full,
@@ -110,7 +110,7 @@ pub enum DhcpMode {
     Off,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DhcpConfig {
     #[serde(default)]
@@ -152,7 +152,7 @@ fn default_quarantine() -> u32 {
     600
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelaySubnet {
     pub range: [Ipv4Addr; 2],
@@ -161,7 +161,7 @@ pub struct RelaySubnet {
     pub router: Option<Ipv4Addr>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstallConfig {
     /// Image installed on nodes that name none (and on unknown MACs).
@@ -220,7 +220,7 @@ fn default_cmdline() -> String {
     "console=ttyS0,115200".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub mac: String,

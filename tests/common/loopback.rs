@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+pub use testkit::ports::free_port;
 
 pub struct Server {
     pub child: Child,
@@ -11,14 +12,6 @@ pub struct Server {
     pub dir: PathBuf,
     log: PathBuf,
     pub token: String,
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 pub fn write_config(dir: &Path, port: u16) -> PathBuf {

@@ -8,8 +8,9 @@ pub mod netns;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
+use testkit::netns::Netns;
 
 pub const SERVER_IP: &str = "10.44.0.1";
 
@@ -49,37 +50,23 @@ pub fn must(args: &[&str]) -> String {
 
 /// Two namespaces joined by a bridge in the server one. Deleted on drop.
 pub struct Net {
-    pub srv: String,
-    pub cli: String,
+    pub srv: Netns,
+    pub cli: Netns,
     clients: usize,
 }
 
 impl Net {
     pub fn new(tag: &str) -> Net {
         let id = format!("{}{}", tag, std::process::id() % 100000);
+        let created = |ns: String| Netns::create(&ns).unwrap_or_else(|e| panic!("{e}"));
         let net = Net {
-            srv: format!("rt-{id}-s"),
-            cli: format!("rt-{id}-c"),
+            srv: created(format!("rt-{id}-s")),
+            cli: created(format!("rt-{id}-c")),
             clients: 0,
         };
-        net.delete();
-        must(&["ip", "netns", "add", &net.srv]);
-        must(&["ip", "netns", "add", &net.cli]);
-        let s = &net.srv;
-        must(&["ip", "-n", s, "link", "set", "lo", "up"]);
-        must(&["ip", "-n", &net.cli, "link", "set", "lo", "up"]);
-        must(&["ip", "-n", s, "link", "add", "rbr0", "type", "bridge"]);
-        must(&[
-            "ip",
-            "-n",
-            s,
-            "addr",
-            "add",
-            &format!("{SERVER_IP}/24"),
-            "dev",
-            "rbr0",
-        ]);
-        must(&["ip", "-n", s, "link", "set", "rbr0", "up"]);
+        net.srv
+            .add_bridge("rbr0", &format!("{SERVER_IP}/24"))
+            .unwrap_or_else(|e| panic!("{e}"));
         net
     }
 
@@ -88,61 +75,27 @@ impl Net {
         let n = self.clients;
         self.clients += 1;
         let (c, p) = (format!("c{n}"), format!("p{n}"));
-        must(&[
-            "ip", "-n", &self.srv, "link", "add", &p, "type", "veth", "peer", "name", &c, "netns",
-            &self.cli,
-        ]);
-        must(&["ip", "-n", &self.srv, "link", "set", &p, "master", "rbr0"]);
-        must(&["ip", "-n", &self.srv, "link", "set", &p, "up"]);
-        must(&["ip", "-n", &self.cli, "link", "set", &c, "address", mac]);
-        must(&["ip", "-n", &self.cli, "link", "set", &c, "up"]);
+        self.srv
+            .add_bridge_port("rbr0", &p, self.cli.name(), &c)
+            .and_then(|()| self.cli.ip(&["link", "set", &c, "address", mac]))
+            .and_then(|_| self.cli.ip(&["link", "set", &c, "up"]))
+            .unwrap_or_else(|e| panic!("{e}"));
         c
     }
 
     /// A client with a static address in the subnet (for TFTP/HTTP tests).
     pub fn add_static_client(&mut self, addr: &str) -> String {
         let c = self.add_client("52:54:00:ee:00:01");
-        must(&[
-            "ip",
-            "-n",
-            &self.cli,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            &c,
-        ]);
+        self.cli
+            .ip(&["addr", "add", &format!("{addr}/24"), "dev", &c])
+            .unwrap_or_else(|e| panic!("{e}"));
         c
     }
 
     pub fn in_cli(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.cli]).args(args);
+        let mut cmd = self.cli.command(args[0]);
+        cmd.args(&args[1..]);
         cmd
-    }
-
-    fn delete(&self) {
-        for ns in [&self.srv, &self.cli] {
-            // Kill what a crashed earlier run left in the namespace, then remove it.
-            let _ = Command::new("ip")
-                .args(["netns", "pids", ns])
-                .output()
-                .map(|o| {
-                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                        let _ = Command::new("kill").args(["-9", pid]).status();
-                    }
-                });
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        self.delete();
     }
 }
 
@@ -177,7 +130,7 @@ impl Server {
             .args([
                 "netns",
                 "exec",
-                &net.srv,
+                net.srv.name(),
                 env!("CARGO_BIN_EXE_rollout"),
                 "serve",
                 "--config",
@@ -192,7 +145,7 @@ impl Server {
             child,
             log,
             config: config.to_owned(),
-            ns: net.srv.clone(),
+            ns: net.srv.name().to_string(),
         };
         s.wait_healthy();
         s
@@ -272,8 +225,11 @@ pub fn udhcpc(net: &Net, iface: &str, extra: &[&str]) -> std::collections::HashM
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let result =
-        std::env::temp_dir().join(format!("udhcpc-{}-{iface}-{}", net.cli, std::process::id()));
+    let result = std::env::temp_dir().join(format!(
+        "udhcpc-{}-{iface}-{}",
+        net.cli.name(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&result);
     let mut cmd = net.in_cli(&[
         "busybox", "udhcpc", "-i", iface, "-n", "-q", "-f", "-t", "5", "-T", "2", "-A", "1", "-s",

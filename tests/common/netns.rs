@@ -1,24 +1,12 @@
-//! Running test code inside a namespace the test made: a thread joins it with
-//! setns(2), so the sockets it opens see that namespace's network and nothing else.
+//! Running test code inside a namespace the test made (`testkit::netns`), plus a
+//! socket bound to one of its interfaces (socket2 is the server's dependency, so
+//! it stays out of testkit).
+
+#[allow(unused_imports)] // not every test binary enters a namespace
+pub use testkit::netns::in_netns;
 
 use std::net::UdpSocket;
 use std::time::Duration;
-
-/// Runs `f` on a new thread that has joined network namespace `ns`.
-/// setns changes only the calling thread, so the test's own threads stay put.
-pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let fd = std::fs::File::open(format!("/run/netns/{ns}"))
-                .unwrap_or_else(|e| panic!("namespace {ns}: {e}"));
-            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                .unwrap_or_else(|e| panic!("setns into {ns}: {e}"));
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    })
-}
 
 /// A UDP socket on `0.0.0.0:port` that sends and hears on `iface` only (so a
 /// broadcast leaves by that interface), with a receive timeout.

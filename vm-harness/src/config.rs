@@ -1,10 +1,14 @@
-//! The `rollout serve` config the lab writes (format owned by the server; see
-//! the shared contract). Only the keys the lab needs are modelled.
+//! The `rollout serve` config the lab writes: the server's own schema
+//! (`rollout::config::Config`), filled in for the lab's network.
 
 use std::net::Ipv4Addr;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use rollout::config::{
+    Config, DhcpConfig, DhcpMode, ImageConfig, ImageMount, InstallConfig, NodeConfig, RelaySubnet,
+    ServerConfig,
+};
 
 use crate::error::{IoContext, Result};
 
@@ -13,122 +17,63 @@ pub const BRIDGE: &str = "rbr0";
 pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 44, 0, 1);
 pub const PREFIX_LEN: u8 = 24;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RolloutConfig {
-    pub state_dir: PathBuf,
-    pub server: ServerSection,
-    pub dhcp: DhcpSection,
-    pub install: InstallSection,
-    #[serde(rename = "node", default, skip_serializing_if = "Vec::is_empty")]
-    pub nodes: Vec<NodeEntry>,
-    #[serde(rename = "image", default, skip_serializing_if = "Vec::is_empty")]
-    pub images: Vec<ImageEntry>,
+/// The lab's builder around the server's own schema, [`Config`]: the lab sets
+/// fields on the real type (through `Deref`), so a renamed or retyped key fails
+/// to compile here instead of failing when the server reads the file.
+#[derive(Debug, Clone)]
+pub struct RolloutConfig(Config);
+
+impl Deref for RolloutConfig {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.0
+    }
 }
 
-/// `[[image]]`: an image's own node-local paths and its mounts during `image enter`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageEntry {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub excludes: Vec<String>,
-    #[serde(rename = "mount", default, skip_serializing_if = "Vec::is_empty")]
-    pub mounts: Vec<MountEntry>,
+impl DerefMut for RolloutConfig {
+    fn deref_mut(&mut self) -> &mut Config {
+        &mut self.0
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MountEntry {
-    pub source: String,
-    pub target: String,
-    #[serde(rename = "type")]
-    pub fstype: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServerSection {
-    pub interface: String,
-    pub address: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http_port: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tftp_root: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DhcpSection {
-    pub mode: String,
-    /// The dynamic pool (full mode; a proxy hands out no addresses).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub range: Option<[String; 2]>,
-    pub netmask: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub router: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns: Vec<String>,
-    pub lease_time: u32,
-    /// `[[dhcp.relay]]`: subnets whose requests arrive through a DHCP relay.
-    #[serde(rename = "relay", default, skip_serializing_if = "Vec::is_empty")]
-    pub relays: Vec<RelayEntry>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RelayEntry {
-    pub range: [String; 2],
-    pub netmask: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstallSection {
-    pub image: String,
-    pub kernel_cmdline: String,
-    /// Seconds between an installed node's own rollout-sync runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sync_interval: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeEntry {
-    pub mac: String,
-    pub hostname: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip: Option<String>,
-}
+const NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 0);
 
 impl RolloutConfig {
     /// Full-mode DHCP on [`BRIDGE`] at [`SERVER_ADDR`], leases 10.44.0.100–199,
     /// HTTP on port 80, iPXE binaries from `/usr/lib/ipxe`.
     pub fn lab(state_dir: impl Into<PathBuf>) -> RolloutConfig {
-        let addr = SERVER_ADDR.to_string();
-        RolloutConfig {
+        RolloutConfig(Config {
             state_dir: state_dir.into(),
-            server: ServerSection {
-                interface: BRIDGE.into(),
-                address: addr.clone(),
-                http_port: Some(80),
-                tftp_root: Some("/usr/lib/ipxe".into()),
+            server: ServerConfig {
+                interface: Some(BRIDGE.into()),
+                address: Some(SERVER_ADDR),
+                http_port: 80,
+                tftp_root: "/usr/lib/ipxe".into(),
+                ..ServerConfig::default()
             },
-            dhcp: DhcpSection {
-                mode: "full".into(),
-                range: Some(["10.44.0.100".into(), "10.44.0.199".into()]),
-                netmask: "255.255.255.0".into(),
-                router: Some(addr.clone()),
-                dns: vec![addr],
+            dhcp: DhcpConfig {
+                mode: DhcpMode::Full,
+                range: Some([Ipv4Addr::new(10, 44, 0, 100), Ipv4Addr::new(10, 44, 0, 199)]),
+                netmask: Some(NETMASK),
+                router: Some(SERVER_ADDR),
+                dns: vec![SERVER_ADDR],
                 lease_time: 3600,
-                relays: Vec::new(),
+                ..DhcpConfig::default()
             },
-            install: InstallSection {
+            install: InstallConfig {
                 image: "default".into(),
                 kernel_cmdline: "console=ttyS0".into(),
-                sync_interval: None,
+                ..InstallConfig::default()
             },
             nodes: Vec::new(),
             images: Vec::new(),
-        }
+        })
     }
 
     /// Proxy mode: another DHCP server hands out addresses, rollout adds only
     /// the PXE boot information (and answers port 4011).
     pub fn proxy(mut self) -> Self {
-        self.dhcp.mode = "proxy".into();
+        self.dhcp.mode = DhcpMode::Proxy;
         self.dhcp.range = None;
         self.dhcp.router = None;
         self.dhcp.dns.clear();
@@ -137,29 +82,34 @@ impl RolloutConfig {
 
     /// Adds a `[[dhcp.relay]]` subnet with the pool `first`–`last` (a /24).
     pub fn with_relay(mut self, first: Ipv4Addr, last: Ipv4Addr) -> Self {
-        self.dhcp.relays.push(RelayEntry {
-            range: [first.to_string(), last.to_string()],
-            netmask: "255.255.255.0".into(),
+        self.dhcp.relays.push(RelaySubnet {
+            range: [first, last],
+            netmask: NETMASK,
+            router: None,
         });
         self
     }
 
     /// Adds a `[[node]]` entry.
     pub fn with_node(mut self, mac: &str, hostname: &str, ip: Option<Ipv4Addr>) -> Self {
-        self.nodes.push(NodeEntry {
+        self.nodes.push(NodeConfig {
             mac: mac.into(),
             hostname: hostname.into(),
-            ip: ip.map(|i| i.to_string()),
+            ip,
+            image: None,
+            disk: None,
+            root_mib: None,
+            swap_mib: None,
         });
         self
     }
 
     pub fn http_port(&self) -> u16 {
-        self.server.http_port.unwrap_or(80)
+        self.server.http_port
     }
 
     pub fn to_toml(&self) -> Result<String> {
-        Ok(toml::to_string(self)?)
+        Ok(toml::to_string(&self.0)?)
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
@@ -196,8 +146,54 @@ mod tests {
         assert_eq!(node["mac"].as_str(), Some("52:54:00:00:00:01"));
         assert_eq!(node["hostname"].as_str(), Some("node1"));
         assert_eq!(node["ip"].as_str(), Some("10.44.0.11"));
-        let back: RolloutConfig = toml::from_str(&text).unwrap();
-        assert_eq!(back, cfg);
+    }
+
+    /// Every variant the lab and its tests write, read back by the server's own
+    /// loader (parse and validation): a schema change that the lab's output no
+    /// longer satisfies fails here, not in a QEMU run.
+    #[test]
+    fn the_server_loads_every_config_the_lab_writes() {
+        let lab = || {
+            RolloutConfig::lab("/tmp/lab/state")
+                .with_node("52:54:00:00:00:01", "node1", node_ip(1))
+                .with_node("52:54:00:00:00:02", "node2", None)
+        };
+        let mut pull = lab();
+        pull.install.sync_interval = 180;
+        pull.images.push(ImageConfig {
+            name: "default".into(),
+            excludes: vec!["/var/lib/site/".into()],
+            mounts: vec![ImageMount {
+                source: "tmpfs".into(),
+                target: "/var/cache/apt/archives".into(),
+                fstype: "tmpfs".into(),
+                options: String::new(),
+            }],
+        });
+        let mut off = lab();
+        off.dhcp.mode = DhcpMode::Off;
+        let relay = lab().with_relay(Ipv4Addr::new(10, 45, 0, 100), Ipv4Addr::new(10, 45, 0, 199));
+        for (what, cfg) in [
+            ("full", lab()),
+            ("proxy", lab().proxy()),
+            ("relay", relay),
+            ("off", off),
+            ("pull", pull),
+        ] {
+            let text = cfg.to_toml().unwrap();
+            let back = Config::parse(&text)
+                .unwrap_or_else(|e| panic!("{what}: the server rejects\n{text}\n{e}"));
+            assert_eq!(back.dhcp.mode, cfg.dhcp.mode, "{what}");
+            assert_eq!(back.nodes.len(), 2, "{what}");
+            assert_eq!(back.nodes[0].ip, node_ip(1), "{what}");
+            assert_eq!(back.dhcp.relays.len(), cfg.dhcp.relays.len(), "{what}");
+            assert_eq!(back.images, cfg.images, "{what}");
+            assert_eq!(
+                back.install.sync_interval, cfg.install.sync_interval,
+                "{what}"
+            );
+            assert_eq!(back.server.http_port, 80, "{what}");
+        }
     }
 
     #[test]

@@ -6,54 +6,39 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+pub use rollout::inventory::{NodeRecord, NodeState};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::lab::Lab;
 use crate::server::http_get;
 
-/// The fields of the server's node record the demo reads. Unknown fields are
-/// ignored and missing ones default, so server-side additions don't break it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
-#[serde(default)]
-pub struct NodeStatus {
-    pub mac: String,
-    pub hostname: String,
-    pub state: String,
-    pub stage: Option<String>,
-    pub done_bytes: u64,
-    pub total_bytes: u64,
-    pub last_error: Option<String>,
-    pub serial: Option<u64>,
-    pub firmware: Option<String>,
-    /// Set when the installed OS phoned home.
-    pub booted_at: Option<u64>,
-    pub ip: Option<String>,
-    pub installs: u64,
-    pub install_started: Option<u64>,
-    pub installed_at: Option<u64>,
-    pub boot_id: Option<String>,
-    pub console_tail: Vec<String>,
+/// What the lab asks of the server's node record ([`NodeRecord`], the type
+/// `GET /api/v1/nodes` serialises, so a changed field fails to build here).
+pub trait NodeProgress {
+    /// Installed and running the installed OS (it phoned home).
+    fn is_done(&self) -> bool;
+    fn is_failed(&self) -> bool;
+    /// One human line, e.g. `node1 52:54:00:00:00:01 installing copy 40% (80/200 MiB)`.
+    fn line(&self) -> String;
 }
 
-impl NodeStatus {
-    /// Installed and running the installed OS (it phoned home).
-    pub fn is_done(&self) -> bool {
-        self.state == "installed" && self.booted_at.is_some()
+impl NodeProgress for NodeRecord {
+    fn is_done(&self) -> bool {
+        self.state == NodeState::Installed && self.booted_at.is_some()
     }
 
-    pub fn is_failed(&self) -> bool {
-        self.state == "failed"
+    fn is_failed(&self) -> bool {
+        self.state == NodeState::Failed
     }
 
-    /// One human line, e.g. `node1 52:54:00:00:00:01 installing copy 40% (80/200 MiB)`.
-    pub fn line(&self) -> String {
-        let mut s = format!("{} {} {}", self.hostname, self.mac, self.state);
+    fn line(&self) -> String {
+        let mut s = format!("{} {} {}", self.hostname, self.mac, self.state.as_str());
         if let Some(stage) = &self.stage {
             s.push(' ');
             s.push_str(stage);
         }
-        if self.total_bytes > 0 && self.state == "installing" {
+        if self.total_bytes > 0 && self.state == NodeState::Installing {
             s.push_str(&format!(
                 " {}% ({}/{} MiB)",
                 self.done_bytes * 100 / self.total_bytes,
@@ -75,12 +60,12 @@ impl NodeStatus {
 }
 
 /// `GET /api/v1/nodes` from inside the lab.
-pub fn fetch_nodes(lab: &Lab, server: SocketAddr) -> Result<Vec<NodeStatus>> {
+pub fn fetch_nodes(lab: &Lab, server: SocketAddr) -> Result<Vec<NodeRecord>> {
     get_json(lab, server, "/api/v1/nodes")
 }
 
 /// `GET /api/v1/nodes/{id}` (a MAC or a hostname) from inside the lab.
-pub fn fetch_node(lab: &Lab, server: SocketAddr, id: &str) -> Result<NodeStatus> {
+pub fn fetch_node(lab: &Lab, server: SocketAddr, id: &str) -> Result<NodeRecord> {
     get_json(lab, server, &format!("/api/v1/nodes/{id}"))
 }
 
@@ -129,7 +114,7 @@ pub fn follow(
     timeout: Duration,
     stop: impl Fn() -> bool,
     mut report: impl FnMut(&str),
-) -> Result<Vec<NodeStatus>> {
+) -> Result<Vec<NodeRecord>> {
     let start = Instant::now();
     let macs: Vec<String> = lab.nodes().iter().map(|n| n.mac().to_string()).collect();
     let mut last: HashMap<String, String> = HashMap::new();
@@ -141,7 +126,7 @@ pub fn follow(
                 Vec::new()
             }
         };
-        let by_mac: HashMap<&str, &NodeStatus> =
+        let by_mac: HashMap<&str, &NodeRecord> =
             nodes.iter().map(|n| (n.mac.as_str(), n)).collect();
         for n in &nodes {
             let line = n.line();
@@ -189,31 +174,44 @@ pub fn follow(
 mod tests {
     use super::*;
 
+    /// A record as the server's API sends it (`NodeRecord::public`, serialised).
+    fn record() -> NodeRecord {
+        let mut n = NodeRecord::new(
+            "52:54:00:00:00:01",
+            "node1",
+            "default",
+            rollout::inventory::Source::Config,
+            NodeState::Installing,
+        );
+        n.stage = Some("copy".into());
+        n.done_bytes = 80 << 20;
+        n.total_bytes = 200 << 20;
+        n.token = Some("secret".into());
+        let json = serde_json::to_string(&vec![n.public()]).unwrap();
+        let mut back: Vec<NodeRecord> = serde_json::from_str(&json).unwrap();
+        back.remove(0)
+    }
+
     #[test]
-    fn server_records_parse_leniently() {
-        let body = r#"[{"mac":"52:54:00:00:00:01","hostname":"node1","ip":"10.44.0.11",
-            "image":"default","source":"config","state":"installing","stage":"copy",
-            "done_bytes":83886080,"total_bytes":209715200,"console_tail":[],"installs":1,
-            "booted_at":null,"updated":1}]"#;
-        let nodes: Vec<NodeStatus> = serde_json::from_str(body).unwrap();
-        assert_eq!(nodes[0].state, "installing");
+    fn server_records_read_back_and_print() {
+        let n = record();
+        assert_eq!(n.state, NodeState::Installing);
+        assert_eq!(n.token, None, "the API never sends the install token");
         assert_eq!(
-            nodes[0].line(),
+            n.line(),
             "node1 52:54:00:00:00:01 installing copy 40% (80/200 MiB)"
         );
-        assert!(!nodes[0].is_done());
+        assert!(!n.is_done());
     }
 
     #[test]
     fn done_needs_installed_and_booted() {
-        let mut n = NodeStatus {
-            state: "installed".into(),
-            ..NodeStatus::default()
-        };
+        let mut n = record();
+        n.state = NodeState::Installed;
         assert!(!n.is_done(), "installed but not yet booted into the new OS");
         n.booted_at = Some(1);
         assert!(n.is_done());
-        n.state = "failed".into();
+        n.state = NodeState::Failed;
         assert!(n.is_failed() && !n.is_done());
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use crate::config::{RolloutConfig, SERVER_ADDR};
+use crate::config::{DhcpMode, RolloutConfig, SERVER_ADDR};
 use crate::error::{Error, IoContext, Result};
 use crate::lab::Lab;
 use crate::proc::{have_program, is_root, run};
@@ -115,7 +115,7 @@ fn cargo(ws: &Path, args: &[&str]) -> Result<()> {
 /// state dir is (no server runs with it).
 fn offline_config(dir: &Path) -> Result<PathBuf> {
     let mut cfg = RolloutConfig::lab(dir.join("state"));
-    cfg.dhcp.mode = "off".into();
+    cfg.dhcp.mode = DhcpMode::Off;
     let path = dir.join("rollout.toml");
     fs::create_dir_all(dir).ctx("creating the cache directory", dir)?;
     cfg.write(&path)?;

@@ -72,6 +72,15 @@ pub enum Error {
     Http { url: String, message: String },
 }
 
+impl From<testkit::netns::NetnsError> for Error {
+    fn from(e: testkit::netns::NetnsError) -> Error {
+        Error::Netns {
+            ns: e.ns,
+            message: e.message,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Attaches a path and a short context to an `io::Error`.

@@ -34,11 +34,7 @@ impl Host {
     pub(crate) fn create(lab_ns: &Netns, ns: &str, name: &str, address: Ipv4Addr) -> Result<Host> {
         let netns = Netns::create(ns)?;
         let lab_side = format!("vh-{name}");
-        lab_ns.ip(&[
-            "link", "add", &lab_side, "type", "veth", "peer", "name", "eth0", "netns", ns,
-        ])?;
-        lab_ns.ip(&["link", "set", &lab_side, "master", BRIDGE])?;
-        lab_ns.ip(&["link", "set", &lab_side, "up"])?;
+        lab_ns.add_bridge_port(BRIDGE, &lab_side, ns, "eth0")?;
         netns.ip(&[
             "addr",
             "add",

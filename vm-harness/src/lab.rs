@@ -310,8 +310,8 @@ impl Lab {
     /// `<dir>/server.log`. Address and port are read from the config.
     pub fn spawn_server(&mut self, config: &Path, rollout: &Path) -> Result<&mut Server> {
         let text = fs::read_to_string(config).ctx("reading the rollout config", config)?;
-        let port = toml::from_str::<RolloutConfig>(&text)
-            .map(|c| c.http_port())
+        let port = toml::from_str::<rollout::config::Config>(&text)
+            .map(|c| c.server.http_port)
             .unwrap_or(80);
         self.server = None;
         let log = self.dir.join("server.log");

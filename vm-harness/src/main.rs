@@ -353,7 +353,7 @@ fn demo(a: DemoArgs) -> Result<()> {
             );
             print!("{}", summary_table(&t.nodes));
             if a.image == ImageKind::Debian && !a.no_maintenance {
-                let image = lab.config().install.image;
+                let image = lab.config().install.image.clone();
                 let serial = vm_harness::maintain::maintain(
                     &lab,
                     server,

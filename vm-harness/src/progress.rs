@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::console::{self, Pattern};
-use crate::demo::{fetch_nodes, NodeStatus};
+use crate::demo::{fetch_nodes, NodeProgress, NodeRecord, NodeState};
 use crate::error::{Error, Result};
 use crate::initrd::STARTING;
 use crate::lab::Lab;
@@ -73,7 +73,8 @@ pub struct NodeTimes {
     pub at: BTreeMap<Milestone, Duration>,
     /// Largest copy byte count the server reported.
     pub bytes: u64,
-    pub last: NodeStatus,
+    /// The server's record at the last poll; `None` until it has one.
+    pub last: Option<NodeRecord>,
     console_from: u64,
 }
 
@@ -134,7 +135,7 @@ impl Tracker {
                     started: now,
                     at: BTreeMap::new(),
                     bytes: 0,
-                    last: NodeStatus::default(),
+                    last: None,
                     console_from: n.console_mark(),
                 })
                 .collect(),
@@ -177,7 +178,7 @@ impl Tracker {
             };
             // A record from before this power-on (e.g. a reinstall) is ignored
             // until the node is seen installing.
-            if rec.state == "installing" {
+            if rec.state == NodeState::Installing {
                 if let Some(m) = rec.stage.as_deref().and_then(stage_milestone) {
                     // Fast stages can pass between two polls: later ones imply earlier.
                     for earlier in [Milestone::Partition, Milestone::Copy, Milestone::Configure] {
@@ -192,7 +193,7 @@ impl Tracker {
             }
             let installing_seen = t.at.contains_key(&Milestone::Partition)
                 || t.at.contains_key(&Milestone::Installer);
-            if installing_seen && rec.state == "installed" {
+            if installing_seen && rec.state == NodeState::Installed {
                 for m in [Milestone::Partition, Milestone::Copy, Milestone::Configure] {
                     t.at.entry(m).or_insert(el);
                 }
@@ -206,13 +207,16 @@ impl Tracker {
                 }
             }
             let line = progress_line(t, rec);
-            if line != progress_line(t, &t.last) || t.last.mac.is_empty() {
+            if t.last
+                .as_ref()
+                .map_or(true, |l| line != progress_line(t, l))
+            {
                 lines.push(format!(
                     "[{:>5.0}s] {line}",
                     self.started.elapsed().as_secs_f64()
                 ));
             }
-            t.last = rec.clone();
+            t.last = Some(rec.clone());
         }
         lines
     }
@@ -239,10 +243,14 @@ impl Tracker {
             if self.all_booted() {
                 return Ok(());
             }
-            if let Some(t) = self.nodes.iter().find(|t| t.last.is_failed()) {
+            let failed = self.nodes.iter().find_map(|t| {
+                let last = t.last.as_ref().filter(|l| l.is_failed())?;
+                Some((t, last))
+            });
+            if let Some((t, last)) = failed {
                 return Err(Error::InstallFailed {
                     node: t.name.clone(),
-                    detail: t.last.line(),
+                    detail: last.line(),
                 });
             }
             for node in lab.nodes_mut() {
@@ -270,13 +278,13 @@ impl Tracker {
 }
 
 /// `node1 bios  installing copy 40% (80/200 MiB)  12s`-style line, without the clock.
-fn progress_line(t: &NodeTimes, rec: &NodeStatus) -> String {
+fn progress_line(t: &NodeTimes, rec: &NodeRecord) -> String {
     let mut s = format!("{:<6} {:<4} ", t.name, t.firmware.as_str());
     let phase = if t.at.contains_key(&Milestone::Booted) {
         "booted from disk, phoned home".to_string()
     } else if t.at.contains_key(&Milestone::Installed) {
         "installed, rebooting into it".to_string()
-    } else if rec.state == "installing" {
+    } else if rec.state == NodeState::Installing {
         let mut p = format!("installing {}", rec.stage.as_deref().unwrap_or("…"));
         if rec.total_bytes > 0 && rec.stage.as_deref() == Some("copy") {
             p.push_str(&format!(
@@ -287,7 +295,7 @@ fn progress_line(t: &NodeTimes, rec: &NodeStatus) -> String {
             ));
         }
         p
-    } else if rec.state == "failed" {
+    } else if rec.state == NodeState::Failed {
         format!(
             "FAILED at {}: {}",
             rec.stage.as_deref().unwrap_or("?"),
@@ -322,7 +330,11 @@ pub fn summary_table(nodes: &[NodeTimes]) -> String {
             "{:<8} {:<8} {:>6} {:>14} {:>20}\n",
             t.name,
             t.firmware.as_str(),
-            t.last.serial.map(|s| s.to_string()).unwrap_or("-".into()),
+            t.last
+                .as_ref()
+                .and_then(|l| l.serial)
+                .map(|s| s.to_string())
+                .unwrap_or("-".into()),
             secs(t.install_time()),
             secs(t.boot_time()),
         ));
@@ -342,7 +354,7 @@ mod tests {
             started: Instant::now(),
             at: BTreeMap::new(),
             bytes: 0,
-            last: NodeStatus::default(),
+            last: None,
             console_from: 0,
         }
     }

@@ -14,7 +14,8 @@ mod e2e_support;
 use std::time::Duration;
 
 use e2e_support::{assert_distinct_keys, check_disk, fixture, E2eLab};
-use vm_harness::config::{ImageEntry, MountEntry};
+use vm_harness::config::{ImageConfig, ImageMount};
+use vm_harness::demo::NodeProgress;
 use vm_harness::e2e::ImageKind;
 use vm_harness::Firmware;
 use vm_harness::NetBoot;
@@ -256,18 +257,20 @@ fn debian_image_installs_and_phones_home_from_systemd() {
         |cfg| {
             // Long enough that the operator's own `rollout sync --all` below
             // runs well before the node's timer first fires (boot + 180 s).
-            cfg.install.sync_interval = Some(PULL_INTERVAL);
+            cfg.install.sync_interval = PULL_INTERVAL;
             // A site's own node-local directory, and apt's downloads kept on a
             // tmpfs while the image is changed, as a cluster would configure it.
-            cfg.images.push(ImageEntry {
+            let image = ImageConfig {
                 name: cfg.install.image.clone(),
                 excludes: vec![SITE_LOCAL_DIR.into()],
-                mounts: vec![MountEntry {
+                mounts: vec![ImageMount {
                     source: "tmpfs".into(),
                     target: "/var/cache/apt/archives".into(),
                     fstype: "tmpfs".into(),
+                    options: String::new(),
                 }],
-            })
+            };
+            cfg.images.push(image);
         },
     );
     t.lab.start_all().unwrap();

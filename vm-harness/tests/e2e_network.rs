@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use e2e_support::{check_disk, fixture, installed_address, E2eLab};
+use vm_harness::demo::NodeProgress;
 use vm_harness::e2e::ImageKind;
 use vm_harness::hosts::{relay_args, site_dhcp_args};
 use vm_harness::Firmware;
@@ -113,7 +114,7 @@ fn relayed_subnet_installs_through_a_dhcp_relay_and_a_router() {
         lab.add_node_behind("router", Firmware::Bios)?;
         let mut cfg = lab.config().with_relay(RELAY_RANGE.0, RELAY_RANGE.1);
         cfg.nodes[0].ip = None;
-        cfg.nodes[1].ip = Some(RELAY_RESERVED.to_string());
+        cfg.nodes[1].ip = Some(RELAY_RESERVED);
         Ok(cfg)
     });
     t.lab.start_all().unwrap();

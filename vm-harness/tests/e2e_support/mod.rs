@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use vm_harness::config::RolloutConfig;
-use vm_harness::demo::{fetch_node, NodeStatus};
+use vm_harness::demo::{fetch_node, NodeProgress, NodeRecord};
 use vm_harness::disk::DiskImage;
 use vm_harness::e2e::{self, Artifacts, ImageKind, FAKE_KEY_MARK};
 use vm_harness::{Firmware, Lab, LabOptions};
@@ -124,26 +124,30 @@ impl E2eLab {
         id: &str,
         what: &str,
         timeout: Duration,
-        done: impl Fn(&NodeStatus) -> bool,
-    ) -> NodeStatus {
+        done: impl Fn(&NodeRecord) -> bool,
+    ) -> NodeRecord {
         let start = Instant::now();
         let marks: Vec<u64> = self.lab.nodes().iter().map(|n| n.console_mark()).collect();
         let mut last = String::new();
         loop {
-            let rec = fetch_node(&self.lab, self.server, id).unwrap_or_default();
-            let line = rec.line();
+            // Until the server has a record (it learns a node at its first boot).
+            let rec = fetch_node(&self.lab, self.server, id).ok();
+            let line = rec
+                .as_ref()
+                .map_or_else(|| format!("{id}: no record yet"), |r| r.line());
             if line != last {
                 eprintln!("[{:>4}s] {line}", self.started.elapsed().as_secs());
                 last = line;
             }
-            if done(&rec) {
-                return rec;
+            if let Some(rec) = &rec {
+                if done(rec) {
+                    return rec.clone();
+                }
+                assert!(
+                    !rec.is_failed(),
+                    "{id} failed while waiting for {what}: {last}"
+                );
             }
-            assert!(
-                !rec.is_failed(),
-                "{id} failed while waiting for {what}: {}",
-                rec.line()
-            );
             let node = self
                 .lab
                 .nodes_mut()
@@ -151,11 +155,10 @@ impl E2eLab {
                 .find(|n| n.name() == id || n.mac() == id);
             if let Some(n) = node {
                 assert!(n.is_running(), "{id} powered off while waiting for {what}");
-                let i = self
-                    .lab
-                    .nodes()
-                    .iter()
-                    .position(|x| x.mac() == rec.mac || x.name() == id);
+                let i =
+                    self.lab.nodes().iter().position(|x| {
+                        rec.as_ref().is_some_and(|r| x.mac() == r.mac) || x.name() == id
+                    });
                 let text = vm_harness::console::read_from(
                     &self.lab.nodes()[i.unwrap_or(0)].console_log(),
                     marks[i.unwrap_or(0)],
@@ -168,16 +171,15 @@ impl E2eLab {
             }
             assert!(
                 start.elapsed() < timeout,
-                "{id}: no {what} within {} s; last record: {}",
+                "{id}: no {what} within {} s; last record: {last}",
                 timeout.as_secs(),
-                rec.line()
             );
             std::thread::sleep(Duration::from_millis(500));
         }
     }
 
     /// Waits until `id` is installed and its installed OS phoned home.
-    pub fn wait_booted(&mut self, id: &str, timeout: Duration) -> NodeStatus {
+    pub fn wait_booted(&mut self, id: &str, timeout: Duration) -> NodeRecord {
         self.wait_record(id, "install and phone-home", timeout, |r| r.is_done())
     }
 
