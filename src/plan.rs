@@ -118,7 +118,10 @@ mod tests {
         assert_eq!(p.layout.root_mib, 12345);
         assert_eq!(p.layout.swap_mib, default.swap_mib);
         assert_eq!(p.disk.path.as_deref(), Some("/dev/vdb"));
-        assert_eq!(p.on_failure.reboot_after_secs, None, "0 waits for the server");
+        assert_eq!(
+            p.on_failure.reboot_after_secs, None,
+            "0 waits for the server"
+        );
         assert_eq!(p.sync_interval_secs, 300);
         assert!(p.excludes.iter().any(|e| e == "/var/lib/site/"));
         assert!(wire::DEFAULT_EXCLUDES

@@ -1,6 +1,7 @@
 //! `rollout serve`: DHCP, TFTP and HTTP together, stopped by one cancellation token.
 
 use crate::config::{DhcpMode, ValidConfig};
+use crate::dhcp::sqlite::SqliteLeaseStore;
 use crate::dhcp::{
     self,
     leases::{LeaseTable, Range},
@@ -9,7 +10,6 @@ use crate::dhcp::{
 };
 use crate::http::{self, AppState};
 use crate::inventory::Inventory;
-use crate::dhcp::sqlite::SqliteLeaseStore;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -95,13 +95,7 @@ fn declare_config_nodes(config: &ValidConfig, inventory: &Inventory) -> Result<(
             .image
             .clone()
             .unwrap_or_else(|| config.install.image.clone());
-        let mut rec = NodeRecord::new(
-            mac,
-            &n.hostname,
-            &image,
-            Source::Config,
-            NodeState::Pending,
-        );
+        let mut rec = NodeRecord::new(mac, &n.hostname, &image, Source::Config, NodeState::Pending);
         rec.ip = n.ip.map(|ip| ip.to_string());
         rec.disk = n.disk.clone();
         rec.root_mib = n.root_mib;

@@ -3,8 +3,8 @@
 
 pub mod nodes;
 
-use anyhow::Context;
 use crate::api_client as client;
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;

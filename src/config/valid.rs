@@ -3,7 +3,7 @@
 //! runs the server takes a [`ValidConfig`], so it never re-checks or `expect`s.
 //!
 //! Building one is pure: what the checks need from the machine comes in as
-//! [`MachineFacts`] (`crate::preflight` looks them up, and is where
+//! [`MachineFacts`] (the `preflight` module looks them up, and is where
 //! `TryFrom<Config>` lives), so this module stays a leaf and is tested without an
 //! interface or a TFTP directory.
 

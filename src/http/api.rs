@@ -13,8 +13,7 @@ use tracing::{info, warn};
 /// The serial to hand out for `image`: the published one, once the rsync
 /// supervisor says its module is served.
 pub async fn served_serial(state: &super::AppState, image: &str) -> Option<u64> {
-    let serial =
-        tokio::task::block_in_place(|| published_serial(&state.config.state_dir, image))?;
+    let serial = tokio::task::block_in_place(|| published_serial(&state.config.state_dir, image))?;
     if let Some(modules) = &state.rsync_modules {
         if !modules.ensure(image, serial).await {
             warn!(%image, serial, "the rsync daemon does not list the serial's module");
