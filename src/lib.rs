@@ -6,6 +6,8 @@
 pub mod wire;
 
 #[cfg(feature = "server")]
+pub mod api_client;
+#[cfg(feature = "server")]
 pub mod bootfiles;
 #[cfg(feature = "server")]
 pub mod cli;
@@ -23,6 +25,10 @@ pub mod images;
 pub mod inventory;
 #[cfg(feature = "server")]
 pub mod netif;
+#[cfg(feature = "server")]
+pub mod plan;
+#[cfg(feature = "server")]
+pub mod preflight;
 #[cfg(feature = "server")]
 pub mod serve;
 #[cfg(feature = "server")]

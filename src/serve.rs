@@ -1,6 +1,7 @@
 //! `rollout serve`: DHCP, TFTP and HTTP together, stopped by one cancellation token.
 
-use crate::config::{Config, DhcpMode};
+use crate::config::{DhcpMode, ValidConfig};
+use crate::dhcp::sqlite::SqliteLeaseStore;
 use crate::dhcp::{
     self,
     leases::{LeaseTable, Range},
@@ -9,7 +10,6 @@ use crate::dhcp::{
 };
 use crate::http::{self, AppState};
 use crate::inventory::Inventory;
-use crate::store::SqliteLeaseStore;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,9 +20,7 @@ use tracing::{info, warn};
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error(transparent)]
-    Netif(#[from] crate::netif::NetifError),
+    Preflight(#[from] crate::preflight::PreflightError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -43,7 +41,7 @@ pub enum ServeError {
 }
 
 fn dhcp_core(
-    config: &Config,
+    config: &ValidConfig,
     plan: &crate::config::DhcpPlan,
     db: &std::path::Path,
 ) -> Result<DhcpCore, ServeError> {
@@ -51,11 +49,10 @@ fn dhcp_core(
     let mut reservations = HashMap::new();
     let mut hostnames = HashMap::new();
     for n in &config.nodes {
-        let mac = crate::config::normalize_mac(&n.mac).expect("validated");
-        if let Some(ip) = n.ip {
-            reservations.insert(mac.clone(), ip);
+        if let Some(ip) = n.node.ip {
+            reservations.insert(n.mac.clone(), ip);
         }
-        hostnames.insert(mac, n.hostname.clone());
+        hostnames.insert(n.mac.clone(), n.node.hostname.clone());
     }
     let leases = LeaseTable::load(Box::new(SqliteLeaseStore::open(db)?), reservations)?;
     let relays = d
@@ -90,21 +87,15 @@ fn dhcp_core(
 }
 
 /// Config-file nodes become declared records (their install state is kept).
-fn declare_config_nodes(config: &Config, inventory: &Inventory) -> Result<(), ServeError> {
+fn declare_config_nodes(config: &ValidConfig, inventory: &Inventory) -> Result<(), ServeError> {
     use crate::inventory::{NodeRecord, NodeState, Source};
-    for n in &config.nodes {
-        let mac = crate::config::normalize_mac(&n.mac).expect("validated");
+    for declared in &config.nodes {
+        let (mac, n) = (&declared.mac, &declared.node);
         let image = n
             .image
             .clone()
             .unwrap_or_else(|| config.install.image.clone());
-        let mut rec = NodeRecord::new(
-            &mac,
-            &n.hostname,
-            &image,
-            Source::Config,
-            NodeState::Pending,
-        );
+        let mut rec = NodeRecord::new(mac, &n.hostname, &image, Source::Config, NodeState::Pending);
         rec.ip = n.ip.map(|ip| ip.to_string());
         rec.disk = n.disk.clone();
         rec.root_mib = n.root_mib;
@@ -115,7 +106,7 @@ fn declare_config_nodes(config: &Config, inventory: &Inventory) -> Result<(), Se
 }
 
 /// The admin token: from the config, or generated once into `state_dir/admin.token` (0600).
-fn admin_token(config: &Config) -> Result<String, ServeError> {
+fn admin_token(config: &ValidConfig) -> Result<String, ServeError> {
     if let Some(t) = &config.server.admin_token {
         return Ok(t.clone());
     }
@@ -176,8 +167,10 @@ fn server_ssh_key(state_dir: &std::path::Path) -> Option<String> {
 }
 
 /// Binds everything first (so a taken port or a missing interface is an error at
-/// startup, with a non-zero exit), then serves until `cancel` fires.
-pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), ServeError> {
+/// startup, with a non-zero exit), then serves until `cancel` fires. The machine
+/// checks are `ValidConfig::try_from` (`crate::preflight`), which `check-config`
+/// runs too.
+pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(), ServeError> {
     std::fs::create_dir_all(config.state_dir.join("boot")).map_err(|source| {
         ServeError::StateDir {
             path: config.state_dir.clone(),
@@ -185,17 +178,9 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Serv
         }
     })?;
     let db = config.state_dir.join("rollout.db");
-    let tftp_root = crate::tftp::check_root(&config.server.tftp_root)?;
-
-    let dhcp_plan = match &config.server.interface {
-        Some(iface) if config.dhcp.mode != DhcpMode::Off => {
-            let addr = crate::netif::ipv4_of(iface)?;
-            config.dhcp_plan(addr)?
-        }
-        _ => None,
-    };
+    let tftp_root = config.tftp_root.clone();
     let mut tasks = JoinSet::new();
-    match &dhcp_plan {
+    match &config.dhcp_plan {
         None => warn!("DHCP is off (dhcp.mode = \"off\" or no interface): nodes need another DHCP server pointing at this one"),
         Some(plan) => {
             let core = Arc::new(Mutex::new(dhcp_core(&config, plan, &db)?));
@@ -219,7 +204,8 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Serv
         addr: tftp_addr,
         source,
     })?;
-    let inventory = Arc::new(Inventory::open(&db, config.policy())?);
+    let policy = crate::inventory::Policy::from(&config.install);
+    let inventory = Arc::new(Inventory::open(&db, policy)?);
     declare_config_nodes(&config, &inventory)?;
     let admin_token = admin_token(&config)?;
     let ssh_keys = server_ssh_key(&config.state_dir).into_iter().collect();
@@ -235,26 +221,19 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Serv
         .await;
         Ok(())
     });
-    let mut rsyncd = None;
+    let mut rsync_modules = None;
     if let Some(address) = config.server.address {
-        let mask = dhcp_plan
-            .as_ref()
-            .map(|p| p.netmask)
-            .unwrap_or(std::net::Ipv4Addr::new(255, 255, 255, 0));
+        let mask = config.provisioning_netmask();
         // Relayed subnets install over rsync too: without them a relayed node
         // gets its address and installer, then has its copy refused.
         let allow = crate::images::rsyncd::hosts_allow(address, mask, &config.dhcp.relays);
         let mut settings =
             crate::images::rsyncd::RsyncdSettings::new(&config.state_dir, address.into(), allow);
         settings.port = config.server.rsync_port;
-        rsyncd = Some(settings.clone());
+        let supervisor = crate::images::rsyncd::Supervisor::new(settings);
+        rsync_modules = Some(supervisor.modules());
         let c = cancel.clone();
-        tasks.spawn(async move {
-            crate::images::rsyncd::Supervisor::new(settings)
-                .run(c)
-                .await
-                .map_err(std::io::Error::other)
-        });
+        tasks.spawn(async move { supervisor.run(c).await.map_err(std::io::Error::other) });
     } else {
         warn!("server.address is not set: no rsync daemon, so nodes cannot install");
     }
@@ -263,7 +242,7 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Serv
         inventory,
         admin_token,
         ssh_keys,
-        rsyncd,
+        rsync_modules,
     });
 
     let c = cancel.clone();

@@ -355,6 +355,15 @@ fn receive(sock: &std::net::UdpSocket, xid: u32) -> Option<(Message, std::net::S
     }
 }
 
+/// The `Error: ...` line of a command's stderr (the rest is its log).
+fn error_line(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("Error: "))
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[test]
 fn refuses_to_start_on_a_missing_interface_or_a_range_outside_its_subnet() {
     if !can_run(&[]) {
@@ -362,7 +371,7 @@ fn refuses_to_start_on_a_missing_interface_or_a_range_outside_its_subnet() {
     }
     let dir = tempfile::tempdir().unwrap();
     let net = Net::new("r");
-    let run = |body: &str| {
+    let rollout = |command: &str, body: &str| {
         let config = write_config(dir.path(), body);
         let out = std::process::Command::new("ip")
             .args([
@@ -370,7 +379,7 @@ fn refuses_to_start_on_a_missing_interface_or_a_range_outside_its_subnet() {
                 "exec",
                 net.srv.name(),
                 env!("CARGO_BIN_EXE_rollout"),
-                "serve",
+                command,
                 "--config",
             ])
             .arg(&config)
@@ -380,6 +389,18 @@ fn refuses_to_start_on_a_missing_interface_or_a_range_outside_its_subnet() {
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    };
+    // What serve refuses, check-config refuses with the same message (it used to
+    // call these files valid: the interface checks ran only in serve).
+    let run = |body: &str| {
+        let (ok, err) = rollout("serve", body);
+        let (checked, check_err) = rollout("check-config", body);
+        if !ok {
+            assert!(!checked, "check-config accepts what serve refuses: {err}");
+            assert_eq!(error_line(&check_err), error_line(&err));
+            assert!(!error_line(&err).is_empty(), "{err}");
+        }
+        (ok, err)
     };
     let (ok, err) = run("[server]\ninterface = \"nosuch0\"\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"full\"\nrange = [\"10.44.0.100\", \"10.44.0.110\"]\n");
     assert!(
@@ -393,9 +414,14 @@ fn refuses_to_start_on_a_missing_interface_or_a_range_outside_its_subnet() {
     );
     let (ok, err) = run("[server]\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"full\"\nrange = [\"10.44.0.100\", \"10.44.0.110\"]\n");
     assert!(!ok && err.contains("server.interface"), "{err}");
+    let missing = dir.path().join("no-ipxe-here");
+    let (ok, err) = run(&format!(
+        "[server]\ninterface = \"rbr0\"\naddress = \"10.44.0.1\"\ntftp_root = {missing:?}\n"
+    ));
+    assert!(!ok && err.contains("no-ipxe-here"), "{err}");
     // A port already taken (another web server on 80) is a clear startup error.
     let mut holder = net_listener(net.srv.name(), 80);
-    let (ok, err) = run("[server]\ninterface = \"rbr0\"\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"full\"\nrange = [\"10.44.0.100\", \"10.44.0.110\"]\n");
+    let (ok, err) = rollout("serve", "[server]\ninterface = \"rbr0\"\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"full\"\nrange = [\"10.44.0.100\", \"10.44.0.110\"]\n");
     let _ = holder.kill();
     let _ = holder.wait();
     assert!(

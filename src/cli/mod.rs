@@ -1,9 +1,9 @@
 //! The `rollout` command line. `main.rs` parses and calls [`run`]; each area owns
 //! its subcommands (images, initramfs, nodes, fleet).
 
-pub mod client;
 pub mod nodes;
 
+use crate::api_client as client;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -79,7 +79,7 @@ fn exit_on_failure(code: i32) {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
-            let config = load(&cli.config)?;
+            let config = crate::config::ValidConfig::try_from(load(&cli.config)?)?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(async {
                 let cancel = CancellationToken::new();
@@ -88,7 +88,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
         }
         Command::CheckConfig => {
-            let config = load(&cli.config)?;
+            // The checks `serve` makes, with its messages: "valid" means serve starts.
+            let config = crate::config::ValidConfig::try_from(load(&cli.config)?)?;
             println!("{} is valid", cli.config.display());
             println!("state directory: {}", config.state_dir.display());
             println!("HTTP base URL:   {}", config.http_base_url());

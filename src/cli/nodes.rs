@@ -1,7 +1,7 @@
 //! `rollout node …`, `rollout discovered …` and `rollout watch`: readable tables,
 //! or `--json` for scripts, all from the running server's API.
 
-use super::client::Client;
+use crate::api_client::Client;
 use crate::inventory::{NodeRecord, NodeState};
 use serde_json::json;
 use std::collections::BTreeMap;

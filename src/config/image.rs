@@ -115,7 +115,7 @@ pub(super) fn validate(images: &[ImageConfig]) -> Result<(), ConfigError> {
     let mut names = std::collections::HashSet::new();
     for (i, image) in images.iter().enumerate() {
         let key = format!("image[{i}]");
-        if crate::images::store::validate_name(&image.name).is_err() {
+        if !super::valid_image_name(&image.name) {
             return Err(invalid(
                 &format!("{key}.name"),
                 format!("{:?} is not an image name", image.name),

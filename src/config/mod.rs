@@ -3,8 +3,10 @@
 //! wrong range hands out wrong addresses to a whole rack.
 
 mod image;
+mod valid;
 
 pub use image::{ImageConfig, ImageMount};
+pub use valid::{DeclaredNode, MachineFacts, ValidConfig};
 
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -171,11 +173,11 @@ pub struct InstallConfig {
     #[serde(default = "default_cmdline")]
     pub kernel_cmdline: String,
     /// What to do with machines that PXE-boot but are not declared.
-    #[serde(default = "default_unknown")]
-    pub unknown: crate::inventory::UnknownPolicy,
+    #[serde(default)]
+    pub unknown: UnknownPolicy,
     /// What a node whose install failed does on its next boot.
     #[serde(default)]
-    pub on_failure: crate::inventory::RetryPolicy,
+    pub on_failure: RetryPolicy,
     /// Seconds without a report after which an install is marked failed.
     #[serde(default = "default_install_timeout")]
     pub install_timeout: u64,
@@ -193,7 +195,7 @@ impl Default for InstallConfig {
         InstallConfig {
             image: default_image(),
             kernel_cmdline: default_cmdline(),
-            unknown: default_unknown(),
+            unknown: UnknownPolicy::DEFAULT,
             on_failure: Default::default(),
             install_timeout: default_install_timeout(),
             reboot_after_failure: default_reboot_after(),
@@ -205,11 +207,6 @@ impl Default for InstallConfig {
 fn default_image() -> String {
     "default".into()
 }
-/// Unknown machines get the default image's installer: on a provisioning network
-/// that is why they PXE-boot. Use "approve" where strangers may plug in.
-fn default_unknown() -> crate::inventory::UnknownPolicy {
-    crate::inventory::UnknownPolicy::Install
-}
 fn default_install_timeout() -> u64 {
     1800
 }
@@ -218,6 +215,42 @@ fn default_reboot_after() -> u64 {
 }
 fn default_cmdline() -> String {
     "console=ttyS0,115200".into()
+}
+
+/// `[install] unknown`: what rollout does with machines that PXE-boot undeclared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownPolicy {
+    /// Listed as discovered and left alone (they boot their next device).
+    Ignore,
+    /// Listed as discovered; installed once an operator approves them.
+    Approve,
+    /// Installed right away with the default image under a generated hostname.
+    Install,
+}
+
+impl UnknownPolicy {
+    /// The one default, for the config file and everything that starts without one:
+    /// unknown machines get the default image's installer, since on a provisioning
+    /// network that is why they PXE-boot. Use "approve" where strangers may plug in.
+    pub const DEFAULT: UnknownPolicy = UnknownPolicy::Install;
+}
+
+impl Default for UnknownPolicy {
+    fn default() -> Self {
+        UnknownPolicy::DEFAULT
+    }
+}
+
+/// `[install] on_failure`: what a failed node does on its next boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryPolicy {
+    /// Install again.
+    #[default]
+    Retry,
+    /// Stay failed until an operator requests a reinstall.
+    Hold,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -267,9 +300,10 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks that need no system access. The interface checks (does it exist, is
-    /// the range inside its subnet) happen at startup in `serve`.
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks that need no system access, returning the nodes' MACs normalized (in
+    /// `nodes` order). The checks against the machine (does the interface exist, is
+    /// the range inside its subnet, is the TFTP root there) make a [`ValidConfig`].
+    fn validate(&self) -> Result<Vec<String>, ConfigError> {
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid(
                 "state_dir",
@@ -278,22 +312,7 @@ impl Config {
             ));
         }
         let d = &self.dhcp;
-        if d.mode != DhcpMode::Off {
-            if self.server.interface.is_none() {
-                return Err(invalid(
-                    "server.interface",
-                    format!("is not set but dhcp.mode is {:?}", d.mode).to_lowercase(),
-                    "name the provisioning interface explicitly (rollout never guesses where to serve DHCP), or set dhcp.mode = \"off\"",
-                ));
-            }
-            if self.server.address.is_none() {
-                return Err(invalid(
-                    "server.address",
-                    "is not set",
-                    "set it to this server's address on the provisioning network",
-                ));
-            }
-        }
+        self.dhcp_endpoint()?;
         if d.mode == DhcpMode::Full {
             let Some([first, last]) = d.range else {
                 return Err(invalid(
@@ -332,6 +351,7 @@ impl Config {
                 ));
             }
         }
+        let mut macs = Vec::with_capacity(self.nodes.len());
         let mut seen_macs = std::collections::HashSet::new();
         let mut seen_names = std::collections::HashSet::new();
         let mut seen_ips = std::collections::HashSet::new();
@@ -374,6 +394,7 @@ impl Config {
                     ));
                 }
             }
+            macs.push(mac);
         }
         if (1..60).contains(&self.install.sync_interval) {
             return Err(invalid(
@@ -382,7 +403,31 @@ impl Config {
                 "use 0 (no timer) or at least 60 seconds",
             ));
         }
-        image::validate(&self.images)
+        image::validate(&self.images)?;
+        Ok(macs)
+    }
+
+    /// The interface and address DHCP serves on, when it is on: both must be set.
+    fn dhcp_endpoint(&self) -> Result<Option<(String, Ipv4Addr)>, ConfigError> {
+        let mode = self.dhcp.mode;
+        if mode == DhcpMode::Off {
+            return Ok(None);
+        }
+        let Some(interface) = self.server.interface.clone() else {
+            return Err(invalid(
+                "server.interface",
+                format!("is not set but dhcp.mode is {mode:?}").to_lowercase(),
+                "name the provisioning interface explicitly (rollout never guesses where to serve DHCP), or set dhcp.mode = \"off\"",
+            ));
+        };
+        let Some(server_ip) = self.server.address else {
+            return Err(invalid(
+                "server.address",
+                "is not set",
+                "set it to this server's address on the provisioning network",
+            ));
+        };
+        Ok(Some((interface, server_ip)))
     }
 
     /// The DHCP plan if DHCP is to run, checked against the interface's real subnet.
@@ -390,11 +435,9 @@ impl Config {
         &self,
         iface_addr: Option<(Ipv4Addr, Ipv4Addr)>,
     ) -> Result<Option<DhcpPlan>, ConfigError> {
-        if self.dhcp.mode == DhcpMode::Off {
+        let Some((interface, server_ip)) = self.dhcp_endpoint()? else {
             return Ok(None);
-        }
-        let interface = self.server.interface.clone().expect("validated");
-        let server_ip = self.server.address.expect("validated");
+        };
         let Some((if_ip, if_mask)) = iface_addr else {
             return Err(invalid(
                 "server.interface",
@@ -467,14 +510,6 @@ impl Config {
             .unwrap_or(Ipv4Addr::UNSPECIFIED)
     }
 
-    pub fn policy(&self) -> crate::inventory::Policy {
-        crate::inventory::Policy {
-            unknown: self.install.unknown,
-            retry: self.install.on_failure,
-            install_timeout_secs: self.install.install_timeout,
-        }
-    }
-
     /// The `[[image]]` settings of `name`, if any.
     pub fn image(&self, name: &str) -> Option<&ImageConfig> {
         self.images.iter().find(|i| i.name == name)
@@ -533,6 +568,22 @@ pub fn normalize_mac(s: &str) -> Option<String> {
         return None;
     }
     Some(parts.join(":").to_ascii_lowercase())
+}
+
+/// An image name: letters, digits, `.`, `_`, `-`, starting alphanumeric, at most 64
+/// characters, and not ending in `-<digits>`: `web-2` would collide with serial 2 of
+/// image `web` in the rsync module namespace. Config and the image store both use it.
+pub fn valid_image_name(name: &str) -> bool {
+    let ok_chars = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    let serial_like = name
+        .rsplit_once('-')
+        .is_some_and(|(_, tail)| !tail.is_empty() && tail.chars().all(|c| c.is_ascii_digit()));
+    ok_chars && !serial_like
 }
 
 pub fn valid_hostname(s: &str) -> bool {

@@ -163,3 +163,28 @@ fn sync_interval_is_off_by_default_and_not_too_short() {
     let c = Config::parse(&format!("{BASE}[install]\nsync_interval = 900\n")).unwrap();
     assert_eq!(c.install.sync_interval, 900);
 }
+
+/// config is a leaf: every other module may import it, so it imports none of them
+/// (but `wire`), or a cycle comes back.
+#[test]
+fn config_imports_no_other_module_but_wire() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Spelled in two halves so this test does not find itself.
+        let needle = ["crate", "::"].concat();
+        for (at, _) in text.match_indices(&needle) {
+            let used = &text[at + needle.len()..];
+            let module = used
+                .split(|c: char| !c.is_alphanumeric() && c != '_')
+                .next()
+                .unwrap();
+            assert!(
+                module == "wire" || module == "config",
+                "{} imports module {module}",
+                path.display()
+            );
+        }
+    }
+}

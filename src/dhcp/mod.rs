@@ -5,6 +5,7 @@ pub mod decode;
 pub mod leases;
 pub mod pxe;
 pub mod server;
+pub mod sqlite;
 
 #[cfg(test)]
 mod core_tests;

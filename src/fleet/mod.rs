@@ -341,7 +341,7 @@ pub fn run_parallel<T, R>(
 
 /// The selected nodes from the server's API, sorted by hostname.
 pub fn fetch_nodes(config: &Config, target: &Target) -> anyhow::Result<Vec<FleetNode>> {
-    let client = crate::cli::client::Client::from_config(config)?;
+    let client = crate::api_client::Client::from_config(config)?;
     let all: Vec<FleetNode> = client
         .get("/api/v1/nodes")
         .context("listing nodes from the running server")?;

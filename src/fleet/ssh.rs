@@ -27,6 +27,21 @@ impl SshSettings {
             connect_timeout_secs: 5,
         }
     }
+
+    /// Forgets the host key recorded for `ip`, so `rollout exec` does not refuse a
+    /// reinstalled node (it comes back with fresh host keys) as an impostor.
+    pub fn forget_host(&self, ip: std::net::IpAddr) {
+        if self.known_hosts.exists() {
+            let _ = Command::new("ssh-keygen")
+                .arg("-R")
+                .arg(ip.to_string())
+                .arg("-f")
+                .arg(&self.known_hosts)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 /// `'…'` quoting for a POSIX shell.

@@ -345,7 +345,7 @@ async fn images(State(state): State<Shared>) -> Response {
 }
 
 async fn image_serial(State(state): State<Shared>, Path(name): Path<String>) -> Response {
-    match tokio::task::block_in_place(|| super::api::served_serial(&state, &name)) {
+    match super::api::served_serial(&state, &name).await {
         Some(s) => format!("{s}\n").into_response(),
         None => error(
             StatusCode::NOT_FOUND,

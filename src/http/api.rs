@@ -3,27 +3,20 @@
 use super::{error, inventory_error, Shared};
 use crate::config::normalize_mac;
 use crate::inventory::{boot_action, BootAction};
-use crate::wire::{self, EventKind, InstallPlan, PhoneHome, ProgressEvent};
+use crate::wire::{EventKind, PhoneHome, ProgressEvent};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tracing::{info, warn};
 
-/// The serial to hand out for `image`: the published one, after making sure the
-/// rsync daemon serves its module. The supervisor picks up a serial published by
-/// the CLI within seconds; a node asking in between must not get a module that
-/// does not exist yet.
-pub fn served_serial(state: &super::AppState, image: &str) -> Option<u64> {
-    let serial = published_serial(&state.config.state_dir, image)?;
-    if let Some(settings) = &state.rsyncd {
-        let module = format!("[{}]", crate::images::rsyncd::serial_module(image, serial));
-        let listed = std::fs::read_to_string(settings.config_path())
-            .is_ok_and(|conf| conf.lines().any(|l| l.trim() == module));
-        if !listed {
-            if let Err(e) = crate::images::rsyncd::write_config(settings) {
-                warn!(%image, serial, "could not add the rsync module: {e}");
-            }
+/// The serial to hand out for `image`: the published one, once the rsync
+/// supervisor says its module is served.
+pub async fn served_serial(state: &super::AppState, image: &str) -> Option<u64> {
+    let serial = tokio::task::block_in_place(|| published_serial(&state.config.state_dir, image))?;
+    if let Some(modules) = &state.rsync_modules {
+        if !modules.ensure(image, serial).await {
+            warn!(%image, serial, "the rsync daemon does not list the serial's module");
         }
     }
     Some(serial)
@@ -38,22 +31,8 @@ pub fn published_serial(state_dir: &std::path::Path, image: &str) -> Option<u64>
         .flatten()
 }
 
-/// A reinstalled node comes back with fresh SSH host keys: forget its old one so
-/// `rollout exec` does not refuse it as an impostor.
-fn forget_host_key(state_dir: &std::path::Path, ip: std::net::IpAddr) {
-    let known = state_dir.join("ssh/known_hosts");
-    if known.exists() {
-        let _ = std::process::Command::new("ssh-keygen")
-            .arg("-R")
-            .arg(ip.to_string())
-            .arg("-f")
-            .arg(&known)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
+/// Looks the node up (a stranger becomes a discovered record), refuses what its
+/// state says must wait, starts the install and hands out [`crate::plan::install_plan`].
 pub async fn plan(
     State(state): State<Shared>,
     Path(mac): Path<String>,
@@ -70,7 +49,7 @@ pub async fn plan(
     let record = match tokio::task::block_in_place(|| inv.get(&mac)) {
         Ok(Some(r)) => r,
         Ok(None) => {
-            let hostname = super::boot::generated_hostname(&mac);
+            let hostname = crate::inventory::generated_hostname(&mac);
             match tokio::task::block_in_place(|| {
                 inv.seen(&mac, &hostname, &cfg.install.image, None)
             }) {
@@ -86,7 +65,7 @@ pub async fn plan(
         return error(StatusCode::CONFLICT, format!("{mac}: {reason}"));
     }
     let image = record.image.clone();
-    let Some(serial) = tokio::task::block_in_place(|| served_serial(&state, &image)) else {
+    let Some(serial) = served_serial(&state, &image).await else {
         warn!(%mac, %image, "plan refused: image not published");
         return error(
             StatusCode::CONFLICT,
@@ -97,46 +76,11 @@ pub async fn plan(
         Ok(r) => r,
         Err(e) => return inventory_error(e),
     };
-    tokio::task::block_in_place(|| forget_host_key(&cfg.state_dir, peer.ip()));
-    let mut layout = wire::Layout::default();
-    layout.root_mib = record.root_mib.unwrap_or(layout.root_mib);
-    layout.swap_mib = record.swap_mib.unwrap_or(layout.swap_mib);
-    let address = cfg
-        .server
-        .address
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let reboot_after = cfg.install.reboot_after_failure;
-    let plan = InstallPlan {
-        install_id: record.install_id.clone().unwrap_or_default(),
-        token: record.token.clone().unwrap_or_default(),
-        mac: mac.clone(),
-        hostname: record.hostname.clone(),
-        server_url: cfg.http_base_url(),
-        network: wire::NetworkPlan::Dhcp,
-        image: wire::ImageRef {
-            name: image.clone(),
-            serial,
-            rsync_url: format!(
-                "rsync://{address}:{}/{}/",
-                cfg.server.rsync_port,
-                crate::images::rsyncd::serial_module(&image, serial)
-            ),
-        },
-        disk: wire::DiskSelector {
-            path: record.disk.clone(),
-        },
-        layout,
-        bootloader: wire::Bootloader::Auto,
-        excludes: cfg.excludes_for(&image),
-        files: vec![],
-        ssh_authorized_keys: state.ssh_keys.clone(),
-        kernel_cmdline: cfg.install.kernel_cmdline.clone(),
-        on_failure: wire::FailurePolicy {
-            reboot_after_secs: (reboot_after > 0).then_some(reboot_after),
-        },
-        sync_interval_secs: cfg.install.sync_interval,
-    };
+    // A reinstalled node comes back with fresh SSH host keys.
+    tokio::task::block_in_place(|| {
+        crate::fleet::ssh::SshSettings::for_state_dir(&cfg.state_dir).forget_host(peer.ip())
+    });
+    let plan = crate::plan::install_plan(&record, cfg, serial, &state.ssh_keys);
     info!(%mac, hostname = %plan.hostname, %image, serial, install_id = %plan.install_id, "plan handed out");
     Json(plan).into_response()
 }

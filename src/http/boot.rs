@@ -2,7 +2,7 @@
 
 use super::Shared;
 use crate::config::normalize_mac;
-use crate::inventory::{boot_action, BootAction};
+use crate::inventory::{boot_action, generated_hostname, BootAction};
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -48,11 +48,6 @@ pub struct WaitScript<'a> {
 pub struct BootQuery {
     mac: Option<String>,
     platform: Option<String>,
-}
-
-/// Hostname for a machine nobody declared: stable, derived from its MAC.
-pub fn generated_hostname(mac: &str) -> String {
-    format!("node-{}", mac.replace(':', "")[6..].to_ascii_lowercase())
 }
 
 /// A rendered iPXE script, or a 500 naming the template: an empty 200 would
@@ -199,10 +194,5 @@ mod tests {
         .unwrap();
         assert!(s.contains("sleep 30"));
         assert!(s.contains("chain --replace http://x/boot.ipxe?mac=m"));
-    }
-
-    #[test]
-    fn generated_hostnames_are_stable() {
-        assert_eq!(generated_hostname("52:54:00:ab:cd:ef"), "node-abcdef");
     }
 }

@@ -8,11 +8,10 @@ mod dashboard;
 mod openapi;
 
 pub use api::published_serial;
-pub use boot::generated_hostname;
 pub use dashboard::percent;
 pub use openapi::{documented_operations, spec_mismatches};
 
-use crate::config::Config;
+use crate::config::ValidConfig;
 use crate::inventory::{Inventory, InventoryError};
 use axum::handler::Handler;
 use axum::http::{Method, StatusCode};
@@ -26,15 +25,15 @@ use tokio_util::sync::CancellationToken;
 use tower_http::services::ServeDir;
 
 pub struct AppState {
-    pub config: Config,
+    pub config: ValidConfig,
     pub inventory: Arc<Inventory>,
     /// Mutating API calls need `Authorization: Bearer <admin_token>`.
     pub admin_token: String,
     /// Put in root's authorized_keys on every node (for `rollout exec`).
     pub ssh_keys: Vec<String>,
-    /// The rsync daemon's settings, when it runs: a serial is only handed out
-    /// once its module is in rsyncd.conf.
-    pub rsyncd: Option<crate::images::rsyncd::RsyncdSettings>,
+    /// The rsync supervisor, when it runs: a serial is only handed out once it
+    /// says the serial's module is in rsyncd.conf.
+    pub rsync_modules: Option<crate::images::rsyncd::RsyncModules>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -117,7 +116,7 @@ pub fn api_routes() -> Vec<(String, String)> {
 
 pub fn router(state: Shared) -> Router {
     let boot_dir = state.config.state_dir.join("boot");
-    let ipxe_dir = state.config.server.tftp_root.clone();
+    let ipxe_dir = state.config.tftp_root.clone();
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/boot.ipxe", get(boot::script));

@@ -151,8 +151,8 @@ pub fn write_config(s: &RsyncdSettings) -> Result<bool, ImageError> {
         source,
     };
     std::fs::create_dir_all(&s.state_dir).map_err(io)?;
-    // The supervisor's refresh and the HTTP handlers may both write: each its own
-    // temp file, so a rename never moves another writer's half-written one.
+    // Each write its own temp file, so a rename never moves another writer's
+    // half-written one (two supervisors on one state_dir, as tests run them).
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("conf.tmp.{}.{n}", std::process::id()));
@@ -188,6 +188,40 @@ pub fn hosts_allow(
     allow
 }
 
+/// A request to the supervisor: rewrite rsyncd.conf now, then answer.
+type Refresh = tokio::sync::oneshot::Sender<()>;
+
+/// How the rest of the server gets a module served: it asks the [`Supervisor`],
+/// which is the only writer of rsyncd.conf.
+#[derive(Debug, Clone)]
+pub struct RsyncModules {
+    config_path: PathBuf,
+    refresh: tokio::sync::mpsc::Sender<Refresh>,
+}
+
+impl RsyncModules {
+    /// Whether rsyncd.conf lists the module of `serial` of `image`, after asking the
+    /// supervisor to add it if it did not. The supervisor finds a serial published
+    /// by the CLI within seconds on its own; a node asking in between must not be
+    /// handed a module that does not exist yet.
+    pub async fn ensure(&self, image: &str, serial: u64) -> bool {
+        if self.lists(image, serial) {
+            return true;
+        }
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        if self.refresh.send(answer).await.is_err() || answered.await.is_err() {
+            return false;
+        }
+        self.lists(image, serial)
+    }
+
+    fn lists(&self, image: &str, serial: u64) -> bool {
+        let module = format!("[{}]", serial_module(image, serial));
+        std::fs::read_to_string(&self.config_path)
+            .is_ok_and(|conf| conf.lines().any(|l| l.trim() == module))
+    }
+}
+
 /// Runs `rsync --daemon` for as long as the token is not cancelled: restarts it with
 /// backoff when it dies and keeps its module list in step with the image store.
 pub struct Supervisor {
@@ -196,18 +230,75 @@ pub struct Supervisor {
     /// shows up in the rsync module list within this time.
     pub refresh_every: Duration,
     pub rsync: PathBuf,
+    modules: RsyncModules,
+    requests: tokio::sync::mpsc::Receiver<Refresh>,
 }
 
 impl Supervisor {
     pub fn new(settings: RsyncdSettings) -> Self {
+        let (refresh, requests) = tokio::sync::mpsc::channel(16);
         Supervisor {
+            modules: RsyncModules {
+                config_path: settings.config_path(),
+                refresh,
+            },
+            requests,
             settings,
             refresh_every: Duration::from_secs(2),
             rsync: PathBuf::from("rsync"),
         }
     }
 
+    /// The handle other tasks ask for modules with.
+    pub fn modules(&self) -> RsyncModules {
+        self.modules.clone()
+    }
+
     pub async fn run(self, cancel: CancellationToken) -> Result<(), ImageError> {
+        let Supervisor {
+            settings,
+            refresh_every,
+            rsync,
+            modules: _modules,
+            requests,
+        } = self;
+        Daemon {
+            settings,
+            refresh_every,
+            rsync,
+        }
+        .run(requests, cancel)
+        .await
+    }
+}
+
+/// The supervisor at work: its settings without the request channel it reads.
+struct Daemon {
+    settings: RsyncdSettings,
+    refresh_every: Duration,
+    rsync: PathBuf,
+}
+
+impl Daemon {
+    /// Rewrites rsyncd.conf if the image store changed.
+    fn refresh(&self) {
+        match write_config(&self.settings) {
+            Ok(true) => tracing::info!("rsync modules updated"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("could not update rsyncd.conf: {e}"),
+        }
+    }
+
+    fn answer(&self, request: Refresh) {
+        self.refresh();
+        let _ = request.send(());
+    }
+
+    async fn run(
+        self,
+        mut requests: tokio::sync::mpsc::Receiver<Refresh>,
+        cancel: CancellationToken,
+    ) -> Result<(), ImageError> {
         if tokio::process::Command::new(&self.rsync)
             .arg("--version")
             .output()
@@ -220,7 +311,7 @@ impl Supervisor {
         loop {
             write_config(&self.settings)?;
             let started = Instant::now();
-            match self.run_once(&cancel).await {
+            match self.run_once(&cancel, &mut requests).await {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(e) => tracing::error!("rsync daemon: {e}"),
@@ -229,16 +320,27 @@ impl Supervisor {
                 backoff = Duration::from_millis(500);
             }
             tracing::warn!(retry_in = ?backoff, "rsync daemon stopped; restarting");
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(backoff) => {}
+            // Requests are answered while waiting too: the file is what the next
+            // daemon reads.
+            let restart = tokio::time::sleep(backoff);
+            tokio::pin!(restart);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = &mut restart => break,
+                    Some(request) = requests.recv() => self.answer(request),
+                }
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
 
     /// One daemon lifetime. `Ok(true)`: cancelled; `Ok(false)`: the daemon exited.
-    async fn run_once(&self, cancel: &CancellationToken) -> Result<bool, ImageError> {
+    async fn run_once(
+        &self,
+        cancel: &CancellationToken,
+        requests: &mut tokio::sync::mpsc::Receiver<Refresh>,
+    ) -> Result<bool, ImageError> {
         let config = self.settings.config_path();
         let mut child = tokio::process::Command::new(&self.rsync)
             .arg("--daemon")
@@ -283,13 +385,8 @@ impl Supervisor {
                     tracing::warn!(?status, "rsync daemon exited");
                     return Ok(false);
                 }
-                _ = tick.tick() => {
-                    match write_config(&self.settings) {
-                        Ok(true) => tracing::info!("rsync modules updated"),
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!("could not update rsyncd.conf: {e}"),
-                    }
-                }
+                _ = tick.tick() => self.refresh(),
+                Some(request) = requests.recv() => self.answer(request),
             }
         }
     }

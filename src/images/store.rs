@@ -45,17 +45,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
 }
 
 pub fn validate_name(name: &str) -> Result<(), ImageError> {
-    let ok_chars = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
-    // `web-2` would collide with serial 2 of image `web` in the rsync module namespace.
-    let serial_like = name
-        .rsplit_once('-')
-        .is_some_and(|(_, tail)| !tail.is_empty() && tail.chars().all(|c| c.is_ascii_digit()));
-    if ok_chars && !serial_like {
+    if crate::config::valid_image_name(name) {
         Ok(())
     } else {
         Err(ImageError::BadName(name.to_string()))

@@ -13,10 +13,7 @@ use serde_json::json;
 use std::sync::Mutex;
 use tokio::sync::broadcast;
 
-pub use state::{
-    boot_action, next, BootAction, NodeState, RetryPolicy, Transition, TransitionError,
-    UnknownPolicy,
-};
+pub use state::{boot_action, next, BootAction, NodeState, Transition, TransitionError};
 
 /// Where a node's declaration comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,20 +168,32 @@ pub fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Hostname for a machine nobody declared: stable, derived from its MAC (the last
+/// three octets, which tell apart the NICs of one vendor). `mac` is normalized.
+pub fn generated_hostname(mac: &str) -> String {
+    format!("node-{}", mac.replace(':', "")[6..].to_ascii_lowercase())
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
-    pub unknown: UnknownPolicy,
-    pub retry: RetryPolicy,
+    pub unknown: crate::config::UnknownPolicy,
+    pub retry: crate::config::RetryPolicy,
     /// An install with no report for this long is marked failed.
     pub install_timeout_secs: u64,
 }
 
 impl Default for Policy {
     fn default() -> Self {
+        Policy::from(&crate::config::InstallConfig::default())
+    }
+}
+
+impl From<&crate::config::InstallConfig> for Policy {
+    fn from(install: &crate::config::InstallConfig) -> Self {
         Policy {
-            unknown: UnknownPolicy::Approve,
-            retry: RetryPolicy::Retry,
-            install_timeout_secs: 1800,
+            unknown: install.unknown,
+            retry: install.on_failure,
+            install_timeout_secs: install.install_timeout,
         }
     }
 }

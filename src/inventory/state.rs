@@ -1,6 +1,7 @@
 //! The per-node install state machine. Pure: the store and the HTTP layer call
 //! [`next`] and refuse what it refuses, so every transition is tested here.
 
+use crate::config::{RetryPolicy, UnknownPolicy};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,30 +117,6 @@ pub fn next(from: NodeState, t: Transition) -> Result<NodeState, TransitionError
         }
     };
     Ok(to)
-}
-
-/// Unknown machines that PXE-boot: what rollout does with them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum UnknownPolicy {
-    /// Listed as discovered and left alone (they boot their next device).
-    Ignore,
-    /// Listed as discovered; installed once an operator approves them.
-    #[default]
-    Approve,
-    /// Installed right away with the default image under a generated hostname.
-    Install,
-}
-
-/// What a failed node does on its next boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum RetryPolicy {
-    /// Install again.
-    #[default]
-    Retry,
-    /// Stay failed until an operator requests a reinstall.
-    Hold,
 }
 
 /// What a node that asks for its iPXE script is told.

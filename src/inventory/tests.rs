@@ -289,3 +289,19 @@ fn serials_being_installed_are_those_of_installing_nodes_of_the_image() {
         [(7, "node4".to_string())]
     );
 }
+
+#[test]
+fn generated_hostnames_are_stable() {
+    assert_eq!(generated_hostname("52:54:00:ab:cd:ef"), "node-abcdef");
+}
+
+/// The file's default, the inventory's default and the enum's agree: one constant.
+#[test]
+fn unknown_machines_have_one_default() {
+    use crate::config::{Config, UnknownPolicy};
+    let from_file = Config::parse("state_dir = \"/tmp/x\"\n").unwrap();
+    assert_eq!(from_file.install.unknown, UnknownPolicy::DEFAULT);
+    assert_eq!(Policy::default().unknown, UnknownPolicy::DEFAULT);
+    assert_eq!(UnknownPolicy::default(), UnknownPolicy::DEFAULT);
+    assert_eq!(UnknownPolicy::DEFAULT, UnknownPolicy::Install);
+}

@@ -1,4 +1,5 @@
-//! A small blocking client for the running server's API, used by the CLI.
+//! A small blocking client for the running server's API, used by the CLI and by
+//! `fleet` (its node list). Its own module so neither imports the other.
 
 use crate::config::Config;
 use serde::de::DeserializeOwned;

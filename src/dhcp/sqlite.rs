@@ -1,0 +1,107 @@
+//! The SQLite backing of [`LeaseStore`]: leases in `{state_dir}/rollout.db`, the
+//! `leases` table that `crate::store` creates on open.
+
+use super::leases::{Lease, LeaseState, LeaseStore};
+use crate::store::{self, StoreError};
+use rusqlite::{params, Connection};
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+pub struct SqliteLeaseStore {
+    conn: Connection,
+}
+
+impl SqliteLeaseStore {
+    pub fn open(path: &Path) -> Result<SqliteLeaseStore, StoreError> {
+        Ok(SqliteLeaseStore {
+            conn: store::open(path)?,
+        })
+    }
+}
+
+impl LeaseStore for SqliteLeaseStore {
+    fn save(&mut self, lease: &Lease) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO leases (ip, mac, expires, state) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(ip) DO UPDATE SET mac = ?2, expires = ?3, state = ?4",
+            params![
+                lease.ip.to_string(),
+                lease.mac,
+                lease.expires as i64,
+                lease.state.as_str()
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn load_all(&mut self) -> Result<Vec<Lease>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT ip, mac, expires, state FROM leases")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = vec![];
+        for row in rows {
+            let (ip, mac, expires, state) = row?;
+            let ip: Ipv4Addr = ip.parse().map_err(|_| StoreError::Corrupt {
+                what: "leases.ip",
+                value: ip.clone(),
+            })?;
+            let state = LeaseState::parse(&state).ok_or(StoreError::Corrupt {
+                what: "leases.state",
+                value: state.clone(),
+            })?;
+            out.push(Lease {
+                ip,
+                mac,
+                expires: expires.max(0) as u64,
+                state,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("rollout.db");
+        let lease = Lease {
+            ip: "10.0.0.5".parse().unwrap(),
+            mac: "52:54:00:00:00:01".into(),
+            expires: 12345,
+            state: LeaseState::Bound,
+        };
+        {
+            let mut s = SqliteLeaseStore::open(&db).unwrap();
+            s.save(&lease).unwrap();
+            let mut changed = lease.clone();
+            changed.expires = 99999;
+            s.save(&changed).unwrap();
+        }
+        let mut s = SqliteLeaseStore::open(&db).unwrap();
+        let all = s.load_all().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].expires, 99999);
+        assert_eq!(all[0].mac, lease.mac);
+    }
+
+    #[test]
+    fn unwritable_state_dir_names_the_path() {
+        let e = SqliteLeaseStore::open(Path::new("/nonexistent-dir/rollout.db"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("/nonexistent-dir/rollout.db"), "{e}");
+    }
+}

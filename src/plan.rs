@@ -1,0 +1,131 @@
+//! The install plan a node is handed (`GET /api/v1/plan/{mac}`): a pure function of
+//! its record, the config, the serial being served and the server's SSH keys. The
+//! HTTP handler does the lookups and side effects around it.
+
+use crate::config::ValidConfig;
+use crate::inventory::NodeRecord;
+use crate::wire::{self, InstallPlan};
+
+/// The plan for `record`'s install of `serial` of its image. `record` is the one
+/// `Inventory::begin_install` returned: it carries the install id and token.
+pub fn install_plan(
+    record: &NodeRecord,
+    config: &ValidConfig,
+    serial: u64,
+    ssh_keys: &[String],
+) -> InstallPlan {
+    let image = &record.image;
+    let mut layout = wire::Layout::default();
+    layout.root_mib = record.root_mib.unwrap_or(layout.root_mib);
+    layout.swap_mib = record.swap_mib.unwrap_or(layout.swap_mib);
+    let address = config
+        .server
+        .address
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let reboot_after = config.install.reboot_after_failure;
+    InstallPlan {
+        install_id: record.install_id.clone().unwrap_or_default(),
+        token: record.token.clone().unwrap_or_default(),
+        mac: record.mac.clone(),
+        hostname: record.hostname.clone(),
+        server_url: config.http_base_url(),
+        network: wire::NetworkPlan::Dhcp,
+        image: wire::ImageRef {
+            name: image.clone(),
+            serial,
+            rsync_url: format!(
+                "rsync://{address}:{}/{}/",
+                config.server.rsync_port,
+                crate::images::rsyncd::serial_module(image, serial)
+            ),
+        },
+        disk: wire::DiskSelector {
+            path: record.disk.clone(),
+        },
+        layout,
+        bootloader: wire::Bootloader::Auto,
+        excludes: config.excludes_for(image),
+        files: vec![],
+        ssh_authorized_keys: ssh_keys.to_vec(),
+        kernel_cmdline: config.install.kernel_cmdline.clone(),
+        on_failure: wire::FailurePolicy {
+            reboot_after_secs: (reboot_after > 0).then_some(reboot_after),
+        },
+        sync_interval_secs: config.install.sync_interval,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, MachineFacts};
+    use crate::inventory::{NodeState, Source};
+
+    fn config(extra: &str) -> ValidConfig {
+        let text = format!(
+            "state_dir = \"/var/lib/rollout\"\n[server]\naddress = \"10.44.0.1\"\nhttp_port = 8080\nrsync_port = 8873\n{extra}"
+        );
+        let facts = MachineFacts {
+            interface_addr: None,
+            tftp_root: "/usr/lib/ipxe".into(),
+        };
+        ValidConfig::new(Config::parse(&text).unwrap(), facts).unwrap()
+    }
+
+    fn record() -> NodeRecord {
+        let mut r = NodeRecord::new(
+            "52:54:00:aa:00:01",
+            "rack1-node1",
+            "web",
+            Source::Config,
+            NodeState::Installing,
+        );
+        r.install_id = Some("i-1".into());
+        r.token = Some("t-1".into());
+        r
+    }
+
+    #[test]
+    fn the_plan_names_the_serial_module_and_the_install_credentials() {
+        let keys = vec!["ssh-ed25519 AAAA rollout-server".to_string()];
+        let p = install_plan(&record(), &config(""), 7, &keys);
+        assert_eq!(p.install_id, "i-1");
+        assert_eq!(p.token, "t-1");
+        assert_eq!(p.mac, "52:54:00:aa:00:01");
+        assert_eq!(p.hostname, "rack1-node1");
+        assert_eq!(p.server_url, "http://10.44.0.1:8080");
+        assert_eq!(p.image.name, "web");
+        assert_eq!(p.image.serial, 7);
+        assert_eq!(p.image.rsync_url, "rsync://10.44.0.1:8873/web-7/");
+        assert_eq!(p.ssh_authorized_keys, keys);
+        assert_eq!(p.kernel_cmdline, "console=ttyS0,115200");
+        assert_eq!(p.on_failure.reboot_after_secs, Some(60));
+        assert_eq!(p.sync_interval_secs, 0);
+        assert_eq!(p.disk.path, None);
+    }
+
+    #[test]
+    fn the_record_sizes_the_layout_and_the_image_adds_excludes() {
+        let mut r = record();
+        r.root_mib = Some(12345);
+        r.disk = Some("/dev/vdb".into());
+        let c = config(
+            "[install]\nreboot_after_failure = 0\nsync_interval = 300\n[[image]]\nname = \"web\"\nexcludes = [\"/var/lib/site/\"]\n",
+        );
+        let p = install_plan(&r, &c, 3, &[]);
+        let default = wire::Layout::default();
+        assert_eq!(p.layout.root_mib, 12345);
+        assert_eq!(p.layout.swap_mib, default.swap_mib);
+        assert_eq!(p.disk.path.as_deref(), Some("/dev/vdb"));
+        assert_eq!(
+            p.on_failure.reboot_after_secs, None,
+            "0 waits for the server"
+        );
+        assert_eq!(p.sync_interval_secs, 300);
+        assert!(p.excludes.iter().any(|e| e == "/var/lib/site/"));
+        assert!(wire::DEFAULT_EXCLUDES
+            .iter()
+            .all(|d| p.excludes.iter().any(|e| e == d)));
+    }
+}
