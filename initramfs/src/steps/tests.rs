@@ -148,16 +148,36 @@ fn run_for(sink: &EventSink) -> Run {
     run
 }
 
+/// A scratch directory (disk image, target), an events endpoint, a run
+/// reporting to it and a fake machine.
+fn case() -> (tempfile::TempDir, EventSink, Run, Fake) {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = EventSink::start();
+    let run = run_for(&sink);
+    let fake = Fake::new(dir.path());
+    (dir, sink, run, fake)
+}
+
+/// The last event posted, which must be `step`'s failure: its error and console tail.
+fn reported_failure(sink: &EventSink, step: Step) -> (String, Vec<String>) {
+    let last = sink.take().pop().unwrap();
+    assert_eq!(last.step, step);
+    match last.kind {
+        EventKind::Failed {
+            error,
+            console_tail,
+        } => (error, console_tail),
+        other => panic!("not a failure: {other:?}"),
+    }
+}
+
 fn install_with(fake: &mut Fake, run: &mut Run) -> Result<(), Failure> {
     run.guarded(|run| install(run, fake, &network(), &plan()))
 }
 
 #[test]
 fn phases_run_in_wire_order_and_hand_their_results_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = EventSink::start();
-    let mut run = run_for(&sink);
-    let mut fake = Fake::new(dir.path());
+    let (_dir, sink, mut run, mut fake) = case();
     install_with(&mut fake, &mut run).unwrap();
     assert_eq!(
         fake.calls,
@@ -194,10 +214,7 @@ fn phases_run_in_wire_order_and_hand_their_results_on() {
 
 #[test]
 fn a_failed_step_stops_the_sequence_is_reported_and_wipes_the_disk() {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = EventSink::start();
-    let mut run = run_for(&sink);
-    let mut fake = Fake::new(dir.path());
+    let (_dir, sink, mut run, mut fake) = case();
     fake.fail_at = Some("format");
     let f = install_with(&mut fake, &mut run).unwrap_err();
     assert_eq!(f.step, Step::Format);
@@ -205,15 +222,7 @@ fn a_failed_step_stops_the_sequence_is_reported_and_wipes_the_disk() {
     assert!(!fake.wiped(), "the wipe is the failure path's job");
     run.fail(&f);
     assert!(fake.wiped());
-    let last = sink.take().pop().unwrap();
-    assert_eq!(last.step, Step::Format);
-    let EventKind::Failed {
-        error,
-        console_tail,
-    } = last.kind
-    else {
-        panic!("{last:?}")
-    };
+    let (error, console_tail) = reported_failure(&sink, Step::Format);
     assert_eq!(error, "fake format failed");
     assert!(console_tail
         .iter()
@@ -223,10 +232,7 @@ fn a_failed_step_stops_the_sequence_is_reported_and_wipes_the_disk() {
 #[test]
 fn a_panicking_step_is_reported_as_its_failure_and_wipes_the_disk() {
     crate::crash::install_hook();
-    let dir = tempfile::tempdir().unwrap();
-    let sink = EventSink::start();
-    let mut run = run_for(&sink);
-    let mut fake = Fake::new(dir.path());
+    let (_dir, sink, mut run, mut fake) = case();
     fake.panic_at = Some("copy");
     let f = install_with(&mut fake, &mut run).unwrap_err();
     assert_eq!(f.step, Step::Copy);
@@ -241,15 +247,7 @@ fn a_panicking_step_is_reported_as_its_failure_and_wipes_the_disk() {
     );
     run.fail(&f);
     assert!(fake.wiped());
-    let last = sink.take().pop().unwrap();
-    assert_eq!(last.step, Step::Copy);
-    let EventKind::Failed {
-        error,
-        console_tail,
-    } = last.kind
-    else {
-        panic!("{last:?}")
-    };
+    let (error, console_tail) = reported_failure(&sink, Step::Copy);
     assert!(
         error.contains("internal error (panic): fake copy exploded"),
         "{error}"
@@ -261,16 +259,14 @@ fn a_panicking_step_is_reported_as_its_failure_and_wipes_the_disk() {
 
 #[test]
 fn a_panic_before_partitioning_leaves_the_disk_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = EventSink::start();
-    let mut run = run_for(&sink);
-    let mut fake = Fake::new(dir.path());
+    let (_dir, sink, mut run, mut fake) = case();
     fake.panic_at = Some("choose_disk");
     let f = install_with(&mut fake, &mut run).unwrap_err();
     assert_eq!(f.step, Step::ChooseDisk);
     run.fail(&f);
     assert!(!fake.wiped());
-    assert_eq!(sink.take().pop().unwrap().step, Step::ChooseDisk);
+    let (error, _) = reported_failure(&sink, Step::ChooseDisk);
+    assert!(error.contains("fake choose_disk exploded"), "{error}");
 }
 
 #[test]
