@@ -207,10 +207,11 @@ impl Tracker {
                 }
             }
             let line = progress_line(t, rec);
-            if t.last
-                .as_ref()
-                .map_or(true, |l| line != progress_line(t, l))
-            {
+            let changed = match &t.last {
+                Some(l) => line != progress_line(t, l),
+                None => true,
+            };
+            if changed {
                 lines.push(format!(
                     "[{:>5.0}s] {line}",
                     self.started.elapsed().as_secs_f64()
