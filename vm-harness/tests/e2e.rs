@@ -325,7 +325,12 @@ fn maintain_in_place(t: &mut E2eLab, a: &vm_harness::e2e::Artifacts, from: u64) 
     // a package nothing else in the project installs.
     let before = t.cli(
         a,
-        &["exec", "--all", "--", &format!("command -v {NEW_PACKAGE} || echo {NEW_PACKAGE}=none")],
+        &[
+            "exec",
+            "--all",
+            "--",
+            &format!("command -v {NEW_PACKAGE} || echo {NEW_PACKAGE}=none"),
+        ],
     );
     assert!(before.contains(&format!("{NEW_PACKAGE}=none")), "{before}");
     enter_image(
