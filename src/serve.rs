@@ -28,8 +28,6 @@ pub enum ServeError {
     #[error(transparent)]
     Dhcp(#[from] dhcp::server::DhcpServerError),
     #[error(transparent)]
-    Tftp(#[from] crate::tftp::TftpError),
-    #[error(transparent)]
     Http(#[from] http::HttpError),
     #[error("cannot create state directory {path}: {source}")]
     StateDir {

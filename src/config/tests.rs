@@ -1,6 +1,7 @@
 use super::*;
 
-const BASE: &str = r#"
+/// A full-mode config on `rbr0` (10.44.0.1/24); `valid.rs` tests build on it too.
+pub(super) const BASE: &str = r#"
 state_dir = "/tmp/rollout"
 [server]
 interface = "rbr0"

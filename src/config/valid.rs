@@ -87,18 +87,10 @@ impl std::ops::Deref for ValidConfig {
 mod tests {
     use super::*;
 
-    const FULL: &str = r#"
-state_dir = "/tmp/rollout"
-[server]
-interface = "rbr0"
-address = "10.44.0.1"
-[dhcp]
-mode = "full"
-range = ["10.44.0.100", "10.44.0.199"]
-[[node]]
-mac = "52-54-00-AA-00-01"
-hostname = "n1"
-"#;
+    fn full() -> String {
+        let node = "[[node]]\nmac = \"52-54-00-AA-00-01\"\nhostname = \"n1\"\n";
+        format!("{}{node}", crate::config::tests::BASE)
+    }
 
     fn facts(interface_addr: Option<(&str, &str)>) -> MachineFacts {
         MachineFacts {
@@ -109,7 +101,7 @@ hostname = "n1"
 
     #[test]
     fn carries_the_dhcp_plan_and_normalized_macs() {
-        let c = Config::parse(FULL).unwrap();
+        let c = Config::parse(&full()).unwrap();
         let v = ValidConfig::new(c, facts(Some(("10.44.0.1", "255.255.255.0")))).unwrap();
         let plan = v.dhcp_plan.as_ref().unwrap();
         assert_eq!(plan.interface, "rbr0");
@@ -121,7 +113,7 @@ hostname = "n1"
 
     #[test]
     fn the_interface_checks_are_part_of_validation() {
-        let c = Config::parse(FULL).unwrap();
+        let c = Config::parse(&full()).unwrap();
         let e = ValidConfig::new(c.clone(), facts(Some(("10.45.0.1", "255.255.255.0"))))
             .unwrap_err()
             .to_string();
@@ -132,7 +124,7 @@ hostname = "n1"
 
     #[test]
     fn a_config_built_in_code_is_checked_too() {
-        let mut c = Config::parse(FULL).unwrap();
+        let mut c = Config::parse(&full()).unwrap();
         c.nodes[0].mac = "not-a-mac".into();
         let e = ValidConfig::new(c, facts(Some(("10.44.0.1", "255.255.255.0"))))
             .unwrap_err()

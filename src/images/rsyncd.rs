@@ -435,6 +435,41 @@ mod tests {
         assert_eq!(settings().url("web-3"), "rsync://10.44.0.1:873/web-3/");
     }
 
+    /// `ensure` reads the file itself and asks the supervisor only for a module the
+    /// file lacks; with no supervisor left it says no instead of waiting.
+    #[tokio::test]
+    async fn modules_are_asked_for_only_when_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("rsyncd.conf");
+        std::fs::write(&config_path, "[web-1]\n").unwrap();
+        let (refresh, mut requests) = tokio::sync::mpsc::channel::<Refresh>(1);
+        let modules = RsyncModules {
+            config_path: config_path.clone(),
+            refresh,
+        };
+        let supervisor = tokio::spawn(async move {
+            let mut asked = 0;
+            while let Some(answer) = requests.recv().await {
+                asked += 1;
+                std::fs::write(&config_path, "[web-1]\n\n[web-2]\n").unwrap();
+                let _ = answer.send(());
+            }
+            asked
+        });
+        assert!(modules.ensure("web", 1).await);
+        assert!(modules.ensure("web", 2).await);
+        assert!(!modules.ensure("web", 3).await, "still not listed");
+        drop(modules);
+        assert_eq!(supervisor.await.unwrap(), 2);
+        let (refresh, requests) = tokio::sync::mpsc::channel::<Refresh>(1);
+        drop(requests);
+        let orphan = RsyncModules {
+            config_path: dir.path().join("rsyncd.conf"),
+            refresh,
+        };
+        assert!(!orphan.ensure("web", 9).await);
+    }
+
     #[test]
     fn relayed_subnets_may_copy_images() {
         let relay = |first: [u8; 4], last: [u8; 4]| crate::config::RelaySubnet {
