@@ -42,6 +42,7 @@ pub fn install_plan(
         },
         disk: wire::DiskSelector {
             path: record.disk.clone(),
+            declared: record.declared_or_approved(),
         },
         layout,
         bootloader: wire::Bootloader::Auto,
@@ -103,6 +104,19 @@ mod tests {
         assert_eq!(p.on_failure.reboot_after_secs, Some(60));
         assert_eq!(p.sync_interval_secs, 0);
         assert_eq!(p.disk.path, None);
+        assert!(p.disk.declared, "a [[node]] may be installed over old data");
+    }
+
+    #[test]
+    fn a_stranger_is_declared_only_once_an_operator_approves_it() {
+        let mut r = record();
+        r.source = Source::Discovered;
+        assert!(!install_plan(&r, &config(""), 1, &[]).disk.declared);
+        r.approved = true;
+        assert!(install_plan(&r, &config(""), 1, &[]).disk.declared);
+        r.source = Source::Api;
+        r.approved = false;
+        assert!(install_plan(&r, &config(""), 1, &[]).disk.declared);
     }
 
     #[test]

@@ -186,6 +186,9 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
             info!(interface = %plan.interface, mode = ?plan.mode, range = ?plan.range, "DHCP listening on port 67");
             tasks.spawn(dhcp::server::run(sock, core.clone(), false, cancel.clone()));
             if plan.mode == DhcpMode::Proxy {
+                if config.install.unknown_policy() == crate::config::UnknownPolicy::Install {
+                    warn!("proxy mode with install.unknown = \"install\": every machine on this LAN that network-boots will be installed; only the disks of declared or approved nodes are repartitioned if they hold data");
+                }
                 let sock = dhcp::server::bind_on_interface(&plan.interface, dhcp::core::PROXY_PORT)?;
                 info!("proxyDHCP listening on port 4011");
                 tasks.spawn(dhcp::server::run(sock, core, true, cancel.clone()));

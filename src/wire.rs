@@ -147,6 +147,14 @@ pub struct DiskSelector {
     /// A device path such as `/dev/vda`; `None` picks the first non-removable disk
     /// that is large enough for the layout.
     pub path: Option<String>,
+    /// The node was declared (`[[node]]`, the API) or approved by an operator:
+    /// the installer repartitions its disk even when it holds a partition table or
+    /// a filesystem (someone who owns the machine asked for it). `false` (a
+    /// stranger installed under `[install] unknown = "install"`, or a server that
+    /// predates the field): only a blank disk is used, anything else is refused
+    /// before a byte is written.
+    #[serde(default)]
+    pub declared: bool,
 }
 
 /// Partition layout, in MiB. The installer adds a BIOS boot or EFI system partition

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::contents::{self, Contents};
 use crate::layout::MIB;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,18 @@ pub enum DiskError {
         size_mib: u64,
         need_bytes: u64,
         need_mib: u64,
+    },
+    #[error("disk {path} holds data ({found}) and node {mac} was never declared or approved, so rollout will not repartition it; nothing was written. To install it, declare it ([[node]] in rollout.toml or `rollout node add --mac {mac} ...`) or approve it (`rollout discovered approve {mac}`) and boot it again; to keep the data, set [install] unknown = \"approve\" or \"ignore\"")]
+    HoldsData {
+        path: String,
+        found: Contents,
+        mac: String,
+    },
+    #[error("cannot read {path} to check what it holds ({source}); the node was never declared or approved, so rollout will not repartition a disk it cannot see is blank; nothing was written")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("reading {path}: {source}")]
     Io {
@@ -149,6 +162,35 @@ pub fn choose(
         })
 }
 
+/// Whether the install may repartition a disk found holding `found`. A declared
+/// or approved node may (someone who owns the machine asked for it, and a
+/// reinstall overwrites the node's previous install by design); a stranger only
+/// gets a blank disk.
+pub fn may_overwrite(declared: bool, found: Option<&Contents>) -> bool {
+    declared || found.is_none()
+}
+
+/// Reads what `disk` holds and refuses it when [`may_overwrite`] says no: the
+/// check `choose_disk` makes before the first write. Returns what was found, for
+/// the console line ("was GPT with 3 partitions").
+pub fn guard(disk: &DiskInfo, declared: bool, mac: &str) -> Result<Option<Contents>, DiskError> {
+    let path = disk.dev.display().to_string();
+    let found = match contents::read(&disk.dev, disk.logical_sector) {
+        Ok(found) => found,
+        // A declared node's disk is repartitioned anyway; the write says more.
+        Err(_) if declared => return Ok(None),
+        Err(source) => return Err(DiskError::Unreadable { path, source }),
+    };
+    if !may_overwrite(declared, found.as_ref()) {
+        return Err(DiskError::HoldsData {
+            path,
+            found: found.expect("refused only with contents"),
+            mac: mac.to_string(),
+        });
+    }
+    Ok(found)
+}
+
 /// `/dev/vda` + 2 → `/dev/vda2`; `/dev/nvme0n1` + 2 → `/dev/nvme0n1p2` (a `p`
 /// separates names that end in a digit, as the kernel does).
 pub fn partition_path(disk: &Path, number: u32) -> PathBuf {
@@ -208,6 +250,58 @@ mod tests {
     fn plan_may_name_a_removable_disk() {
         let disks = [disk("sda", 8000, true)];
         assert_eq!(choose(&disks, Some("/dev/sda"), MIB).unwrap().name, "sda");
+    }
+
+    #[test]
+    fn only_declared_nodes_may_overwrite_data() {
+        let gpt = Contents::Gpt { partitions: 3 };
+        assert!(may_overwrite(true, Some(&gpt)));
+        assert!(may_overwrite(true, None));
+        assert!(may_overwrite(false, None));
+        assert!(!may_overwrite(false, Some(&gpt)));
+        assert!(!may_overwrite(false, Some(&Contents::Signature("ext4"))));
+    }
+
+    #[test]
+    fn a_strangers_disk_with_data_is_refused_saying_what_and_how() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk");
+        let mut bytes = vec![0u8; 2 * MIB as usize];
+        bytes[1080..1082].copy_from_slice(&0xEF53u16.to_le_bytes());
+        bytes[1024 + 96] = 0x40;
+        std::fs::write(&img, &bytes).unwrap();
+        let d = DiskInfo {
+            dev: img.clone(),
+            ..disk("vdz", 2, false)
+        };
+        let e = guard(&d, false, "52:54:00:aa:00:09")
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "ext4 filesystem",
+            "never declared or approved",
+            "nothing was written",
+            "rollout discovered approve 52:54:00:aa:00:09",
+            "[[node]]",
+        ] {
+            assert!(e.contains(part), "{part}: {e}");
+        }
+        assert_eq!(
+            guard(&d, true, "m").unwrap(),
+            Some(Contents::Signature("ext4"))
+        );
+        std::fs::write(&img, vec![0u8; 2 * MIB as usize]).unwrap();
+        assert_eq!(guard(&d, false, "m").unwrap(), None);
+        // A disk it cannot read is no blank disk for a stranger.
+        let gone = DiskInfo {
+            dev: dir.path().join("missing"),
+            ..d
+        };
+        assert!(matches!(
+            guard(&gone, false, "m"),
+            Err(DiskError::Unreadable { .. })
+        ));
+        assert_eq!(guard(&gone, true, "m").unwrap(), None);
     }
 
     #[test]

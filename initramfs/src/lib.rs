@@ -9,6 +9,7 @@ pub mod bootloader;
 pub mod cmdline;
 pub mod configure;
 pub mod console;
+pub mod contents;
 pub mod crash;
 pub mod dhcp;
 pub mod disk;

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use rollout::wire::{Layout, RootFs};
 use rollout_installer::layout::{self, Firmware, PartKind, MIB};
-use rollout_installer::{format, partition, swap};
+use rollout_installer::{disk, format, partition, swap};
 use testkit::prereq;
 
 /// Whether this host can run the test (root, the tools, loop devices); see
@@ -48,6 +48,8 @@ fn run(cmd: &str, args: &[&str]) -> String {
 /// A loop device over a sparse file, detached on drop even if the test fails.
 struct Loop {
     dev: PathBuf,
+    /// The file behind the device, to compare its bytes.
+    img: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -70,6 +72,7 @@ impl Loop {
         );
         Loop {
             dev: PathBuf::from(dev.trim()),
+            img,
             _dir: dir,
         }
     }
@@ -197,4 +200,76 @@ fn bios_layout_on_512_byte_sectors() {
 #[test]
 fn uefi_layout_on_4k_sectors() {
     install_like(Firmware::Uefi, 4096);
+}
+
+/// The loop device's facts as the installer reads them from sysfs.
+fn disk_info(l: &Loop) -> disk::DiskInfo {
+    let name = l.dev.file_name().unwrap().to_str().unwrap();
+    disk::info(Path::new("/sys/block"), name).unwrap()
+}
+
+/// A disk that holds data is refused for a node nobody declared, with nothing
+/// written (every byte of the backing file compared), and installed for a
+/// declared one; a disk the failure path wiped counts as blank again.
+fn stranger_vs_declared(prepare: &[(&str, &[&str])], found: &str) {
+    if !can_run() {
+        return;
+    }
+    let l = Loop::new(640 * MIB, 512);
+    for (cmd, args) in prepare {
+        let mut a: Vec<&str> = args.to_vec();
+        a.push(l.dev.to_str().unwrap());
+        run(cmd, &a);
+    }
+    run("sync", &[]);
+    let sum = || run("sha256sum", &[l.img.to_str().unwrap()]);
+    let before = sum();
+    let d = disk_info(&l);
+    let e = disk::guard(&d, false, "52:54:00:aa:00:09")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(found) && e.contains("never declared or approved"),
+        "{e}"
+    );
+    assert!(
+        e.contains("rollout discovered approve 52:54:00:aa:00:09"),
+        "{e}"
+    );
+    assert_eq!(sum(), before, "the refused disk was written to");
+
+    // Declared: the same disk is taken, and the install's table replaces it.
+    let was = disk::guard(&d, true, "52:54:00:aa:00:09").unwrap();
+    assert_eq!(was.map(|c| c.to_string()).as_deref(), Some(found));
+    let lay = Layout {
+        root_mib: 0,
+        swap_mib: 16,
+        root_fs: RootFs::Ext3,
+        root_label: "it-root".into(),
+    };
+    let planned = layout::plan(d.size_bytes, 512, Firmware::Bios, &lay).unwrap();
+    partition::write_table(&l.dev, &planned).unwrap();
+    let table = run("sgdisk", &["-p", l.dev.to_str().unwrap()]);
+    assert!(table.contains("EF02") && table.contains("8200"), "{table}");
+
+    // A failed install's wipe (first and last MiB) leaves a blank disk, so the
+    // retry of an install is not refused by its own leftovers.
+    partition::wipe(&l.dev).unwrap();
+    assert_eq!(disk::guard(&d, false, "m").unwrap(), None);
+}
+
+#[test]
+fn a_partitioned_disk_is_refused_for_a_stranger_and_installed_for_a_declared_node() {
+    stranger_vs_declared(
+        &[(
+            "sgdisk",
+            &["-n", "1:0:+10M", "-n", "2:0:+10M", "-n", "3:0:+10M"],
+        )],
+        "GPT with 3 partitions",
+    );
+}
+
+#[test]
+fn an_ext4_disk_is_refused_for_a_stranger_and_installed_for_a_declared_node() {
+    stranger_vs_declared(&[("mkfs.ext4", &["-q", "-F"])], "ext4 filesystem");
 }

@@ -172,9 +172,12 @@ pub struct InstallConfig {
     /// Extra kernel arguments for the installer (and the installed OS).
     #[serde(default = "default_cmdline")]
     pub kernel_cmdline: String,
-    /// What to do with machines that PXE-boot but are not declared.
-    #[serde(default)]
-    pub unknown: UnknownPolicy,
+    /// What to do with machines that PXE-boot but are not declared, as written in
+    /// the file (`None`: not written, [`UnknownPolicy::DEFAULT`] applies). Kept
+    /// apart from the default so validation can tell a written "install" from a
+    /// defaulted one; read it through [`InstallConfig::unknown_policy`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<UnknownPolicy>,
     /// What a node whose install failed does on its next boot.
     #[serde(default)]
     pub on_failure: RetryPolicy,
@@ -195,12 +198,19 @@ impl Default for InstallConfig {
         InstallConfig {
             image: default_image(),
             kernel_cmdline: default_cmdline(),
-            unknown: UnknownPolicy::DEFAULT,
+            unknown: None,
             on_failure: Default::default(),
             install_timeout: default_install_timeout(),
             reboot_after_failure: default_reboot_after(),
             sync_interval: 0,
         }
+    }
+}
+
+impl InstallConfig {
+    /// The policy in force: the file's, else [`UnknownPolicy::DEFAULT`].
+    pub fn unknown_policy(&self) -> UnknownPolicy {
+        self.unknown.unwrap_or(UnknownPolicy::DEFAULT)
     }
 }
 
@@ -231,9 +241,10 @@ pub enum UnknownPolicy {
 
 impl UnknownPolicy {
     /// The one default, for the config file and everything that starts without one:
-    /// unknown machines get the default image's installer, since on a provisioning
-    /// network that is why they PXE-boot. Use "approve" where strangers may plug in.
-    pub const DEFAULT: UnknownPolicy = UnknownPolicy::Install;
+    /// strangers are listed and wait for an operator (`rollout discovered approve
+    /// MAC`). A provisioning network is rarely private, and "install" would
+    /// repartition any machine that happens to network-boot there.
+    pub const DEFAULT: UnknownPolicy = UnknownPolicy::Approve;
 }
 
 impl Default for UnknownPolicy {
@@ -403,6 +414,7 @@ impl Config {
                 "use 0 (no timer) or at least 60 seconds",
             ));
         }
+        check_unknown_policy(d.mode, self.install.unknown, UnknownPolicy::DEFAULT)?;
         image::validate(&self.images)?;
         Ok(macs)
     }
@@ -534,6 +546,27 @@ impl Config {
             .iter()
             .find(|n| normalize_mac(&n.mac).as_deref() == Some(mac.as_str()))
     }
+}
+
+/// Proxy mode is for LANs where another server hands out addresses, so every
+/// machine there that network-boots (a desk PC whose BIOS tries PXE first, a
+/// colleague's server) gets rollout's boot offer: with "install" it would be
+/// repartitioned. That policy is accepted there only when the file says so;
+/// `default` is what applies when it does not (a parameter, so the rule is tested
+/// even while the default is safe).
+fn check_unknown_policy(
+    mode: DhcpMode,
+    written: Option<UnknownPolicy>,
+    default: UnknownPolicy,
+) -> Result<(), ConfigError> {
+    if mode == DhcpMode::Proxy && written.is_none() && default == UnknownPolicy::Install {
+        return Err(invalid(
+            "install.unknown",
+            "is not set and would default to \"install\" in proxy mode: on a shared LAN every machine that network-boots gets rollout's offer, and \"install\" repartitions its disk",
+            "set install.unknown = \"approve\" (strangers wait for `rollout discovered approve MAC`), or write unknown = \"install\" explicitly if every machine on this LAN may be wiped",
+        ));
+    }
+    Ok(())
 }
 
 fn check_netmask(key: &str, mask: Ipv4Addr) -> Result<(), ConfigError> {

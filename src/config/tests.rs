@@ -189,3 +189,47 @@ fn config_imports_no_other_module_but_wire() {
         }
     }
 }
+
+#[test]
+fn unknown_machines_wait_for_approval_unless_the_file_says_otherwise() {
+    let c = Config::parse(BASE).unwrap();
+    assert_eq!(c.install.unknown, None);
+    assert_eq!(c.install.unknown_policy(), UnknownPolicy::Approve);
+    let c = Config::parse(&format!("{BASE}[install]\nunknown = \"install\"\n")).unwrap();
+    assert_eq!(c.install.unknown_policy(), UnknownPolicy::Install);
+    // A written policy survives a write/read round trip (the lab writes its file).
+    let back = Config::parse(&toml::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back.install.unknown, Some(UnknownPolicy::Install));
+}
+
+const PROXY: &str = "state_dir = \"/x\"\n[server]\ninterface = \"rbr0\"\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"proxy\"\n";
+
+#[test]
+fn proxy_mode_installs_strangers_only_when_the_file_says_so() {
+    // Defaulted: strangers wait for approval.
+    let c = Config::parse(PROXY).unwrap();
+    assert_eq!(c.install.unknown_policy(), UnknownPolicy::Approve);
+    // Written: the operator decided, it is accepted.
+    let c = Config::parse(&format!("{PROXY}[install]\nunknown = \"install\"\n")).unwrap();
+    assert_eq!(c.install.unknown_policy(), UnknownPolicy::Install);
+    // Were "install" ever the default again, proxy mode would refuse it unwritten,
+    // saying why; full mode and a written policy pass.
+    let e = check_unknown_policy(DhcpMode::Proxy, None, UnknownPolicy::Install)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("install.unknown") && e.contains("shared LAN") && e.contains("repartitions"),
+        "{e}"
+    );
+    assert!(e.contains("rollout discovered approve"), "{e}");
+    for (mode, written) in [
+        (DhcpMode::Full, None),
+        (DhcpMode::Off, None),
+        (DhcpMode::Proxy, Some(UnknownPolicy::Install)),
+    ] {
+        assert!(
+            check_unknown_policy(mode, written, UnknownPolicy::Install).is_ok(),
+            "{mode:?} {written:?}"
+        );
+    }
+}

@@ -54,6 +54,10 @@ pub struct NodeRecord {
     pub boot_id: Option<String>,
     pub last_seen: Option<u64>,
     pub updated: u64,
+    /// An operator approved this discovered machine (or asked for its reinstall):
+    /// it may be installed over a disk that holds data, like a declared node.
+    #[serde(default)]
+    pub approved: bool,
 }
 
 impl NodeRecord {
@@ -90,7 +94,15 @@ impl NodeRecord {
             boot_id: None,
             last_seen: None,
             updated: 0,
+            approved: false,
         }
+    }
+
+    /// Declared in the config or the API, or approved by an operator: someone who
+    /// owns the machine said to install it, so its disk may be repartitioned even
+    /// when it holds data. A stranger installed under `unknown = "install"` is not.
+    pub fn declared_or_approved(&self) -> bool {
+        self.source != Source::Discovered || self.approved
     }
 
     /// The copy shown to API readers and browsers: without the install token.
@@ -191,7 +203,7 @@ impl Default for Policy {
 impl From<&crate::config::InstallConfig> for Policy {
     fn from(install: &crate::config::InstallConfig) -> Self {
         Policy {
-            unknown: install.unknown,
+            unknown: install.unknown_policy(),
             retry: install.on_failure,
             install_timeout_secs: install.install_timeout,
         }
@@ -450,6 +462,11 @@ impl Inventory {
             .get(mac)?
             .ok_or_else(|| InventoryError::UnknownNode(mac.into()))?;
         Self::transition(&mut rec, t)?;
+        match t {
+            Transition::Approve | Transition::RequestReinstall => rec.approved = true,
+            Transition::Ignore => rec.approved = false,
+            _ => {}
+        }
         if t == Transition::RequestReinstall {
             // The running install (if any) can no longer report.
             rec.install_id = None;

@@ -144,16 +144,18 @@ fn discovered_machines_are_approved_or_ignored() {
         (rec.state, rec.source),
         (NodeState::Discovered, Source::Discovered)
     );
-    assert_eq!(
-        inv.approve("aa:00:00:00:00:01").unwrap().state,
-        NodeState::Pending
-    );
+    assert!(!rec.declared_or_approved(), "nobody vouched for a stranger");
+    let approved = inv.approve("aa:00:00:00:00:01").unwrap();
+    assert_eq!(approved.state, NodeState::Pending);
+    assert!(approved.declared_or_approved());
+    // The approval is stored, and lasts through the install it allowed.
+    let started = inv.begin_install("aa:00:00:00:00:01", 1).unwrap();
+    assert!(started.declared_or_approved());
     inv.seen("aa:00:00:00:00:02", "node-000002", "default", None)
         .unwrap();
-    assert_eq!(
-        inv.ignore("aa:00:00:00:00:02").unwrap().state,
-        NodeState::Ignored
-    );
+    let ignored = inv.ignore("aa:00:00:00:00:02").unwrap();
+    assert_eq!(ignored.state, NodeState::Ignored);
+    assert!(!ignored.declared_or_approved());
     let e = inv
         .begin_install("aa:00:00:00:00:02", 1)
         .unwrap_err()
@@ -300,8 +302,10 @@ fn generated_hostnames_are_stable() {
 fn unknown_machines_have_one_default() {
     use crate::config::{Config, UnknownPolicy};
     let from_file = Config::parse("state_dir = \"/tmp/x\"\n").unwrap();
-    assert_eq!(from_file.install.unknown, UnknownPolicy::DEFAULT);
+    assert_eq!(from_file.install.unknown, None, "not written");
+    assert_eq!(from_file.install.unknown_policy(), UnknownPolicy::DEFAULT);
     assert_eq!(Policy::default().unknown, UnknownPolicy::DEFAULT);
     assert_eq!(UnknownPolicy::default(), UnknownPolicy::DEFAULT);
-    assert_eq!(UnknownPolicy::DEFAULT, UnknownPolicy::Install);
+    // Strangers on the network wait for an operator; nothing installs unasked.
+    assert_eq!(UnknownPolicy::DEFAULT, UnknownPolicy::Approve);
 }

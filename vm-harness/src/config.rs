@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 pub use rollout::config::{
     Config, DhcpConfig, DhcpMode, ImageConfig, ImageMount, InstallConfig, NodeConfig, RelaySubnet,
-    ServerConfig,
+    ServerConfig, UnknownPolicy,
 };
 
 use crate::error::{IoContext, Result};
@@ -172,6 +172,9 @@ mod tests {
         });
         let mut off = lab();
         off.dhcp.mode = DhcpMode::Off;
+        // The undeclared-machine test installs strangers: the policy is written.
+        let mut strangers = lab();
+        strangers.install.unknown = Some(UnknownPolicy::Install);
         let relay = lab().with_relay(Ipv4Addr::new(10, 45, 0, 100), Ipv4Addr::new(10, 45, 0, 199));
         for (what, cfg) in [
             ("full", lab()),
@@ -179,6 +182,7 @@ mod tests {
             ("relay", relay),
             ("off", off),
             ("pull", pull),
+            ("strangers", strangers),
         ] {
             let text = cfg.to_toml().unwrap();
             let back = Config::parse(&text)
@@ -193,6 +197,7 @@ mod tests {
                 "{what}"
             );
             assert_eq!(back.server.http_port, 80, "{what}");
+            assert_eq!(back.install.unknown, cfg.install.unknown, "{what}");
         }
     }
 

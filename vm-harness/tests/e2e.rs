@@ -486,6 +486,9 @@ fn unknown_machine_shows_on_the_dashboard_from_discovered_to_installed() {
     lab.add_node(Firmware::Bios).unwrap();
     let mut config = lab.config();
     config.nodes.clear();
+    // Strangers wait for approval by default; this lab installs them unasked
+    // (its node's disk is blank, so the installer takes it).
+    config.install.unknown = Some(vm_harness::config::UnknownPolicy::Install);
     let server = a.serve_with(&mut lab, ImageKind::Tiny, config).unwrap();
     // What a browser on the dashboard receives, recorded from the start.
     let stream = tempfile::NamedTempFile::new().unwrap();

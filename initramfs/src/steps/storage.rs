@@ -21,8 +21,14 @@ pub(super) fn choose_disk(plan: &InstallPlan) -> StepResult<ChosenDisk> {
     };
     let d = disk::choose(&disks, plan.disk.path.as_deref(), need)?;
     let l = layout::plan(d.size_bytes, d.logical_sector, fw, &plan.layout)?;
+    // Before the first write: a stranger's disk that holds data is refused here.
+    let found = disk::guard(&d, plan.disk.declared, &plan.mac)?;
+    let was = match found {
+        Some(c) => format!(", was {c} (declared node: overwritten)"),
+        None => String::new(),
+    };
     let msg = format!(
-        "{} {} MiB, {}-byte sectors, {} boot",
+        "{} {} MiB, {}-byte sectors, {} boot{was}",
         d.dev.display(),
         d.size_bytes / MIB,
         d.logical_sector,
