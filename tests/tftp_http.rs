@@ -13,7 +13,8 @@ fn setup(tag: &str) -> (tempfile::TempDir, Net, Server) {
     let mut net = Net::new(tag);
     let config = write_config(
         dir.path(),
-        "[server]\ninterface = \"rbr0\"\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"off\"\n",
+        // Undeclared MACs get the install script here: the policy says so.
+        "[server]\ninterface = \"rbr0\"\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"off\"\n[install]\nunknown = \"install\"\n",
     );
     // A stand-in kernel with recognisable bytes, so a range can be checked exactly.
     let boot = dir.path().join("state/boot");
