@@ -14,6 +14,8 @@ pub mod cli;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
+pub mod counters;
+#[cfg(feature = "server")]
 pub mod dhcp;
 #[cfg(feature = "server")]
 pub mod fleet;

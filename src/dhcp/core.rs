@@ -3,17 +3,23 @@
 //! all drive, so what is tested is what runs.
 
 use super::leases::{Lease, LeaseState, LeaseTable, Range};
+use super::limits::{RateLimit, TokenBucket};
 use super::pxe::{boot_offer, BootOffer, BootTargets, ClientClass};
 use crate::config::DhcpMode;
+use crate::counters::Counters;
 use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
 pub const SERVER_PORT: u16 = 67;
 pub const CLIENT_PORT: u16 = 68;
 pub const PROXY_PORT: u16 = 4011;
 /// How long an unanswered OFFER holds its address.
 const OFFER_HOLD_SECS: u64 = 60;
+/// Seconds between two warnings about the rate limit: a flood must be seen in
+/// the log, not fill it.
+const LIMIT_WARN_EVERY_SECS: u64 = 10;
 
 /// Addressing for one subnet: the local one or one behind a relay.
 #[derive(Debug, Clone)]
@@ -67,11 +73,18 @@ pub enum Outcome {
     Done(String),
     /// Not ours or not valid; logged at debug level.
     Ignore(String),
+    /// Unanswered because something failed that the operator must see (a lease
+    /// that could not be persisted, the rate limit reached); logged at warn.
+    Warn(String),
 }
 
 pub struct DhcpCore {
     cfg: CoreConfig,
     pub leases: LeaseTable,
+    /// Allocations to clients with no reservation and no lease.
+    new_clients: TokenBucket,
+    counters: Arc<Counters>,
+    last_limit_warn: Option<u64>,
 }
 
 /// The client's MAC in normal form, or None for non-Ethernet or malformed headers.
@@ -102,8 +115,72 @@ fn server_id(msg: &Message) -> Option<Ipv4Addr> {
 }
 
 impl DhcpCore {
-    pub fn new(cfg: CoreConfig, leases: LeaseTable) -> DhcpCore {
-        DhcpCore { cfg, leases }
+    /// The core with the default new-client rate limit and counters of its own.
+    /// The server's, router and DNS addresses of every subnet are never leased.
+    pub fn new(cfg: CoreConfig, mut leases: LeaseTable) -> DhcpCore {
+        let subnets = std::iter::once(&cfg.local).chain(&cfg.relays);
+        let infrastructure: Vec<Ipv4Addr> = subnets
+            .flat_map(|s| s.router.into_iter().chain(s.dns.iter().copied()))
+            .chain([cfg.server_ip])
+            .collect();
+        leases.exclude(infrastructure);
+        DhcpCore {
+            cfg,
+            leases,
+            new_clients: TokenBucket::new(RateLimit::default(), 0),
+            counters: Arc::default(),
+            last_limit_warn: None,
+        }
+    }
+
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> DhcpCore {
+        self.new_clients = TokenBucket::new(limit, 0);
+        self
+    }
+
+    /// Counts failures into `counters` (the server's, shown on /healthz).
+    pub fn with_counters(mut self, counters: Arc<Counters>) -> DhcpCore {
+        self.counters = counters;
+        self
+    }
+
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// Whether `mac` is new to the pool: no reservation and no lease of any kind.
+    fn is_new_client(&self, mac: &str) -> bool {
+        self.leases.reservation(mac).is_none() && self.leases.by_mac(mac).is_none()
+    }
+
+    /// A new client refused by the rate limit: counted, and warned about once
+    /// every [`LIMIT_WARN_EVERY_SECS`].
+    fn rate_limited(&mut self, mac: &str, what: &str, now: u64) -> Outcome {
+        let total = Counters::bump(&self.counters.dhcp_rate_limited);
+        let line = format!("{mac}: {what} unanswered: new clients are coming faster than dhcp.new_clients_per_minute allows ({total} refused so far; declared nodes and existing leases are not limited). A flood of made-up MACs, or real machines? Then raise new_clients_per_minute / new_clients_burst");
+        if self
+            .last_limit_warn
+            .is_none_or(|t| now >= t + LIMIT_WARN_EVERY_SECS)
+        {
+            self.last_limit_warn = Some(now);
+            Outcome::Warn(line)
+        } else {
+            Outcome::Ignore(line)
+        }
+    }
+
+    /// A lease the store refused: counted, warned, and not acknowledged.
+    fn not_persisted(&self, what: String, e: crate::store::StoreError) -> Outcome {
+        let total = Counters::bump(&self.counters.dhcp_persist_failures);
+        Outcome::Warn(format!(
+            "{what}: cannot persist the lease ({e}); not acknowledged ({total} such failures so far): check the disk holding state_dir/rollout.db"
+        ))
+    }
+
+    /// After a panic in [`DhcpCore::handle`]: the lease table may be half
+    /// updated, so it is read back from the store.
+    pub fn recover(&mut self) -> Result<(), crate::store::StoreError> {
+        self.leases.reload()
     }
 
     pub fn handle(&mut self, req: &Message, via: Via, now: u64) -> Outcome {
@@ -167,6 +244,9 @@ impl DhcpCore {
                         req.giaddr()
                     ));
                 }
+                if self.is_new_client(mac) && !self.new_clients.take(now) {
+                    return self.rate_limited(mac, "DISCOVER", now);
+                }
                 let Some(ip) =
                     self.leases
                         .choose(mac, subnet.range.as_ref(), requested_ip(req), now)
@@ -208,7 +288,7 @@ impl DhcpCore {
                         "{mac}: DECLINE {ip}: address in use by another host, quarantined for {} s",
                         self.cfg.quarantine_time
                     )),
-                    Err(e) => Outcome::Ignore(format!("{mac}: cannot record DECLINE: {e}")),
+                    Err(e) => self.not_persisted(format!("{mac}: DECLINE of {ip}"), e),
                 }
             }
             MessageType::Release => {
@@ -229,7 +309,7 @@ impl DhcpCore {
                 };
                 match self.leases.record(released) {
                     Ok(()) => Outcome::Done(format!("{mac}: RELEASE {ip}")),
-                    Err(e) => Outcome::Ignore(format!("{mac}: cannot record RELEASE: {e}")),
+                    Err(e) => self.not_persisted(format!("{mac}: RELEASE of {ip}"), e),
                 }
             }
             MessageType::Inform => {
@@ -303,6 +383,11 @@ impl DhcpCore {
                 &format!("{wanted} is not available to this client"),
             ));
         }
+        // A REQUEST with no OFFER before it (INIT-REBOOT) from a MAC never seen
+        // would bind, and fsync, an address per packet: it takes a token too.
+        if self.is_new_client(mac) && !self.new_clients.take(now) {
+            return self.rate_limited(mac, "REQUEST", now);
+        }
         let bound = Lease {
             ip: wanted,
             mac: mac.into(),
@@ -311,9 +396,7 @@ impl DhcpCore {
         };
         // Persist before answering: an ACK the server forgets could be handed out twice.
         if let Err(e) = self.leases.record(bound) {
-            return Outcome::Ignore(format!(
-                "{mac}: cannot persist lease for {wanted}: {e}; not acknowledging"
-            ));
+            return self.not_persisted(format!("{mac}: REQUEST for {wanted}"), e);
         }
         Outcome::Reply(self.reply(req, MessageType::Ack, wanted, subnet, class, mac))
     }

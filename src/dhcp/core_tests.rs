@@ -1,7 +1,8 @@
 //! DhcpCore decisions, packet in → reply out, with no sockets.
 
 use super::core::*;
-use super::leases::{LeaseTable, MemoryLeaseStore, Range};
+use super::leases::{Lease, LeaseStore, LeaseTable, MemoryLeaseStore, Range};
+use super::limits::RateLimit;
 use super::pxe::BootTargets;
 use crate::config::DhcpMode;
 use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, Opcode, OptionCode};
@@ -17,42 +18,50 @@ fn ip(s: &str) -> Ipv4Addr {
 }
 
 fn core(mode: DhcpMode) -> DhcpCore {
+    core_with(mode, Box::new(MemoryLeaseStore::default()), |_| {})
+}
+
+/// `core(mode)` over `store`, its config changed by `tweak`.
+fn core_with(
+    mode: DhcpMode,
+    store: Box<dyn LeaseStore>,
+    tweak: impl FnOnce(&mut CoreConfig),
+) -> DhcpCore {
     let mut reservations = HashMap::new();
     reservations.insert("52:54:00:00:00:01".to_string(), ip("10.44.0.11"));
     // A node declared on the relayed subnet.
     reservations.insert("52:54:00:00:02:09".to_string(), ip("10.45.0.20"));
     let mut hostnames = HashMap::new();
     hostnames.insert("52:54:00:00:00:01".to_string(), "node1".to_string());
-    let leases = LeaseTable::load(Box::new(MemoryLeaseStore::default()), reservations).unwrap();
-    DhcpCore::new(
-        CoreConfig {
-            mode,
-            server_ip: SERVER,
-            local: Subnet {
-                range: Some(Range {
-                    first: ip("10.44.0.100"),
-                    last: ip("10.44.0.199"),
-                }),
-                netmask: ip("255.255.255.0"),
-                router: Some(SERVER),
-                dns: vec![SERVER],
-            },
-            relays: vec![Subnet {
-                range: Some(Range {
-                    first: ip("10.45.0.50"),
-                    last: ip("10.45.0.60"),
-                }),
-                netmask: ip("255.255.255.0"),
-                router: None,
-                dns: vec![],
-            }],
-            lease_time: 3600,
-            quarantine_time: 600,
-            targets: BootTargets::new("http://10.44.0.1"),
-            hostnames,
+    let leases = LeaseTable::load(store, reservations).unwrap();
+    let mut cfg = CoreConfig {
+        mode,
+        server_ip: SERVER,
+        local: Subnet {
+            range: Some(Range {
+                first: ip("10.44.0.100"),
+                last: ip("10.44.0.199"),
+            }),
+            netmask: ip("255.255.255.0"),
+            router: Some(SERVER),
+            dns: vec![SERVER],
         },
-        leases,
-    )
+        relays: vec![Subnet {
+            range: Some(Range {
+                first: ip("10.45.0.50"),
+                last: ip("10.45.0.60"),
+            }),
+            netmask: ip("255.255.255.0"),
+            router: None,
+            dns: vec![],
+        }],
+        lease_time: 3600,
+        quarantine_time: 600,
+        targets: BootTargets::new("http://10.44.0.1"),
+        hostnames,
+    };
+    tweak(&mut cfg);
+    DhcpCore::new(cfg, leases)
 }
 
 fn mac(n: u8) -> [u8; 6] {
@@ -354,7 +363,11 @@ fn a_reservation_on_a_relayed_subnet_is_offered_there_and_only_there() {
 
 #[test]
 fn pool_exhaustion_leaves_discover_unanswered_until_leases_expire() {
-    let mut c = core(DhcpMode::Full);
+    // Exhaustion, not the rate limit, is under test here.
+    let mut c = core(DhcpMode::Full).with_rate_limit(RateLimit {
+        per_minute: 0,
+        burst: 1000,
+    });
     for i in 0..100 {
         lease(&mut c, mac(i), 100);
     }
@@ -397,4 +410,122 @@ fn hostile_headers_are_ignored_not_panicked_on() {
             let _ = c.handle(&m, Via::Server, 100);
         }
     }
+}
+
+fn request_for(chaddr: [u8; 6], addr: Ipv4Addr) -> Message {
+    let mut req = msg(chaddr, MessageType::Request);
+    req.opts_mut().insert(DhcpOption::RequestedIpAddress(addr));
+    req
+}
+
+#[test]
+fn a_random_mac_flood_is_rate_limited_while_known_clients_keep_their_addresses() {
+    let mut c = core(DhcpMode::Full).with_rate_limit(RateLimit {
+        per_minute: 60,
+        burst: 3,
+    });
+    // A client leased before the flood.
+    let before = lease(&mut c, mac(200), 100);
+    // 100 DISCOVERs from made-up MACs in the same second: the rest of the burst
+    // is offered.
+    let flood: Vec<Outcome> = (0..100u8)
+        .map(|i| {
+            c.handle(
+                &msg([0x02, 0xff, 0, 0, 0, i], MessageType::Discover),
+                Via::Server,
+                100,
+            )
+        })
+        .collect();
+    let offers = flood
+        .iter()
+        .filter(|o| matches!(o, Outcome::Reply(_)))
+        .count();
+    // The client leased before used one token.
+    assert_eq!(offers, 2, "burst 3, one spent on the earlier client");
+    let warned = flood
+        .iter()
+        .filter(|o| matches!(o, Outcome::Warn(_)))
+        .count();
+    assert_eq!(
+        warned, 1,
+        "one warning per flood second, not one per packet"
+    );
+    let counted = c
+        .counters()
+        .dhcp_rate_limited
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(counted, 98);
+    // INIT-REBOOT REQUESTs from new MACs bind nothing either.
+    let o = c.handle(
+        &request_for([0x02, 0xfe, 0, 0, 0, 1], ip("10.44.0.150")),
+        Via::Server,
+        100,
+    );
+    assert!(matches!(o, Outcome::Ignore(_)), "{o:?}");
+    assert!(c.leases.get(ip("10.44.0.150")).is_none());
+    // The declared node and the earlier client are not limited.
+    assert_eq!(lease(&mut c, KNOWN, 100), ip("10.44.0.11"));
+    assert_eq!(lease(&mut c, mac(200), 100), before);
+    // A second later, one more new client.
+    assert!(matches!(
+        c.handle(&msg(mac(201), MessageType::Discover), Via::Server, 101),
+        Outcome::Reply(_)
+    ));
+}
+
+#[test]
+fn router_dns_and_server_addresses_are_never_offered() {
+    let mut c = core_with(
+        DhcpMode::Full,
+        Box::new(MemoryLeaseStore::default()),
+        |cfg| {
+            cfg.local.router = Some(ip("10.44.0.100"));
+            cfg.local.dns = vec![ip("10.44.0.101"), ip("10.44.0.102")];
+            cfg.server_ip = ip("10.44.0.103");
+        },
+    );
+    let got = reply(c.handle(&msg(mac(1), MessageType::Discover), Via::Server, 100));
+    assert_eq!(got.msg.yiaddr(), ip("10.44.0.104"));
+    for taken in ["10.44.0.100", "10.44.0.101", "10.44.0.102", "10.44.0.103"] {
+        let mut d = msg(mac(2), MessageType::Discover);
+        d.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(ip(taken)));
+        let r = reply(c.handle(&d, Via::Server, 100));
+        assert_ne!(r.msg.yiaddr(), ip(taken));
+        let r = reply(c.handle(&request_for(mac(3), ip(taken)), Via::Server, 100));
+        assert_eq!(kind(&r), MessageType::Nak, "{taken} granted");
+    }
+}
+
+/// A database that refuses every write (a full or read-only disk).
+struct BrokenDisk;
+impl LeaseStore for BrokenDisk {
+    fn save(&mut self, _: &Lease) -> Result<(), crate::store::StoreError> {
+        Err(crate::store::StoreError::Corrupt {
+            what: "leases",
+            value: "disk full".into(),
+        })
+    }
+    fn load_all(&mut self) -> Result<Vec<Lease>, crate::store::StoreError> {
+        Ok(vec![])
+    }
+}
+
+#[test]
+fn a_lease_that_cannot_be_persisted_is_not_acknowledged_and_is_counted() {
+    let mut c = core_with(DhcpMode::Full, Box::new(BrokenDisk), |_| {});
+    let offer = reply(c.handle(&msg(mac(1), MessageType::Discover), Via::Server, 100));
+    let o = c.handle(&request_for(mac(1), offer.msg.yiaddr()), Via::Server, 100);
+    match o {
+        Outcome::Warn(line) => assert!(
+            line.contains("cannot persist")
+                && line.contains("not acknowledged")
+                && line.contains("disk full"),
+            "{line}"
+        ),
+        other => panic!("expected a warning and no ACK, got {other:?}"),
+    }
+    let failures = &c.counters().dhcp_persist_failures;
+    assert_eq!(failures.load(std::sync::atomic::Ordering::Relaxed), 1);
 }

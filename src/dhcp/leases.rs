@@ -102,6 +102,9 @@ pub struct LeaseTable {
     /// MAC → reserved address (from `[[node]] ip`), and the reverse.
     reservations: HashMap<String, Ipv4Addr>,
     reserved_ips: HashMap<u32, String>,
+    /// Addresses never handed to anyone: the server's own, routers, DNS servers
+    /// (an operator's range may well include them).
+    excluded: std::collections::HashSet<u32>,
     /// Per range (keyed by its first address): no address below this was ever
     /// free of a lease, so the search for a never-used one starts here.
     unused_from: RefCell<HashMap<u32, u32>>,
@@ -121,6 +124,7 @@ impl LeaseTable {
                 .map(|(m, ip)| (u32::from(*ip), m.clone()))
                 .collect(),
             reservations,
+            excluded: Default::default(),
             unused_from: RefCell::new(HashMap::new()),
             store,
         };
@@ -128,6 +132,25 @@ impl LeaseTable {
             t.insert(l);
         }
         Ok(t)
+    }
+
+    /// Keeps `ips` out of every offer and refuses them to every REQUEST.
+    pub fn exclude(&mut self, ips: impl IntoIterator<Item = Ipv4Addr>) {
+        self.excluded.extend(ips.into_iter().map(u32::from));
+    }
+
+    /// Forgets the in-memory state and reads the persisted leases again: after a
+    /// panic in the middle of an update, what is on disk is what was granted.
+    /// Offers (never persisted) are lost; their clients ask again.
+    pub fn reload(&mut self) -> Result<(), crate::store::StoreError> {
+        let leases = self.store.load_all()?;
+        self.by_ip.clear();
+        self.by_mac.clear();
+        self.unused_from.get_mut().clear();
+        for l in leases {
+            self.insert(l);
+        }
+        Ok(())
     }
 
     fn insert(&mut self, lease: Lease) {
@@ -164,10 +187,13 @@ impl LeaseTable {
         self.reservations.get(mac).copied()
     }
 
+    /// Reserved for another node, or never handed out at all.
     fn reserved_for_other(&self, ip: Ipv4Addr, mac: &str) -> bool {
-        self.reserved_ips
-            .get(&u32::from(ip))
-            .is_some_and(|m| m != mac)
+        self.excluded.contains(&u32::from(ip))
+            || self
+                .reserved_ips
+                .get(&u32::from(ip))
+                .is_some_and(|m| m != mac)
     }
 
     /// Whether `mac` may have `ip` at `now`: nobody else holds it and it is not
@@ -334,6 +360,44 @@ mod tests {
         );
         assert_eq!(
             t.choose("x", Some(&range()), Some(ip("10.0.0.10")), 0),
+            Some(ip("10.0.0.11"))
+        );
+    }
+
+    #[test]
+    fn excluded_addresses_are_never_offered_or_granted() {
+        let mut t = table(&[]);
+        t.exclude([ip("10.0.0.10"), ip("10.0.0.12")]);
+        assert_eq!(
+            t.choose("a", Some(&range()), Some(ip("10.0.0.10")), 0),
+            Some(ip("10.0.0.11"))
+        );
+        assert!(!t.available_to(ip("10.0.0.12"), "b", 0));
+        bind(&mut t, "a", ip("10.0.0.11"), 1000);
+        assert_eq!(t.choose("b", Some(&range()), None, 0), None, "pool full");
+        // Even once every lease expired, the fallback skips them.
+        assert_eq!(
+            t.choose("b", Some(&range()), None, 5000),
+            Some(ip("10.0.0.11"))
+        );
+    }
+
+    #[test]
+    fn reload_keeps_what_was_persisted_and_drops_offers() {
+        let mut t = table(&[]);
+        bind(&mut t, "a", ip("10.0.0.10"), 1000);
+        t.record(Lease {
+            ip: ip("10.0.0.11"),
+            mac: "b".into(),
+            expires: 60,
+            state: LeaseState::Offered,
+        })
+        .unwrap();
+        t.reload().unwrap();
+        assert_eq!(t.by_mac("a").map(|l| l.ip), Some(ip("10.0.0.10")));
+        assert!(t.by_mac("b").is_none());
+        assert_eq!(
+            t.choose("c", Some(&range()), None, 0),
             Some(ip("10.0.0.11"))
         );
     }

@@ -3,6 +3,7 @@
 pub mod core;
 pub mod decode;
 pub mod leases;
+pub mod limits;
 pub mod pxe;
 pub mod server;
 pub mod sqlite;

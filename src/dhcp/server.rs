@@ -2,10 +2,13 @@
 //! one tracing span per transaction, and replies finished before shutdown.
 
 use super::core::{DhcpCore, Outcome, Via};
+use crate::counters::Counters;
+use dhcproto::v4::Message;
 use dhcproto::Encodable;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::{Arc, Mutex};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -49,6 +52,35 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The core, even when a panic poisoned its lock: [`handle_packet`] repairs
+/// what a panic may have left half done, so the state is worth serving from.
+fn lock(core: &Mutex<DhcpCore>) -> MutexGuard<'_, DhcpCore> {
+    core.lock().unwrap_or_else(|poisoned| {
+        core.clear_poison();
+        poisoned.into_inner()
+    })
+}
+
+/// One decoded packet through the core. A panic in the handling costs this
+/// packet only: it is counted and logged at warn, the lease table is read back
+/// from the database (the panic may have left it half updated), and the next
+/// packet is served as if nothing happened. A poisoned lock used to make every
+/// later packet an "ignored" debug line: DHCP silently dead.
+pub fn handle_packet(core: &Mutex<DhcpCore>, msg: &Message, via: Via, now: u64) -> Outcome {
+    let handled = std::panic::catch_unwind(AssertUnwindSafe(|| lock(core).handle(msg, via, now)));
+    handled.unwrap_or_else(|_| {
+        let mut c = lock(core);
+        let total = Counters::bump(&c.counters().dhcp_panics);
+        let state = match c.recover() {
+            Ok(()) => "leases reloaded from the database".to_string(),
+            Err(e) => format!("leases could not be reloaded ({e}); serving from memory"),
+        };
+        Outcome::Warn(format!(
+            "handling this packet panicked: dropped ({total} so far), {state}; please report it with this log"
+        ))
+    })
+}
+
 /// Serves one socket until `cancel` fires. The in-flight request is always finished:
 /// cancellation is only observed while waiting for the next packet.
 pub async fn run(
@@ -57,6 +89,7 @@ pub async fn run(
     proxy_port: bool,
     cancel: CancellationToken,
 ) -> io::Result<()> {
+    let counters = lock(&core).counters().clone();
     let mut buf = vec![0u8; 2048];
     loop {
         let (len, src) = tokio::select! {
@@ -77,7 +110,8 @@ pub async fn run(
                 continue;
             }
             Err(_) => {
-                warn!(%src, len, "dropping a DHCP packet that crashed the decoder");
+                let total = Counters::bump(&counters.dhcp_panics);
+                warn!(%src, len, total, "dropping a DHCP packet that crashed the decoder");
                 continue;
             }
         };
@@ -91,13 +125,8 @@ pub async fn run(
             };
             let kind = msg.opts().msg_type();
             // The lease write fsyncs; keep it off the async workers' hot path.
-            let outcome = tokio::task::block_in_place(|| {
-                core.lock()
-                    .map(|mut c| c.handle(&msg, via, unix_now()))
-                    .unwrap_or_else(|_| {
-                        Outcome::Ignore("DHCP state poisoned by an earlier panic".into())
-                    })
-            });
+            let outcome =
+                tokio::task::block_in_place(|| handle_packet(&core, &msg, via, unix_now()));
             match outcome {
                 Outcome::Reply(reply) => {
                     let mut out = Vec::with_capacity(576);
@@ -116,10 +145,128 @@ pub async fn run(
                     }
                 }
                 Outcome::Done(line) => info!("{line}"),
+                Outcome::Warn(line) => warn!("{line}"),
                 Outcome::Ignore(why) => debug!("ignored: {why}"),
             }
         }
         .instrument(span)
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DhcpMode;
+    use crate::dhcp::leases::{Lease, LeaseStore, LeaseTable, Range};
+    use crate::dhcp::pxe::BootTargets;
+    use crate::dhcp::{CoreConfig, Subnet};
+    use dhcproto::v4::{DhcpOption, MessageType, Opcode};
+    use std::sync::atomic::Ordering;
+
+    /// A store whose disk "breaks" with a panic on the first write.
+    struct PanickingStore;
+    impl LeaseStore for PanickingStore {
+        fn save(&mut self, _: &Lease) -> Result<(), crate::store::StoreError> {
+            panic!("a bug in the lease store");
+        }
+        fn load_all(&mut self) -> Result<Vec<Lease>, crate::store::StoreError> {
+            Ok(vec![])
+        }
+    }
+
+    fn core() -> Mutex<DhcpCore> {
+        let leases = LeaseTable::load(Box::new(PanickingStore), Default::default()).unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        Mutex::new(DhcpCore::new(
+            CoreConfig {
+                mode: DhcpMode::Full,
+                server_ip: ip("10.44.0.1"),
+                local: Subnet {
+                    range: Some(Range {
+                        first: ip("10.44.0.100"),
+                        last: ip("10.44.0.110"),
+                    }),
+                    netmask: ip("255.255.255.0"),
+                    router: None,
+                    dns: vec![],
+                },
+                relays: vec![],
+                lease_time: 3600,
+                quarantine_time: 600,
+                targets: BootTargets::new("http://10.44.0.1"),
+                hostnames: Default::default(),
+            },
+            leases,
+        ))
+    }
+
+    fn packet(kind: MessageType, last: u8) -> Message {
+        let mut m = Message::new_with_id(
+            7,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &[0x52, 0x54, 0, 0, 9, last],
+        );
+        m.set_opcode(Opcode::BootRequest);
+        m.opts_mut().insert(DhcpOption::MessageType(kind));
+        m
+    }
+
+    fn offered(o: Outcome) -> Option<Ipv4Addr> {
+        match o {
+            Outcome::Reply(r) if r.msg.opts().msg_type() == Some(MessageType::Offer) => {
+                Some(r.msg.yiaddr())
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_panicking_packet_costs_that_packet_and_the_next_is_answered() {
+        let core = core();
+        let now = 1_000;
+        assert!(offered(handle_packet(
+            &core,
+            &packet(MessageType::Discover, 1),
+            Via::Server,
+            now
+        ))
+        .is_some());
+        // The REQUEST's lease write panics inside the handler.
+        let mut req = packet(MessageType::Request, 1);
+        req.opts_mut().insert(DhcpOption::RequestedIpAddress(
+            "10.44.0.100".parse().unwrap(),
+        ));
+        let o = handle_packet(&core, &req, Via::Server, now);
+        assert!(
+            matches!(&o, Outcome::Warn(l) if l.contains("panicked") && l.contains("1 so far")),
+            "{o:?}"
+        );
+        assert!(!core.is_poisoned(), "the lock is usable again");
+        let c = lock(&core).counters().clone();
+        assert_eq!(c.dhcp_panics.load(Ordering::Relaxed), 1);
+        // The next client is served, and the half-done offer was dropped on reload.
+        let next = handle_packet(&core, &packet(MessageType::Discover, 2), Via::Server, now);
+        assert_eq!(offered(next), Some("10.44.0.100".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_lock_poisoned_elsewhere_does_not_silence_dhcp() {
+        let core = core();
+        std::thread::scope(|s| {
+            let _ = s
+                .spawn(|| {
+                    let _held = core.lock().unwrap();
+                    panic!("poisoning the lock");
+                })
+                .join();
+        });
+        assert!(core.is_poisoned());
+        let o = handle_packet(&core, &packet(MessageType::Discover, 3), Via::Server, 1_000);
+        assert!(offered(o).is_some());
+        assert!(!core.is_poisoned());
     }
 }
