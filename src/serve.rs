@@ -81,7 +81,7 @@ fn dhcp_core(
         targets: BootTargets::new(&config.http_base_url()),
         hostnames,
     };
-    Ok(DhcpCore::new(cfg, leases))
+    Ok(DhcpCore::new(cfg, leases).with_rate_limit(dhcp::limits::RateLimit::from(d)))
 }
 
 /// Config-file nodes become declared records (their install state is kept).
@@ -178,10 +178,13 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     let db = config.state_dir.join("rollout.db");
     let tftp_root = config.tftp_root.clone();
     let mut tasks = JoinSet::new();
+    // Failures the services survive, counted for /healthz.
+    let counters = Arc::new(crate::counters::Counters::default());
     match &config.dhcp_plan {
         None => warn!("DHCP is off (dhcp.mode = \"off\" or no interface): nodes need another DHCP server pointing at this one"),
         Some(plan) => {
-            let core = Arc::new(Mutex::new(dhcp_core(&config, plan, &db)?));
+            let core = dhcp_core(&config, plan, &db)?.with_counters(counters.clone());
+            let core = Arc::new(Mutex::new(core));
             let sock = dhcp::server::bind_on_interface(&plan.interface, dhcp::core::SERVER_PORT)?;
             info!(interface = %plan.interface, mode = ?plan.mode, range = ?plan.range, "DHCP listening on port 67");
             tasks.spawn(dhcp::server::run(sock, core.clone(), false, cancel.clone()));
@@ -231,7 +234,8 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         let mut settings =
             crate::images::rsyncd::RsyncdSettings::new(&config.state_dir, address.into(), allow);
         settings.port = config.server.rsync_port;
-        let supervisor = crate::images::rsyncd::Supervisor::new(settings);
+        let mut supervisor = crate::images::rsyncd::Supervisor::new(settings);
+        supervisor.counters = counters.clone();
         rsync_modules = Some(supervisor.modules());
         let c = cancel.clone();
         tasks.spawn(async move { supervisor.run(c).await.map_err(std::io::Error::other) });
@@ -244,6 +248,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         admin_token,
         ssh_keys,
         rsync_modules,
+        counters,
     });
 
     let c = cancel.clone();

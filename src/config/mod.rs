@@ -130,6 +130,14 @@ pub struct DhcpConfig {
     /// Subnets behind DHCP relays (requests arrive with giaddr set).
     #[serde(default, rename = "relay")]
     pub relays: Vec<RelaySubnet>,
+    /// Addresses handed to clients with no reservation and no lease, per minute
+    /// once `new_clients_burst` is spent: a flood of made-up MACs cannot drain
+    /// the pool. Declared nodes and clients that hold a lease are never limited.
+    #[serde(default = "default_new_clients_per_minute")]
+    pub new_clients_per_minute: u32,
+    /// How many new clients may come at once (a rack powering on).
+    #[serde(default = "default_new_clients_burst")]
+    pub new_clients_burst: u32,
 }
 
 impl Default for DhcpConfig {
@@ -143,8 +151,18 @@ impl Default for DhcpConfig {
             lease_time: default_lease_time(),
             quarantine_time: default_quarantine(),
             relays: vec![],
+            new_clients_per_minute: default_new_clients_per_minute(),
+            new_clients_burst: default_new_clients_burst(),
         }
     }
+}
+
+fn default_new_clients_per_minute() -> u32 {
+    60
+}
+/// 64 undeclared machines may power on at once; a flood gets those and then one a second.
+fn default_new_clients_burst() -> u32 {
+    64
 }
 
 fn default_lease_time() -> u32 {
@@ -342,6 +360,13 @@ impl Config {
             if let Some(mask) = d.netmask {
                 check_netmask("dhcp.netmask", mask)?;
             }
+        }
+        if d.mode == DhcpMode::Full && d.new_clients_burst == 0 {
+            return Err(invalid(
+                "dhcp.new_clients_burst",
+                "is 0, so no client without a reservation would ever get an address",
+                "use at least 1 (the default is 64), or reserve an ip for every [[node]]",
+            ));
         }
         if d.lease_time < 60 {
             return Err(invalid(

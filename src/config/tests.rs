@@ -233,3 +233,22 @@ fn proxy_mode_installs_strangers_only_when_the_file_says_so() {
         );
     }
 }
+
+#[test]
+fn new_clients_are_limited_by_default_and_a_zero_burst_is_refused() {
+    let c = Config::parse(BASE).unwrap();
+    assert_eq!(
+        (c.dhcp.new_clients_per_minute, c.dhcp.new_clients_burst),
+        (60, 64)
+    );
+    let c = Config::parse(&format!(
+        "{BASE}new_clients_per_minute = 6\nnew_clients_burst = 2\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.dhcp.new_clients_per_minute, c.dhcp.new_clients_burst),
+        (6, 2)
+    );
+    let e = err(&format!("{BASE}new_clients_burst = 0\n"));
+    assert!(e.contains("dhcp.new_clients_burst"), "{e}");
+}

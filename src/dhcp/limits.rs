@@ -12,14 +12,19 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+impl From<&crate::config::DhcpConfig> for RateLimit {
+    fn from(d: &crate::config::DhcpConfig) -> Self {
+        RateLimit {
+            per_minute: d.new_clients_per_minute,
+            burst: d.new_clients_burst,
+        }
+    }
+}
+
+/// The config file's defaults.
 impl Default for RateLimit {
     fn default() -> Self {
-        // A rack of 64 undeclared machines may power on at once; a flood gets
-        // those 64 and then one a second.
-        RateLimit {
-            per_minute: 60,
-            burst: 64,
-        }
+        RateLimit::from(&crate::config::DhcpConfig::default())
     }
 }
 

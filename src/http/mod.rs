@@ -13,6 +13,7 @@ pub use openapi::{documented_operations, spec_mismatches};
 
 use crate::config::ValidConfig;
 use crate::inventory::{Inventory, InventoryError};
+use axum::extract::State;
 use axum::handler::Handler;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -34,6 +35,8 @@ pub struct AppState {
     /// The rsync supervisor, when it runs: a serial is only handed out once it
     /// says the serial's module is in rsyncd.conf.
     pub rsync_modules: Option<crate::images::rsyncd::RsyncModules>,
+    /// Failures the services survived, printed by `/healthz`.
+    pub counters: Arc<crate::counters::Counters>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -114,11 +117,18 @@ pub fn api_routes() -> Vec<(String, String)> {
         .collect()
 }
 
+/// `ok`, then one `name count` line per failure the server survived (lease
+/// writes, DHCP panics, rate-limited clients, rsyncd.conf writes): a monitor that
+/// only checks the status still works, one that reads the body sees trouble.
+async fn healthz(State(state): State<Shared>) -> String {
+    format!("ok\n{}", state.counters.render())
+}
+
 pub fn router(state: Shared) -> Router {
     let boot_dir = state.config.state_dir.join("boot");
     let ipxe_dir = state.config.tftp_root.clone();
     let mut app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/boot.ipxe", get(boot::script));
     for r in api_table() {
         // Two methods on one path merge into one method router.

@@ -230,6 +230,8 @@ pub struct Supervisor {
     /// shows up in the rsync module list within this time.
     pub refresh_every: Duration,
     pub rsync: PathBuf,
+    /// Where failed rewrites of rsyncd.conf are counted (the server's, on /healthz).
+    pub counters: std::sync::Arc<crate::counters::Counters>,
     modules: RsyncModules,
     requests: tokio::sync::mpsc::Receiver<Refresh>,
 }
@@ -246,6 +248,7 @@ impl Supervisor {
             settings,
             refresh_every: Duration::from_secs(2),
             rsync: PathBuf::from("rsync"),
+            counters: Default::default(),
         }
     }
 
@@ -259,6 +262,7 @@ impl Supervisor {
             settings,
             refresh_every,
             rsync,
+            counters,
             modules: _modules,
             requests,
         } = self;
@@ -266,6 +270,7 @@ impl Supervisor {
             settings,
             refresh_every,
             rsync,
+            counters,
         }
         .run(requests, cancel)
         .await
@@ -277,20 +282,31 @@ struct Daemon {
     settings: RsyncdSettings,
     refresh_every: Duration,
     rsync: PathBuf,
+    counters: std::sync::Arc<crate::counters::Counters>,
 }
 
 impl Daemon {
-    /// Rewrites rsyncd.conf if the image store changed.
-    fn refresh(&self) {
+    /// Rewrites rsyncd.conf if the image store changed. A failure is counted
+    /// and logged, never fatal: the daemon keeps serving the modules it has, and
+    /// DHCP and HTTP go on (an error returned from `run` would stop the server).
+    /// Returns whether rsyncd.conf is up to date.
+    fn refresh(&self) -> bool {
         match write_config(&self.settings) {
-            Ok(true) => tracing::info!("rsync modules updated"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!("could not update rsyncd.conf: {e}"),
+            Ok(true) => {
+                tracing::info!("rsync modules updated");
+                true
+            }
+            Ok(false) => true,
+            Err(e) => {
+                let total = crate::counters::Counters::bump(&self.counters.rsyncd_config_failures);
+                tracing::warn!(total, "could not update rsyncd.conf: {e}; the rsync daemon keeps its previous modules, new serials are not served until this is fixed");
+                false
+            }
         }
     }
 
     fn answer(&self, request: Refresh) {
-        self.refresh();
+        let _ = self.refresh();
         let _ = request.send(());
     }
 
@@ -309,12 +325,16 @@ impl Daemon {
         }
         let mut backoff = Duration::from_millis(500);
         loop {
-            write_config(&self.settings)?;
+            // Without a config file there is nothing to start: wait and retry
+            // (with an old one, the daemon serves what it lists).
+            let fresh = self.refresh();
             let started = Instant::now();
-            match self.run_once(&cancel, &mut requests).await {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => tracing::error!("rsync daemon: {e}"),
+            if fresh || self.settings.config_path().is_file() {
+                match self.run_once(&cancel, &mut requests).await {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!("rsync daemon: {e}"),
+                }
             }
             if started.elapsed() > Duration::from_secs(60) {
                 backoff = Duration::from_millis(500);
@@ -385,7 +405,9 @@ impl Daemon {
                     tracing::warn!(?status, "rsync daemon exited");
                     return Ok(false);
                 }
-                _ = tick.tick() => self.refresh(),
+                _ = tick.tick() => {
+                    let _ = self.refresh();
+                }
                 Some(request) = requests.recv() => self.answer(request),
             }
         }
@@ -433,6 +455,53 @@ mod tests {
             assert!(c.contains(line), "missing {line:?} in\n{c}");
         }
         assert_eq!(settings().url("web-3"), "rsync://10.44.0.1:873/web-3/");
+    }
+
+    /// rsyncd.conf cannot be written (its directory is not a directory): the
+    /// supervisor counts and retries instead of returning an error, which would
+    /// stop DHCP and HTTP with it; once the directory is fixed the file appears.
+    #[tokio::test]
+    async fn a_config_write_error_is_counted_and_retried_not_fatal() {
+        if testkit::prereq::which("rsync").is_none() {
+            testkit::prereq::missing("rsync is not installed (apt-get install rsync)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("state");
+        std::fs::write(&blocker, "a file where state_dir should be").unwrap();
+        let mut settings = RsyncdSettings::new(
+            &blocker.join("inner"),
+            "127.0.0.1".parse().unwrap(),
+            vec!["127.0.0.0/8".into()],
+        );
+        settings.port = testkit::ports::free_port();
+        let mut supervisor = Supervisor::new(settings.clone());
+        supervisor.refresh_every = Duration::from_millis(200);
+        let counters = supervisor.counters.clone();
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(supervisor.run(cancel.clone()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !running.is_finished(),
+            "the supervisor gave up (and would stop the server)"
+        );
+        let failures = counters
+            .rsyncd_config_failures
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(failures >= 1, "the failure was not counted");
+        // Fixed: the next retry writes the file and starts the daemon.
+        std::fs::remove_file(&blocker).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !settings.config_path().is_file() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rsyncd.conf never written"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cancel.cancel();
+        let done = tokio::time::timeout(Duration::from_secs(10), running).await;
+        assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
     }
 
     /// `ensure` reads the file itself and asks the supervisor only for a module the
