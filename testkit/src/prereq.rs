@@ -31,6 +31,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("dnsmasq", "dnsmasq-base"),
     ("perfdhcp", "kea-admin"),
+    ("python3", "python3"),
     ("modprobe", "kmod"),
     ("depmod", "kmod"),
     ("cpio", "cpio"),
