@@ -43,7 +43,7 @@ impl fmt::Display for Contents {
     }
 }
 
-fn at<'a>(buf: &'a [u8], off: usize, len: usize) -> Option<&'a [u8]> {
+fn at(buf: &[u8], off: usize, len: usize) -> Option<&[u8]> {
     buf.get(off..off.checked_add(len)?)
 }
 
