@@ -183,7 +183,10 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     match &config.dhcp_plan {
         None => warn!("DHCP is off (dhcp.mode = \"off\" or no interface): nodes need another DHCP server pointing at this one"),
         Some(plan) => {
-            let core = dhcp_core(&config, plan, &db)?.with_counters(counters.clone());
+            let mut core = dhcp_core(&config, plan, &db)?.with_counters(counters.clone());
+            if config.dhcp.ping_before_offer {
+                core = core.with_probe(&plan.interface);
+            }
             let core = Arc::new(Mutex::new(core));
             let sock = dhcp::server::bind_on_interface(&plan.interface, dhcp::core::SERVER_PORT)?;
             info!(interface = %plan.interface, mode = ?plan.mode, range = ?plan.range, "DHCP listening on port 67");

@@ -164,3 +164,38 @@ ip = "10.44.0.11"
         "no warning in the server log"
     );
 }
+
+/// `ping_before_offer`: a host that holds an address of the range without a
+/// lease (a static one) answers the probe, and the client is offered the next
+/// address; without the probe, the same client is offered the taken one.
+#[test]
+fn ping_before_offer_skips_an_address_a_static_host_holds() {
+    if !can_run(&["busybox"]) {
+        return;
+    }
+    let offered = |probe: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut net = Net::new(if probe { "q" } else { "o" });
+        let config = write_config(
+            dir.path(),
+            &format!(
+                "[server]\ninterface = \"rbr0\"\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"full\"\nrange = [\"10.44.0.100\", \"10.44.0.110\"]\nping_before_offer = {probe}\n"
+            ),
+        );
+        let srv = Server::start(&net, &config);
+        // A machine configured by hand with the range's first address.
+        net.add_static_client("10.44.0.100");
+        let client = net.add_client("52:54:00:cc:00:01");
+        let ip = udhcpc(&net, &client, &[])["ip"].clone();
+        (ip, srv.log_text())
+    };
+    let (ip, log) = offered(true);
+    assert_eq!(ip, "10.44.0.101", "{log}");
+    assert!(
+        log.contains("10.44.0.100 answers ping but has no lease from us"),
+        "{log}"
+    );
+    // The control: the same network without the probe hands out the taken address.
+    let (ip, _) = offered(false);
+    assert_eq!(ip, "10.44.0.100");
+}

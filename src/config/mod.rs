@@ -138,6 +138,11 @@ pub struct DhcpConfig {
     /// How many new clients may come at once (a rack powering on).
     #[serde(default = "default_new_clients_burst")]
     pub new_clients_burst: u32,
+    /// Ping an address before offering it to a client that never had it (as
+    /// dnsmasq does); one that answers is quarantined like a DECLINEd address.
+    /// Off by default: each new client's OFFER then waits up to half a second.
+    #[serde(default)]
+    pub ping_before_offer: bool,
 }
 
 impl Default for DhcpConfig {
@@ -153,6 +158,7 @@ impl Default for DhcpConfig {
             relays: vec![],
             new_clients_per_minute: default_new_clients_per_minute(),
             new_clients_burst: default_new_clients_burst(),
+            ping_before_offer: false,
         }
     }
 }

@@ -64,6 +64,9 @@ pub struct Reply {
     pub dest: SocketAddrV4,
     /// One readable line for the log: what was answered and which boot file.
     pub summary: String,
+    /// An OFFER of an address this client never had: with `ping_before_offer`,
+    /// the server checks nobody answers on it before sending.
+    pub probe: Option<Ipv4Addr>,
 }
 
 #[derive(Debug)]
@@ -85,6 +88,8 @@ pub struct DhcpCore {
     new_clients: TokenBucket,
     counters: Arc<Counters>,
     last_limit_warn: Option<u64>,
+    /// `[dhcp] ping_before_offer`: the interface to probe on.
+    probe_interface: Option<String>,
 }
 
 /// The client's MAC in normal form, or None for non-Ethernet or malformed headers.
@@ -130,6 +135,35 @@ impl DhcpCore {
             new_clients: TokenBucket::new(RateLimit::default(), 0),
             counters: Arc::default(),
             last_limit_warn: None,
+            probe_interface: None,
+        }
+    }
+
+    /// Fresh dynamic OFFERs are to be pinged on `interface` first.
+    pub fn with_probe(mut self, interface: &str) -> DhcpCore {
+        self.probe_interface = Some(interface.to_string());
+        self
+    }
+
+    pub fn probe_interface(&self) -> Option<&str> {
+        self.probe_interface.as_deref()
+    }
+
+    /// Something answered a ping on `ip`, offered a moment ago: the address is
+    /// quarantined like a DECLINEd one, so the next DISCOVER gets another.
+    pub fn address_in_use(&mut self, ip: Ipv4Addr, now: u64) -> Outcome {
+        let quarantine = Lease {
+            ip,
+            mac: String::new(),
+            expires: now + u64::from(self.cfg.quarantine_time),
+            state: LeaseState::Declined,
+        };
+        match self.leases.record(quarantine) {
+            Ok(()) => Outcome::Warn(format!(
+                "{ip} answers ping but has no lease from us (a static address inside dhcp.range?): quarantined for {} s, offering another",
+                self.cfg.quarantine_time
+            )),
+            Err(e) => self.not_persisted(format!("quarantine of {ip}"), e),
         }
     }
 
@@ -253,6 +287,10 @@ impl DhcpCore {
                 else {
                     return Outcome::Ignore(format!("{mac}: no free address in the pool: DISCOVER unanswered; widen dhcp.range or shorten lease_time"));
                 };
+                // New to this client (not its reservation, not its lease or offer):
+                // worth a ping first when probing is on.
+                let fresh = self.leases.reservation(mac).is_none()
+                    && self.leases.by_mac(mac).map(|l| l.ip) != Some(ip);
                 let offered = Lease {
                     ip,
                     mac: mac.into(),
@@ -262,7 +300,9 @@ impl DhcpCore {
                 if let Err(e) = self.leases.record(offered) {
                     return Outcome::Ignore(format!("{mac}: cannot record offer: {e}"));
                 }
-                Outcome::Reply(self.reply(req, MessageType::Offer, ip, &subnet, class, mac))
+                let mut r = self.reply(req, MessageType::Offer, ip, &subnet, class, mac);
+                r.probe = fresh.then_some(ip);
+                Outcome::Reply(r)
             }
             MessageType::Request => self.request(req, mac, class, &subnet, now, lease_secs),
             MessageType::Decline => {
@@ -525,6 +565,7 @@ impl DhcpCore {
             summary: format!("{what} arch={} → {}", class.arch_name(), boot.describe()),
             msg,
             dest,
+            probe: None,
         }
     }
 
@@ -552,6 +593,7 @@ impl DhcpCore {
             msg,
             dest,
             summary: format!("NAK to {mac}: {why}"),
+            probe: None,
         }
     }
 }

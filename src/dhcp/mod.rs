@@ -4,6 +4,7 @@ pub mod core;
 pub mod decode;
 pub mod leases;
 pub mod limits;
+pub mod probe;
 pub mod pxe;
 pub mod server;
 pub mod sqlite;

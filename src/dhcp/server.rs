@@ -1,9 +1,9 @@
 //! The DHCP socket loop: bound to the provisioning interface only (SO_BINDTODEVICE),
 //! one tracing span per transaction, and replies finished before shutdown.
 
-use super::core::{DhcpCore, Outcome, Via};
+use super::core::{DhcpCore, Outcome, Reply, Via};
 use crate::counters::Counters;
-use dhcproto::v4::Message;
+use dhcproto::v4::{Message, MessageType};
 use dhcproto::Encodable;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -81,6 +81,84 @@ pub fn handle_packet(core: &Mutex<DhcpCore>, msg: &Message, via: Via, now: u64) 
     })
 }
 
+/// Encodes and sends `reply`, logging what went where.
+async fn send(socket: &UdpSocket, reply: Reply, kind: Option<MessageType>) {
+    let mut out = Vec::with_capacity(576);
+    if let Err(e) = reply.msg.encode(&mut dhcproto::Encoder::new(&mut out)) {
+        warn!(error = %e, "cannot encode reply");
+        return;
+    }
+    match socket.send_to(&out, reply.dest).await {
+        Ok(_) => info!(
+            "{:?} → {} (to {})",
+            kind.unwrap_or(MessageType::Unknown(0)),
+            reply.summary,
+            reply.dest
+        ),
+        Err(e) => warn!(dest = %reply.dest, error = %e, "cannot send reply"),
+    }
+}
+
+/// How many addresses one DISCOVER may find in use before it goes unanswered.
+const PROBE_TRIES: usize = 3;
+
+/// `ping_before_offer`: pings the offered address and sends the OFFER if nobody
+/// answers; an address that answers is quarantined and the DISCOVER handled
+/// again for another. Runs as its own task, so other clients are not held up.
+async fn probe_then_offer(
+    core: Arc<Mutex<DhcpCore>>,
+    socket: Arc<UdpSocket>,
+    interface: String,
+    msg: Message,
+    via: Via,
+    mut reply: Reply,
+) {
+    let kind = msg.opts().msg_type();
+    for _ in 0..PROBE_TRIES {
+        let Some(ip) = reply.probe else {
+            return send(&socket, reply, kind).await;
+        };
+        let iface = interface.clone();
+        let answered = tokio::task::spawn_blocking(move || {
+            super::probe::in_use(&iface, ip, super::probe::PROBE_WAIT)
+        })
+        .await;
+        match answered {
+            Ok(Ok(false)) => return send(&socket, reply, kind).await,
+            Ok(Ok(true)) => {}
+            Ok(Err(e)) => {
+                warn!(%ip, error = %e, "cannot ping before offering; offering anyway");
+                return send(&socket, reply, kind).await;
+            }
+            Err(e) => {
+                warn!(%ip, error = %e, "the ping probe failed; offering anyway");
+                return send(&socket, reply, kind).await;
+            }
+        }
+        let now = unix_now();
+        let next = tokio::task::block_in_place(|| {
+            if let Outcome::Warn(line) = lock(&core).address_in_use(ip, now) {
+                warn!("{line}");
+            }
+            handle_packet(&core, &msg, via, now)
+        });
+        match next {
+            Outcome::Reply(r) => reply = r,
+            other => return log_outcome(other),
+        }
+    }
+    warn!("{PROBE_TRIES} offered addresses answered ping: DISCOVER unanswered; are static hosts inside dhcp.range?");
+}
+
+fn log_outcome(outcome: Outcome) {
+    match outcome {
+        Outcome::Reply(_) => {}
+        Outcome::Done(line) => info!("{line}"),
+        Outcome::Warn(line) => warn!("{line}"),
+        Outcome::Ignore(why) => debug!("ignored: {why}"),
+    }
+}
+
 /// Serves one socket until `cancel` fires. The in-flight request is always finished:
 /// cancellation is only observed while waiting for the next packet.
 pub async fn run(
@@ -89,7 +167,11 @@ pub async fn run(
     proxy_port: bool,
     cancel: CancellationToken,
 ) -> io::Result<()> {
-    let counters = lock(&core).counters().clone();
+    let (counters, probe_on) = {
+        let c = lock(&core);
+        (c.counters().clone(), c.probe_interface().map(String::from))
+    };
+    let socket = Arc::new(socket);
     let mut buf = vec![0u8; 2048];
     loop {
         let (len, src) = tokio::select! {
@@ -127,26 +209,20 @@ pub async fn run(
             // The lease write fsyncs; keep it off the async workers' hot path.
             let outcome =
                 tokio::task::block_in_place(|| handle_packet(&core, &msg, via, unix_now()));
-            match outcome {
-                Outcome::Reply(reply) => {
-                    let mut out = Vec::with_capacity(576);
-                    if let Err(e) = reply.msg.encode(&mut dhcproto::Encoder::new(&mut out)) {
-                        warn!(error = %e, "cannot encode reply");
-                        return;
-                    }
-                    match socket.send_to(&out, reply.dest).await {
-                        Ok(_) => info!(
-                            "{:?} → {} (to {})",
-                            kind.unwrap_or(dhcproto::v4::MessageType::Unknown(0)),
-                            reply.summary,
-                            reply.dest
-                        ),
-                        Err(e) => warn!(dest = %reply.dest, error = %e, "cannot send reply"),
-                    }
+            match (outcome, &probe_on) {
+                (Outcome::Reply(reply), Some(iface)) if reply.probe.is_some() => {
+                    let task = probe_then_offer(
+                        core.clone(),
+                        socket.clone(),
+                        iface.clone(),
+                        msg.clone(),
+                        via,
+                        reply,
+                    );
+                    tokio::spawn(task.in_current_span());
                 }
-                Outcome::Done(line) => info!("{line}"),
-                Outcome::Warn(line) => warn!("{line}"),
-                Outcome::Ignore(why) => debug!("ignored: {why}"),
+                (Outcome::Reply(reply), _) => send(&socket, reply, kind).await,
+                (other, _) => log_outcome(other),
             }
         }
         .instrument(span)
