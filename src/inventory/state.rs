@@ -83,7 +83,9 @@ pub fn next(from: NodeState, t: Transition) -> Result<NodeState, TransitionError
     use NodeState as S;
     use Transition as T;
     let to = match (from, t) {
-        (S::Discovered | S::Ignored, T::Approve) => S::Pending,
+        // Failed too: a stranger whose disk was refused (it holds data) installs
+        // once an operator approves it.
+        (S::Discovered | S::Ignored | S::Failed, T::Approve) => S::Pending,
         (S::Discovered | S::Pending, T::Ignore) => S::Ignored,
         // Discovered nodes start installing directly when the policy says "install".
         (S::Discovered | S::Pending | S::Failed, T::BeginInstall) => S::Installing,
@@ -175,7 +177,7 @@ mod tests {
     fn every_transition_from_every_state() {
         let want = |from: S, t: T| -> Option<S> {
             Some(match (from, t) {
-                (S::Discovered, T::Approve) | (S::Ignored, T::Approve) => S::Pending,
+                (S::Discovered | S::Ignored | S::Failed, T::Approve) => S::Pending,
                 (S::Discovered, T::Ignore) | (S::Pending, T::Ignore) => S::Ignored,
                 (S::Discovered | S::Pending | S::Failed | S::Installing, T::BeginInstall) => {
                     S::Installing
