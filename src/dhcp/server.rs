@@ -71,9 +71,12 @@ pub fn handle_packet(core: &Mutex<DhcpCore>, msg: &Message, via: Via, now: u64) 
     handled.unwrap_or_else(|_| {
         let mut c = lock(core);
         let total = Counters::bump(&c.counters().dhcp_panics);
-        let state = match c.recover() {
-            Ok(()) => "leases reloaded from the database".to_string(),
-            Err(e) => format!("leases could not be reloaded ({e}); serving from memory"),
+        // The reload reads the store that may just have panicked: guarded too.
+        let reloaded = std::panic::catch_unwind(AssertUnwindSafe(|| c.recover()));
+        let state = match reloaded {
+            Ok(Ok(())) => "leases reloaded from the database".to_string(),
+            Ok(Err(e)) => format!("leases could not be reloaded ({e}); serving from memory"),
+            Err(_) => "reloading the leases panicked too; serving from memory".to_string(),
         };
         Outcome::Warn(format!(
             "handling this packet panicked: dropped ({total} so far), {state}; please report it with this log"
