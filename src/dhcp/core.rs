@@ -152,19 +152,23 @@ impl DhcpCore {
     /// Something answered a ping on `ip`, offered a moment ago: the address is
     /// quarantined like a DECLINEd one, so the next DISCOVER gets another.
     pub fn address_in_use(&mut self, ip: Ipv4Addr, now: u64) -> Outcome {
-        let quarantine = Lease {
-            ip,
-            mac: String::new(),
-            expires: now + u64::from(self.cfg.quarantine_time),
-            state: LeaseState::Declined,
-        };
-        match self.leases.record(quarantine) {
+        match self.quarantine(ip, now) {
             Ok(()) => Outcome::Warn(format!(
                 "{ip} answers ping but has no lease from us (a static address inside dhcp.range?): quarantined for {} s, offering another",
                 self.cfg.quarantine_time
             )),
             Err(e) => self.not_persisted(format!("quarantine of {ip}"), e),
         }
+    }
+
+    /// Keeps `ip` out of the pool for `quarantine_time`: another host uses it.
+    fn quarantine(&mut self, ip: Ipv4Addr, now: u64) -> Result<(), crate::store::StoreError> {
+        self.leases.record(Lease {
+            ip,
+            mac: String::new(),
+            expires: now + u64::from(self.cfg.quarantine_time),
+            state: LeaseState::Declined,
+        })
     }
 
     pub fn with_rate_limit(mut self, limit: RateLimit) -> DhcpCore {
@@ -317,13 +321,7 @@ impl DhcpCore {
                         ))
                     }
                 }
-                let quarantine = Lease {
-                    ip,
-                    mac: String::new(),
-                    expires: now + u64::from(self.cfg.quarantine_time),
-                    state: LeaseState::Declined,
-                };
-                match self.leases.record(quarantine) {
+                match self.quarantine(ip, now) {
                     Ok(()) => Outcome::Done(format!(
                         "{mac}: DECLINE {ip}: address in use by another host, quarantined for {} s",
                         self.cfg.quarantine_time
