@@ -3,9 +3,12 @@
 //! wrong range hands out wrong addresses to a whole rack.
 
 mod image;
+mod policy;
 mod valid;
 
 pub use image::{ImageConfig, ImageMount};
+use policy::check_unknown_policy;
+pub use policy::{RetryPolicy, UnknownPolicy};
 pub use valid::{DeclaredNode, MachineFacts, ValidConfig};
 
 use serde::{Deserialize, Serialize};
@@ -249,43 +252,6 @@ fn default_reboot_after() -> u64 {
 }
 fn default_cmdline() -> String {
     "console=ttyS0,115200".into()
-}
-
-/// `[install] unknown`: what rollout does with machines that PXE-boot undeclared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UnknownPolicy {
-    /// Listed as discovered and left alone (they boot their next device).
-    Ignore,
-    /// Listed as discovered; installed once an operator approves them.
-    Approve,
-    /// Installed right away with the default image under a generated hostname.
-    Install,
-}
-
-impl UnknownPolicy {
-    /// The one default, for the config file and everything that starts without one:
-    /// strangers are listed and wait for an operator (`rollout discovered approve
-    /// MAC`). A provisioning network is rarely private, and "install" would
-    /// repartition any machine that happens to network-boot there.
-    pub const DEFAULT: UnknownPolicy = UnknownPolicy::Approve;
-}
-
-impl Default for UnknownPolicy {
-    fn default() -> Self {
-        UnknownPolicy::DEFAULT
-    }
-}
-
-/// `[install] on_failure`: what a failed node does on its next boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum RetryPolicy {
-    /// Install again.
-    #[default]
-    Retry,
-    /// Stay failed until an operator requests a reinstall.
-    Hold,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -577,27 +543,6 @@ impl Config {
             .iter()
             .find(|n| normalize_mac(&n.mac).as_deref() == Some(mac.as_str()))
     }
-}
-
-/// Proxy mode is for LANs where another server hands out addresses, so every
-/// machine there that network-boots (a desk PC whose BIOS tries PXE first, a
-/// colleague's server) gets rollout's boot offer: with "install" it would be
-/// repartitioned. That policy is accepted there only when the file says so;
-/// `default` is what applies when it does not (a parameter, so the rule is tested
-/// even while the default is safe).
-fn check_unknown_policy(
-    mode: DhcpMode,
-    written: Option<UnknownPolicy>,
-    default: UnknownPolicy,
-) -> Result<(), ConfigError> {
-    if mode == DhcpMode::Proxy && written.is_none() && default == UnknownPolicy::Install {
-        return Err(invalid(
-            "install.unknown",
-            "is not set and would default to \"install\" in proxy mode: on a shared LAN every machine that network-boots gets rollout's offer, and \"install\" repartitions its disk",
-            "set install.unknown = \"approve\" (strangers wait for `rollout discovered approve MAC`), or write unknown = \"install\" explicitly if every machine on this LAN may be wiped",
-        ));
-    }
-    Ok(())
 }
 
 fn check_netmask(key: &str, mask: Ipv4Addr) -> Result<(), ConfigError> {
