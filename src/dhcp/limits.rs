@@ -52,7 +52,10 @@ impl TokenBucket {
         let elapsed = now.saturating_sub(self.last);
         self.last = self.last.max(now);
         let cap = u64::from(self.limit.burst) * 1000;
-        let refill = elapsed.saturating_mul(u64::from(self.limit.per_minute)) * 1000 / 60;
+        let refill = elapsed
+            .saturating_mul(u64::from(self.limit.per_minute))
+            .saturating_mul(1000)
+            / 60;
         self.milli = self.milli.saturating_add(refill).min(cap);
         if self.milli >= 1000 {
             self.milli -= 1000;
@@ -102,6 +105,19 @@ mod tests {
         assert!(b.take(120), "refilled to the burst after a quiet minute");
         let left = (0..100).filter(|_| b.take(10)).count();
         assert_eq!(left, 9);
+    }
+
+    #[test]
+    fn huge_rates_and_clocks_do_not_overflow() {
+        let mut b = TokenBucket::new(
+            RateLimit {
+                per_minute: u32::MAX,
+                burst: u32::MAX,
+            },
+            0,
+        );
+        assert!(b.take(u64::MAX / 2));
+        assert!(b.take(u64::MAX));
     }
 
     #[test]
