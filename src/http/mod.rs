@@ -117,9 +117,10 @@ pub fn api_routes() -> Vec<(String, String)> {
         .collect()
 }
 
-/// `ok`, then one `name count` line per failure the server survived (lease
-/// writes, DHCP panics, rate-limited clients, rsyncd.conf writes): a monitor that
-/// only checks the status still works, one that reads the body sees trouble.
+/// `ok`, then a `name count` line per kind of failure the server survived, if
+/// any (lease writes, DHCP panics, rate-limited clients, rsyncd.conf writes): a
+/// monitor that only checks the status still works, one that reads the body
+/// sees trouble.
 async fn healthz(State(state): State<Shared>) -> String {
     format!("ok\n{}", state.counters.render())
 }
