@@ -60,6 +60,7 @@ pub(crate) fn inventory_error(e: InventoryError) -> Response {
         InventoryError::UnknownInstall(_) | InventoryError::UnknownNode(_) => StatusCode::NOT_FOUND,
         InventoryError::Transition { .. } | InventoryError::Conflict(_) => StatusCode::CONFLICT,
         InventoryError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        InventoryError::Refused { .. } => StatusCode::TOO_MANY_REQUESTS,
     };
     error(status, e.to_string())
 }
