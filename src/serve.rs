@@ -241,6 +241,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         admin_token,
         ssh_keys,
         rsync_modules,
+        shutdown: cancel.clone(),
     });
 
     let c = cancel.clone();
