@@ -164,11 +164,38 @@ fn server_ssh_key(state_dir: &std::path::Path) -> Option<String> {
         .map(|k| k.trim().to_string())
 }
 
+/// Raises the soft open-files limit to the hard one: every TFTP transfer and HTTP
+/// connection holds a descriptor, and the usual soft limit (1024) is below what the
+/// caps (`tftp::MAX_TRANSFERS`, `http::listen::Limits`) allow together.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+            let before = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            before == lim.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+        }
+    };
+    if raised {
+        info!(open_files = lim.rlim_cur, "open-files limit");
+    } else {
+        warn!(
+            "cannot raise the open-files limit (RLIMIT_NOFILE): {}; many concurrent TFTP/HTTP clients may be refused",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Binds everything first (so a taken port or a missing interface is an error at
 /// startup, with a non-zero exit), then serves until `cancel` fires. The machine
 /// checks are `ValidConfig::try_from` (`crate::preflight`), which `check-config`
 /// runs too.
 pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(), ServeError> {
+    raise_fd_limit();
     std::fs::create_dir_all(config.state_dir.join("boot")).map_err(|source| {
         ServeError::StateDir {
             path: config.state_dir.clone(),

@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 const CLIENT_IP: &str = "10.44.0.50";
 
 fn serve(tag: &str) -> (tempfile::TempDir, Net, Server) {
+    let (dir, net, srv, _) = serve_with_iface(tag);
+    (dir, net, srv)
+}
+
+fn serve_with_iface(tag: &str) -> (tempfile::TempDir, Net, Server, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut net = Net::new(tag);
     let config = write_config(
@@ -18,8 +23,8 @@ fn serve(tag: &str) -> (tempfile::TempDir, Net, Server) {
         "[server]\ninterface = \"rbr0\"\naddress = \"10.44.0.1\"\n[dhcp]\nmode = \"off\"\n",
     );
     let srv = Server::start(&net, &config);
-    net.add_static_client(CLIENT_IP);
-    (dir, net, srv)
+    let iface = net.add_static_client(CLIENT_IP);
+    (dir, net, srv, iface)
 }
 
 /// curl from the client namespace: (exit ok, HTTP status, body).
@@ -155,4 +160,109 @@ fn sigterm_with_a_live_stream_open_exits_promptly() {
     // The stream ended with the server, not at curl's own timeout.
     let curl_done = stream.wait().unwrap();
     assert!(start.elapsed() < Duration::from_secs(10), "{curl_done}");
+}
+
+/// Sends `count` read requests for `file`, each from its own port of `source`,
+/// acknowledges nothing, and prints one JSON line: how many requests went out and
+/// how many first replies were TFTP errors and how many DATA/OACK (a transfer
+/// started). Then it holds its sockets open (unacknowledged) until killed or 60 s.
+const FLOOD: &str = r#"
+import json, resource, selectors, socket, sys, time
+source, server, file, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+sel = selectors.DefaultSelector()
+socks = []
+rrq = b"\x00\x01" + file.encode() + b"\x00octet\x00"
+for i in range(count):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((source, 0))
+    s.setblocking(False)
+    s.sendto(rrq, (server, 69))
+    sel.register(s, selectors.EVENT_READ)
+    socks.append(s)
+    if i % 100 == 99:
+        time.sleep(0.01)
+seen, replies = set(), {"error": 0, "started": 0}
+end = time.time() + 3
+while time.time() < end and len(seen) < count:
+    for key, _ in sel.select(timeout=0.2):
+        s = key.fileobj
+        try:
+            data = s.recv(65536)
+        except OSError:
+            continue
+        if s in seen:
+            continue
+        seen.add(s)
+        replies["error" if data[:2] == b"\x00\x05" else "started"] += 1
+print(json.dumps({"sent": count, **replies}), flush=True)
+time.sleep(60)
+"#;
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn tftp_holds_up_under_a_flood_of_unacknowledged_reads() {
+    if !can_run(&["curl", "python3"]) {
+        return;
+    }
+    const FLOODER: &str = "10.44.0.51";
+    const REQUESTS: usize = 1500;
+    /// The server's descriptors: ~20 of its own (database, listeners, rsync
+    /// daemon pipes, runtime; 21 measured here) plus at most 16 transfers for the
+    /// flooding address (tftp::MAX_TRANSFERS_PER_CLIENT), the fetch below and a
+    /// few HTTP connections. Without the per-client cap the flood held ~470.
+    const FD_BOUND: usize = 64;
+    let (_dir, net, srv, iface) = serve_with_iface("lf");
+    net.cli
+        .ip(&["addr", "add", &format!("{FLOODER}/24"), "dev", &iface])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let before = fd_count(srv.child.id());
+    let mut flood = net
+        .in_cli(&["python3", "-c", FLOOD, FLOODER, SERVER_IP, "undionly.kpxe"])
+        .arg(REQUESTS.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flood.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let during = fd_count(srv.child.id());
+    let replies: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("flood sender said {line:?}: {e}"));
+    // With every flood request still unacknowledged: the server answers and serves.
+    assert!(healthy(&net), "/healthz does not answer during the flood");
+    let want = std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap();
+    let (ok, _, body) = curl(&net, &["tftp://10.44.0.1/undionly.kpxe"]);
+    assert!(ok, "a normal TFTP fetch failed during the flood");
+    assert_eq!(body, want, "the TFTP fetch is not byte-identical");
+    let after = fd_count(srv.child.id());
+    let _ = flood.kill();
+    let _ = flood.wait();
+    eprintln!(
+        "flood replies {replies}; server fds {before} before, {during} during, {after} after"
+    );
+    assert!(
+        during < FD_BOUND && after < FD_BOUND,
+        "server fds: {before} before, {during} during, {after} after the flood (bound {FD_BOUND})"
+    );
+    // At most 16 transfers started for the flooding address; the rest were told
+    // "busy" with a TFTP error packet rather than left waiting.
+    let (started, errors) = (
+        replies["started"].as_u64().unwrap(),
+        replies["error"].as_u64().unwrap(),
+    );
+    assert!(started <= 16, "{replies}");
+    assert!(errors >= 1400, "too few error replies: {replies}");
+    assert!(srv
+        .log_text()
+        .contains("answering the excess with an error"));
 }
