@@ -1,7 +1,8 @@
 //! Bounded resources, tried as an attacker on the provisioning network would:
 //! slowloris HTTP clients, oversized bodies, a live stream held across shutdown, a
 //! flood of never-acknowledged TFTP reads; each against `rollout serve` in
-//! namespaces the test makes, with the legitimate path checked afterwards.
+//! namespaces the test makes, with the legitimate path checked afterwards. And
+//! the state directory's secrets, as `rollout serve` leaves them.
 
 mod common;
 use common::*;
@@ -265,4 +266,50 @@ fn tftp_holds_up_under_a_flood_of_unacknowledged_reads() {
     assert!(srv
         .log_text()
         .contains("answering the excess with an error"));
+}
+
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn the_state_dir_is_private_and_its_secrets_0600() {
+    if !can_run(&["curl", "ssh-keygen"]) {
+        return;
+    }
+    let (dir, _net, mut srv) = serve("lm");
+    let state = dir.path().join("state");
+    let expected = [
+        (state.clone(), 0o700),
+        (state.join("admin.token"), 0o600),
+        (state.join("ssh"), 0o700),
+        (state.join("ssh/id_ed25519"), 0o600),
+    ];
+    for (path, want) in &expected {
+        assert_eq!(mode(path), *want, "{} on a fresh state_dir", path.display());
+    }
+    let token = std::fs::read_to_string(state.join("admin.token")).unwrap();
+    assert_eq!(token.trim().len(), 48, "{token:?}");
+    assert!(srv.stop().success());
+    // Loosened by hand (a careless copy, a umask): the next start narrows them
+    // again, says so, and keeps the token.
+    use std::os::unix::fs::PermissionsExt;
+    for (path, _) in &expected {
+        let wide = if path.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(wide)).unwrap();
+    }
+    let net = Net::new("ln");
+    let srv = Server::start(&net, &srv.config);
+    for (path, want) in &expected {
+        assert_eq!(mode(path), *want, "{} after a restart", path.display());
+    }
+    assert_eq!(
+        std::fs::read_to_string(state.join("admin.token")).unwrap(),
+        token
+    );
+    assert!(srv.log_text().contains("narrowed permissions of"));
 }
