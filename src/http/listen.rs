@@ -133,6 +133,7 @@ pub async fn serve(
 mod tests {
     use super::*;
     use axum::routing::get;
+    use futures_lite::StreamExt;
     use std::io::{Read, Write};
     use std::net::SocketAddr;
 
@@ -151,7 +152,18 @@ mod tests {
     async fn caps_connections_and_times_out_silent_clients() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = Router::new().route("/", get(|| async { "hello" }));
+        // A response that takes longer than the header timeout (a slow
+        // download, a live stream) is not cut by it.
+        let slow = || async {
+            let chunks = futures_lite::stream::iter(0..3).then(|i| async move {
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                Ok::<_, std::convert::Infallible>(format!("chunk{i} "))
+            });
+            axum::body::Body::from_stream(chunks)
+        };
+        let app = Router::new()
+            .route("/", get(|| async { "hello" }))
+            .route("/slow", get(slow));
         let limits = Limits {
             max_connections: 2,
             header_read: Duration::from_millis(1500),
@@ -178,6 +190,16 @@ mod tests {
             assert!(
                 ok.starts_with("HTTP/1.1 200") && ok.ends_with("hello"),
                 "{ok}"
+            );
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut body = String::new();
+            s.read_to_string(&mut body).unwrap();
+            assert!(
+                body.contains("chunk0 ") && body.contains("chunk2 "),
+                "{body}"
             );
         })
         .await
