@@ -120,8 +120,10 @@ pub struct RefusalReport {
 }
 
 impl DiscoveryLimiter {
-    /// Admits one new record at `now` (seconds) when `total` discovered ones exist.
-    pub fn admit(&mut self, now: u64, total: usize) -> Result<(), RefusalReport> {
+    /// Admits one new record at `now` (seconds); `total` counts the discovered
+    /// records that exist, and is only called when the rate allows one more (so
+    /// a flood costs no database scan per request).
+    pub fn admit(&mut self, now: u64, total: impl FnOnce() -> usize) -> Result<(), RefusalReport> {
         while self
             .recent
             .front()
@@ -129,13 +131,16 @@ impl DiscoveryLimiter {
         {
             self.recent.pop_front();
         }
-        let reason = if total >= MAX_DISCOVERED {
-            DiscoveryRefusal::Full { total }
-        } else if self.recent.len() >= DISCOVERED_PER_MINUTE {
+        let reason = if self.recent.len() >= DISCOVERED_PER_MINUTE {
             DiscoveryRefusal::TooFast
         } else {
-            self.recent.push_back(now);
-            return Ok(());
+            match total() {
+                total if total >= MAX_DISCOVERED => DiscoveryRefusal::Full { total },
+                _ => {
+                    self.recent.push_back(now);
+                    return Ok(());
+                }
+            }
         };
         self.refused += 1;
         let due = !matches!(self.warned_at, Some(t) if now.saturating_sub(t) < 60);
@@ -188,15 +193,17 @@ mod tests {
     fn strangers_are_admitted_at_a_bounded_rate_and_up_to_a_total() {
         let mut l = DiscoveryLimiter::default();
         for _ in 0..DISCOVERED_PER_MINUTE {
-            l.admit(1000, 0).unwrap();
+            l.admit(1000, || 0).unwrap();
         }
-        let r = l.admit(1010, 0).unwrap_err();
+        let r = l
+            .admit(1010, || unreachable!("no count while too fast"))
+            .unwrap_err();
         assert_eq!((r.reason, r.warn), (DiscoveryRefusal::TooFast, Some(1)));
         // Within the same minute: refused, counted, not warned again.
-        assert_eq!(l.admit(1020, 0).unwrap_err().warn, None);
+        assert_eq!(l.admit(1020, || 0).unwrap_err().warn, None);
         // A minute after the burst the window is free again.
-        l.admit(1060, 0).unwrap();
-        let r = l.admit(1071, MAX_DISCOVERED).unwrap_err();
+        l.admit(1060, || 0).unwrap();
+        let r = l.admit(1071, || MAX_DISCOVERED).unwrap_err();
         assert_eq!(
             (r.reason, r.warn),
             (

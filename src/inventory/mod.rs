@@ -368,17 +368,25 @@ impl Inventory {
     /// Lets a new discovered record in, or refuses it (too many, or too fast),
     /// warning at most once a minute with how many were refused.
     fn admit_stranger(&self, mac: &str) -> Result<(), InventoryError> {
-        let total = self
-            .store
-            .list()?
-            .iter()
-            .filter(|r| r.source == Source::Discovered)
-            .count();
+        let mut failed = None;
+        let total = || match self.store.list() {
+            Ok(all) => all
+                .iter()
+                .filter(|r| r.source == Source::Discovered)
+                .count(),
+            Err(e) => {
+                failed = Some(e);
+                0
+            }
+        };
         let admitted = self
             .discovery
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .admit(now(), total);
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
         admitted.map_err(|report| {
             if let Some(n) = report.warn {
                 tracing::warn!(%mac, refused = n, "not recording undeclared machines: {}", report.reason);
