@@ -119,17 +119,26 @@ pub fn api_routes() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Request bodies larger than this are refused with 413. The largest legitimate
-/// ones are node declarations and failure reports (a console tail of ~30 lines).
+/// Request bodies larger than this are refused with 413: node declarations and
+/// dashboard forms are a few hundred bytes.
 pub const BODY_LIMIT: usize = 64 << 10;
 /// Phone-home carries a MAC, a hostname, a serial and a boot id.
 pub const PHONE_HOME_LIMIT: usize = 4 << 10;
+/// An installer event; a failure report carries the error (which may quote a
+/// command's whole output) and 30 console lines. Generous, so a report is never
+/// lost to the limit: the node store keeps only the first KiB of each text
+/// (`inventory::limits`).
+pub const EVENT_LIMIT: usize = 256 << 10;
 
 /// The body limit of an API path: phone-home (sent by every installed node, no
-/// install token) is the smallest; everything else gets [`BODY_LIMIT`].
+/// install token) is the smallest, installer events the largest; everything
+/// else gets [`BODY_LIMIT`].
 pub fn body_limit(path: &str) -> usize {
-    if path == crate::wire::paths::PHONE_HOME {
+    use crate::wire::paths;
+    if path == paths::PHONE_HOME {
         PHONE_HOME_LIMIT
+    } else if path.starts_with(paths::INSTALLS) && path.ends_with("/events") {
+        EVENT_LIMIT
     } else {
         BODY_LIMIT
     }
@@ -171,4 +180,25 @@ pub async fn run(
     listen::serve(listener, router(state), listen::Limits::default(), cancel)
         .await
         .map_err(HttpError::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_api_path_has_a_body_limit_phone_home_the_smallest() {
+        let limits: Vec<(String, usize)> = api_routes()
+            .into_iter()
+            .map(|(_, path)| {
+                let limit = body_limit(&path);
+                (path, limit)
+            })
+            .collect();
+        let of = |p: &str| limits.iter().find(|(path, _)| path == p).unwrap().1;
+        assert_eq!(of(crate::wire::paths::PHONE_HOME), PHONE_HOME_LIMIT);
+        assert_eq!(of("/api/v1/installs/{id}/events"), EVENT_LIMIT);
+        assert_eq!(of("/api/v1/nodes"), BODY_LIMIT);
+        assert!(limits.iter().all(|(_, l)| *l <= EVENT_LIMIT));
+    }
 }
