@@ -220,10 +220,33 @@ fn tftp_holds_up_under_a_flood_of_unacknowledged_reads() {
     /// flooding address (tftp::MAX_TRANSFERS_PER_CLIENT), the fetch below and a
     /// few HTTP connections. Without the per-client cap the flood held ~470.
     const FD_BOUND: usize = 64;
+    // Start the server with a low soft open-files limit (inherited), as many
+    // systems have, to see serve raise it.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain calls on a struct we own.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_max > 1024 {
+            lim.rlim_cur = 1024;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+    }
     let (_dir, net, srv, iface) = serve_with_iface("lf");
     net.cli
         .ip(&["addr", "add", &format!("{FLOODER}/24"), "dev", &iface])
         .unwrap_or_else(|e| panic!("{e}"));
+    // serve raised its soft open-files limit to the hard one.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", srv.child.id())).unwrap();
+    let files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(files[3], files[4], "soft != hard: {files:?}");
     let before = fd_count(srv.child.id());
     let mut flood = net
         .in_cli(&["python3", "-c", FLOOD, FLOODER, SERVER_IP, "undionly.kpxe"])
