@@ -31,8 +31,10 @@ impl Client {
         }
     }
 
-    /// The server named by the config; the admin token from the config or the
-    /// state directory (readable by root only), or ROLLOUT_TOKEN.
+    /// The server named by the config, and the credential every call sends
+    /// (reads need one too): ROLLOUT_TOKEN (an operator's token from `rollout
+    /// operator add`, whose role the server checks), else the admin token from
+    /// the config or the state directory (readable by root only).
     pub fn from_config(config: &Config) -> Result<Client, ClientError> {
         let base = match (config.server.listen, config.server.address) {
             (Some(listen), _) if !listen.is_unspecified() => {

@@ -34,6 +34,10 @@ pub enum ServeError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    AdminToken(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Operators(#[from] crate::operators::OperatorError),
     #[error("a service stopped unexpectedly: {0}")]
     Task(String),
 }
@@ -110,9 +114,10 @@ fn admin_token(config: &ValidConfig) -> Result<String, ServeError> {
     }
     let path = config.state_dir.join("admin.token");
     if let Ok(t) = std::fs::read_to_string(&path) {
-        if !t.trim().is_empty() {
-            return Ok(t.trim().to_string());
-        }
+        // An empty file is refused too: rollout never regenerates over an
+        // operator's file, which may be a mistake they should see.
+        crate::config::check_admin_token(&path.display().to_string(), &t)?;
+        return Ok(t.trim().to_string());
     }
     let token = crate::inventory::random_hex(24);
     use std::os::unix::fs::OpenOptionsExt;
@@ -206,6 +211,8 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     let inventory = Arc::new(Inventory::open(&db, policy)?);
     declare_config_nodes(&config, &inventory)?;
     let admin_token = admin_token(&config)?;
+    let operators = Arc::new(crate::operators::Operators::open(&db)?);
+    let sessions = http::Sessions::new(config.server.session_lifetime);
     let ssh_keys = server_ssh_key(&config.state_dir).into_iter().collect();
     let c = cancel.clone();
     let sweeper_inventory = inventory.clone();
@@ -239,6 +246,8 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         config,
         inventory,
         admin_token,
+        operators,
+        sessions,
         ssh_keys,
         rsync_modules,
     });

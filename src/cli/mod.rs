@@ -2,6 +2,7 @@
 //! its subcommands (images, initramfs, nodes, fleet).
 
 pub mod nodes;
+pub mod operators;
 
 use crate::api_client as client;
 use anyhow::Context;
@@ -43,6 +44,9 @@ pub enum Command {
     /// Machines that PXE-booted without being declared.
     #[command(subcommand)]
     Discovered(nodes::DiscoveredCmd),
+    /// Named operator credentials with a role (read, maintain, admin).
+    #[command(subcommand)]
+    Operator(operators::OperatorCmd),
     /// Live progress of every install, until interrupted.
     Watch(nodes::WatchArgs),
     /// Run a command on nodes over SSH with the server's key.
@@ -119,6 +123,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Discovered(cmd) => {
             nodes::run_discovered(cmd, &client::Client::from_config(&load(&cli.config)?)?)?
+        }
+        Command::Operator(cmd) => {
+            operators::run(cmd, &client::Client::from_config(&load(&cli.config)?)?)?
         }
         Command::Watch(args) => {
             nodes::watch(args, &client::Client::from_config(&load(&cli.config)?)?)?

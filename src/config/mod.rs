@@ -71,8 +71,34 @@ pub struct ServerConfig {
     pub listen: Option<Ipv4Addr>,
     #[serde(default = "default_rsync_port")]
     pub rsync_port: u16,
-    /// Token for API calls that change state; generated into state_dir/admin.token if unset.
+    /// The admin's token (any API call, every role); generated into
+    /// state_dir/admin.token if unset. At least [`MIN_ADMIN_TOKEN_LEN`] characters.
     pub admin_token: Option<String>,
+    /// Let anyone who reaches the server read the dashboard and the operator API
+    /// without a credential. Off by default: every read needs a token of any role.
+    #[serde(default)]
+    pub anonymous_read: bool,
+    /// Seconds a dashboard sign-in lasts (sessions are kept in memory, so a
+    /// restart also ends them).
+    #[serde(default = "default_session_lifetime")]
+    pub session_lifetime: u64,
+}
+
+/// Shortest admin token `serve` accepts: 32 characters (128 bits as hex).
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
+/// Refuses an empty or short admin token; `source` names where it came from
+/// (the config key or the token file) so the message says what to fix.
+pub fn check_admin_token(source: &str, token: &str) -> Result<(), ConfigError> {
+    let len = token.trim().chars().count();
+    if len >= MIN_ADMIN_TOKEN_LEN {
+        return Ok(());
+    }
+    Err(invalid(
+        source,
+        format!("the admin token is {len} characters long, shorter than the minimum of {MIN_ADMIN_TOKEN_LEN}"),
+        "use a random one, e.g. `openssl rand -hex 24` (48 characters), or remove server.admin_token and delete state_dir/admin.token so `rollout serve` generates one",
+    ))
 }
 
 impl Default for ServerConfig {
@@ -86,6 +112,8 @@ impl Default for ServerConfig {
             listen: None,
             rsync_port: default_rsync_port(),
             admin_token: None,
+            anonymous_read: false,
+            session_lifetime: default_session_lifetime(),
         }
     }
 }
@@ -98,6 +126,9 @@ fn default_tftp_port() -> u16 {
 }
 fn default_rsync_port() -> u16 {
     873
+}
+fn default_session_lifetime() -> u64 {
+    8 * 3600
 }
 fn default_tftp_root() -> PathBuf {
     PathBuf::from("/usr/lib/ipxe")
@@ -309,6 +340,16 @@ impl Config {
                 "state_dir",
                 "is empty",
                 "set it to a directory such as /var/lib/rollout",
+            ));
+        }
+        if let Some(token) = &self.server.admin_token {
+            check_admin_token("server.admin_token", token)?;
+        }
+        if self.server.session_lifetime == 0 {
+            return Err(invalid(
+                "server.session_lifetime",
+                "is 0, so no dashboard sign-in would last",
+                "give the number of seconds a sign-in lasts, e.g. 28800 (8 hours)",
             ));
         }
         let d = &self.dhcp;
