@@ -180,6 +180,9 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
             source,
         }
     })?;
+    // Before any port is bound: a refused token stops startup at once, and the
+    // file exists by the time clients can connect and read it.
+    let admin_token = admin_token(&config)?;
     let db = config.state_dir.join("rollout.db");
     let tftp_root = config.tftp_root.clone();
     let mut tasks = JoinSet::new();
@@ -210,7 +213,6 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     let policy = crate::inventory::Policy::from(&config.install);
     let inventory = Arc::new(Inventory::open(&db, policy)?);
     declare_config_nodes(&config, &inventory)?;
-    let admin_token = admin_token(&config)?;
     let operators = Arc::new(crate::operators::Operators::open(&db)?);
     let sessions = http::Sessions::new(config.server.session_lifetime);
     let ssh_keys = server_ssh_key(&config.state_dir).into_iter().collect();

@@ -5,12 +5,17 @@
 //! session cookie (see `auth`); pages need one unless `server.anonymous_read`,
 //! and every form carries the session's CSRF token.
 
+
+// Checks return a ready Response as the error, as axum handlers do (see admin.rs).
+#![allow(clippy::result_large_err)]
+
 use super::admin::image_list;
 use super::auth::{self, Principal};
 use super::Shared;
 use crate::inventory::{NodeRecord, NodeState, OperatorAction};
 use crate::operators::Role;
 use askama::Template;
+use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -273,17 +278,19 @@ struct CsrfForm {
 }
 
 /// The operator behind a dashboard form post, checked for its CSRF token and
-/// `needed`; not signed in → the sign-in page.
+/// `needed`; not signed in → the sign-in page. A body that is no form at all
+/// counts as a form without a CSRF token (refused 403 with a session).
 fn form_poster(
     state: &Shared,
     headers: &HeaderMap,
-    form: &CsrfForm,
+    form: Result<Form<CsrfForm>, FormRejection>,
     needed: Role,
 ) -> Result<Principal, Response> {
     let Some(p) = auth::authenticate(state, headers)? else {
         return Err(Redirect::to("/login").into_response());
     };
-    auth::check_csrf(&p, form.csrf.as_deref())?;
+    let csrf = form.ok().and_then(|Form(f)| f.csrf);
+    auth::check_csrf(&p, csrf.as_deref())?;
     if p.role < needed {
         return Err((StatusCode::FORBIDDEN, auth::role_refusal(&p, needed)).into_response());
     }
@@ -294,9 +301,9 @@ async fn reinstall(
     State(state): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    let who = match form_poster(&state, &headers, &form, Role::Maintain) {
+    let who = match form_poster(&state, &headers, form, Role::Maintain) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -437,9 +444,9 @@ async fn login(
 async fn logout(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    let who = match form_poster(&state, &headers, &form, Role::Read) {
+    let who = match form_poster(&state, &headers, form, Role::Read) {
         Ok(p) => p,
         Err(r) => return r,
     };
