@@ -103,6 +103,12 @@ impl Client {
         self.decode(&url, r)
     }
 
+    /// A POST whose answer has no body (204).
+    pub fn post_no_content(&self, path: &str, body: serde_json::Value) -> Result<(), ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.call(self.agent.post(&url), Some(body)).map(|_| ())
+    }
+
     pub fn delete(&self, path: &str) -> Result<(), ClientError> {
         let url = format!("{}{path}", self.base);
         self.call(self.agent.delete(&url), None).map(|_| ())

@@ -352,13 +352,47 @@ fn roles_allow_what_they_name_and_a_revoked_token_stops_at_once() {
     let (ok, _, err) = rollout(&cfg, Some(&ops), &["node", "reinstall", "node1"]);
     assert!(ok, "{err}");
     assert_eq!(node_state(&s), "pending");
+    // exec and sync go over SSH from the CLI; the CLI first announces each run to
+    // the server, which refuses a read credential before any SSH is tried.
+    let (ok, _, err) = rollout(&cfg, Some(&viewer), &["exec", "--all", "--", "true"]);
+    assert!(
+        !ok && err.contains("needs role maintain; viewer has read"),
+        "{err}"
+    );
+    let (ok, _, err) = rollout(&cfg, Some(&viewer), &["sync", "--nodes", "node1"]);
+    assert!(
+        !ok && err.contains("needs role maintain; viewer has read"),
+        "{err}"
+    );
+    assert!(!s
+        .history_kinds("node1")
+        .iter()
+        .any(|k| k == "exec" || k == "sync"));
+    let r = call(
+        &ops,
+        "POST",
+        "/api/v1/nodes/node1/runs",
+        Some(json!({"action": "exec", "command": "uptime"})),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let (_, hist) = s.req("GET", "/api/v1/nodes/node1/history", None, true);
+    let last = hist.as_array().unwrap().last().unwrap()["event"].clone();
+    assert_eq!(
+        last,
+        json!({"kind": "exec", "by": "ops", "command": "uptime"})
+    );
     // admin: declares.
     let r = call(&boss, "POST", "/api/v1/nodes", Some(node5));
     assert_eq!(r.status, 200, "{}", r.body);
     // History and the server log say who did what.
     let (_, hist) = s.req("GET", "/api/v1/nodes/node1/history", None, true);
-    let last = hist.as_array().unwrap().last().unwrap()["event"].clone();
-    assert_eq!(last, json!({"kind": "reinstall_requested", "by": "ops"}));
+    assert!(
+        hist.as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["event"] == json!({"kind": "reinstall_requested", "by": "ops"})),
+        "{hist}"
+    );
     let (_, hist) = s.req("GET", "/api/v1/nodes/node5/history", None, true);
     assert_eq!(hist[0]["event"]["by"], "boss", "{hist}");
     let (ok, out, _) = rollout(&cfg, None, &["node", "show", "node1"]);

@@ -73,6 +73,28 @@ fn load(path: &std::path::Path) -> anyhow::Result<crate::config::Config> {
         .with_context(|| "rollout needs its config file; pass --config FILE or set ROLLOUT_CONFIG")
 }
 
+/// `exec` and `sync` run over SSH from here, with the server's key in state_dir,
+/// not through the server. Before any SSH, each selected node's run is announced
+/// to the server, which checks the credential's role (`maintain`) and records who
+/// ran what in the node's history and its log; a refusal stops the command here.
+fn announce_runs(
+    config: &crate::config::Config,
+    target: &crate::fleet::Target,
+    action: &str,
+    command: Option<String>,
+) -> anyhow::Result<()> {
+    let client = client::Client::from_config(config)?;
+    for n in crate::fleet::fetch_nodes(config, target)? {
+        client
+            .post_no_content(
+                &format!("/api/v1/nodes/{}/runs", n.mac),
+                serde_json::json!({"action": action, "command": command}),
+            )
+            .with_context(|| format!("the server refused `rollout {action}` on {}", n.hostname))?;
+    }
+    Ok(())
+}
+
 /// `exec` and `sync` print their own summary; the exit code carries the verdict.
 fn exit_on_failure(code: i32) {
     if code != 0 {
@@ -130,8 +152,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => {
             nodes::watch(args, &client::Client::from_config(&load(&cli.config)?)?)?
         }
-        Command::Exec(args) => exit_on_failure(crate::fleet::run_exec(args, &load(&cli.config)?)?),
-        Command::Sync(args) => exit_on_failure(crate::fleet::run_sync(args, &load(&cli.config)?)?),
+        Command::Exec(args) => {
+            let config = load(&cli.config)?;
+            announce_runs(&config, &args.target, "exec", Some(args.command.join(" ")))?;
+            exit_on_failure(crate::fleet::run_exec(args, &config)?)
+        }
+        Command::Sync(args) => {
+            let config = load(&cli.config)?;
+            announce_runs(&config, &args.target, "sync", None)?;
+            exit_on_failure(crate::fleet::run_sync(args, &config)?)
+        }
     }
     Ok(())
 }

@@ -29,6 +29,7 @@ pub fn routes() -> Vec<ApiRoute> {
         route(Method::GET, "/api/v1/nodes/{id}", get_node),
         route(Method::DELETE, "/api/v1/nodes/{id}", delete_node),
         route(Method::POST, "/api/v1/nodes/{id}/reinstall", reinstall),
+        route(Method::POST, "/api/v1/nodes/{id}/runs", run),
         route(Method::GET, "/api/v1/nodes/{id}/history", history),
         route(Method::GET, "/api/v1/discovered", discovered),
         route(Method::POST, "/api/v1/discovered/{mac}/approve", approve),
@@ -300,6 +301,54 @@ async fn ignore(
     Path(mac): Path<String>,
 ) -> Response {
     transition(state, headers, mac, OperatorAction::Ignore, Role::Admin).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunInput {
+    action: String,
+    command: Option<String>,
+}
+
+/// `rollout exec` and `rollout sync` run over SSH from the CLI, not through the
+/// server; before starting on a node the CLI announces the run here, which needs
+/// `maintain` and records who ran what in the node's history and the log.
+async fn run(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let who = match require_api(&state, &headers, Role::Maintain) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let input: RunInput = match serde_json::from_slice(&body) {
+        Ok(i) => i,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not a run: {e}; send JSON like {{\"action\": \"exec\", \"command\": \"uptime\"}}")),
+    };
+    if !matches!(input.action.as_str(), "exec" | "sync") {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("action {:?} is not a run; use exec or sync", input.action),
+        );
+    }
+    let node = match lookup(&state, &id) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let mut event = json!({"kind": input.action, "by": who.name});
+    if let Some(c) = &input.command {
+        // Enough to tell runs apart; the history is no place for a whole script.
+        event["command"] = c.chars().take(500).collect::<String>().into();
+    }
+    match blocking(|| state.inventory.note(&node.mac, event)) {
+        Ok(()) => {
+            audit(&who, &input.action, &node);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => inventory_error(e),
+    }
 }
 
 async fn discovered(State(state): State<Shared>, headers: HeaderMap) -> Response {

@@ -11,7 +11,6 @@
 //! on its own, never that token. Bearer calls need none, since browsers never
 //! add an Authorization header by themselves.
 
-
 // Checks return a ready Response as the error, as axum handlers do (see admin.rs).
 #![allow(clippy::result_large_err)]
 

@@ -5,7 +5,6 @@
 //! session cookie (see `auth`); pages need one unless `server.anonymous_read`,
 //! and every form carries the session's CSRF token.
 
-
 // Checks return a ready Response as the error, as axum handlers do (see admin.rs).
 #![allow(clippy::result_large_err)]
 

@@ -515,6 +515,18 @@ impl Inventory {
         self.apply(mac, action, Some(by))
     }
 
+    /// Adds a history row about something done to the node outside the server
+    /// (an operator's `rollout exec` or `sync` over SSH); the record is unchanged.
+    pub fn note(&self, mac: &str, event: serde_json::Value) -> Result<(), InventoryError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let rec = self
+            .store
+            .get(mac)?
+            .ok_or_else(|| InventoryError::UnknownNode(mac.into()))?;
+        self.store.save(&rec, Some(&event))?;
+        Ok(())
+    }
+
     /// The node installs again on its next boot.
     pub fn request_reinstall(&self, mac: &str) -> Result<NodeRecord, InventoryError> {
         self.apply(mac, OperatorAction::Reinstall, None)
