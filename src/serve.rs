@@ -34,8 +34,11 @@ pub enum ServeError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error(transparent)]
-    AdminToken(#[from] crate::config::ConfigError),
+    #[error("admin token file {path}: {problem}; {fix}", fix = crate::config::ADMIN_TOKEN_FIX)]
+    AdminToken {
+        path: std::path::PathBuf,
+        problem: String,
+    },
     #[error(transparent)]
     Operators(#[from] crate::operators::OperatorError),
     #[error("a service stopped unexpectedly: {0}")]
@@ -116,7 +119,9 @@ fn admin_token(config: &ValidConfig) -> Result<String, ServeError> {
     if let Ok(t) = std::fs::read_to_string(&path) {
         // An empty file is refused too: rollout never regenerates over an
         // operator's file, which may be a mistake they should see.
-        crate::config::check_admin_token(&path.display().to_string(), &t)?;
+        if let Some(problem) = crate::config::admin_token_problem(&t) {
+            return Err(ServeError::AdminToken { path, problem });
+        }
         return Ok(t.trim().to_string());
     }
     let token = crate::inventory::random_hex(24);

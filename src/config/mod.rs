@@ -87,19 +87,16 @@ pub struct ServerConfig {
 /// Shortest admin token `serve` accepts: 32 characters (128 bits as hex).
 pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
-/// Refuses an empty or short admin token; `source` names where it came from
-/// (the config key or the token file) so the message says what to fix.
-pub fn check_admin_token(source: &str, token: &str) -> Result<(), ConfigError> {
+/// Why an admin token is refused (empty or short), or `None` when it is long enough.
+pub fn admin_token_problem(token: &str) -> Option<String> {
     let len = token.trim().chars().count();
-    if len >= MIN_ADMIN_TOKEN_LEN {
-        return Ok(());
-    }
-    Err(invalid(
-        source,
-        format!("the admin token is {len} characters long, shorter than the minimum of {MIN_ADMIN_TOKEN_LEN}"),
-        "use a random one, e.g. `openssl rand -hex 24` (48 characters), or remove server.admin_token and delete state_dir/admin.token so `rollout serve` generates one",
-    ))
+    (len < MIN_ADMIN_TOKEN_LEN).then(|| {
+        format!("the admin token is {len} characters long, shorter than the minimum of {MIN_ADMIN_TOKEN_LEN}")
+    })
 }
+
+/// What to do about a refused admin token.
+pub const ADMIN_TOKEN_FIX: &str = "use a random one, e.g. `openssl rand -hex 24` (48 characters), or remove server.admin_token and delete state_dir/admin.token so `rollout serve` generates one";
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -342,8 +339,13 @@ impl Config {
                 "set it to a directory such as /var/lib/rollout",
             ));
         }
-        if let Some(token) = &self.server.admin_token {
-            check_admin_token("server.admin_token", token)?;
+        if let Some(problem) = self
+            .server
+            .admin_token
+            .as_deref()
+            .and_then(admin_token_problem)
+        {
+            return Err(invalid("server.admin_token", problem, ADMIN_TOKEN_FIX));
         }
         if self.server.session_lifetime == 0 {
             return Err(invalid(
