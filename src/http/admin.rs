@@ -53,6 +53,20 @@ fn audit(p: &Principal, action: &str, node: &NodeRecord) {
     tracing::info!(operator = %p.name, role = %p.role, action, mac = %node.mac, hostname = %node.hostname, "operator change");
 }
 
+/// A JSON body of type `T`, or a 400 that names `what` it should be and an example.
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+    example: &str,
+) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("body is not {what}: {e}; send JSON like {example}"),
+        )
+    })
+}
+
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
@@ -195,9 +209,13 @@ async fn upsert_node(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let input: NodeInput = match serde_json::from_slice(&body) {
+    let input: NodeInput = match json_body(
+        &body,
+        "a node",
+        r#"{"mac": "52:54:00:12:34:56", "hostname": "node7"}"#,
+    ) {
         Ok(i) => i,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not a node: {e}; send JSON like {{\"mac\": \"52:54:00:12:34:56\", \"hostname\": \"node7\"}}")),
+        Err(r) => return r,
     };
     let rec = match validate(&state, &input) {
         Ok(r) => r,
@@ -323,10 +341,11 @@ async fn run(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let input: RunInput = match serde_json::from_slice(&body) {
-        Ok(i) => i,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not a run: {e}; send JSON like {{\"action\": \"exec\", \"command\": \"uptime\"}}")),
-    };
+    let input: RunInput =
+        match json_body(&body, "a run", r#"{"action": "exec", "command": "uptime"}"#) {
+            Ok(i) => i,
+            Err(r) => return r,
+        };
     if !matches!(input.action.as_str(), "exec" | "sync") {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,

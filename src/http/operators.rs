@@ -60,14 +60,13 @@ async fn add(State(state): State<Shared>, headers: HeaderMap, body: axum::body::
         Ok(p) => p,
         Err(r) => return r,
     };
-    let input: NewOperator = match serde_json::from_slice(&body) {
+    let input: NewOperator = match super::admin::json_body(
+        &body,
+        "an operator",
+        r#"{"name": "alice", "role": "maintain"}"#,
+    ) {
         Ok(i) => i,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("body is not an operator: {e}; send JSON like {{\"name\": \"alice\", \"role\": \"maintain\"}}"),
-            )
-        }
+        Err(r) => return r,
     };
     let Some(role) = Role::parse(&input.role) else {
         return error(
