@@ -445,3 +445,74 @@ fn anonymous_reads_only_when_the_config_allows_them() {
     assert_eq!((r.status, r.location.as_str()), (303, "/login"));
     assert_eq!(node_state(&s), "pending");
 }
+
+/// A stranger on the network with curl: no page, no read, no change, whatever
+/// cookie they make up, the raw admin token in the old cookie included; the
+/// admin's Bearer call with the same curl works.
+#[test]
+fn a_stranger_with_curl_reads_nothing_and_changes_nothing() {
+    if !testkit::prereq::require_known_tools(&["curl"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    s.install("52:54:00:00:00:01");
+    // `-w` prints the status code last; the body before it.
+    let curl = |args: &[&str]| -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.parse().unwrap(), body.to_string())
+    };
+    let (code, body) = curl(&[&s.url("/api/v1/nodes")]);
+    assert_eq!(code, 401, "{body}");
+    assert!(!body.contains("node1"));
+    assert_eq!(curl(&[&s.url("/")]).0, 303);
+    assert_eq!(curl(&[&s.url("/api/v1/events")]).0, 401);
+    let old_cookie = format!("rollout_admin={}", s.token);
+    for cookie in ["rollout_session=0123456789abcdef", old_cookie.as_str()] {
+        assert_eq!(curl(&["-b", cookie, &s.url("/nodes/node1")]).0, 303);
+        let (code, _) = curl(&[
+            "-b",
+            cookie,
+            "-X",
+            "POST",
+            &s.url("/api/v1/nodes/node1/reinstall"),
+        ]);
+        assert_eq!(code, 401, "{cookie}");
+        let (code, _) = curl(&[
+            "-b",
+            cookie,
+            "-d",
+            "csrf=x",
+            &s.url("/nodes/node1/reinstall"),
+        ]);
+        assert_eq!(code, 303, "{cookie}: sent to sign in");
+    }
+    for guess in ["", "admin", &s.token[..s.token.len() - 1]] {
+        let auth = format!("Authorization: Bearer {guess}");
+        let (code, _) = curl(&[
+            "-H",
+            &auth,
+            "-X",
+            "POST",
+            &s.url("/api/v1/nodes/node1/reinstall"),
+        ]);
+        assert_eq!(code, 401, "{guess:?}");
+    }
+    assert_eq!(node_state(&s), "installed", "a stranger changed the node");
+    let auth = format!("Authorization: Bearer {}", s.token);
+    let (code, body) = curl(&[
+        "-H",
+        &auth,
+        "-X",
+        "POST",
+        &s.url("/api/v1/nodes/node1/reinstall"),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(node_state(&s), "pending");
+}
