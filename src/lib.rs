@@ -28,6 +28,8 @@ pub mod inventory;
 #[cfg(feature = "server")]
 pub mod netif;
 #[cfg(feature = "server")]
+pub mod operators;
+#[cfg(feature = "server")]
 pub mod plan;
 #[cfg(feature = "server")]
 pub mod preflight;

@@ -36,6 +36,13 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Secrets(#[from] crate::durable::StateDirError),
+    #[error("admin token file {path}: {problem}; {fix}", fix = crate::config::ADMIN_TOKEN_FIX)]
+    AdminToken {
+        path: std::path::PathBuf,
+        problem: String,
+    },
+    #[error(transparent)]
+    Operators(#[from] crate::operators::OperatorError),
     #[error("a service stopped unexpectedly: {0}")]
     Task(String),
 }
@@ -112,9 +119,12 @@ fn admin_token(config: &ValidConfig) -> Result<String, ServeError> {
     }
     let path = config.state_dir.join("admin.token");
     if let Ok(t) = std::fs::read_to_string(&path) {
-        if !t.trim().is_empty() {
-            return Ok(t.trim().to_string());
+        // An empty file is refused too: rollout never regenerates over an
+        // operator's file, which may be a mistake they should see.
+        if let Some(problem) = crate::config::admin_token_problem(&t) {
+            return Err(ServeError::AdminToken { path, problem });
         }
+        return Ok(t.trim().to_string());
     }
     let token = crate::inventory::random_hex(24);
     crate::durable::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600).map_err(
@@ -209,6 +219,9 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
             source,
         }
     })?;
+    // Before any port is bound: a refused token stops startup at once, and the
+    // file exists by the time clients can connect and read it.
+    let admin_token = admin_token(&config)?;
     let db = config.state_dir.join("rollout.db");
     let tftp_root = config.tftp_root.clone();
     let mut tasks = JoinSet::new();
@@ -239,7 +252,8 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     let policy = crate::inventory::Policy::from(&config.install);
     let inventory = Arc::new(Inventory::open(&db, policy)?);
     declare_config_nodes(&config, &inventory)?;
-    let admin_token = admin_token(&config)?;
+    let operators = Arc::new(crate::operators::Operators::open(&db)?);
+    let sessions = http::Sessions::new(config.server.session_lifetime);
     let ssh_keys = server_ssh_key(&config.state_dir).into_iter().collect();
     // Again, now that the secrets exist (an older ssh-keygen may leave its
     // directory 0755).
@@ -276,6 +290,8 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         config,
         inventory,
         admin_token,
+        operators,
+        sessions,
         ssh_keys,
         rsync_modules,
         shutdown: cancel.clone(),

@@ -126,13 +126,18 @@ fn sigterm_with_a_live_stream_open_exits_promptly() {
     if !can_run(&["curl"]) {
         return;
     }
-    let (_dir, net, mut srv) = serve("lt");
+    let (dir, net, mut srv) = serve("lt");
+    // Reads need a credential: the live stream is opened as the admin.
+    let token = std::fs::read_to_string(dir.path().join("state/admin.token")).unwrap();
+    let auth = format!("Authorization: Bearer {}", token.trim());
     let mut stream = net
         .in_cli(&[
             "curl",
             "-sN",
             "--max-time",
             "60",
+            "-H",
+            &auth,
             "http://10.44.0.1/api/v1/events",
         ])
         .stdout(std::process::Stdio::piped())

@@ -71,9 +71,32 @@ pub struct ServerConfig {
     pub listen: Option<Ipv4Addr>,
     #[serde(default = "default_rsync_port")]
     pub rsync_port: u16,
-    /// Token for API calls that change state; generated into state_dir/admin.token if unset.
+    /// The admin's token (any API call, every role); generated into
+    /// state_dir/admin.token if unset. At least [`MIN_ADMIN_TOKEN_LEN`] characters.
     pub admin_token: Option<String>,
+    /// Let anyone who reaches the server read the dashboard and the operator API
+    /// without a credential. Off by default: every read needs a token of any role.
+    #[serde(default)]
+    pub anonymous_read: bool,
+    /// Seconds a dashboard sign-in lasts (sessions are kept in memory, so a
+    /// restart also ends them).
+    #[serde(default = "default_session_lifetime")]
+    pub session_lifetime: u64,
 }
+
+/// Shortest admin token `serve` accepts: 32 characters (128 bits as hex).
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
+/// Why an admin token is refused (empty or short), or `None` when it is long enough.
+pub fn admin_token_problem(token: &str) -> Option<String> {
+    let len = token.trim().chars().count();
+    (len < MIN_ADMIN_TOKEN_LEN).then(|| {
+        format!("the admin token is {len} characters long, shorter than the minimum of {MIN_ADMIN_TOKEN_LEN}")
+    })
+}
+
+/// What to do about a refused admin token.
+pub const ADMIN_TOKEN_FIX: &str = "use a random one, e.g. `openssl rand -hex 24` (48 characters), or remove server.admin_token and delete state_dir/admin.token so `rollout serve` generates one";
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -86,6 +109,8 @@ impl Default for ServerConfig {
             listen: None,
             rsync_port: default_rsync_port(),
             admin_token: None,
+            anonymous_read: false,
+            session_lifetime: default_session_lifetime(),
         }
     }
 }
@@ -98,6 +123,9 @@ fn default_tftp_port() -> u16 {
 }
 fn default_rsync_port() -> u16 {
     873
+}
+fn default_session_lifetime() -> u64 {
+    8 * 3600
 }
 fn default_tftp_root() -> PathBuf {
     PathBuf::from("/usr/lib/ipxe")
@@ -309,6 +337,21 @@ impl Config {
                 "state_dir",
                 "is empty",
                 "set it to a directory such as /var/lib/rollout",
+            ));
+        }
+        if let Some(problem) = self
+            .server
+            .admin_token
+            .as_deref()
+            .and_then(admin_token_problem)
+        {
+            return Err(invalid("server.admin_token", problem, ADMIN_TOKEN_FIX));
+        }
+        if self.server.session_lifetime == 0 {
+            return Err(invalid(
+                "server.session_lifetime",
+                "is 0, so no dashboard sign-in would last",
+                "give the number of seconds a sign-in lasts, e.g. 28800 (8 hours)",
             ));
         }
         let d = &self.dhcp;

@@ -189,3 +189,27 @@ fn config_imports_no_other_module_but_wire() {
         }
     }
 }
+
+#[test]
+fn short_or_empty_admin_token_is_refused_with_the_minimum_and_a_way_to_make_one() {
+    for token in ["", "secret", "0123456789abcdef0123456789abcde"] {
+        let e = err(&format!(
+            "state_dir = \"/x\"\n[server]\nadmin_token = \"{token}\"\n"
+        ));
+        assert!(e.contains("server.admin_token"), "{e}");
+        assert!(e.contains("minimum of 32"), "{e}");
+        assert!(e.contains("openssl rand -hex 24"), "{e}");
+    }
+    let ok = "0123456789abcdef0123456789abcdef";
+    let c = Config::parse(&format!(
+        "state_dir = \"/x\"\n[server]\nadmin_token = \"{ok}\"\n"
+    ))
+    .unwrap();
+    assert!(
+        !c.server.anonymous_read,
+        "reads need a credential by default"
+    );
+    assert_eq!(c.server.session_lifetime, 8 * 3600);
+    let e = err("state_dir = \"/x\"\n[server]\nsession_lifetime = 0\n");
+    assert!(e.contains("server.session_lifetime"), "{e}");
+}

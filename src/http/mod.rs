@@ -3,12 +3,15 @@
 
 mod admin;
 mod api;
+mod auth;
 mod boot;
 mod dashboard;
 pub mod listen;
 mod openapi;
+mod operators;
 
 pub use api::published_serial;
+pub use auth::Sessions;
 pub use dashboard::percent;
 pub use openapi::{documented_operations, spec_mismatches};
 
@@ -29,8 +32,12 @@ use tower_http::services::ServeDir;
 pub struct AppState {
     pub config: ValidConfig,
     pub inventory: Arc<Inventory>,
-    /// Mutating API calls need `Authorization: Bearer <admin_token>`.
+    /// The admin's token: every role (see `auth`). Operators' are in `operators`.
     pub admin_token: String,
+    /// Named operator credentials with their roles, looked up per request.
+    pub operators: Arc<crate::operators::Operators>,
+    /// The dashboard's sign-ins (in memory).
+    pub sessions: auth::Sessions,
     /// Put in root's authorized_keys on every node (for `rollout exec`).
     pub ssh_keys: Vec<String>,
     /// The rsync supervisor, when it runs: a serial is only handed out once it

@@ -103,6 +103,24 @@ impl NodeRecord {
     }
 }
 
+/// What an operator can ask of one node through the API or the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorAction {
+    Reinstall,
+    Approve,
+    Ignore,
+}
+
+impl OperatorAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorAction::Reinstall => "reinstall",
+            OperatorAction::Approve => "approve",
+            OperatorAction::Ignore => "ignore",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct HistoryEntry {
     pub at: u64,
@@ -278,6 +296,15 @@ impl Inventory {
 
     /// Creates or updates a declared node. Its install state is kept.
     pub fn declare(&self, decl: NodeRecord) -> Result<NodeRecord, InventoryError> {
+        self.declare_by(decl, None)
+    }
+
+    /// `declare`, naming in the history row the operator who declared it.
+    pub fn declare_by(
+        &self,
+        decl: NodeRecord,
+        by: Option<&str>,
+    ) -> Result<NodeRecord, InventoryError> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         for other in self.store.list()? {
             if other.mac == decl.mac {
@@ -328,7 +355,10 @@ impl Inventory {
                 ..decl
             },
         };
-        let event = json!({"kind": "declared", "hostname": rec.hostname, "image": rec.image, "source": rec.source});
+        let mut event = json!({"kind": "declared", "hostname": rec.hostname, "image": rec.image, "source": rec.source});
+        if let Some(by) = by {
+            event["by"] = by.into();
+        }
         self.commit(rec, event)
     }
 
@@ -491,7 +521,18 @@ impl Inventory {
         self.commit(rec, event)
     }
 
-    fn apply(&self, mac: &str, t: Transition, kind: &str) -> Result<NodeRecord, InventoryError> {
+    /// Applies an operator's request; the history row names who asked (`by`), if known.
+    fn apply(
+        &self,
+        mac: &str,
+        action: OperatorAction,
+        by: Option<&str>,
+    ) -> Result<NodeRecord, InventoryError> {
+        let (t, kind) = match action {
+            OperatorAction::Reinstall => (Transition::RequestReinstall, "reinstall_requested"),
+            OperatorAction::Approve => (Transition::Approve, "approved"),
+            OperatorAction::Ignore => (Transition::Ignore, "ignored"),
+        };
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut rec = self
             .store
@@ -504,20 +545,47 @@ impl Inventory {
             rec.token = None;
             rec.stage = None;
         }
-        self.commit(rec, json!({"kind": kind}))
+        let mut event = json!({"kind": kind});
+        if let Some(by) = by {
+            event["by"] = by.into();
+        }
+        self.commit(rec, event)
+    }
+
+    /// An operator's request (reinstall, approve, ignore), recorded in the
+    /// node's history with their name.
+    pub fn operator_action(
+        &self,
+        mac: &str,
+        action: OperatorAction,
+        by: &str,
+    ) -> Result<NodeRecord, InventoryError> {
+        self.apply(mac, action, Some(by))
+    }
+
+    /// Adds a history row about something done to the node outside the server
+    /// (an operator's `rollout exec` or `sync` over SSH); the record is unchanged.
+    pub fn note(&self, mac: &str, event: serde_json::Value) -> Result<(), InventoryError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let rec = self
+            .store
+            .get(mac)?
+            .ok_or_else(|| InventoryError::UnknownNode(mac.into()))?;
+        self.store.save(&rec, Some(&event))?;
+        Ok(())
     }
 
     /// The node installs again on its next boot.
     pub fn request_reinstall(&self, mac: &str) -> Result<NodeRecord, InventoryError> {
-        self.apply(mac, Transition::RequestReinstall, "reinstall_requested")
+        self.apply(mac, OperatorAction::Reinstall, None)
     }
 
     pub fn approve(&self, mac: &str) -> Result<NodeRecord, InventoryError> {
-        self.apply(mac, Transition::Approve, "approved")
+        self.apply(mac, OperatorAction::Approve, None)
     }
 
     pub fn ignore(&self, mac: &str) -> Result<NodeRecord, InventoryError> {
-        self.apply(mac, Transition::Ignore, "ignored")
+        self.apply(mac, OperatorAction::Ignore, None)
     }
 
     pub fn remove(&self, mac: &str) -> Result<(), InventoryError> {

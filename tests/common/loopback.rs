@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 pub use testkit::ports::free_port;
 
@@ -69,11 +69,13 @@ impl Server {
             write_config(dir, port)
         };
         let log = dir.join(format!("server-{port}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        // tracing writes to stdout: the log holds it, for tests that read the log.
         let child = Command::new(env!("CARGO_BIN_EXE_rollout"))
             .args(["serve", "--config"])
             .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
@@ -99,6 +101,11 @@ impl Server {
         }
     }
 
+    /// What the server has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn url(&self, p: &str) -> String {
         format!("{}{p}", self.base)
     }
@@ -106,6 +113,16 @@ impl Server {
     /// The body of a successful GET, as text.
     pub fn text(&self, p: &str) -> String {
         ureq::get(&self.url(p))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {p}: {e}"))
+            .into_string()
+            .unwrap()
+    }
+
+    /// The body of a successful GET with the admin token (dashboard pages, operator reads).
+    pub fn admin_text(&self, p: &str) -> String {
+        ureq::get(&self.url(p))
+            .set("Authorization", &format!("Bearer {}", self.token))
             .call()
             .unwrap_or_else(|e| panic!("GET {p}: {e}"))
             .into_string()
@@ -155,7 +172,7 @@ impl Server {
 
     /// The `event.kind` of every history row of node `id`, oldest first.
     pub fn history_kinds(&self, id: &str) -> Vec<String> {
-        let (st, hist) = self.req("GET", &format!("/api/v1/nodes/{id}/history"), None, false);
+        let (st, hist) = self.req("GET", &format!("/api/v1/nodes/{id}/history"), None, true);
         assert_eq!(st, 200, "history of {id}: {hist}");
         hist.as_array()
             .unwrap()

@@ -487,10 +487,21 @@ fn unknown_machine_shows_on_the_dashboard_from_discovered_to_installed() {
     let mut config = lab.config();
     config.nodes.clear();
     let server = a.serve_with(&mut lab, ImageKind::Tiny, config).unwrap();
-    // What a browser on the dashboard receives, recorded from the start.
+    // What a browser on the dashboard receives, recorded from the start (reads
+    // need a credential: the admin token, as the CLI uses it).
+    let token = vm_harness::server::admin_token(&lab.state_dir()).unwrap();
+    let auth = format!("Authorization: Bearer {token}");
     let stream = tempfile::NamedTempFile::new().unwrap();
     let mut curl = std::process::Command::new("ip")
-        .args(["netns", "exec", lab.netns().name(), "curl", "-sN"])
+        .args([
+            "netns",
+            "exec",
+            lab.netns().name(),
+            "curl",
+            "-sN",
+            "-H",
+            &auth,
+        ])
         .arg(format!("http://{server}/api/v1/events"))
         .stdout(stream.reopen().unwrap())
         .spawn()
@@ -541,7 +552,15 @@ fn unknown_machine_shows_on_the_dashboard_from_discovered_to_installed() {
     }
 
     let page = std::process::Command::new("ip")
-        .args(["netns", "exec", t.lab.netns().name(), "curl", "-sf"])
+        .args([
+            "netns",
+            "exec",
+            t.lab.netns().name(),
+            "curl",
+            "-sf",
+            "-H",
+            &auth,
+        ])
         .arg(format!("http://{server}/"))
         .output()
         .unwrap();
