@@ -138,11 +138,8 @@ fn pg_stdout(pg: &mut ProcessGroup) -> Option<std::process::ChildStdout> {
 
 /// The MAC of lab node number `index` (1-based), e.g. `52:54:00:00:00:01`.
 pub fn mac_for(index: usize) -> String {
-    format!(
-        "52:54:00:00:{:02x}:{:02x}",
-        (index >> 8) & 0xff,
-        index & 0xff
-    )
+    let [hi, lo] = (index as u16).to_be_bytes();
+    rollout::mac::MacAddr::new([0x52, 0x54, 0x00, 0x00, hi, lo]).to_string()
 }
 
 /// Parses sizes like `8G`, `512M`, `1073741824`.
