@@ -2,12 +2,11 @@
 //! the kernel modules for common NICs, disks and filesystems, and the host programs the
 //! installer runs (mke2fs, rsync, extlinux, …) with their shared libraries.
 //!
-//! The archive is written by our own deterministic newc writer ([`cpio`]), so the same
+//! The archive is written by our own deterministic newc writer ([`crate::cpio`]), so the same
 //! inputs always give the same `initramfs.img` bytes.
 
 pub mod cli;
 pub mod collect;
-pub mod cpio;
 pub mod elf;
 pub mod modules;
 
