@@ -3,6 +3,7 @@
 //! The library owns the logic; `main.rs` only parses the command line. Each
 //! protocol or concern is its own module and owns its types.
 
+pub mod clock;
 pub mod cpio;
 pub mod kernel;
 pub mod mac;

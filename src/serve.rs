@@ -213,7 +213,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         crate::inventory::timeout_sweeper(
             sweeper_inventory,
             std::time::Duration::from_secs(10),
-            crate::inventory::now,
+            crate::clock::now_unix,
             c,
         )
         .await;
