@@ -18,6 +18,8 @@ pub mod cli;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
+pub mod db;
+#[cfg(feature = "server")]
 pub mod dhcp;
 #[cfg(feature = "server")]
 pub mod fleet;
@@ -35,7 +37,5 @@ pub mod plan;
 pub mod preflight;
 #[cfg(feature = "server")]
 pub mod serve;
-#[cfg(feature = "server")]
-pub mod store;
 #[cfg(feature = "server")]
 pub mod tftp;

@@ -8,7 +8,7 @@ pub mod state;
 
 // The inventory's clock; `now` keeps its call sites short.
 use crate::clock::now_unix as now;
-use crate::store::StoreError;
+use crate::db::StoreError;
 use crate::wire::{EventKind, PhoneHome, ProgressEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
