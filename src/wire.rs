@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod initramfs;
+
 /// Kernel command-line keys the iPXE script passes to the installer.
 pub mod cmdline {
     /// Base URL of the server, e.g. `http://10.44.0.1:8080`.

@@ -19,33 +19,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Programs the installer may exec, at their host (and therefore initramfs) paths.
-/// Debian 12 is merged-/usr: `/sbin`, `/bin`, `/lib` and `/lib64` are symlinks into
-/// `/usr` on the host and in the initramfs, so `/sbin/mke2fs` works as well.
-/// `/usr/bin/busybox` is there for `rollout.debug=1` shells (`/usr/bin/sh` links to it).
-pub const HELPER_PROGRAMS: &[&str] = &[
-    "/usr/sbin/mke2fs",
-    "/usr/sbin/mkfs.ext3",
-    "/usr/sbin/mkfs.ext4",
-    "/usr/sbin/mkswap",
-    "/usr/sbin/mkfs.vfat",
-    "/usr/bin/rsync",
-    "/usr/bin/extlinux",
-    "/usr/bin/busybox",
-];
-
-/// Data files the installer copies onto the target disk, at their host paths.
-pub const HELPER_FILES: &[&str] = &[
-    "/usr/lib/syslinux/mbr/gptmbr.bin",
-    "/usr/lib/syslinux/mbr/mbr.bin",
-    "/usr/lib/syslinux/modules/bios/ldlinux.c32",
-    "/usr/lib/syslinux/modules/bios/libcom32.c32",
-    "/usr/lib/syslinux/modules/bios/libutil.c32",
-    "/usr/lib/syslinux/modules/bios/menu.c32",
-    "/usr/lib/syslinux/modules/bios/mboot.c32",
-    "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-    "/etc/mke2fs.conf",
-];
+/// Programs the installer may exec and data files it copies onto the target disk,
+/// at their host (and therefore initramfs) paths: the list the installer shares.
+pub use crate::wire::initramfs::{FILES as HELPER_FILES, PROGRAMS as HELPER_PROGRAMS};
 
 /// Modules requested by name; their hard and soft dependencies come along. The
 /// installer loads every line of the shipped `modules.dep` in order.
@@ -396,7 +372,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, InitramfsError> {
         }
         c.add_program(Path::new(prog), Category::Helpers)?;
     }
-    if opts.helper_programs.iter().any(|p| p == "/usr/bin/busybox") {
+    if opts
+        .helper_programs
+        .iter()
+        .any(|p| p == crate::wire::initramfs::BUSYBOX)
+    {
         c.archive.add_symlink("usr/bin/sh", "busybox");
     }
     for file in &opts.helper_files {
