@@ -2,6 +2,9 @@
 //!
 //! The library owns the logic; `main.rs` only parses the command line. Each
 //! protocol or concern is its own module and owns its types.
+//!
+//! The modules before the `server` ones are the shared layer: std/serde/thiserror
+//! only, imported by the installer (`default-features = false`) and the lab too.
 
 pub mod clock;
 pub mod cpio;
