@@ -49,6 +49,17 @@ fn package_for(path: &str) -> &'static str {
     }
 }
 
+/// A helper the initramfs must carry is on this host, or the error names its package.
+fn require_host_file(path: &str) -> Result<(), InitramfsError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(InitramfsError::HostFileMissing {
+            path: path.to_string(),
+            package: package_for(path),
+        }),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {
     #[error("installer binary {0} not found; {BUILD_HINT}")]
@@ -364,12 +375,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, InitramfsError> {
     }
     let res = add_modules(&mut c, &version, &opts.modules)?;
     for prog in &opts.helper_programs {
-        if std::fs::symlink_metadata(prog).is_err() {
-            return Err(InitramfsError::HostFileMissing {
-                path: prog.clone(),
-                package: package_for(prog),
-            });
-        }
+        require_host_file(prog)?;
         c.add_program(Path::new(prog), Category::Helpers)?;
     }
     if opts
@@ -380,12 +386,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, InitramfsError> {
         c.archive.add_symlink("usr/bin/sh", "busybox");
     }
     for file in &opts.helper_files {
-        if std::fs::symlink_metadata(file).is_err() {
-            return Err(InitramfsError::HostFileMissing {
-                path: file.clone(),
-                package: package_for(file),
-            });
-        }
+        require_host_file(file)?;
         c.add_host_path(Path::new(file), Category::Helpers)?;
     }
 
