@@ -437,3 +437,23 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), InitramfsError> {
     std::fs::write(&tmp, data).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_helper_names_its_package() {
+        let e = require_host_file("/usr/sbin/mkfs.ext4-not-installed").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "host file /usr/sbin/mkfs.ext4-not-installed is missing; install it with: apt-get install e2fsprogs"
+        );
+        let e = require_host_file("/nowhere/systemd-bootx64.efi").unwrap_err();
+        assert!(
+            e.to_string().ends_with("apt-get install systemd-boot-efi"),
+            "{e}"
+        );
+        require_host_file("/").unwrap();
+    }
+}
