@@ -2,7 +2,14 @@
 //!
 //! The library owns the logic; `main.rs` only parses the command line. Each
 //! protocol or concern is its own module and owns its types.
+//!
+//! The modules before the `server` ones are the shared layer: std/serde/thiserror
+//! only, imported by the installer (`default-features = false`) and the lab too.
 
+pub mod clock;
+pub mod cpio;
+pub mod kernel;
+pub mod mac;
 pub mod wire;
 
 #[cfg(feature = "server")]
@@ -13,6 +20,8 @@ pub mod bootfiles;
 pub mod cli;
 #[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
+pub mod db;
 #[cfg(feature = "server")]
 pub mod dhcp;
 #[cfg(feature = "server")]
@@ -35,7 +44,5 @@ pub mod plan;
 pub mod preflight;
 #[cfg(feature = "server")]
 pub mod serve;
-#[cfg(feature = "server")]
-pub mod store;
 #[cfg(feature = "server")]
 pub mod tftp;

@@ -4,7 +4,7 @@
 //! only: a token is shown once, when it is made. The server looks the hash up on
 //! every request, so `rollout operator revoke` takes effect at once.
 
-use crate::store::StoreError;
+use crate::db::StoreError;
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -105,7 +105,7 @@ pub struct Operators {
 
 impl Operators {
     pub fn open(db: &Path) -> Result<Operators, OperatorError> {
-        let conn = crate::store::open(db)?;
+        let conn = crate::db::open(db)?;
         conn.execute_batch(SCHEMA)?;
         Ok(Operators {
             conn: Mutex::new(conn),

@@ -22,7 +22,7 @@ pub enum ServeError {
     #[error(transparent)]
     Preflight(#[from] crate::preflight::PreflightError),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::db::StoreError),
     #[error(transparent)]
     Inventory(#[from] crate::inventory::InventoryError),
     #[error(transparent)]
@@ -264,7 +264,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         crate::inventory::timeout_sweeper(
             sweeper_inventory,
             std::time::Duration::from_secs(10),
-            crate::inventory::now,
+            crate::clock::now_unix,
             c,
         )
         .await;

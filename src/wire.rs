@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod initramfs;
+
 /// Kernel command-line keys the iPXE script passes to the installer.
 pub mod cmdline {
     /// Base URL of the server, e.g. `http://10.44.0.1:8080`.
@@ -194,6 +196,29 @@ pub enum Bootloader {
     Auto,
     Extlinux,
     Uefi,
+}
+
+/// A node's firmware: it decides the partition layout (BIOS boot partition or
+/// ESP) and the boot loader. The installer detects it; the lab boots nodes with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+impl Firmware {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
+impl std::fmt::Display for Firmware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,6 +40,13 @@ fn every_endpoint_with_auth_and_bad_input() {
         ),
         (200, Some("default"), Some(1))
     );
+    // Each complete serial with its metadata, as the image store reads it.
+    assert_eq!(
+        images[0]["serials"][0]["serial"].as_u64(),
+        Some(1),
+        "{images}"
+    );
+    assert!(images[0]["serials"][0]["created"].is_string(), "{images}");
     let serial = s.text("/api/v1/images/default/serial");
     assert_eq!(serial.trim(), "1");
     // Node-local paths for rollout-sync: the defaults, then the image's own.

@@ -48,7 +48,7 @@ pub fn run(cmd: OperatorCmd, client: &Client) -> anyhow::Result<()> {
                         "{:<24} {:<9} {}",
                         o["name"].as_str().unwrap_or(""),
                         o["role"].as_str().unwrap_or(""),
-                        crate::images::rfc3339(o["created"].as_u64().unwrap_or(0))
+                        crate::clock::rfc3339(o["created"].as_u64().unwrap_or(0))
                     );
                 }
             }

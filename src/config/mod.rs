@@ -599,19 +599,9 @@ pub fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, mask: Ipv4Addr) -> bool {
     network(a, mask) == network(b, mask)
 }
 
-/// Lower-case colon form, or None if it is not a MAC address. Accepts `-` too,
-/// since operators paste MACs from BMCs and switch CLIs in both forms.
-pub fn normalize_mac(s: &str) -> Option<String> {
-    let parts: Vec<&str> = s.trim().split([':', '-']).collect();
-    if parts.len() != 6
-        || parts
-            .iter()
-            .any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()))
-    {
-        return None;
-    }
-    Some(parts.join(":").to_ascii_lowercase())
-}
+/// Lower-case colon form, or None if it is not a MAC address (kept under this name
+/// for its many call sites; the parser is [`crate::mac::MacAddr`]).
+pub use crate::mac::normalize as normalize_mac;
 
 /// An image name: letters, digits, `.`, `_`, `-`, starting alphanumeric, at most 64
 /// characters, and not ending in `-<digits>`: `web-2` would collide with serial 2 of

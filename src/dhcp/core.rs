@@ -80,11 +80,8 @@ pub fn client_mac(msg: &Message) -> Option<String> {
     if msg.htype() != HType::Eth || msg.hlen() != 6 {
         return None;
     }
-    let c = msg.chaddr();
-    Some(format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        c[0], c[1], c[2], c[3], c[4], c[5]
-    ))
+    let c: [u8; 6] = msg.chaddr().get(..6)?.try_into().ok()?;
+    Some(crate::mac::MacAddr::from(c).to_string())
 }
 
 fn requested_ip(msg: &Message) -> Option<Ipv4Addr> {

@@ -60,8 +60,8 @@ impl Lease {
 
 /// Where leases are persisted. Implemented by the SQLite store; tests use memory.
 pub trait LeaseStore: Send {
-    fn save(&mut self, lease: &Lease) -> Result<(), crate::store::StoreError>;
-    fn load_all(&mut self) -> Result<Vec<Lease>, crate::store::StoreError>;
+    fn save(&mut self, lease: &Lease) -> Result<(), crate::db::StoreError>;
+    fn load_all(&mut self) -> Result<Vec<Lease>, crate::db::StoreError>;
 }
 
 #[derive(Default)]
@@ -70,11 +70,11 @@ pub struct MemoryLeaseStore {
 }
 
 impl LeaseStore for MemoryLeaseStore {
-    fn save(&mut self, lease: &Lease) -> Result<(), crate::store::StoreError> {
+    fn save(&mut self, lease: &Lease) -> Result<(), crate::db::StoreError> {
         self.saved.insert(lease.ip, lease.clone());
         Ok(())
     }
-    fn load_all(&mut self) -> Result<Vec<Lease>, crate::store::StoreError> {
+    fn load_all(&mut self) -> Result<Vec<Lease>, crate::db::StoreError> {
         Ok(self.saved.values().cloned().collect())
     }
 }
@@ -112,7 +112,7 @@ impl LeaseTable {
     pub fn load(
         store: Box<dyn LeaseStore>,
         reservations: HashMap<String, Ipv4Addr>,
-    ) -> Result<LeaseTable, crate::store::StoreError> {
+    ) -> Result<LeaseTable, crate::db::StoreError> {
         let mut t = LeaseTable {
             by_ip: BTreeMap::new(),
             by_mac: HashMap::new(),
@@ -234,7 +234,7 @@ impl LeaseTable {
 
     /// Records a lease. Bound, released and declined leases are persisted before this
     /// returns; offers live in memory only (a restart just makes the client ask again).
-    pub fn record(&mut self, lease: Lease) -> Result<(), crate::store::StoreError> {
+    pub fn record(&mut self, lease: Lease) -> Result<(), crate::db::StoreError> {
         if lease.state != LeaseState::Offered {
             self.store.save(&lease)?;
         }

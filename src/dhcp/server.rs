@@ -42,13 +42,6 @@ pub fn bind_on_interface(interface: &str, port: u16) -> Result<UdpSocket, DhcpSe
     UdpSocket::from_std(sock.into()).map_err(err)
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Serves one socket until `cancel` fires. The in-flight request is always finished:
 /// cancellation is only observed while waiting for the next packet.
 pub async fn run(
@@ -93,7 +86,7 @@ pub async fn run(
             // The lease write fsyncs; keep it off the async workers' hot path.
             let outcome = tokio::task::block_in_place(|| {
                 core.lock()
-                    .map(|mut c| c.handle(&msg, via, unix_now()))
+                    .map(|mut c| c.handle(&msg, via, crate::clock::now_unix()))
                     .unwrap_or_else(|_| {
                         Outcome::Ignore("DHCP state poisoned by an earlier panic".into())
                     })

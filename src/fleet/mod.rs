@@ -147,7 +147,10 @@ pub fn lease_ip(db: &Path, mac: &str) -> Result<Option<String>, FleetError> {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(err)?;
-    let mac = mac.to_ascii_lowercase().replace('-', ":");
+    // Not a MAC: no lease can match it.
+    let Some(mac) = crate::mac::normalize(mac) else {
+        return Ok(None);
+    };
     let r = conn.query_row(
         "SELECT ip FROM leases WHERE lower(replace(mac, '-', ':')) = ?1 AND state = 'bound'
          ORDER BY expires DESC LIMIT 1",

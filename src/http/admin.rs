@@ -390,41 +390,31 @@ async fn discovered(State(state): State<Shared>, headers: HeaderMap) -> Response
     }
 }
 
-/// Images and their serials, read from the state directory.
+/// Images and their complete serials with metadata, as the image store sees them
+/// (`{state_dir}/images`). A serial whose meta.json cannot be read is still listed,
+/// by number, so the operator sees it exists.
 pub fn image_list(state_dir: &std::path::Path) -> Vec<serde_json::Value> {
-    let mut out = vec![];
-    let Ok(dir) = std::fs::read_dir(state_dir.join("images")) else {
-        return out;
-    };
-    let mut names: Vec<String> = dir
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    for name in names {
-        let serials_dir = state_dir.join("images").join(&name).join("serials");
-        let mut serials: Vec<u64> = std::fs::read_dir(&serials_dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                    .collect()
+    let store = crate::images::Images::new(state_dir);
+    let names = store.names().unwrap_or_default();
+    names
+        .into_iter()
+        .map(|name| {
+            let metas: Vec<serde_json::Value> = store
+                .serials(&name)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| match store.meta(&name, s) {
+                    Ok(m) => json!(m),
+                    Err(_) => json!({ "serial": s }),
+                })
+                .collect();
+            json!({
+                "name": name,
+                "published": store.published(&name).ok().flatten(),
+                "serials": metas,
             })
-            .unwrap_or_default();
-        serials.sort_unstable();
-        let metas: Vec<serde_json::Value> = serials
-            .iter()
-            .map(|s| {
-                std::fs::read_to_string(serials_dir.join(s.to_string()).join("meta.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str(&t).ok())
-                    .unwrap_or_else(|| json!({ "serial": s }))
-            })
-            .collect();
-        out.push(json!({
-            "name": name,
-            "published": super::published_serial(state_dir, &name),
-            "serials": metas,
-        }));
-    }
-    out
+        })
+        .collect()
 }
 
 async fn images(State(state): State<Shared>, headers: HeaderMap) -> Response {

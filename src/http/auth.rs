@@ -168,7 +168,7 @@ pub fn authenticate(state: &Shared, headers: &HeaderMap) -> Result<Option<Princi
     let Some(id) = cookie(headers, SESSION_COOKIE) else {
         return Ok(None);
     };
-    let Some(session) = state.sessions.get(id, crate::inventory::now()) else {
+    let Some(session) = state.sessions.get(id, crate::clock::now_unix()) else {
         return Ok(None);
     };
     let current = match &session.holder {
@@ -198,7 +198,7 @@ pub fn authenticate(state: &Shared, headers: &HeaderMap) -> Result<Option<Princi
 pub fn sign_in(state: &Shared, token: &str) -> Result<Option<(Session, String, Role)>, Response> {
     Ok(holder_of(state, token.trim())?.map(|(holder, name, role)| {
         (
-            state.sessions.create(holder, crate::inventory::now()),
+            state.sessions.create(holder, crate::clock::now_unix()),
             name,
             role,
         )

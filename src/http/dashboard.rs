@@ -136,7 +136,7 @@ impl From<&NodeRecord> for NodeView {
             serial: n.serial,
             state: n.state.as_str(),
             percent: pct,
-            progress_text: progress_text(n, crate::inventory::now()),
+            progress_text: progress_text(n, crate::clock::now_unix()),
             error: n.last_error.clone().unwrap_or_default(),
             installs: n.installs,
         }
@@ -194,7 +194,7 @@ fn render(t: impl Template) -> Response {
 }
 
 fn utc(secs: u64) -> String {
-    crate::images::rfc3339(secs)
+    crate::clock::rfc3339(secs)
 }
 
 #[cfg(test)]

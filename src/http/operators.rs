@@ -77,7 +77,7 @@ async fn add(State(state): State<Shared>, headers: HeaderMap, body: axum::body::
             ),
         );
     };
-    let now = crate::inventory::now();
+    let now = crate::clock::now_unix();
     match tokio::task::block_in_place(|| state.operators.add(&input.name, role, now)) {
         Ok(token) => {
             tracing::info!(operator = %who.name, added = %input.name, %role, "operator added");

@@ -329,7 +329,7 @@ impl Images {
         let serial = self.next_serial(name)?;
         let meta = SerialMeta {
             serial,
-            created: super::now_rfc3339(),
+            created: crate::clock::now_rfc3339(),
             size_bytes,
             file_count,
             note: note.to_string(),

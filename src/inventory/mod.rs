@@ -7,7 +7,9 @@ pub mod limits;
 pub mod sqlite;
 pub mod state;
 
-use crate::store::StoreError;
+// The inventory's clock; `now` keeps its call sites short.
+use crate::clock::now_unix as now;
+use crate::db::StoreError;
 use crate::wire::{EventKind, PhoneHome, ProgressEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -175,13 +177,6 @@ pub fn serials_being_installed(records: &[NodeRecord], image: &str) -> Vec<(u64,
         .collect();
     out.sort();
     out
-}
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 pub fn random_hex(bytes: usize) -> String {

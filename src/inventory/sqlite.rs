@@ -3,7 +3,7 @@
 
 use super::limits::{merge_repeat, HISTORY_KEEP};
 use super::{HistoryEntry, NodeRecord, NodeStore};
-use crate::store::{self, StoreError};
+use crate::db::{self, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::Mutex;
@@ -30,7 +30,7 @@ pub struct SqliteNodeStore {
 
 impl SqliteNodeStore {
     pub fn open(path: &Path) -> Result<SqliteNodeStore, StoreError> {
-        let conn = store::open(path)?;
+        let conn = db::open(path)?;
         conn.execute_batch(SCHEMA)?;
         Ok(SqliteNodeStore {
             conn: Mutex::new(conn),

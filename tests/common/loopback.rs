@@ -43,6 +43,11 @@ excludes = ["/var/lib/site/"]
     // A published image, laid out as `rollout image` lays it out.
     let img = dir.join("state/images/default");
     std::fs::create_dir_all(img.join("serials/1/root/etc")).unwrap();
+    std::fs::write(
+        img.join("serials/1/meta.json"),
+        r#"{"serial":1,"created":"2026-01-01T00:00:00Z","size_bytes":0,"file_count":1,"note":"test fixture","parent":null,"changes":null}"#,
+    )
+    .unwrap();
     std::os::unix::fs::symlink("serials/1", img.join("published")).ok();
     cfg
 }

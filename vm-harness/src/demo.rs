@@ -148,16 +148,7 @@ pub fn follow(
         {
             return Ok(nodes);
         }
-        for node in lab.nodes_mut() {
-            if !node.is_running() {
-                return Err(Error::Exited {
-                    what: format!("node {}", node.name()),
-                    status: "powered off".into(),
-                    waiting_for: "its install finished".into(),
-                    log: node.console_log(),
-                });
-            }
-        }
+        lab.ensure_running("its install finished")?;
         if stop() {
             return Err(Error::Interrupted);
         }

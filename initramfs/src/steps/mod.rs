@@ -19,8 +19,8 @@ use crate::cmdline::{self, KernelArgs};
 use crate::layout::{self, Firmware, PartKind, PlannedLayout, MIB};
 use crate::report::Reporter;
 use crate::{
-    bootloader, configure, console, dhcp, disk, efivars, format, http, modules, net, partition,
-    paths, rsync, swap, sys,
+    bootloader, configure, console, dhcp_client, disk, efivars, format, http_client, modules, net,
+    partition, paths, rsync, swap, sys,
 };
 
 mod network;
@@ -46,7 +46,7 @@ pub enum StepError {
     #[error(transparent)]
     Net(#[from] net::NetError),
     #[error(transparent)]
-    Dhcp(#[from] dhcp::DhcpError),
+    Dhcp(#[from] dhcp_client::DhcpError),
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
