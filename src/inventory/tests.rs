@@ -56,7 +56,13 @@ fn install_lifecycle_with_token_check_survives_reopen() {
     inv.record_event(
         &id,
         &token,
-        &ev(Step::Finish, EventKind::Installed { serial: 3 }),
+        &ev(
+            Step::Finish,
+            EventKind::Installed {
+                serial: 3,
+                host_keys: vec![],
+            },
+        ),
     )
     .unwrap();
     drop(inv);
@@ -96,7 +102,13 @@ fn installed_nodes_refuse_a_new_install_until_reinstall_is_requested() {
     inv.record_event(
         rec.install_id.as_ref().unwrap(),
         rec.token.as_ref().unwrap(),
-        &ev(Step::Finish, EventKind::Installed { serial: 1 }),
+        &ev(
+            Step::Finish,
+            EventKind::Installed {
+                serial: 1,
+                host_keys: vec![],
+            },
+        ),
     )
     .unwrap();
     let e = inv.begin_install(MAC, 1).unwrap_err().to_string();
@@ -271,7 +283,13 @@ fn serials_being_installed_are_those_of_installing_nodes_of_the_image() {
     inv.record_event(
         rec.install_id.as_deref().unwrap(),
         rec.token.as_deref().unwrap(),
-        &ev(Step::Finish, EventKind::Installed { serial: 2 }),
+        &ev(
+            Step::Finish,
+            EventKind::Installed {
+                serial: 2,
+                host_keys: vec![],
+            },
+        ),
     )
     .unwrap();
     let mut other = declared("52:54:00:00:00:04", "node4");
@@ -304,4 +322,61 @@ fn unknown_machines_have_one_default() {
     assert_eq!(Policy::default().unknown, UnknownPolicy::DEFAULT);
     assert_eq!(UnknownPolicy::default(), UnknownPolicy::DEFAULT);
     assert_eq!(UnknownPolicy::DEFAULT, UnknownPolicy::Install);
+}
+
+/// A rollout.db from before host keys were recorded: its records (JSON in the
+/// `record` column) lack the fields; they read as "no keys known", and the next
+/// installed report stores the keys, which survive a reopen.
+#[test]
+fn records_from_before_host_keys_upgrade_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rollout.db");
+    {
+        let inv = open(dir.path());
+        inv.declare(declared(MAC, "node1")).unwrap();
+    }
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let json: String = conn
+        .query_row("SELECT record FROM nodes WHERE mac = ?1", [MAC], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+    old.as_object_mut().unwrap().remove("host_keys");
+    old.as_object_mut().unwrap().remove("host_key_fingerprints");
+    conn.execute(
+        "UPDATE nodes SET record = ?1 WHERE mac = ?2",
+        rusqlite::params![old.to_string(), MAC],
+    )
+    .unwrap();
+    drop(conn);
+
+    let inv = open(dir.path());
+    let rec = inv.get(MAC).unwrap().unwrap();
+    assert!(rec.host_keys.is_empty() && rec.host_key_fingerprints.is_empty());
+    let rec = inv.begin_install(MAC, 1).unwrap();
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJeUcRgfF2JHTkbvqH7RMf6SDu4vRPuuW38K2lsZz5Ju root@node1";
+    inv.record_event(
+        rec.install_id.as_deref().unwrap(),
+        rec.token.as_deref().unwrap(),
+        &ev(
+            Step::Finish,
+            EventKind::Installed {
+                serial: 1,
+                host_keys: vec![key.into(), "not a key".into()],
+            },
+        ),
+    )
+    .unwrap();
+    drop(inv);
+    let rec = open(dir.path()).get(MAC).unwrap().unwrap();
+    assert_eq!(
+        rec.host_keys,
+        [key.rsplit_once(' ').unwrap().0],
+        "stored without the comment, the bad line dropped"
+    );
+    assert_eq!(
+        rec.host_key_fingerprints,
+        ["ED25519 SHA256:MrydBtaqk8twABHRd3eXgIipDi0WMRHXxWrxKMZYiy8"]
+    );
 }

@@ -199,7 +199,13 @@ fn phases_run_in_wire_order_and_hand_their_results_on() {
         want.push((*step, EventKind::Done));
     }
     want.push((Step::Finish, EventKind::Started));
-    want.push((Step::Finish, EventKind::Installed { serial: 7 }));
+    want.push((
+        Step::Finish,
+        EventKind::Installed {
+            serial: 7,
+            host_keys: vec![],
+        },
+    ));
     let got: Vec<_> = events.iter().map(|e| (e.step, e.kind.clone())).collect();
     assert_eq!(got, want);
     assert_eq!(events[1].message, "choose_disk: chosen");
