@@ -219,7 +219,7 @@ node2,10.44.0.12 ssh-ed25519 AAAAother
 10.44.0.13 ssh-rsa AAAAaddress-now-node1s
 ";
         let names = vec!["node1".to_string(), "10.44.0.13".to_string()];
-        let text = updated(existing, &names, &[k.clone()]);
+        let text = updated(existing, &names, std::slice::from_ref(&k));
         assert_eq!(
             text,
             format!(
@@ -240,8 +240,13 @@ node2,10.44.0.12 ssh-ed25519 AAAAother
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ssh/known_hosts");
         let k = HostKey::parse(ED).unwrap();
-        record(&path, &["n1".into(), "10.0.0.1".into()], &[k.clone()]).unwrap();
-        record(&path, &["n2".into()], &[k.clone()]).unwrap();
+        record(
+            &path,
+            &["n1".into(), "10.0.0.1".into()],
+            std::slice::from_ref(&k),
+        )
+        .unwrap();
+        record(&path, &["n2".into()], std::slice::from_ref(&k)).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, format!("n1,10.0.0.1 {}\nn2 {}\n", k.line(), k.line()));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
