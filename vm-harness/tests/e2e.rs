@@ -119,6 +119,7 @@ fn uefi_nodes_pxe_and_http_boot_install_boot_locally_and_reinstall() {
             && l.contains("http http://10.44.0.1/ipxe/snponly.efi")),
         "node2's firmware was never answered with the HTTP-boot URL of snponly.efi"
     );
+    let mut before = Vec::new();
     for (i, node) in t.lab.nodes_mut().iter_mut().enumerate() {
         let name = format!("node{}", i + 1);
         node.wait_for_console(
@@ -129,7 +130,7 @@ fn uefi_nodes_pxe_and_http_boot_install_boot_locally_and_reinstall() {
         )
         .unwrap();
         node.power_off().unwrap();
-        check_disk(&node.disk_path(), &name, Firmware::Uefi);
+        before.push(check_disk(&node.disk_path(), &name, Firmware::Uefi));
         node.start().unwrap();
     }
     // Powered on again: both come up from their disks, nothing reinstalls.
@@ -144,7 +145,9 @@ fn uefi_nodes_pxe_and_http_boot_install_boot_locally_and_reinstall() {
     for name in ["node1", "node2"] {
         t.cli(a, &["node", "reinstall", name]);
     }
+    let mut marks = Vec::new();
     for node in t.lab.nodes_mut() {
+        marks.push(node.console_mark());
         node.restart().unwrap();
     }
     for name in ["node1", "node2"] {
@@ -152,6 +155,29 @@ fn uefi_nodes_pxe_and_http_boot_install_boot_locally_and_reinstall() {
             r.installs == 2 && r.is_done()
         });
         assert_eq!(rec.installs, 2);
+    }
+    // The reinstall kept each node's identity (`[install] keep_identity`): the
+    // installer read it from the old root before partitioning.
+    for (i, node) in t.lab.nodes_mut().iter_mut().enumerate() {
+        let name = format!("node{}", i + 1);
+        node.wait_for_console_after(
+            marks[i],
+            &format!("rollout-tiny: {name} booted from disk")
+                .as_str()
+                .into(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        node.power_off().unwrap();
+        let after = check_disk(&node.disk_path(), &name, Firmware::Uefi);
+        assert_eq!(
+            after.machine_id, before[i].machine_id,
+            "{name}: the reinstall did not keep its machine-id"
+        );
+        assert_eq!(
+            after.host_keys, before[i].host_keys,
+            "{name}: the reinstall did not keep its SSH host keys"
+        );
     }
 }
 
