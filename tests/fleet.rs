@@ -473,7 +473,19 @@ fn a_rogue_sshd_never_sees_a_command() {
         {"mac": "52:54:00:78:00:01", "hostname": "good", "ip": GOOD_IP, "state": "installed", "host_keys": [bare(&good_key)]},
         {"mac": "52:54:00:78:00:02", "hostname": "victim", "ip": ROGUE_IP, "state": "installed", "host_keys": [bare(&victim_key)]},
         {"mac": "52:54:00:78:78:78", "hostname": "node-787878", "ip": ROGUE_IP, "state": "discovered"},
+        // Keys in the record, none in known_hosts (a failed write): not run either.
+        {"mac": "52:54:00:78:00:03", "hostname": "stale", "ip": GOOD_IP, "state": "failed", "host_keys": [bare(&good_key)]},
     ]));
+    let (code, out) = exec(&config, nodes("stale"), 30, &["true"]);
+    assert!(
+        line_of(&out, "stale").contains("REFUSED: ")
+            && out.contains("has no entry for stale")
+            && out.contains("rollout node reinstall stale"),
+        "{out}"
+    );
+    assert_ne!(code, 0);
+    assert!(!f.ran_on("good"), "ran without a known host key: {out}");
+
     let all = || Target {
         nodes: None,
         all: true,
@@ -497,7 +509,7 @@ fn a_rogue_sshd_never_sees_a_command() {
         "a discovered record is not contacted by --all: {out}"
     );
     assert!(
-        out.contains("1 node(s) not installed, not contacted"),
+        out.contains("2 node(s) not installed, not contacted"),
         "{out}"
     );
     assert!(

@@ -183,6 +183,12 @@ pub fn run(
             secs: timeout.as_secs(),
             stdout,
         },
+        Some(Some(SSH_ERROR)) if stderr.contains("host key is known for") => {
+            Outcome::Refused(format!(
+                "{} has no entry for {hostname}, so nothing was run: the server writes it when {hostname}'s install reports its host keys; reinstall it (`rollout node reinstall {hostname}`)",
+                s.known_hosts.display()
+            ))
+        }
         Some(Some(SSH_ERROR)) if host_key_refused(&stderr) => {
             Outcome::Refused(mismatch_reason(hostname, host, &s.known_hosts))
         }
