@@ -32,6 +32,20 @@ const ROGUE_HUB_IP: &str = "10.44.78.1";
 const GOOD_IP: &str = "10.44.78.11";
 const ROGUE_IP: &str = "10.44.78.12";
 
+/// A new ed25519 key pair at `path` and `path.pub`.
+fn keygen(path: &Path) {
+    must(&[
+        "ssh-keygen",
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-f",
+        &path.to_string_lossy(),
+    ]);
+}
+
 struct Lab {
     hub: Netns,
     nodes: Vec<Netns>,
@@ -64,16 +78,7 @@ impl Lab {
     /// A real sshd in node namespace `i`, trusting only `authorized_keys`.
     fn start_sshd(&mut self, i: usize, dir: &Path, ip: &str, name: &str, authorized_keys: &Path) {
         let host_key = dir.join(format!("host_key_{name}"));
-        must(&[
-            "ssh-keygen",
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            &host_key.to_string_lossy(),
-        ]);
+        keygen(&host_key);
         let conf = dir.join(format!("sshd_{name}.conf"));
         std::fs::write(
             &conf,
@@ -222,18 +227,7 @@ impl Fixture {
         let state = t.join("state");
         std::fs::create_dir_all(state.join("ssh")).unwrap();
         let key = state.join("ssh/id_ed25519");
-        must(&[
-            "ssh-keygen",
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "rollout-test",
-            "-f",
-            &key.to_string_lossy(),
-        ]);
+        keygen(&key);
         let authorized = t.join("authorized_keys");
         std::fs::copy(key.with_extension("pub"), &authorized).unwrap();
         // The nodes share this machine's file system, which has no rollout-sync:
@@ -455,16 +449,7 @@ fn a_rogue_sshd_never_sees_a_command() {
     lab.enter_hub();
     // The victim's real key: what its installer reported. The rogue has another.
     let real = f.dir.join("victim_real");
-    must(&[
-        "ssh-keygen",
-        "-q",
-        "-t",
-        "ed25519",
-        "-N",
-        "",
-        "-f",
-        &real.to_string_lossy(),
-    ]);
+    keygen(&real);
     let victim_key = std::fs::read_to_string(real.with_extension("pub")).unwrap();
     let good_key = f.host_key("good");
     f.record_keys("good", GOOD_IP, &good_key);

@@ -462,6 +462,23 @@ pub fn hook_phone_home(target: &Path) -> Result<String, ConfigureError> {
 mod tests {
     use super::*;
 
+    /// Facts for a root on ext3 without swap, with the NIC eth0.
+    fn facts<'a>(
+        plan: &'a InstallPlan,
+        installer_exe: PathBuf,
+        identity: Option<&'a Identity>,
+    ) -> NodeFacts<'a> {
+        NodeFacts {
+            plan,
+            root_uuid: "r".into(),
+            root_fs: RootFs::Ext3,
+            swap_uuid: None,
+            iface: "eth0".into(),
+            installer_exe,
+            identity,
+        }
+    }
+
     #[test]
     fn plan_paths_cannot_escape() {
         let t = Path::new("/target");
@@ -576,15 +593,7 @@ mod tests {
         std::fs::write(&exe, "b").unwrap();
         let mut plan = crate::testutil::plan();
         plan.sync_interval_secs = 900;
-        let facts = NodeFacts {
-            plan: &plan,
-            root_uuid: "r".into(),
-            root_fs: RootFs::Ext3,
-            swap_uuid: None,
-            iface: "eth0".into(),
-            installer_exe: exe,
-            identity: None,
-        };
+        let facts = facts(&plan, exe, None);
         let notes = apply(t, &facts).unwrap();
         assert!(
             notes
@@ -664,15 +673,7 @@ mod tests {
             ],
         };
         let plan = crate::testutil::plan();
-        let facts = NodeFacts {
-            plan: &plan,
-            root_uuid: "r".into(),
-            root_fs: RootFs::Ext3,
-            swap_uuid: None,
-            iface: "eth0".into(),
-            installer_exe: exe,
-            identity: Some(&kept),
-        };
+        let facts = facts(&plan, exe, Some(&kept));
         let notes = apply(t, &facts).unwrap();
         assert!(
             notes

@@ -13,7 +13,7 @@ mod e2e_support;
 
 use std::time::Duration;
 
-use e2e_support::{assert_distinct_keys, check_disk, fixture, E2eLab};
+use e2e_support::{assert_distinct_keys, check_disk, fixture, DiskFacts, E2eLab};
 use vm_harness::config::{ImageConfig, ImageMount};
 use vm_harness::demo::NodeProgress;
 use vm_harness::e2e::ImageKind;
@@ -121,16 +121,7 @@ fn uefi_nodes_pxe_and_http_boot_install_boot_locally_and_reinstall() {
     );
     let mut before = Vec::new();
     for (i, node) in t.lab.nodes_mut().iter_mut().enumerate() {
-        let name = format!("node{}", i + 1);
-        node.wait_for_console(
-            &format!("rollout-tiny: {name} booted from disk")
-                .as_str()
-                .into(),
-            Duration::from_secs(60),
-        )
-        .unwrap();
-        node.power_off().unwrap();
-        before.push(check_disk(&node.disk_path(), &name, Firmware::Uefi));
+        before.push(booted_disk(node, &format!("node{}", i + 1), 0));
         node.start().unwrap();
     }
     // Powered on again: both come up from their disks, nothing reinstalls.
@@ -160,16 +151,7 @@ fn uefi_nodes_pxe_and_http_boot_install_boot_locally_and_reinstall() {
     // installer read it from the old root before partitioning.
     for (i, node) in t.lab.nodes_mut().iter_mut().enumerate() {
         let name = format!("node{}", i + 1);
-        node.wait_for_console_after(
-            marks[i],
-            &format!("rollout-tiny: {name} booted from disk")
-                .as_str()
-                .into(),
-            Duration::from_secs(60),
-        )
-        .unwrap();
-        node.power_off().unwrap();
-        let after = check_disk(&node.disk_path(), &name, Firmware::Uefi);
+        let after = booted_disk(node, &name, marks[i]);
         assert_eq!(
             after.machine_id, before[i].machine_id,
             "{name}: the reinstall did not keep its machine-id"
@@ -179,6 +161,21 @@ fn uefi_nodes_pxe_and_http_boot_install_boot_locally_and_reinstall() {
             "{name}: the reinstall did not keep its SSH host keys"
         );
     }
+}
+
+/// Once the UEFI node `name` has booted its installed OS (console past `mark`),
+/// powers it off and checks its disk.
+fn booted_disk(node: &mut vm_harness::qemu::Node, name: &str, mark: u64) -> DiskFacts {
+    node.wait_for_console_after(
+        mark,
+        &format!("rollout-tiny: {name} booted from disk")
+            .as_str()
+            .into(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    node.power_off().unwrap();
+    check_disk(&node.disk_path(), name, Firmware::Uefi)
 }
 
 #[test]
