@@ -603,4 +603,25 @@ fn the_installed_report_sets_known_hosts_and_a_forged_one_cannot() {
         n["host_key_fingerprints"],
         json!([format!("ED25519 {fp2}")])
     );
+
+    // A node removed from the inventory takes its known_hosts entry with it.
+    let add = json!({"mac": "52:54:00:00:00:02", "hostname": "node2", "ip": "127.0.0.12"});
+    assert_eq!(s.req("POST", "/api/v1/nodes", Some(add), true).0, 200);
+    let (st, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:02", None, false);
+    assert_eq!(st, 200, "{plan}");
+    let path2 = format!(
+        "/api/v1/installs/{}/events",
+        plan["install_id"].as_str().unwrap()
+    );
+    assert_eq!(
+        post(&path2, plan["token"].as_str().unwrap(), &json!([key1])),
+        204
+    );
+    let both = std::fs::read_to_string(&known_hosts).unwrap();
+    assert!(both.contains("node2,127.0.0.12 ssh-ed25519 "), "{both}");
+    assert_eq!(s.req("DELETE", "/api/v1/nodes/node2", None, true).0, 204);
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).unwrap(),
+        format!("node1,127.0.0.11 {bare2}\n")
+    );
 }
