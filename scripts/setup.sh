@@ -16,6 +16,8 @@ PACKAGES=(
   qemu-system-x86 qemu-utils ovmf iproute2 bridge-utils
   # real DHCP/TFTP/HTTP clients, peers and relays used by the tests
   isc-dhcp-client udhcpc busybox-static curl dnsmasq-base kea-admin
+  # raw-UDP attackers in the security tests (TFTP/DHCP floods)
+  python3
   # what the installer and its initramfs carry, and disk inspection in tests
   linux-image-amd64 kmod cpio zstd rsync e2fsprogs gdisk fdisk dosfstools util-linux
   syslinux syslinux-common extlinux systemd-boot-efi
@@ -36,7 +38,7 @@ PROGRAMS=(
   qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils qemu-nbd:qemu-utils
   ip:iproute2 bridge:iproute2
   dhclient:isc-dhcp-client udhcpc:udhcpc busybox:busybox-static curl:curl
-  dnsmasq:dnsmasq-base perfdhcp:kea-admin
+  dnsmasq:dnsmasq-base perfdhcp:kea-admin python3:python3
   modprobe:kmod depmod:kmod cpio:cpio zstd:zstd gzip:gzip rsync:rsync
   mke2fs:e2fsprogs mkfs.ext3:e2fsprogs dumpe2fs:e2fsprogs mkswap:util-linux
   sgdisk:gdisk sfdisk:fdisk mkfs.vfat:dosfstools blkid:util-linux losetup:mount

@@ -16,6 +16,8 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod dhcp;
 #[cfg(feature = "server")]
+pub mod durable;
+#[cfg(feature = "server")]
 pub mod fleet;
 #[cfg(feature = "server")]
 pub mod http;

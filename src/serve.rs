@@ -34,6 +34,8 @@ pub enum ServeError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Secrets(#[from] crate::durable::StateDirError),
     #[error("a service stopped unexpectedly: {0}")]
     Task(String),
 }
@@ -115,22 +117,12 @@ fn admin_token(config: &ValidConfig) -> Result<String, ServeError> {
         }
     }
     let token = crate::inventory::random_hex(24);
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| ServeError::StateDir {
-        path: path.clone(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(err)?;
-    use std::io::Write;
-    writeln!(f, "{token}")
-        .and_then(|_| f.sync_all())
-        .map_err(err)?;
+    crate::durable::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600).map_err(
+        |source| ServeError::StateDir {
+            path: path.clone(),
+            source,
+        },
+    )?;
     info!(path = %path.display(), "generated the admin token");
     Ok(token)
 }
@@ -140,7 +132,12 @@ fn admin_token(config: &ValidConfig) -> Result<String, ServeError> {
 fn server_ssh_key(state_dir: &std::path::Path) -> Option<String> {
     let key = state_dir.join("ssh/id_ed25519");
     if !key.exists() {
-        std::fs::create_dir_all(key.parent()?).ok()?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(key.parent()?)
+            .ok()?;
         let made = std::process::Command::new("ssh-keygen")
             .args([
                 "-q",
@@ -164,11 +161,48 @@ fn server_ssh_key(state_dir: &std::path::Path) -> Option<String> {
         .map(|k| k.trim().to_string())
 }
 
+/// Raises the soft open-files limit to the hard one: every TFTP transfer and HTTP
+/// connection holds a descriptor, and the usual soft limit (1024) is below what the
+/// caps (`tftp::MAX_TRANSFERS`, `http::listen::Limits`) allow together.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+            let before = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            before == lim.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+        }
+    };
+    if raised {
+        info!(open_files = lim.rlim_cur, "open-files limit");
+    } else {
+        warn!(
+            "cannot raise the open-files limit (RLIMIT_NOFILE): {}; many concurrent TFTP/HTTP clients may be refused",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The state directory 0700 and its secrets 0600 ([`crate::durable::secure_state_dir`]),
+/// saying what it narrowed.
+fn secure_state_dir(state_dir: &std::path::Path) -> Result<(), ServeError> {
+    for change in crate::durable::secure_state_dir(state_dir)? {
+        warn!("narrowed permissions of {change}: it holds secrets");
+    }
+    Ok(())
+}
+
 /// Binds everything first (so a taken port or a missing interface is an error at
 /// startup, with a non-zero exit), then serves until `cancel` fires. The machine
 /// checks are `ValidConfig::try_from` (`crate::preflight`), which `check-config`
 /// runs too.
 pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(), ServeError> {
+    raise_fd_limit();
+    secure_state_dir(&config.state_dir)?;
     std::fs::create_dir_all(config.state_dir.join("boot")).map_err(|source| {
         ServeError::StateDir {
             path: config.state_dir.clone(),
@@ -207,6 +241,9 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     declare_config_nodes(&config, &inventory)?;
     let admin_token = admin_token(&config)?;
     let ssh_keys = server_ssh_key(&config.state_dir).into_iter().collect();
+    // Again, now that the secrets exist (an older ssh-keygen may leave its
+    // directory 0755).
+    secure_state_dir(&config.state_dir)?;
     let c = cancel.clone();
     let sweeper_inventory = inventory.clone();
     tasks.spawn(async move {
@@ -241,6 +278,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         admin_token,
         ssh_keys,
         rsync_modules,
+        shutdown: cancel.clone(),
     });
 
     let c = cancel.clone();

@@ -453,7 +453,5 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), InitramfsError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    crate::durable::write_atomic(path, data, 0o644).map_err(io_err(path))
 }

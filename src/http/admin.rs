@@ -384,11 +384,16 @@ async fn image_excludes(State(state): State<Shared>, Path(name): Path<String>) -
 /// Server-Sent Events: one `node` event with the full public record per change.
 async fn events(State(state): State<Shared>) -> impl IntoResponse {
     let rx = state.inventory.subscribe();
-    let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| {
+    let changes = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| {
         let node = r.ok()?;
-        Some(Ok::<_, std::convert::Infallible>(
-            Event::default().event("node").json_data(node).ok()?,
-        ))
+        Some(Some(Event::default().event("node").json_data(node).ok()?))
     });
+    // The stream ends at shutdown, so a watching browser cannot hold the server up.
+    let shutdown =
+        futures_lite::stream::once_future(state.shutdown.clone().cancelled_owned()).map(|_| None);
+    let stream = changes
+        .merge(shutdown)
+        .take_while(Option::is_some)
+        .filter_map(|e| e.map(Ok::<_, std::convert::Infallible>));
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -3,6 +3,7 @@
 //! Every change goes through the state machine in [`state`] and is stored with a
 //! history line in one transaction, then broadcast to dashboards.
 
+pub mod limits;
 pub mod sqlite;
 pub mod state;
 
@@ -148,6 +149,12 @@ pub enum InventoryError {
     },
     #[error("{0}")]
     Conflict(String),
+    /// A stranger was not recorded ([`limits::DiscoveryLimiter`]).
+    #[error("not recording undeclared machine {mac}: {reason}")]
+    Refused {
+        mac: String,
+        reason: limits::DiscoveryRefusal,
+    },
 }
 
 /// Serials of `image` that nodes are installing right now, with those nodes'
@@ -213,6 +220,7 @@ pub struct Inventory {
     /// Serializes read-modify-write cycles so two reports cannot interleave.
     write: Mutex<()>,
     changes: broadcast::Sender<NodeRecord>,
+    discovery: Mutex<limits::DiscoveryLimiter>,
     pub policy: Policy,
 }
 
@@ -223,6 +231,7 @@ impl Inventory {
             store,
             write: Mutex::new(()),
             changes,
+            discovery: Mutex::default(),
             policy,
         }
     }
@@ -345,22 +354,58 @@ impl Inventory {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let (mut rec, event) = match self.store.get(mac)? {
             Some(rec) => (rec, json!({"kind": "pxe_boot", "firmware": firmware})),
-            None => (
-                NodeRecord::new(
-                    mac,
-                    hostname,
-                    image,
-                    Source::Discovered,
-                    NodeState::Discovered,
-                ),
-                json!({"kind": "discovered", "firmware": firmware}),
-            ),
+            None => {
+                self.admit_stranger(mac)?;
+                (
+                    NodeRecord::new(
+                        mac,
+                        hostname,
+                        image,
+                        Source::Discovered,
+                        NodeState::Discovered,
+                    ),
+                    json!({"kind": "discovered", "firmware": firmware}),
+                )
+            }
         };
         rec.last_seen = Some(now());
         if let Some(fw) = firmware {
             rec.firmware = Some(fw.to_string());
         }
         self.commit(rec, event)
+    }
+
+    /// Lets a new discovered record in, or refuses it (too many, or too fast),
+    /// warning at most once a minute with how many were refused.
+    fn admit_stranger(&self, mac: &str) -> Result<(), InventoryError> {
+        let mut failed = None;
+        let total = || match self.store.list() {
+            Ok(all) => all
+                .iter()
+                .filter(|r| r.source == Source::Discovered)
+                .count(),
+            Err(e) => {
+                failed = Some(e);
+                0
+            }
+        };
+        let admitted = self
+            .discovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(now(), total);
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        admitted.map_err(|report| {
+            if let Some(n) = report.warn {
+                tracing::warn!(%mac, refused = n, "not recording undeclared machines: {}", report.reason);
+            }
+            InventoryError::Refused {
+                mac: mac.to_string(),
+                reason: report.reason,
+            }
+        })
     }
 
     /// A new install attempt: fresh id and token.
@@ -401,6 +446,7 @@ impl Inventory {
         if rec.token.as_deref() != Some(token) {
             return Err(InventoryError::BadToken(install_id.into()));
         }
+        let ev = &capped(ev);
         rec.stage = Some(ev.step.as_str().into());
         match &ev.kind {
             EventKind::Started | EventKind::Done => {
@@ -454,10 +500,12 @@ impl Inventory {
             .store
             .get(&ph.mac)?
             .ok_or_else(|| InventoryError::UnknownNode(ph.mac.clone()))?;
+        let boot_id = limits::truncate(&ph.boot_id, limits::MAX_TEXT);
+        let hostname = limits::truncate(&ph.hostname, limits::MAX_TEXT);
         rec.booted_at = Some(now());
-        rec.boot_id = Some(ph.boot_id.clone());
+        rec.boot_id = Some(boot_id.clone());
         rec.serial = Some(ph.serial);
-        let event = json!({"kind": "booted", "hostname": ph.hostname, "serial": ph.serial, "boot_id": ph.boot_id});
+        let event = json!({"kind": "booted", "hostname": hostname, "serial": ph.serial, "boot_id": boot_id});
         self.commit(rec, event)
     }
 
@@ -528,6 +576,26 @@ impl Inventory {
             failed.push(self.commit(rec, event)?);
         }
         Ok(failed)
+    }
+}
+
+/// `ev` with its free text (message, error, console tail) cut to the store's limits.
+fn capped(ev: &ProgressEvent) -> ProgressEvent {
+    let kind = match &ev.kind {
+        EventKind::Failed {
+            error,
+            console_tail,
+        } => EventKind::Failed {
+            error: limits::truncate(error, limits::MAX_TEXT),
+            console_tail: limits::cap_console(console_tail),
+        },
+        k => k.clone(),
+    };
+    ProgressEvent {
+        step: ev.step,
+        kind,
+        message: limits::truncate(&ev.message, limits::MAX_TEXT),
+        elapsed_ms: ev.elapsed_ms,
     }
 }
 

@@ -142,11 +142,9 @@ pub fn updated(existing: &str, names: &[String], keys: &[HostKey]) -> String {
 static WRITER: Mutex<()> = Mutex::new(());
 
 /// Replaces whatever `path` says about `names` (the node's hostname and
-/// address) with `keys`; empty `keys` only forget the node. Written to a temp
-/// file and renamed, 0600.
+/// address) with `keys`; empty `keys` only forget the node. Written atomically
+/// and durably (`durable::write_atomic`), 0600.
 pub fn record(path: &Path, names: &[String], keys: &[HostKey]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let _w = WRITER.lock().unwrap_or_else(|p| p.into_inner());
     let existing = match std::fs::read_to_string(path) {
         Ok(s) => s,
@@ -157,16 +155,7 @@ pub fn record(path: &Path, names: &[String], keys: &[HostKey]) -> std::io::Resul
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::durable::write_atomic(path, text.as_bytes(), 0o600)
 }
 
 #[cfg(test)]
