@@ -429,3 +429,130 @@ fn a_newly_published_serial_comes_with_its_rsync_module() {
     let conf = std::fs::read_to_string(dir.path().join("state/rsyncd.conf")).unwrap();
     assert!(conf.contains("[default-2]"), "{conf}");
 }
+
+/// A fresh ed25519 public key line made by ssh-keygen, and its fingerprint as
+/// `ssh-keygen -l` prints it.
+fn new_host_key(dir: &std::path::Path, name: &str) -> (String, String) {
+    let key = dir.join(name);
+    let ok = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "root@node1", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen (apt-get install openssh-client)");
+    assert!(ok.success());
+    let line = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let fp = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(key.with_extension("pub"))
+        .output()
+        .unwrap();
+    let fp = String::from_utf8_lossy(&fp.stdout);
+    (
+        line.trim().to_string(),
+        fp.split_whitespace().nth(1).unwrap().to_string(),
+    )
+}
+
+#[test]
+fn the_installed_report_sets_known_hosts_and_a_forged_one_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let known_hosts = dir.path().join("state/ssh/known_hosts");
+    let install = |keys: &[&str]| {
+        let (st, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:01", None, false);
+        assert_eq!(st, 200, "{plan}");
+        let path = format!(
+            "/api/v1/installs/{}/events",
+            plan["install_id"].as_str().unwrap()
+        );
+        (
+            path,
+            plan["token"].as_str().unwrap().to_string(),
+            json!(keys),
+        )
+    };
+    // The status of an installed report with these keys.
+    let post = |path: &str, token: &str, keys: &Value| -> u16 {
+        let r = ureq::post(&s.url(path))
+            .set("Authorization", &format!("Bearer {token}"))
+            .send_json(event(
+                "finish",
+                json!({"kind": "installed", "serial": 1, "host_keys": keys}),
+            ));
+        match r {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => panic!("{e}"),
+        }
+    };
+
+    let (key1, fp1) = new_host_key(dir.path(), "k1");
+    let (path, token, keys) = install(&[&key1, "@cert-authority * ssh-rsa AAAA"]);
+    assert_eq!(post(&path, &token, &keys), 204);
+    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    let bare = key1.rsplit_once(' ').unwrap().0;
+    assert_eq!(n["host_keys"], json!([bare]), "{n}");
+    assert_eq!(
+        n["host_key_fingerprints"],
+        json!([format!("ED25519 {fp1}")]),
+        "{n}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).unwrap(),
+        format!("node1,127.0.0.11 {bare}\n"),
+        "the smuggled marker line must not reach known_hosts"
+    );
+    let (ok, out, err) = s.cli(&["node", "show", "node1"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("ED25519 {fp1}")), "{out}");
+
+    // A stranger replays the report with its own key: the token is spent and
+    // a guessed one is refused; known_hosts does not change.
+    let (evil, _) = new_host_key(dir.path(), "evil");
+    for t in [token.as_str(), "0123456789abcdef0123456789abcdef"] {
+        let st = post(&path, t, &json!([evil]));
+        assert!((400..500).contains(&st), "{st}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).unwrap(),
+        format!("node1,127.0.0.11 {bare}\n")
+    );
+
+    // A reinstall with new keys replaces the node's entry (one line, the new key).
+    let (_, reinstall) = s.req("POST", "/api/v1/nodes/node1/reinstall", None, true);
+    assert_eq!(reinstall["state"], "pending", "{reinstall}");
+    let (key2, fp2) = new_host_key(dir.path(), "k2");
+    let (path, token, keys) = install(&[&key2]);
+    assert_eq!(post(&path, &token, &keys), 204);
+    let bare2 = key2.rsplit_once(' ').unwrap().0;
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).unwrap(),
+        format!("node1,127.0.0.11 {bare2}\n")
+    );
+    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    assert_eq!(
+        n["host_key_fingerprints"],
+        json!([format!("ED25519 {fp2}")])
+    );
+
+    // A node removed from the inventory takes its known_hosts entry with it.
+    let add = json!({"mac": "52:54:00:00:00:02", "hostname": "node2", "ip": "127.0.0.12"});
+    assert_eq!(s.req("POST", "/api/v1/nodes", Some(add), true).0, 200);
+    let (st, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:02", None, false);
+    assert_eq!(st, 200, "{plan}");
+    let path2 = format!(
+        "/api/v1/installs/{}/events",
+        plan["install_id"].as_str().unwrap()
+    );
+    assert_eq!(
+        post(&path2, plan["token"].as_str().unwrap(), &json!([key1])),
+        204
+    );
+    let both = std::fs::read_to_string(&known_hosts).unwrap();
+    assert!(both.contains("node2,127.0.0.12 ssh-ed25519 "), "{both}");
+    assert_eq!(s.req("DELETE", "/api/v1/nodes/node2", None, true).0, 204);
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).unwrap(),
+        format!("node1,127.0.0.11 {bare2}\n")
+    );
+}

@@ -16,6 +16,7 @@ pub mod efivars;
 pub mod fileop;
 pub mod format;
 pub mod http_client;
+pub mod identity;
 pub mod layout;
 pub mod modules;
 pub mod net;

@@ -19,6 +19,8 @@ pub const CONSOLE: &str = "/dev/console";
 /// Where the installer mounts the new root and the EFI system partition.
 pub const TARGET: &str = "/target";
 pub const ESP_MOUNT: &str = "/run/rollout-esp";
+/// Where a previous install's root is mounted read-only to carry its identity over.
+pub const OLD_ROOT: &str = "/run/rollout-old-root";
 /// vfat loads its I/O charset at mount time, and Debian's kernel defaults to
 /// `ascii` (nls_ascii), which the initramfs does not carry: without this the
 /// ESP mount fails with EINVAL. nls_iso8859_1 is loaded with the storage modules.

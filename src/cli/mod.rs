@@ -84,7 +84,7 @@ fn announce_runs(
     command: Option<String>,
 ) -> anyhow::Result<()> {
     let client = client::Client::from_config(config)?;
-    for n in crate::fleet::fetch_nodes(config, target)? {
+    for n in crate::fleet::fetch_nodes(config, target)?.contact {
         client
             .post_no_content(
                 &format!("/api/v1/nodes/{}/runs", n.mac),

@@ -186,6 +186,15 @@ pub fn run_node(cmd: NodeCmd, c: &Client) -> anyhow::Result<()> {
                 ago(n.last_seen, now),
                 ago(n.booted_at, now)
             );
+            println!(
+                "\nSSH host keys (reported by its installer; `rollout exec` trusts only these):"
+            );
+            if n.host_key_fingerprints.is_empty() {
+                println!("  none recorded: `rollout exec` and `rollout sync` will not contact it");
+            }
+            for f in &n.host_key_fingerprints {
+                println!("  {f}");
+            }
             if !n.console_tail.is_empty() {
                 println!("\nlast console lines:");
                 for l in &n.console_tail {

@@ -216,6 +216,11 @@ pub struct InstallConfig {
     /// timer running rollout-sync); 0, the default: nodes update on `rollout sync`.
     #[serde(default)]
     pub sync_interval: u64,
+    /// A reinstall keeps the node's SSH host keys and machine-id when its disk
+    /// holds its previous install (so `rollout exec` and operators see the same
+    /// host key); `false`: every install makes fresh ones.
+    #[serde(default = "yes")]
+    pub keep_identity: bool,
 }
 
 impl Default for InstallConfig {
@@ -228,8 +233,13 @@ impl Default for InstallConfig {
             install_timeout: default_install_timeout(),
             reboot_after_failure: default_reboot_after(),
             sync_interval: 0,
+            keep_identity: true,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_image() -> String {

@@ -255,6 +255,17 @@ async fn delete_node(
     match blocking(|| state.inventory.remove(&node.mac)) {
         Ok(()) => {
             audit(&who, "remove", &node);
+            // Its host keys go with it: a machine that later takes its name or
+            // address starts unknown.
+            let path =
+                crate::fleet::ssh::SshSettings::for_state_dir(&state.config.state_dir).known_hosts;
+            let names: Vec<String> = std::iter::once(node.hostname.clone())
+                .chain(node.ip.clone())
+                .collect();
+            if let Err(e) = blocking(|| crate::fleet::ssh::known_hosts::record(&path, &names, &[]))
+            {
+                tracing::warn!(hostname = %node.hostname, "forgetting its host keys in {}: {e}", path.display());
+            }
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => inventory_error(e),

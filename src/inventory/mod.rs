@@ -57,6 +57,14 @@ pub struct NodeRecord {
     pub boot_id: Option<String>,
     pub last_seen: Option<u64>,
     pub updated: u64,
+    /// The node's SSH host public keys (`ALGORITHM BASE64`), as its installer
+    /// reported them in its authenticated `installed` event: what known_hosts
+    /// is written from and what `rollout exec` requires. Empty: unknown.
+    #[serde(default)]
+    pub host_keys: Vec<String>,
+    /// `ED25519 SHA256:…` for each of `host_keys`, for operators to compare.
+    #[serde(default)]
+    pub host_key_fingerprints: Vec<String>,
 }
 
 impl NodeRecord {
@@ -93,6 +101,8 @@ impl NodeRecord {
             boot_id: None,
             last_seen: None,
             updated: 0,
+            host_keys: vec![],
+            host_key_fingerprints: vec![],
         }
     }
 
@@ -475,10 +485,18 @@ impl Inventory {
                 rec.done_bytes = *done_bytes;
                 rec.total_bytes = *total_bytes;
             }
-            EventKind::Installed { serial } => {
+            EventKind::Installed { serial, host_keys } => {
                 Self::transition(&mut rec, Transition::Installed)?;
                 rec.serial = Some(*serial);
                 rec.installed_at = Some(now());
+                // The new install's keys replace the old ones, also when it
+                // reported none: whatever the disk held before is gone.
+                let (keys, refused) = crate::fleet::ssh::known_hosts::parse_all(host_keys);
+                rec.host_keys = keys.iter().map(|k| k.line()).collect();
+                rec.host_key_fingerprints = keys.iter().map(|k| k.describe()).collect();
+                for why in refused {
+                    tracing::warn!(mac = %rec.mac, hostname = %rec.hostname, "host key in the installed report ignored: {why}");
+                }
             }
             EventKind::Failed {
                 error,

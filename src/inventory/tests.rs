@@ -17,6 +17,17 @@ fn declared(mac: &str, hostname: &str) -> NodeRecord {
     NodeRecord::new(mac, hostname, "default", Source::Config, NodeState::Pending)
 }
 
+/// A whole install of `serial` whose `installed` report carries `host_keys`.
+fn install(inv: &Inventory, mac: &str, serial: u64, host_keys: Vec<String>) -> NodeRecord {
+    let rec = inv.begin_install(mac, serial).unwrap();
+    inv.record_event(
+        rec.install_id.as_deref().unwrap(),
+        rec.token.as_deref().unwrap(),
+        &ev(Step::Finish, EventKind::Installed { serial, host_keys }),
+    )
+    .unwrap()
+}
+
 fn open(dir: &std::path::Path) -> Inventory {
     Inventory::open(&dir.join("rollout.db"), Policy::default()).unwrap()
 }
@@ -56,7 +67,13 @@ fn install_lifecycle_with_token_check_survives_reopen() {
     inv.record_event(
         &id,
         &token,
-        &ev(Step::Finish, EventKind::Installed { serial: 3 }),
+        &ev(
+            Step::Finish,
+            EventKind::Installed {
+                serial: 3,
+                host_keys: vec![],
+            },
+        ),
     )
     .unwrap();
     drop(inv);
@@ -92,13 +109,7 @@ fn installed_nodes_refuse_a_new_install_until_reinstall_is_requested() {
     let dir = tempfile::tempdir().unwrap();
     let inv = open(dir.path());
     inv.declare(declared(MAC, "node1")).unwrap();
-    let rec = inv.begin_install(MAC, 1).unwrap();
-    inv.record_event(
-        rec.install_id.as_ref().unwrap(),
-        rec.token.as_ref().unwrap(),
-        &ev(Step::Finish, EventKind::Installed { serial: 1 }),
-    )
-    .unwrap();
+    install(&inv, MAC, 1, vec![]);
     let e = inv.begin_install(MAC, 1).unwrap_err().to_string();
     assert!(e.contains("request a reinstall first"), "{e}");
 }
@@ -267,13 +278,7 @@ fn serials_being_installed_are_those_of_installing_nodes_of_the_image() {
     inv.declare(declared("52:54:00:00:00:03", "node3")).unwrap();
     inv.begin_install(MAC, 3).unwrap();
     // node2 finished installing serial 2: it syncs from the published serial now.
-    let rec = inv.begin_install("52:54:00:00:00:02", 2).unwrap();
-    inv.record_event(
-        rec.install_id.as_deref().unwrap(),
-        rec.token.as_deref().unwrap(),
-        &ev(Step::Finish, EventKind::Installed { serial: 2 }),
-    )
-    .unwrap();
+    install(&inv, "52:54:00:00:00:02", 2, vec![]);
     let mut other = declared("52:54:00:00:00:04", "node4");
     other.image = "web".into();
     inv.declare(other).unwrap();
@@ -304,6 +309,51 @@ fn unknown_machines_have_one_default() {
     assert_eq!(Policy::default().unknown, UnknownPolicy::DEFAULT);
     assert_eq!(UnknownPolicy::default(), UnknownPolicy::DEFAULT);
     assert_eq!(UnknownPolicy::DEFAULT, UnknownPolicy::Install);
+}
+
+/// A rollout.db from before host keys were recorded: its records (JSON in the
+/// `record` column) lack the fields; they read as "no keys known", and the next
+/// installed report stores the keys, which survive a reopen.
+#[test]
+fn records_from_before_host_keys_upgrade_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rollout.db");
+    {
+        let inv = open(dir.path());
+        inv.declare(declared(MAC, "node1")).unwrap();
+    }
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let json: String = conn
+        .query_row("SELECT record FROM nodes WHERE mac = ?1", [MAC], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+    old.as_object_mut().unwrap().remove("host_keys");
+    old.as_object_mut().unwrap().remove("host_key_fingerprints");
+    conn.execute(
+        "UPDATE nodes SET record = ?1 WHERE mac = ?2",
+        rusqlite::params![old.to_string(), MAC],
+    )
+    .unwrap();
+    drop(conn);
+
+    let inv = open(dir.path());
+    let rec = inv.get(MAC).unwrap().unwrap();
+    assert!(rec.host_keys.is_empty() && rec.host_key_fingerprints.is_empty());
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJeUcRgfF2JHTkbvqH7RMf6SDu4vRPuuW38K2lsZz5Ju root@node1";
+    install(&inv, MAC, 1, vec![key.into(), "not a key".into()]);
+    drop(inv);
+    let rec = open(dir.path()).get(MAC).unwrap().unwrap();
+    assert_eq!(
+        rec.host_keys,
+        [key.rsplit_once(' ').unwrap().0],
+        "stored without the comment, the bad line dropped"
+    );
+    assert_eq!(
+        rec.host_key_fingerprints,
+        ["ED25519 SHA256:MrydBtaqk8twABHRd3eXgIipDi0WMRHXxWrxKMZYiy8"]
+    );
 }
 
 fn pxe_boot_rows(inv: &Inventory, mac: &str) -> Vec<HistoryEntry> {
