@@ -16,7 +16,7 @@ PACKAGES=(
   qemu-system-x86 qemu-utils ovmf iproute2 bridge-utils
   # real DHCP/TFTP/HTTP clients, peers and relays used by the tests
   isc-dhcp-client udhcpc busybox-static curl dnsmasq-base kea-admin
-  # the attacker in the security tests (raw UDP packets)
+  # raw-UDP attackers in the security tests (TFTP/DHCP floods)
   python3
   # what the installer and its initramfs carry, and disk inspection in tests
   linux-image-amd64 kmod cpio zstd rsync e2fsprogs gdisk fdisk dosfstools util-linux

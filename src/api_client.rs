@@ -31,8 +31,10 @@ impl Client {
         }
     }
 
-    /// The server named by the config; the admin token from the config or the
-    /// state directory (readable by root only), or ROLLOUT_TOKEN.
+    /// The server named by the config, and the credential every call sends
+    /// (reads need one too): ROLLOUT_TOKEN (an operator's token from `rollout
+    /// operator add`, whose role the server checks), else the admin token from
+    /// the config or the state directory (readable by root only).
     pub fn from_config(config: &Config) -> Result<Client, ClientError> {
         let base = match (config.server.listen, config.server.address) {
             (Some(listen), _) if !listen.is_unspecified() => {
@@ -99,6 +101,12 @@ impl Client {
         let url = format!("{}{path}", self.base);
         let r = self.call(self.agent.post(&url), body.or(Some(serde_json::json!({}))))?;
         self.decode(&url, r)
+    }
+
+    /// A POST whose answer has no body (204).
+    pub fn post_no_content(&self, path: &str, body: serde_json::Value) -> Result<(), ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.call(self.agent.post(&url), Some(body)).map(|_| ())
     }
 
     pub fn delete(&self, path: &str) -> Result<(), ClientError> {

@@ -2,7 +2,14 @@
 //!
 //! The library owns the logic; `main.rs` only parses the command line. Each
 //! protocol or concern is its own module and owns its types.
+//!
+//! The modules before the `server` ones are the shared layer: std/serde/thiserror
+//! only, imported by the installer (`default-features = false`) and the lab too.
 
+pub mod clock;
+pub mod cpio;
+pub mod kernel;
+pub mod mac;
 pub mod wire;
 
 #[cfg(feature = "server")]
@@ -16,7 +23,11 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod counters;
 #[cfg(feature = "server")]
+pub mod db;
+#[cfg(feature = "server")]
 pub mod dhcp;
+#[cfg(feature = "server")]
+pub mod durable;
 #[cfg(feature = "server")]
 pub mod fleet;
 #[cfg(feature = "server")]
@@ -28,12 +39,12 @@ pub mod inventory;
 #[cfg(feature = "server")]
 pub mod netif;
 #[cfg(feature = "server")]
+pub mod operators;
+#[cfg(feature = "server")]
 pub mod plan;
 #[cfg(feature = "server")]
 pub mod preflight;
 #[cfg(feature = "server")]
 pub mod serve;
-#[cfg(feature = "server")]
-pub mod store;
 #[cfg(feature = "server")]
 pub mod tftp;

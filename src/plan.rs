@@ -54,6 +54,7 @@ pub fn install_plan(
             reboot_after_secs: (reboot_after > 0).then_some(reboot_after),
         },
         sync_interval_secs: config.install.sync_interval,
+        keep_identity: config.install.keep_identity,
     }
 }
 
@@ -103,6 +104,10 @@ mod tests {
         assert_eq!(p.kernel_cmdline, "console=ttyS0,115200");
         assert_eq!(p.on_failure.reboot_after_secs, Some(60));
         assert_eq!(p.sync_interval_secs, 0);
+        assert!(
+            p.keep_identity,
+            "a reinstall keeps the node's host keys by default"
+        );
         assert_eq!(p.disk.path, None);
         assert!(p.disk.declared, "a [[node]] may be installed over old data");
     }
@@ -125,7 +130,7 @@ mod tests {
         r.root_mib = Some(12345);
         r.disk = Some("/dev/vdb".into());
         let c = config(
-            "[install]\nreboot_after_failure = 0\nsync_interval = 300\n[[image]]\nname = \"web\"\nexcludes = [\"/var/lib/site/\"]\n",
+            "[install]\nreboot_after_failure = 0\nsync_interval = 300\nkeep_identity = false\n[[image]]\nname = \"web\"\nexcludes = [\"/var/lib/site/\"]\n",
         );
         let p = install_plan(&r, &c, 3, &[]);
         let default = wire::Layout::default();
@@ -137,6 +142,7 @@ mod tests {
             "0 waits for the server"
         );
         assert_eq!(p.sync_interval_secs, 300);
+        assert!(!p.keep_identity);
         assert!(p.excludes.iter().any(|e| e == "/var/lib/site/"));
         assert!(wire::DEFAULT_EXCLUDES
             .iter()

@@ -22,7 +22,7 @@ pub enum ServeError {
     #[error(transparent)]
     Preflight(#[from] crate::preflight::PreflightError),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::db::StoreError),
     #[error(transparent)]
     Inventory(#[from] crate::inventory::InventoryError),
     #[error(transparent)]
@@ -34,6 +34,15 @@ pub enum ServeError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Secrets(#[from] crate::durable::StateDirError),
+    #[error("admin token file {path}: {problem}; {fix}", fix = crate::config::ADMIN_TOKEN_FIX)]
+    AdminToken {
+        path: std::path::PathBuf,
+        problem: String,
+    },
+    #[error(transparent)]
+    Operators(#[from] crate::operators::OperatorError),
     #[error("a service stopped unexpectedly: {0}")]
     Task(String),
 }
@@ -110,27 +119,20 @@ fn admin_token(config: &ValidConfig) -> Result<String, ServeError> {
     }
     let path = config.state_dir.join("admin.token");
     if let Ok(t) = std::fs::read_to_string(&path) {
-        if !t.trim().is_empty() {
-            return Ok(t.trim().to_string());
+        // An empty file is refused too: rollout never regenerates over an
+        // operator's file, which may be a mistake they should see.
+        if let Some(problem) = crate::config::admin_token_problem(&t) {
+            return Err(ServeError::AdminToken { path, problem });
         }
+        return Ok(t.trim().to_string());
     }
     let token = crate::inventory::random_hex(24);
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| ServeError::StateDir {
-        path: path.clone(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(err)?;
-    use std::io::Write;
-    writeln!(f, "{token}")
-        .and_then(|_| f.sync_all())
-        .map_err(err)?;
+    crate::durable::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600).map_err(
+        |source| ServeError::StateDir {
+            path: path.clone(),
+            source,
+        },
+    )?;
     info!(path = %path.display(), "generated the admin token");
     Ok(token)
 }
@@ -140,7 +142,12 @@ fn admin_token(config: &ValidConfig) -> Result<String, ServeError> {
 fn server_ssh_key(state_dir: &std::path::Path) -> Option<String> {
     let key = state_dir.join("ssh/id_ed25519");
     if !key.exists() {
-        std::fs::create_dir_all(key.parent()?).ok()?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(key.parent()?)
+            .ok()?;
         let made = std::process::Command::new("ssh-keygen")
             .args([
                 "-q",
@@ -164,17 +171,57 @@ fn server_ssh_key(state_dir: &std::path::Path) -> Option<String> {
         .map(|k| k.trim().to_string())
 }
 
+/// Raises the soft open-files limit to the hard one: every TFTP transfer and HTTP
+/// connection holds a descriptor, and the usual soft limit (1024) is below what the
+/// caps (`tftp::MAX_TRANSFERS`, `http::listen::Limits`) allow together.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+            let before = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            before == lim.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+        }
+    };
+    if raised {
+        info!(open_files = lim.rlim_cur, "open-files limit");
+    } else {
+        warn!(
+            "cannot raise the open-files limit (RLIMIT_NOFILE): {}; many concurrent TFTP/HTTP clients may be refused",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The state directory 0700 and its secrets 0600 ([`crate::durable::secure_state_dir`]),
+/// saying what it narrowed.
+fn secure_state_dir(state_dir: &std::path::Path) -> Result<(), ServeError> {
+    for change in crate::durable::secure_state_dir(state_dir)? {
+        warn!("narrowed permissions of {change}: it holds secrets");
+    }
+    Ok(())
+}
+
 /// Binds everything first (so a taken port or a missing interface is an error at
 /// startup, with a non-zero exit), then serves until `cancel` fires. The machine
 /// checks are `ValidConfig::try_from` (`crate::preflight`), which `check-config`
 /// runs too.
 pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(), ServeError> {
+    raise_fd_limit();
+    secure_state_dir(&config.state_dir)?;
     std::fs::create_dir_all(config.state_dir.join("boot")).map_err(|source| {
         ServeError::StateDir {
             path: config.state_dir.clone(),
             source,
         }
     })?;
+    // Before any port is bound: a refused token stops startup at once, and the
+    // file exists by the time clients can connect and read it.
+    let admin_token = admin_token(&config)?;
     let db = config.state_dir.join("rollout.db");
     let tftp_root = config.tftp_root.clone();
     let mut tasks = JoinSet::new();
@@ -214,15 +261,19 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     let policy = crate::inventory::Policy::from(&config.install);
     let inventory = Arc::new(Inventory::open(&db, policy)?);
     declare_config_nodes(&config, &inventory)?;
-    let admin_token = admin_token(&config)?;
+    let operators = Arc::new(crate::operators::Operators::open(&db)?);
+    let sessions = http::Sessions::new(config.server.session_lifetime);
     let ssh_keys = server_ssh_key(&config.state_dir).into_iter().collect();
+    // Again, now that the secrets exist (an older ssh-keygen may leave its
+    // directory 0755).
+    secure_state_dir(&config.state_dir)?;
     let c = cancel.clone();
     let sweeper_inventory = inventory.clone();
     tasks.spawn(async move {
         crate::inventory::timeout_sweeper(
             sweeper_inventory,
             std::time::Duration::from_secs(10),
-            crate::inventory::now,
+            crate::clock::now_unix,
             c,
         )
         .await;
@@ -249,9 +300,12 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         config,
         inventory,
         admin_token,
+        operators,
+        sessions,
         ssh_keys,
         rsync_modules,
         counters,
+        shutdown: cancel.clone(),
     });
 
     let c = cancel.clone();

@@ -5,10 +5,13 @@
 use async_tftp::packet;
 use async_tftp::server::{Handler, TftpServerBuilder};
 use futures_lite::io::{AsyncRead, Cursor};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -90,15 +93,156 @@ pub fn check_root(root: &Path) -> Result<PathBuf, TftpError> {
     Ok(root)
 }
 
+/// Transfers served at once, from all clients together. Each holds a UDP socket
+/// (one file descriptor) for at most [`TIMEOUT`] × ([`MAX_SEND_RETRIES`] + 1)
+/// when its client stops acknowledging.
+pub const MAX_TRANSFERS: usize = 256;
+/// Transfers one client address may have at once: a PXE client fetches one
+/// file at a time, so a flood from one address cannot take every slot.
+pub const MAX_TRANSFERS_PER_CLIENT: usize = 16;
+/// The server's retransmission timeout. Clients' `timeout` option (RFC 2349, up
+/// to 255 s) is ignored, so this is what every transfer uses.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+/// Resends of an unacknowledged window before the transfer is dropped
+/// (async-tftp's default is 100: 5 minutes per dead transfer).
+pub const MAX_SEND_RETRIES: u32 = 5;
+/// Bytes of file contents kept in memory for all clients (files are at most
+/// [`MAX_TFTP_FILE`]); beyond it the cache starts afresh.
+const MAX_CACHE: u64 = 256 << 20;
+
+/// Who may start a transfer now: a global and a per-client count. Pure
+/// bookkeeping; a [`Slot`] gives its place back when dropped.
+#[derive(Debug, Default)]
+pub struct Admission {
+    active: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Why a transfer was not started.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Busy {
+    Server,
+    Client,
+}
+
+impl Admission {
+    pub fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Slot, Busy> {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if active.values().sum::<usize>() >= MAX_TRANSFERS {
+            return Err(Busy::Server);
+        }
+        let n = active.entry(client).or_default();
+        if *n >= MAX_TRANSFERS_PER_CLIENT {
+            return Err(Busy::Client);
+        }
+        *n += 1;
+        Ok(Slot {
+            admission: self.clone(),
+            client,
+        })
+    }
+
+    pub fn active(&self) -> usize {
+        let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        active.values().sum()
+    }
+}
+
+/// One admitted transfer.
+#[derive(Debug)]
+pub struct Slot {
+    admission: Arc<Admission>,
+    client: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut active = self
+            .admission
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = active.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                active.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// One shared in-memory copy of each served file, keyed by path and replaced when
+/// the file's modification time or size changes.
+#[derive(Default)]
+struct FileCache {
+    files: HashMap<PathBuf, (SystemTime, u64, Arc<[u8]>)>,
+    bytes: u64,
+}
+
+impl FileCache {
+    fn get(&mut self, path: &Path) -> std::io::Result<Arc<[u8]>> {
+        let meta = std::fs::metadata(path)?;
+        let (mtime, len) = (meta.modified()?, meta.len());
+        if let Some((m, l, data)) = self.files.get(path) {
+            if (*m, *l) == (mtime, len) {
+                return Ok(data.clone());
+            }
+        }
+        let data: Arc<[u8]> = std::fs::read(path)?.into();
+        if self.bytes + len > MAX_CACHE {
+            self.files.clear();
+            self.bytes = 0;
+        }
+        if let Some((_, old, _)) = self
+            .files
+            .insert(path.to_owned(), (mtime, len, data.clone()))
+        {
+            self.bytes -= old;
+        }
+        self.bytes += len;
+        Ok(data)
+    }
+}
+
 pub struct ConfinedHandler {
     root: PathBuf,
+    admission: Arc<Admission>,
+    cache: FileCache,
+    /// Requests turned away since the last warning, and when that was.
+    refused: u64,
+    warned: Option<Instant>,
+}
+
+impl ConfinedHandler {
+    pub fn new(root: PathBuf) -> ConfinedHandler {
+        ConfinedHandler {
+            root,
+            admission: Arc::default(),
+            cache: FileCache::default(),
+            refused: 0,
+            warned: None,
+        }
+    }
+
+    /// Counts a refusal; warns at most every 10 s, with the count.
+    fn refused(&mut self, why: &Busy) {
+        self.refused += 1;
+        if !matches!(self.warned, Some(t) if t.elapsed() < Duration::from_secs(10)) {
+            let (n, active) = (std::mem::take(&mut self.refused), self.admission.active());
+            match why {
+                Busy::Server => warn!(refused = n, active, "TFTP busy: {MAX_TRANSFERS} transfers running; answering new requests with an error"),
+                Busy::Client => warn!(refused = n, active, "TFTP: a client asked for more than {MAX_TRANSFERS_PER_CLIENT} transfers at once; answering the excess with an error"),
+            }
+            self.warned = Some(Instant::now());
+        }
+    }
 }
 
 /// Logs the transfer when the server drops the reader, with how much was sent.
 pub struct LoggedReader {
-    inner: Cursor<Vec<u8>>,
+    inner: Cursor<Arc<[u8]>>,
     client: SocketAddr,
     name: String,
+    _slot: Slot,
 }
 
 impl AsyncRead for LoggedReader {
@@ -139,6 +283,15 @@ impl Handler for ConfinedHandler {
     ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
         let span = tracing::info_span!("tftp", client = %client, file = %path.display());
         let _g = span.enter();
+        let slot = match self.admission.admit(client.ip()) {
+            Ok(s) => s,
+            Err(why) => {
+                self.refused(&why);
+                return Err(packet::Error::Msg(
+                    "server busy; try again in a few seconds".into(),
+                ));
+            }
+        };
         let real = match resolve(&self.root, path) {
             Ok(p) => p,
             Err(Refusal::OutsideRoot) => {
@@ -159,7 +312,10 @@ impl Handler for ConfinedHandler {
                 "file too large for TFTP; use HTTP".into(),
             ));
         }
-        let data = std::fs::read(&real).map_err(|_| packet::Error::FileNotFound)?;
+        let data = self
+            .cache
+            .get(&real)
+            .map_err(|_| packet::Error::FileNotFound)?;
         info!(bytes = data.len(), "RRQ");
         let len = data.len() as u64;
         Ok((
@@ -167,6 +323,7 @@ impl Handler for ConfinedHandler {
                 inner: Cursor::new(data),
                 client: *client,
                 name: path.display().to_string(),
+                _slot: slot,
             },
             Some(len),
         ))
@@ -188,7 +345,10 @@ pub async fn run(
     addr: SocketAddr,
     cancel: CancellationToken,
 ) -> Result<(), TftpError> {
-    let server = TftpServerBuilder::with_handler(ConfinedHandler { root })
+    let server = TftpServerBuilder::with_handler(ConfinedHandler::new(root))
+        .timeout(TIMEOUT)
+        .ignore_client_timeout()
+        .max_send_retries(MAX_SEND_RETRIES)
         .bind(addr)
         .build()
         .await
@@ -241,6 +401,41 @@ mod tests {
             resolve(&r, Path::new("alias")).unwrap(),
             r.join("undionly.kpxe")
         );
+    }
+
+    #[test]
+    fn admission_caps_each_client_and_the_server_and_frees_on_drop() {
+        let a = Arc::new(Admission::default());
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let mine: Vec<Slot> = (0..MAX_TRANSFERS_PER_CLIENT)
+            .map(|_| a.admit(ip(1)).unwrap())
+            .collect();
+        assert_eq!(a.admit(ip(1)).unwrap_err(), Busy::Client);
+        // Another client is not affected by the first one's flood.
+        let other = a.admit(ip(2)).unwrap();
+        drop(mine);
+        drop(other);
+        assert_eq!(a.active(), 0);
+        let all: Vec<Slot> = (0..MAX_TRANSFERS as u32)
+            .map(|i| a.admit(ip(i / 4)).unwrap())
+            .collect();
+        assert_eq!(a.admit(ip(9999)).unwrap_err(), Busy::Server);
+        drop(all);
+        a.admit(ip(9999)).unwrap();
+    }
+
+    #[test]
+    fn the_cache_shares_one_copy_and_follows_changes() {
+        let (_d, r) = root();
+        let mut c = FileCache::default();
+        let path = r.join("undionly.kpxe");
+        let first = c.get(&path).unwrap();
+        let second = c.get(&path).unwrap();
+        assert!(Arc::ptr_eq(&first, &second), "a second copy was loaded");
+        std::fs::write(&path, b"new contents").unwrap();
+        let third = c.get(&path).unwrap();
+        assert_eq!(&third[..], b"new contents");
+        assert_eq!(c.bytes, 12);
     }
 
     #[test]

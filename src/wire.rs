@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod initramfs;
+
 /// Kernel command-line keys the iPXE script passes to the installer.
 pub mod cmdline {
     /// Base URL of the server, e.g. `http://10.44.0.1:8080`.
@@ -119,6 +121,15 @@ pub struct InstallPlan {
     /// timer); 0: none, the node updates when `rollout sync` tells it to.
     #[serde(default)]
     pub sync_interval_secs: u64,
+    /// Carry the node's identity (SSH host keys, machine-id) over from its
+    /// previous install on the same disk, so a reinstall does not change the
+    /// host key operators and `rollout exec` know (`[install] keep_identity`).
+    #[serde(default = "yes")]
+    pub keep_identity: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +213,29 @@ pub enum Bootloader {
     Auto,
     Extlinux,
     Uefi,
+}
+
+/// A node's firmware: it decides the partition layout (BIOS boot partition or
+/// ESP) and the boot loader. The installer detects it; the lab boots nodes with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+impl Firmware {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
+impl std::fmt::Display for Firmware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,6 +347,12 @@ pub enum EventKind {
     /// The whole install is finished and the node is about to reboot.
     Installed {
         serial: u64,
+        /// The installed node's SSH host public keys, one OpenSSH line each
+        /// (`ssh-ed25519 AAAA… comment`): the server writes its known_hosts from
+        /// them. Sent only in this authenticated event; empty from an older
+        /// installer or an image without ssh-keygen.
+        #[serde(default)]
+        host_keys: Vec<String>,
     },
     Failed {
         error: String,
@@ -351,6 +391,34 @@ mod tests {
         assert_eq!(json["done_bytes"], 50);
         let back: ProgressEvent = serde_json::from_value(json).unwrap();
         assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn installed_event_carries_host_keys_and_old_ones_parse() {
+        let ev = ProgressEvent {
+            step: Step::Finish,
+            kind: EventKind::Installed {
+                serial: 3,
+                host_keys: vec!["ssh-ed25519 AAAAC3Nz root@n1".into()],
+            },
+            message: "installed".into(),
+            elapsed_ms: 1,
+        };
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(json["host_keys"][0], "ssh-ed25519 AAAAC3Nz root@n1");
+        assert_eq!(serde_json::from_value::<ProgressEvent>(json).unwrap(), ev);
+        // An installer from before host keys were reported.
+        let old: ProgressEvent = serde_json::from_str(
+            r#"{"step":"finish","kind":"installed","serial":2,"message":"m","elapsed_ms":0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            old.kind,
+            EventKind::Installed {
+                serial: 2,
+                host_keys: vec![]
+            }
+        );
     }
 
     #[test]

@@ -11,18 +11,27 @@ fn every_endpoint_with_auth_and_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
 
-    // Reads are open.
-    let (st, nodes) = s.req("GET", "/api/v1/nodes", None, false);
+    // Reads need a credential (any role) unless server.anonymous_read.
+    let (st, e) = s.req("GET", "/api/v1/nodes", None, false);
+    assert_eq!(st, 401, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("rollout operator add"),
+        "{e}"
+    );
+    let (st, nodes) = s.req("GET", "/api/v1/nodes", None, true);
     assert_eq!(st, 200);
     assert_eq!(nodes[0]["hostname"], "node1");
     assert_eq!(nodes[0]["state"], "pending");
     assert!(nodes[0].get("token").is_none(), "tokens must not leak");
-    let (st, one) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    let (st, one) = s.req("GET", "/api/v1/nodes/node1", None, true);
     assert_eq!((st, one["mac"].as_str()), (200, Some("52:54:00:00:00:01")));
-    let (st, e) = s.req("GET", "/api/v1/nodes/nosuch", None, false);
+    let (st, e) = s.req("GET", "/api/v1/nodes/nosuch", None, true);
     assert_eq!(st, 404);
     assert!(e["error"].as_str().unwrap().contains("rollout node list"));
-    let (st, images) = s.req("GET", "/api/v1/images", None, false);
+    let (st, images) = s.req("GET", "/api/v1/images", None, true);
     assert_eq!(
         (
             st,
@@ -31,6 +40,13 @@ fn every_endpoint_with_auth_and_bad_input() {
         ),
         (200, Some("default"), Some(1))
     );
+    // Each complete serial with its metadata, as the image store reads it.
+    assert_eq!(
+        images[0]["serials"][0]["serial"].as_u64(),
+        Some(1),
+        "{images}"
+    );
+    assert!(images[0]["serials"][0]["created"].is_string(), "{images}");
     let serial = s.text("/api/v1/images/default/serial");
     assert_eq!(serial.trim(), "1");
     // Node-local paths for rollout-sync: the defaults, then the image's own.
@@ -84,7 +100,7 @@ fn every_endpoint_with_auth_and_bad_input() {
         assert!(e["error"].as_str().unwrap().contains(why), "{bad}: {e}");
     }
     assert_eq!(
-        s.req("GET", "/api/v1/nodes", None, false)
+        s.req("GET", "/api/v1/nodes", None, true)
             .1
             .as_array()
             .unwrap()
@@ -108,12 +124,12 @@ fn every_endpoint_with_auth_and_bad_input() {
     assert_eq!(s.req("DELETE", "/api/v1/nodes/node1", None, true).0, 409);
     assert_eq!(s.req("DELETE", "/api/v1/nodes/node2", None, false).0, 401);
     assert_eq!(s.req("DELETE", "/api/v1/nodes/node2", None, true).0, 204);
-    assert_eq!(s.req("GET", "/api/v1/nodes/node2", None, false).0, 404);
+    assert_eq!(s.req("GET", "/api/v1/nodes/node2", None, true).0, 404);
 
     // A stranger PXE-boots: discovered, waits for approval, then installs.
     let script = s.text("/boot.ipxe?mac=aa:bb:cc:00:00:01&platform=efi");
     assert!(script.contains("waiting for approval"), "{script}");
-    let (_, disc) = s.req("GET", "/api/v1/discovered", None, false);
+    let (_, disc) = s.req("GET", "/api/v1/discovered", None, true);
     assert_eq!(disc[0]["mac"], "aa:bb:cc:00:00:01");
     assert_eq!(disc[0]["firmware"], "efi");
     assert_eq!(
@@ -209,7 +225,7 @@ fn every_endpoint_with_auth_and_bad_input() {
         .send_json(ev)
         .unwrap();
     assert_eq!(ok.status(), 204);
-    let (_, n1) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    let (_, n1) = s.req("GET", "/api/v1/nodes/node1", None, true);
     assert_eq!(
         (
             n1["state"].as_str(),
@@ -218,7 +234,7 @@ fn every_endpoint_with_auth_and_bad_input() {
         ),
         (Some("installing"), Some("copy"), Some(10))
     );
-    let (st, hist) = s.req("GET", "/api/v1/nodes/node1/history", None, false);
+    let (st, hist) = s.req("GET", "/api/v1/nodes/node1/history", None, true);
     assert_eq!(st, 200);
     assert!(hist
         .as_array()
@@ -360,12 +376,12 @@ fn crash_mid_install_keeps_state_and_history_then_times_out() {
             s = Server::start(dir.path());
         }
     }
-    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, true);
     assert_eq!(
         (n["state"].as_str(), n["stage"].as_str()),
         (Some("installing"), Some("mount"))
     );
-    let (_, hist) = s.req("GET", "/api/v1/nodes/node1/history", None, false);
+    let (_, hist) = s.req("GET", "/api/v1/nodes/node1/history", None, true);
     let steps: Vec<&str> = hist
         .as_array()
         .unwrap()
@@ -380,7 +396,7 @@ fn crash_mid_install_keeps_state_and_history_then_times_out() {
     // The install then stops reporting: the configured 5 s timeout fails it.
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
+        let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, true);
         if n["state"] == "failed" {
             assert!(
                 n["last_error"].as_str().unwrap().contains("timed out"),
@@ -391,91 +407,6 @@ fn crash_mid_install_keeps_state_and_history_then_times_out() {
         assert!(Instant::now() < deadline, "install never timed out: {n}");
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-#[test]
-fn dashboard_reinstall_button_needs_the_admin_sign_in() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path());
-    // Installed, so a reinstall that got through would show: the state would go
-    // back to pending, history would gain a row and iPXE would get the installer.
-    s.install("52:54:00:00:00:01");
-    let unchanged = |why: &str| {
-        let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
-        assert_eq!(n["state"], "installed", "{why}: {n}");
-        let kinds = s.history_kinds("node1");
-        assert!(
-            kinds.contains(&"installed".to_string())
-                && !kinds.contains(&"reinstall_requested".to_string()),
-            "{why}: {kinds:?}"
-        );
-        let script = s.text("/boot.ipxe?mac=52-54-00-00-00-01&platform=pcbios");
-        assert!(script.contains("booting from its disk"), "{why}: {script}");
-    };
-    unchanged("after the install");
-    let agent = ureq::AgentBuilder::new().redirects(0).build();
-    let status = |r: Result<ureq::Response, ureq::Error>| match r {
-        Ok(r) => (
-            r.status(),
-            r.header("location").unwrap_or("").to_string(),
-            r.header("set-cookie").unwrap_or("").to_string(),
-        ),
-        Err(ureq::Error::Status(c, r)) => (
-            c,
-            r.header("location").unwrap_or("").to_string(),
-            String::new(),
-        ),
-        Err(e) => panic!("{e}"),
-    };
-    // Not signed in, or with a made-up cookie: sent to the login page, nothing changes.
-    let (code, location, _) = status(agent.post(&s.url("/nodes/node1/reinstall")).call());
-    assert_eq!((code, location.as_str()), (303, "/login"));
-    unchanged("a reinstall without signing in");
-    let (code, location, _) = status(
-        agent
-            .post(&s.url("/nodes/node1/reinstall"))
-            .set("Cookie", "rollout_admin=guessed")
-            .call(),
-    );
-    assert_eq!((code, location.as_str()), (303, "/login"));
-    unchanged("a reinstall with a wrong cookie");
-    // A wrong token does not sign in.
-    let (code, _, cookie) = status(
-        agent
-            .post(&s.url("/login"))
-            .send_form(&[("token", "wrong")]),
-    );
-    assert_eq!(code, 200);
-    assert!(cookie.is_empty());
-    // The right one does; the button then works.
-    let (_, _, cookie) = status(
-        agent
-            .post(&s.url("/login"))
-            .send_form(&[("token", &s.token)]),
-    );
-    let cookie = cookie.split(';').next().unwrap().to_string();
-    assert!(cookie.starts_with("rollout_admin="), "{cookie}");
-    let (code, location, _) = status(
-        agent
-            .post(&s.url("/nodes/node1/reinstall"))
-            .set("Cookie", &cookie)
-            .call(),
-    );
-    assert_eq!((code, location.as_str()), (303, "/nodes/52:54:00:00:00:01"));
-    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
-    assert_eq!(
-        n["state"], "pending",
-        "reinstall from the dashboard did not take"
-    );
-    assert_eq!(
-        s.history_kinds("node1").last().map(String::as_str),
-        Some("reinstall_requested")
-    );
-    let page = s.text("/nodes/node1");
-    assert!(
-        page.contains("reinstall_requested"),
-        "history shows the request"
-    );
 }
 
 /// A serial published by the CLI is handed out only with its rsync module in
@@ -497,4 +428,131 @@ fn a_newly_published_serial_comes_with_its_rsync_module() {
     assert_eq!(serial.trim(), "2");
     let conf = std::fs::read_to_string(dir.path().join("state/rsyncd.conf")).unwrap();
     assert!(conf.contains("[default-2]"), "{conf}");
+}
+
+/// A fresh ed25519 public key line made by ssh-keygen, and its fingerprint as
+/// `ssh-keygen -l` prints it.
+fn new_host_key(dir: &std::path::Path, name: &str) -> (String, String) {
+    let key = dir.join(name);
+    let ok = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "root@node1", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen (apt-get install openssh-client)");
+    assert!(ok.success());
+    let line = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let fp = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(key.with_extension("pub"))
+        .output()
+        .unwrap();
+    let fp = String::from_utf8_lossy(&fp.stdout);
+    (
+        line.trim().to_string(),
+        fp.split_whitespace().nth(1).unwrap().to_string(),
+    )
+}
+
+#[test]
+fn the_installed_report_sets_known_hosts_and_a_forged_one_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let known_hosts = dir.path().join("state/ssh/known_hosts");
+    let install = |keys: &[&str]| {
+        let (st, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:01", None, false);
+        assert_eq!(st, 200, "{plan}");
+        let path = format!(
+            "/api/v1/installs/{}/events",
+            plan["install_id"].as_str().unwrap()
+        );
+        (
+            path,
+            plan["token"].as_str().unwrap().to_string(),
+            json!(keys),
+        )
+    };
+    // The status of an installed report with these keys.
+    let post = |path: &str, token: &str, keys: &Value| -> u16 {
+        let r = ureq::post(&s.url(path))
+            .set("Authorization", &format!("Bearer {token}"))
+            .send_json(event(
+                "finish",
+                json!({"kind": "installed", "serial": 1, "host_keys": keys}),
+            ));
+        match r {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => panic!("{e}"),
+        }
+    };
+
+    let (key1, fp1) = new_host_key(dir.path(), "k1");
+    let (path, token, keys) = install(&[&key1, "@cert-authority * ssh-rsa AAAA"]);
+    assert_eq!(post(&path, &token, &keys), 204);
+    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    let bare = key1.rsplit_once(' ').unwrap().0;
+    assert_eq!(n["host_keys"], json!([bare]), "{n}");
+    assert_eq!(
+        n["host_key_fingerprints"],
+        json!([format!("ED25519 {fp1}")]),
+        "{n}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).unwrap(),
+        format!("node1,127.0.0.11 {bare}\n"),
+        "the smuggled marker line must not reach known_hosts"
+    );
+    let (ok, out, err) = s.cli(&["node", "show", "node1"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("ED25519 {fp1}")), "{out}");
+
+    // A stranger replays the report with its own key: the token is spent and
+    // a guessed one is refused; known_hosts does not change.
+    let (evil, _) = new_host_key(dir.path(), "evil");
+    for t in [token.as_str(), "0123456789abcdef0123456789abcdef"] {
+        let st = post(&path, t, &json!([evil]));
+        assert!((400..500).contains(&st), "{st}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).unwrap(),
+        format!("node1,127.0.0.11 {bare}\n")
+    );
+
+    // A reinstall with new keys replaces the node's entry (one line, the new key).
+    let (_, reinstall) = s.req("POST", "/api/v1/nodes/node1/reinstall", None, true);
+    assert_eq!(reinstall["state"], "pending", "{reinstall}");
+    let (key2, fp2) = new_host_key(dir.path(), "k2");
+    let (path, token, keys) = install(&[&key2]);
+    assert_eq!(post(&path, &token, &keys), 204);
+    let bare2 = key2.rsplit_once(' ').unwrap().0;
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).unwrap(),
+        format!("node1,127.0.0.11 {bare2}\n")
+    );
+    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    assert_eq!(
+        n["host_key_fingerprints"],
+        json!([format!("ED25519 {fp2}")])
+    );
+
+    // A node removed from the inventory takes its known_hosts entry with it.
+    let add = json!({"mac": "52:54:00:00:00:02", "hostname": "node2", "ip": "127.0.0.12"});
+    assert_eq!(s.req("POST", "/api/v1/nodes", Some(add), true).0, 200);
+    let (st, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:02", None, false);
+    assert_eq!(st, 200, "{plan}");
+    let path2 = format!(
+        "/api/v1/installs/{}/events",
+        plan["install_id"].as_str().unwrap()
+    );
+    assert_eq!(
+        post(&path2, plan["token"].as_str().unwrap(), &json!([key1])),
+        204
+    );
+    let both = std::fs::read_to_string(&known_hosts).unwrap();
+    assert!(both.contains("node2,127.0.0.12 ssh-ed25519 "), "{both}");
+    assert_eq!(s.req("DELETE", "/api/v1/nodes/node2", None, true).0, 204);
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).unwrap(),
+        format!("node1,127.0.0.11 {bare2}\n")
+    );
 }

@@ -101,6 +101,29 @@ impl Driver {
         );
     }
 
+    /// Signs in on the dashboard's form with `token`, as a person would, and
+    /// waits for the page that says who is signed in.
+    fn sign_in(&self, s: &Server, token: &str) {
+        self.cmd("POST", "/url", json!({"url": s.url("/login")}));
+        self.type_into(r#"input[name="token"]"#, token);
+        self.click(r#"form[action="/login"] button"#);
+        self.wait_for_text("Signed in as");
+    }
+
+    /// Waits until the page's text contains `text`; returns the text.
+    fn wait_for_text(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let body = self.script("return document.body.textContent;");
+            let body = body.as_str().unwrap_or("");
+            if body.contains(text) {
+                return body.to_string();
+            }
+            assert!(Instant::now() < deadline, "{text:?} never showed: {body}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until the browser is on a page whose path is `path`.
     fn wait_for_path(&self, path: &str) {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -190,6 +213,7 @@ fn progress_bar_moves_live_and_screenshot_is_saved() {
             .unwrap();
     };
     report(20);
+    d.sign_in(&s, &s.token);
     d.cmd("POST", "/url", json!({"url": s.url("/")}));
     assert_eq!(wait_for(&d, 10.0), 10.0, "server-rendered progress");
     // Wait until the event stream is connected, then mark the page: a reload would lose the mark.
@@ -240,10 +264,12 @@ fn progress_bar_moves_live_and_screenshot_is_saved() {
     assert!(h1.as_str().unwrap().contains("node1"), "{h1}");
 }
 
-/// The node page's reinstall button in a real browser: refused (sent to the sign-in
-/// page, nothing changed) until the admin token is entered, then it takes.
+/// The node page's reinstall button in a real browser: no page without signing
+/// in; a `read` operator sees the node but is refused the reinstall (the page
+/// names the role needed), signs out; the admin's click takes, and the node's
+/// history names who asked.
 #[test]
-fn reinstall_button_needs_sign_in_in_the_browser() {
+fn reinstall_button_needs_a_maintain_sign_in_in_the_browser() {
     if !browser_available() {
         return;
     }
@@ -252,18 +278,30 @@ fn reinstall_button_needs_sign_in_in_the_browser() {
     let s = Server::start(dir.path());
     // Installed, so a reinstall that got through would show.
     s.install("52:54:00:00:00:01");
-    let state = || s.req("GET", "/api/v1/nodes/node1", None, false).1["state"].clone();
+    let state = || s.req("GET", "/api/v1/nodes/node1", None, true).1["state"].clone();
     assert_eq!(state(), "installed");
+    let (st, viewer) = s.req(
+        "POST",
+        "/api/v1/operators",
+        Some(json!({"name": "viewer", "role": "read"})),
+        true,
+    );
+    assert_eq!(st, 200, "{viewer}");
 
     let d = Driver::start().expect("chromedriver starts");
     const BUTTON: &str = r#"form[action$="/reinstall"] button"#;
     d.cmd("POST", "/url", json!({"url": s.url("/nodes/node1")}));
-    d.click(BUTTON);
     d.wait_for_path("/login");
+
+    d.sign_in(&s, viewer["token"].as_str().unwrap());
+    d.cmd("POST", "/url", json!({"url": s.url("/nodes/node1")}));
+    d.wait_for_text("viewer (read)");
+    d.click(BUTTON);
+    d.wait_for_text("needs role maintain; viewer has read");
     assert_eq!(
         state(),
         "installed",
-        "an unsigned-in click changed the node"
+        "a read operator's click changed the node"
     );
     let kinds = s.history_kinds("node1");
     assert!(
@@ -271,30 +309,25 @@ fn reinstall_button_needs_sign_in_in_the_browser() {
         "{kinds:?}"
     );
 
-    d.type_into(r#"input[name="token"]"#, &s.token);
-    d.click(r#"form[action="/login"] button"#);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !d
-        .script("return document.body.textContent;")
-        .as_str()
-        .unwrap_or("")
-        .contains("Signed in")
-    {
-        assert!(Instant::now() < deadline, "the sign-in did not take");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    d.cmd("POST", "/url", json!({"url": s.url("/")}));
+    d.click(r#"form[action="/logout"] button"#);
+    d.wait_for_path("/login");
+    d.cmd("POST", "/url", json!({"url": s.url("/nodes/node1")}));
+    d.wait_for_path("/login");
+
+    d.sign_in(&s, &s.token);
     d.cmd("POST", "/url", json!({"url": s.url("/nodes/node1")}));
     d.click(BUTTON);
     d.wait_for_path("/nodes/52:54:00:00:00:01");
-    assert_eq!(state(), "pending", "the signed-in click did not take");
+    assert_eq!(state(), "pending", "the admin's click did not take");
     assert_eq!(
         s.history_kinds("node1").last().map(String::as_str),
         Some("reinstall_requested")
     );
-    let page = d.script("return document.body.textContent;");
+    let page = d.wait_for_text("reinstall_requested");
     assert!(
-        page.as_str().unwrap().contains("reinstall_requested"),
-        "the node page shows the request: {page}"
+        page.contains(r#""by":"admin""#),
+        "the node page shows who: {page}"
     );
 }
 

@@ -1,11 +1,13 @@
-//! `rollout exec` against two "nodes" that are network namespaces this test
-//! creates, each running a real sshd that trusts a key made here, plus one
+//! `rollout exec` against "nodes" that are network namespaces these tests
+//! create, each running a real sshd that trusts a key made here, plus one
 //! address where nothing answers. The node list comes from a tiny fake API on
-//! loopback; one node has no `ip` and is found through its DHCP lease.
+//! loopback; one node has no `ip` and is found through its DHCP lease. The
+//! server's known_hosts is written as `rollout serve` writes it from installed
+//! reports (`known_hosts::record`); a rogue sshd holds another key.
 //!
-//! Topology (all in test-made namespaces, 10.44.77.0/24): a hub namespace with
-//! a bridge, where this test's thread, the fake API and the ssh client run;
-//! node namespaces `a` and `b` plugged into the bridge with veths.
+//! Topology (all in test-made namespaces, 10.44.77.0/24 and 10.44.78.0/24): a
+//! hub namespace with a bridge, where the test's thread, the fake API and the
+//! ssh client run; node namespaces plugged into the bridge with veths.
 
 mod common;
 
@@ -16,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{can_run, must};
+use rollout::fleet::ssh::known_hosts;
 use rollout::fleet::{self, ExecArgs, Target};
 use testkit::netns::Netns;
 
@@ -24,6 +27,24 @@ const A_IP: &str = "10.44.77.11";
 const B_IP: &str = "10.44.77.12";
 /// In the subnet, nobody there: ARP fails, ssh says "No route to host".
 const NOBODY_IP: &str = "10.44.77.13";
+/// The rogue test's own lab.
+const ROGUE_HUB_IP: &str = "10.44.78.1";
+const GOOD_IP: &str = "10.44.78.11";
+const ROGUE_IP: &str = "10.44.78.12";
+
+/// A new ed25519 key pair at `path` and `path.pub`.
+fn keygen(path: &Path) {
+    must(&[
+        "ssh-keygen",
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-f",
+        &path.to_string_lossy(),
+    ]);
+}
 
 struct Lab {
     hub: Netns,
@@ -32,14 +53,15 @@ struct Lab {
 }
 
 impl Lab {
-    fn new() -> Lab {
+    /// `lab` tells the namespaces of tests running at the same time apart.
+    fn new(lab: &str, hub_ip: &str, node_ips: &[&str]) -> Lab {
         let id = std::process::id() % 100000;
-        let hub = Netns::create(&format!("rf-{id}-h")).unwrap_or_else(|e| panic!("{e}"));
-        hub.add_bridge("fbr0", &format!("{HUB_IP}/24"))
+        let hub = Netns::create(&format!("r{lab}-{id}-h")).unwrap_or_else(|e| panic!("{e}"));
+        hub.add_bridge("fbr0", &format!("{hub_ip}/24"))
             .unwrap_or_else(|e| panic!("{e}"));
         let mut nodes = vec![];
-        for (i, (tag, ip)) in ["a", "b"].into_iter().zip([A_IP, B_IP]).enumerate() {
-            let ns = Netns::create(&format!("rf-{id}-{tag}")).unwrap_or_else(|e| panic!("{e}"));
+        for (i, (tag, ip)) in ["a", "b"].into_iter().zip(node_ips).enumerate() {
+            let ns = Netns::create(&format!("r{lab}-{id}-{tag}")).unwrap_or_else(|e| panic!("{e}"));
             hub.add_bridge_port("fbr0", &format!("p{i}"), ns.name(), "eth0")
                 .and_then(|()| ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]))
                 .and_then(|_| ns.ip(&["link", "set", "eth0", "up"]))
@@ -56,16 +78,7 @@ impl Lab {
     /// A real sshd in node namespace `i`, trusting only `authorized_keys`.
     fn start_sshd(&mut self, i: usize, dir: &Path, ip: &str, name: &str, authorized_keys: &Path) {
         let host_key = dir.join(format!("host_key_{name}"));
-        must(&[
-            "ssh-keygen",
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            &host_key.to_string_lossy(),
-        ]);
+        keygen(&host_key);
         let conf = dir.join(format!("sshd_{name}.conf"));
         std::fs::write(
             &conf,
@@ -198,30 +211,91 @@ fn nodes(pattern: &str) -> Target {
     }
 }
 
+/// The server's state dir with its SSH key, and the script every test sshd
+/// runs commands through (it leaves `ran-NODE` behind for every command).
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    state: std::path::PathBuf,
+    authorized: std::path::PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path().to_path_buf();
+        let state = t.join("state");
+        std::fs::create_dir_all(state.join("ssh")).unwrap();
+        let key = state.join("ssh/id_ed25519");
+        keygen(&key);
+        let authorized = t.join("authorized_keys");
+        std::fs::copy(key.with_extension("pub"), &authorized).unwrap();
+        // The nodes share this machine's file system, which has no rollout-sync:
+        // stand in for it, passing every other command through.
+        let dispatch = t.join("dispatch.sh");
+        std::fs::write(
+            &dispatch,
+            format!("#!/bin/sh\ntouch '{}/ran-'\"$NODE\"\nif [ \"$SSH_ORIGINAL_COMMAND\" = \"/usr/local/sbin/rollout-sync sync\" ]; then\n  echo 'rollout-sync: syncing rsync://10.44.77.1/web-3/ onto /'\n  if [ \"$NODE\" = a ]; then echo 'updated 2 → 3, 1234 bytes transferred, reboot needed: yes'; else echo 'up to date (serial 3)'; fi\n  exit 0\nfi\nexec sh -c \"$SSH_ORIGINAL_COMMAND\"\n", t.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &dispatch,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        Fixture {
+            _tmp: tmp,
+            dir: t,
+            state,
+            authorized,
+        }
+    }
+
+    /// The public host key of the test sshd `name` (after `start_sshd`).
+    fn host_key(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("host_key_{name}.pub")))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// What `rollout serve` does with an installed report: the node's keys
+    /// under its hostname and address.
+    fn record_keys(&self, hostname: &str, address: &str, key: &str) {
+        let k = known_hosts::HostKey::parse(key).unwrap();
+        known_hosts::record(
+            &self.state.join("ssh/known_hosts"),
+            &[hostname.to_string(), address.to_string()],
+            &[k],
+        )
+        .unwrap();
+    }
+
+    fn config(&self, api: serde_json::Value) -> rollout::config::Config {
+        let port = fake_api(api.to_string());
+        rollout::config::Config::parse(&format!(
+            "state_dir = \"{}\"\n[server]\naddress = \"127.0.0.1\"\nhttp_port = {port}\n",
+            self.state.display()
+        ))
+        .unwrap()
+    }
+
+    fn ran_on(&self, node: &str) -> bool {
+        self.dir.join(format!("ran-{node}")).exists()
+    }
+}
+
+fn bare(key: &str) -> String {
+    known_hosts::HostKey::parse(key).unwrap().line()
+}
+
 #[test]
 fn exec_over_ssh_reports_each_node_and_a_summary() {
     if !can_run(&["ip", "ssh", "ssh-keygen", "sshd"]) {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let state = t.join("state");
-    std::fs::create_dir_all(state.join("ssh")).unwrap();
-    let key = state.join("ssh/id_ed25519");
-    must(&[
-        "ssh-keygen",
-        "-q",
-        "-t",
-        "ed25519",
-        "-N",
-        "",
-        "-C",
-        "rollout-test",
-        "-f",
-        &key.to_string_lossy(),
-    ]);
-    let authorized = t.join("authorized_keys");
-    std::fs::copy(key.with_extension("pub"), &authorized).unwrap();
+    let f = Fixture::new();
+    let (t, state, authorized) = (f.dir.as_path(), &f.state, &f.authorized);
 
     // beta has no fixed address: the server's lease table knows it.
     let conn = rusqlite::Connection::open(state.join("rollout.db")).unwrap();
@@ -232,35 +306,22 @@ fn exec_over_ssh_reports_each_node_and_a_summary() {
     .unwrap();
     drop(conn);
 
-    // The nodes share this machine's file system, which has no rollout-sync:
-    // stand in for it, passing every other command through.
-    let dispatch = t.join("dispatch.sh");
-    std::fs::write(
-        &dispatch,
-        "#!/bin/sh\nif [ \"$SSH_ORIGINAL_COMMAND\" = \"/usr/local/sbin/rollout-sync sync\" ]; then\n  echo 'rollout-sync: syncing rsync://10.44.77.1/web-3/ onto /'\n  if [ \"$NODE\" = a ]; then echo 'updated 2 → 3, 1234 bytes transferred, reboot needed: yes'; else echo 'up to date (serial 3)'; fi\n  exit 0\nfi\nexec sh -c \"$SSH_ORIGINAL_COMMAND\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &dispatch,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let mut lab = Lab::new();
-    lab.start_sshd(0, t, A_IP, "a", &authorized);
-    lab.start_sshd(1, t, B_IP, "b", &authorized);
+    let mut lab = Lab::new("f", HUB_IP, &[A_IP, B_IP]);
+    lab.start_sshd(0, t, A_IP, "a", authorized);
+    lab.start_sshd(1, t, B_IP, "b", authorized);
     lab.enter_hub();
+    let (ka, kb) = (f.host_key("a"), f.host_key("b"));
+    f.record_keys("alpha", A_IP, &ka);
+    f.record_keys("beta", B_IP, &kb);
+    f.record_keys("gamma", NOBODY_IP, &ka);
+    let known_before = std::fs::read_to_string(state.join("ssh/known_hosts")).unwrap();
 
     let api = serde_json::json!([
-        {"mac": "52:54:00:77:00:01", "hostname": "alpha", "ip": A_IP, "state": "booted", "serial": 3},
-        {"mac": "52:54:00:77:00:02", "hostname": "beta", "ip": null, "state": "booted", "serial": 3},
-        {"mac": "52:54:00:77:00:03", "hostname": "gamma", "ip": NOBODY_IP, "state": "booted", "serial": 2},
+        {"mac": "52:54:00:77:00:01", "hostname": "alpha", "ip": A_IP, "state": "installed", "serial": 3, "host_keys": [bare(&ka)]},
+        {"mac": "52:54:00:77:00:02", "hostname": "beta", "ip": null, "state": "installed", "serial": 3, "host_keys": [bare(&kb)]},
+        {"mac": "52:54:00:77:00:03", "hostname": "gamma", "ip": NOBODY_IP, "state": "installed", "serial": 2, "host_keys": [bare(&ka)]},
     ]);
-    let port = fake_api(api.to_string());
-    let config = rollout::config::Config::parse(&format!(
-        "state_dir = \"{}\"\n[server]\naddress = \"127.0.0.1\"\nhttp_port = {port}\n",
-        state.display()
-    ))
-    .unwrap();
+    let config = f.config(api);
 
     // Every node: alpha succeeds, beta's command fails, gamma is not there.
     let (code, out) = exec(
@@ -284,12 +345,10 @@ fn exec_over_ssh_reports_each_node_and_a_summary() {
         "{out}"
     );
     assert_ne!(code, 0);
-    let known = std::fs::read_to_string(state.join("ssh/known_hosts")).unwrap();
-    // Debian hashes known_hosts names: count the entries instead.
     assert_eq!(
-        known.lines().count(),
-        2,
-        "accept-new records both nodes: {known}"
+        std::fs::read_to_string(state.join("ssh/known_hosts")).unwrap(),
+        known_before,
+        "ssh never adds to the server's known_hosts"
     );
 
     // A pattern picks nodes; several arguments run as that exact argv.
@@ -373,4 +432,104 @@ fn exec_over_ssh_reports_each_node_and_a_summary() {
         err.contains("web*") && err.contains("alpha, beta, gamma"),
         "{err}"
     );
+}
+
+/// The attacker's view: a machine on the provisioning network runs its own
+/// sshd (trusting the server's key, so it would run anything it is sent) at a
+/// node's address, and PXE-boots once to become a discovered record.
+#[test]
+fn a_rogue_sshd_never_sees_a_command() {
+    if !can_run(&["ip", "ssh", "ssh-keygen", "sshd"]) {
+        return;
+    }
+    let f = Fixture::new();
+    let mut lab = Lab::new("g", ROGUE_HUB_IP, &[GOOD_IP, ROGUE_IP]);
+    lab.start_sshd(0, &f.dir, GOOD_IP, "good", &f.authorized);
+    lab.start_sshd(1, &f.dir, ROGUE_IP, "rogue", &f.authorized);
+    lab.enter_hub();
+    // The victim's real key: what its installer reported. The rogue has another.
+    let real = f.dir.join("victim_real");
+    keygen(&real);
+    let victim_key = std::fs::read_to_string(real.with_extension("pub")).unwrap();
+    let good_key = f.host_key("good");
+    f.record_keys("good", GOOD_IP, &good_key);
+    f.record_keys("victim", ROGUE_IP, &victim_key);
+    let config = f.config(serde_json::json!([
+        {"mac": "52:54:00:78:00:01", "hostname": "good", "ip": GOOD_IP, "state": "installed", "host_keys": [bare(&good_key)]},
+        {"mac": "52:54:00:78:00:02", "hostname": "victim", "ip": ROGUE_IP, "state": "installed", "host_keys": [bare(&victim_key)]},
+        {"mac": "52:54:00:78:78:78", "hostname": "node-787878", "ip": ROGUE_IP, "state": "discovered"},
+        // Keys in the record, none in known_hosts (a failed write): not run either.
+        {"mac": "52:54:00:78:00:03", "hostname": "stale", "ip": GOOD_IP, "state": "failed", "host_keys": [bare(&good_key)]},
+    ]));
+    let (code, out) = exec(&config, nodes("stale"), 30, &["true"]);
+    assert!(
+        line_of(&out, "stale").contains("REFUSED: ")
+            && out.contains("has no entry for stale")
+            && out.contains("rollout node reinstall stale"),
+        "{out}"
+    );
+    assert_ne!(code, 0);
+    assert!(!f.ran_on("good"), "ran without a known host key: {out}");
+
+    let all = || Target {
+        nodes: None,
+        all: true,
+    };
+
+    let (code, out) = exec(&config, all(), 30, &["echo hello from $NODE"]);
+    assert_eq!(
+        line_of(&out, "good"),
+        "good    exit=0  hello from good",
+        "{out}"
+    );
+    let victim = line_of(&out, "victim");
+    assert!(
+        victim.starts_with("victim  REFUSED: host key mismatch")
+            && victim.contains(ROGUE_IP)
+            && victim.contains("victim's installer"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("node-787878  "),
+        "a discovered record is not contacted by --all: {out}"
+    );
+    assert!(
+        out.contains("2 node(s) not installed, not contacted"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("1 ok, 0 failed, 0 unreachable, 1 refused\n"),
+        "{out}"
+    );
+    assert_ne!(code, 0);
+    assert!(f.ran_on("good"), "the legitimate node ran the command");
+    assert!(!f.ran_on("rogue"), "the rogue sshd ran a command: {out}");
+
+    // Named explicitly, the discovered record is refused, saying why.
+    let (code, out) = exec(&config, nodes("node-*"), 30, &["true"]);
+    assert!(
+        line_of(&out, "node-787878").contains("REFUSED: not contacted: discovered"),
+        "{out}"
+    );
+    assert_ne!(code, 0);
+
+    // `rollout sync` checks the same way.
+    let mut buf = Vec::new();
+    let code = fleet::run_sync_to(
+        fleet::SyncArgs {
+            target: nodes("victim"),
+            parallel: 1,
+            timeout: 30,
+        },
+        &config,
+        &mut buf,
+    )
+    .unwrap();
+    let out = String::from_utf8(buf).unwrap();
+    assert!(
+        line_of(&out, "victim").contains("REFUSED: host key mismatch"),
+        "{out}"
+    );
+    assert_ne!(code, 0);
+    assert!(!f.ran_on("rogue"), "the rogue sshd ran a command: {out}");
 }

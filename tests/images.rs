@@ -298,6 +298,14 @@ async fn rsync_daemon_serves_serials_read_only() {
     );
 }
 
+/// Where the two slow Debian tests keep their image (`ROLLOUT_IMAGE_STATE`): the
+/// second one enters the image the first one built.
+fn debootstrap_state() -> PathBuf {
+    std::env::var_os("ROLLOUT_IMAGE_STATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("rollout-debootstrap-test"))
+}
+
 /// The real debootstrap build (minutes, needs the Debian mirror). Run by hand:
 /// `ROLLOUT_IMAGE_STATE=/var/tmp/rollout-state cargo test -p rollout --test images -- --ignored --nocapture`
 #[test]
@@ -306,10 +314,7 @@ fn debootstrap_build() {
     if !can_enter_images() {
         return;
     }
-    let state = std::env::var_os("ROLLOUT_IMAGE_STATE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("rollout-debootstrap-test"));
-    let images = Images::new(&state);
+    let images = Images::new(&debootstrap_state());
     let start = Instant::now();
     let meta = images
         .build(
@@ -356,10 +361,7 @@ fn enter_debian_and_install_a_package() {
     if !can_enter_images() {
         return;
     }
-    let state = std::env::var_os("ROLLOUT_IMAGE_STATE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("rollout-debootstrap-test"));
-    let images = Images::new(&state);
+    let images = Images::new(&debootstrap_state());
     let opts = EnterOptions {
         command: vec![
             "sh".into(),

@@ -96,6 +96,13 @@ fn initramfs_has_installer_modules_helpers_and_libc() {
     has(&|n| n.ends_with("bios/ldlinux.c32"), "ldlinux.c32");
     has(&|n| n.ends_with("systemd-bootx64.efi"), "systemd-boot");
     has(&|n| n == "dev/console", "/dev/console");
+    // At the very paths the installer runs and reads them (the list both share).
+    for path in rollout::wire::initramfs::PROGRAMS
+        .iter()
+        .chain(rollout::wire::initramfs::FILES)
+    {
+        has(&|n| n == path.trim_start_matches('/'), path);
+    }
     assert!(!names
         .iter()
         .any(|n| n.ends_with(".ko.xz") || n.ends_with(".ko.zst")));

@@ -80,6 +80,13 @@ fn tftp_serves_ipxe_with_large_blksize_and_refuses_escapes() {
             "{what}: one ACK per window"
         );
     }
+    // A client asking for a 255 s timeout (to hold a transfer open) is not
+    // granted it: the server keeps its own 2 s and leaves the option out.
+    let t = tftp_get(&net, "undionly.kpxe", &[("timeout", "255"), ("tsize", "0")]);
+    let oack = t.oack.expect("tsize is acknowledged");
+    assert_eq!(oack.get("timeout"), None, "{oack:?}");
+    assert_eq!(oack.get("tsize"), Some(&size));
+    assert_eq!(t.blocks.concat(), want);
     // No options: plain RFC 1350, no OACK and 512-byte blocks.
     let t = tftp_get(&net, "undionly.kpxe", &[]);
     assert!(t.oack.is_none(), "OACK without options: {:?}", t.oack);

@@ -2,7 +2,6 @@
 //! systemd-boot on UEFI. Both boot the image's own kernel and initrd.
 
 use crate::fileop::{io, FileError};
-use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 
 use crate::{partition, paths, sys};
@@ -24,38 +23,6 @@ pub enum BootError {
 pub struct KernelPair {
     pub kernel: String,
     pub initrd: Option<String>,
-}
-
-/// Compares version strings numerically where both have digits
-/// (`6.1.0-10` < `6.1.0-9` is wrong; this gets it right).
-pub fn version_cmp(a: &str, b: &str) -> Ordering {
-    fn chunks(s: &str) -> Vec<(bool, &str)> {
-        let mut out = Vec::new();
-        let mut start = 0;
-        let bytes = s.as_bytes();
-        for i in 1..=bytes.len() {
-            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[i - 1].is_ascii_digit() {
-                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
-                start = i;
-            }
-        }
-        out
-    }
-    let (ca, cb) = (chunks(a), chunks(b));
-    for (x, y) in ca.iter().zip(cb.iter()) {
-        let o = match (x, y) {
-            ((true, x), (true, y)) => x
-                .trim_start_matches('0')
-                .len()
-                .cmp(&y.trim_start_matches('0').len())
-                .then_with(|| x.trim_start_matches('0').cmp(y.trim_start_matches('0'))),
-            ((_, x), (_, y)) => x.cmp(y),
-        };
-        if o != Ordering::Equal {
-            return o;
-        }
-    }
-    ca.len().cmp(&cb.len())
 }
 
 /// Resolves a symlink like `/vmlinuz → boot/vmlinuz-6.1.0-13-amd64` to a path
@@ -90,7 +57,7 @@ pub fn find_kernel(root: &Path) -> Result<KernelPair, BootError> {
                 .collect()
         })
         .unwrap_or_default();
-    versions.sort_by(|a, b| version_cmp(b, a));
+    versions.sort_by(|a, b| rollout::kernel::compare_versions(b, a));
     let with_initrd = versions
         .iter()
         .find(|v| boot.join(format!("initrd.img-{v}")).exists());
@@ -338,16 +305,6 @@ mod tests {
         };
         let c = extlinux_conf(&k, "t", UUID, "");
         assert!(!c.contains("SERIAL") && !c.contains("INITRD"), "{c}");
-    }
-
-    #[test]
-    fn versions_sort_numerically() {
-        assert_eq!(
-            version_cmp("6.1.0-10-amd64", "6.1.0-9-amd64"),
-            Ordering::Greater
-        );
-        assert_eq!(version_cmp("5.10.0", "6.1.0"), Ordering::Less);
-        assert_eq!(version_cmp("6.1.0", "6.1.0"), Ordering::Equal);
     }
 
     #[test]

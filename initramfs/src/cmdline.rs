@@ -1,5 +1,6 @@
 //! Parses the kernel command line the iPXE script wrote (`rollout.*` keys).
 
+use rollout::mac::MacAddr;
 use rollout::wire::cmdline as keys;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -60,33 +61,10 @@ pub fn split(line: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-/// Accepts `52:54:00:AB:CD:EF`, `52-54-00-ab-cd-ef` and the pxelinux form
-/// `01-52-54-00-ab-cd-ef`; returns `52:54:00:ab:cd:ef`.
-pub fn normalize_mac(s: &str) -> Option<String> {
-    let parts: Vec<&str> = s.trim().split([':', '-']).collect();
-    let parts = match parts.len() {
-        6 => &parts[..],
-        7 if parts[0] == "01" => &parts[1..],
-        _ => return None,
-    };
-    let mut out = Vec::with_capacity(6);
-    for p in parts {
-        if p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
-            return None;
-        }
-        out.push(p.to_ascii_lowercase());
-    }
-    Some(out.join(":"))
-}
-
-/// MAC string (any form [`normalize_mac`] accepts) to bytes.
+/// MAC string (any form [`MacAddr`] accepts, including the pxelinux
+/// `01-52-54-00-ab-cd-ef`) to bytes.
 pub fn mac_bytes(s: &str) -> Option<[u8; 6]> {
-    let norm = normalize_mac(s)?;
-    let mut out = [0u8; 6];
-    for (i, p) in norm.split(':').enumerate() {
-        out[i] = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(out)
+    s.parse::<MacAddr>().ok().map(|m| m.octets())
 }
 
 pub fn parse(line: &str) -> Result<KernelArgs, CmdlineError> {
@@ -111,11 +89,16 @@ pub fn parse(line: &str) -> Result<KernelArgs, CmdlineError> {
         });
     }
     let raw_mac = mac.ok_or(CmdlineError::Missing(keys::MAC))?;
-    let mac = normalize_mac(&raw_mac).ok_or(CmdlineError::Invalid {
-        key: keys::MAC,
-        value: raw_mac,
-        why: "expected six hex bytes like 52:54:00:12:34:56",
-    })?;
+    let mac = match raw_mac.parse::<MacAddr>() {
+        Ok(m) => m.to_string(),
+        Err(_) => {
+            return Err(CmdlineError::Invalid {
+                key: keys::MAC,
+                value: raw_mac,
+                why: "expected six hex bytes like 52:54:00:12:34:56",
+            })
+        }
+    };
     Ok(KernelArgs { server, mac, debug })
 }
 
@@ -170,12 +153,19 @@ mod tests {
 
     #[test]
     fn mac_forms() {
+        let mac =
+            |m: &str| parse(&format!("rollout.server=http://s rollout.mac={m}")).map(|a| a.mac);
         assert_eq!(
-            normalize_mac("01-52-54-00-0A-0b-0c").as_deref(),
-            Some("52:54:00:0a:0b:0c")
+            mac("01-52-54-00-0A-0b-0c").as_deref(),
+            Ok("52:54:00:0a:0b:0c")
         );
-        assert_eq!(normalize_mac("52:54:00:0a:0b"), None);
-        assert_eq!(normalize_mac("52:54:00:0a:0b:0g"), None);
+        assert!(mac("52:54:00:0a:0b").is_err());
+        assert!(mac("52:54:00:0a:0b:0g").is_err());
+        assert_eq!(
+            mac_bytes("01-52-54-00-0a-0b-0c"),
+            mac_bytes("52:54:00:0a:0b:0c")
+        );
+        assert_eq!(mac_bytes("52:54:00:0a:0b"), None);
         assert_eq!(
             mac_bytes("52:54:00:0a:0b:ff"),
             Some([0x52, 0x54, 0, 0x0a, 0x0b, 0xff])

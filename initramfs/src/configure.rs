@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rollout::wire::{InstallPlan, NetworkPlan, RootFs};
 
+use crate::identity::Identity;
 use crate::render::{self, RenderError};
 use crate::{paths, sys};
 
@@ -112,6 +113,9 @@ pub struct NodeFacts<'a> {
     pub iface: String,
     /// The installer binary to copy onto the node as rollout-sync.
     pub installer_exe: PathBuf,
+    /// Host keys and machine-id carried over from this node's previous install
+    /// (`crate::identity`); `None`: fresh ones.
+    pub identity: Option<&'a Identity>,
 }
 
 /// Writes everything and returns notes worth printing (which mechanisms were used).
@@ -137,7 +141,11 @@ pub fn apply(target: &Path, f: &NodeFacts) -> Result<Vec<String>, ConfigureError
         0o644,
     )?;
     notes.push(network(target, f)?);
-    let machine_id = format!("{}\n", uuid::Uuid::new_v4().simple());
+    let kept_id = f.identity.and_then(|i| i.machine_id.as_deref());
+    let machine_id = match kept_id {
+        Some(id) => format!("{id}\n"),
+        None => format!("{}\n", uuid::Uuid::new_v4().simple()),
+    };
     write_file(target, "/etc/machine-id", machine_id.as_bytes(), 0o444)?;
     let dbus_id = target.join("var/lib/dbus/machine-id");
     if dbus_id
@@ -152,7 +160,7 @@ pub fn apply(target: &Path, f: &NodeFacts) -> Result<Vec<String>, ConfigureError
             0o444,
         )?;
     }
-    notes.push(ssh_host_keys(target)?);
+    notes.push(ssh_host_keys(target, f.identity)?);
     authorized_keys(target, &plan.ssh_authorized_keys)?;
     write_file(
         target,
@@ -291,8 +299,9 @@ fn network(target: &Path, f: &NodeFacts) -> Result<String, ConfigureError> {
     Ok(how)
 }
 
-/// Never keeps the image's host keys: every node must have its own.
-fn ssh_host_keys(target: &Path) -> Result<String, ConfigureError> {
+/// Never keeps the image's host keys: every node must have its own, either
+/// carried over from its previous install or generated here.
+fn ssh_host_keys(target: &Path, identity: Option<&Identity>) -> Result<String, ConfigureError> {
     let dir = target.join("etc/ssh");
     let mut removed = 0;
     if let Ok(rd) = std::fs::read_dir(&dir) {
@@ -302,6 +311,15 @@ fn ssh_host_keys(target: &Path) -> Result<String, ConfigureError> {
                 removed += 1;
             }
         }
+    }
+    if let Some(kept) = identity.filter(|i| !i.host_keys.is_empty()) {
+        for k in &kept.host_keys {
+            write_file(target, &format!("/etc/ssh/{}", k.name), &k.contents, k.mode)?;
+        }
+        return Ok(format!(
+            "ssh: removed {removed} image host keys, wrote the {} key files of the previous install",
+            kept.host_keys.len()
+        ));
     }
     let keygen = first_present(target, &["/usr/bin/ssh-keygen", "/bin/ssh-keygen"]);
     let Some(keygen) = keygen else {
@@ -315,6 +333,35 @@ fn ssh_host_keys(target: &Path) -> Result<String, ConfigureError> {
             "ssh: removed {removed} image host keys; ssh-keygen -A in the image failed ({e}), keys must be generated on first boot"
         )),
     }
+}
+
+/// The public host keys now in the root (`/etc/ssh/ssh_host_*_key.pub`, one
+/// line each), for the `installed` report.
+pub fn public_host_keys(target: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(target.join("etc/ssh")) else {
+        return Vec::new();
+    };
+    let mut keys: Vec<(String, String)> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.starts_with("ssh_host_") && n.ends_with("_key.pub")
+        })
+        .filter(|e| {
+            e.path()
+                .symlink_metadata()
+                .map(|m| m.is_file())
+                .unwrap_or(false)
+        })
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            let line = text.lines().next()?.trim().to_string();
+            Some((e.file_name().to_string_lossy().to_string(), line))
+        })
+        .filter(|(_, l)| !l.is_empty())
+        .collect();
+    keys.sort();
+    keys.into_iter().map(|(_, l)| l).collect()
 }
 
 fn authorized_keys(target: &Path, keys: &[String]) -> Result<(), ConfigureError> {
@@ -415,6 +462,23 @@ pub fn hook_phone_home(target: &Path) -> Result<String, ConfigureError> {
 mod tests {
     use super::*;
 
+    /// Facts for a root on ext3 without swap, with the NIC eth0.
+    fn facts<'a>(
+        plan: &'a InstallPlan,
+        installer_exe: PathBuf,
+        identity: Option<&'a Identity>,
+    ) -> NodeFacts<'a> {
+        NodeFacts {
+            plan,
+            root_uuid: "r".into(),
+            root_fs: RootFs::Ext3,
+            swap_uuid: None,
+            iface: "eth0".into(),
+            installer_exe,
+            identity,
+        }
+    }
+
     #[test]
     fn plan_paths_cannot_escape() {
         let t = Path::new("/target");
@@ -462,6 +526,7 @@ mod tests {
             swap_uuid: Some("s-uuid".into()),
             iface: "eth0".into(),
             installer_exe: exe,
+            identity: None,
         };
         let notes = apply(t, &facts).unwrap();
         let read = |p: &str| std::fs::read_to_string(t.join(p)).unwrap();
@@ -528,14 +593,7 @@ mod tests {
         std::fs::write(&exe, "b").unwrap();
         let mut plan = crate::testutil::plan();
         plan.sync_interval_secs = 900;
-        let facts = NodeFacts {
-            plan: &plan,
-            root_uuid: "r".into(),
-            root_fs: RootFs::Ext3,
-            swap_uuid: None,
-            iface: "eth0".into(),
-            installer_exe: exe,
-        };
+        let facts = facts(&plan, exe, None);
         let notes = apply(t, &facts).unwrap();
         assert!(
             notes
@@ -581,5 +639,57 @@ mod tests {
         assert!(!std::fs::read_to_string(t.join("etc/network/interfaces"))
             .unwrap()
             .contains("eth0"));
+    }
+
+    /// A reinstall writes the previous install's keys and machine-id instead of
+    /// fresh ones (no ssh-keygen needed), and reports exactly those public keys.
+    #[test]
+    fn a_kept_identity_replaces_the_image_keys() {
+        use crate::identity::{Identity, KeyFile};
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path();
+        std::fs::create_dir_all(t.join("etc/ssh")).unwrap();
+        std::fs::write(t.join("etc/ssh/ssh_host_ed25519_key"), "IMAGE KEY").unwrap();
+        std::fs::write(
+            t.join("etc/ssh/ssh_host_ed25519_key.pub"),
+            "ssh-ed25519 IMAGE",
+        )
+        .unwrap();
+        let exe = t.join("exe");
+        std::fs::write(&exe, "b").unwrap();
+        let kept = Identity {
+            machine_id: Some("0123456789abcdef0123456789abcdef".into()),
+            host_keys: vec![
+                KeyFile {
+                    name: "ssh_host_ed25519_key".into(),
+                    contents: b"OLD PRIVATE".to_vec(),
+                    mode: 0o600,
+                },
+                KeyFile {
+                    name: "ssh_host_ed25519_key.pub".into(),
+                    contents: b"ssh-ed25519 AAAAOLD root@node1\n".to_vec(),
+                    mode: 0o644,
+                },
+            ],
+        };
+        let plan = crate::testutil::plan();
+        let facts = facts(&plan, exe, Some(&kept));
+        let notes = apply(t, &facts).unwrap();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("key files of the previous install")),
+            "{notes:?}"
+        );
+        let read = |p: &str| std::fs::read_to_string(t.join(p)).unwrap();
+        assert_eq!(read("etc/machine-id"), "0123456789abcdef0123456789abcdef\n");
+        assert_eq!(read("etc/ssh/ssh_host_ed25519_key"), "OLD PRIVATE");
+        let mode = std::fs::metadata(t.join("etc/ssh/ssh_host_ed25519_key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(public_host_keys(t), ["ssh-ed25519 AAAAOLD root@node1"]);
     }
 }

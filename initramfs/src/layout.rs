@@ -15,20 +15,7 @@ const GPT_ENTRIES_BYTES: u64 = 128 * 128;
 /// The legacy-BIOS-bootable attribute (bit 2) that gptmbr.bin looks for.
 pub const ATTR_LEGACY_BIOS_BOOTABLE: u64 = 1 << 2;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Firmware {
-    Bios,
-    Uefi,
-}
-
-impl Firmware {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Firmware::Bios => "bios",
-            Firmware::Uefi => "uefi",
-        }
-    }
-}
+pub use rollout::wire::Firmware;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PartKind {

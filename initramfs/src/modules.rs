@@ -5,33 +5,22 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
+// Names and table parsing are shared with the server's initramfs builder.
+pub use rollout::kernel::{module_name, normalize_module_name, parse_builtin};
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ModDep {
     /// Module name → (path relative to the modules dir, names it depends on).
     entries: HashMap<String, (String, Vec<String>)>,
 }
 
-/// `kernel/drivers/net/virtio_net.ko.xz` → `virtio_net` (dashes become
-/// underscores, as the kernel names modules).
-pub fn module_name(path: &str) -> String {
-    let base = path.rsplit('/').next().unwrap_or(path);
-    let base = base.split(".ko").next().unwrap_or(base);
-    base.replace('-', "_")
-}
-
 pub fn parse_modules_dep(text: &str) -> ModDep {
-    let mut entries = HashMap::new();
-    for line in text.lines() {
-        let Some((path, deps)) = line.split_once(':') else {
-            continue;
-        };
-        let path = path.trim();
-        if path.is_empty() {
-            continue;
-        }
-        let deps = deps.split_whitespace().map(module_name).collect();
-        entries.insert(module_name(path), (path.to_string(), deps));
-    }
+    let entries = rollout::kernel::dep_lines(text)
+        .map(|(path, deps)| {
+            let deps = deps.into_iter().map(module_name).collect();
+            (module_name(path), (path.to_string(), deps))
+        })
+        .collect();
     ModDep { entries }
 }
 
@@ -45,7 +34,7 @@ pub struct LoadPlan {
 
 impl ModDep {
     pub fn contains(&self, name: &str) -> bool {
-        self.entries.contains_key(&name.replace('-', "_"))
+        self.entries.contains_key(&normalize_module_name(name))
     }
 
     /// Dependency-first order for `wanted`. modules.dep lists each module's full
@@ -54,7 +43,7 @@ impl ModDep {
         let mut plan = LoadPlan::default();
         let mut done = HashSet::new();
         for w in wanted {
-            let name = w.replace('-', "_");
+            let name = normalize_module_name(w);
             if !self.entries.contains_key(&name) {
                 plan.missing.push(name);
                 continue;
@@ -85,11 +74,6 @@ impl ModDep {
         done.insert(name.to_string());
         out.push((name.to_string(), path.clone()));
     }
-}
-
-/// Names listed in modules.builtin (compiled into the kernel: nothing to load).
-pub fn parse_builtin(text: &str) -> HashSet<String> {
-    text.lines().map(module_name).collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +146,7 @@ pub fn load(dir: &Path, wanted: &[&str]) -> Result<LoadReport, ModuleError> {
         let mut flags = nix::kmod::ModuleInitFlags::empty();
         if !path.exists() {
             // The builder may have decompressed modules without rewriting modules.dep.
-            let plain = dir.join(rel.split(".ko").next().unwrap_or(&rel).to_string() + ".ko");
+            let plain = dir.join(rollout::kernel::plain_ko_path(&rel));
             if plain.exists() {
                 path = plain;
             } else {
@@ -202,19 +186,6 @@ mod tests {
             .iter()
             .position(|(n, _)| n == name)
             .unwrap_or_else(|| panic!("{name} not in {order:?}"))
-    }
-
-    #[test]
-    fn names_from_paths() {
-        assert_eq!(
-            module_name("kernel/drivers/net/virtio_net.ko"),
-            "virtio_net"
-        );
-        assert_eq!(
-            module_name("kernel/lib/crc64-rocksoft.ko.xz"),
-            "crc64_rocksoft"
-        );
-        assert_eq!(module_name("extra/foo.ko.zst"), "foo");
     }
 
     #[test]

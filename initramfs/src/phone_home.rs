@@ -7,7 +7,7 @@ use std::time::Duration;
 use rollout::wire::{paths as api, PhoneHome};
 
 use crate::nodetoml::{NodeToml, NodeTomlError};
-use crate::{http, paths, render};
+use crate::{http_client, paths, render};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PhoneHomeError {
@@ -58,7 +58,7 @@ pub fn run(root: &Path, attempts: u32) -> Result<(), PhoneHomeError> {
     let body = render::phone_home_json(&report);
     let mut last = String::new();
     for i in 1..=attempts {
-        match http::post_json(&url, None, &body, Duration::from_secs(10)) {
+        match http_client::post_json(&url, None, &body, Duration::from_secs(10)) {
             Ok(r) if r.is_success() => {
                 println!(
                     "rollout-sync: phone-home ok ({} serial {})",

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use rollout::wire::{paths, EventKind, ProgressEvent, Step};
 
-use crate::http;
+use crate::http_client;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -74,8 +74,9 @@ impl Reporter {
             return Err("no install id yet".into());
         };
         let body = serde_json::to_vec(ev).map_err(|e| e.to_string())?;
-        let resp = http::post_json(&events_url(&self.server, id), Some(token), &body, TIMEOUT)
-            .map_err(|e| e.to_string())?;
+        let resp =
+            http_client::post_json(&events_url(&self.server, id), Some(token), &body, TIMEOUT)
+                .map_err(|e| e.to_string())?;
         if resp.is_success() {
             Ok(())
         } else {

@@ -27,6 +27,7 @@ pub fn plan() -> InstallPlan {
         ssh_authorized_keys: vec!["ssh-ed25519 AAAA rollout-server".into()],
         kernel_cmdline: "console=ttyS0,115200".into(),
         sync_interval_secs: 0,
+        keep_identity: true,
         on_failure: FailurePolicy::default(),
     }
 }

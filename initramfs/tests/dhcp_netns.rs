@@ -6,7 +6,7 @@
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use rollout_installer::{dhcp, net};
+use rollout_installer::{dhcp_client, net};
 use testkit::netns::{Netns, NetnsError};
 use testkit::prereq;
 
@@ -84,7 +84,7 @@ fn lease_from_dnsmasq_configures_the_interface() {
     let lease = lab.cli.run_in(|| {
         net::set_up("lo").unwrap();
         net::set_up("vc").unwrap();
-        let lease = dhcp::obtain("vc", MAC, Duration::from_secs(30)).unwrap();
+        let lease = dhcp_client::obtain("vc", MAC, Duration::from_secs(30)).unwrap();
         net::configure("vc", lease.addr, lease.netmask, lease.router).unwrap();
         lease
     });

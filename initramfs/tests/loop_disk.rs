@@ -273,3 +273,118 @@ fn a_partitioned_disk_is_refused_for_a_stranger_and_installed_for_a_declared_nod
 fn an_ext4_disk_is_refused_for_a_stranger_and_installed_for_a_declared_node() {
     stranger_vs_declared(&[("mkfs.ext4", &["-q", "-F"])], "ext4 filesystem");
 }
+/// A plan for `mac`/`hostname`, as the server hands it out.
+fn plan_for(mac: &str, hostname: &str) -> rollout::wire::InstallPlan {
+    serde_json::from_value(serde_json::json!({
+        "install_id": "i-2", "token": "t", "mac": mac, "hostname": hostname,
+        "server_url": "http://10.44.0.1:8080", "network": {"mode": "dhcp"},
+        "image": {"name": "default", "serial": 2, "rsync_url": "rsync://10.44.0.1/default-2/"},
+        "disk": {"path": null}, "layout": serde_json::to_value(Layout::default()).unwrap(),
+        "bootloader": "auto", "excludes": [], "files": [], "ssh_authorized_keys": [],
+        "kernel_cmdline": "", "on_failure": {"reboot_after_secs": 60}
+    }))
+    .unwrap()
+}
+
+/// The ★ of a reinstall: the disk holds this node's previous install (a GPT
+/// `root` partition with ext3, as the installer made it, on 4 KiB sectors),
+/// and the installer reads its SSH host keys and machine-id before anything is
+/// written; another node's install, a blank disk or an unreadable root give
+/// fresh keys, saying why.
+#[test]
+fn a_reinstall_reads_this_nodes_identity_from_the_old_root() {
+    use rollout_installer::{identity, paths, render};
+    if !can_run() || !prereq::require_tools(&[("ssh-keygen", "openssh-client")]) {
+        return;
+    }
+    let sector = 4096;
+    let disk = Loop::new(4 * 1024 * MIB, sector);
+    let me = plan_for("52:54:00:aa:00:07", "rack1-node7");
+    let planned = layout::plan(4 * 1024 * MIB, sector, Firmware::Uefi, &me.layout).unwrap();
+    let parts = partition::write_table(&disk.dev, &planned).unwrap();
+    let root = parts[planned
+        .parts
+        .iter()
+        .position(|p| p.kind == PartKind::Root)
+        .unwrap()]
+    .clone();
+    format::mke2fs(RootFs::Ext3, &me.layout.root_label, &root).unwrap();
+
+    // The previous install, written through a normal mount.
+    let mnt = tempfile::tempdir().unwrap();
+    let m = mnt.path();
+    run("mount", &[root.to_str().unwrap(), m.to_str().unwrap()]);
+    std::fs::create_dir_all(m.join("etc/rollout")).unwrap();
+    std::fs::create_dir_all(m.join("etc/ssh")).unwrap();
+    std::fs::write(m.join("etc/rollout/node.toml"), render::node_toml(&me)).unwrap();
+    std::fs::write(
+        m.join("etc/machine-id"),
+        "00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
+    let key = m.join("etc/ssh/ssh_host_ed25519_key");
+    run(
+        "ssh-keygen",
+        &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()],
+    );
+    let private = std::fs::read(&key).unwrap();
+    let public = std::fs::read(key.with_extension("pub")).unwrap();
+    run("umount", &[m.to_str().unwrap()]);
+
+    let (kept, note) = identity::read_previous(&disk.dev, &me);
+    let kept = kept.unwrap_or_else(|| panic!("identity not kept: {note}"));
+    assert!(
+        note.contains("keeping rack1-node7's SSH host keys (ssh_host_ed25519_key.pub)"),
+        "{note}"
+    );
+    assert_eq!(
+        kept.machine_id.as_deref(),
+        Some("00112233445566778899aabbccddeeff")
+    );
+    let file = |n: &str| {
+        kept.host_keys
+            .iter()
+            .find(|k| k.name == n)
+            .unwrap()
+            .contents
+            .clone()
+    };
+    assert_eq!(file("ssh_host_ed25519_key"), private);
+    assert_eq!(file("ssh_host_ed25519_key.pub"), public);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(paths::OLD_ROOT),
+        "old root left mounted: {mounts}"
+    );
+
+    // The same disk is another node's previous install for a different MAC.
+    let other = plan_for("52:54:00:aa:00:08", "rack1-node8");
+    let (none, note) = identity::read_previous(&disk.dev, &other);
+    assert!(none.is_none());
+    assert!(
+        note.contains("fresh SSH host keys")
+            && note.contains("belongs to another node (rack1-node7"),
+        "{note}"
+    );
+
+    // An unreadable root: its superblock is gone.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&root)
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(&vec![0u8; 64 * 1024])?;
+            f.sync_all()
+        })
+        .unwrap();
+    let (none, note) = identity::read_previous(&disk.dev, &me);
+    assert!(none.is_none() && note.contains("unreadable"), "{note}");
+
+    // A blank disk.
+    partition::wipe(&disk.dev).unwrap();
+    let (none, note) = identity::read_previous(&disk.dev, &me);
+    assert!(
+        none.is_none() && note.contains("no previous install found"),
+        "{note}"
+    );
+}

@@ -35,6 +35,7 @@ fn plan(network: NetworkPlan) -> InstallPlan {
         on_failure: FailurePolicy::default(),
         // The timer's units are node-local too: a sync must keep them.
         sync_interval_secs: 900,
+        keep_identity: true,
     }
 }
 
@@ -77,6 +78,7 @@ fn check(image_files: &[&str], network: NetworkPlan) {
             swap_uuid: None,
             iface: "eth0".into(),
             installer_exe: exe,
+            identity: None,
         },
     )
     .unwrap();

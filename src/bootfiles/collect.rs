@@ -3,9 +3,9 @@
 //! merged-/usr `/sbin` → `usr/sbin`), so programs find their loader, libraries and
 //! siblings exactly where they were built to look.
 
-use super::cpio::Archive;
 use super::elf;
 use super::InitramfsError;
+use crate::cpio::Archive;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};

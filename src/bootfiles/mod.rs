@@ -2,12 +2,11 @@
 //! the kernel modules for common NICs, disks and filesystems, and the host programs the
 //! installer runs (mke2fs, rsync, extlinux, …) with their shared libraries.
 //!
-//! The archive is written by our own deterministic newc writer ([`cpio`]), so the same
+//! The archive is written by our own deterministic newc writer ([`crate::cpio`]), so the same
 //! inputs always give the same `initramfs.img` bytes.
 
 pub mod cli;
 pub mod collect;
-pub mod cpio;
 pub mod elf;
 pub mod modules;
 
@@ -20,33 +19,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Programs the installer may exec, at their host (and therefore initramfs) paths.
-/// Debian 12 is merged-/usr: `/sbin`, `/bin`, `/lib` and `/lib64` are symlinks into
-/// `/usr` on the host and in the initramfs, so `/sbin/mke2fs` works as well.
-/// `/usr/bin/busybox` is there for `rollout.debug=1` shells (`/usr/bin/sh` links to it).
-pub const HELPER_PROGRAMS: &[&str] = &[
-    "/usr/sbin/mke2fs",
-    "/usr/sbin/mkfs.ext3",
-    "/usr/sbin/mkfs.ext4",
-    "/usr/sbin/mkswap",
-    "/usr/sbin/mkfs.vfat",
-    "/usr/bin/rsync",
-    "/usr/bin/extlinux",
-    "/usr/bin/busybox",
-];
-
-/// Data files the installer copies onto the target disk, at their host paths.
-pub const HELPER_FILES: &[&str] = &[
-    "/usr/lib/syslinux/mbr/gptmbr.bin",
-    "/usr/lib/syslinux/mbr/mbr.bin",
-    "/usr/lib/syslinux/modules/bios/ldlinux.c32",
-    "/usr/lib/syslinux/modules/bios/libcom32.c32",
-    "/usr/lib/syslinux/modules/bios/libutil.c32",
-    "/usr/lib/syslinux/modules/bios/menu.c32",
-    "/usr/lib/syslinux/modules/bios/mboot.c32",
-    "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-    "/etc/mke2fs.conf",
-];
+/// Programs the installer may exec and data files it copies onto the target disk,
+/// at their host (and therefore initramfs) paths: the list the installer shares.
+pub use crate::wire::initramfs::{FILES as HELPER_FILES, PROGRAMS as HELPER_PROGRAMS};
 
 /// Modules requested by name; their hard and soft dependencies come along. The
 /// installer loads every line of the shipped `modules.dep` in order.
@@ -71,6 +46,17 @@ fn package_for(path: &str) -> &'static str {
         p if p.contains("syslinux") => "syslinux-common",
         p if p.contains("systemd-boot") => "systemd-boot-efi",
         _ => "the package that provides it",
+    }
+}
+
+/// A helper the initramfs must carry is on this host, or the error names its package.
+fn require_host_file(path: &str) -> Result<(), InitramfsError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(InitramfsError::HostFileMissing {
+            path: path.to_string(),
+            package: package_for(path),
+        }),
     }
 }
 
@@ -389,24 +375,18 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, InitramfsError> {
     }
     let res = add_modules(&mut c, &version, &opts.modules)?;
     for prog in &opts.helper_programs {
-        if std::fs::symlink_metadata(prog).is_err() {
-            return Err(InitramfsError::HostFileMissing {
-                path: prog.clone(),
-                package: package_for(prog),
-            });
-        }
+        require_host_file(prog)?;
         c.add_program(Path::new(prog), Category::Helpers)?;
     }
-    if opts.helper_programs.iter().any(|p| p == "/usr/bin/busybox") {
+    if opts
+        .helper_programs
+        .iter()
+        .any(|p| p == crate::wire::initramfs::BUSYBOX)
+    {
         c.archive.add_symlink("usr/bin/sh", "busybox");
     }
     for file in &opts.helper_files {
-        if std::fs::symlink_metadata(file).is_err() {
-            return Err(InitramfsError::HostFileMissing {
-                path: file.clone(),
-                package: package_for(file),
-            });
-        }
+        require_host_file(file)?;
         c.add_host_path(Path::new(file), Category::Helpers)?;
     }
 
@@ -453,7 +433,25 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), InitramfsError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    crate::durable::write_atomic(path, data, 0o644).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_helper_names_its_package() {
+        let e = require_host_file("/usr/sbin/mkfs.ext4-not-installed").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "host file /usr/sbin/mkfs.ext4-not-installed is missing; install it with: apt-get install e2fsprogs"
+        );
+        let e = require_host_file("/nowhere/systemd-bootx64.efi").unwrap_err();
+        assert!(
+            e.to_string().ends_with("apt-get install systemd-boot-efi"),
+            "{e}"
+        );
+        require_host_file("/").unwrap();
+    }
 }

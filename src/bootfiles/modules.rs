@@ -2,28 +2,13 @@
 //! load them. Everything here is a pure function over the text of `modules.dep`,
 //! `modules.builtin`, `modules.softdep` and `modules.alias`, so it is tested against fixtures.
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-/// Module name as the kernel sees it: basename without `.ko[.xz|.zst|.gz]`, with `-`
-/// folded to `_` (the kernel treats them alike, so `nls_iso8859_1` is `nls_iso8859-1.ko`).
-pub fn module_name(path: &str) -> String {
-    let base = path.rsplit('/').next().unwrap_or(path);
-    let stem = base.split(".ko").next().unwrap_or(base);
-    stem.replace('-', "_")
-}
-
-/// `path` with a compression suffix removed, so it names the plain `.ko` we ship.
-pub fn plain_ko_path(path: &str) -> String {
-    for ext in [".xz", ".zst", ".gz"] {
-        if let Some(p) = path.strip_suffix(ext) {
-            if p.ends_with(".ko") {
-                return p.to_string();
-            }
-        }
-    }
-    path.to_string()
-}
+// The line parsers and names are shared with the installer.
+pub use crate::kernel::{
+    compare_versions, module_name, normalize_module_name, parse_builtin, parse_exact_aliases,
+    parse_softdeps, plain_ko_path, SoftDeps,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModulesDep {
@@ -35,15 +20,8 @@ pub struct ModulesDep {
 impl ModulesDep {
     pub fn parse(text: &str) -> Self {
         let mut dep = ModulesDep::default();
-        for line in text.lines() {
-            let Some((path, deps)) = line.split_once(':') else {
-                continue;
-            };
-            let path = path.trim();
-            if path.is_empty() || path.starts_with('#') {
-                continue;
-            }
-            let deps: Vec<String> = deps.split_whitespace().map(String::from).collect();
+        for (path, deps) in crate::kernel::dep_lines(text) {
+            let deps: Vec<String> = deps.into_iter().map(String::from).collect();
             let name = module_name(path);
             dep.by_path.insert(path.to_string(), name.clone());
             dep.entries.insert(name, (path.to_string(), deps));
@@ -53,7 +31,7 @@ impl ModulesDep {
 
     pub fn path_of(&self, name: &str) -> Option<&str> {
         self.entries
-            .get(&name.replace('-', "_"))
+            .get(&normalize_module_name(name))
             .map(|(p, _)| p.as_str())
     }
 
@@ -64,68 +42,6 @@ impl ModulesDep {
             .map(|(_, d)| d.as_slice())
             .unwrap_or(&[])
     }
-}
-
-/// Names listed in `modules.builtin` (compiled into the kernel: nothing to load).
-pub fn parse_builtin(text: &str) -> HashSet<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(module_name)
-        .collect()
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SoftDeps {
-    pub pre: Vec<String>,
-    pub post: Vec<String>,
-}
-
-/// `softdep ext4 pre: crypto-crc32c` lines. A bare name without `pre:`/`post:` counts as pre.
-pub fn parse_softdeps(text: &str) -> HashMap<String, SoftDeps> {
-    let mut map: HashMap<String, SoftDeps> = HashMap::new();
-    for line in text.lines() {
-        let mut tokens = line.split_whitespace();
-        if tokens.next() != Some("softdep") {
-            continue;
-        }
-        let Some(module) = tokens.next() else {
-            continue;
-        };
-        let entry = map.entry(module.replace('-', "_")).or_default();
-        let mut post = false;
-        for t in tokens {
-            match t {
-                "pre:" => post = false,
-                "post:" => post = true,
-                name if post => entry.post.push(name.to_string()),
-                name => entry.pre.push(name.to_string()),
-            }
-        }
-    }
-    map
-}
-
-/// Exact (wildcard-free) aliases from `modules.alias`: alias → module names.
-/// Soft dependencies name crypto algorithms this way (`crypto-crc32c`).
-pub fn parse_exact_aliases(text: &str) -> HashMap<String, Vec<String>> {
-    let mut map: HashMap<String, Vec<String>> = HashMap::new();
-    for line in text.lines() {
-        let mut tokens = line.split_whitespace();
-        if tokens.next() != Some("alias") {
-            continue;
-        }
-        let (Some(alias), Some(module)) = (tokens.next(), tokens.next()) else {
-            continue;
-        };
-        if alias.contains(['*', '?', '[']) {
-            continue;
-        }
-        map.entry(alias.to_string())
-            .or_default()
-            .push(module.replace('-', "_"));
-    }
-    map
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -151,7 +67,7 @@ impl Tables<'_> {
     fn soft_targets(&self, names: &[String]) -> Vec<String> {
         let mut out = Vec::new();
         for n in names {
-            let norm = n.replace('-', "_");
+            let norm = normalize_module_name(n);
             if let Some(p) = self.dep.path_of(&norm) {
                 out.push(p.to_string());
             } else if let Some(mods) = self.aliases.get(n) {
@@ -193,7 +109,7 @@ pub fn resolve(tables: &Tables, wanted: &[&str]) -> Resolution {
     let mut res = Resolution::default();
     let mut seen = BTreeSet::new();
     for name in wanted {
-        let norm = name.replace('-', "_");
+        let norm = normalize_module_name(name);
         if let Some(path) = tables.dep.path_of(&norm) {
             tables.visit(path, &mut seen, &mut res.load_order);
         } else if tables.builtin.contains(&norm) {
@@ -219,36 +135,6 @@ pub fn render_trimmed(dep: &ModulesDep, load_order: &[String]) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Orders kernel versions like `sort -V`: digit runs compare numerically.
-pub fn compare_versions(a: &str, b: &str) -> Ordering {
-    fn chunks(s: &str) -> Vec<(bool, &str)> {
-        let mut out = Vec::new();
-        let mut start = 0;
-        let bytes = s.as_bytes();
-        for i in 1..=bytes.len() {
-            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
-                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
-                start = i;
-            }
-        }
-        out
-    }
-    let (ca, cb) = (chunks(a), chunks(b));
-    for (x, y) in ca.iter().zip(cb.iter()) {
-        let ord = match (x, y) {
-            ((true, x), (true, y)) => {
-                let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
-                x.len().cmp(&y.len()).then_with(|| x.cmp(y))
-            }
-            ((_, x), (_, y)) => x.cmp(y),
-        };
-        if ord != Ordering::Equal {
-            return ord;
-        }
-    }
-    ca.len().cmp(&cb.len())
 }
 
 /// The newest version that has both a modules directory and a kernel image.
@@ -309,17 +195,6 @@ kernel/drivers/unrelated.ko.xz: kernel/fs/mbcache.ko.xz
             .iter()
             .position(|p| p.contains(needle))
             .unwrap_or_else(|| panic!("{needle} missing from {order:?}"))
-    }
-
-    #[test]
-    fn names_fold_dashes_and_drop_compression() {
-        assert_eq!(
-            module_name("kernel/fs/nls/nls_iso8859-1.ko.xz"),
-            "nls_iso8859_1"
-        );
-        assert_eq!(module_name("crc32c-intel.ko"), "crc32c_intel");
-        assert_eq!(plain_ko_path("a/b.ko.zst"), "a/b.ko");
-        assert_eq!(plain_ko_path("a/b.ko"), "a/b.ko");
     }
 
     #[test]
@@ -387,7 +262,6 @@ kernel/drivers/unrelated.ko.xz: kernel/fs/mbcache.ko.xz
             pick_kernel_version(&dirs, &boot).as_deref(),
             Some("6.1.0-56-amd64")
         );
-        assert_eq!(compare_versions("6.10.0", "6.9.0"), Ordering::Greater);
         assert_eq!(pick_kernel_version(&dirs, &[]), None);
     }
 }

@@ -2,6 +2,7 @@
 //! its subcommands (images, initramfs, nodes, fleet).
 
 pub mod nodes;
+pub mod operators;
 
 use crate::api_client as client;
 use anyhow::Context;
@@ -43,6 +44,9 @@ pub enum Command {
     /// Machines that PXE-booted without being declared.
     #[command(subcommand)]
     Discovered(nodes::DiscoveredCmd),
+    /// Named operator credentials with a role (read, maintain, admin).
+    #[command(subcommand)]
+    Operator(operators::OperatorCmd),
     /// Live progress of every install, until interrupted.
     Watch(nodes::WatchArgs),
     /// Run a command on nodes over SSH with the server's key.
@@ -67,6 +71,28 @@ async fn shutdown_signal(cancel: CancellationToken) {
 fn load(path: &std::path::Path) -> anyhow::Result<crate::config::Config> {
     crate::config::Config::load(path)
         .with_context(|| "rollout needs its config file; pass --config FILE or set ROLLOUT_CONFIG")
+}
+
+/// `exec` and `sync` run over SSH from here, with the server's key in state_dir,
+/// not through the server. Before any SSH, each selected node's run is announced
+/// to the server, which checks the credential's role (`maintain`) and records who
+/// ran what in the node's history and its log; a refusal stops the command here.
+fn announce_runs(
+    config: &crate::config::Config,
+    target: &crate::fleet::Target,
+    action: &str,
+    command: Option<String>,
+) -> anyhow::Result<()> {
+    let client = client::Client::from_config(config)?;
+    for n in crate::fleet::fetch_nodes(config, target)?.contact {
+        client
+            .post_no_content(
+                &format!("/api/v1/nodes/{}/runs", n.mac),
+                serde_json::json!({"action": action, "command": command}),
+            )
+            .with_context(|| format!("the server refused `rollout {action}` on {}", n.hostname))?;
+    }
+    Ok(())
 }
 
 /// `exec` and `sync` print their own summary; the exit code carries the verdict.
@@ -120,11 +146,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Discovered(cmd) => {
             nodes::run_discovered(cmd, &client::Client::from_config(&load(&cli.config)?)?)?
         }
+        Command::Operator(cmd) => {
+            operators::run(cmd, &client::Client::from_config(&load(&cli.config)?)?)?
+        }
         Command::Watch(args) => {
             nodes::watch(args, &client::Client::from_config(&load(&cli.config)?)?)?
         }
-        Command::Exec(args) => exit_on_failure(crate::fleet::run_exec(args, &load(&cli.config)?)?),
-        Command::Sync(args) => exit_on_failure(crate::fleet::run_sync(args, &load(&cli.config)?)?),
+        Command::Exec(args) => {
+            let config = load(&cli.config)?;
+            announce_runs(&config, &args.target, "exec", Some(args.command.join(" ")))?;
+            exit_on_failure(crate::fleet::run_exec(args, &config)?)
+        }
+        Command::Sync(args) => {
+            let config = load(&cli.config)?;
+            announce_runs(&config, &args.target, "sync", None)?;
+            exit_on_failure(crate::fleet::run_sync(args, &config)?)
+        }
     }
     Ok(())
 }

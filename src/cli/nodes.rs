@@ -163,7 +163,7 @@ fn enc(s: &str) -> String {
 }
 
 pub fn run_node(cmd: NodeCmd, c: &Client) -> anyhow::Result<()> {
-    let now = crate::inventory::now();
+    let now = crate::clock::now_unix();
     match cmd {
         NodeCmd::List { json } => {
             let nodes: Vec<NodeRecord> = c.get("/api/v1/nodes")?;
@@ -186,6 +186,15 @@ pub fn run_node(cmd: NodeCmd, c: &Client) -> anyhow::Result<()> {
                 ago(n.last_seen, now),
                 ago(n.booted_at, now)
             );
+            println!(
+                "\nSSH host keys (reported by its installer; `rollout exec` trusts only these):"
+            );
+            if n.host_key_fingerprints.is_empty() {
+                println!("  none recorded: `rollout exec` and `rollout sync` will not contact it");
+            }
+            for f in &n.host_key_fingerprints {
+                println!("  {f}");
+            }
             if !n.console_tail.is_empty() {
                 println!("\nlast console lines:");
                 for l in &n.console_tail {
@@ -195,7 +204,7 @@ pub fn run_node(cmd: NodeCmd, c: &Client) -> anyhow::Result<()> {
             println!("\nhistory:");
             for h in history {
                 let at = h["at"].as_u64().unwrap_or(0);
-                println!("  {}  {}", crate::images::rfc3339(at), h["event"]);
+                println!("  {}  {}", crate::clock::rfc3339(at), h["event"]);
             }
         }
         NodeCmd::Add {
@@ -230,7 +239,7 @@ pub fn run_discovered(cmd: DiscoveredCmd, c: &Client) -> anyhow::Result<()> {
             if json {
                 return print_json(&nodes);
             }
-            print!("{}", render_table(&nodes, crate::inventory::now()));
+            print!("{}", render_table(&nodes, crate::clock::now_unix()));
         }
         DiscoveredCmd::Approve { mac } => {
             let n: NodeRecord =
@@ -265,7 +274,7 @@ pub fn watch(args: WatchArgs, c: &Client) -> anyhow::Result<()> {
         if tty {
             let _ = write!(out, "\x1b[H\x1b[2J");
         }
-        let _ = write!(out, "{}", render_table(&list, crate::inventory::now()));
+        let _ = write!(out, "{}", render_table(&list, crate::clock::now_unix()));
         let _ = out.flush();
     };
     draw(&nodes);

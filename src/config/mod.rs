@@ -74,9 +74,32 @@ pub struct ServerConfig {
     pub listen: Option<Ipv4Addr>,
     #[serde(default = "default_rsync_port")]
     pub rsync_port: u16,
-    /// Token for API calls that change state; generated into state_dir/admin.token if unset.
+    /// The admin's token (any API call, every role); generated into
+    /// state_dir/admin.token if unset. At least [`MIN_ADMIN_TOKEN_LEN`] characters.
     pub admin_token: Option<String>,
+    /// Let anyone who reaches the server read the dashboard and the operator API
+    /// without a credential. Off by default: every read needs a token of any role.
+    #[serde(default)]
+    pub anonymous_read: bool,
+    /// Seconds a dashboard sign-in lasts (sessions are kept in memory, so a
+    /// restart also ends them).
+    #[serde(default = "default_session_lifetime")]
+    pub session_lifetime: u64,
 }
+
+/// Shortest admin token `serve` accepts: 32 characters (128 bits as hex).
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
+/// Why an admin token is refused (empty or short), or `None` when it is long enough.
+pub fn admin_token_problem(token: &str) -> Option<String> {
+    let len = token.trim().chars().count();
+    (len < MIN_ADMIN_TOKEN_LEN).then(|| {
+        format!("the admin token is {len} characters long, shorter than the minimum of {MIN_ADMIN_TOKEN_LEN}")
+    })
+}
+
+/// What to do about a refused admin token.
+pub const ADMIN_TOKEN_FIX: &str = "use a random one, e.g. `openssl rand -hex 24` (48 characters), or remove server.admin_token and delete state_dir/admin.token so `rollout serve` generates one";
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -89,6 +112,8 @@ impl Default for ServerConfig {
             listen: None,
             rsync_port: default_rsync_port(),
             admin_token: None,
+            anonymous_read: false,
+            session_lifetime: default_session_lifetime(),
         }
     }
 }
@@ -101,6 +126,9 @@ fn default_tftp_port() -> u16 {
 }
 fn default_rsync_port() -> u16 {
     873
+}
+fn default_session_lifetime() -> u64 {
+    8 * 3600
 }
 fn default_tftp_root() -> PathBuf {
     PathBuf::from("/usr/lib/ipxe")
@@ -218,6 +246,11 @@ pub struct InstallConfig {
     /// timer running rollout-sync); 0, the default: nodes update on `rollout sync`.
     #[serde(default)]
     pub sync_interval: u64,
+    /// A reinstall keeps the node's SSH host keys and machine-id when its disk
+    /// holds its previous install (so `rollout exec` and operators see the same
+    /// host key); `false`: every install makes fresh ones.
+    #[serde(default = "yes")]
+    pub keep_identity: bool,
 }
 
 impl Default for InstallConfig {
@@ -230,6 +263,7 @@ impl Default for InstallConfig {
             install_timeout: default_install_timeout(),
             reboot_after_failure: default_reboot_after(),
             sync_interval: 0,
+            keep_identity: true,
         }
     }
 }
@@ -239,6 +273,10 @@ impl InstallConfig {
     pub fn unknown_policy(&self) -> UnknownPolicy {
         self.unknown.unwrap_or(UnknownPolicy::DEFAULT)
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_image() -> String {
@@ -310,6 +348,21 @@ impl Config {
                 "state_dir",
                 "is empty",
                 "set it to a directory such as /var/lib/rollout",
+            ));
+        }
+        if let Some(problem) = self
+            .server
+            .admin_token
+            .as_deref()
+            .and_then(admin_token_problem)
+        {
+            return Err(invalid("server.admin_token", problem, ADMIN_TOKEN_FIX));
+        }
+        if self.server.session_lifetime == 0 {
+            return Err(invalid(
+                "server.session_lifetime",
+                "is 0, so no dashboard sign-in would last",
+                "give the number of seconds a sign-in lasts, e.g. 28800 (8 hours)",
             ));
         }
         let d = &self.dhcp;
@@ -565,19 +618,9 @@ pub fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, mask: Ipv4Addr) -> bool {
     network(a, mask) == network(b, mask)
 }
 
-/// Lower-case colon form, or None if it is not a MAC address. Accepts `-` too,
-/// since operators paste MACs from BMCs and switch CLIs in both forms.
-pub fn normalize_mac(s: &str) -> Option<String> {
-    let parts: Vec<&str> = s.trim().split([':', '-']).collect();
-    if parts.len() != 6
-        || parts
-            .iter()
-            .any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()))
-    {
-        return None;
-    }
-    Some(parts.join(":").to_ascii_lowercase())
-}
+/// Lower-case colon form, or None if it is not a MAC address (kept under this name
+/// for its many call sites; the parser is [`crate::mac::MacAddr`]).
+pub use crate::mac::normalize as normalize_mac;
 
 /// An image name: letters, digits, `.`, `_`, `-`, starting alphanumeric, at most 64
 /// characters, and not ending in `-<digits>`: `web-2` would collide with serial 2 of

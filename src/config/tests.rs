@@ -166,7 +166,7 @@ fn sync_interval_is_off_by_default_and_not_too_short() {
 }
 
 /// config is a leaf: every other module may import it, so it imports none of them
-/// (but `wire`), or a cycle comes back.
+/// but the dependency-free shared layer (`wire`, `mac`), or a cycle comes back.
 #[test]
 fn config_imports_no_other_module_but_wire() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
@@ -182,7 +182,7 @@ fn config_imports_no_other_module_but_wire() {
                 .next()
                 .unwrap();
             assert!(
-                module == "wire" || module == "config",
+                matches!(module, "wire" | "mac" | "config"),
                 "{} imports module {module}",
                 path.display()
             );
@@ -251,4 +251,28 @@ fn new_clients_are_limited_by_default_and_a_zero_burst_is_refused() {
     );
     let e = err(&format!("{BASE}new_clients_burst = 0\n"));
     assert!(e.contains("dhcp.new_clients_burst"), "{e}");
+}
+
+#[test]
+fn short_or_empty_admin_token_is_refused_with_the_minimum_and_a_way_to_make_one() {
+    for token in ["", "secret", "0123456789abcdef0123456789abcde"] {
+        let e = err(&format!(
+            "state_dir = \"/x\"\n[server]\nadmin_token = \"{token}\"\n"
+        ));
+        assert!(e.contains("server.admin_token"), "{e}");
+        assert!(e.contains("minimum of 32"), "{e}");
+        assert!(e.contains("openssl rand -hex 24"), "{e}");
+    }
+    let ok = "0123456789abcdef0123456789abcdef";
+    let c = Config::parse(&format!(
+        "state_dir = \"/x\"\n[server]\nadmin_token = \"{ok}\"\n"
+    ))
+    .unwrap();
+    assert!(
+        !c.server.anonymous_read,
+        "reads need a credential by default"
+    );
+    assert_eq!(c.server.session_lifetime, 8 * 3600);
+    let e = err("state_dir = \"/x\"\n[server]\nsession_lifetime = 0\n");
+    assert!(e.contains("server.session_lifetime"), "{e}");
 }

@@ -98,11 +98,8 @@ pub fn client_mac(msg: &Message) -> Option<String> {
     if msg.htype() != HType::Eth || msg.hlen() != 6 {
         return None;
     }
-    let c = msg.chaddr();
-    Some(format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        c[0], c[1], c[2], c[3], c[4], c[5]
-    ))
+    let c: [u8; 6] = msg.chaddr().get(..6)?.try_into().ok()?;
+    Some(crate::mac::MacAddr::from(c).to_string())
 }
 
 fn requested_ip(msg: &Message) -> Option<Ipv4Addr> {
@@ -162,7 +159,7 @@ impl DhcpCore {
     }
 
     /// Keeps `ip` out of the pool for `quarantine_time`: another host uses it.
-    fn quarantine(&mut self, ip: Ipv4Addr, now: u64) -> Result<(), crate::store::StoreError> {
+    fn quarantine(&mut self, ip: Ipv4Addr, now: u64) -> Result<(), crate::db::StoreError> {
         self.leases.record(Lease {
             ip,
             mac: String::new(),
@@ -208,7 +205,7 @@ impl DhcpCore {
     }
 
     /// A lease the store refused: counted, warned, and not acknowledged.
-    fn not_persisted(&self, what: String, e: crate::store::StoreError) -> Outcome {
+    fn not_persisted(&self, what: String, e: crate::db::StoreError) -> Outcome {
         let total = Counters::bump(&self.counters.dhcp_persist_failures);
         Outcome::Warn(format!(
             "{what}: cannot persist the lease ({e}); not acknowledged ({total} such failures so far): check the disk holding state_dir/rollout.db"
@@ -217,7 +214,7 @@ impl DhcpCore {
 
     /// After a panic in [`DhcpCore::handle`]: the lease table may be half
     /// updated, so it is read back from the store.
-    pub fn recover(&mut self) -> Result<(), crate::store::StoreError> {
+    pub fn recover(&mut self) -> Result<(), crate::db::StoreError> {
         self.leases.reload()
     }
 

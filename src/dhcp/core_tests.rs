@@ -501,13 +501,13 @@ fn router_dns_and_server_addresses_are_never_offered() {
 /// A database that refuses every write (a full or read-only disk).
 struct BrokenDisk;
 impl LeaseStore for BrokenDisk {
-    fn save(&mut self, _: &Lease) -> Result<(), crate::store::StoreError> {
-        Err(crate::store::StoreError::Corrupt {
+    fn save(&mut self, _: &Lease) -> Result<(), crate::db::StoreError> {
+        Err(crate::db::StoreError::Corrupt {
             what: "leases",
             value: "disk full".into(),
         })
     }
-    fn load_all(&mut self) -> Result<Vec<Lease>, crate::store::StoreError> {
+    fn load_all(&mut self) -> Result<Vec<Lease>, crate::db::StoreError> {
         Ok(vec![])
     }
 }

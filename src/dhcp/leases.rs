@@ -60,8 +60,8 @@ impl Lease {
 
 /// Where leases are persisted. Implemented by the SQLite store; tests use memory.
 pub trait LeaseStore: Send {
-    fn save(&mut self, lease: &Lease) -> Result<(), crate::store::StoreError>;
-    fn load_all(&mut self) -> Result<Vec<Lease>, crate::store::StoreError>;
+    fn save(&mut self, lease: &Lease) -> Result<(), crate::db::StoreError>;
+    fn load_all(&mut self) -> Result<Vec<Lease>, crate::db::StoreError>;
 }
 
 #[derive(Default)]
@@ -70,11 +70,11 @@ pub struct MemoryLeaseStore {
 }
 
 impl LeaseStore for MemoryLeaseStore {
-    fn save(&mut self, lease: &Lease) -> Result<(), crate::store::StoreError> {
+    fn save(&mut self, lease: &Lease) -> Result<(), crate::db::StoreError> {
         self.saved.insert(lease.ip, lease.clone());
         Ok(())
     }
-    fn load_all(&mut self) -> Result<Vec<Lease>, crate::store::StoreError> {
+    fn load_all(&mut self) -> Result<Vec<Lease>, crate::db::StoreError> {
         Ok(self.saved.values().cloned().collect())
     }
 }
@@ -115,7 +115,7 @@ impl LeaseTable {
     pub fn load(
         store: Box<dyn LeaseStore>,
         reservations: HashMap<String, Ipv4Addr>,
-    ) -> Result<LeaseTable, crate::store::StoreError> {
+    ) -> Result<LeaseTable, crate::db::StoreError> {
         let mut t = LeaseTable {
             by_ip: BTreeMap::new(),
             by_mac: HashMap::new(),
@@ -142,7 +142,7 @@ impl LeaseTable {
     /// Forgets the in-memory state and reads the persisted leases again: after a
     /// panic in the middle of an update, what is on disk is what was granted.
     /// Offers (never persisted) are lost; their clients ask again.
-    pub fn reload(&mut self) -> Result<(), crate::store::StoreError> {
+    pub fn reload(&mut self) -> Result<(), crate::db::StoreError> {
         let leases = self.store.load_all()?;
         self.by_ip.clear();
         self.by_mac.clear();
@@ -260,7 +260,7 @@ impl LeaseTable {
 
     /// Records a lease. Bound, released and declined leases are persisted before this
     /// returns; offers live in memory only (a restart just makes the client ask again).
-    pub fn record(&mut self, lease: Lease) -> Result<(), crate::store::StoreError> {
+    pub fn record(&mut self, lease: Lease) -> Result<(), crate::db::StoreError> {
         if lease.state != LeaseState::Offered {
             self.store.save(&lease)?;
         }

@@ -45,13 +45,6 @@ pub fn bind_on_interface(interface: &str, port: u16) -> Result<UdpSocket, DhcpSe
     UdpSocket::from_std(sock.into()).map_err(err)
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The core, even when a panic poisoned its lock: [`handle_packet`] repairs
 /// what a panic may have left half done, so the state is worth serving from.
 fn lock(core: &Mutex<DhcpCore>) -> MutexGuard<'_, DhcpCore> {
@@ -138,7 +131,7 @@ async fn probe_then_offer(
                 return send(&socket, reply, kind).await;
             }
         }
-        let now = unix_now();
+        let now = crate::clock::now_unix();
         let next = tokio::task::block_in_place(|| {
             if let Outcome::Warn(line) = lock(&core).address_in_use(ip, now) {
                 warn!("{line}");
@@ -210,8 +203,9 @@ pub async fn run(
             };
             let kind = msg.opts().msg_type();
             // The lease write fsyncs; keep it off the async workers' hot path.
-            let outcome =
-                tokio::task::block_in_place(|| handle_packet(&core, &msg, via, unix_now()));
+            let outcome = tokio::task::block_in_place(|| {
+                handle_packet(&core, &msg, via, crate::clock::now_unix())
+            });
             match (outcome, &probe_on) {
                 (Outcome::Reply(reply), Some(iface)) if reply.probe.is_some() => {
                     let task = probe_then_offer(
@@ -246,10 +240,10 @@ mod tests {
     /// A store whose disk "breaks" with a panic on the first write.
     struct PanickingStore;
     impl LeaseStore for PanickingStore {
-        fn save(&mut self, _: &Lease) -> Result<(), crate::store::StoreError> {
+        fn save(&mut self, _: &Lease) -> Result<(), crate::db::StoreError> {
             panic!("a bug in the lease store");
         }
-        fn load_all(&mut self) -> Result<Vec<Lease>, crate::store::StoreError> {
+        fn load_all(&mut self) -> Result<Vec<Lease>, crate::db::StoreError> {
             Ok(vec![])
         }
     }

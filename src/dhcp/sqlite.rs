@@ -1,8 +1,8 @@
 //! The SQLite backing of [`LeaseStore`]: leases in `{state_dir}/rollout.db`, the
-//! `leases` table that `crate::store` creates on open.
+//! `leases` table that `crate::db` creates on open.
 
 use super::leases::{Lease, LeaseState, LeaseStore};
-use crate::store::{self, StoreError};
+use crate::db::{self, StoreError};
 use rusqlite::{params, Connection};
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -14,7 +14,7 @@ pub struct SqliteLeaseStore {
 impl SqliteLeaseStore {
     pub fn open(path: &Path) -> Result<SqliteLeaseStore, StoreError> {
         Ok(SqliteLeaseStore {
-            conn: store::open(path)?,
+            conn: db::open(path)?,
         })
     }
 }

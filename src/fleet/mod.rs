@@ -2,7 +2,10 @@
 //! with the server's key, a few at a time, one line of result per node.
 //!
 //! The node list comes from the running server's API; a node without a fixed
-//! address is found through its DHCP lease in the server's SQLite store.
+//! address is found through its DHCP lease in the server's SQLite store. Only
+//! nodes whose installer reported their SSH host keys are contacted ([`select`]),
+//! and ssh checks those keys strictly: a machine that merely PXE-booted, or
+//! answers at a node's address, never sees a command.
 
 pub mod ssh;
 
@@ -36,7 +39,8 @@ pub struct Target {
     /// Hostname globs, comma-separated (`web*,db[12]`).
     #[arg(long, value_name = "PATTERN")]
     pub nodes: Option<String>,
-    /// Every node the server knows.
+    /// Every installed node (discovered, pending, installing and failed ones
+    /// are never contacted).
     #[arg(long)]
     pub all: bool,
 }
@@ -80,6 +84,51 @@ pub struct FleetNode {
     pub state: Option<String>,
     #[serde(default)]
     pub serial: Option<u64>,
+    /// The SSH host keys the node's installer reported (empty: unknown).
+    #[serde(default)]
+    pub host_keys: Vec<String>,
+}
+
+/// Who is contacted and who is refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Selection {
+    pub contact: Vec<FleetNode>,
+    /// (hostname, reason) of selected nodes that are not contacted.
+    pub refused: Vec<(String, String)>,
+    /// Nodes `--all` left out because they are not installed.
+    pub not_installed: usize,
+}
+
+/// Why a node without known host keys is not contacted, and what to do.
+pub fn no_key_reason(n: &FleetNode) -> String {
+    let state = n.state.as_deref().unwrap_or("unknown");
+    let what = match state {
+        "discovered" | "ignored" => format!("{state}: rollout never installed it, so its SSH host key is unknown; declare or approve it and let it install"),
+        "installed" => format!("installed, but its installer reported no SSH host key (an install from before rollout recorded keys, or an image without ssh-keygen); reinstall it: `rollout node reinstall {}`", n.hostname),
+        _ => format!("{state}, and no SSH host key is recorded for it: it is contacted once an install reports its keys (`rollout node reinstall {}` if it never finishes)", n.hostname),
+    };
+    format!("not contacted: {what}")
+}
+
+/// The pure choice: `--all` is every installed node; `--nodes` is the named
+/// nodes. Either way only a node with recorded host keys is contacted; a
+/// selected one without them is refused with the reason, except that `--all`
+/// leaves nodes that are not installed out silently (counted).
+pub fn select(all: &[FleetNode], target: &Target) -> Selection {
+    let mut sel = Selection::default();
+    for n in all.iter().filter(|n| matches(target, &n.hostname)) {
+        let installed = n.state.as_deref() == Some("installed");
+        if target.all && !installed {
+            sel.not_installed += 1;
+        } else if n.host_keys.is_empty() {
+            sel.refused.push((n.hostname.clone(), no_key_reason(n)));
+        } else {
+            sel.contact.push(n.clone());
+        }
+    }
+    sel.contact.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    sel.refused.sort();
+    sel
 }
 
 /// Shell-style glob: `*`, `?` and `[abc]`/`[a-z]`/`[!a]` classes.
@@ -147,7 +196,10 @@ pub fn lease_ip(db: &Path, mac: &str) -> Result<Option<String>, FleetError> {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(err)?;
-    let mac = mac.to_ascii_lowercase().replace('-', ":");
+    // Not a MAC: no lease can match it.
+    let Some(mac) = crate::mac::normalize(mac) else {
+        return Ok(None);
+    };
     let r = conn.query_row(
         "SELECT ip FROM leases WHERE lower(replace(mac, '-', ':')) = ?1 AND state = 'bound'
          ORDER BY expires DESC LIMIT 1",
@@ -188,6 +240,7 @@ pub struct Summary {
     pub ok: usize,
     pub failed: usize,
     pub unreachable: usize,
+    pub refused: usize,
 }
 
 impl Summary {
@@ -196,11 +249,12 @@ impl Summary {
             ssh::Outcome::Exited { code: 0, .. } => self.ok += 1,
             ssh::Outcome::Exited { .. } | ssh::Outcome::TimedOut { .. } => self.failed += 1,
             ssh::Outcome::Unreachable(_) => self.unreachable += 1,
+            ssh::Outcome::Refused(_) => self.refused += 1,
         }
     }
 
     pub fn exit_code(&self) -> i32 {
-        if self.failed + self.unreachable == 0 {
+        if self.failed + self.unreachable + self.refused == 0 {
             0
         } else {
             1
@@ -214,7 +268,11 @@ impl std::fmt::Display for Summary {
             f,
             "{} ok, {} failed, {} unreachable",
             self.ok, self.failed, self.unreachable
-        )
+        )?;
+        if self.refused > 0 {
+            write!(f, ", {} refused", self.refused)?;
+        }
+        Ok(())
     }
 }
 
@@ -248,6 +306,7 @@ pub fn exec_line(r: &NodeResult, width: usize) -> String {
             first_lines(&format!("{stdout}\n{stderr}"), 3)
         ),
         ssh::Outcome::Unreachable(why) => format!("{h}  UNREACHABLE: {why}"),
+        ssh::Outcome::Refused(why) => format!("{h}  REFUSED: {why}"),
         ssh::Outcome::TimedOut { secs, stdout } => {
             format!("{h}  TIMEOUT after {secs} s  {}", first_lines(stdout, 3))
         }
@@ -339,21 +398,18 @@ pub fn run_parallel<T, R>(
     }
 }
 
-/// The selected nodes from the server's API, sorted by hostname.
-pub fn fetch_nodes(config: &Config, target: &Target) -> anyhow::Result<Vec<FleetNode>> {
+/// The selected nodes from the server's API (see [`select`]).
+pub fn fetch_nodes(config: &Config, target: &Target) -> anyhow::Result<Selection> {
     let client = crate::api_client::Client::from_config(config)?;
     let all: Vec<FleetNode> = client
         .get("/api/v1/nodes")
         .context("listing nodes from the running server")?;
-    let mut picked: Vec<FleetNode> = all
-        .iter()
-        .filter(|n| matches(target, &n.hostname))
-        .cloned()
-        .collect();
-    if picked.is_empty() {
+    let sel = select(&all, target);
+    if sel.contact.is_empty() && sel.refused.is_empty() {
         let known: Vec<&str> = all.iter().map(|n| n.hostname.as_str()).collect();
         anyhow::bail!(
-            "no node matches {}; the server knows: {}",
+            "no {}node matches {}; the server knows: {}",
+            if target.all { "installed " } else { "" },
             target.nodes.as_deref().unwrap_or("--all"),
             if known.is_empty() {
                 "no nodes".to_string()
@@ -362,8 +418,7 @@ pub fn fetch_nodes(config: &Config, target: &Target) -> anyhow::Result<Vec<Fleet
             }
         );
     }
-    picked.sort_by(|a, b| a.hostname.cmp(&b.hostname));
-    Ok(picked)
+    Ok(sel)
 }
 
 fn ssh_settings(config: &Config) -> anyhow::Result<ssh::SshSettings> {
@@ -383,26 +438,51 @@ fn ssh_settings(config: &Config) -> anyhow::Result<ssh::SshSettings> {
 fn fan_out(
     config: &Config,
     settings: ssh::SshSettings,
-    nodes: Vec<FleetNode>,
+    selection: Selection,
     remote: String,
     parallel: u32,
     timeout: u64,
     line: fn(&NodeResult, usize) -> String,
     out: &mut dyn Write,
 ) -> anyhow::Result<(Summary, Vec<NodeResult>)> {
-    let width = nodes.iter().map(|n| n.hostname.len()).max().unwrap_or(0);
+    let Selection {
+        contact: nodes,
+        refused,
+        not_installed,
+    } = selection;
+    let width = nodes
+        .iter()
+        .map(|n| n.hostname.len())
+        .chain(refused.iter().map(|(h, _)| h.len()))
+        .max()
+        .unwrap_or(0);
     let db = config.state_dir.join("rollout.db");
     let timeout = Duration::from_secs(timeout);
     let settings = Arc::new(settings);
     let mut summary = Summary::default();
     let mut results = Vec::new();
     let mut write_err = None;
+    if not_installed > 0 {
+        writeln!(
+            out,
+            "({not_installed} node(s) not installed, not contacted: `rollout node list` shows them)"
+        )?;
+    }
+    for (hostname, why) in refused {
+        let r = NodeResult {
+            hostname,
+            outcome: ssh::Outcome::Refused(why),
+        };
+        summary.add(&r.outcome);
+        writeln!(out, "{}", line(&r, width))?;
+        results.push(r);
+    }
     run_parallel(
         nodes,
         parallel as usize,
         move |n: FleetNode| {
             let outcome = match address(&n, &db) {
-                Ok(addr) => ssh::run(&settings, &addr, &remote, timeout),
+                Ok(addr) => ssh::run(&settings, &n.hostname, &addr, &remote, timeout),
                 Err(why) => ssh::Outcome::Unreachable(why),
             };
             NodeResult {

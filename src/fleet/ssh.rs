@@ -1,5 +1,8 @@
 //! Running one command on one node with the system `ssh` client and the
-//! server's key, with a hard deadline.
+//! server's key, with a hard deadline, checking the node's host key against
+//! the one its installer reported ([`known_hosts`]): never learned on contact.
+
+pub mod known_hosts;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -25,21 +28,6 @@ impl SshSettings {
             known_hosts: state_dir.join("ssh/known_hosts"),
             user: "root".into(),
             connect_timeout_secs: 5,
-        }
-    }
-
-    /// Forgets the host key recorded for `ip`, so `rollout exec` does not refuse a
-    /// reinstalled node (it comes back with fresh host keys) as an impostor.
-    pub fn forget_host(&self, ip: std::net::IpAddr) {
-        if self.known_hosts.exists() {
-            let _ = Command::new("ssh-keygen")
-                .arg("-R")
-                .arg(ip.to_string())
-                .arg("-f")
-                .arg(&self.known_hosts)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
         }
     }
 }
@@ -69,12 +57,18 @@ pub fn remote_command(argv: &[String]) -> String {
     }
 }
 
-pub fn ssh_args(s: &SshSettings, host: &str, remote: &str) -> Vec<String> {
+/// ssh's argv for `remote` on the node `hostname` at `host` (its address). The
+/// host key is looked up under the hostname (`HostKeyAlias`), so whatever
+/// answers at the address must hold the key that node's installer reported;
+/// nothing is ever added to known_hosts on contact.
+pub fn ssh_args(s: &SshSettings, hostname: &str, host: &str, remote: &str) -> Vec<String> {
     let mut a: Vec<String> = vec!["-n".into(), "-i".into(), s.key.display().to_string()];
     for o in [
         "BatchMode=yes".to_string(),
-        "StrictHostKeyChecking=accept-new".to_string(),
+        "StrictHostKeyChecking=yes".to_string(),
         format!("UserKnownHostsFile={}", s.known_hosts.display()),
+        "GlobalKnownHostsFile=/dev/null".to_string(),
+        format!("HostKeyAlias={hostname}"),
         format!("ConnectTimeout={}", s.connect_timeout_secs),
         // Only the node's own errors on stderr, not "Warning: Permanently added".
         "LogLevel=ERROR".to_string(),
@@ -97,6 +91,9 @@ pub enum Outcome {
         stderr: String,
     },
     Unreachable(String),
+    /// Not contacted, or the connection was dropped before any command: the node
+    /// has no known host key, or what answered has another one.
+    Refused(String),
     TimedOut {
         secs: u64,
         stdout: String,
@@ -124,10 +121,31 @@ fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> 
     })
 }
 
-/// Runs `remote` on `host`, killing ssh after `timeout`.
-pub fn run(s: &SshSettings, host: &str, remote: &str, timeout: Duration) -> Outcome {
+/// Whether ssh refused the server's host key (it then sent nothing).
+pub fn host_key_refused(stderr: &str) -> bool {
+    stderr.contains("Host key verification failed")
+        || stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+}
+
+/// What to tell the operator when `hostname`'s SSH server at `host` did not
+/// present the recorded key.
+pub fn mismatch_reason(hostname: &str, host: &str, known_hosts: &Path) -> String {
+    format!(
+        "host key mismatch: the SSH server at {host} does not hold the host key {hostname}'s installer reported ({}); nothing was run. Another machine may answer at that address; if {hostname} was reinstalled without keeping its identity, its new keys are recorded when that install reports `installed`",
+        known_hosts.display()
+    )
+}
+
+/// Runs `remote` on `hostname` at `host`, killing ssh after `timeout`.
+pub fn run(
+    s: &SshSettings,
+    hostname: &str,
+    host: &str,
+    remote: &str,
+    timeout: Duration,
+) -> Outcome {
     let mut child = match Command::new(&s.ssh)
-        .args(ssh_args(s, host, remote))
+        .args(ssh_args(s, hostname, host, remote))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -165,6 +183,15 @@ pub fn run(s: &SshSettings, host: &str, remote: &str, timeout: Duration) -> Outc
             secs: timeout.as_secs(),
             stdout,
         },
+        Some(Some(SSH_ERROR)) if stderr.contains("host key is known for") => {
+            Outcome::Refused(format!(
+                "{} has no entry for {hostname}, so nothing was run: the server writes it when {hostname}'s install reports its host keys; reinstall it (`rollout node reinstall {hostname}`)",
+                s.known_hosts.display()
+            ))
+        }
+        Some(Some(SSH_ERROR)) if host_key_refused(&stderr) => {
+            Outcome::Refused(mismatch_reason(hostname, host, &s.known_hosts))
+        }
         Some(Some(SSH_ERROR)) => Outcome::Unreachable(unreachable_reason(&stderr)),
         Some(Some(code)) => Outcome::Exited {
             code,
@@ -196,13 +223,16 @@ mod tests {
     #[test]
     fn ssh_argv_carries_the_required_options() {
         let s = SshSettings::for_state_dir(Path::new("/var/lib/rollout"));
-        let a = ssh_args(&s, "10.44.0.11", "uptime");
+        let a = ssh_args(&s, "node1", "10.44.0.11", "uptime");
         let joined = a.join(" ");
+        assert!(!joined.contains("accept-new"), "{joined}");
         for want in [
             "-i /var/lib/rollout/ssh/id_ed25519",
             "-o BatchMode=yes",
-            "-o StrictHostKeyChecking=accept-new",
+            "-o StrictHostKeyChecking=yes",
             "-o UserKnownHostsFile=/var/lib/rollout/ssh/known_hosts",
+            "-o GlobalKnownHostsFile=/dev/null",
+            "-o HostKeyAlias=node1",
             "-o ConnectTimeout=5",
         ] {
             assert!(joined.contains(want), "{want} missing: {joined}");
@@ -219,5 +249,11 @@ mod tests {
             "connect to host 10.44.0.9 port 22: No route to host"
         );
         assert_eq!(unreachable_reason(""), "ssh failed without a message");
+        assert!(host_key_refused(
+            "@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\nHost key verification failed.\n"
+        ));
+        assert!(!host_key_refused(
+            "connect to host x port 22: Connection refused"
+        ));
     }
 }

@@ -33,6 +33,101 @@ fn target_patterns_are_comma_separated() {
     assert!(matches(&all, "anything"));
 }
 
+fn node(hostname: &str, state: &str, keys: bool) -> FleetNode {
+    FleetNode {
+        mac: "52:54:00:aa:00:01".into(),
+        hostname: hostname.into(),
+        ip: Some("10.44.0.11".into()),
+        state: Some(state.into()),
+        serial: None,
+        host_keys: if keys {
+            vec![
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJeUcRgfF2JHTkbvqH7RMf6SDu4vRPuuW38K2lsZz5Ju"
+                    .into(),
+            ]
+        } else {
+            vec![]
+        },
+    }
+}
+
+#[test]
+fn only_nodes_with_known_host_keys_are_contacted() {
+    let fleet = vec![
+        node("web2", "installed", true),
+        node("web1", "installed", true),
+        node("node-0a0b0c", "discovered", false),
+        node("web3", "pending", false),
+        node("web4", "failed", true),
+        node("old", "installed", false),
+    ];
+    let hosts = |s: &Selection| {
+        s.contact
+            .iter()
+            .map(|n| n.hostname.clone())
+            .collect::<Vec<_>>()
+    };
+    let all = Target {
+        nodes: None,
+        all: true,
+    };
+    let s = select(&fleet, &all);
+    assert_eq!(
+        hosts(&s),
+        ["web1", "web2"],
+        "--all: installed nodes with keys only"
+    );
+    assert_eq!(
+        s.not_installed, 3,
+        "discovered, pending and failed are left out"
+    );
+    assert_eq!(s.refused.len(), 1);
+    assert_eq!(s.refused[0].0, "old");
+    assert!(
+        s.refused[0].1.contains("rollout node reinstall old"),
+        "{:?}",
+        s.refused
+    );
+
+    // Named: any node with keys (a failed reinstall still runs its old OS);
+    // a named one without keys is refused, saying why.
+    let named = |p: &str| {
+        select(
+            &fleet,
+            &Target {
+                nodes: Some(p.into()),
+                all: false,
+            },
+        )
+    };
+    let s = named("web*,node-*");
+    assert_eq!(hosts(&s), ["web1", "web2", "web4"]);
+    let refused: Vec<&str> = s.refused.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(refused, ["node-0a0b0c", "web3"]);
+    assert!(
+        s.refused[0].1.contains("never installed"),
+        "{:?}",
+        s.refused
+    );
+    assert!(s.refused[1].1.contains("pending"), "{:?}", s.refused);
+
+    let mut sum = Summary::default();
+    sum.add(&ssh::Outcome::Refused("x".into()));
+    sum.add(&exited(0, "", ""));
+    assert_eq!(sum.to_string(), "1 ok, 0 failed, 0 unreachable, 1 refused");
+    assert_ne!(sum.exit_code(), 0, "a refused node fails the run");
+    assert_eq!(
+        exec_line(
+            &NodeResult {
+                hostname: "web3".into(),
+                outcome: ssh::Outcome::Refused("not contacted: why".into()),
+            },
+            4
+        ),
+        "web3  REFUSED: not contacted: why"
+    );
+}
+
 #[derive(clap::Parser)]
 struct TestCli {
     #[command(subcommand)]
@@ -185,6 +280,7 @@ fn leases_give_addresses_to_nodes_without_ip() {
         ip: None,
         state: None,
         serial: None,
+        host_keys: vec![],
     };
     assert!(address(&node, &db).unwrap_err().contains("no address"));
     let conn = rusqlite::Connection::open(&db).unwrap();

@@ -1,14 +1,17 @@
 //! The operator API under `/api/v1`: nodes, discovered machines, images, history
-//! and the live event stream. Reads are open on the provisioning network;
-//! changes need the admin token.
+//! and the live event stream. Reads need a credential of any role (unless
+//! `server.anonymous_read`); reinstall needs `maintain`, node changes `admin`
+//! (see `auth`). Each change is logged and recorded with who made it.
 
 // Handlers return a ready Response as the error, as axum handlers do; boxing it
 // would only add noise at every call site.
 #![allow(clippy::result_large_err)]
 
+use super::auth::{require_api, require_read, Principal};
 use super::{error, inventory_error, route, ApiRoute, Shared};
 use crate::config::{normalize_mac, valid_hostname};
-use crate::inventory::{NodeRecord, NodeState, Source};
+use crate::inventory::{NodeRecord, NodeState, OperatorAction, Source};
+use crate::operators::Role;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -26,6 +29,7 @@ pub fn routes() -> Vec<ApiRoute> {
         route(Method::GET, "/api/v1/nodes/{id}", get_node),
         route(Method::DELETE, "/api/v1/nodes/{id}", delete_node),
         route(Method::POST, "/api/v1/nodes/{id}/reinstall", reinstall),
+        route(Method::POST, "/api/v1/nodes/{id}/runs", run),
         route(Method::GET, "/api/v1/nodes/{id}/history", history),
         route(Method::GET, "/api/v1/discovered", discovered),
         route(Method::POST, "/api/v1/discovered/{mac}/approve", approve),
@@ -39,40 +43,28 @@ pub fn routes() -> Vec<ApiRoute> {
         ),
         route(Method::GET, "/api/v1/events", events),
     ]
+    .into_iter()
+    .chain(super::operators::routes())
+    .collect()
 }
 
-/// The admin token from `Authorization: Bearer` or the dashboard's cookie.
-pub fn is_admin(state: &Shared, headers: &HeaderMap) -> bool {
-    let bearer = super::api::bearer(headers);
-    let cookie = headers
-        .get_all(axum::http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().strip_prefix("rollout_admin="))
-        .next();
-    let given = bearer.or(cookie).unwrap_or("");
-    // Same length and every byte compared, so timing says nothing about the token.
-    given.len() == state.admin_token.len()
-        && given
-            .bytes()
-            .zip(state.admin_token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+/// A change as the server log shows it: who, what, which node.
+fn audit(p: &Principal, action: &str, node: &NodeRecord) {
+    tracing::info!(operator = %p.name, role = %p.role, action, mac = %node.mac, hostname = %node.hostname, "operator change");
 }
 
-fn require_admin(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
-    if is_admin(state, headers) {
-        Ok(())
-    } else {
-        Err(error(
-            StatusCode::UNAUTHORIZED,
-            format!(
-                "this call changes state and needs `Authorization: Bearer <token>`; the token is in {}/admin.token on the server",
-                state.config.state_dir.display()
-            ),
-        ))
-    }
+/// A JSON body of type `T`, or a 400 that names `what` it should be and an example.
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+    example: &str,
+) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("body is not {what}: {e}; send JSON like {example}"),
+        )
+    })
 }
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -93,21 +85,38 @@ fn lookup(state: &Shared, id: &str) -> Result<NodeRecord, Response> {
     }
 }
 
-async fn list_nodes(State(state): State<Shared>) -> Response {
+async fn list_nodes(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(r) = require_read(&state, &headers) {
+        return r;
+    }
     match blocking(|| state.inventory.list()) {
         Ok(nodes) => Json(nodes.iter().map(NodeRecord::public).collect::<Vec<_>>()).into_response(),
         Err(e) => inventory_error(e),
     }
 }
 
-async fn get_node(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+async fn get_node(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = require_read(&state, &headers) {
+        return r;
+    }
     match lookup(&state, &id) {
         Ok(n) => Json(n.public()).into_response(),
         Err(r) => r,
     }
 }
 
-async fn history(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+async fn history(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = require_read(&state, &headers) {
+        return r;
+    }
     let node = match lookup(&state, &id) {
         Ok(n) => n,
         Err(r) => return r,
@@ -196,19 +205,27 @@ async fn upsert_node(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = require_admin(&state, &headers) {
-        return r;
-    }
-    let input: NodeInput = match serde_json::from_slice(&body) {
+    let who = match require_api(&state, &headers, Role::Admin) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let input: NodeInput = match json_body(
+        &body,
+        "a node",
+        r#"{"mac": "52:54:00:12:34:56", "hostname": "node7"}"#,
+    ) {
         Ok(i) => i,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not a node: {e}; send JSON like {{\"mac\": \"52:54:00:12:34:56\", \"hostname\": \"node7\"}}")),
+        Err(r) => return r,
     };
     let rec = match validate(&state, &input) {
         Ok(r) => r,
         Err(msg) => return error(StatusCode::UNPROCESSABLE_ENTITY, msg),
     };
-    match blocking(|| state.inventory.declare(rec)) {
-        Ok(n) => (StatusCode::OK, Json(n.public())).into_response(),
+    match blocking(|| state.inventory.declare_by(rec, Some(&who.name))) {
+        Ok(n) => {
+            audit(&who, "declare", &n);
+            (StatusCode::OK, Json(n.public())).into_response()
+        }
         Err(e) => inventory_error(e),
     }
 }
@@ -218,9 +235,10 @@ async fn delete_node(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = require_admin(&state, &headers) {
-        return r;
-    }
+    let who = match require_api(&state, &headers, Role::Admin) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let node = match lookup(&state, &id) {
         Ok(n) => n,
         Err(r) => return r,
@@ -235,29 +253,50 @@ async fn delete_node(
         );
     }
     match blocking(|| state.inventory.remove(&node.mac)) {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(()) => {
+            audit(&who, "remove", &node);
+            // Its host keys go with it: a machine that later takes its name or
+            // address starts unknown.
+            let path =
+                crate::fleet::ssh::SshSettings::for_state_dir(&state.config.state_dir).known_hosts;
+            let names: Vec<String> = std::iter::once(node.hostname.clone())
+                .chain(node.ip.clone())
+                .collect();
+            if let Err(e) = blocking(|| crate::fleet::ssh::known_hosts::record(&path, &names, &[]))
+            {
+                tracing::warn!(hostname = %node.hostname, "forgetting its host keys in {}: {e}", path.display());
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
         Err(e) => inventory_error(e),
     }
 }
 
+/// Reinstall, approve or ignore, by an operator with at least `needed`.
 async fn transition(
     state: Shared,
     headers: HeaderMap,
     id: String,
-    f: fn(
-        &crate::inventory::Inventory,
-        &str,
-    ) -> Result<NodeRecord, crate::inventory::InventoryError>,
+    action: OperatorAction,
+    needed: Role,
 ) -> Response {
-    if let Err(r) = require_admin(&state, &headers) {
-        return r;
-    }
+    let who = match require_api(&state, &headers, needed) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let node = match lookup(&state, &id) {
         Ok(n) => n,
         Err(r) => return r,
     };
-    match blocking(|| f(&state.inventory, &node.mac)) {
-        Ok(n) => Json(n.public()).into_response(),
+    match blocking(|| {
+        state
+            .inventory
+            .operator_action(&node.mac, action, &who.name)
+    }) {
+        Ok(n) => {
+            audit(&who, action.as_str(), &n);
+            Json(n.public()).into_response()
+        }
         Err(e) => inventory_error(e),
     }
 }
@@ -267,7 +306,14 @@ async fn reinstall(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    transition(state, headers, id, |i, m| i.request_reinstall(m)).await
+    transition(
+        state,
+        headers,
+        id,
+        OperatorAction::Reinstall,
+        Role::Maintain,
+    )
+    .await
 }
 
 async fn approve(
@@ -275,7 +321,7 @@ async fn approve(
     headers: HeaderMap,
     Path(mac): Path<String>,
 ) -> Response {
-    transition(state, headers, mac, |i, m| i.approve(m)).await
+    transition(state, headers, mac, OperatorAction::Approve, Role::Admin).await
 }
 
 async fn ignore(
@@ -283,10 +329,62 @@ async fn ignore(
     headers: HeaderMap,
     Path(mac): Path<String>,
 ) -> Response {
-    transition(state, headers, mac, |i, m| i.ignore(m)).await
+    transition(state, headers, mac, OperatorAction::Ignore, Role::Admin).await
 }
 
-async fn discovered(State(state): State<Shared>) -> Response {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunInput {
+    action: String,
+    command: Option<String>,
+}
+
+/// `rollout exec` and `rollout sync` run over SSH from the CLI, not through the
+/// server; before starting on a node the CLI announces the run here, which needs
+/// `maintain` and records who ran what in the node's history and the log.
+async fn run(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let who = match require_api(&state, &headers, Role::Maintain) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let input: RunInput =
+        match json_body(&body, "a run", r#"{"action": "exec", "command": "uptime"}"#) {
+            Ok(i) => i,
+            Err(r) => return r,
+        };
+    if !matches!(input.action.as_str(), "exec" | "sync") {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("action {:?} is not a run; use exec or sync", input.action),
+        );
+    }
+    let node = match lookup(&state, &id) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let mut event = json!({"kind": input.action, "by": who.name});
+    if let Some(c) = &input.command {
+        // Enough to tell runs apart; the history is no place for a whole script.
+        event["command"] = c.chars().take(500).collect::<String>().into();
+    }
+    match blocking(|| state.inventory.note(&node.mac, event)) {
+        Ok(()) => {
+            audit(&who, &input.action, &node);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => inventory_error(e),
+    }
+}
+
+async fn discovered(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(r) = require_read(&state, &headers) {
+        return r;
+    }
     match blocking(|| state.inventory.list()) {
         Ok(nodes) => Json(
             nodes
@@ -303,44 +401,37 @@ async fn discovered(State(state): State<Shared>) -> Response {
     }
 }
 
-/// Images and their serials, read from the state directory.
+/// Images and their complete serials with metadata, as the image store sees them
+/// (`{state_dir}/images`). A serial whose meta.json cannot be read is still listed,
+/// by number, so the operator sees it exists.
 pub fn image_list(state_dir: &std::path::Path) -> Vec<serde_json::Value> {
-    let mut out = vec![];
-    let Ok(dir) = std::fs::read_dir(state_dir.join("images")) else {
-        return out;
-    };
-    let mut names: Vec<String> = dir
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    for name in names {
-        let serials_dir = state_dir.join("images").join(&name).join("serials");
-        let mut serials: Vec<u64> = std::fs::read_dir(&serials_dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                    .collect()
+    let store = crate::images::Images::new(state_dir);
+    let names = store.names().unwrap_or_default();
+    names
+        .into_iter()
+        .map(|name| {
+            let metas: Vec<serde_json::Value> = store
+                .serials(&name)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| match store.meta(&name, s) {
+                    Ok(m) => json!(m),
+                    Err(_) => json!({ "serial": s }),
+                })
+                .collect();
+            json!({
+                "name": name,
+                "published": store.published(&name).ok().flatten(),
+                "serials": metas,
             })
-            .unwrap_or_default();
-        serials.sort_unstable();
-        let metas: Vec<serde_json::Value> = serials
-            .iter()
-            .map(|s| {
-                std::fs::read_to_string(serials_dir.join(s.to_string()).join("meta.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str(&t).ok())
-                    .unwrap_or_else(|| json!({ "serial": s }))
-            })
-            .collect();
-        out.push(json!({
-            "name": name,
-            "published": super::published_serial(state_dir, &name),
-            "serials": metas,
-        }));
-    }
-    out
+        })
+        .collect()
 }
 
-async fn images(State(state): State<Shared>) -> Response {
+async fn images(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(r) = require_read(&state, &headers) {
+        return r;
+    }
     Json(image_list(&state.config.state_dir)).into_response()
 }
 
@@ -369,13 +460,23 @@ async fn image_excludes(State(state): State<Shared>, Path(name): Path<String>) -
 }
 
 /// Server-Sent Events: one `node` event with the full public record per change.
-async fn events(State(state): State<Shared>) -> impl IntoResponse {
+async fn events(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(r) = require_read(&state, &headers) {
+        return r;
+    }
     let rx = state.inventory.subscribe();
-    let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| {
+    let changes = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| {
         let node = r.ok()?;
-        Some(Ok::<_, std::convert::Infallible>(
-            Event::default().event("node").json_data(node).ok()?,
-        ))
+        Some(Some(Event::default().event("node").json_data(node).ok()?))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    // The stream ends at shutdown, so a watching browser cannot hold the server up.
+    let shutdown =
+        futures_lite::stream::once_future(state.shutdown.clone().cancelled_owned()).map(|_| None);
+    let stream = changes
+        .merge(shutdown)
+        .take_while(Option::is_some)
+        .filter_map(|e| e.map(Ok::<_, std::convert::Infallible>));
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

@@ -33,11 +33,7 @@ pub fn published_serial(state_dir: &std::path::Path, image: &str) -> Option<u64>
 
 /// Looks the node up (a stranger becomes a discovered record), refuses what its
 /// state says must wait, starts the install and hands out [`crate::plan::install_plan`].
-pub async fn plan(
-    State(state): State<Shared>,
-    Path(mac): Path<String>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-) -> Response {
+pub async fn plan(State(state): State<Shared>, Path(mac): Path<String>) -> Response {
     let Some(mac) = normalize_mac(&mac) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -76,10 +72,6 @@ pub async fn plan(
         Ok(r) => r,
         Err(e) => return inventory_error(e),
     };
-    // A reinstalled node comes back with fresh SSH host keys.
-    tokio::task::block_in_place(|| {
-        crate::fleet::ssh::SshSettings::for_state_dir(&cfg.state_dir).forget_host(peer.ip())
-    });
     let plan = crate::plan::install_plan(&record, cfg, serial, &state.ssh_keys);
     info!(%mac, hostname = %plan.hostname, %image, serial, install_id = %plan.install_id, "plan handed out");
     Json(plan).into_response()
@@ -93,9 +85,32 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
+/// Writes the host keys an authenticated `installed` report carried into the
+/// server's known_hosts, under the node's hostname and address (its inventory
+/// address, else the one it reported from), replacing what was there for it.
+fn record_host_keys(
+    state_dir: &std::path::Path,
+    rec: &crate::inventory::NodeRecord,
+    peer: std::net::IpAddr,
+) {
+    use crate::fleet::ssh::{known_hosts, SshSettings};
+    let path = SshSettings::for_state_dir(state_dir).known_hosts;
+    let address = rec.ip.clone().unwrap_or_else(|| peer.to_string());
+    let names = [rec.hostname.clone(), address];
+    let (keys, _) = known_hosts::parse_all(&rec.host_keys);
+    match known_hosts::record(&path, &names, &keys) {
+        Ok(()) if keys.is_empty() => warn!(
+            "no SSH host key reported: `rollout exec` and `rollout sync` will not contact this node until an install reports its keys"
+        ),
+        Ok(()) => info!(fingerprints = %rec.host_key_fingerprints.join(", "), "host keys recorded in {}", path.display()),
+        Err(e) => warn!("writing {}: {e}; `rollout exec` will refuse this node's host key", path.display()),
+    }
+}
+
 pub async fn event(
     State(state): State<Shared>,
     Path(id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Json(ev): Json<ProgressEvent>,
 ) -> Response {
@@ -114,6 +129,12 @@ pub async fn event(
                 EventKind::Progress { .. } => tracing::debug!("{}", ev.message),
                 EventKind::Failed { error, .. } => {
                     warn!(step = %ev.step, "install failed: {error}")
+                }
+                EventKind::Installed { .. } => {
+                    info!(step = %ev.step, "{}", ev.message);
+                    tokio::task::block_in_place(|| {
+                        record_host_keys(&state.config.state_dir, &rec, peer.ip())
+                    });
                 }
                 _ => info!(step = %ev.step, "{}", ev.message),
             }

@@ -94,6 +94,10 @@ pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> 
     });
     let record = match seen {
         Ok(r) => r,
+        // Refusals are logged (at most once a minute) by the inventory itself.
+        Err(e @ crate::inventory::InventoryError::Refused { .. }) => {
+            return (StatusCode::TOO_MANY_REQUESTS, format!("{e}\n")).into_response();
+        }
         Err(e) => {
             warn!(%mac, error = %e, "cannot read node state");
             return (

@@ -1,10 +1,20 @@
 //! The dashboard: server-rendered pages (complete without JavaScript) with a
 //! little JavaScript that follows `/api/v1/events` for live progress.
+//!
+//! Sign-in at `/login` exchanges a token (the admin's or an operator's) for a
+//! session cookie (see `auth`); pages need one unless `server.anonymous_read`,
+//! and every form carries the session's CSRF token.
 
-use super::admin::{image_list, is_admin};
+// Checks return a ready Response as the error, as axum handlers do (see admin.rs).
+#![allow(clippy::result_large_err)]
+
+use super::admin::image_list;
+use super::auth::{self, Principal};
 use super::Shared;
-use crate::inventory::{NodeRecord, NodeState};
+use crate::inventory::{NodeRecord, NodeState, OperatorAction};
+use crate::operators::Role;
 use askama::Template;
+use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -19,6 +29,40 @@ pub fn routes() -> Router<Shared> {
         .route("/nodes/{id}/reinstall", post(reinstall))
         .route("/images", get(images))
         .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+}
+
+/// The signed-in operator as the page header shows them; `csrf` goes in every form.
+pub struct UserView {
+    pub name: String,
+    pub role: &'static str,
+    pub csrf: String,
+}
+
+impl UserView {
+    fn of(p: &Option<Principal>) -> Option<UserView> {
+        let p = p.as_ref()?;
+        Some(UserView {
+            name: p.name.clone(),
+            role: p.role.as_str(),
+            // A Bearer-authenticated page view has no session, so no form of it can post.
+            csrf: p
+                .session
+                .as_ref()
+                .map(|s| s.csrf.clone())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Who may see a page: anyone signed in (any role), or everybody with
+/// `server.anonymous_read`; others are sent to the sign-in page.
+fn viewer(state: &Shared, headers: &HeaderMap) -> Result<Option<Principal>, Response> {
+    match auth::authenticate(state, headers)? {
+        Some(p) => Ok(Some(p)),
+        None if state.config.server.anonymous_read => Ok(None),
+        None => Err(Redirect::to("/login").into_response()),
+    }
 }
 
 /// What a row shows; computed here so templates stay free of logic.
@@ -92,7 +136,7 @@ impl From<&NodeRecord> for NodeView {
             serial: n.serial,
             state: n.state.as_str(),
             percent: pct,
-            progress_text: progress_text(n, crate::inventory::now()),
+            progress_text: progress_text(n, crate::clock::now_unix()),
             error: n.last_error.clone().unwrap_or_default(),
             installs: n.installs,
         }
@@ -102,12 +146,14 @@ impl From<&NodeRecord> for NodeView {
 #[derive(Template)]
 #[template(path = "index.html")]
 struct IndexPage {
+    user: Option<UserView>,
     nodes: Vec<NodeView>,
 }
 
 #[derive(Template)]
 #[template(path = "node.html")]
 struct NodePage {
+    user: Option<UserView>,
     n: NodeView,
     console: Vec<String>,
     plan: Option<String>,
@@ -123,14 +169,17 @@ pub struct ImageView {
 #[derive(Template)]
 #[template(path = "images.html")]
 struct ImagesPage {
+    user: Option<UserView>,
     images: Vec<ImageView>,
 }
 
 #[derive(Template)]
 #[template(path = "login.html")]
 struct LoginPage {
-    ok: bool,
+    user: Option<UserView>,
     failed: bool,
+    /// The sign-in form's own CSRF token (also in the `rollout_login` cookie).
+    login_csrf: String,
 }
 
 fn render(t: impl Template) -> Response {
@@ -145,7 +194,7 @@ fn render(t: impl Template) -> Response {
 }
 
 fn utc(secs: u64) -> String {
-    crate::images::rfc3339(secs)
+    crate::clock::rfc3339(secs)
 }
 
 #[cfg(test)]
@@ -167,16 +216,25 @@ mod tests {
     }
 }
 
-async fn index(State(state): State<Shared>) -> Response {
+async fn index(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let who = match viewer(&state, &headers) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     match tokio::task::block_in_place(|| state.inventory.list()) {
         Ok(nodes) => render(IndexPage {
+            user: UserView::of(&who),
             nodes: nodes.iter().map(NodeView::from).collect(),
         }),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
 }
 
-async fn node(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+async fn node(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let who = match viewer(&state, &headers) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let found = tokio::task::block_in_place(|| {
         let n = state.inventory.find(&id)?;
         let h = match &n {
@@ -200,6 +258,7 @@ async fn node(State(state): State<Shared>, Path(id): Path<String>) -> Response {
         )
     });
     render(NodePage {
+        user: UserView::of(&who),
         console: n.console_tail.clone(),
         n: NodeView::from(&n),
         plan,
@@ -212,28 +271,64 @@ async fn node(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     })
 }
 
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: Option<String>,
+}
+
+/// The operator behind a dashboard form post, checked for its CSRF token and
+/// `needed`; not signed in → the sign-in page. A body that is no form at all
+/// counts as a form without a CSRF token (refused 403 with a session).
+fn form_poster(
+    state: &Shared,
+    headers: &HeaderMap,
+    form: Result<Form<CsrfForm>, FormRejection>,
+    needed: Role,
+) -> Result<Principal, Response> {
+    let Some(p) = auth::authenticate(state, headers)? else {
+        return Err(Redirect::to("/login").into_response());
+    };
+    let csrf = form.ok().and_then(|Form(f)| f.csrf);
+    auth::check_csrf(&p, csrf.as_deref())?;
+    if p.role < needed {
+        return Err((StatusCode::FORBIDDEN, auth::role_refusal(&p, needed)).into_response());
+    }
+    Ok(p)
+}
+
 async fn reinstall(
     State(state): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    if !is_admin(&state, &headers) {
-        return Redirect::to("/login").into_response();
-    }
+    let who = match form_poster(&state, &headers, form, Role::Maintain) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let done = tokio::task::block_in_place(|| {
         let n = state
             .inventory
             .find(&id)?
             .ok_or_else(|| crate::inventory::InventoryError::UnknownNode(id.clone()))?;
-        state.inventory.request_reinstall(&n.mac)
+        state
+            .inventory
+            .operator_action(&n.mac, OperatorAction::Reinstall, &who.name)
     });
     match done {
-        Ok(n) => Redirect::to(&format!("/nodes/{}", n.mac)).into_response(),
+        Ok(n) => {
+            tracing::info!(operator = %who.name, role = %who.role, action = "reinstall", mac = %n.mac, hostname = %n.hostname, "operator change (dashboard)");
+            Redirect::to(&format!("/nodes/{}", n.mac)).into_response()
+        }
         Err(e) => (StatusCode::CONFLICT, e.to_string()).into_response(),
     }
 }
 
-async fn images(State(state): State<Shared>) -> Response {
+async fn images(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let who = match viewer(&state, &headers) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let images = image_list(&state.config.state_dir)
         .into_iter()
         .map(|i| ImageView {
@@ -264,42 +359,103 @@ async fn images(State(state): State<Shared>) -> Response {
                 .unwrap_or_default(),
         })
         .collect();
-    render(ImagesPage { images })
+    render(ImagesPage {
+        user: UserView::of(&who),
+        images,
+    })
 }
 
-async fn login_page() -> Response {
-    render(LoginPage {
-        ok: false,
-        failed: false,
-    })
+/// The sign-in form's CSRF cookie: a random value the form repeats, so another
+/// site cannot post a sign-in (it can neither read nor set this cookie).
+const LOGIN_COOKIE: &str = "rollout_login";
+
+async fn login_page(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let who = auth::authenticate(&state, &headers).unwrap_or(None);
+    login_form(UserView::of(&who), false)
+}
+
+fn login_form(user: Option<UserView>, failed: bool) -> Response {
+    let login_csrf = crate::inventory::random_hex(16);
+    let cookie = format!("{LOGIN_COOKIE}={login_csrf}; Path=/login; HttpOnly; SameSite=Strict");
+    let status = if failed {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        [(header::SET_COOKIE, cookie)],
+        render(LoginPage {
+            user,
+            failed,
+            login_csrf,
+        }),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
 struct LoginForm {
     token: String,
+    csrf: Option<String>,
 }
 
-async fn login(State(state): State<Shared>, Form(f): Form<LoginForm>) -> Response {
-    let mut h = HeaderMap::new();
-    if let Ok(v) = format!("Bearer {}", f.token.trim()).parse() {
-        h.insert(header::AUTHORIZATION, v);
+async fn login(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let expected = auth::cookie(&headers, LOGIN_COOKIE).unwrap_or("");
+    let given = f.csrf.as_deref().unwrap_or("");
+    if expected.is_empty() || !auth::same_secret(expected, given) {
+        return (
+            StatusCode::FORBIDDEN,
+            "missing or wrong CSRF token on the sign-in form; open /login and sign in from there",
+        )
+            .into_response();
     }
-    if !is_admin(&state, &h) {
-        return render(LoginPage {
-            ok: false,
-            failed: true,
-        });
-    }
-    let cookie = format!(
-        "rollout_admin={}; Path=/; HttpOnly; SameSite=Strict",
-        f.token.trim()
-    );
+    let (session, name, role) = match auth::sign_in(&state, &f.token) {
+        Ok(Some(s)) => s,
+        Ok(None) => return login_form(None, true),
+        Err(r) => return r,
+    };
+    tracing::info!(operator = %name, %role, "dashboard sign-in");
+    let user = Some(UserView {
+        name,
+        role: role.as_str(),
+        csrf: session.csrf.clone(),
+    });
     (
-        [(header::SET_COOKIE, cookie)],
+        [(
+            header::SET_COOKIE,
+            auth::session_cookie(&session, state.sessions.lifetime()),
+        )],
         render(LoginPage {
-            ok: true,
+            user,
             failed: false,
+            login_csrf: String::new(),
         }),
+    )
+        .into_response()
+}
+
+/// Ends the session on the server (the old cookie is refused from now on) and clears it.
+async fn logout(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Response {
+    let who = match form_poster(&state, &headers, form, Role::Read) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if let Some(s) = &who.session {
+        state.sessions.remove(&s.id);
+        tracing::info!(operator = %who.name, "dashboard sign-out");
+    }
+    (
+        [(header::SET_COOKIE, auth::clear_session_cookie())],
+        Redirect::to("/login"),
     )
         .into_response()
 }

@@ -3,17 +3,21 @@
 
 mod admin;
 mod api;
+mod auth;
 mod boot;
 mod dashboard;
+pub mod listen;
 mod openapi;
+mod operators;
 
 pub use api::published_serial;
+pub use auth::Sessions;
 pub use dashboard::percent;
 pub use openapi::{documented_operations, spec_mismatches};
 
 use crate::config::ValidConfig;
 use crate::inventory::{Inventory, InventoryError};
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::handler::Handler;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,8 +32,12 @@ use tower_http::services::ServeDir;
 pub struct AppState {
     pub config: ValidConfig,
     pub inventory: Arc<Inventory>,
-    /// Mutating API calls need `Authorization: Bearer <admin_token>`.
+    /// The admin's token: every role (see `auth`). Operators' are in `operators`.
     pub admin_token: String,
+    /// Named operator credentials with their roles, looked up per request.
+    pub operators: Arc<crate::operators::Operators>,
+    /// The dashboard's sign-ins (in memory).
+    pub sessions: auth::Sessions,
     /// Put in root's authorized_keys on every node (for `rollout exec`).
     pub ssh_keys: Vec<String>,
     /// The rsync supervisor, when it runs: a serial is only handed out once it
@@ -37,6 +45,8 @@ pub struct AppState {
     pub rsync_modules: Option<crate::images::rsyncd::RsyncModules>,
     /// Failures the services survived, printed by `/healthz`.
     pub counters: Arc<crate::counters::Counters>,
+    /// Fires when the server shuts down: live streams (SSE) end on it.
+    pub shutdown: CancellationToken,
 }
 
 pub type Shared = Arc<AppState>;
@@ -63,6 +73,7 @@ pub(crate) fn inventory_error(e: InventoryError) -> Response {
         InventoryError::UnknownInstall(_) | InventoryError::UnknownNode(_) => StatusCode::NOT_FOUND,
         InventoryError::Transition { .. } | InventoryError::Conflict(_) => StatusCode::CONFLICT,
         InventoryError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        InventoryError::Refused { .. } => StatusCode::TOO_MANY_REQUESTS,
     };
     error(status, e.to_string())
 }
@@ -125,6 +136,31 @@ async fn healthz(State(state): State<Shared>) -> String {
     format!("ok\n{}", state.counters.render())
 }
 
+/// Request bodies larger than this are refused with 413: node declarations and
+/// dashboard forms are a few hundred bytes.
+pub const BODY_LIMIT: usize = 64 << 10;
+/// Phone-home carries a MAC, a hostname, a serial and a boot id.
+pub const PHONE_HOME_LIMIT: usize = 4 << 10;
+/// An installer event; a failure report carries the error (which may quote a
+/// command's whole output) and 30 console lines. Generous, so a report is never
+/// lost to the limit: the node store keeps only the first KiB of each text
+/// (`inventory::limits`).
+pub const EVENT_LIMIT: usize = 256 << 10;
+
+/// The body limit of an API path: phone-home (sent by every installed node, no
+/// install token) is the smallest, installer events the largest; everything
+/// else gets [`BODY_LIMIT`].
+pub fn body_limit(path: &str) -> usize {
+    use crate::wire::paths;
+    if path == paths::PHONE_HOME {
+        PHONE_HOME_LIMIT
+    } else if path.starts_with(paths::INSTALLS) && path.ends_with("/events") {
+        EVENT_LIMIT
+    } else {
+        BODY_LIMIT
+    }
+}
+
 pub fn router(state: Shared) -> Router {
     let boot_dir = state.config.state_dir.join("boot");
     let ipxe_dir = state.config.tftp_root.clone();
@@ -132,13 +168,16 @@ pub fn router(state: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/boot.ipxe", get(boot::script));
     for r in api_table() {
+        let limit = DefaultBodyLimit::max(body_limit(&r.path));
         // Two methods on one path merge into one method router.
-        app = app.route(&r.path, r.handler);
+        app = app.route(&r.path, r.handler.layer(limit));
     }
     app.merge(dashboard::routes())
         .nest_service("/boot", ServeDir::new(boot_dir))
         // UEFI HTTP boot clients fetch their first stage by URL instead of TFTP.
         .nest_service("/ipxe", ServeDir::new(ipxe_dir))
+        // Dashboard forms and anything not in the API table.
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -149,15 +188,34 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError
         .map_err(|source| HttpError::Bind { addr, source })
 }
 
-/// Serves until cancelled; requests in flight are finished first.
+/// Serves until cancelled; requests in flight get [`listen::Limits::drain`] to finish.
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: Shared,
     cancel: CancellationToken,
 ) -> Result<(), HttpError> {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
+    listen::serve(listener, router(state), listen::Limits::default(), cancel)
         .await
         .map_err(HttpError::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_api_path_has_a_body_limit_phone_home_the_smallest() {
+        let limits: Vec<(String, usize)> = api_routes()
+            .into_iter()
+            .map(|(_, path)| {
+                let limit = body_limit(&path);
+                (path, limit)
+            })
+            .collect();
+        let of = |p: &str| limits.iter().find(|(path, _)| path == p).unwrap().1;
+        assert_eq!(of(crate::wire::paths::PHONE_HOME), PHONE_HOME_LIMIT);
+        assert_eq!(of("/api/v1/installs/{id}/events"), EVENT_LIMIT);
+        assert_eq!(of("/api/v1/nodes"), BODY_LIMIT);
+        assert!(limits.iter().all(|(_, l)| *l <= EVENT_LIMIT));
+    }
 }

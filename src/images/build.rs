@@ -1,10 +1,8 @@
 //! `rollout image build`: a fresh Debian root with debootstrap.
 
-use super::enter::run_in_root;
+use super::enter::{private_mount_namespace, run_in_root};
 use super::store::{Images, SerialMeta};
 use super::ImageError;
-use nix::mount::{mount, MsFlags};
-use nix::sched::{unshare, CloneFlags};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -126,18 +124,7 @@ fn debootstrap(
         .stderr(Stdio::piped());
     // SAFETY: only syscalls between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
-            unshare(CloneFlags::CLONE_NEWNS)
-                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
-        });
+        cmd.pre_exec(private_mount_namespace);
     }
     let shown = format!(
         "debootstrap --variant=minbase --include={} {} {} {mirror}",

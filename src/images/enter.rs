@@ -26,6 +26,21 @@ fn errno(e: nix::errno::Errno) -> std::io::Error {
     std::io::Error::from_raw_os_error(e as i32)
 }
 
+/// For `pre_exec`: the child gets its own mount namespace and `/` becomes private
+/// (recursively) in it, so nothing it mounts propagates to the host and its mounts
+/// vanish with it. Only syscalls, as the time between fork and exec requires.
+pub(crate) fn private_mount_namespace() -> std::io::Result<()> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(errno)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(errno)
+}
+
 pub(crate) fn run_tool(cmd: &mut Command) -> Result<(), ImageError> {
     let shown = format!("{cmd:?}").replace('"', "");
     let out = cmd.output().map_err(|e| ImageError::Command {
@@ -118,15 +133,7 @@ fn run_in_root_inner(
     // on paths prepared above (short paths use nix's stack buffers, no allocation).
     unsafe {
         cmd.pre_exec(move || {
-            unshare(CloneFlags::CLONE_NEWNS).map_err(errno)?;
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .map_err(errno)?;
+            private_mount_namespace()?;
             mount(
                 Some("proc"),
                 &proc_dir,

@@ -69,7 +69,7 @@ pub fn acquire(image: &str, path: &Path, command: &str) -> Result<ImageLock, Ima
     let holder = LockHolder {
         pid: std::process::id(),
         user: current_user(),
-        since: super::now_rfc3339(),
+        since: crate::clock::now_rfc3339(),
         command: command.to_string(),
     };
     let body = serde_json::to_vec_pretty(&holder).expect("serializable");

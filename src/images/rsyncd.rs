@@ -139,7 +139,7 @@ pub fn render_config(s: &RsyncdSettings, modules: &[ModuleSpec]) -> Result<Strin
     Ok(c)
 }
 
-/// Renders and writes the config if it changed (temp file + rename). Returns whether it did.
+/// Renders and writes the config if it changed ([`crate::durable::write_atomic`]). Returns whether it did.
 pub fn write_config(s: &RsyncdSettings) -> Result<bool, ImageError> {
     let text = render_config(s, &modules(&Images::new(&s.state_dir))?)?;
     let path = s.config_path();
@@ -151,16 +151,9 @@ pub fn write_config(s: &RsyncdSettings) -> Result<bool, ImageError> {
         source,
     };
     std::fs::create_dir_all(&s.state_dir).map_err(io)?;
-    // Each write its own temp file, so a rename never moves another writer's
-    // half-written one (two supervisors on one state_dir, as tests run them).
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("conf.tmp.{}.{n}", std::process::id()));
-    let written = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
+    // Its own temp file per write (two supervisors on one state_dir, as tests
+    // run them), fsynced before the rename.
+    crate::durable::write_atomic(&path, text.as_bytes(), 0o644).map_err(io)?;
     Ok(true)
 }
 

@@ -4,6 +4,7 @@ use super::lock::{self, ImageLock};
 use super::tree::{self, Changes};
 use super::ImageError;
 use crate::config::ImageConfig;
+use crate::durable;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -207,21 +208,34 @@ impl Images {
 
     /// Points `published` at `serial`: a new symlink under a temporary name renamed over
     /// the old one, so readers see either the old or the new serial, never neither.
+    /// The serial's tree and meta.json are flushed to disk first, so a power loss
+    /// right after cannot leave `published` naming files that never reached the disk.
     pub(crate) fn publish_locked(&self, name: &str, serial: u64) -> Result<(), ImageError> {
-        if !self.serial_dir(name, serial).join("meta.json").is_file() {
+        let serial_dir = self.serial_dir(name, serial);
+        let meta = serial_dir.join("meta.json");
+        if !meta.is_file() {
             return Err(ImageError::NoSuchSerial {
                 image: name.to_string(),
                 serial,
             });
         }
+        let root = self.serial_root(name, serial);
+        if root.is_dir() {
+            durable::sync_tree(&root).map_err(io_err(&root))?;
+        }
+        std::fs::File::open(&meta)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&meta))?;
+        durable::fsync_dir(&serial_dir).map_err(io_err(&serial_dir))?;
+        let serials = self.image_dir(name).join("serials");
+        durable::fsync_dir(&serials).map_err(io_err(&serials))?;
         let dir = self.image_dir(name);
         let tmp = dir.join(format!(".published.{}", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(format!("serials/{serial}"), &tmp).map_err(io_err(&tmp))?;
         let link = dir.join("published");
         std::fs::rename(&tmp, &link).map_err(io_err(&link))?;
-        fsync_dir(&dir);
-        Ok(())
+        durable::fsync_dir(&dir).map_err(io_err(&dir))
     }
 
     /// Republishes an older (or any existing) serial.
@@ -315,7 +329,7 @@ impl Images {
         let serial = self.next_serial(name)?;
         let meta = SerialMeta {
             serial,
-            created: super::now_rfc3339(),
+            created: crate::clock::now_rfc3339(),
             size_bytes,
             file_count,
             note: note.to_string(),
@@ -327,19 +341,10 @@ impl Images {
         let root = dir.join("root");
         std::fs::rename(work_root, &root).map_err(io_err(&root))?;
         let meta_path = dir.join("meta.json");
-        let tmp = dir.join("meta.json.tmp");
         let body = serde_json::to_vec_pretty(&meta).expect("serializable");
-        std::fs::write(&tmp, body).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &meta_path).map_err(io_err(&meta_path))?;
-        fsync_dir(&dir);
+        durable::write_atomic(&meta_path, &body, 0o644).map_err(io_err(&meta_path))?;
         self.publish_locked(name, serial)?;
         Ok(Some(meta))
-    }
-}
-
-fn fsync_dir(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
-        let _ = f.sync_all();
     }
 }
 

@@ -3,10 +3,13 @@
 //! Every change goes through the state machine in [`state`] and is stored with a
 //! history line in one transaction, then broadcast to dashboards.
 
+pub mod limits;
 pub mod sqlite;
 pub mod state;
 
-use crate::store::StoreError;
+// The inventory's clock; `now` keeps its call sites short.
+use crate::clock::now_unix as now;
+use crate::db::StoreError;
 use crate::wire::{EventKind, PhoneHome, ProgressEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -58,6 +61,14 @@ pub struct NodeRecord {
     /// it may be installed over a disk that holds data, like a declared node.
     #[serde(default)]
     pub approved: bool,
+    /// The node's SSH host public keys (`ALGORITHM BASE64`), as its installer
+    /// reported them in its authenticated `installed` event: what known_hosts
+    /// is written from and what `rollout exec` requires. Empty: unknown.
+    #[serde(default)]
+    pub host_keys: Vec<String>,
+    /// `ED25519 SHA256:…` for each of `host_keys`, for operators to compare.
+    #[serde(default)]
+    pub host_key_fingerprints: Vec<String>,
 }
 
 impl NodeRecord {
@@ -95,6 +106,8 @@ impl NodeRecord {
             last_seen: None,
             updated: 0,
             approved: false,
+            host_keys: vec![],
+            host_key_fingerprints: vec![],
         }
     }
 
@@ -110,6 +123,24 @@ impl NodeRecord {
         NodeRecord {
             token: None,
             ..self.clone()
+        }
+    }
+}
+
+/// What an operator can ask of one node through the API or the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorAction {
+    Reinstall,
+    Approve,
+    Ignore,
+}
+
+impl OperatorAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorAction::Reinstall => "reinstall",
+            OperatorAction::Approve => "approve",
+            OperatorAction::Ignore => "ignore",
         }
     }
 }
@@ -150,6 +181,12 @@ pub enum InventoryError {
     },
     #[error("{0}")]
     Conflict(String),
+    /// A stranger was not recorded ([`limits::DiscoveryLimiter`]).
+    #[error("not recording undeclared machine {mac}: {reason}")]
+    Refused {
+        mac: String,
+        reason: limits::DiscoveryRefusal,
+    },
 }
 
 /// Serials of `image` that nodes are installing right now, with those nodes'
@@ -162,13 +199,6 @@ pub fn serials_being_installed(records: &[NodeRecord], image: &str) -> Vec<(u64,
         .collect();
     out.sort();
     out
-}
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 pub fn random_hex(bytes: usize) -> String {
@@ -215,6 +245,7 @@ pub struct Inventory {
     /// Serializes read-modify-write cycles so two reports cannot interleave.
     write: Mutex<()>,
     changes: broadcast::Sender<NodeRecord>,
+    discovery: Mutex<limits::DiscoveryLimiter>,
     pub policy: Policy,
 }
 
@@ -225,6 +256,7 @@ impl Inventory {
             store,
             write: Mutex::new(()),
             changes,
+            discovery: Mutex::default(),
             policy,
         }
     }
@@ -281,6 +313,15 @@ impl Inventory {
 
     /// Creates or updates a declared node. Its install state is kept.
     pub fn declare(&self, decl: NodeRecord) -> Result<NodeRecord, InventoryError> {
+        self.declare_by(decl, None)
+    }
+
+    /// `declare`, naming in the history row the operator who declared it.
+    pub fn declare_by(
+        &self,
+        decl: NodeRecord,
+        by: Option<&str>,
+    ) -> Result<NodeRecord, InventoryError> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         for other in self.store.list()? {
             if other.mac == decl.mac {
@@ -331,7 +372,10 @@ impl Inventory {
                 ..decl
             },
         };
-        let event = json!({"kind": "declared", "hostname": rec.hostname, "image": rec.image, "source": rec.source});
+        let mut event = json!({"kind": "declared", "hostname": rec.hostname, "image": rec.image, "source": rec.source});
+        if let Some(by) = by {
+            event["by"] = by.into();
+        }
         self.commit(rec, event)
     }
 
@@ -347,22 +391,58 @@ impl Inventory {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let (mut rec, event) = match self.store.get(mac)? {
             Some(rec) => (rec, json!({"kind": "pxe_boot", "firmware": firmware})),
-            None => (
-                NodeRecord::new(
-                    mac,
-                    hostname,
-                    image,
-                    Source::Discovered,
-                    NodeState::Discovered,
-                ),
-                json!({"kind": "discovered", "firmware": firmware}),
-            ),
+            None => {
+                self.admit_stranger(mac)?;
+                (
+                    NodeRecord::new(
+                        mac,
+                        hostname,
+                        image,
+                        Source::Discovered,
+                        NodeState::Discovered,
+                    ),
+                    json!({"kind": "discovered", "firmware": firmware}),
+                )
+            }
         };
         rec.last_seen = Some(now());
         if let Some(fw) = firmware {
             rec.firmware = Some(fw.to_string());
         }
         self.commit(rec, event)
+    }
+
+    /// Lets a new discovered record in, or refuses it (too many, or too fast),
+    /// warning at most once a minute with how many were refused.
+    fn admit_stranger(&self, mac: &str) -> Result<(), InventoryError> {
+        let mut failed = None;
+        let total = || match self.store.list() {
+            Ok(all) => all
+                .iter()
+                .filter(|r| r.source == Source::Discovered)
+                .count(),
+            Err(e) => {
+                failed = Some(e);
+                0
+            }
+        };
+        let admitted = self
+            .discovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(now(), total);
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        admitted.map_err(|report| {
+            if let Some(n) = report.warn {
+                tracing::warn!(%mac, refused = n, "not recording undeclared machines: {}", report.reason);
+            }
+            InventoryError::Refused {
+                mac: mac.to_string(),
+                reason: report.reason,
+            }
+        })
     }
 
     /// A new install attempt: fresh id and token.
@@ -403,6 +483,7 @@ impl Inventory {
         if rec.token.as_deref() != Some(token) {
             return Err(InventoryError::BadToken(install_id.into()));
         }
+        let ev = &capped(ev);
         rec.stage = Some(ev.step.as_str().into());
         match &ev.kind {
             EventKind::Started | EventKind::Done => {
@@ -416,10 +497,18 @@ impl Inventory {
                 rec.done_bytes = *done_bytes;
                 rec.total_bytes = *total_bytes;
             }
-            EventKind::Installed { serial } => {
+            EventKind::Installed { serial, host_keys } => {
                 Self::transition(&mut rec, Transition::Installed)?;
                 rec.serial = Some(*serial);
                 rec.installed_at = Some(now());
+                // The new install's keys replace the old ones, also when it
+                // reported none: whatever the disk held before is gone.
+                let (keys, refused) = crate::fleet::ssh::known_hosts::parse_all(host_keys);
+                rec.host_keys = keys.iter().map(|k| k.line()).collect();
+                rec.host_key_fingerprints = keys.iter().map(|k| k.describe()).collect();
+                for why in refused {
+                    tracing::warn!(mac = %rec.mac, hostname = %rec.hostname, "host key in the installed report ignored: {why}");
+                }
             }
             EventKind::Failed {
                 error,
@@ -448,14 +537,27 @@ impl Inventory {
             .store
             .get(&ph.mac)?
             .ok_or_else(|| InventoryError::UnknownNode(ph.mac.clone()))?;
+        let boot_id = limits::truncate(&ph.boot_id, limits::MAX_TEXT);
+        let hostname = limits::truncate(&ph.hostname, limits::MAX_TEXT);
         rec.booted_at = Some(now());
-        rec.boot_id = Some(ph.boot_id.clone());
+        rec.boot_id = Some(boot_id.clone());
         rec.serial = Some(ph.serial);
-        let event = json!({"kind": "booted", "hostname": ph.hostname, "serial": ph.serial, "boot_id": ph.boot_id});
+        let event = json!({"kind": "booted", "hostname": hostname, "serial": ph.serial, "boot_id": boot_id});
         self.commit(rec, event)
     }
 
-    fn apply(&self, mac: &str, t: Transition, kind: &str) -> Result<NodeRecord, InventoryError> {
+    /// Applies an operator's request; the history row names who asked (`by`), if known.
+    fn apply(
+        &self,
+        mac: &str,
+        action: OperatorAction,
+        by: Option<&str>,
+    ) -> Result<NodeRecord, InventoryError> {
+        let (t, kind) = match action {
+            OperatorAction::Reinstall => (Transition::RequestReinstall, "reinstall_requested"),
+            OperatorAction::Approve => (Transition::Approve, "approved"),
+            OperatorAction::Ignore => (Transition::Ignore, "ignored"),
+        };
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut rec = self
             .store
@@ -473,20 +575,47 @@ impl Inventory {
             rec.token = None;
             rec.stage = None;
         }
-        self.commit(rec, json!({"kind": kind}))
+        let mut event = json!({"kind": kind});
+        if let Some(by) = by {
+            event["by"] = by.into();
+        }
+        self.commit(rec, event)
+    }
+
+    /// An operator's request (reinstall, approve, ignore), recorded in the
+    /// node's history with their name.
+    pub fn operator_action(
+        &self,
+        mac: &str,
+        action: OperatorAction,
+        by: &str,
+    ) -> Result<NodeRecord, InventoryError> {
+        self.apply(mac, action, Some(by))
+    }
+
+    /// Adds a history row about something done to the node outside the server
+    /// (an operator's `rollout exec` or `sync` over SSH); the record is unchanged.
+    pub fn note(&self, mac: &str, event: serde_json::Value) -> Result<(), InventoryError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let rec = self
+            .store
+            .get(mac)?
+            .ok_or_else(|| InventoryError::UnknownNode(mac.into()))?;
+        self.store.save(&rec, Some(&event))?;
+        Ok(())
     }
 
     /// The node installs again on its next boot.
     pub fn request_reinstall(&self, mac: &str) -> Result<NodeRecord, InventoryError> {
-        self.apply(mac, Transition::RequestReinstall, "reinstall_requested")
+        self.apply(mac, OperatorAction::Reinstall, None)
     }
 
     pub fn approve(&self, mac: &str) -> Result<NodeRecord, InventoryError> {
-        self.apply(mac, Transition::Approve, "approved")
+        self.apply(mac, OperatorAction::Approve, None)
     }
 
     pub fn ignore(&self, mac: &str) -> Result<NodeRecord, InventoryError> {
-        self.apply(mac, Transition::Ignore, "ignored")
+        self.apply(mac, OperatorAction::Ignore, None)
     }
 
     pub fn remove(&self, mac: &str) -> Result<(), InventoryError> {
@@ -527,6 +656,26 @@ impl Inventory {
             failed.push(self.commit(rec, event)?);
         }
         Ok(failed)
+    }
+}
+
+/// `ev` with its free text (message, error, console tail) cut to the store's limits.
+fn capped(ev: &ProgressEvent) -> ProgressEvent {
+    let kind = match &ev.kind {
+        EventKind::Failed {
+            error,
+            console_tail,
+        } => EventKind::Failed {
+            error: limits::truncate(error, limits::MAX_TEXT),
+            console_tail: limits::cap_console(console_tail),
+        },
+        k => k.clone(),
+    };
+    ProgressEvent {
+        step: ev.step,
+        kind,
+        message: limits::truncate(&ev.message, limits::MAX_TEXT),
+        elapsed_ms: ev.elapsed_ms,
     }
 }
 

@@ -1,8 +1,9 @@
 //! The SQLite backing of [`NodeStore`]. A record and its history line are written
 //! in one transaction, so a crash leaves either both or neither.
 
+use super::limits::{merge_repeat, HISTORY_KEEP};
 use super::{HistoryEntry, NodeRecord, NodeStore};
-use crate::store::{self, StoreError};
+use crate::db::{self, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::Mutex;
@@ -29,7 +30,7 @@ pub struct SqliteNodeStore {
 
 impl SqliteNodeStore {
     pub fn open(path: &Path) -> Result<SqliteNodeStore, StoreError> {
-        let conn = store::open(path)?;
+        let conn = db::open(path)?;
         conn.execute_batch(SCHEMA)?;
         Ok(SqliteNodeStore {
             conn: Mutex::new(conn),
@@ -39,6 +40,45 @@ impl SqliteNodeStore {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Adds `ev` to the node's history: a repeat of the newest row (the same boot
+/// again) updates that row's count and time; otherwise a new row is added and
+/// rows beyond the newest [`HISTORY_KEEP`] are dropped.
+fn append_history(
+    tx: &rusqlite::Transaction<'_>,
+    mac: &str,
+    at: u64,
+    ev: &serde_json::Value,
+) -> Result<(), StoreError> {
+    let last: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT id, event FROM history WHERE mac = ?1 ORDER BY id DESC LIMIT 1",
+            [mac],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let merged = last.and_then(|(id, text)| {
+        let last = serde_json::from_str(&text).ok()?;
+        Some((id, merge_repeat(&last, ev, at)?))
+    });
+    if let Some((id, merged)) = merged {
+        tx.execute(
+            "UPDATE history SET event = ?2 WHERE id = ?1",
+            params![id, merged.to_string()],
+        )?;
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO history (mac, at, event) VALUES (?1, ?2, ?3)",
+        params![mac, at as i64, ev.to_string()],
+    )?;
+    tx.execute(
+        "DELETE FROM history WHERE mac = ?1 AND id <= (
+             SELECT id FROM history WHERE mac = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        params![mac, HISTORY_KEEP as i64],
+    )?;
+    Ok(())
 }
 
 fn decode(json: String) -> Result<NodeRecord, StoreError> {
@@ -94,10 +134,7 @@ impl NodeStore for SqliteNodeStore {
             params![rec.mac, rec.install_id, json],
         )?;
         if let Some(ev) = history {
-            tx.execute(
-                "INSERT INTO history (mac, at, event) VALUES (?1, ?2, ?3)",
-                params![rec.mac, rec.updated as i64, ev.to_string()],
-            )?;
+            append_history(&tx, &rec.mac, rec.updated, ev)?;
         }
         tx.commit()?;
         Ok(())

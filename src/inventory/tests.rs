@@ -17,6 +17,17 @@ fn declared(mac: &str, hostname: &str) -> NodeRecord {
     NodeRecord::new(mac, hostname, "default", Source::Config, NodeState::Pending)
 }
 
+/// A whole install of `serial` whose `installed` report carries `host_keys`.
+fn install(inv: &Inventory, mac: &str, serial: u64, host_keys: Vec<String>) -> NodeRecord {
+    let rec = inv.begin_install(mac, serial).unwrap();
+    inv.record_event(
+        rec.install_id.as_deref().unwrap(),
+        rec.token.as_deref().unwrap(),
+        &ev(Step::Finish, EventKind::Installed { serial, host_keys }),
+    )
+    .unwrap()
+}
+
 fn open(dir: &std::path::Path) -> Inventory {
     Inventory::open(&dir.join("rollout.db"), Policy::default()).unwrap()
 }
@@ -56,7 +67,13 @@ fn install_lifecycle_with_token_check_survives_reopen() {
     inv.record_event(
         &id,
         &token,
-        &ev(Step::Finish, EventKind::Installed { serial: 3 }),
+        &ev(
+            Step::Finish,
+            EventKind::Installed {
+                serial: 3,
+                host_keys: vec![],
+            },
+        ),
     )
     .unwrap();
     drop(inv);
@@ -92,13 +109,7 @@ fn installed_nodes_refuse_a_new_install_until_reinstall_is_requested() {
     let dir = tempfile::tempdir().unwrap();
     let inv = open(dir.path());
     inv.declare(declared(MAC, "node1")).unwrap();
-    let rec = inv.begin_install(MAC, 1).unwrap();
-    inv.record_event(
-        rec.install_id.as_ref().unwrap(),
-        rec.token.as_ref().unwrap(),
-        &ev(Step::Finish, EventKind::Installed { serial: 1 }),
-    )
-    .unwrap();
+    install(&inv, MAC, 1, vec![]);
     let e = inv.begin_install(MAC, 1).unwrap_err().to_string();
     assert!(e.contains("request a reinstall first"), "{e}");
 }
@@ -269,13 +280,7 @@ fn serials_being_installed_are_those_of_installing_nodes_of_the_image() {
     inv.declare(declared("52:54:00:00:00:03", "node3")).unwrap();
     inv.begin_install(MAC, 3).unwrap();
     // node2 finished installing serial 2: it syncs from the published serial now.
-    let rec = inv.begin_install("52:54:00:00:00:02", 2).unwrap();
-    inv.record_event(
-        rec.install_id.as_deref().unwrap(),
-        rec.token.as_deref().unwrap(),
-        &ev(Step::Finish, EventKind::Installed { serial: 2 }),
-    )
-    .unwrap();
+    install(&inv, "52:54:00:00:00:02", 2, vec![]);
     let mut other = declared("52:54:00:00:00:04", "node4");
     other.image = "web".into();
     inv.declare(other).unwrap();
@@ -308,4 +313,151 @@ fn unknown_machines_have_one_default() {
     assert_eq!(UnknownPolicy::default(), UnknownPolicy::DEFAULT);
     // Strangers on the network wait for an operator; nothing installs unasked.
     assert_eq!(UnknownPolicy::DEFAULT, UnknownPolicy::Approve);
+}
+
+/// A rollout.db from before host keys were recorded: its records (JSON in the
+/// `record` column) lack the fields; they read as "no keys known", and the next
+/// installed report stores the keys, which survive a reopen.
+#[test]
+fn records_from_before_host_keys_upgrade_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rollout.db");
+    {
+        let inv = open(dir.path());
+        inv.declare(declared(MAC, "node1")).unwrap();
+    }
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let json: String = conn
+        .query_row("SELECT record FROM nodes WHERE mac = ?1", [MAC], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+    old.as_object_mut().unwrap().remove("host_keys");
+    old.as_object_mut().unwrap().remove("host_key_fingerprints");
+    conn.execute(
+        "UPDATE nodes SET record = ?1 WHERE mac = ?2",
+        rusqlite::params![old.to_string(), MAC],
+    )
+    .unwrap();
+    drop(conn);
+
+    let inv = open(dir.path());
+    let rec = inv.get(MAC).unwrap().unwrap();
+    assert!(rec.host_keys.is_empty() && rec.host_key_fingerprints.is_empty());
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJeUcRgfF2JHTkbvqH7RMf6SDu4vRPuuW38K2lsZz5Ju root@node1";
+    install(&inv, MAC, 1, vec![key.into(), "not a key".into()]);
+    drop(inv);
+    let rec = open(dir.path()).get(MAC).unwrap().unwrap();
+    assert_eq!(
+        rec.host_keys,
+        [key.rsplit_once(' ').unwrap().0],
+        "stored without the comment, the bad line dropped"
+    );
+    assert_eq!(
+        rec.host_key_fingerprints,
+        ["ED25519 SHA256:MrydBtaqk8twABHRd3eXgIipDi0WMRHXxWrxKMZYiy8"]
+    );
+}
+
+fn pxe_boot_rows(inv: &Inventory, mac: &str) -> Vec<HistoryEntry> {
+    inv.history(mac)
+        .unwrap()
+        .into_iter()
+        .filter(|h| h.event["kind"] == "pxe_boot")
+        .collect()
+}
+
+#[test]
+fn repeated_boots_merge_into_one_row_and_history_is_a_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = open(dir.path());
+    inv.declare(declared(MAC, "node1")).unwrap();
+    for _ in 0..5 {
+        inv.seen(MAC, "x", "default", Some("efi")).unwrap();
+    }
+    let rows = pxe_boot_rows(&inv, MAC);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].event["count"], 5);
+    // A different boot is a new row.
+    inv.seen(MAC, "x", "default", Some("pcbios")).unwrap();
+    assert_eq!(pxe_boot_rows(&inv, MAC).len(), 2);
+
+    // Alternating boots never merge: the ring keeps the newest HISTORY_KEEP rows.
+    for i in 0..limits::HISTORY_KEEP + 40 {
+        let fw = if i % 2 == 0 { "efi" } else { "pcbios" };
+        inv.seen(MAC, "x", "default", Some(fw)).unwrap();
+    }
+    let h = inv.history(MAC).unwrap();
+    assert_eq!(h.len(), limits::HISTORY_KEEP);
+    // The declaration (the oldest row) is gone, the newest boot is last.
+    assert!(h.iter().all(|e| e.event["kind"] == "pxe_boot"));
+    assert_eq!(h.last().unwrap().event["firmware"], "pcbios");
+    // Other nodes' rows are untouched by this node's ring.
+    inv.declare(declared("52:54:00:00:00:02", "node2")).unwrap();
+    assert_eq!(inv.history("52:54:00:00:00:02").unwrap().len(), 1);
+}
+
+#[test]
+fn messages_errors_and_console_tails_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = open(dir.path());
+    inv.declare(declared(MAC, "node1")).unwrap();
+    let rec = inv.begin_install(MAC, 1).unwrap();
+    let (id, token) = (rec.install_id.unwrap(), rec.token.unwrap());
+    let mut started = ev(Step::Copy, EventKind::Started);
+    started.message = "m".repeat(1 << 20);
+    inv.record_event(&id, &token, &started).unwrap();
+    let failed = EventKind::Failed {
+        error: "e".repeat(1 << 20),
+        console_tail: vec!["c".repeat(10_000); 10_000],
+    };
+    let rec = inv
+        .record_event(&id, &token, &ev(Step::Copy, failed))
+        .unwrap();
+    assert!(rec.last_error.as_ref().unwrap().len() <= limits::MAX_TEXT);
+    assert!(rec.last_error.unwrap().ends_with(limits::TRUNCATED));
+    assert_eq!(rec.console_tail.len(), limits::MAX_CONSOLE_LINES);
+    // What the database holds is capped too, history included.
+    let stored = inv.get(MAC).unwrap().unwrap();
+    assert_eq!(stored.console_tail.len(), limits::MAX_CONSOLE_LINES);
+    let history = serde_json::to_string(&inv.history(MAC).unwrap()).unwrap();
+    assert!(
+        history.len() < 64 << 10,
+        "history is {} bytes",
+        history.len()
+    );
+    assert!(history.contains(limits::TRUNCATED));
+}
+
+#[test]
+fn strangers_are_recorded_at_a_bounded_rate_and_declared_nodes_still_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = open(dir.path());
+    inv.declare(declared(MAC, "node1")).unwrap();
+    let stranger = |i: usize| format!("aa:00:00:00:{:02x}:{:02x}", i / 256, i % 256);
+    let mut refused = 0;
+    for i in 0..limits::DISCOVERED_PER_MINUTE + 25 {
+        match inv.seen(&stranger(i), &format!("s{i}"), "default", None) {
+            Ok(r) => assert_eq!(r.state, NodeState::Discovered),
+            Err(InventoryError::Refused { reason, .. }) => {
+                assert_eq!(reason, limits::DiscoveryRefusal::TooFast);
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(refused, 25);
+    let listed = inv.list().unwrap();
+    assert_eq!(listed.len(), limits::DISCOVERED_PER_MINUTE + 1);
+    // Known machines are not strangers: the declared one and an admitted one boot on.
+    assert_eq!(
+        inv.seen(MAC, "x", "default", None).unwrap().hostname,
+        "node1"
+    );
+    inv.seen(&stranger(0), "x", "default", None).unwrap();
+    let e = inv
+        .seen("bb:00:00:00:00:01", "y", "default", None)
+        .unwrap_err();
+    assert!(e.to_string().contains("in the last minute"), "{e}");
 }

@@ -29,6 +29,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("udhcpc", "udhcpc"),
     ("busybox", "busybox-static"),
     ("curl", "curl"),
+    ("python3", "python3"),
     ("dnsmasq", "dnsmasq-base"),
     ("perfdhcp", "kea-admin"),
     ("python3", "python3"),

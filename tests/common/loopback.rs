@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 pub use testkit::ports::free_port;
 
@@ -43,6 +43,11 @@ excludes = ["/var/lib/site/"]
     // A published image, laid out as `rollout image` lays it out.
     let img = dir.join("state/images/default");
     std::fs::create_dir_all(img.join("serials/1/root/etc")).unwrap();
+    std::fs::write(
+        img.join("serials/1/meta.json"),
+        r#"{"serial":1,"created":"2026-01-01T00:00:00Z","size_bytes":0,"file_count":1,"note":"test fixture","parent":null,"changes":null}"#,
+    )
+    .unwrap();
     std::os::unix::fs::symlink("serials/1", img.join("published")).ok();
     cfg
 }
@@ -69,11 +74,13 @@ impl Server {
             write_config(dir, port)
         };
         let log = dir.join(format!("server-{port}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        // tracing writes to stdout: the log holds it, for tests that read the log.
         let child = Command::new(env!("CARGO_BIN_EXE_rollout"))
             .args(["serve", "--config"])
             .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
@@ -99,6 +106,11 @@ impl Server {
         }
     }
 
+    /// What the server has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn url(&self, p: &str) -> String {
         format!("{}{p}", self.base)
     }
@@ -106,6 +118,16 @@ impl Server {
     /// The body of a successful GET, as text.
     pub fn text(&self, p: &str) -> String {
         ureq::get(&self.url(p))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {p}: {e}"))
+            .into_string()
+            .unwrap()
+    }
+
+    /// The body of a successful GET with the admin token (dashboard pages, operator reads).
+    pub fn admin_text(&self, p: &str) -> String {
+        ureq::get(&self.url(p))
+            .set("Authorization", &format!("Bearer {}", self.token))
             .call()
             .unwrap_or_else(|e| panic!("GET {p}: {e}"))
             .into_string()
@@ -155,7 +177,7 @@ impl Server {
 
     /// The `event.kind` of every history row of node `id`, oldest first.
     pub fn history_kinds(&self, id: &str) -> Vec<String> {
-        let (st, hist) = self.req("GET", &format!("/api/v1/nodes/{id}/history"), None, false);
+        let (st, hist) = self.req("GET", &format!("/api/v1/nodes/{id}/history"), None, true);
         assert_eq!(st, 200, "history of {id}: {hist}");
         hist.as_array()
             .unwrap()

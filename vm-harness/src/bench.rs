@@ -20,7 +20,7 @@ use crate::config::SERVER_ADDR;
 use crate::console::Pattern;
 use crate::e2e::{Artifacts, ImageKind};
 use crate::error::{IoContext, Result};
-use crate::initrd::{busybox_skeleton, host_kernel, newc, Entry};
+use crate::initrd::{busybox_skeleton, host_kernel};
 use crate::lab::{FirmwareChoice, Lab, LabOptions};
 use crate::proc::run;
 use crate::progress::{secs, NodeTimes, Tracker, STAGES};
@@ -137,25 +137,21 @@ pub fn raw_copy(lab: &mut Lab) -> Result<RawCopy> {
             }
         }
     }
-    let mut entries = busybox_skeleton(Path::new("/bin/busybox"))?;
-    entries.push(Entry::Dir("m".into()));
+    let mut archive = busybox_skeleton(Path::new("/bin/busybox"))?;
+    archive.add_dir("m", 0o755);
     let mut names = Vec::new();
     for m in &mods {
         let name = m.file_name().unwrap().to_string_lossy().to_string();
-        entries.push(Entry::File {
-            path: format!("m/{name}"),
-            mode: 0o644,
-            data: fs::read(m).ctx("reading a module", m)?,
-        });
+        archive.add_file(
+            &format!("m/{name}"),
+            0o644,
+            fs::read(m).ctx("reading a module", m)?,
+        );
         names.push(name);
     }
-    entries.push(Entry::File {
-        path: "init".into(),
-        mode: 0o755,
-        data: raw_init_script(&names).into_bytes(),
-    });
+    archive.add_file("init", 0o755, raw_init_script(&names).into_bytes());
     let initrd = lab.dir().join("raw-probe.cpio");
-    fs::write(&initrd, newc(&entries)).ctx("writing the raw-copy initramfs", &initrd)?;
+    fs::write(&initrd, archive.to_bytes()).ctx("writing the raw-copy initramfs", &initrd)?;
 
     // The same bytes rsync copies: the published serial's tree.
     let root = fs::canonicalize(lab.state_dir().join("images/default/published"))

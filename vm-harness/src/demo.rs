@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::lab::Lab;
-use crate::server::http_get;
+use crate::server::{admin_token, http_get_as};
 
 /// What the lab asks of the server's node record ([`NodeRecord`], the type
 /// `GET /api/v1/nodes` serialises, so a changed field fails to build here).
@@ -91,7 +91,8 @@ fn get_json<T: serde::de::DeserializeOwned>(
     server: SocketAddr,
     path: &str,
 ) -> Result<T> {
-    let (status, body) = http_get(lab.netns(), server, path)?;
+    let token = admin_token(&lab.state_dir())?;
+    let (status, body) = http_get_as(lab.netns(), server, path, Some(&token))?;
     let url = format!("http://{server}{path}");
     if status != 200 {
         return Err(Error::Http {
@@ -147,16 +148,7 @@ pub fn follow(
         {
             return Ok(nodes);
         }
-        for node in lab.nodes_mut() {
-            if !node.is_running() {
-                return Err(Error::Exited {
-                    what: format!("node {}", node.name()),
-                    status: "powered off".into(),
-                    waiting_for: "its install finished".into(),
-                    log: node.console_log(),
-                });
-            }
-        }
+        lab.ensure_running("its install finished")?;
         if stop() {
             return Err(Error::Interrupted);
         }

@@ -280,6 +280,21 @@ impl Lab {
     pub fn nodes_mut(&mut self) -> &mut [Node] {
         &mut self.nodes
     }
+    /// Fails with the console log of the first node that has powered off while
+    /// the caller was waiting for `waiting_for` (a node the caller expects to run).
+    pub fn ensure_running(&mut self, waiting_for: &str) -> Result<()> {
+        for node in &mut self.nodes {
+            if !node.is_running() {
+                return Err(Error::Exited {
+                    what: format!("node {}", node.name()),
+                    status: "powered off".into(),
+                    waiting_for: waiting_for.into(),
+                    log: node.console_log(),
+                });
+            }
+        }
+        Ok(())
+    }
     pub fn node_mut(&mut self, name: &str) -> Option<&mut Node> {
         self.nodes.iter_mut().find(|n| n.name() == name)
     }

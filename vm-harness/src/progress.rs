@@ -254,16 +254,7 @@ impl Tracker {
                     detail: last.line(),
                 });
             }
-            for node in lab.nodes_mut() {
-                if !node.is_running() {
-                    return Err(Error::Exited {
-                        what: format!("node {}", node.name()),
-                        status: "powered off".into(),
-                        waiting_for: "it booted its installed OS".into(),
-                        log: node.console_log(),
-                    });
-                }
-            }
+            lab.ensure_running("it booted its installed OS")?;
             if stop() {
                 return Err(Error::Interrupted);
             }

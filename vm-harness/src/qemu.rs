@@ -20,28 +20,9 @@ pub const VIRTIO_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Firmware {
-    /// SeaBIOS on the i440fx machine.
-    Bios,
-    /// OVMF on q35, with a per-node copy of the variable store.
-    Uefi,
-}
-
-impl Firmware {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Firmware::Bios => "bios",
-            Firmware::Uefi => "uefi",
-        }
-    }
-}
-
-impl std::fmt::Display for Firmware {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// BIOS nodes are SeaBIOS on the i440fx machine; UEFI nodes OVMF on q35, with a
+/// per-node copy of the variable store.
+pub use rollout::wire::Firmware;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -138,11 +119,8 @@ fn pg_stdout(pg: &mut ProcessGroup) -> Option<std::process::ChildStdout> {
 
 /// The MAC of lab node number `index` (1-based), e.g. `52:54:00:00:00:01`.
 pub fn mac_for(index: usize) -> String {
-    format!(
-        "52:54:00:00:{:02x}:{:02x}",
-        (index >> 8) & 0xff,
-        index & 0xff
-    )
+    let [hi, lo] = (index as u16).to_be_bytes();
+    rollout::mac::MacAddr::new([0x52, 0x54, 0x00, 0x00, hi, lo]).to_string()
 }
 
 /// Parses sizes like `8G`, `512M`, `1073741824`.

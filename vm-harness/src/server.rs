@@ -168,8 +168,22 @@ impl Server {
 /// A plain HTTP/1.0 GET from inside `ns`; returns (status, body). Enough for the
 /// lab's own checks without an HTTP client dependency.
 pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_get_as(ns, addr, path, None)
+}
+
+/// [`http_get`] with `Authorization: Bearer TOKEN`: the operator API's reads
+/// need a credential (the lab uses the admin token, see [`admin_token`]).
+pub fn http_get_as(
+    ns: &Netns,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String)> {
     let url = format!("http://{addr}{path}");
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
     let res = ns.run_in(move || -> std::io::Result<Vec<u8>> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -186,6 +200,14 @@ pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String
         url,
         message: "malformed HTTP response".into(),
     })
+}
+
+/// The admin token `rollout serve` generated in `state_dir` (as the CLI reads it).
+pub fn admin_token(state_dir: &Path) -> Result<String> {
+    let path = state_dir.join("admin.token");
+    fs::read_to_string(&path)
+        .map(|t| t.trim().to_string())
+        .ctx("reading the server's admin token", &path)
 }
 
 fn parse_response(raw: &[u8]) -> Option<(u16, String)> {

@@ -13,7 +13,7 @@ mod e2e_support;
 
 use std::time::Duration;
 
-use e2e_support::{assert_distinct_keys, check_disk, fixture, E2eLab};
+use e2e_support::{assert_distinct_keys, check_disk, fixture, DiskFacts, E2eLab};
 use vm_harness::config::{ImageConfig, ImageMount};
 use vm_harness::demo::NodeProgress;
 use vm_harness::e2e::ImageKind;
@@ -119,17 +119,9 @@ fn uefi_nodes_pxe_and_http_boot_install_boot_locally_and_reinstall() {
             && l.contains("http http://10.44.0.1/ipxe/snponly.efi")),
         "node2's firmware was never answered with the HTTP-boot URL of snponly.efi"
     );
+    let mut before = Vec::new();
     for (i, node) in t.lab.nodes_mut().iter_mut().enumerate() {
-        let name = format!("node{}", i + 1);
-        node.wait_for_console(
-            &format!("rollout-tiny: {name} booted from disk")
-                .as_str()
-                .into(),
-            Duration::from_secs(60),
-        )
-        .unwrap();
-        node.power_off().unwrap();
-        check_disk(&node.disk_path(), &name, Firmware::Uefi);
+        before.push(booted_disk(node, &format!("node{}", i + 1), 0));
         node.start().unwrap();
     }
     // Powered on again: both come up from their disks, nothing reinstalls.
@@ -144,7 +136,9 @@ fn uefi_nodes_pxe_and_http_boot_install_boot_locally_and_reinstall() {
     for name in ["node1", "node2"] {
         t.cli(a, &["node", "reinstall", name]);
     }
+    let mut marks = Vec::new();
     for node in t.lab.nodes_mut() {
+        marks.push(node.console_mark());
         node.restart().unwrap();
     }
     for name in ["node1", "node2"] {
@@ -153,6 +147,35 @@ fn uefi_nodes_pxe_and_http_boot_install_boot_locally_and_reinstall() {
         });
         assert_eq!(rec.installs, 2);
     }
+    // The reinstall kept each node's identity (`[install] keep_identity`): the
+    // installer read it from the old root before partitioning.
+    for (i, node) in t.lab.nodes_mut().iter_mut().enumerate() {
+        let name = format!("node{}", i + 1);
+        let after = booted_disk(node, &name, marks[i]);
+        assert_eq!(
+            after.machine_id, before[i].machine_id,
+            "{name}: the reinstall did not keep its machine-id"
+        );
+        assert_eq!(
+            after.host_keys, before[i].host_keys,
+            "{name}: the reinstall did not keep its SSH host keys"
+        );
+    }
+}
+
+/// Once the UEFI node `name` has booted its installed OS (console past `mark`),
+/// powers it off and checks its disk.
+fn booted_disk(node: &mut vm_harness::qemu::Node, name: &str, mark: u64) -> DiskFacts {
+    node.wait_for_console_after(
+        mark,
+        &format!("rollout-tiny: {name} booted from disk")
+            .as_str()
+            .into(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    node.power_off().unwrap();
+    check_disk(&node.disk_path(), name, Firmware::Uefi)
 }
 
 #[test]
@@ -490,10 +513,21 @@ fn unknown_machine_shows_on_the_dashboard_from_discovered_to_installed() {
     // (its node's disk is blank, so the installer takes it).
     config.install.unknown = Some(vm_harness::config::UnknownPolicy::Install);
     let server = a.serve_with(&mut lab, ImageKind::Tiny, config).unwrap();
-    // What a browser on the dashboard receives, recorded from the start.
+    // What a browser on the dashboard receives, recorded from the start (reads
+    // need a credential: the admin token, as the CLI uses it).
+    let token = vm_harness::server::admin_token(&lab.state_dir()).unwrap();
+    let auth = format!("Authorization: Bearer {token}");
     let stream = tempfile::NamedTempFile::new().unwrap();
     let mut curl = std::process::Command::new("ip")
-        .args(["netns", "exec", lab.netns().name(), "curl", "-sN"])
+        .args([
+            "netns",
+            "exec",
+            lab.netns().name(),
+            "curl",
+            "-sN",
+            "-H",
+            &auth,
+        ])
         .arg(format!("http://{server}/api/v1/events"))
         .stdout(stream.reopen().unwrap())
         .spawn()
@@ -544,7 +578,15 @@ fn unknown_machine_shows_on_the_dashboard_from_discovered_to_installed() {
     }
 
     let page = std::process::Command::new("ip")
-        .args(["netns", "exec", t.lab.netns().name(), "curl", "-sf"])
+        .args([
+            "netns",
+            "exec",
+            t.lab.netns().name(),
+            "curl",
+            "-sf",
+            "-H",
+            &auth,
+        ])
         .arg(format!("http://{server}/"))
         .output()
         .unwrap();

@@ -16,11 +16,12 @@ use nix::mount::MsFlags;
 use rollout::wire::{self, Bootloader, EventKind, InstallPlan, Step};
 
 use crate::cmdline::{self, KernelArgs};
+use crate::identity::{self, Identity};
 use crate::layout::{self, Firmware, PartKind, PlannedLayout, MIB};
 use crate::report::Reporter;
 use crate::{
-    bootloader, configure, console, dhcp, disk, efivars, format, http, modules, net, partition,
-    paths, rsync, swap, sys,
+    bootloader, configure, console, dhcp_client, disk, efivars, format, http_client, modules, net,
+    partition, paths, rsync, swap, sys,
 };
 
 mod network;
@@ -46,7 +47,7 @@ pub enum StepError {
     #[error(transparent)]
     Net(#[from] net::NetError),
     #[error(transparent)]
-    Dhcp(#[from] dhcp::DhcpError),
+    Dhcp(#[from] dhcp_client::DhcpError),
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
@@ -142,6 +143,8 @@ impl MountedRoot {
 #[derive(Debug)]
 pub struct Configured {
     root: MountedRoot,
+    /// The public SSH host keys now in the root, for the `installed` report.
+    host_keys: Vec<String>,
 }
 
 impl Configured {
@@ -154,6 +157,13 @@ impl Configured {
 /// tests drive [`install`] with a fake to check the sequencing.
 pub trait Machine {
     fn choose_disk(&mut self, plan: &InstallPlan) -> StepResult<ChosenDisk>;
+    /// This node's identity from its previous install on the chosen disk, read
+    /// before anything is written, and the console line that says what happens.
+    fn previous_identity(
+        &mut self,
+        plan: &InstallPlan,
+        disk: &ChosenDisk,
+    ) -> (Option<Identity>, String);
     fn partition(&mut self, disk: &ChosenDisk) -> StepResult<Partitioned>;
     fn format(
         &mut self,
@@ -174,6 +184,7 @@ pub trait Machine {
         net: &Network,
         fs: &Formatted,
         root: MountedRoot,
+        identity: Option<&Identity>,
     ) -> StepResult<Configured>;
     fn bootloader(
         &mut self,
@@ -232,7 +243,21 @@ pub fn install(
     net: &Network,
     plan: &InstallPlan,
 ) -> Result<(), Failure> {
-    let disk = run.step(Step::ChooseDisk, |_| m.choose_disk(plan))?;
+    let (disk, identity) = run.step(Step::ChooseDisk, |_| {
+        let (disk, msg) = m.choose_disk(plan)?;
+        // Before the first write: the old root is gone once partitioning starts.
+        let (identity, note) = if plan.keep_identity {
+            m.previous_identity(plan, &disk)
+        } else {
+            (
+                None,
+                "identity: fresh SSH host keys and machine-id ([install] keep_identity = false)"
+                    .into(),
+            )
+        };
+        console::line(&format!("{}: {note}", Step::ChooseDisk));
+        Ok(((disk, identity), msg))
+    })?;
     let parts = run.step(Step::Partition, |run| {
         // From the first write on, a failure leaves a disk that must not boot.
         run.writing_to(&disk.disk.dev);
@@ -241,11 +266,14 @@ pub fn install(
     let fs = run.step(Step::Format, |_| m.format(plan, &disk, &parts))?;
     let root = run.step(Step::Mount, |_| m.mount_root(plan, &parts))?;
     run.step(Step::Copy, |run| m.copy(&mut run.reporter, plan, &root))?;
-    let root = run.step(Step::Configure, |_| m.configure(plan, net, &fs, root))?;
+    let root = run.step(Step::Configure, |_| {
+        m.configure(plan, net, &fs, root, identity.as_ref())
+    })?;
     run.step(Step::Bootloader, |_| {
         m.bootloader(plan, &disk, &parts, &fs, &root)
     })?;
     run.step(Step::Finish, |run| {
+        let host_keys = root.host_keys.clone();
         let stuck = m.unmount(root);
         if !stuck.is_empty() {
             console::line(&format!(
@@ -255,6 +283,6 @@ pub fn install(
         }
         // The disk is complete now: a reporting failure below must not wipe it.
         run.disk_complete();
-        Ok(((), run.report_installed(plan)))
+        Ok(((), run.report_installed(plan, host_keys)))
     })
 }

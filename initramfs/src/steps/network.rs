@@ -67,7 +67,7 @@ pub(super) fn dhcp(args: &KernelArgs, iface: String) -> StepResult<Network> {
     // cmdline::parse accepted this MAC, so it converts; say so if it ever does not.
     let mac = cmdline::mac_bytes(&args.mac)
         .ok_or_else(|| StepError::Other(format!("boot MAC {} is not a MAC", args.mac)))?;
-    let lease = dhcp::obtain(&iface, mac, Duration::from_secs(120))?;
+    let lease = dhcp_client::obtain(&iface, mac, Duration::from_secs(120))?;
     net::configure(&iface, lease.addr, lease.netmask, lease.router)?;
     let gw = lease.router.map(|r| format!(" gw {r}")).unwrap_or_default();
     let msg = format!(

@@ -8,7 +8,7 @@ pub enum PlanError {
     Http {
         url: String,
         #[source]
-        source: http::HttpError,
+        source: http_client::HttpError,
     },
     #[error("GET {url} answered {status}: {body}")]
     Status {
@@ -37,10 +37,11 @@ pub fn plan_url(server: &str, mac: &str) -> String {
 /// One GET of the plan.
 pub fn get_plan(server: &str, mac: &str) -> Result<InstallPlan, PlanError> {
     let url = plan_url(server, mac);
-    let resp = http::get(&url, Duration::from_secs(10)).map_err(|source| PlanError::Http {
-        url: url.clone(),
-        source,
-    })?;
+    let resp =
+        http_client::get(&url, Duration::from_secs(10)).map_err(|source| PlanError::Http {
+            url: url.clone(),
+            source,
+        })?;
     if resp.status != 200 {
         return Err(PlanError::Status {
             url,

@@ -83,8 +83,13 @@ impl Run {
         self.dirty_disk = None;
     }
 
-    /// Posts `Installed` (three tries) and returns the finish line.
-    pub(super) fn report_installed(&mut self, plan: &InstallPlan) -> String {
+    /// Posts `Installed` with the node's public host keys (three tries) and
+    /// returns the finish line.
+    pub(super) fn report_installed(
+        &mut self,
+        plan: &InstallPlan,
+        host_keys: Vec<String>,
+    ) -> String {
         let msg = format!(
             "installed {} serial {} on {}; rebooting",
             plan.image.name, plan.image.serial, plan.hostname
@@ -93,6 +98,7 @@ impl Run {
             Step::Finish,
             EventKind::Installed {
                 serial: plan.image.serial,
+                host_keys,
             },
             &msg,
         );

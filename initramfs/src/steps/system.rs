@@ -10,6 +10,13 @@ impl Machine for Hardware {
     fn choose_disk(&mut self, plan: &InstallPlan) -> StepResult<ChosenDisk> {
         storage::choose_disk(plan)
     }
+    fn previous_identity(
+        &mut self,
+        plan: &InstallPlan,
+        disk: &ChosenDisk,
+    ) -> (Option<Identity>, String) {
+        identity::read_previous(&disk.disk.dev, plan)
+    }
     fn partition(&mut self, disk: &ChosenDisk) -> StepResult<Partitioned> {
         storage::partition(disk)
     }
@@ -38,8 +45,9 @@ impl Machine for Hardware {
         net: &Network,
         fs: &Formatted,
         root: MountedRoot,
+        identity: Option<&Identity>,
     ) -> StepResult<Configured> {
-        configure(plan, net, fs, root)
+        configure(plan, net, fs, root, identity)
     }
     fn bootloader(
         &mut self,
@@ -117,6 +125,7 @@ fn configure(
     net: &Network,
     fs: &Formatted,
     root: MountedRoot,
+    identity: Option<&Identity>,
 ) -> StepResult<Configured> {
     let target = root.at();
     // ssh-keygen in the chroot needs /dev (urandom) and /proc; the binds are
@@ -132,6 +141,7 @@ fn configure(
         swap_uuid: fs.swap_uuid.clone(),
         iface: net.iface.clone(),
         installer_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init")),
+        identity,
     };
     let result = configure::apply(target, &facts);
     drop(binds);
@@ -144,7 +154,11 @@ fn configure(
         plan.hostname,
         plan.files.len()
     );
-    Ok((Configured { root }, msg))
+    let host_keys = configure::public_host_keys(target);
+    if host_keys.is_empty() {
+        console::line("configure: note: no SSH host public keys in the root: the server will not let `rollout exec` reach this node");
+    }
+    Ok((Configured { root, host_keys }, msg))
 }
 
 fn bootloader(

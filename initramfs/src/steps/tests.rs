@@ -68,6 +68,15 @@ impl Machine for Fake {
         };
         Ok((ChosenDisk { disk, layout }, "chosen".into()))
     }
+    fn previous_identity(
+        &mut self,
+        _: &InstallPlan,
+        disk: &ChosenDisk,
+    ) -> (Option<Identity>, String) {
+        self.calls.push("previous_identity");
+        assert_eq!(disk.disk.dev, self.disk);
+        (Some(old_identity()), "identity: kept".into())
+    }
     fn partition(&mut self, disk: &ChosenDisk) -> StepResult<Partitioned> {
         self.enter("partition")?;
         assert_eq!(disk.disk.dev, self.disk);
@@ -108,11 +117,21 @@ impl Machine for Fake {
         net: &Network,
         fs: &Formatted,
         root: MountedRoot,
+        identity: Option<&Identity>,
     ) -> StepResult<Configured> {
         self.enter("configure")?;
         assert_eq!(net.iface, "eth7");
         assert!(fs.root_uuid.ends_with("disk.img2"), "{}", fs.root_uuid);
-        Ok((Configured { root }, "configured".into()))
+        // What was read before partitioning arrives here, and its public keys
+        // are what the installed report carries.
+        let host_keys = identity
+            .map(|i| i.host_keys.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter(|k| k.name.ends_with(".pub"))
+            .map(|k| String::from_utf8_lossy(&k.contents).trim().to_string())
+            .collect();
+        Ok((Configured { root, host_keys }, "configured".into()))
     }
     fn bootloader(
         &mut self,
@@ -129,6 +148,17 @@ impl Machine for Fake {
     fn unmount(&mut self, root: Configured) -> Vec<String> {
         self.calls.push("unmount");
         root.root.mount.unmount()
+    }
+}
+
+fn old_identity() -> Identity {
+    Identity {
+        machine_id: Some("0123456789abcdef0123456789abcdef".into()),
+        host_keys: vec![identity::KeyFile {
+            name: "ssh_host_ed25519_key.pub".into(),
+            contents: b"ssh-ed25519 AAAAOLD root@node1\n".to_vec(),
+            mode: 0o644,
+        }],
     }
 }
 
@@ -183,6 +213,7 @@ fn phases_run_in_wire_order_and_hand_their_results_on() {
         fake.calls,
         [
             "choose_disk",
+            "previous_identity",
             "partition",
             "format",
             "mount",
@@ -199,7 +230,13 @@ fn phases_run_in_wire_order_and_hand_their_results_on() {
         want.push((*step, EventKind::Done));
     }
     want.push((Step::Finish, EventKind::Started));
-    want.push((Step::Finish, EventKind::Installed { serial: 7 }));
+    want.push((
+        Step::Finish,
+        EventKind::Installed {
+            serial: 7,
+            host_keys: vec!["ssh-ed25519 AAAAOLD root@node1".into()],
+        },
+    ));
     let got: Vec<_> = events.iter().map(|e| (e.step, e.kind.clone())).collect();
     assert_eq!(got, want);
     assert_eq!(events[1].message, "choose_disk: chosen");
@@ -213,12 +250,37 @@ fn phases_run_in_wire_order_and_hand_their_results_on() {
 }
 
 #[test]
+fn keep_identity_off_never_reads_the_old_disk() {
+    let (_dir, sink, mut run, mut fake) = case();
+    let mut p = plan();
+    p.keep_identity = false;
+    run.guarded(|run| install(run, &mut fake, &network(), &p))
+        .unwrap();
+    assert!(
+        !fake.calls.contains(&"previous_identity"),
+        "{:?}",
+        fake.calls
+    );
+    let last = sink.take().pop().unwrap();
+    assert_eq!(
+        last.kind,
+        EventKind::Installed {
+            serial: 7,
+            host_keys: vec![]
+        }
+    );
+}
+
+#[test]
 fn a_failed_step_stops_the_sequence_is_reported_and_wipes_the_disk() {
     let (_dir, sink, mut run, mut fake) = case();
     fake.fail_at = Some("format");
     let f = install_with(&mut fake, &mut run).unwrap_err();
     assert_eq!(f.step, Step::Format);
-    assert_eq!(fake.calls, ["choose_disk", "partition", "format"]);
+    assert_eq!(
+        fake.calls,
+        ["choose_disk", "previous_identity", "partition", "format"]
+    );
     assert!(!fake.wiped(), "the wipe is the failure path's job");
     run.fail(&f);
     assert!(fake.wiped());
@@ -243,7 +305,14 @@ fn a_panicking_step_is_reported_as_its_failure_and_wipes_the_disk() {
     );
     assert_eq!(
         fake.calls,
-        ["choose_disk", "partition", "format", "mount", "copy"]
+        [
+            "choose_disk",
+            "previous_identity",
+            "partition",
+            "format",
+            "mount",
+            "copy"
+        ]
     );
     run.fail(&f);
     assert!(fake.wiped());

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rollout::wire::paths as api;
 
 use super::{NodeConf, SyncError};
-use crate::{http, phone_home, render};
+use crate::{http_client, phone_home, render};
 
 pub fn serial_url(server: &str, image: &str) -> String {
     format!(
@@ -22,7 +22,7 @@ pub fn module_url(conf: &NodeConf, serial: u64) -> Result<String, SyncError> {
     let base = match &conf.rsync {
         Some(b) => b.trim_end_matches('/').to_string(),
         None => {
-            let u = http::parse_url(&conf.server).map_err(|e| SyncError::Server {
+            let u = http_client::parse_url(&conf.server).map_err(|e| SyncError::Server {
                 url: conf.server.clone(),
                 reason: e.to_string(),
             })?;
@@ -63,7 +63,7 @@ fn fetch_text(url: &str) -> Result<String, SyncError> {
     };
     let mut last = String::new();
     for attempt in 1..=3 {
-        match http::get(url, Duration::from_secs(10)) {
+        match http_client::get(url, Duration::from_secs(10)) {
             Ok(r) if r.is_success() => return Ok(r.text()),
             Ok(r) => {
                 return Err(err(format!(
@@ -102,7 +102,7 @@ pub(super) fn fetch_excludes(conf: &NodeConf) -> Result<Vec<String>, SyncError> 
 pub(super) fn report_serial(root: &Path) -> Result<(), String> {
     let (url, report) = phone_home::build(root).map_err(|e| e.to_string())?;
     let body = render::phone_home_json(&report);
-    match http::post_json(&url, None, &body, Duration::from_secs(10)) {
+    match http_client::post_json(&url, None, &body, Duration::from_secs(10)) {
         Ok(r) if r.is_success() => Ok(()),
         Ok(r) => Err(format!("{url} answered {}: {}", r.status, r.text().trim())),
         Err(e) => Err(e.to_string()),

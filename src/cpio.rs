@@ -1,4 +1,6 @@
-//! A deterministic writer for the "newc" cpio format the kernel unpacks as an initramfs.
+//! A deterministic writer for the "newc" cpio format the kernel unpacks as an initramfs:
+//! the installer initramfs (`bootfiles`) and the lab's probe initramfs (vm-harness) both
+//! use it. No `server` feature needed.
 //!
 //! Determinism matters because the archive is served to every node and compared across
 //! builds: the same inputs must give the same bytes. So entries are sorted by path, every

@@ -1,0 +1,106 @@
+//! `/api/v1/operators` (admin only): issue, list and revoke named operator
+//! credentials; `/api/v1/whoami`: the name and role a credential stands for.
+
+use super::auth::{require_api, require_read};
+use super::{error, route, ApiRoute, Shared};
+use crate::operators::{OperatorError, Role};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+pub fn routes() -> Vec<ApiRoute> {
+    vec![
+        route(Method::GET, "/api/v1/whoami", whoami),
+        route(Method::GET, "/api/v1/operators", list),
+        route(Method::POST, "/api/v1/operators", add),
+        route(Method::DELETE, "/api/v1/operators/{name}", revoke),
+    ]
+}
+
+fn store_error(e: OperatorError) -> Response {
+    let status = match e {
+        OperatorError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        OperatorError::Exists(_) => StatusCode::CONFLICT,
+        OperatorError::Unknown(_) => StatusCode::NOT_FOUND,
+        OperatorError::BadName(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    error(status, e.to_string())
+}
+
+async fn whoami(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    match require_read(&state, &headers) {
+        Ok(Some(p)) => Json(json!({"name": p.name, "role": p.role})).into_response(),
+        Ok(None) => Json(json!({"name": null, "role": "read"})).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn list(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(r) = require_api(&state, &headers, Role::Admin) {
+        return r;
+    }
+    match tokio::task::block_in_place(|| state.operators.list()) {
+        Ok(ops) => Json(ops).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOperator {
+    name: String,
+    role: String,
+}
+
+async fn add(State(state): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let who = match require_api(&state, &headers, Role::Admin) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let input: NewOperator = match super::admin::json_body(
+        &body,
+        "an operator",
+        r#"{"name": "alice", "role": "maintain"}"#,
+    ) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let Some(role) = Role::parse(&input.role) else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "role {:?} does not exist; use read (see everything), maintain (also reinstall) or admin (also nodes and operators)",
+                input.role
+            ),
+        );
+    };
+    let now = crate::clock::now_unix();
+    match tokio::task::block_in_place(|| state.operators.add(&input.name, role, now)) {
+        Ok(token) => {
+            tracing::info!(operator = %who.name, added = %input.name, %role, "operator added");
+            Json(json!({"name": input.name, "role": role, "token": token})).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn revoke(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let who = match require_api(&state, &headers, Role::Admin) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    match tokio::task::block_in_place(|| state.operators.revoke(&name)) {
+        Ok(()) => {
+            tracing::info!(operator = %who.name, revoked = %name, "operator revoked");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}

@@ -1,0 +1,75 @@
+//! What the installer initramfs holds besides `/init` and kernel modules: the
+//! programs the installer execs and the files it copies onto the disk. One list
+//! for both ends: `rollout initramfs build` (`bootfiles`) packs exactly these host
+//! paths, the installer (`initramfs/src/paths.rs`) uses them at the same paths.
+//!
+//! Debian 12 paths (merged /usr: `/sbin`, `/bin`, `/lib` and `/lib64` are symlinks
+//! into `/usr`), the same on the build host and in the initramfs.
+
+/// e2fsprogs' mke2fs; also makes ext3/ext4 through `-t`.
+pub const MKE2FS: &str = "/usr/sbin/mke2fs";
+/// dosfstools' mkfs.vfat (a symlink to mkfs.fat), only for the EFI system partition.
+pub const MKFS_FAT: &str = "/usr/sbin/mkfs.vfat";
+pub const RSYNC: &str = "/usr/bin/rsync";
+pub const EXTLINUX: &str = "/usr/bin/extlinux";
+/// For `rollout.debug=1` shells (`/usr/bin/sh` links to it).
+pub const BUSYBOX: &str = "/usr/bin/busybox";
+
+/// syslinux' GPT-aware MBR boot code (440 bytes).
+pub const GPTMBR_BIN: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
+/// syslinux' BIOS COM32 modules (`ldlinux.c32`, ...).
+pub const SYSLINUX_BIOS_MODULES: &str = "/usr/lib/syslinux/modules/bios";
+/// COM32 modules the installer copies next to `extlinux.conf` (extlinux itself
+/// installs `ldlinux.sys`; a matching `ldlinux.c32` must sit beside it).
+pub const EXTLINUX_C32: &[&str] = &["ldlinux.c32", "libcom32.c32", "libutil.c32"];
+pub const SYSTEMD_BOOT_EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+
+/// Programs the installer may exec; the builder adds their shared libraries and
+/// the ELF interpreter.
+pub const PROGRAMS: &[&str] = &[
+    MKE2FS,
+    "/usr/sbin/mkfs.ext3",
+    "/usr/sbin/mkfs.ext4",
+    "/usr/sbin/mkswap",
+    MKFS_FAT,
+    RSYNC,
+    EXTLINUX,
+    BUSYBOX,
+];
+
+/// Data files the installer reads or copies onto the target disk.
+pub const FILES: &[&str] = &[
+    GPTMBR_BIN,
+    "/usr/lib/syslinux/mbr/mbr.bin",
+    "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+    "/usr/lib/syslinux/modules/bios/libcom32.c32",
+    "/usr/lib/syslinux/modules/bios/libutil.c32",
+    "/usr/lib/syslinux/modules/bios/menu.c32",
+    "/usr/lib/syslinux/modules/bios/mboot.c32",
+    SYSTEMD_BOOT_EFI,
+    "/etc/mke2fs.conf",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The installer copies each COM32 module from SYSLINUX_BIOS_MODULES: a name
+    /// added to EXTLINUX_C32 but not to FILES would fail every BIOS install.
+    #[test]
+    fn every_com32_module_the_installer_copies_is_packed() {
+        for m in EXTLINUX_C32 {
+            let path = format!("{SYSLINUX_BIOS_MODULES}/{m}");
+            assert!(FILES.contains(&path.as_str()), "{path} is not in FILES");
+        }
+    }
+
+    #[test]
+    fn paths_are_absolute_and_listed_once() {
+        let all: Vec<&str> = PROGRAMS.iter().chain(FILES).copied().collect();
+        for p in &all {
+            assert!(p.starts_with('/'), "{p}");
+            assert_eq!(all.iter().filter(|q| *q == p).count(), 1, "{p} twice");
+        }
+    }
+}
