@@ -489,7 +489,7 @@ fn the_installed_report_sets_known_hosts_and_a_forged_one_cannot() {
     let (key1, fp1) = new_host_key(dir.path(), "k1");
     let (path, token, keys) = install(&[&key1, "@cert-authority * ssh-rsa AAAA"]);
     assert_eq!(post(&path, &token, &keys), 204);
-    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, true);
     let bare = key1.rsplit_once(' ').unwrap().0;
     assert_eq!(n["host_keys"], json!([bare]), "{n}");
     assert_eq!(
@@ -529,7 +529,7 @@ fn the_installed_report_sets_known_hosts_and_a_forged_one_cannot() {
         std::fs::read_to_string(&known_hosts).unwrap(),
         format!("node1,127.0.0.11 {bare2}\n")
     );
-    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, true);
     assert_eq!(
         n["host_key_fingerprints"],
         json!([format!("ED25519 {fp2}")])
