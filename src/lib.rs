@@ -28,6 +28,8 @@ pub mod netif;
 #[cfg(feature = "server")]
 pub mod plan;
 #[cfg(feature = "server")]
+pub mod plan_auth;
+#[cfg(feature = "server")]
 pub mod preflight;
 #[cfg(feature = "server")]
 pub mod serve;

@@ -1,4 +1,4 @@
-//! The install plan a node is handed (`GET /api/v1/plan/{mac}`): a pure function of
+//! The install plan a node is handed (`POST /api/v1/plan/{mac}`): a pure function of
 //! its record, the config, the serial being served and the server's SSH keys. The
 //! HTTP handler does the lookups and side effects around it.
 
@@ -53,6 +53,10 @@ pub fn install_plan(
             reboot_after_secs: (reboot_after > 0).then_some(reboot_after),
         },
         sync_interval_secs: config.install.sync_interval,
+        rsync: crate::inventory::secrets::install_credential(record),
+        // The node's secret exists in clear text only in `start_install`'s
+        // answer: the handler puts it here.
+        node: wire::NodeCredential::default(),
     }
 }
 
@@ -83,6 +87,7 @@ mod tests {
         );
         r.install_id = Some("i-1".into());
         r.token = Some("t-1".into());
+        r.install_rsync = Some("pw-1".into());
         r
     }
 
@@ -103,6 +108,10 @@ mod tests {
         assert_eq!(p.on_failure.reboot_after_secs, Some(60));
         assert_eq!(p.sync_interval_secs, 0);
         assert_eq!(p.disk.path, None);
+        assert_eq!(
+            (p.rsync.user.as_str(), p.rsync.password.as_str()),
+            ("install-525400aa0001", "pw-1")
+        );
     }
 
     #[test]

@@ -166,6 +166,19 @@ pub fn apply(target: &Path, f: &NodeFacts) -> Result<Vec<String>, ConfigureError
         render::node_toml(plan).as_bytes(),
         0o644,
     )?;
+    // The node's credential: root only, it is the node's identity to the server.
+    write_file(
+        target,
+        paths::NODE_SECRET,
+        format!("{}\n", plan.node.secret).as_bytes(),
+        0o600,
+    )?;
+    write_file(
+        target,
+        paths::NODE_RSYNC_PASSWORD,
+        format!("{}\n", plan.node.rsync.password).as_bytes(),
+        0o600,
+    )?;
     for file in &plan.files {
         write_file(target, &file.path, file.contents.as_bytes(), file.mode)?;
     }

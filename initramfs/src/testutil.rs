@@ -28,6 +28,17 @@ pub fn plan() -> InstallPlan {
         kernel_cmdline: "console=ttyS0,115200".into(),
         sync_interval_secs: 0,
         on_failure: FailurePolicy::default(),
+        rsync: RsyncCredential {
+            user: "install-525400000001".into(),
+            password: "installpw".into(),
+        },
+        node: NodeCredential {
+            secret: "nodesecret".into(),
+            rsync: RsyncCredential {
+                user: "node-525400000001".into(),
+                password: "noderspw".into(),
+            },
+        },
     }
 }
 

@@ -1,6 +1,7 @@
 //! The operator API under `/api/v1`: nodes, discovered machines, images, history
-//! and the live event stream. Reads are open on the provisioning network;
-//! changes need the admin token.
+//! and the live event stream. Reads are open on the provisioning network
+//! (except an image's serial and excludes, rollout-sync's calls, which need a
+//! node's credential or the admin token); changes need the admin token.
 
 // Handlers return a ready Response as the error, as axum handlers do; boxing it
 // would only add noise at every call site.
@@ -344,7 +345,34 @@ async fn images(State(state): State<Shared>) -> Response {
     Json(image_list(&state.config.state_dir)).into_response()
 }
 
-async fn image_serial(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+/// The admin, or an installed node with its own credential (rollout-sync).
+fn require_admin_or_node(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    if is_admin(state, headers) {
+        return Ok(());
+    }
+    let Some(secret) = super::api::bearer(headers) else {
+        return Err(super::api::node_auth_error(
+            crate::inventory::secrets::NodeAuthError::Missing,
+        ));
+    };
+    match blocking(|| state.inventory.node_by_secret(secret)) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(super::api::node_auth_error(
+            crate::inventory::secrets::NodeAuthError::Wrong,
+        )),
+        Err(e) => Err(inventory_error(e)),
+    }
+}
+
+/// The serial rollout-sync should be on; for nodes (their secret) and the admin.
+async fn image_serial(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = require_admin_or_node(&state, &headers) {
+        return r;
+    }
     match super::api::served_serial(&state, &name).await {
         Some(s) => format!("{s}\n").into_response(),
         None => error(
@@ -356,7 +384,14 @@ async fn image_serial(State(state): State<Shared>, Path(name): Path<String>) -> 
 
 /// The image's node-local paths, one per line: what `rollout-sync` must not touch.
 /// Asked at every sync, so a path the operator adds protects nodes already installed.
-async fn image_excludes(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+async fn image_excludes(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = require_admin_or_node(&state, &headers) {
+        return r;
+    }
     if super::published_serial(&state.config.state_dir, &name).is_none() {
         return error(
             StatusCode::NOT_FOUND,

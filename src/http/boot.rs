@@ -18,6 +18,8 @@ pub struct InstallScript<'a> {
     pub hostname: &'a str,
     pub image: &'a str,
     pub cmdline: &'a str,
+    /// One-time: the installer presents it with its plan request.
+    pub boot_secret: &'a str,
 }
 
 #[derive(Template)]
@@ -119,12 +121,25 @@ pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> 
         BootAction::Install => {
             info!(%mac, %hostname, %platform, state = record.state.as_str(), "boot.ipxe → installer");
             let cmdline = &state.config.install.kernel_cmdline;
+            // Each install script carries a new secret and voids the last one.
+            let boot_secret = match tokio::task::block_in_place(|| inv.issue_boot_secret(&mac)) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(%mac, error = %e, "cannot issue a boot secret");
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("node state unavailable: {e}\n"),
+                    )
+                        .into_response();
+                }
+            };
             let script = InstallScript {
                 base: &base,
                 mac: &mac,
                 hostname,
                 image,
                 cmdline,
+                boot_secret: &boot_secret,
             };
             ipxe(script.render(), "install.ipxe")
         }
@@ -156,12 +171,13 @@ mod tests {
             hostname: "node1",
             image: "default",
             cmdline: "console=ttyS0",
+            boot_secret: "0123abcd",
         }
         .render()
         .unwrap();
         assert!(s.starts_with("#!ipxe\n"));
         assert!(s.contains(
-            "kernel http://10.44.0.1/boot/vmlinuz initrd=initramfs.img rollout.server=http://10.44.0.1 rollout.mac=52:54:00:00:00:01 console=ttyS0"
+            "kernel http://10.44.0.1/boot/vmlinuz initrd=initramfs.img rollout.server=http://10.44.0.1 rollout.mac=52:54:00:00:00:01 rollout.boot_secret=0123abcd console=ttyS0"
         ));
         assert!(s.contains("initrd --name initramfs.img http://10.44.0.1/boot/initramfs.img"));
     }
