@@ -3,7 +3,8 @@
 //! the node's proof): with curl and rsync it tries to take a node's plan, to
 //! hijack an install in progress, to forge a phone-home and to read images.
 //! Each attempt is refused and changes nothing; the node's own path works.
-//! (The lease holder's path, with rollout's DHCP in full mode, is in tests/dhcp.rs.)
+//! The last test runs rollout's DHCP in full mode in network namespaces: there
+//! the lease holder (or the reserved address) is the node's proof.
 
 mod common;
 use common::loopback::{event, Server};
@@ -417,4 +418,127 @@ fn images_are_read_with_credentials_only() {
             .contains(plan["node"]["secret"].as_str().unwrap()),
         "the node's HTTP secret is not in the rsync file"
     );
+}
+
+/// Full DHCP mode, in namespaces: the machine that holds a node's lease (or its
+/// reservation) gets its plan, with nothing on its command line; another
+/// machine with a lease of its own, or an address rollout never leased, is
+/// refused and the node's install keeps its id.
+#[test]
+fn in_full_mode_the_lease_holder_gets_the_plan() {
+    if !common::can_run(&["busybox", "curl"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/motd"), "hi\n").unwrap();
+    rollout::images::Images::new(&dir.path().join("state"))
+        .import("default", &tree, "", &[])
+        .unwrap();
+    let config = common::write_config(
+        dir.path(),
+        r#"
+[server]
+interface = "rbr0"
+address = "10.44.0.1"
+[dhcp]
+mode = "full"
+range = ["10.44.0.100", "10.44.0.199"]
+router = "10.44.0.1"
+lease_time = 600
+[[node]]
+mac = "52:54:00:aa:00:01"
+hostname = "reserved1"
+ip = "10.44.0.11"
+[[node]]
+mac = "52:54:00:aa:00:02"
+hostname = "dynamic2"
+"#,
+    );
+    let mut net = common::Net::new("sec");
+    let _srv = common::Server::start(&net, &config);
+    // Each machine takes its lease and puts the address on its interface.
+    let mut machine = |mac: &str| -> String {
+        let iface = net.add_client(mac);
+        let got = common::udhcpc(&net, &iface, &[]);
+        let ip = got["ip"].clone();
+        net.cli
+            .ip(&["addr", "add", &format!("{ip}/24"), "dev", &iface])
+            .unwrap_or_else(|e| panic!("{e}"));
+        ip
+    };
+    let node2 = machine("52:54:00:aa:00:02");
+    let node1 = machine("52:54:00:aa:00:01");
+    let stranger = machine("52:54:00:00:66:66");
+    assert_eq!(node1, "10.44.0.11");
+    let unleased = net.add_client("52:54:00:00:66:67");
+    net.cli
+        .ip(&["addr", "add", "10.44.0.50/24", "dev", &unleased])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let plan = |from: &str, mac: &str| -> (u16, String) {
+        let out = net
+            .in_cli(&[
+                "curl",
+                "-s",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "--max-time",
+                "10",
+                "-X",
+                "POST",
+                "--interface",
+                from,
+            ])
+            .arg(format!("http://{}/api/v1/plan/{mac}", common::SERVER_IP))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    };
+    let install_id = |host: &str| -> Option<String> {
+        let out = srv_curl(&net, &format!("/api/v1/nodes/{host}"));
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["install_id"].as_str().map(String::from)
+    };
+
+    let (st, body) = plan(&node2, "52:54:00:aa:00:02");
+    assert_eq!(st, 200, "the lease holder: {body}");
+    let id = install_id("dynamic2").expect("an install started");
+    let (st, body) = plan(&stranger, "52:54:00:aa:00:02");
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("leased to 52:54:00:00:66:66"), "{body}");
+    let (st, body) = plan(&stranger, "52:54:00:aa:00:01");
+    assert_eq!(st, 403, "{body}");
+    // An address rollout never leased (set by hand) proves nothing either.
+    let (st, body) = plan("10.44.0.50", "52:54:00:aa:00:02");
+    assert_eq!(st, 403, "{body}");
+    assert_eq!(
+        install_id("dynamic2"),
+        Some(id),
+        "a refused request replaced the install"
+    );
+    // The reserved node from its reserved address.
+    let (st, body) = plan(&node1, "52:54:00:aa:00:01");
+    assert_eq!(st, 200, "the reservation: {body}");
+}
+
+/// GET `path` on the server from inside its namespace.
+fn srv_curl(net: &common::Net, path: &str) -> String {
+    let out = net
+        .srv
+        .command("curl")
+        .args(["-sf", "--max-time", "10"])
+        .arg(format!("http://{}{path}", common::SERVER_IP))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "GET {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
 }
