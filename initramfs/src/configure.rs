@@ -505,6 +505,19 @@ mod tests {
             .mode()
             & 0o7777;
         assert_eq!(mode, 0o640);
+        // The node's credential: for root only.
+        for (file, want) in [
+            ("etc/rollout/node.secret", "nodesecret\n"),
+            ("etc/rollout/rsync.password", "noderspw\n"),
+        ] {
+            assert_eq!(read(file), want);
+            let mode = std::fs::metadata(t.join(file))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777;
+            assert_eq!(mode, 0o600, "{file}");
+        }
         assert_eq!(read("usr/local/sbin/rollout-sync"), "binary");
         assert!(t
             .join("etc/rc3.d/S99rollout-phone-home")

@@ -31,23 +31,18 @@ pub fn published_serial(state_dir: &std::path::Path, image: &str) -> Option<u64>
         .flatten()
 }
 
-/// The facts [`crate::plan_auth::authorize`] decides on, read for one request.
-fn plan_facts_lease(
+/// rollout's lease of the requester's address, if it has one.
+fn lease_at(
     state: &super::AppState,
     peer: std::net::IpAddr,
-) -> Result<Option<crate::dhcp::leases::Lease>, Response> {
+) -> Result<Option<crate::dhcp::leases::Lease>, crate::store::StoreError> {
     let ip = match peer {
         std::net::IpAddr::V4(a) => Some(a),
         std::net::IpAddr::V6(a) => a.to_ipv4_mapped(),
     };
     let Some(ip) = ip else { return Ok(None) };
     let db = state.config.state_dir.join("rollout.db");
-    tokio::task::block_in_place(|| crate::dhcp::sqlite::lease_of(&db, ip)).map_err(|e| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cannot read the leases to check the requester: {e}"),
-        )
-    })
+    tokio::task::block_in_place(|| crate::dhcp::sqlite::lease_of(&db, ip))
 }
 
 /// `POST /api/v1/plan/{mac}`: hands the plan only to the node (see
@@ -88,9 +83,14 @@ pub async fn plan(
         Ok(r) => r,
         Err(e) => return inventory_error(e),
     };
-    let lease = match plan_facts_lease(&state, peer.ip()) {
+    let lease = match lease_at(&state, peer.ip()) {
         Ok(l) => l,
-        Err(resp) => return resp,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the leases to check the requester: {e}"),
+            )
+        }
     };
     let facts = crate::plan_auth::PlanRequestFacts {
         mac: &mac,

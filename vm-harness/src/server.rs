@@ -168,8 +168,21 @@ impl Server {
 /// A plain HTTP/1.0 GET from inside `ns`; returns (status, body). Enough for the
 /// lab's own checks without an HTTP client dependency.
 pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_get_as(ns, addr, path, None)
+}
+
+/// [`http_get`] with `Authorization: Bearer {bearer}` (the admin token, say).
+pub fn http_get_as(
+    ns: &Netns,
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+) -> Result<(u16, String)> {
     let url = format!("http://{addr}{path}");
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
     let res = ns.run_in(move || -> std::io::Result<Vec<u8>> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
