@@ -326,7 +326,7 @@ fn credentials_are_issued_consumed_and_revoked() {
 
     let (rec, node) = inv.start_install(MAC, 1).unwrap();
     assert_eq!(rec.boot_secret, None, "consumed");
-    let users = secrets::rsync_users(&[rec.clone()]);
+    let users = secrets::rsync_users(std::slice::from_ref(&rec));
     assert_eq!(users.len(), 2, "{users:?}");
     assert!(secrets::check_node(&rec, Some(&node.secret)).is_ok());
     assert_eq!(
@@ -345,7 +345,7 @@ fn credentials_are_issued_consumed_and_revoked() {
         rec.install_rsync, None,
         "the install's credential ends with it"
     );
-    assert_eq!(secrets::rsync_users(&[rec.clone()]).len(), 1);
+    assert_eq!(secrets::rsync_users(std::slice::from_ref(&rec)).len(), 1);
     assert!(
         secrets::check_node(&rec, Some(&node.secret)).is_ok(),
         "the node's outlives it"
