@@ -68,6 +68,17 @@ fn ipxe(rendered: Result<String, askama::Error>, template: &str) -> Response {
     }
 }
 
+/// The node's record could not be read or written: iPXE's `chain` fails and
+/// its script retries.
+fn unavailable(mac: &str, e: crate::inventory::InventoryError) -> Response {
+    warn!(%mac, error = %e, "cannot read or update node state");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("node state unavailable: {e}\n"),
+    )
+        .into_response()
+}
+
 pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> Response {
     let base = state.config.http_base_url();
     let Some(raw_mac) = q.mac else {
@@ -96,14 +107,7 @@ pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> 
     });
     let record = match seen {
         Ok(r) => r,
-        Err(e) => {
-            warn!(%mac, error = %e, "cannot read node state");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("node state unavailable: {e}\n"),
-            )
-                .into_response();
-        }
+        Err(e) => return unavailable(&mac, e),
     };
     let platform = platform.as_deref().unwrap_or("unknown");
     let (hostname, image) = (&record.hostname, &record.image);
@@ -124,14 +128,7 @@ pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> 
             // Each install script carries a new secret and voids the last one.
             let boot_secret = match tokio::task::block_in_place(|| inv.issue_boot_secret(&mac)) {
                 Ok(s) => s,
-                Err(e) => {
-                    warn!(%mac, error = %e, "cannot issue a boot secret");
-                    return (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("node state unavailable: {e}\n"),
-                    )
-                        .into_response();
-                }
+                Err(e) => return unavailable(&mac, e),
             };
             let script = InstallScript {
                 base: &base,
