@@ -13,6 +13,10 @@
 //!   (proxy mode, DHCP off, an address another server leased).
 //!
 //! An address rollout leased to another MAC never gets the plan, secret or not.
+//! A boot secret does not take over an install that is still reporting
+//! ([`secret_may_restart`]): the node that rebooted mid-install is quiet by the
+//! time it asks again (its installer retries the 409), a stranger that faked a
+//! PXE boot for a node in the middle of its install is not.
 //! What the secret cannot prove: `/boot.ipxe` answers anyone who asks for a MAC
 //! (that is how iPXE gets it), so on a network where rollout does not hand out
 //! addresses, a machine that fakes the node's PXE boot for a node set to install
@@ -98,10 +102,47 @@ pub fn authorize(f: &PlanRequestFacts) -> Result<Granted, String> {
     }
 }
 
+/// How long an install must have been silent before a boot secret may start a
+/// new one over it: a minute, or the install timeout when that is shorter.
+pub fn quiet_secs(install_timeout: u64) -> u64 {
+    install_timeout.min(60)
+}
+
+/// Whether a plan granted by a boot secret may replace the node's current
+/// install: not while that install reported within `quiet` seconds (409, the
+/// installer asks again; the secret is not spent).
+pub fn secret_may_restart(
+    state: crate::inventory::NodeState,
+    last_report: u64,
+    now: u64,
+    quiet: u64,
+) -> Result<(), String> {
+    let silent = now.saturating_sub(last_report);
+    if state == crate::inventory::NodeState::Installing && silent < quiet {
+        return Err(format!(
+            "an install of this node reported {silent} s ago; a new one may start over it after {quiet} s of silence (the installer asks again)"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::inventory::secrets::hash;
+
+    #[test]
+    fn a_secret_does_not_take_over_a_live_install() {
+        use crate::inventory::NodeState as S;
+        assert_eq!(quiet_secs(1800), 60);
+        assert_eq!(quiet_secs(5), 5);
+        let e = secret_may_restart(S::Installing, 1000, 1010, 60).unwrap_err();
+        assert!(e.contains("reported 10 s ago"), "{e}");
+        assert!(secret_may_restart(S::Installing, 1000, 1060, 60).is_ok());
+        for s in [S::Pending, S::Failed, S::Discovered] {
+            assert!(secret_may_restart(s, 1000, 1001, 60).is_ok(), "{s:?}");
+        }
+    }
 
     const MAC: &str = "52:54:00:00:00:01";
 

@@ -152,8 +152,24 @@ fn only_the_node_gets_its_plan_and_an_install_keeps_its_token() {
     );
     assert_eq!(node(&s)["state"], "installing");
 
-    // The node rebooted mid-install: its new script brings a new secret, and a
-    // new install replaces the old one (whose token then stops working).
+    // A stranger that fakes the node's PXE boot gets a script and its secret
+    // (`/boot.ipxe` answers anyone), but not the install that is still reporting.
+    let (st, text) = s.plan(MAC);
+    assert_eq!(st, 409, "{text}");
+    assert!(
+        text["error"]
+            .as_str()
+            .unwrap()
+            .contains("s ago; a new one may start over it"),
+        "{text}"
+    );
+    assert_eq!(node(&s)["install_id"].as_str(), Some(id.as_str()));
+    assert_eq!(post_event(&s, &id, &token, progress.clone()), 204);
+
+    // The node rebooted mid-install: once its old install is quiet (the
+    // installer retries a 409; here `install_timeout = 5` makes the wait 5 s),
+    // its new script's secret starts a new install, and the old token stops working.
+    std::thread::sleep(Duration::from_secs(6));
     let (st, again) = s.plan(MAC);
     assert_eq!(st, 200, "{again}");
     assert_ne!(again["install_id"].as_str(), Some(id.as_str()));

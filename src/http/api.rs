@@ -115,6 +115,20 @@ pub async fn plan(
             return error(StatusCode::FORBIDDEN, why);
         }
     };
+    if granted == crate::plan_auth::Granted::BootSecret {
+        if let Some(r) = &existing {
+            let quiet = crate::plan_auth::quiet_secs(inv.policy.install_timeout_secs);
+            if let Err(why) = crate::plan_auth::secret_may_restart(
+                r.state,
+                r.reported_at.unwrap_or(0),
+                facts.now,
+                quiet,
+            ) {
+                warn!(%mac, peer = %peer.ip(), "plan deferred: {why}");
+                return error(StatusCode::CONFLICT, why);
+            }
+        }
+    }
     let record = match existing {
         Some(r) => r,
         None => {

@@ -55,6 +55,10 @@ pub struct NodeRecord {
     pub boot_id: Option<String>,
     pub last_seen: Option<u64>,
     pub updated: u64,
+    /// When the running install last reported (its plan counts): a boot
+    /// secret may not start a new install over one that is still talking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_at: Option<u64>,
     /// SHA-256 of the boot secret in the last install script served for this
     /// node; cleared when a plan request consumes it ([`secrets`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +112,7 @@ impl NodeRecord {
             boot_id: None,
             last_seen: None,
             updated: 0,
+            reported_at: None,
             boot_secret: None,
             install_rsync: None,
             node_key: None,
@@ -412,6 +417,7 @@ impl Inventory {
         rec.console_tail.clear();
         rec.installs += 1;
         rec.install_started = Some(t);
+        rec.reported_at = Some(t);
         rec.boot_secret = None;
         rec.install_rsync = Some(random_hex(16));
         let node = secrets::issue_node_credential(&mut rec);
@@ -435,6 +441,7 @@ impl Inventory {
             return Err(InventoryError::BadToken(install_id.into()));
         }
         rec.stage = Some(ev.step.as_str().into());
+        rec.reported_at = Some(now());
         match &ev.kind {
             EventKind::Started | EventKind::Done => {
                 Self::transition(&mut rec, Transition::Progress)?

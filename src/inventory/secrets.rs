@@ -5,8 +5,11 @@
 //!   its install script, which puts it on the installer's kernel command line;
 //!   a new script replaces the previous secret (one outstanding per node).
 //!   Consumed by the plan request that presents it and gets a plan; presenting
-//!   it again is refused (the node PXE-boots again for a new one). Stored as a
-//!   SHA-256 hash: the server only compares it.
+//!   it again is refused (the node PXE-boots again for a new one). A request
+//!   refused for another reason (a 409: image not published, an install still
+//!   reporting, see `plan_auth::secret_may_restart`) does not spend it, so the
+//!   installer's retries work. Stored as a SHA-256 hash: the server only
+//!   compares it.
 //! - **Install credentials** (the install token and the rsync password in the
 //!   plan): valid while that install is in progress.
 //! - **Node credential** ([`crate::wire::NodeCredential`]): issued with each
