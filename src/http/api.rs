@@ -83,7 +83,16 @@ pub async fn plan(
         Ok(r) => r,
         Err(e) => return inventory_error(e),
     };
-    let lease = match lease_at(&state, peer.ip()) {
+    let rollout_leases = cfg
+        .dhcp_plan
+        .as_ref()
+        .is_some_and(|p| p.mode == crate::config::DhcpMode::Full);
+    // Only where rollout hands out addresses does its lease table say who is who.
+    let lease = match rollout_leases
+        .then(|| lease_at(&state, peer.ip()))
+        .transpose()
+        .map(Option::flatten)
+    {
         Ok(l) => l,
         Err(e) => {
             return error(
@@ -95,10 +104,7 @@ pub async fn plan(
     let facts = crate::plan_auth::PlanRequestFacts {
         mac: &mac,
         peer: peer.ip(),
-        rollout_leases: cfg
-            .dhcp_plan
-            .as_ref()
-            .is_some_and(|p| p.mode == crate::config::DhcpMode::Full),
+        rollout_leases,
         lease_at_peer: lease.as_ref(),
         reservation: existing
             .as_ref()
