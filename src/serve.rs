@@ -279,7 +279,16 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         let mut settings =
             crate::images::rsyncd::RsyncdSettings::new(&config.state_dir, address.into(), allow);
         settings.port = config.server.rsync_port;
-        let supervisor = crate::images::rsyncd::Supervisor::new(settings);
+        let mut supervisor = crate::images::rsyncd::Supervisor::new(settings);
+        let users_inventory = inventory.clone();
+        supervisor.users = Arc::new(move || match users_inventory.list() {
+            Ok(records) => crate::inventory::secrets::rsync_users(&records),
+            Err(e) => {
+                // Nobody in: the secrets file is rewritten empty rather than stale.
+                warn!("cannot read the nodes for rsync's users: {e}");
+                vec![]
+            }
+        });
         rsync_modules = Some(supervisor.modules());
         let c = cancel.clone();
         tasks.spawn(async move { supervisor.run(c).await.map_err(std::io::Error::other) });
