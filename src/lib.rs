@@ -43,6 +43,8 @@ pub mod operators;
 #[cfg(feature = "server")]
 pub mod plan;
 #[cfg(feature = "server")]
+pub mod plan_auth;
+#[cfg(feature = "server")]
 pub mod preflight;
 #[cfg(feature = "server")]
 pub mod serve;

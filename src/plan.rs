@@ -1,4 +1,4 @@
-//! The install plan a node is handed (`GET /api/v1/plan/{mac}`): a pure function of
+//! The install plan a node is handed (`POST /api/v1/plan/{mac}`): a pure function of
 //! its record, the config, the serial being served and the server's SSH keys. The
 //! HTTP handler does the lookups and side effects around it.
 
@@ -55,6 +55,10 @@ pub fn install_plan(
         },
         sync_interval_secs: config.install.sync_interval,
         keep_identity: config.install.keep_identity,
+        rsync: crate::inventory::secrets::install_credential(record),
+        // The node's secret exists in clear text only in `start_install`'s
+        // answer: the handler puts it here.
+        node: wire::NodeCredential::default(),
     }
 }
 
@@ -85,6 +89,7 @@ mod tests {
         );
         r.install_id = Some("i-1".into());
         r.token = Some("t-1".into());
+        r.install_rsync = Some("pw-1".into());
         r
     }
 
@@ -110,6 +115,10 @@ mod tests {
         );
         assert_eq!(p.disk.path, None);
         assert!(p.disk.declared, "a [[node]] may be installed over old data");
+        assert_eq!(
+            (p.rsync.user.as_str(), p.rsync.password.as_str()),
+            ("install-525400aa0001", "pw-1")
+        );
     }
 
     #[test]

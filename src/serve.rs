@@ -290,6 +290,15 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         settings.port = config.server.rsync_port;
         let mut supervisor = crate::images::rsyncd::Supervisor::new(settings);
         supervisor.counters = counters.clone();
+        let users_inventory = inventory.clone();
+        supervisor.users = Arc::new(move || match users_inventory.list() {
+            Ok(records) => crate::inventory::secrets::rsync_users(&records),
+            Err(e) => {
+                // Nobody in: the secrets file is rewritten empty rather than stale.
+                warn!("cannot read the nodes for rsync's users: {e}");
+                vec![]
+            }
+        });
         rsync_modules = Some(supervisor.modules());
         let c = cancel.clone();
         tasks.spawn(async move { supervisor.run(c).await.map_err(std::io::Error::other) });

@@ -17,19 +17,28 @@ pub mod cmdline {
     pub const MAC: &str = "rollout.mac";
     /// Set to `1` to make the installer drop to a shell instead of rebooting on failure.
     pub const DEBUG: &str = "rollout.debug";
+    /// The one-time boot secret of this node's iPXE script: the installer sends it
+    /// with its plan request ([`super::PlanRequest`]). It proves the requester got
+    /// the script rollout made for this boot, where rollout hands out no address
+    /// that could prove it (proxy DHCP, an address another server leased).
+    pub const BOOT_SECRET: &str = "rollout.boot_secret";
 }
 
 /// HTTP paths served by `rollout serve` that the installer and installed nodes call.
 pub mod paths {
-    /// `GET {PLAN}/{mac}` → [`InstallPlan`](super::InstallPlan).
+    /// `POST {PLAN}/{mac}` with a [`PlanRequest`](super::PlanRequest) →
+    /// [`InstallPlan`](super::InstallPlan); only for the node's lease holder or
+    /// the holder of its boot secret (403 otherwise). A POST: it starts an install.
     pub const PLAN: &str = "/api/v1/plan";
     /// `POST /api/v1/installs/{install_id}/events` with a [`ProgressEvent`](super::ProgressEvent),
     /// `Authorization: Bearer {token}`.
     pub const INSTALLS: &str = "/api/v1/installs";
-    /// `POST` a [`PhoneHome`](super::PhoneHome) from the installed OS.
+    /// `POST` a [`PhoneHome`](super::PhoneHome) from the installed OS, with
+    /// `Authorization: Bearer {node secret}` ([`NodeCredential::secret`](super::NodeCredential)).
     pub const PHONE_HOME: &str = "/api/v1/phone-home";
     /// `GET {IMAGES}/{name}/serial` → the published serial as plain text;
     /// `GET {IMAGES}/{name}/excludes` → the image's node-local paths, one per line.
+    /// Both need `Authorization: Bearer` with a node secret or the admin token.
     pub const IMAGES: &str = "/api/v1/images";
 }
 
@@ -93,6 +102,31 @@ pub const INSTALLER_MODULES: &[&str] = &[
     "efivarfs",
 ];
 
+/// The body of a plan request (`POST {PLAN}/{mac}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanRequest {
+    /// The value of [`cmdline::BOOT_SECRET`], when the kernel command line had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_secret: Option<String>,
+}
+
+/// A user and password of the server's rsync daemon (`auth users`). The
+/// installer passes the password in `RSYNC_PASSWORD`, never on a command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RsyncCredential {
+    pub user: String,
+    pub password: String,
+}
+
+/// The node's own credential, issued with its install and valid until it is
+/// reinstalled or removed: `secret` is its `Authorization: Bearer` for
+/// phone-home and rollout-sync's requests, `rsync` reads its image's modules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCredential {
+    pub secret: String,
+    pub rsync: RsyncCredential,
+}
+
 /// Everything a node needs to install itself. Fetched by MAC from the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallPlan {
@@ -121,6 +155,12 @@ pub struct InstallPlan {
     /// timer); 0: none, the node updates when `rollout sync` tells it to.
     #[serde(default)]
     pub sync_interval_secs: u64,
+    /// Reads `image.rsync_url` for as long as this install is in progress.
+    #[serde(default)]
+    pub rsync: RsyncCredential,
+    /// Written on the node (0600) for its life after the install.
+    #[serde(default)]
+    pub node: NodeCredential,
     /// Carry the node's identity (SSH host keys, machine-id) over from its
     /// previous install on the same disk, so a reinstall does not change the
     /// host key operators and `rollout exec` know (`[install] keep_identity`).

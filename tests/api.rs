@@ -47,14 +47,16 @@ fn every_endpoint_with_auth_and_bad_input() {
         "{images}"
     );
     assert!(images[0]["serials"][0]["created"].is_string(), "{images}");
-    let serial = s.text("/api/v1/images/default/serial");
+    let serial = s.admin_text("/api/v1/images/default/serial");
     assert_eq!(serial.trim(), "1");
     // Node-local paths for rollout-sync: the defaults, then the image's own.
-    let excludes = s.text("/api/v1/images/default/excludes");
+    let excludes = s.admin_text("/api/v1/images/default/excludes");
     let lines: Vec<&str> = excludes.lines().collect();
     assert!(lines.contains(&"/etc/hostname"), "{excludes}");
     assert_eq!(lines.last(), Some(&"/var/lib/site/"), "{excludes}");
-    let missing = ureq::get(&s.url("/api/v1/images/nosuch/excludes")).call();
+    let missing = ureq::get(&s.url("/api/v1/images/nosuch/excludes"))
+        .set("Authorization", &format!("Bearer {}", s.token))
+        .call();
     assert!(
         matches!(missing, Err(ureq::Error::Status(404, _))),
         "{missing:?}"
@@ -132,10 +134,12 @@ fn every_endpoint_with_auth_and_bad_input() {
     let (_, disc) = s.req("GET", "/api/v1/discovered", None, true);
     assert_eq!(disc[0]["mac"], "aa:bb:cc:00:00:01");
     assert_eq!(disc[0]["firmware"], "efi");
+    // Waiting for approval: its script carries no boot secret, so no plan.
+    assert!(!script.contains("rollout.boot_secret"), "{script}");
     assert_eq!(
-        s.req("GET", "/api/v1/plan/aa:bb:cc:00:00:01", None, false)
+        s.req("POST", "/api/v1/plan/aa:bb:cc:00:00:01", None, false)
             .0,
-        409
+        403
     );
     assert_eq!(
         s.req(
@@ -176,7 +180,7 @@ fn every_endpoint_with_auth_and_bad_input() {
     );
 
     // The installer's side: plan, events with the plan's token only, history.
-    let (st, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:01", None, false);
+    let (st, plan) = s.plan("52:54:00:00:00:01");
     assert_eq!(st, 200);
     assert_eq!(
         (plan["hostname"].as_str(), plan["image"]["serial"].as_u64()),
@@ -354,7 +358,7 @@ fn openapi_documents_exactly_the_routes_the_server_answers() {
 fn crash_mid_install_keeps_state_and_history_then_times_out() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Server::start(dir.path());
-    let (_, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:01", None, false);
+    let (_, plan) = s.plan("52:54:00:00:00:01");
     let path = format!(
         "/api/v1/installs/{}/events",
         plan["install_id"].as_str().unwrap()
@@ -424,7 +428,7 @@ fn a_newly_published_serial_comes_with_its_rsync_module() {
         .unwrap()
         .unwrap();
     assert_eq!(published.serial, 2);
-    let serial = s.text("/api/v1/images/default/serial");
+    let serial = s.admin_text("/api/v1/images/default/serial");
     assert_eq!(serial.trim(), "2");
     let conf = std::fs::read_to_string(dir.path().join("state/rsyncd.conf")).unwrap();
     assert!(conf.contains("[default-2]"), "{conf}");
@@ -489,7 +493,7 @@ fn the_installed_report_sets_known_hosts_and_a_forged_one_cannot() {
     let (key1, fp1) = new_host_key(dir.path(), "k1");
     let (path, token, keys) = install(&[&key1, "@cert-authority * ssh-rsa AAAA"]);
     assert_eq!(post(&path, &token, &keys), 204);
-    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, true);
     let bare = key1.rsplit_once(' ').unwrap().0;
     assert_eq!(n["host_keys"], json!([bare]), "{n}");
     assert_eq!(
@@ -529,7 +533,7 @@ fn the_installed_report_sets_known_hosts_and_a_forged_one_cannot() {
         std::fs::read_to_string(&known_hosts).unwrap(),
         format!("node1,127.0.0.11 {bare2}\n")
     );
-    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    let (_, n) = s.req("GET", "/api/v1/nodes/node1", None, true);
     assert_eq!(
         n["host_key_fingerprints"],
         json!([format!("ED25519 {fp2}")])

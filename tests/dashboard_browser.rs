@@ -196,7 +196,7 @@ fn progress_bar_moves_live_and_screenshot_is_saved() {
     let d = Driver::start().expect("chromedriver starts");
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
-    let (_, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:01", None, false);
+    let (_, plan) = s.plan("52:54:00:00:00:01");
     let path = format!(
         "/api/v1/installs/{}/events",
         plan["install_id"].as_str().unwrap()

@@ -169,6 +169,16 @@ fn second_enter_is_refused_naming_the_holder() {
 fn rsync(args: &[&str]) -> std::process::Output {
     Command::new("rsync")
         .args(args)
+        .env_remove("RSYNC_PASSWORD")
+        .output()
+        .expect("rsync client installed")
+}
+
+/// rsync as the daemon's user `node-1` (password in the environment, as nodes pass it).
+fn rsync_as(password: &str, args: &[&str]) -> std::process::Output {
+    Command::new("rsync")
+        .args(args)
+        .env("RSYNC_PASSWORD", password)
         .output()
         .expect("rsync client installed")
 }
@@ -197,10 +207,30 @@ async fn rsync_daemon_serves_serials_read_only() {
     settings.port = port;
     let mut sup = Supervisor::new(settings);
     sup.refresh_every = Duration::from_millis(200);
+    sup.users = std::sync::Arc::new(|| {
+        vec![rollout::images::rsyncd::RsyncUser {
+            user: "node-1".into(),
+            password: "pw1".into(),
+            image: "img".into(),
+        }]
+    });
     let cancel = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(sup.run(cancel.clone()));
+    let secrets = state.join("rsyncd.secrets");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !secrets.exists() {
+            assert!(Instant::now() < deadline, "no secrets file");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mode = std::fs::metadata(&secrets).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the secrets file is for root only");
+        assert_eq!(std::fs::read_to_string(&secrets).unwrap(), "node-1:pw1\n");
+    }
 
     let base = format!("rsync://127.0.0.1:{port}");
+    let user_base = format!("rsync://node-1@127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let listing = loop {
         let out = tokio::task::spawn_blocking({
@@ -219,21 +249,37 @@ async fn rsync_daemon_serves_serials_read_only() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let modules: Vec<&str> = listing
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    assert!(
-        modules.contains(&"img") && modules.contains(&"img-1"),
-        "{listing}"
-    );
+    assert_eq!(listing.trim(), "", "list = no: modules are not listed");
 
     let checks = tokio::task::spawn_blocking({
         let base = base.clone();
+        let user_base = user_base.clone();
         let dir = t.path().to_path_buf();
         move || {
+            // Anonymous and wrong-password reads are refused.
+            let stolen = dir.join("stolen");
+            let out = rsync(&["-a", &format!("{base}/img-1/"), stolen.to_str().unwrap()]);
+            assert!(!out.status.success(), "anonymous read");
+            let out = rsync_as(
+                "guess",
+                &[
+                    "-a",
+                    &format!("{user_base}/img-1/"),
+                    stolen.to_str().unwrap(),
+                ],
+            );
+            assert!(!out.status.success(), "read with a wrong password");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("auth failed"),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!stolen.exists());
             let dest = dir.join("pulled");
-            let out = rsync(&["-a", &format!("{base}/img-1/"), dest.to_str().unwrap()]);
+            let out = rsync_as(
+                "pw1",
+                &["-a", &format!("{user_base}/img-1/"), dest.to_str().unwrap()],
+            );
             assert!(
                 out.status.success(),
                 "pull failed: {}",
@@ -248,17 +294,23 @@ async fn rsync_daemon_serves_serials_read_only() {
 
             let upload = dir.join("upload.txt");
             std::fs::write(&upload, "x").unwrap();
-            let out = rsync(&[upload.to_str().unwrap(), &format!("{base}/img-1/")]);
+            let out = rsync_as(
+                "pw1",
+                &[upload.to_str().unwrap(), &format!("{user_base}/img-1/")],
+            );
             assert!(
                 !out.status.success(),
                 "write to a read-only module succeeded"
             );
 
             let escape = dir.join("escape");
-            let out = rsync(&[
-                &format!("{base}/img-1/../../etc/passwd"),
-                escape.to_str().unwrap(),
-            ]);
+            let out = rsync_as(
+                "pw1",
+                &[
+                    &format!("{user_base}/img-1/../../etc/passwd"),
+                    escape.to_str().unwrap(),
+                ],
+            );
             assert!(!out.status.success(), "path traversal was not refused");
             assert!(!escape.exists(), "got a file through ../..");
         }
@@ -274,8 +326,8 @@ async fn rsync_daemon_serves_serials_read_only() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = tokio::task::spawn_blocking({
-            let base = base.clone();
-            move || rsync(&[&format!("{base}/img-2/etc/v2")])
+            let user_base = user_base.clone();
+            move || rsync_as("pw1", &[&format!("{user_base}/img-2/etc/v2")])
         })
         .await
         .unwrap();

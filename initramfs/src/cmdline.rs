@@ -22,6 +22,8 @@ pub struct KernelArgs {
     /// Lower-case, colon-separated MAC of the boot NIC.
     pub mac: String,
     pub debug: bool,
+    /// The one-time boot secret of the iPXE script, sent with the plan request.
+    pub boot_secret: Option<String>,
 }
 
 /// Splits a command line into `key[=value]` words, honouring double quotes the way
@@ -71,10 +73,12 @@ pub fn parse(line: &str) -> Result<KernelArgs, CmdlineError> {
     let mut server = None;
     let mut mac = None;
     let mut debug = false;
+    let mut boot_secret = None;
     for (k, v) in split(line) {
         match (k.as_str(), v) {
             (keys::SERVER, Some(v)) => server = Some(v),
             (keys::MAC, Some(v)) => mac = Some(v),
+            (keys::BOOT_SECRET, Some(v)) if !v.is_empty() => boot_secret = Some(v),
             (keys::DEBUG, v) => debug = matches!(v.as_deref(), None | Some("1" | "yes" | "true")),
             _ => {}
         }
@@ -99,7 +103,12 @@ pub fn parse(line: &str) -> Result<KernelArgs, CmdlineError> {
             })
         }
     };
-    Ok(KernelArgs { server, mac, debug })
+    Ok(KernelArgs {
+        server,
+        mac,
+        debug,
+        boot_secret,
+    })
 }
 
 #[cfg(test)]
@@ -112,6 +121,12 @@ mod tests {
         assert_eq!(a.server, "http://10.44.0.1:8080");
         assert_eq!(a.mac, "52:54:00:ab:cd:01");
         assert!(!a.debug);
+        assert_eq!(a.boot_secret, None);
+        let a = parse(
+            "rollout.server=http://s rollout.mac=52:54:00:00:00:01 rollout.boot_secret=0a1b2c",
+        )
+        .unwrap();
+        assert_eq!(a.boot_secret.as_deref(), Some("0a1b2c"));
     }
 
     #[test]

@@ -174,6 +174,19 @@ pub fn apply(target: &Path, f: &NodeFacts) -> Result<Vec<String>, ConfigureError
         render::node_toml(plan).as_bytes(),
         0o644,
     )?;
+    // The node's credential: root only, it is the node's identity to the server.
+    write_file(
+        target,
+        paths::NODE_SECRET,
+        format!("{}\n", plan.node.secret).as_bytes(),
+        0o600,
+    )?;
+    write_file(
+        target,
+        paths::NODE_RSYNC_PASSWORD,
+        format!("{}\n", plan.node.rsync.password).as_bytes(),
+        0o600,
+    )?;
     for file in &plan.files {
         write_file(target, &file.path, file.contents.as_bytes(), file.mode)?;
     }
@@ -557,6 +570,19 @@ mod tests {
             .mode()
             & 0o7777;
         assert_eq!(mode, 0o640);
+        // The node's credential: for root only.
+        for (file, want) in [
+            ("etc/rollout/node.secret", "nodesecret\n"),
+            ("etc/rollout/rsync.password", "noderspw\n"),
+        ] {
+            assert_eq!(read(file), want);
+            let mode = std::fs::metadata(t.join(file))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777;
+            assert_eq!(mode, 0o600, "{file}");
+        }
         assert_eq!(read("usr/local/sbin/rollout-sync"), "binary");
         assert!(t
             .join("etc/rc3.d/S99rollout-phone-home")

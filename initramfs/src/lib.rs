@@ -68,16 +68,24 @@ fn debug_shell(args: Option<&cmdline::KernelArgs>) {
     }
 }
 
-/// Polls the plan every 10 s until the server hands out a new install id.
+/// Polls the plan every 10 s until the server hands out a new install id. A
+/// node that got its plan with its one-time boot secret (no lease from rollout)
+/// is refused from then on: it reboots, and its iPXE script waits for the
+/// operator instead (and brings a new secret).
 fn wait_for_new_plan(net: &steps::Network, old: &str) -> rollout::wire::InstallPlan {
     console::line("waiting for the server to schedule a new install (polling every 10 s)");
     loop {
         std::thread::sleep(Duration::from_secs(10));
-        if let Ok(p) = steps::get_plan(&net.server, &net.mac) {
-            if p.install_id != old {
+        match steps::get_plan(&net.server, &net.mac, net.boot_secret.as_deref()) {
+            Ok(p) if p.install_id != old => {
                 console::line(&format!("new install {}: restarting", p.install_id));
                 return p;
             }
+            Err(e @ steps::PlanError::Status { status: 403, .. }) => {
+                console::line(&format!("{e}; the next boot asks the server again"));
+                reboot_in(10)
+            }
+            _ => {}
         }
     }
 }

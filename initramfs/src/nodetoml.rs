@@ -18,6 +18,38 @@ pub enum NodeTomlError {
     },
     #[error("{0} lacks `{1}`; reinstall the node or add the key")]
     Missing(String, &'static str),
+    #[error("cannot read {path} ({source}): this node has no credential for the rollout server, it was installed before rollout issued them; reinstall it (`rollout node reinstall HOSTNAME` on the server)")]
+    NoCredential {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The node's secret for `Authorization: Bearer` (root only, [`paths::NODE_SECRET`]).
+pub fn node_secret(root: &Path) -> Result<String, NodeTomlError> {
+    credential_file(root, paths::NODE_SECRET)
+}
+
+/// The node's rsync login: `rsync_user` from node.toml, its password from
+/// [`paths::NODE_RSYNC_PASSWORD`].
+pub fn node_rsync(
+    root: &Path,
+    conf: &NodeToml,
+) -> Result<rollout::wire::RsyncCredential, NodeTomlError> {
+    Ok(rollout::wire::RsyncCredential {
+        user: conf.require("rsync_user")?,
+        password: credential_file(root, paths::NODE_RSYNC_PASSWORD)?,
+    })
+}
+
+fn credential_file(root: &Path, path: &str) -> Result<String, NodeTomlError> {
+    let p = root.join(path.trim_start_matches('/'));
+    let text = std::fs::read_to_string(&p).map_err(|source| NodeTomlError::NoCredential {
+        path: p.display().to_string(),
+        source,
+    })?;
+    Ok(text.trim().to_string())
 }
 
 pub struct NodeToml {

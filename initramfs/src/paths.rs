@@ -30,6 +30,10 @@ pub const ESP_MOUNT_OPTIONS: &str = "iocharset=iso8859-1";
 pub const NODE_SYNC_BINARY: &str = "/usr/local/sbin/rollout-sync";
 pub const NODE_CONFIG: &str = "/etc/rollout/node.toml";
 pub const NODE_SERIAL: &str = "/etc/rollout/serial";
+/// The node's secret (0600): its `Authorization: Bearer` to the server.
+pub const NODE_SECRET: &str = "/etc/rollout/node.secret";
+/// The node's rsync password (0600); its user is `rsync_user` in node.toml.
+pub const NODE_RSYNC_PASSWORD: &str = "/etc/rollout/rsync.password";
 pub const NODE_PHONE_HOME_SCRIPT: &str = "/usr/local/sbin/rollout-phone-home";
 
 /// The kernel modules the installer loads, in this order (dependencies first,

@@ -146,7 +146,7 @@ pub fn rsync_base(url: &str) -> &str {
 
 pub fn node_toml(plan: &InstallPlan) -> String {
     format!(
-        "# Written by rollout-installer; read by {bin}.\nserver = {}\nmac = {}\nhostname = {}\nimage = {}\nserial = {}\ninstall_id = {}\nrsync = {}\n",
+        "# Written by rollout-installer; read by {bin}.\nserver = {}\nmac = {}\nhostname = {}\nimage = {}\nserial = {}\ninstall_id = {}\nrsync = {}\nrsync_user = {}\n",
         toml_str(&plan.server_url),
         toml_str(&plan.mac),
         toml_str(&plan.hostname),
@@ -154,6 +154,7 @@ pub fn node_toml(plan: &InstallPlan) -> String {
         plan.image.serial,
         toml_str(&plan.install_id),
         toml_str(rsync_base(&plan.image.rsync_url)),
+        toml_str(&plan.node.rsync.user),
         bin = paths::NODE_SYNC_BINARY,
     )
 }
@@ -247,16 +248,19 @@ MAC=$(get mac)
 SERIAL=$(cat {serial} 2>/dev/null || get serial)
 HOST=$(cat /proc/sys/kernel/hostname 2>/dev/null || hostname)
 BOOT_ID=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
+# The node's credential (only root can read it); this fallback runs when
+# rollout-sync cannot, and its HTTP clients take the header on their command line.
+AUTH="Authorization: Bearer $(cat {secret} 2>/dev/null)"
 BODY=$(printf '{{"mac":"%s","hostname":"%s","serial":%s,"boot_id":"%s"}}' "$MAC" "$HOST" "${{SERIAL:-0}}" "$BOOT_ID")
 URL="$SERVER{path}"
 i=0
 while [ $i -lt 30 ]; do
   if command -v curl >/dev/null 2>&1; then
-    curl -fsS -m 10 -H 'Content-Type: application/json' -d "$BODY" "$URL" >/dev/null && exit 0
+    curl -fsS -m 10 -H 'Content-Type: application/json' -H "$AUTH" -d "$BODY" "$URL" >/dev/null && exit 0
   elif command -v wget >/dev/null 2>&1; then
-    wget -q -T 10 -O /dev/null --header='Content-Type: application/json' --post-data="$BODY" "$URL" && exit 0
+    wget -q -T 10 -O /dev/null --header='Content-Type: application/json' --header="$AUTH" --post-data="$BODY" "$URL" && exit 0
   elif command -v busybox >/dev/null 2>&1; then
-    busybox wget -q -T 10 -O /dev/null --header='Content-Type: application/json' --post-data="$BODY" "$URL" && exit 0
+    busybox wget -q -T 10 -O /dev/null --header='Content-Type: application/json' --header="$AUTH" --post-data="$BODY" "$URL" && exit 0
   else
     echo "rollout-phone-home: no HTTP client (curl, wget) on this system" >&2
     exit 1
@@ -269,6 +273,7 @@ exit 1
         conf = paths::NODE_CONFIG,
         bin = paths::NODE_SYNC_BINARY,
         serial = paths::NODE_SERIAL,
+        secret = paths::NODE_SECRET,
         path = rollout::wire::paths::PHONE_HOME,
     )
 }
@@ -351,6 +356,7 @@ mod tests {
         assert_eq!(m["serial"], "7");
         assert_eq!(m["image"], "default");
         assert_eq!(m["rsync"], rsync_base(&plan.image.rsync_url));
+        assert_eq!(m["rsync_user"], "node-525400000001");
         assert_eq!(
             rsync_base("rsync://10.44.0.1:873/web-3/"),
             "rsync://10.44.0.1:873"
@@ -371,6 +377,14 @@ mod tests {
         assert!(script.starts_with("#!/bin/sh\n"));
         assert!(script.contains("URL=\"$SERVER/api/v1/phone-home\""));
         assert!(script.contains("--post-data=\"$BODY\""));
+        assert!(script.contains(
+            "AUTH=\"Authorization: Bearer $(cat /etc/rollout/node.secret 2>/dev/null)\""
+        ));
+        assert_eq!(
+            script.matches("\"$AUTH\"").count(),
+            3,
+            "every client sends it"
+        );
         assert!(phone_home_initd().contains("/usr/local/sbin/rollout-phone-home >/dev/null 2>&1 &"));
         assert!(phone_home_initd().contains("# Should-Start:      ssh sshd dropbear\n"));
         let json = phone_home_json(&PhoneHome {

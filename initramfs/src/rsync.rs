@@ -5,6 +5,19 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::paths;
+use rollout::wire::RsyncCredential;
+
+/// `rsync://user@host…` for a module URL, so the daemon asks for that user's
+/// password; the password itself goes in `RSYNC_PASSWORD`, out of `ps`.
+pub fn with_user(url: &str, user: &str) -> String {
+    match url.strip_prefix("rsync://") {
+        Some(rest) if !user.is_empty() => {
+            let rest = rest.split_once('@').map_or(rest, |(_, r)| r);
+            format!("rsync://{user}@{rest}")
+        }
+        _ => url.to_string(),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
@@ -117,8 +130,10 @@ impl LineSplitter {
 /// Runs rsync until it succeeds or `attempts` are used; rsync itself skips what
 /// an earlier attempt already copied (and `--partial` keeps half-sent files).
 /// `on_progress` is called at most every `every`.
+#[allow(clippy::too_many_arguments)]
 pub fn copy(
     url: &str,
+    auth: Option<&RsyncCredential>,
     dest: &str,
     excludes: &[String],
     attempts: u32,
@@ -128,6 +143,7 @@ pub fn copy(
 ) -> Result<Progress, RsyncError> {
     copy_with(
         url,
+        auth,
         dest,
         excludes,
         &[],
@@ -150,10 +166,12 @@ pub struct Outcome {
 }
 
 /// [`copy`] with extra rsync flags (placed before the excludes) and the other
-/// output lines kept, so callers can add `--delete`, `-i` or `--stats`.
+/// output lines kept, so callers can add `--delete`, `-i` or `--stats`. With
+/// `auth`, rsync logs in as its user with its password from the environment.
 #[allow(clippy::too_many_arguments)]
 pub fn copy_with(
     url: &str,
+    auth: Option<&RsyncCredential>,
     dest: &str,
     excludes: &[String],
     extra: &[&str],
@@ -162,7 +180,8 @@ pub fn copy_with(
     mut on_progress: impl FnMut(Progress),
     mut on_retry: impl FnMut(u32, &str),
 ) -> Result<Outcome, RsyncError> {
-    let mut argv = args(url, dest, excludes);
+    let source = auth.map_or_else(|| url.to_string(), |a| with_user(url, &a.user));
+    let mut argv = args(&source, dest, excludes);
     let at = argv.len() - 2 - excludes.len();
     argv.splice(at..at, extra.iter().map(|s| s.to_string()));
     let mut lines = Vec::new();
@@ -173,7 +192,12 @@ pub fn copy_with(
     let mut status = String::new();
     let mut stderr_text = String::new();
     for attempt in 1..=attempts {
-        let mut child = Command::new(paths::RSYNC)
+        let mut cmd = Command::new(paths::RSYNC);
+        cmd.env_remove("RSYNC_PASSWORD");
+        if let Some(a) = auth {
+            cmd.env("RSYNC_PASSWORD", &a.password);
+        }
+        let mut child = cmd
             .args(&argv)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -220,8 +244,18 @@ pub fn copy_with(
             });
         }
         status = exit.to_string();
+        // A refused login stays refused: no point waiting to try again.
+        let refused = stderr_text.contains("@ERROR: auth failed");
         let tail: Vec<&str> = stderr_text.lines().rev().take(5).collect();
         stderr_text = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
+        if refused {
+            return Err(RsyncError::Failed {
+                url: url.to_string(),
+                attempts: attempt,
+                status,
+                stderr: format!("{stderr_text} (the server refused the rsync credential; a node needs the one its install wrote, a reinstall issues a new one)"),
+            });
+        }
         if attempt < attempts {
             on_retry(attempt, &format!("{status}: {stderr_text}"));
             std::thread::sleep(Duration::from_secs(5 * 2u64.pow(attempt - 1).min(8)));
@@ -318,5 +352,19 @@ mod tests {
         assert!(a.contains(&"--exclude=/etc/ssh/ssh_host_*".to_string()));
         assert_eq!(&a[a.len() - 2..], ["rsync://10.44.0.1/img-3/", "/target/"]);
         assert!(exit_ok(Some(24)) && exit_ok(Some(0)) && !exit_ok(Some(23)) && !exit_ok(None));
+    }
+
+    #[test]
+    fn the_user_goes_into_the_url() {
+        assert_eq!(
+            with_user("rsync://10.44.0.1:873/web-3/", "install-5254"),
+            "rsync://install-5254@10.44.0.1:873/web-3/"
+        );
+        assert_eq!(
+            with_user("rsync://old@h/m/", "node-1"),
+            "rsync://node-1@h/m/"
+        );
+        assert_eq!(with_user("rsync://h/m/", ""), "rsync://h/m/");
+        assert_eq!(with_user("/local/dir/", "u"), "/local/dir/");
     }
 }

@@ -29,6 +29,17 @@ pub fn plan() -> InstallPlan {
         sync_interval_secs: 0,
         keep_identity: true,
         on_failure: FailurePolicy::default(),
+        rsync: RsyncCredential {
+            user: "install-525400000001".into(),
+            password: "installpw".into(),
+        },
+        node: NodeCredential {
+            secret: "nodesecret".into(),
+            rsync: RsyncCredential {
+                user: "node-525400000001".into(),
+                password: "noderspw".into(),
+            },
+        },
     }
 }
 

@@ -23,6 +23,7 @@ fn copies_tree_with_excludes_and_reports_progress() {
     let mut seen = Vec::new();
     let last = rsync::copy(
         &src.path().to_string_lossy(),
+        None,
         &dst.path().to_string_lossy(),
         &["/etc/ssh/ssh_host_*".into()],
         1,
@@ -57,6 +58,7 @@ fn failure_is_reported_after_the_attempts() {
     let mut retries = 0;
     let err = rsync::copy(
         "/nonexistent-rollout-src",
+        None,
         &dst.path().to_string_lossy(),
         &[],
         2,
@@ -88,6 +90,7 @@ fn interrupted_copy_is_retried_and_resumes() {
     let mut retries = 0;
     let outcome = rsync::copy_with(
         &src.to_string_lossy(),
+        None,
         &dst.path().to_string_lossy(),
         &[],
         &["--stats"],

@@ -15,6 +15,10 @@ use testkit::prereq;
 
 struct Daemon(Child);
 
+const NODE_SECRET: &str = "0123456789abcdef";
+const RSYNC_USER: &str = "node-525400000001";
+const RSYNC_PASSWORD: &str = "fedcba9876543210";
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -33,8 +37,8 @@ fn read(root: &Path, rel: &str) -> String {
 }
 
 /// Serves `GET /api/v1/images/web/serial` from `serial` and the image's excludes,
-/// and records the bodies
-/// of `POST /api/v1/phone-home`.
+/// and records the bodies of `POST /api/v1/phone-home`, to a client with the
+/// node's Bearer ([`NODE_SECRET`]) only, as `rollout serve` does.
 fn http_responder(serial: Arc<AtomicU64>, posts: Arc<Mutex<Vec<String>>>) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -67,6 +71,14 @@ fn http_responder(serial: Arc<AtomicU64>, posts: Arc<Mutex<Vec<String>>>) -> u16
                     }
                 }
             };
+            if !head
+                .lines()
+                .any(|l| l == format!("Authorization: Bearer {NODE_SECRET}"))
+            {
+                let _ =
+                    c.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 9\r\n\r\nno bearer");
+                continue;
+            }
             let reply = if head.starts_with("GET /api/v1/images/web/serial ") {
                 format!("{}\n", serial.load(Ordering::SeqCst))
             } else if head.starts_with("GET /api/v1/images/web/excludes ") {
@@ -161,12 +173,29 @@ fn sync_updates_a_node_root_from_an_rsync_daemon() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     write(&img(3), "etc/app.conf", "v3 with a longer body\n");
-    let mut conf = format!("pid file = {}/rsyncd.pid\nuse chroot = no\n", t.display());
+    // As `rollout serve` configures it: nothing anonymous.
+    let mut conf = format!(
+        "pid file = {0}/rsyncd.pid\nuse chroot = no\nlist = no\nsecrets file = {0}/rsyncd.secrets\n",
+        t.display()
+    );
     for n in 1..=3 {
         conf.push_str(&format!(
-            "[web-{n}]\n    path = {}\n    read only = yes\n    uid = 0\n    gid = 0\n    numeric ids = yes\n",
+            "[web-{n}]\n    path = {}\n    read only = yes\n    uid = 0\n    gid = 0\n    numeric ids = yes\n    auth users = {RSYNC_USER}\n",
             img(n).display()
         ));
+    }
+    write(
+        t,
+        "rsyncd.secrets",
+        &format!("{RSYNC_USER}:{RSYNC_PASSWORD}\n"),
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            t.join("rsyncd.secrets"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
     }
     write(t, "rsyncd.conf", &conf);
     let rsync_port = testkit::ports::free_port();
@@ -227,13 +256,43 @@ fn sync_updates_a_node_root_from_an_rsync_daemon() {
         &root,
         "etc/rollout/node.toml",
         &format!(
-            "server = \"http://127.0.0.1:{http_port}\"\nmac = \"52:54:00:00:00:01\"\nhostname = \"node1\"\nimage = \"web\"\nserial = 1\nrsync = \"rsync://127.0.0.1:{rsync_port}\"\n"
+            "server = \"http://127.0.0.1:{http_port}\"\nmac = \"52:54:00:00:00:01\"\nhostname = \"node1\"\nimage = \"web\"\nserial = 1\nrsync = \"rsync://127.0.0.1:{rsync_port}\"\nrsync_user = \"{RSYNC_USER}\"\n"
         ),
     );
+    // A node installed before node credentials: told what to do, nothing changed.
+    let o = sync(&root);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("rollout node reinstall"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(read(&root, "etc/rollout/serial"), "1\n");
+    // A wrong rsync password is refused by the daemon.
+    write(
+        &root,
+        "etc/rollout/node.secret",
+        &format!("{NODE_SECRET}\n"),
+    );
+    write(&root, "etc/rollout/rsync.password", "guessed\n");
     // No root=UUID= in the current entry: the sync must copy, then refuse to
     // write a bootloader config, and leave the recorded serial alone.
     let bad_conf = "DEFAULT rollout\nLABEL rollout\n  LINUX /boot/vmlinuz-6.1.0-1-amd64\n  APPEND root=/dev/sda1 ro console=ttyS0\n";
     write(&root, "boot/extlinux/extlinux.conf", bad_conf);
+
+    let o = sync(&root);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("auth failed"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(read(&root, "etc/app.conf"), "v1\n", "copied without auth");
+    write(
+        &root,
+        "etc/rollout/rsync.password",
+        &format!("{RSYNC_PASSWORD}\n"),
+    );
 
     let o = sync(&root);
     assert!(!o.status.success(), "{}", text(&o));

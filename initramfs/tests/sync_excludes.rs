@@ -36,6 +36,14 @@ fn plan(network: NetworkPlan) -> InstallPlan {
         // The timer's units are node-local too: a sync must keep them.
         sync_interval_secs: 900,
         keep_identity: true,
+        rsync: RsyncCredential::default(),
+        node: NodeCredential {
+            secret: "node-secret".into(),
+            rsync: RsyncCredential {
+                user: "node-525400000001".into(),
+                password: "pw".into(),
+            },
+        },
     }
 }
 
@@ -106,6 +114,7 @@ fn check(image_files: &[&str], network: NetworkPlan) {
     std::fs::create_dir_all(&empty).unwrap();
     rsync::copy_with(
         &empty.to_string_lossy(),
+        None,
         &t.to_string_lossy(),
         &sync::excludes(&[]),
         &sync::extra_flags()

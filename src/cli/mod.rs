@@ -84,6 +84,15 @@ fn announce_runs(
     command: Option<String>,
 ) -> anyhow::Result<()> {
     let client = client::Client::from_config(config)?;
+    // The role first: a read credential is refused even when no node would be
+    // contacted (the per-node announcements below are what the server records).
+    let me: serde_json::Value = client.get("/api/v1/whoami")?;
+    if me["role"] == "read" {
+        let name = me["name"].as_str().unwrap_or("anonymous");
+        anyhow::bail!(
+            "the server refused `rollout {action}`: needs role maintain; {name} has read"
+        );
+    }
     for n in crate::fleet::fetch_nodes(config, target)?.contact {
         client
             .post_no_content(

@@ -19,6 +19,38 @@ impl SqliteLeaseStore {
     }
 }
 
+/// The lease rollout holds for `ip` (any state), read from the database the DHCP
+/// server writes before each ACK: what the HTTP side checks a requester against.
+pub fn lease_of(db: &Path, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
+    use rusqlite::OptionalExtension;
+    let row = db::open(db)?
+        .query_row(
+            "SELECT mac, expires, state FROM leases WHERE ip = ?1",
+            [ip.to_string()],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((mac, expires, state)) = row else {
+        return Ok(None);
+    };
+    let state = LeaseState::parse(&state).ok_or(StoreError::Corrupt {
+        what: "leases.state",
+        value: state.clone(),
+    })?;
+    Ok(Some(Lease {
+        ip,
+        mac,
+        expires: expires.max(0) as u64,
+        state,
+    }))
+}
+
 impl LeaseStore for SqliteLeaseStore {
     fn save(&mut self, lease: &Lease) -> Result<(), StoreError> {
         self.conn.execute(
@@ -94,6 +126,11 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].expires, 99999);
         assert_eq!(all[0].mac, lease.mac);
+        assert_eq!(
+            lease_of(&db, lease.ip).unwrap().map(|l| l.expires),
+            Some(99999)
+        );
+        assert_eq!(lease_of(&db, "10.0.0.6".parse().unwrap()).unwrap(), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The operator API under `/api/v1`: nodes, discovered machines, images, history
 //! and the live event stream. Reads need a credential of any role (unless
-//! `server.anonymous_read`); reinstall needs `maintain`, node changes `admin`
-//! (see `auth`). Each change is logged and recorded with who made it.
+//! `server.anonymous_read`); an image's serial and excludes (rollout-sync's
+//! calls) take a node's credential too; reinstall needs `maintain`, node changes
+//! `admin` (see `auth`). Each change is logged and recorded with who made it.
 
 // Handlers return a ready Response as the error, as axum handlers do; boxing it
 // would only add noise at every call site.
@@ -435,7 +436,36 @@ async fn images(State(state): State<Shared>, headers: HeaderMap) -> Response {
     Json(image_list(&state.config.state_dir)).into_response()
 }
 
-async fn image_serial(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+/// An operator (any role: these are reads, also the dashboard's session) or an
+/// installed node with its own credential (rollout-sync). Never anonymous, even
+/// with `server.anonymous_read`: a node's view of its image is not public.
+fn require_operator_or_node(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    use crate::inventory::secrets::NodeAuthError;
+    let Some(secret) = super::api::bearer(headers) else {
+        return match super::auth::authenticate(state, headers) {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(super::api::node_auth_error(NodeAuthError::Missing)),
+        };
+    };
+    match blocking(|| state.inventory.node_by_secret(secret)) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => match super::auth::authenticate(state, headers) {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(super::api::node_auth_error(NodeAuthError::Wrong)),
+        },
+        Err(e) => Err(inventory_error(e)),
+    }
+}
+
+/// The serial rollout-sync should be on; for nodes (their secret) and the admin.
+async fn image_serial(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = require_operator_or_node(&state, &headers) {
+        return r;
+    }
     match super::api::served_serial(&state, &name).await {
         Some(s) => format!("{s}\n").into_response(),
         None => error(
@@ -447,7 +477,14 @@ async fn image_serial(State(state): State<Shared>, Path(name): Path<String>) -> 
 
 /// The image's node-local paths, one per line: what `rollout-sync` must not touch.
 /// Asked at every sync, so a path the operator adds protects nodes already installed.
-async fn image_excludes(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+async fn image_excludes(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = require_operator_or_node(&state, &headers) {
+        return r;
+    }
     if super::published_serial(&state.config.state_dir, &name).is_none() {
         return error(
             StatusCode::NOT_FOUND,

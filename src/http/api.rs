@@ -3,7 +3,7 @@
 use super::{error, inventory_error, Shared};
 use crate::config::normalize_mac;
 use crate::inventory::{boot_action, BootAction};
-use crate::wire::{EventKind, PhoneHome, ProgressEvent};
+use crate::wire::{EventKind, PhoneHome, PlanRequest, ProgressEvent};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -31,20 +31,113 @@ pub fn published_serial(state_dir: &std::path::Path, image: &str) -> Option<u64>
         .flatten()
 }
 
-/// Looks the node up (a stranger becomes a discovered record), refuses what its
-/// state says must wait, starts the install and hands out [`crate::plan::install_plan`].
-pub async fn plan(State(state): State<Shared>, Path(mac): Path<String>) -> Response {
+/// rollout's lease of the requester's address, if it has one.
+fn lease_at(
+    state: &super::AppState,
+    peer: std::net::IpAddr,
+) -> Result<Option<crate::dhcp::leases::Lease>, crate::db::StoreError> {
+    let ip = match peer {
+        std::net::IpAddr::V4(a) => Some(a),
+        std::net::IpAddr::V6(a) => a.to_ipv4_mapped(),
+    };
+    let Some(ip) = ip else { return Ok(None) };
+    let db = state.config.state_dir.join("rollout.db");
+    tokio::task::block_in_place(|| crate::dhcp::sqlite::lease_of(&db, ip))
+}
+
+/// `POST /api/v1/plan/{mac}`: hands the plan only to the node (see
+/// [`crate::plan_auth`]); a refused request changes nothing, so an install in
+/// progress keeps its id and token. Then refuses what the node's state says
+/// must wait, starts the install (new id, token and credentials, the boot
+/// secret consumed) and hands out [`crate::plan::install_plan`]. A node that
+/// asks again (it rebooted, it lost the answer) and is still the lease holder,
+/// or has a new boot secret from its new iPXE script, starts a new install.
+pub async fn plan(
+    State(state): State<Shared>,
+    Path(mac): Path<String>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    body: axum::body::Bytes,
+) -> Response {
     let Some(mac) = normalize_mac(&mac) else {
         return error(
             StatusCode::BAD_REQUEST,
             format!("{mac:?} is not a MAC address"),
         );
     };
+    let request: PlanRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PlanRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not a plan request ({e}); send {{\"boot_secret\": \"…\"}} or nothing"),
+                )
+            }
+        }
+    };
     let cfg = &state.config;
     let inv = &state.inventory;
-    let record = match tokio::task::block_in_place(|| inv.get(&mac)) {
-        Ok(Some(r)) => r,
-        Ok(None) => {
+    let existing = match tokio::task::block_in_place(|| inv.get(&mac)) {
+        Ok(r) => r,
+        Err(e) => return inventory_error(e),
+    };
+    let rollout_leases = cfg
+        .dhcp_plan
+        .as_ref()
+        .is_some_and(|p| p.mode == crate::config::DhcpMode::Full);
+    // Only where rollout hands out addresses does its lease table say who is who.
+    let lease = match rollout_leases
+        .then(|| lease_at(&state, peer.ip()))
+        .transpose()
+        .map(Option::flatten)
+    {
+        Ok(l) => l,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the leases to check the requester: {e}"),
+            )
+        }
+    };
+    let facts = crate::plan_auth::PlanRequestFacts {
+        mac: &mac,
+        peer: peer.ip(),
+        rollout_leases,
+        lease_at_peer: lease.as_ref(),
+        reservation: existing
+            .as_ref()
+            .and_then(|r| r.ip.as_deref())
+            .and_then(|ip| ip.parse().ok()),
+        presented_secret: request.boot_secret.as_deref(),
+        stored_secret: existing.as_ref().and_then(|r| r.boot_secret.as_deref()),
+        now: crate::clock::now_unix(),
+    };
+    let granted = match crate::plan_auth::authorize(&facts) {
+        Ok(g) => g,
+        Err(why) => {
+            warn!(%mac, peer = %peer.ip(), "plan refused: {why}");
+            return error(StatusCode::FORBIDDEN, why);
+        }
+    };
+    if granted == crate::plan_auth::Granted::BootSecret {
+        if let Some(r) = &existing {
+            let quiet = crate::plan_auth::quiet_secs(inv.policy.install_timeout_secs);
+            if let Err(why) = crate::plan_auth::secret_may_restart(
+                r.state,
+                r.reported_at.unwrap_or(0),
+                facts.now,
+                quiet,
+            ) {
+                warn!(%mac, peer = %peer.ip(), "plan deferred: {why}");
+                return error(StatusCode::CONFLICT, why);
+            }
+        }
+    }
+    let record = match existing {
+        Some(r) => r,
+        None => {
             let hostname = crate::inventory::generated_hostname(&mac);
             match tokio::task::block_in_place(|| {
                 inv.seen(&mac, &hostname, &cfg.install.image, None)
@@ -53,7 +146,6 @@ pub async fn plan(State(state): State<Shared>, Path(mac): Path<String>) -> Respo
                 Err(e) => return inventory_error(e),
             }
         }
-        Err(e) => return inventory_error(e),
     };
     if let BootAction::Wait(reason) =
         boot_action(record.state, inv.policy.unknown, inv.policy.retry)
@@ -68,12 +160,18 @@ pub async fn plan(State(state): State<Shared>, Path(mac): Path<String>) -> Respo
             format!("image {image:?} has no published serial; build or import it with `rollout image build {image}` / `rollout image import {image} DIR`"),
         );
     };
-    let record = match tokio::task::block_in_place(|| inv.begin_install(&mac, serial)) {
+    let (record, node) = match tokio::task::block_in_place(|| inv.start_install(&mac, serial)) {
         Ok(r) => r,
         Err(e) => return inventory_error(e),
     };
-    let plan = crate::plan::install_plan(&record, cfg, serial, &state.ssh_keys);
-    info!(%mac, hostname = %plan.hostname, %image, serial, install_id = %plan.install_id, "plan handed out");
+    // The install's rsync user must be in the secrets file before the
+    // installer tries it.
+    if let Some(modules) = &state.rsync_modules {
+        modules.reload().await;
+    }
+    let mut plan = crate::plan::install_plan(&record, cfg, serial, &state.ssh_keys);
+    plan.node = node;
+    info!(%mac, hostname = %plan.hostname, %image, serial, install_id = %plan.install_id, peer = %peer.ip(), ?granted, "plan handed out");
     Json(plan).into_response()
 }
 
@@ -138,13 +236,40 @@ pub async fn event(
                 }
                 _ => info!(step = %ev.step, "{}", ev.message),
             }
+            drop(_g);
+            if matches!(
+                ev.kind,
+                EventKind::Installed { .. } | EventKind::Failed { .. }
+            ) {
+                // The install's rsync credential ends with it.
+                if let Some(modules) = &state.rsync_modules {
+                    modules.reload().await;
+                }
+            }
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => inventory_error(e),
     }
 }
 
-pub async fn phone_home(State(state): State<Shared>, Json(ph): Json<PhoneHome>) -> Response {
+/// The refusal for a node Bearer that [`crate::inventory::secrets::check_node`]
+/// did not accept: 401 when none was sent, 403 otherwise.
+pub fn node_auth_error(e: crate::inventory::secrets::NodeAuthError) -> Response {
+    use crate::inventory::secrets::NodeAuthError;
+    let status = match e {
+        NodeAuthError::Missing => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::FORBIDDEN,
+    };
+    error(status, e.to_string())
+}
+
+/// A boot report from the installed node, with its own credential: a forged or
+/// missing one is refused and the record keeps its serial and boot time.
+pub async fn phone_home(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Json(ph): Json<PhoneHome>,
+) -> Response {
     let Some(mac) = normalize_mac(&ph.mac) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -152,6 +277,15 @@ pub async fn phone_home(State(state): State<Shared>, Json(ph): Json<PhoneHome>) 
         );
     };
     let ph = PhoneHome { mac, ..ph };
+    let record = match tokio::task::block_in_place(|| state.inventory.get(&ph.mac)) {
+        Ok(Some(r)) => r,
+        Ok(None) => return inventory_error(crate::inventory::InventoryError::UnknownNode(ph.mac)),
+        Err(e) => return inventory_error(e),
+    };
+    if let Err(e) = crate::inventory::secrets::check_node(&record, bearer(&headers)) {
+        warn!(mac = %ph.mac, "phone-home refused: {e}");
+        return node_auth_error(e);
+    }
     match tokio::task::block_in_place(|| state.inventory.phone_home(&ph)) {
         Ok(rec) => {
             info!(mac = %rec.mac, hostname = %ph.hostname, serial = ph.serial, "phoned home from its installed OS");

@@ -18,6 +18,8 @@ pub struct InstallScript<'a> {
     pub hostname: &'a str,
     pub image: &'a str,
     pub cmdline: &'a str,
+    /// One-time: the installer presents it with its plan request.
+    pub boot_secret: &'a str,
 }
 
 #[derive(Template)]
@@ -66,6 +68,17 @@ fn ipxe(rendered: Result<String, askama::Error>, template: &str) -> Response {
     }
 }
 
+/// The node's record could not be read or written: iPXE's `chain` fails and
+/// its script retries.
+fn unavailable(mac: &str, e: crate::inventory::InventoryError) -> Response {
+    warn!(%mac, error = %e, "cannot read or update node state");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("node state unavailable: {e}\n"),
+    )
+        .into_response()
+}
+
 pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> Response {
     let base = state.config.http_base_url();
     let Some(raw_mac) = q.mac else {
@@ -96,16 +109,16 @@ pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> 
         Ok(r) => r,
         // Refusals are logged (at most once a minute) by the inventory itself.
         Err(e @ crate::inventory::InventoryError::Refused { .. }) => {
-            return (StatusCode::TOO_MANY_REQUESTS, format!("{e}\n")).into_response();
-        }
-        Err(e) => {
-            warn!(%mac, error = %e, "cannot read node state");
             return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("node state unavailable: {e}\n"),
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{e}
+"
+                ),
             )
                 .into_response();
         }
+        Err(e) => return unavailable(&mac, e),
     };
     let platform = platform.as_deref().unwrap_or("unknown");
     let (hostname, image) = (&record.hostname, &record.image);
@@ -123,12 +136,18 @@ pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> 
         BootAction::Install => {
             info!(%mac, %hostname, %platform, state = record.state.as_str(), "boot.ipxe → installer");
             let cmdline = &state.config.install.kernel_cmdline;
+            // Each install script carries a new secret and voids the last one.
+            let boot_secret = match tokio::task::block_in_place(|| inv.issue_boot_secret(&mac)) {
+                Ok(s) => s,
+                Err(e) => return unavailable(&mac, e),
+            };
             let script = InstallScript {
                 base: &base,
                 mac: &mac,
                 hostname,
                 image,
                 cmdline,
+                boot_secret: &boot_secret,
             };
             ipxe(script.render(), "install.ipxe")
         }
@@ -160,12 +179,13 @@ mod tests {
             hostname: "node1",
             image: "default",
             cmdline: "console=ttyS0",
+            boot_secret: "0123abcd",
         }
         .render()
         .unwrap();
         assert!(s.starts_with("#!ipxe\n"));
         assert!(s.contains(
-            "kernel http://10.44.0.1/boot/vmlinuz initrd=initramfs.img rollout.server=http://10.44.0.1 rollout.mac=52:54:00:00:00:01 console=ttyS0"
+            "kernel http://10.44.0.1/boot/vmlinuz initrd=initramfs.img rollout.server=http://10.44.0.1 rollout.mac=52:54:00:00:00:01 rollout.boot_secret=0123abcd console=ttyS0"
         ));
         assert!(s.contains("initrd --name initramfs.img http://10.44.0.1/boot/initramfs.img"));
     }

@@ -106,7 +106,7 @@ where
 fn api_table() -> Vec<ApiRoute> {
     use crate::wire::paths;
     let mut table = vec![
-        route(Method::GET, format!("{}/{{mac}}", paths::PLAN), api::plan),
+        route(Method::POST, format!("{}/{{mac}}", paths::PLAN), api::plan),
         route(
             Method::POST,
             format!("{}/{{id}}/events", paths::INSTALLS),

@@ -4,6 +4,13 @@
 //! serial its install plan named even if another is published meanwhile, plus `{name}`
 //! for whatever is published now. rsync re-reads its config on every connection, so
 //! publishing only has to rewrite the file: no signal, no restart.
+//!
+//! Nothing is served anonymously: every module has `auth users` (the running
+//! installs and the installed nodes of its image, [`crate::inventory::secrets`])
+//! checked against `rsyncd.secrets` (0600), and `list = no`. The supervisor is
+//! the only writer of both files; it rewrites them when an install starts or
+//! ends ([`RsyncModules::reload`]) and on its timer, and rsync reads both afresh
+//! for every connection.
 
 use super::store::Images;
 use super::ImageError;
@@ -42,6 +49,11 @@ impl RsyncdSettings {
         self.state_dir.join("rsyncd.conf")
     }
 
+    /// `user:password` per line, 0600: rsyncd refuses a secrets file others can read.
+    pub fn secrets_path(&self) -> PathBuf {
+        self.state_dir.join("rsyncd.secrets")
+    }
+
     /// `rsync://{address}:{port}/{module}/` for an install plan's [`crate::wire::ImageRef`].
     pub fn url(&self, module: &str) -> String {
         match self.address {
@@ -59,9 +71,20 @@ pub fn serial_module(name: &str, serial: u64) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleSpec {
     pub name: String,
+    /// The image the module serves: its users may read it.
+    pub image: String,
     pub path: PathBuf,
     pub comment: String,
 }
+
+pub use crate::inventory::secrets::RsyncUser;
+
+/// No such user is ever in the secrets file: a module nobody may read yet
+/// still gets an `auth users` line, because without one rsync serves it to anyone.
+const NOBODY: &str = "rollout-nobody";
+
+/// Where the daemon's users come from (the inventory, in `rollout serve`).
+pub type UserSource = std::sync::Arc<dyn Fn() -> Vec<RsyncUser> + Send + Sync>;
 
 /// Modules for every complete serial of every image, plus one per published image.
 pub fn modules(images: &Images) -> Result<Vec<ModuleSpec>, ImageError> {
@@ -70,6 +93,7 @@ pub fn modules(images: &Images) -> Result<Vec<ModuleSpec>, ImageError> {
         if let Some(p) = images.published(&name)? {
             out.push(ModuleSpec {
                 name: name.clone(),
+                image: name.clone(),
                 path: images.published_root(&name),
                 comment: format!("{name}, published (serial {p} at config time)"),
             });
@@ -77,6 +101,7 @@ pub fn modules(images: &Images) -> Result<Vec<ModuleSpec>, ImageError> {
         for s in images.serials(&name)? {
             out.push(ModuleSpec {
                 name: serial_module(&name, s),
+                image: name.clone(),
                 path: images.serial_root(&name, s),
                 comment: format!("{name} serial {s}"),
             });
@@ -93,7 +118,11 @@ fn check_value(what: &str, v: &str) -> Result<(), ImageError> {
     Ok(())
 }
 
-pub fn render_config(s: &RsyncdSettings, modules: &[ModuleSpec]) -> Result<String, ImageError> {
+pub fn render_config(
+    s: &RsyncdSettings,
+    modules: &[ModuleSpec],
+    users: &[RsyncUser],
+) -> Result<String, ImageError> {
     if s.address.is_unspecified() {
         return Err(ImageError::BadSetting(
             "address 0.0.0.0: bind the rsync daemon to the provisioning address only".into(),
@@ -119,11 +148,17 @@ pub fn render_config(s: &RsyncdSettings, modules: &[ModuleSpec]) -> Result<Strin
     let _ = writeln!(c, "hosts deny = *");
     let _ = writeln!(c, "max connections = {}", s.max_connections);
     let _ = writeln!(c, "lock file = {}", lock_file.display());
+    let secrets = s.secrets_path();
+    check_value("secrets file", &secrets.to_string_lossy())?;
+    let _ = writeln!(c, "secrets file = {}", secrets.display());
+    let _ = writeln!(c, "strict modes = yes");
+    // The default for modules that would somehow lack their own line.
+    let _ = writeln!(c, "auth users = {NOBODY}");
     let _ = writeln!(c, "use chroot = yes");
     let _ = writeln!(c, "numeric ids = yes");
     let _ = writeln!(c, "read only = yes");
     let _ = writeln!(c, "write only = no");
-    let _ = writeln!(c, "list = yes");
+    let _ = writeln!(c, "list = no");
     // Images contain root-only files (/etc/shadow): the daemon must read them as root.
     let _ = writeln!(c, "uid = 0");
     let _ = writeln!(c, "gid = 0");
@@ -135,26 +170,62 @@ pub fn render_config(s: &RsyncdSettings, modules: &[ModuleSpec]) -> Result<Strin
         let _ = writeln!(c, "\n[{}]", m.name);
         let _ = writeln!(c, "    path = {}", m.path.display());
         let _ = writeln!(c, "    comment = {}", m.comment.replace(['\n', '\r'], " "));
+        let mut readers: Vec<&str> = users
+            .iter()
+            .filter(|u| u.image == m.image)
+            .map(|u| u.user.as_str())
+            .collect();
+        if readers.is_empty() {
+            readers.push(NOBODY);
+        }
+        let _ = writeln!(c, "    auth users = {}", readers.join(", "));
     }
     Ok(c)
 }
 
-/// Renders and writes the config if it changed ([`crate::durable::write_atomic`]). Returns whether it did.
-pub fn write_config(s: &RsyncdSettings) -> Result<bool, ImageError> {
-    let text = render_config(s, &modules(&Images::new(&s.state_dir))?)?;
-    let path = s.config_path();
-    if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+/// `user:password` lines for rsyncd's secrets file.
+pub fn render_secrets(users: &[RsyncUser]) -> Result<String, ImageError> {
+    let mut out = String::new();
+    for u in users {
+        let ok =
+            |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !ok(&u.user) || !ok(&u.password) {
+            return Err(ImageError::BadSetting(format!("rsync user {:?}", u.user)));
+        }
+        let _ = writeln!(out, "{}:{}", u.user, u.password);
+    }
+    Ok(out)
+}
+
+/// Writes `text` to `path` with `mode` if it differs
+/// ([`crate::durable::write_atomic`]). Returns whether it wrote.
+fn replace_file(path: &Path, text: &str, mode: u32) -> Result<bool, ImageError> {
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
         return Ok(false);
     }
     let io = |source| ImageError::Io {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(&s.state_dir).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
     // Its own temp file per write (two supervisors on one state_dir, as tests
     // run them), fsynced before the rename.
-    crate::durable::write_atomic(&path, text.as_bytes(), 0o644).map_err(io)?;
+    crate::durable::write_atomic(path, text.as_bytes(), mode).map_err(io)?;
     Ok(true)
+}
+
+/// Renders and writes the secrets file, then the config, where they changed.
+/// The secrets go first: a config naming a user whose password is not written
+/// yet would refuse that user for a moment; the other order never lets anyone
+/// in that should not be. Returns whether anything was written.
+pub fn write_config(s: &RsyncdSettings, users: &[RsyncUser]) -> Result<bool, ImageError> {
+    let text = render_config(s, &modules(&Images::new(&s.state_dir))?, users)?;
+    let secrets = render_secrets(users)?;
+    let wrote_secrets = replace_file(&s.secrets_path(), &secrets, 0o600)?;
+    let wrote_config = replace_file(&s.config_path(), &text, 0o644)?;
+    Ok(wrote_secrets || wrote_config)
 }
 
 /// The `hosts allow` entries of the daemon: the server's own subnet and every
@@ -208,6 +279,13 @@ impl RsyncModules {
         self.lists(image, serial)
     }
 
+    /// Has the supervisor rewrite rsyncd.conf and its secrets now (an install
+    /// started or ended) and waits until it did; false with no supervisor.
+    pub async fn reload(&self) -> bool {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.refresh.send(answer).await.is_ok() && answered.await.is_ok()
+    }
+
     fn lists(&self, image: &str, serial: u64) -> bool {
         let module = format!("[{}]", serial_module(image, serial));
         std::fs::read_to_string(&self.config_path)
@@ -225,6 +303,8 @@ pub struct Supervisor {
     pub rsync: PathBuf,
     /// Where failed rewrites of rsyncd.conf are counted (the server's, on /healthz).
     pub counters: std::sync::Arc<crate::counters::Counters>,
+    /// Who may read which image (none by default: nothing is readable).
+    pub users: UserSource,
     modules: RsyncModules,
     requests: tokio::sync::mpsc::Receiver<Refresh>,
 }
@@ -242,6 +322,7 @@ impl Supervisor {
             refresh_every: Duration::from_secs(2),
             rsync: PathBuf::from("rsync"),
             counters: Default::default(),
+            users: std::sync::Arc::new(Vec::new),
         }
     }
 
@@ -256,6 +337,7 @@ impl Supervisor {
             refresh_every,
             rsync,
             counters,
+            users,
             modules: _modules,
             requests,
         } = self;
@@ -264,6 +346,7 @@ impl Supervisor {
             refresh_every,
             rsync,
             counters,
+            users,
         }
         .run(requests, cancel)
         .await
@@ -276,15 +359,20 @@ struct Daemon {
     refresh_every: Duration,
     rsync: PathBuf,
     counters: std::sync::Arc<crate::counters::Counters>,
+    users: UserSource,
 }
 
 impl Daemon {
-    /// Rewrites rsyncd.conf if the image store changed. A failure is counted
-    /// and logged, never fatal: the daemon keeps serving the modules it has, and
-    /// DHCP and HTTP go on (an error returned from `run` would stop the server).
-    /// Returns whether rsyncd.conf is up to date.
+    fn write(&self) -> Result<bool, ImageError> {
+        write_config(&self.settings, &(self.users)())
+    }
+
+    /// Rewrites rsyncd.conf and its secrets if the images or the users changed.
+    /// A failure is counted and logged, never fatal: the daemon keeps serving
+    /// the modules it has, and DHCP and HTTP go on (an error returned from `run`
+    /// would stop the server). Returns whether rsyncd.conf is up to date.
     fn refresh(&self) -> bool {
-        match write_config(&self.settings) {
+        match self.write() {
             Ok(true) => {
                 tracing::info!("rsync modules updated");
                 true
@@ -424,16 +512,30 @@ mod tests {
         let m = vec![
             ModuleSpec {
                 name: "web".into(),
+                image: "web".into(),
                 path: "/var/lib/rollout/images/web/published/root".into(),
                 comment: "c".into(),
             },
             ModuleSpec {
                 name: "web-3".into(),
+                image: "web".into(),
                 path: "/var/lib/rollout/images/web/serials/3/root".into(),
                 comment: "c".into(),
             },
+            ModuleSpec {
+                name: "db-1".into(),
+                image: "db".into(),
+                path: "/var/lib/rollout/images/db/serials/1/root".into(),
+                comment: "c".into(),
+            },
         ];
-        let c = render_config(&settings(), &m).unwrap();
+        let user = |user: &str, image: &str| RsyncUser {
+            user: user.into(),
+            password: "pw".into(),
+            image: image.into(),
+        };
+        let users = [user("install-1", "web"), user("node-2", "web")];
+        let c = render_config(&settings(), &m, &users).unwrap();
         for line in [
             "address = 10.44.0.1",
             "hosts allow = 10.44.0.0/24",
@@ -444,9 +546,20 @@ mod tests {
             "max connections = 32",
             "[web]\n    path = /var/lib/rollout/images/web/published/root",
             "[web-3]\n    path = /var/lib/rollout/images/web/serials/3/root",
+            "list = no",
+            "secrets file = /var/lib/rollout/rsyncd.secrets",
+            "auth users = rollout-nobody\n",
+            "    auth users = install-1, node-2\n",
         ] {
             assert!(c.contains(line), "missing {line:?} in\n{c}");
         }
+        assert!(!c.contains("list = yes"));
+        // Every module has its own readers line; db's has no real user.
+        assert_eq!(c.matches("    auth users = ").count(), 3, "{c}");
+        assert!(c.ends_with("    auth users = rollout-nobody\n"), "{c}");
+        assert_eq!(render_secrets(&users).unwrap(), "install-1:pw\nnode-2:pw\n");
+        assert!(render_secrets(&[user("x:y", "web")]).is_err());
+        assert!(render_secrets(&[user("node-1\nevil", "web")]).is_err());
         assert_eq!(settings().url("web-3"), "rsync://10.44.0.1:873/web-3/");
     }
 
@@ -559,15 +672,16 @@ mod tests {
     fn injection_and_wildcard_binds_are_refused() {
         let mut s = settings();
         s.hosts_allow = vec!["10.44.0.0/24\n[evil]".into()];
-        assert!(render_config(&s, &[]).is_err());
+        assert!(render_config(&s, &[], &[]).is_err());
         let mut s = settings();
         s.address = "0.0.0.0".parse().unwrap();
-        assert!(render_config(&s, &[]).is_err());
+        assert!(render_config(&s, &[], &[]).is_err());
         let m = vec![ModuleSpec {
             name: "x".into(),
+            image: "x".into(),
             path: "/a\npath = /".into(),
             comment: String::new(),
         }];
-        assert!(render_config(&settings(), &m).is_err());
+        assert!(render_config(&settings(), &m, &[]).is_err());
     }
 }

@@ -4,6 +4,7 @@
 //! history line in one transaction, then broadcast to dashboards.
 
 pub mod limits;
+pub mod secrets;
 pub mod sqlite;
 pub mod state;
 
@@ -69,6 +70,27 @@ pub struct NodeRecord {
     /// `ED25519 SHA256:…` for each of `host_keys`, for operators to compare.
     #[serde(default)]
     pub host_key_fingerprints: Vec<String>,
+    /// When the running install last reported (its plan counts): a boot
+    /// secret may not start a new install over one that is still talking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_at: Option<u64>,
+    /// SHA-256 of the boot secret in the last install script served for this
+    /// node; cleared when a plan request consumes it ([`secrets`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_secret: Option<String>,
+    /// The running install's rsync password, in clear text because rsyncd's
+    /// secrets file needs it; dropped when the install ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_rsync: Option<String>,
+    /// SHA-256 of the node's secret (its Bearer after the install): the server
+    /// only ever compares it, so it keeps no copy it could leak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_key: Option<String>,
+    /// The node's rsync password (clear text, for rsyncd's secrets file). A
+    /// different value from the node's secret, so the secrets file and the
+    /// database give image reads, never the node's HTTP identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_rsync: Option<String>,
 }
 
 impl NodeRecord {
@@ -108,6 +130,11 @@ impl NodeRecord {
             approved: false,
             host_keys: vec![],
             host_key_fingerprints: vec![],
+            reported_at: None,
+            boot_secret: None,
+            install_rsync: None,
+            node_key: None,
+            node_rsync: None,
         }
     }
 
@@ -118,10 +145,15 @@ impl NodeRecord {
         self.source != Source::Discovered || self.approved
     }
 
-    /// The copy shown to API readers and browsers: without the install token.
+    /// The copy shown to API readers and browsers: without the install token
+    /// and the credentials.
     pub fn public(&self) -> NodeRecord {
         NodeRecord {
             token: None,
+            boot_secret: None,
+            install_rsync: None,
+            node_key: None,
+            node_rsync: None,
             ..self.clone()
         }
     }
@@ -445,8 +477,21 @@ impl Inventory {
         })
     }
 
-    /// A new install attempt: fresh id and token.
+    /// A new install attempt: fresh id and token (see [`Inventory::start_install`]
+    /// for the credentials that come with it).
     pub fn begin_install(&self, mac: &str, serial: u64) -> Result<NodeRecord, InventoryError> {
+        self.start_install(mac, serial).map(|(rec, _)| rec)
+    }
+
+    /// A new install attempt: fresh id, token and per-install rsync password,
+    /// and a new node credential (the old one, of the OS this install
+    /// replaces, stops working). The node's secret is returned for its plan
+    /// and kept here only as a hash.
+    pub fn start_install(
+        &self,
+        mac: &str,
+        serial: u64,
+    ) -> Result<(NodeRecord, crate::wire::NodeCredential), InventoryError> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut rec = self
             .store
@@ -464,8 +509,12 @@ impl Inventory {
         rec.console_tail.clear();
         rec.installs += 1;
         rec.install_started = Some(t);
+        rec.reported_at = Some(t);
+        rec.boot_secret = None;
+        rec.install_rsync = Some(random_hex(16));
+        let node = secrets::issue_node_credential(&mut rec);
         let event = json!({"kind": "install_started", "install_id": rec.install_id, "image": rec.image, "serial": serial});
-        self.commit(rec, event)
+        Ok((self.commit(rec, event)?, node))
     }
 
     /// Applies one progress event from the installer, after checking its token.
@@ -485,6 +534,7 @@ impl Inventory {
         }
         let ev = &capped(ev);
         rec.stage = Some(ev.step.as_str().into());
+        rec.reported_at = Some(now());
         match &ev.kind {
             EventKind::Started | EventKind::Done => {
                 Self::transition(&mut rec, Transition::Progress)?
@@ -501,6 +551,7 @@ impl Inventory {
                 Self::transition(&mut rec, Transition::Installed)?;
                 rec.serial = Some(*serial);
                 rec.installed_at = Some(now());
+                rec.install_rsync = None;
                 // The new install's keys replace the old ones, also when it
                 // reported none: whatever the disk held before is gone.
                 let (keys, refused) = crate::fleet::ssh::known_hosts::parse_all(host_keys);
@@ -515,6 +566,7 @@ impl Inventory {
                 console_tail,
             } => {
                 Self::transition(&mut rec, Transition::Failed)?;
+                rec.install_rsync = None;
                 rec.last_error = Some(error.clone());
                 rec.console_tail = console_tail.clone();
             }
@@ -574,6 +626,7 @@ impl Inventory {
             rec.install_id = None;
             rec.token = None;
             rec.stage = None;
+            rec.install_rsync = None;
         }
         let mut event = json!({"kind": kind});
         if let Some(by) = by {
@@ -652,6 +705,7 @@ impl Inventory {
                 rec.hostname
             ));
             rec.token = None;
+            rec.install_rsync = None;
             let event = json!({"kind": "timed_out", "stage": stage});
             failed.push(self.commit(rec, event)?);
         }

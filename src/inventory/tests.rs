@@ -461,3 +461,64 @@ fn strangers_are_recorded_at_a_bounded_rate_and_declared_nodes_still_boot() {
         .unwrap_err();
     assert!(e.to_string().contains("in the last minute"), "{e}");
 }
+
+/// The credentials' lives: the boot secret until a plan consumes it, the
+/// install's rsync password while it runs, the node's credential until the
+/// next install.
+#[test]
+fn credentials_are_issued_consumed_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = open(dir.path());
+    inv.declare(declared(MAC, "node1")).unwrap();
+    let first = inv.issue_boot_secret(MAC).unwrap();
+    let second = inv.issue_boot_secret(MAC).unwrap();
+    let rec = inv.get(MAC).unwrap().unwrap();
+    assert!(
+        !secrets::matches(rec.boot_secret.as_deref(), &first),
+        "a new script voids the last secret"
+    );
+    assert!(secrets::matches(rec.boot_secret.as_deref(), &second));
+    assert!(rec.public().boot_secret.is_none());
+
+    let (rec, node) = inv.start_install(MAC, 1).unwrap();
+    assert_eq!(rec.boot_secret, None, "consumed");
+    let users = secrets::rsync_users(std::slice::from_ref(&rec));
+    assert_eq!(users.len(), 2, "{users:?}");
+    assert!(secrets::check_node(&rec, Some(&node.secret)).is_ok());
+    assert_eq!(
+        inv.node_by_secret(&node.secret).unwrap().map(|r| r.mac),
+        Some(MAC.to_string())
+    );
+    let (id, token) = (rec.install_id.clone().unwrap(), rec.token.clone().unwrap());
+    let rec = inv
+        .record_event(
+            &id,
+            &token,
+            &ev(
+                Step::Finish,
+                EventKind::Installed {
+                    serial: 1,
+                    host_keys: vec![],
+                },
+            ),
+        )
+        .unwrap();
+    assert_eq!(
+        rec.install_rsync, None,
+        "the install's credential ends with it"
+    );
+    assert_eq!(secrets::rsync_users(std::slice::from_ref(&rec)).len(), 1);
+    assert!(
+        secrets::check_node(&rec, Some(&node.secret)).is_ok(),
+        "the node's outlives it"
+    );
+
+    inv.request_reinstall(MAC).unwrap();
+    let (rec, again) = inv.start_install(MAC, 1).unwrap();
+    assert!(
+        secrets::check_node(&rec, Some(&node.secret)).is_err(),
+        "a reinstall replaces it"
+    );
+    assert!(secrets::check_node(&rec, Some(&again.secret)).is_ok());
+    assert_eq!(inv.node_by_secret(&node.secret).unwrap(), None);
+}

@@ -153,10 +153,33 @@ impl Server {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// The one-time boot secret in the install script the server serves `mac` now.
+    pub fn boot_secret(&self, mac: &str) -> String {
+        let script = self.text(&format!("/boot.ipxe?mac={mac}"));
+        script
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("rollout.boot_secret="))
+            .unwrap_or_else(|| panic!("no boot secret in the script for {mac}:\n{script}"))
+            .to_string()
+    }
+
+    /// The plan request the installer makes after booting the script: a POST
+    /// with the script's boot secret. (status, plan or error)
+    pub fn plan(&self, mac: &str) -> (u16, Value) {
+        let secret = self.boot_secret(mac);
+        self.req(
+            "POST",
+            &format!("/api/v1/plan/{mac}"),
+            Some(json!({ "boot_secret": secret })),
+            false,
+        )
+    }
+
     /// Takes the node with `mac` through a whole install as its installer would:
     /// the plan, then the final report with the plan's per-install token.
-    pub fn install(&self, mac: &str) {
-        let (st, plan) = self.req("GET", &format!("/api/v1/plan/{mac}"), None, false);
+    /// Returns the plan (with the node's credential).
+    pub fn install(&self, mac: &str) -> Value {
+        let (st, plan) = self.plan(mac);
         assert_eq!(st, 200, "plan for {mac}: {plan}");
         let path = format!(
             "/api/v1/installs/{}/events",
@@ -173,6 +196,7 @@ impl Server {
                 json!({"kind": "installed", "serial": serial}),
             ))
             .unwrap_or_else(|e| panic!("install of {mac}: {e}"));
+        plan
     }
 
     /// The `event.kind` of every history row of node `id`, oldest first.

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use crate::error::{Error, Result};
 use crate::lab::Lab;
 use crate::proc::command_line;
-use crate::server::http_get;
+use crate::server::http_get_as;
 
 /// What the demo changes in the image: a line every node shows at login.
 pub const MOTD_LINE: &str = "rollout demo: this line was added in `rollout image enter`";
@@ -37,12 +37,15 @@ fn run_shown(mut cmd: Command, shown: &str, say: &mut dyn FnMut(&str)) -> Result
 }
 
 /// The serial the server hands out for `image`, as nodes ask for it (the server
-/// adds the serial's rsync module before it answers).
+/// adds the serial's rsync module before it answers). Nodes ask with their own
+/// credential; the lab asks as the admin.
 fn served_serial(lab: &Lab, server: SocketAddr, image: &str) -> Option<u64> {
-    let (status, body) = http_get(
+    let token = std::fs::read_to_string(lab.state_dir().join("admin.token")).ok()?;
+    let (status, body) = http_get_as(
         lab.netns(),
         server,
         &format!("/api/v1/images/{image}/serial"),
+        Some(token.trim()),
     )
     .ok()?;
     (status == 200).then(|| body.trim().parse().ok()).flatten()

@@ -83,6 +83,8 @@ pub struct Network {
     pub addr: Ipv4Addr,
     pub server: String,
     pub mac: String,
+    /// From the kernel command line, for the plan request.
+    pub boot_secret: Option<String>,
 }
 
 /// The target disk and the layout planned for it.

@@ -81,6 +81,7 @@ pub(super) fn dhcp(args: &KernelArgs, iface: String) -> StepResult<Network> {
         addr: lease.addr,
         server: args.server.clone(),
         mac: args.mac.clone(),
+        boot_secret: args.boot_secret.clone(),
     };
     Ok((net, msg))
 }
@@ -89,6 +90,7 @@ pub(super) fn fetch_plan(net: &Network) -> StepResult<InstallPlan> {
     let plan = get_plan_retrying(
         &net.server,
         &net.mac,
+        net.boot_secret.as_deref(),
         Duration::from_secs(300),
         &mut |wait, e| {
             console::line(&format!(

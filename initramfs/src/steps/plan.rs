@@ -1,22 +1,25 @@
-//! Fetching the install plan, with a growing wait while the server is away.
+//! Fetching the install plan (`POST`, with the boot secret from the kernel
+//! command line), with a growing wait while the server is away. A refusal
+//! (403: this machine is not the node, or its boot secret is spent) is final:
+//! asking again cannot change it, a new PXE boot can.
 
 use super::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("GET {url}: {source}")]
+    #[error("POST {url}: {source}")]
     Http {
         url: String,
         #[source]
         source: http_client::HttpError,
     },
-    #[error("GET {url} answered {status}: {body}")]
+    #[error("POST {url} answered {status}: {body}")]
     Status {
         url: String,
         status: u16,
         body: String,
     },
-    #[error("GET {url} returned a plan this installer cannot read ({source}); are server and installer from the same release?")]
+    #[error("POST {url} returned a plan this installer cannot read ({source}); are server and installer from the same release?")]
     Json {
         url: String,
         #[source]
@@ -34,13 +37,23 @@ pub fn plan_url(server: &str, mac: &str) -> String {
     format!("{server}{}/{mac}", wire::paths::PLAN)
 }
 
-/// One GET of the plan.
-pub fn get_plan(server: &str, mac: &str) -> Result<InstallPlan, PlanError> {
+/// One plan request.
+pub fn get_plan(
+    server: &str,
+    mac: &str,
+    boot_secret: Option<&str>,
+) -> Result<InstallPlan, PlanError> {
     let url = plan_url(server, mac);
+    let body = serde_json::to_vec(&wire::PlanRequest {
+        boot_secret: boot_secret.map(String::from),
+    })
+    .unwrap_or_default();
     let resp =
-        http_client::get(&url, Duration::from_secs(10)).map_err(|source| PlanError::Http {
-            url: url.clone(),
-            source,
+        http_client::post_json(&url, None, &body, Duration::from_secs(10)).map_err(|source| {
+            PlanError::Http {
+                url: url.clone(),
+                source,
+            }
         })?;
     if resp.status != 200 {
         return Err(PlanError::Status {
@@ -57,14 +70,16 @@ pub fn get_plan(server: &str, mac: &str) -> Result<InstallPlan, PlanError> {
 pub fn get_plan_retrying(
     server: &str,
     mac: &str,
+    boot_secret: Option<&str>,
     limit: Duration,
     pause: &mut dyn FnMut(Duration, &PlanError),
 ) -> Result<InstallPlan, PlanError> {
     let mut waited = Duration::ZERO;
     let mut wait = Duration::from_secs(1);
     loop {
-        match get_plan(server, mac) {
+        match get_plan(server, mac, boot_secret) {
             Ok(p) => return Ok(p),
+            Err(e @ PlanError::Status { status: 403, .. }) => return Err(e),
             Err(e) if waited + wait > limit => {
                 return Err(PlanError::GaveUp {
                     url: plan_url(server, mac),
@@ -98,6 +113,7 @@ mod tests {
         let e = get_plan_retrying(
             &server,
             "52:54:00:00:00:01",
+            None,
             Duration::from_secs(60),
             &mut |w, _| waits.push(w.as_secs()),
         )
@@ -113,6 +129,7 @@ mod tests {
         let plan = get_plan_retrying(
             &server,
             "52:54:00:00:00:01",
+            Some("s3cret"),
             Duration::from_secs(60),
             &mut |_, _| {
                 tries += 1;
@@ -140,32 +157,60 @@ mod tests {
     }
 
     #[test]
-    fn plan_fetch_reads_json_and_reports_status() {
+    fn plan_fetch_posts_the_boot_secret_reads_json_and_reports_status() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let body = serde_json::to_string(&crate::testutil::plan()).unwrap();
         let t = std::thread::spawn(move || {
             use std::io::{Read, Write};
+            let mut requests = vec![];
             for resp in [
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 ),
                 "HTTP/1.1 404 Not Found\r\nContent-Length: 7\r\n\r\nunknown".to_string(),
+                "HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\n\r\nspent".to_string(),
             ] {
                 let (mut c, _) = listener.accept().unwrap();
                 let mut buf = [0u8; 2048];
-                let _ = c.read(&mut buf).unwrap();
+                let n = c.read(&mut buf).unwrap();
+                requests.push(String::from_utf8_lossy(&buf[..n]).into_owned());
                 c.write_all(resp.as_bytes()).unwrap();
             }
+            requests
         });
         let server = format!("http://127.0.0.1:{port}");
-        let p = get_plan(&server, "52:54:00:00:00:01").unwrap();
+        let p = get_plan(&server, "52:54:00:00:00:01", Some("0a1b")).unwrap();
         assert_eq!(p, crate::testutil::plan());
-        let e = get_plan(&server, "52:54:00:00:00:01")
+        let e = get_plan(&server, "52:54:00:00:00:01", None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("404") && e.contains("unknown"), "{e}");
-        t.join().unwrap();
+        // A refusal is not retried: only a new PXE boot can change it.
+        let mut pauses = 0;
+        let e = get_plan_retrying(
+            &server,
+            "52:54:00:00:00:01",
+            Some("0a1b"),
+            Duration::from_secs(60),
+            &mut |_, _| pauses += 1,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("403") && e.contains("spent"), "{e}");
+        assert_eq!(pauses, 0);
+        let requests = t.join().unwrap();
+        assert!(
+            requests[0].starts_with("POST /api/v1/plan/52:54:00:00:00:01 HTTP/1.1\r\n"),
+            "{}",
+            requests[0]
+        );
+        assert!(
+            requests[0].ends_with("\r\n\r\n{\"boot_secret\":\"0a1b\"}"),
+            "{}",
+            requests[0]
+        );
+        assert!(requests[1].ends_with("\r\n\r\n{}"), "{}", requests[1]);
     }
 }

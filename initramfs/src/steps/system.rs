@@ -72,6 +72,7 @@ fn copy(reporter: &mut Reporter, plan: &InstallPlan, root: &MountedRoot) -> Step
     let started = Instant::now();
     let done = rsync::copy(
         &plan.image.rsync_url,
+        Some(&plan.rsync),
         &root.at().to_string_lossy(),
         &plan.excludes,
         5,

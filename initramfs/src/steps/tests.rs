@@ -168,6 +168,7 @@ fn network() -> Network {
         addr: Ipv4Addr::new(10, 44, 0, 50),
         server: "http://10.44.0.1:8080".into(),
         mac: "52:54:00:00:00:01".into(),
+        boot_secret: None,
     }
 }
 

@@ -51,6 +51,10 @@ pub struct NodeConf {
     /// `rsync://host[:port]` of the server's rsync daemon, when the installer
     /// recorded it; otherwise the server's host on the default port.
     pub rsync: Option<String>,
+    /// The node's Bearer for the server ([`paths::NODE_SECRET`]).
+    pub secret: String,
+    /// The node's rsync login.
+    pub rsync_auth: wire::RsyncCredential,
 }
 
 pub fn in_root(root: &Path, p: &str) -> PathBuf {
@@ -63,6 +67,8 @@ pub fn read_conf(root: &Path) -> Result<NodeConf, SyncError> {
         server: conf.require("server")?,
         image: conf.require("image")?,
         rsync: conf.get("rsync").map(String::from),
+        secret: crate::nodetoml::node_secret(root)?,
+        rsync_auth: crate::nodetoml::node_rsync(root, &conf)?,
     })
 }
 
@@ -225,6 +231,7 @@ pub fn run(root: &Path, mut log: impl FnMut(&str)) -> Result<Report, SyncError> 
     let dest = root.to_string_lossy().to_string();
     let outcome = rsync::copy_with(
         &url,
+        Some(&conf.rsync_auth),
         &dest,
         &excludes(&image_excludes),
         &extra_flags().iter().map(String::as_str).collect::<Vec<_>>(),
@@ -315,6 +322,8 @@ mod tests {
             server: "http://10.44.0.1:8080/".into(),
             image: "web".into(),
             rsync: None,
+            secret: "s".into(),
+            rsync_auth: wire::RsyncCredential::default(),
         };
         assert_eq!(
             serial_url(&c.server, "web"),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rollout::wire::paths as api;
 
 use super::{NodeConf, SyncError};
-use crate::{http_client, phone_home, render};
+use crate::{http_client, phone_home};
 
 pub fn serial_url(server: &str, image: &str) -> String {
     format!(
@@ -54,16 +54,23 @@ pub fn parse_excludes(body: &str) -> Vec<String> {
         .collect()
 }
 
-/// GET with three tries for a server that is briefly away; an answer that is
-/// not a success is final.
-fn fetch_text(url: &str) -> Result<String, SyncError> {
+/// GET with the node's Bearer, three tries for a server that is briefly away;
+/// an answer that is not a success is final.
+fn fetch_text(url: &str, secret: &str) -> Result<String, SyncError> {
     let err = |reason: String| SyncError::Server {
         url: url.to_string(),
         reason,
     };
     let mut last = String::new();
     for attempt in 1..=3 {
-        match http_client::get(url, Duration::from_secs(10)) {
+        let auth = format!("Bearer {secret}");
+        match http_client::request(
+            "GET",
+            url,
+            &[("Authorization", &auth)],
+            None,
+            Duration::from_secs(10),
+        ) {
             Ok(r) if r.is_success() => return Ok(r.text()),
             Ok(r) => {
                 return Err(err(format!(
@@ -83,7 +90,7 @@ fn fetch_text(url: &str) -> Result<String, SyncError> {
 
 pub(super) fn fetch_published(conf: &NodeConf) -> Result<u64, SyncError> {
     let url = serial_url(&conf.server, &conf.image);
-    let body = fetch_text(&url)?;
+    let body = fetch_text(&url, &conf.secret)?;
     parse_serial(&body).ok_or_else(|| SyncError::Server {
         url,
         reason: format!("answer {:?} is not a serial", body.trim()),
@@ -93,18 +100,22 @@ pub(super) fn fetch_published(conf: &NodeConf) -> Result<u64, SyncError> {
 /// The image's node-local paths as the server lists them now, so a path the
 /// operator adds after the install is protected from the next sync on.
 pub(super) fn fetch_excludes(conf: &NodeConf) -> Result<Vec<String>, SyncError> {
-    Ok(parse_excludes(&fetch_text(&excludes_url(
-        &conf.server,
-        &conf.image,
-    ))?))
+    Ok(parse_excludes(&fetch_text(
+        &excludes_url(&conf.server, &conf.image),
+        &conf.secret,
+    )?))
 }
 
 pub(super) fn report_serial(root: &Path) -> Result<(), String> {
-    let (url, report) = phone_home::build(root).map_err(|e| e.to_string())?;
-    let body = render::phone_home_json(&report);
-    match http_client::post_json(&url, None, &body, Duration::from_secs(10)) {
+    let report = phone_home::build(root).map_err(|e| e.to_string())?;
+    match phone_home::post(&report) {
         Ok(r) if r.is_success() => Ok(()),
-        Ok(r) => Err(format!("{url} answered {}: {}", r.status, r.text().trim())),
+        Ok(r) => Err(format!(
+            "{} answered {}: {}",
+            report.url,
+            r.status,
+            r.text().trim()
+        )),
         Err(e) => Err(e.to_string()),
     }
 }
