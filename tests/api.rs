@@ -463,7 +463,7 @@ fn the_installed_report_sets_known_hosts_and_a_forged_one_cannot() {
     let s = Server::start(dir.path());
     let known_hosts = dir.path().join("state/ssh/known_hosts");
     let install = |keys: &[&str]| {
-        let (st, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:01", None, false);
+        let (st, plan) = s.plan("52:54:00:00:00:01");
         assert_eq!(st, 200, "{plan}");
         let path = format!(
             "/api/v1/installs/{}/events",
@@ -542,7 +542,7 @@ fn the_installed_report_sets_known_hosts_and_a_forged_one_cannot() {
     // A node removed from the inventory takes its known_hosts entry with it.
     let add = json!({"mac": "52:54:00:00:00:02", "hostname": "node2", "ip": "127.0.0.12"});
     assert_eq!(s.req("POST", "/api/v1/nodes", Some(add), true).0, 200);
-    let (st, plan) = s.req("GET", "/api/v1/plan/52:54:00:00:00:02", None, false);
+    let (st, plan) = s.plan("52:54:00:00:00:02");
     assert_eq!(st, 200, "{plan}");
     let path2 = format!(
         "/api/v1/installs/{}/events",

@@ -44,7 +44,7 @@ fn curl(
 }
 
 fn node(s: &Server) -> Value {
-    let (st, n) = s.req("GET", "/api/v1/nodes/node1", None, false);
+    let (st, n) = s.req("GET", "/api/v1/nodes/node1", None, true);
     assert_eq!(st, 200);
     n
 }
@@ -516,7 +516,7 @@ hostname = "dynamic2"
         (code.trim().parse().unwrap_or(0), body.to_string())
     };
     let install_id = |host: &str| -> Option<String> {
-        let out = srv_curl(&net, &format!("/api/v1/nodes/{host}"));
+        let out = srv_curl(&net, &dir, &format!("/api/v1/nodes/{host}"));
         let v: Value = serde_json::from_str(&out).unwrap();
         v["install_id"].as_str().map(String::from)
     };
@@ -542,12 +542,15 @@ hostname = "dynamic2"
     assert_eq!(st, 200, "the reservation: {body}");
 }
 
-/// GET `path` on the server from inside its namespace.
-fn srv_curl(net: &common::Net, path: &str) -> String {
+/// GET `path` on the server from inside its namespace, as the admin (reads
+/// need a credential).
+fn srv_curl(net: &common::Net, dir: &tempfile::TempDir, path: &str) -> String {
+    let token = std::fs::read_to_string(dir.path().join("state/admin.token")).unwrap();
     let out = net
         .srv
         .command("curl")
-        .args(["-sf", "--max-time", "10"])
+        .args(["-sf", "--max-time", "10", "-H"])
+        .arg(format!("Authorization: Bearer {}", token.trim()))
         .arg(format!("http://{}{path}", common::SERVER_IP))
         .output()
         .unwrap();
