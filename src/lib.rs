@@ -45,6 +45,8 @@ pub mod plan;
 #[cfg(feature = "server")]
 pub mod plan_auth;
 #[cfg(feature = "server")]
+pub mod power;
+#[cfg(feature = "server")]
 pub mod preflight;
 #[cfg(feature = "server")]
 pub mod serve;

@@ -20,6 +20,7 @@ impl TryFrom<Config> for ValidConfig {
     type Error = PreflightError;
 
     fn try_from(config: Config) -> Result<ValidConfig, PreflightError> {
+        crate::config::check_password_files(&config.nodes)?;
         let tftp_root = crate::tftp::check_root(&config.server.tftp_root)?;
         let interface_addr = match &config.server.interface {
             Some(iface) if config.dhcp.mode != DhcpMode::Off => crate::netif::ipv4_of(iface)?,

@@ -2,10 +2,14 @@
 //! key and says how to fix it, because a provisioning server that starts with a
 //! wrong range hands out wrong addresses to a whole rack.
 
+mod bmc;
 mod image;
 mod policy;
 mod valid;
 
+pub use bmc::{
+    check_password_file, check_password_files, BmcConfig, BmcDriver, BootMode, PowerConfig,
+};
 pub use image::{ImageConfig, ImageMount};
 use policy::check_unknown_policy;
 pub use policy::{RetryPolicy, UnknownPolicy};
@@ -54,6 +58,8 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     #[serde(default, rename = "image")]
     pub images: Vec<ImageConfig>,
+    #[serde(default)]
+    pub power: PowerConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -302,6 +308,9 @@ pub struct NodeConfig {
     pub disk: Option<String>,
     pub root_mib: Option<u64>,
     pub swap_mib: Option<u64>,
+    /// How rollout powers this node and sets its next boot (see `power`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc: Option<BmcConfig>,
 }
 
 /// The DHCP settings after validation: only exists when DHCP may really run.
@@ -455,8 +464,12 @@ impl Config {
                     ));
                 }
             }
+            if let Some(bmc) = &node.bmc {
+                bmc.validate(&format!("{key}.bmc"))?;
+            }
             macs.push(mac);
         }
+        self.power.validate()?;
         if (1..60).contains(&self.install.sync_interval) {
             return Err(invalid(
                 "install.sync_interval",

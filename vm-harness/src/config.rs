@@ -67,6 +67,7 @@ impl RolloutConfig {
             },
             nodes: Vec::new(),
             images: Vec::new(),
+            power: Default::default(),
         })
     }
 
@@ -100,6 +101,7 @@ impl RolloutConfig {
             disk: None,
             root_mib: None,
             swap_mib: None,
+            bmc: None,
         });
         self
     }

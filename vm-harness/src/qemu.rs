@@ -1,8 +1,7 @@
 //! One lab node: a QEMU machine with a blank disk that boots from the network first.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
@@ -471,43 +470,14 @@ impl Node {
         self.qmp("system_reset").map(|_| ())
     }
 
-    /// Runs one QMP command without arguments and returns the raw reply line.
+    /// Runs one QMP command without arguments and returns the raw reply line
+    /// (through the workspace's one QMP client, `rollout::power::qmp`).
     pub fn qmp(&self, command: &str) -> Result<String> {
-        let sock = self.qmp_socket();
-        let err = |message: String| Error::Qmp {
-            socket: sock.clone(),
-            message,
-        };
-        let stream = UnixStream::connect(&sock).map_err(|e| err(format!("connect: {e}")))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| err(e.to_string()))?;
-        let mut w = stream.try_clone().map_err(|e| err(e.to_string()))?;
-        let mut r = BufReader::new(stream);
-        let mut greeting = String::new();
-        r.read_line(&mut greeting)
-            .map_err(|e| err(format!("greeting: {e}")))?;
-        let mut reply = |cmd: &str| -> Result<String> {
-            writeln!(w, "{{\"execute\":\"{cmd}\"}}").map_err(|e| err(format!("send: {e}")))?;
-            loop {
-                let mut line = String::new();
-                let n = r
-                    .read_line(&mut line)
-                    .map_err(|e| err(format!("read: {e}")))?;
-                // `quit` may close the socket before or after replying.
-                if n == 0 {
-                    return Ok(String::new());
-                }
-                if line.contains("\"error\"") {
-                    return Err(err(line.trim().to_string()));
-                }
-                if line.contains("\"return\"") {
-                    return Ok(line.trim().to_string());
-                }
-            }
-        };
-        reply("qmp_capabilities")?;
-        reply(command)
+        rollout::power::qmp::execute(&self.qmp_socket(), &[command], Duration::from_secs(5))
+            .map_err(|e| Error::Qmp {
+                socket: e.socket,
+                message: e.message,
+            })
     }
 }
 
