@@ -29,6 +29,9 @@ PACKAGES=(
   openssh-server
   # the dashboard's browser test
   chromium chromium-driver
+  # power control: the IPMI client rollout drives BMCs with, and a simulated BMC
+  # for its tests; python3-venv holds sushy-tools (the Redfish emulator, below)
+  ipmitool openipmi python3-venv
   # building
   build-essential pkg-config musl-tools
 )
@@ -45,6 +48,7 @@ PROGRAMS=(
   extlinux:extlinux debootstrap:debootstrap ssh:openssh-client ssh-keygen:openssh-client
   sshd:openssh-server mtype:mtools mdir:mtools chromium:chromium chromedriver:chromium-driver
   cc:build-essential musl-gcc:musl-tools pkg-config:pkg-config
+  ipmitool:ipmitool ipmi_sim:openipmi
 )
 
 # file -> package that provides it
@@ -97,6 +101,15 @@ if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
   rustup target add x86_64-unknown-linux-musl
 fi
 
+# sushy-tools (PyPI, not in Debian): the Redfish emulator tests/power.rs runs,
+# with its fake driver (its libvirt one needs a libvirt daemon). In its own venv.
+SUSHY_VENV=/opt/rollout-sushy
+if [ ! -x "$SUSHY_VENV/bin/sushy-emulator" ]; then
+  echo "setup: installing sushy-tools into $SUSHY_VENV"
+  python3 -m venv "$SUSHY_VENV"
+  "$SUSHY_VENV/bin/pip" install -q sushy-tools
+fi
+
 # Verify what is on disk now, whatever apt said. Fills `problems` (what is wrong)
 # and `broken` (the packages that would fix it).
 verify() {
@@ -119,6 +132,8 @@ verify() {
     [ "$(version_of qemu-utils)" != "$(version_of qemu-system-x86)" ]; then
     problems+=("qemu-utils $(version_of qemu-utils) does not match qemu-system-x86 $(version_of qemu-system-x86)")
   fi
+  [ -x "$SUSHY_VENV/bin/sushy-emulator" ] ||
+    problems+=("$SUSHY_VENV/bin/sushy-emulator is missing (pip install sushy-tools into that venv)")
   rustup target list --installed | grep -qx x86_64-unknown-linux-musl ||
     problems+=("rustup target x86_64-unknown-linux-musl is missing (rustup target add x86_64-unknown-linux-musl)")
 }

@@ -57,6 +57,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("mdir", "mtools"),
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),
+    ("ipmitool", "ipmitool"),
+    ("ipmi_sim", "openipmi"),
 ];
 
 /// The message a strict run fails with; `{why}` goes in front.
