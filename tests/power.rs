@@ -3,6 +3,8 @@
 //! fake driver: no libvirt here), Wake-on-LAN captured in a test namespace.
 //! Everything listens on 127.0.0.1 or inside a namespace the test creates.
 
+mod common;
+
 use rollout::config::{BmcConfig, BmcDriver};
 use rollout::power::{self, PowerError, PowerState, Target};
 use std::os::unix::fs::PermissionsExt;
@@ -140,6 +142,21 @@ set_working_mc 0x20
     Daemon(child)
 }
 
+/// The chassis' "set" calls once they number `n` (ipmi_sim powers a cycled
+/// chassis back on from a timer, a moment after answering).
+fn sets_after(dir: &Path, n: usize) -> Vec<String> {
+    let sets = || -> Vec<String> {
+        calls(dir)
+            .into_iter()
+            .filter(|c| c.starts_with("set"))
+            .collect()
+    };
+    wait_for("the chassis calls", Duration::from_secs(10), || {
+        sets().len() >= n
+    });
+    sets()
+}
+
 fn calls(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("chassis/calls"))
         .unwrap_or_default()
@@ -179,16 +196,13 @@ fn ipmi_against_ipmi_sim() {
     assert_eq!(d.status().unwrap(), PowerState::On);
     d.boot_once_pxe(true).unwrap();
     d.cycle().unwrap();
+    sets_after(dir.path(), 4);
     assert_eq!(d.status().unwrap(), PowerState::On);
     d.off().unwrap();
     assert_eq!(d.status().unwrap(), PowerState::Off);
     // What the BMC's chassis saw, in order (status reads in between).
-    let sets: Vec<String> = calls(dir.path())
-        .into_iter()
-        .filter(|c| c.starts_with("set"))
-        .collect();
     assert_eq!(
-        sets,
+        sets_after(dir.path(), 5),
         [
             "set power 1",
             "set boot pxe",
@@ -379,4 +393,111 @@ fn wake_on_lan_packet_is_broadcast_on_the_interface() {
         want.extend_from_slice(&mac);
     }
     assert_eq!(got, want);
+}
+
+/// The operator's side, through a real `rollout serve` and the CLI: power
+/// status/on, `reinstall --now` (PXE once, then cycle), each recorded with who
+/// did it; a BMC that went away leaves the node marked and the error shown.
+#[test]
+fn cli_and_api_power_a_node_and_reinstall_it_now() {
+    if !testkit::prereq::require_tools(&[("ipmi_sim", "openipmi"), ("ipmitool", "ipmitool")]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let sim = start_ipmi_sim(dir.path(), port);
+    let pw = secret_file(dir.path(), "bmc-pw", PASSWORD);
+    let cfg = common::loopback::write_config(dir.path(), testkit::ports::free_port());
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "ip = \"127.0.0.11\"\n",
+        &format!(
+            "ip = \"127.0.0.11\"\nbmc = {{ driver = \"ipmi\", address = \"127.0.0.1\", port = {port}, username = \"admin\", password_file = \"{}\", boot_mode = \"legacy\" }}\n",
+            pw.display()
+        ),
+    );
+    // A BMC that does not answer is given up on after 4 s.
+    std::fs::write(&cfg, format!("{text}\n[power]\ntimeout = 4\n")).unwrap();
+    let s = common::loopback::Server::start(dir.path());
+
+    // Without a credential: refused.
+    let (st, _) = s.req(
+        "POST",
+        "/api/v1/nodes/node1/power",
+        Some(serde_json::json!({"action": "on"})),
+        false,
+    );
+    assert_eq!(st, 401);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, out, err) = s.cli(&["node", "power", "node1", "status"]);
+        if ok {
+            assert_eq!(out.trim(), "node1: power off");
+            break;
+        }
+        assert!(Instant::now() < end, "power status never worked: {err}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (ok, out, err) = s.cli(&["node", "power", "node1", "on"]);
+    assert!(ok, "{out}{err}");
+    let (st, v) = s.req("GET", "/api/v1/nodes/node1/power", None, true);
+    assert_eq!((st, v["state"].as_str()), (200, Some("on")), "{v}");
+
+    let (ok, out, err) = s.cli(&["node", "reinstall", "node1", "--now"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("boot_once_pxe → cycle"), "{out}");
+    assert_eq!(
+        sets_after(dir.path(), 4),
+        ["set power 1", "set boot pxe", "set power 0", "set power 1"]
+    );
+    let (_, hist) = s.req("GET", "/api/v1/nodes/node1/history", None, true);
+    let power_rows: Vec<&serde_json::Value> = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| &h["event"])
+        .filter(|e| e["kind"] == "power")
+        .collect();
+    assert_eq!(power_rows.len(), 2, "{hist}");
+    assert_eq!(power_rows[0]["action"], "on");
+    assert_eq!(power_rows[1]["action"], "reinstall_now");
+    assert!(
+        power_rows
+            .iter()
+            .all(|e| e["by"].is_string() && e["result"] == "ok"),
+        "{hist}"
+    );
+    assert!(s
+        .history_kinds("node1")
+        .contains(&"reinstall_requested".to_string()));
+
+    // The BMC goes away: the reinstall is still marked, the error names the
+    // node and the BMC, and the history has it.
+    drop(sim);
+    let (ok, out, err) = s.cli(&["node", "reinstall", "node1", "--now"]);
+    assert!(!ok, "{out}{err}");
+    assert!(
+        err.contains("node1") && err.contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(err.contains("marked for reinstall"), "{err}");
+    let (_, node) = s.req("GET", "/api/v1/nodes/node1", None, true);
+    assert_eq!(node["state"], "pending", "{node}");
+    let (_, hist) = s.req("GET", "/api/v1/nodes/node1/history", None, true);
+    let last = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|h| &h["event"])
+        .find(|e| e["kind"] == "power")
+        .unwrap();
+    assert_eq!(last["result"], "failed", "{hist}");
+    assert!(
+        last["error"].as_str().unwrap().contains("does not answer"),
+        "{hist}"
+    );
+    // The password is nowhere: not in the history, the API, nor the log.
+    for text in [hist.to_string(), node.to_string(), s.log_text(), err] {
+        assert!(!text.contains(PASSWORD), "password leaked: {text}");
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod nodes;
 pub mod operators;
+pub mod power;
 
 use crate::api_client as client;
 use anyhow::Context;

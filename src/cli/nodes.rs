@@ -39,8 +39,16 @@ pub enum NodeCmd {
     },
     /// Forget a node declared through the API.
     Remove { node: String },
-    /// Install the node again on its next boot.
-    Reinstall { node: String },
+    /// Install the node again on its next boot; --now also sets its next boot
+    /// to PXE and power-cycles it (or powers it on) through its BMC.
+    Reinstall {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        #[arg(long)]
+        now: bool,
+    },
+    /// A node's power through its BMC: status, on, off or cycle.
+    Power(super::power::PowerArgs),
 }
 
 #[derive(clap::Subcommand)]
@@ -150,7 +158,7 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn enc(s: &str) -> String {
+pub(super) fn enc(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ':' {
@@ -224,10 +232,15 @@ pub fn run_node(cmd: NodeCmd, c: &Client) -> anyhow::Result<()> {
             c.delete(&format!("/api/v1/nodes/{}", enc(&node)))?;
             println!("{node} removed");
         }
-        NodeCmd::Reinstall { node } => {
-            let n: NodeRecord = c.post(&format!("/api/v1/nodes/{}/reinstall", enc(&node)), None)?;
-            println!("{} ({}) will reinstall on its next boot", n.hostname, n.mac);
+        NodeCmd::Reinstall { nodes, now: true } => super::power::reinstall_now(&nodes, c)?,
+        NodeCmd::Reinstall { nodes, now: false } => {
+            for node in nodes {
+                let n: NodeRecord =
+                    c.post(&format!("/api/v1/nodes/{}/reinstall", enc(&node)), None)?;
+                println!("{} ({}) will reinstall on its next boot", n.hostname, n.mac);
+            }
         }
+        NodeCmd::Power(args) => super::power::run(args, c)?,
     }
     Ok(())
 }

@@ -116,11 +116,12 @@ impl PowerConfig {
                 "use a small number such as 8 (BMCs answer slowly and some allow few sessions)",
             ));
         }
-        if !(1..=300).contains(&self.timeout) {
+        // The CLI waits 30 s for the server's answer to a power request.
+        if !(1..=25).contains(&self.timeout) {
             return Err(invalid(
                 "power.timeout",
-                format!("{} seconds is outside 1..=300", self.timeout),
-                "use a few tens of seconds (default 20)",
+                format!("{} seconds is outside 1..=25", self.timeout),
+                "use at most 25 seconds (default 20): the CLI waits 30 s for the server's answer",
             ));
         }
         Ok(())

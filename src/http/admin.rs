@@ -302,11 +302,29 @@ async fn transition(
     }
 }
 
+#[derive(Deserialize)]
+struct ReinstallQuery {
+    #[serde(default)]
+    now: bool,
+}
+
+/// `?now=true`: also set the next boot to PXE and power-cycle (see `power`).
 async fn reinstall(
     State(state): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<ReinstallQuery>,
 ) -> Response {
+    if q.now {
+        let who = match require_api(&state, &headers, Role::Maintain) {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        return match lookup(&state, &id) {
+            Ok(node) => super::power::reinstall_now(state, who, node).await,
+            Err(r) => r,
+        };
+    }
     transition(
         state,
         headers,

@@ -9,6 +9,7 @@ mod dashboard;
 pub mod listen;
 mod openapi;
 mod operators;
+mod power;
 
 pub use api::published_serial;
 pub use auth::Sessions;
@@ -116,6 +117,7 @@ fn api_table() -> Vec<ApiRoute> {
         route(Method::GET, "/api/v1/openapi.json", openapi::spec),
     ];
     table.extend(admin::routes());
+    table.extend(power::routes());
     table
 }
 

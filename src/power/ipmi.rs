@@ -37,7 +37,9 @@ impl Op {
 /// The connection options: lanplus, host, port, user, password from the
 /// environment, a per-try timeout and one retry.
 pub fn connection_args(host: &str, port: u16, user: &str, timeout: Duration) -> Vec<String> {
-    let per_try = (timeout.as_secs() / 2).max(1);
+    // Two tries and the session set-up fit in `timeout`; the caller kills
+    // ipmitool at `timeout` anyway.
+    let per_try = (timeout.as_secs() / 3).max(1);
     [
         "-I",
         "lanplus",
@@ -190,7 +192,7 @@ impl Ipmi {
             let _ = err.read_to_string(&mut s);
             s
         });
-        let deadline = Instant::now() + self.timeout + Duration::from_secs(5);
+        let deadline = Instant::now() + self.timeout;
         let status = loop {
             match child.try_wait() {
                 Ok(Some(s)) => break Some(s),
@@ -279,7 +281,7 @@ mod tests {
         let args = connection_args("10.44.1.11", 623, "admin", Duration::from_secs(20));
         assert_eq!(
             args.join(" "),
-            "-I lanplus -H 10.44.1.11 -p 623 -U admin -E -v -N 10 -R 1"
+            "-I lanplus -H 10.44.1.11 -p 623 -U admin -E -v -N 6 -R 1"
         );
         assert_eq!(Op::Status.args(), ["chassis", "power", "status"]);
         assert_eq!(Op::Cycle.args(), ["chassis", "power", "cycle"]);
