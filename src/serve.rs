@@ -279,6 +279,22 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         .await;
         Ok(())
     });
+    let polled: Vec<crate::power::poller::PolledNode> = config
+        .nodes
+        .iter()
+        .filter_map(|d| Some((d.node.hostname.clone(), d.mac.clone(), d.node.bmc.clone()?)))
+        .collect();
+    let poll = crate::power::poller::run(
+        polled,
+        config.power.clone(),
+        config.server.interface.clone(),
+        inventory.clone(),
+        cancel.clone(),
+    );
+    tasks.spawn(async move {
+        poll.await;
+        Ok(())
+    });
     let mut rsync_modules = None;
     if let Some(address) = config.server.address {
         let mask = config.provisioning_netmask();

@@ -437,6 +437,15 @@ fn cli_and_api_power_a_node_and_reinstall_it_now() {
         assert!(Instant::now() < end, "power status never worked: {err}");
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The background poll asks every BMC once at start-up: its answer is in
+    // the node's history.
+    wait_for("the first poll", Duration::from_secs(15), || {
+        let (_, hist) = s.req("GET", "/api/v1/nodes/node1/history", None, true);
+        hist.as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["event"]["kind"] == "power_state" && h["event"]["state"] == "off")
+    });
     let (ok, out, err) = s.cli(&["node", "power", "node1", "on"]);
     assert!(ok, "{out}{err}");
     let (st, v) = s.req("GET", "/api/v1/nodes/node1/power", None, true);

@@ -18,23 +18,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::Semaphore;
 
 pub fn routes() -> Vec<ApiRoute> {
     vec![
         route(Method::GET, "/api/v1/nodes/{id}/power", get_power),
         route(Method::POST, "/api/v1/nodes/{id}/power", post_power),
     ]
-}
-
-/// BMC calls in flight, bounded by `power.concurrency` (set at the first call).
-fn permits(state: &Shared) -> Arc<Semaphore> {
-    static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    PERMITS
-        .get_or_init(|| Arc::new(Semaphore::new(state.config.power.concurrency)))
-        .clone()
 }
 
 fn lookup(state: &Shared, id: &str) -> Result<NodeRecord, Response> {
@@ -69,12 +59,15 @@ async fn with_driver<T: Send + 'static>(
             ),
         ));
     };
-    let _permit = permits(state).acquire_owned().await.map_err(|_| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down",
-        )
-    })?;
+    let _permit = power::poller::permits(state.config.power.concurrency)
+        .acquire_owned()
+        .await
+        .map_err(|_| {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            )
+        })?;
     let hostname = node.hostname.clone();
     let mac = node.mac.clone();
     let efi = power::wants_efi(bmc.boot_mode, node.firmware.as_deref());
