@@ -73,7 +73,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Finds a node by MAC or hostname, or answers 404.
-fn lookup(state: &Shared, id: &str) -> Result<NodeRecord, Response> {
+pub(super) fn lookup(state: &Shared, id: &str) -> Result<NodeRecord, Response> {
     match blocking(|| state.inventory.find(id)) {
         Ok(Some(n)) => Ok(n),
         Ok(None) => Err(error(

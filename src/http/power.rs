@@ -6,7 +6,7 @@
 
 #![allow(clippy::result_large_err)]
 
-use super::admin::json_body;
+use super::admin::{json_body, lookup};
 use super::auth::{require_api, require_read, Principal};
 use super::{error, inventory_error, route, ApiRoute, Shared};
 use crate::inventory::{NodeRecord, OperatorAction};
@@ -25,19 +25,6 @@ pub fn routes() -> Vec<ApiRoute> {
         route(Method::GET, "/api/v1/nodes/{id}/power", get_power),
         route(Method::POST, "/api/v1/nodes/{id}/power", post_power),
     ]
-}
-
-fn lookup(state: &Shared, id: &str) -> Result<NodeRecord, Response> {
-    match tokio::task::block_in_place(|| state.inventory.find(id)) {
-        Ok(Some(n)) => Ok(n),
-        Ok(None) => Err(error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no node {id:?} (give a MAC address or a hostname; `rollout node list` shows them)"
-            ),
-        )),
-        Err(e) => Err(inventory_error(e)),
-    }
 }
 
 /// Runs `f` with the node's driver on a blocking thread, within the bounds.
