@@ -48,6 +48,11 @@ fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -277,11 +282,31 @@ fn redfish_against_sushy_tools() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    // HTTP basic authentication, as BMCs ask: a bcrypt htpasswd entry, made
+    // with the emulator's own Python (its venv has bcrypt).
+    let python = Path::new(SUSHY).with_file_name("python3");
+    let hash = Command::new(&python)
+        .args([
+            "-c",
+            &format!(
+                "import bcrypt; print(bcrypt.hashpw(b'{PASSWORD}', bcrypt.gensalt()).decode())"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(hash.status.success(), "{hash:?}");
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("admin:{}\n", String::from_utf8_lossy(&hash.stdout).trim()),
+    )
+    .unwrap();
     let conf = dir.path().join("emulator.conf");
     std::fs::write(
         &conf,
         format!(
-            "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\nSUSHY_EMULATOR_STATE_DIR = '{}'\nSUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{SYSTEM_UUID}', 'name': '{NODE}', 'power_state': 'Off', 'nics': [{{'mac': '{MAC}', 'ip': '10.44.0.11'}}]}}]\n",
+            "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\nSUSHY_EMULATOR_AUTH_FILE = '{}'\nSUSHY_EMULATOR_STATE_DIR = '{}'\nSUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{SYSTEM_UUID}', 'name': '{NODE}', 'power_state': 'Off', 'nics': [{{'mac': '{MAC}', 'ip': '10.44.0.11'}}]}}]\n",
+            htpasswd.display(),
             dir.path().join("state").display()
         ),
     )
@@ -301,6 +326,8 @@ fn redfish_against_sushy_tools() {
     let mut cfg = bmc(BmcDriver::Redfish);
     cfg.address = Some(format!("http://127.0.0.1:{port}"));
     cfg.system = Some(format!("/redfish/v1/Systems/{SYSTEM_UUID}"));
+    cfg.username = Some("admin".into());
+    cfg.password_file = Some(secret_file(dir.path(), "pw", PASSWORD));
     let d = power::driver(&target(&cfg, None)).unwrap();
     wait_for("sushy-emulator", Duration::from_secs(20), || {
         d.status().is_ok()
@@ -318,6 +345,10 @@ fn redfish_against_sushy_tools() {
     let sys: serde_json::Value = ureq::get(&format!(
         "http://127.0.0.1:{port}/redfish/v1/Systems/{SYSTEM_UUID}"
     ))
+    .set(
+        "Authorization",
+        &format!("Basic {}", basic_auth("admin", PASSWORD)),
+    )
     .call()
     .unwrap()
     .into_json()
@@ -330,6 +361,25 @@ fn redfish_against_sushy_tools() {
     settle(PowerState::On);
     d.off().unwrap();
     settle(PowerState::Off);
+
+    // A wrong password: the typed error naming node and BMC, without the password.
+    let mut bad = cfg.clone();
+    bad.password_file = Some(secret_file(dir.path(), "wrong", "not-the-password"));
+    let e = power::driver(&target(&bad, None))
+        .unwrap()
+        .status()
+        .unwrap_err();
+    assert!(matches!(e, PowerError::BadCredentials { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains(NODE) && text.contains(&format!("127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(text.contains("HTTP 401"), "{text}");
+    assert!(
+        !text.contains(PASSWORD) && !text.contains("not-the-password"),
+        "{text}"
+    );
 
     // A system that does not exist is a rejected operation naming the path.
     let mut wrong = cfg.clone();
