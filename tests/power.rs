@@ -185,17 +185,8 @@ fn ipmi_against_ipmi_sim() {
     cfg.password_file = Some(secret_file(dir.path(), "pw", PASSWORD));
     let d = power::driver(&target(&cfg, None)).unwrap();
     // The simulator needs a moment to listen.
-    let end = Instant::now() + Duration::from_secs(10);
-    let first = loop {
-        match d.status() {
-            Ok(s) => break s,
-            Err(e) if Instant::now() < end => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(300))
-            }
-            Err(e) => panic!("ipmi_sim never answered: {e}"),
-        }
-    };
+    wait_for("ipmi_sim", Duration::from_secs(10), || d.status().is_ok());
+    let first = d.status().unwrap();
     assert_eq!(first, PowerState::Off);
     d.on().unwrap();
     assert_eq!(d.status().unwrap(), PowerState::On);
@@ -467,6 +458,14 @@ fn cli_and_api_power_a_node_and_reinstall_it_now() {
     );
     // A BMC that does not answer is given up on after 4 s.
     std::fs::write(&cfg, format!("{text}\n[power]\ntimeout = 4\n")).unwrap();
+    // ipmi_sim answers before the server starts: its first poll sees "off".
+    let mut direct = bmc(BmcDriver::Ipmi);
+    direct.address = Some("127.0.0.1".into());
+    direct.port = Some(port);
+    direct.username = Some("admin".into());
+    direct.password_file = Some(pw.clone());
+    let d = power::driver(&target(&direct, None)).unwrap();
+    wait_for("ipmi_sim", Duration::from_secs(10), || d.status().is_ok());
     let s = common::loopback::Server::start(dir.path());
 
     // Without a credential: refused.
@@ -496,6 +495,31 @@ fn cli_and_api_power_a_node_and_reinstall_it_now() {
             .iter()
             .any(|h| h["event"]["kind"] == "power_state" && h["event"]["state"] == "off")
     });
+    // A read-only operator may see the state but not change it; a maintainer
+    // may, and the history names them.
+    let token = |name: &str, role: &str| {
+        let (ok, out, err) = s.cli(&["operator", "add", name, "--role", role]);
+        assert!(ok, "{err}");
+        out.trim().to_string()
+    };
+    let (viewer, ops) = (token("viewer", "read"), token("ops", "maintain"));
+    let call = |method: &str, tok: &str, body: Option<serde_json::Value>| {
+        let r = ureq::request(method, &s.url("/api/v1/nodes/node1/power"))
+            .set("Authorization", &format!("Bearer {tok}"));
+        let result = match body {
+            Some(b) => r.send_json(b),
+            None => r.call(),
+        };
+        match result {
+            Ok(resp) => resp.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(call("GET", &viewer, None), 200);
+    let off = serde_json::json!({"action": "off"});
+    assert_eq!(call("POST", &viewer, Some(off.clone())), 403);
+    assert_eq!(call("POST", &ops, Some(off)), 200);
     let (ok, out, err) = s.cli(&["node", "power", "node1", "on"]);
     assert!(ok, "{out}{err}");
     let (st, v) = s.req("GET", "/api/v1/nodes/node1/power", None, true);
@@ -505,8 +529,14 @@ fn cli_and_api_power_a_node_and_reinstall_it_now() {
     assert!(ok, "{out}{err}");
     assert!(out.contains("boot_once_pxe → cycle"), "{out}");
     assert_eq!(
-        sets_after(dir.path(), 4),
-        ["set power 1", "set boot pxe", "set power 0", "set power 1"]
+        sets_after(dir.path(), 5),
+        [
+            "set power 0",
+            "set power 1",
+            "set boot pxe",
+            "set power 0",
+            "set power 1"
+        ]
     );
     let (_, hist) = s.req("GET", "/api/v1/nodes/node1/history", None, true);
     let power_rows: Vec<&serde_json::Value> = hist
@@ -516,9 +546,11 @@ fn cli_and_api_power_a_node_and_reinstall_it_now() {
         .map(|h| &h["event"])
         .filter(|e| e["kind"] == "power")
         .collect();
-    assert_eq!(power_rows.len(), 2, "{hist}");
-    assert_eq!(power_rows[0]["action"], "on");
-    assert_eq!(power_rows[1]["action"], "reinstall_now");
+    assert_eq!(power_rows.len(), 3, "{hist}");
+    assert_eq!(power_rows[0]["action"], "off");
+    assert_eq!(power_rows[0]["by"], "ops");
+    assert_eq!(power_rows[1]["action"], "on");
+    assert_eq!(power_rows[2]["action"], "reinstall_now");
     assert!(
         power_rows
             .iter()
