@@ -587,6 +587,9 @@ fn cli_and_api_power_a_node_and_reinstall_it_now() {
         last["error"].as_str().unwrap().contains("does not answer"),
         "{hist}"
     );
+    // --all names every declared node.
+    let (ok, out, err) = s.cli(&["node", "reinstall", "--all"]);
+    assert!(ok && out.contains("node1 (52:54:00:00:00:01) will reinstall"), "{out}{err}");
     // The password is nowhere: not in the history, the API, nor the log.
     for text in [hist.to_string(), node.to_string(), s.log_text(), err] {
         assert!(!text.contains(PASSWORD), "password leaked: {text}");

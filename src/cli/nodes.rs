@@ -42,8 +42,11 @@ pub enum NodeCmd {
     /// Install the node again on its next boot; --now also sets its next boot
     /// to PXE and power-cycles it (or powers it on) through its BMC.
     Reinstall {
-        #[arg(required = true)]
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
         nodes: Vec<String>,
+        /// Every declared or approved node.
+        #[arg(long)]
+        all: bool,
         #[arg(long)]
         now: bool,
     },
@@ -232,8 +235,21 @@ pub fn run_node(cmd: NodeCmd, c: &Client) -> anyhow::Result<()> {
             c.delete(&format!("/api/v1/nodes/{}", enc(&node)))?;
             println!("{node} removed");
         }
-        NodeCmd::Reinstall { nodes, now: true } => super::power::reinstall_now(&nodes, c)?,
-        NodeCmd::Reinstall { nodes, now: false } => {
+        NodeCmd::Reinstall { nodes, all, now } => {
+            let nodes = if all {
+                // Declared or approved nodes: machines nobody approved stay
+                // out (`rollout discovered approve` is for them).
+                let list: Vec<NodeRecord> = c.get("/api/v1/nodes")?;
+                list.into_iter()
+                    .filter(|n| !matches!(n.state, NodeState::Discovered | NodeState::Ignored))
+                    .map(|n| n.hostname)
+                    .collect()
+            } else {
+                nodes
+            };
+            if now {
+                return super::power::reinstall_now(&nodes, c);
+            }
             for node in nodes {
                 let n: NodeRecord =
                     c.post(&format!("/api/v1/nodes/{}/reinstall", enc(&node)), None)?;
