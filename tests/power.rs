@@ -48,6 +48,25 @@ fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// `cfg` with a wrong password: the typed bad-credentials error, naming the
+/// node and `bmc`, and neither password. Returns its text.
+fn wrong_password_error(cfg: &BmcConfig, dir: &Path, bmc: &str) -> String {
+    let mut bad = cfg.clone();
+    bad.password_file = Some(secret_file(dir, "wrong", "not-the-password"));
+    let e = power::driver(&target(&bad, None))
+        .unwrap()
+        .status()
+        .unwrap_err();
+    assert!(matches!(e, PowerError::BadCredentials { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains(NODE) && text.contains(bmc), "{text}");
+    assert!(
+        !text.contains(PASSWORD) && !text.contains("not-the-password"),
+        "{text}"
+    );
+    text
+}
+
 fn basic_auth(user: &str, password: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
@@ -215,25 +234,9 @@ fn ipmi_against_ipmi_sim() {
     assert_eq!(d.status().unwrap(), PowerState::On);
 
     // A wrong password: the typed error, naming node and BMC, without the password.
-    let wrong = secret_file(dir.path(), "wrong", "not-the-password");
-    let mut bad = cfg.clone();
-    bad.password_file = Some(wrong);
-    let e = power::driver(&target(&bad, None))
-        .unwrap()
-        .status()
-        .unwrap_err();
-    assert!(matches!(e, PowerError::BadCredentials { .. }), "{e:?}");
-    let text = e.to_string();
-    assert!(
-        text.contains(NODE) && text.contains(&format!("127.0.0.1:{port}")),
-        "{text}"
-    );
+    let text = wrong_password_error(&cfg, dir.path(), &format!("127.0.0.1:{port}"));
     assert!(
         text.contains("check bmc.username and the password"),
-        "{text}"
-    );
-    assert!(
-        !text.contains(PASSWORD) && !text.contains("not-the-password"),
         "{text}"
     );
 
@@ -354,23 +357,8 @@ fn redfish_against_sushy_tools() {
     settle(PowerState::Off);
 
     // A wrong password: the typed error naming node and BMC, without the password.
-    let mut bad = cfg.clone();
-    bad.password_file = Some(secret_file(dir.path(), "wrong", "not-the-password"));
-    let e = power::driver(&target(&bad, None))
-        .unwrap()
-        .status()
-        .unwrap_err();
-    assert!(matches!(e, PowerError::BadCredentials { .. }), "{e:?}");
-    let text = e.to_string();
-    assert!(
-        text.contains(NODE) && text.contains(&format!("127.0.0.1:{port}")),
-        "{text}"
-    );
+    let text = wrong_password_error(&cfg, dir.path(), &format!("127.0.0.1:{port}"));
     assert!(text.contains("HTTP 401"), "{text}");
-    assert!(
-        !text.contains(PASSWORD) && !text.contains("not-the-password"),
-        "{text}"
-    );
 
     // A system that does not exist is a rejected operation naming the path.
     let mut wrong = cfg.clone();
@@ -589,7 +577,10 @@ fn cli_and_api_power_a_node_and_reinstall_it_now() {
     );
     // --all names every declared node.
     let (ok, out, err) = s.cli(&["node", "reinstall", "--all"]);
-    assert!(ok && out.contains("node1 (52:54:00:00:00:01) will reinstall"), "{out}{err}");
+    assert!(
+        ok && out.contains("node1 (52:54:00:00:00:01) will reinstall"),
+        "{out}{err}"
+    );
     // The password is nowhere: not in the history, the API, nor the log.
     for text in [hist.to_string(), node.to_string(), s.log_text(), err] {
         assert!(!text.contains(PASSWORD), "password leaked: {text}");
