@@ -86,6 +86,16 @@ pub(super) fn lookup(state: &Shared, id: &str) -> Result<NodeRecord, Response> {
     }
 }
 
+/// A read of one node: any role (or anonymous where allowed), then the lookup.
+pub(super) fn readable_node(
+    state: &Shared,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<NodeRecord, Response> {
+    require_read(state, headers)?;
+    lookup(state, id)
+}
+
 async fn list_nodes(State(state): State<Shared>, headers: HeaderMap) -> Response {
     if let Err(r) = require_read(&state, &headers) {
         return r;
@@ -101,10 +111,7 @@ async fn get_node(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = require_read(&state, &headers) {
-        return r;
-    }
-    match lookup(&state, &id) {
+    match readable_node(&state, &headers, &id) {
         Ok(n) => Json(n.public()).into_response(),
         Err(r) => r,
     }
@@ -115,10 +122,7 @@ async fn history(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = require_read(&state, &headers) {
-        return r;
-    }
-    let node = match lookup(&state, &id) {
+    let node = match readable_node(&state, &headers, &id) {
         Ok(n) => n,
         Err(r) => return r,
     };

@@ -6,8 +6,8 @@
 
 #![allow(clippy::result_large_err)]
 
-use super::admin::{json_body, lookup};
-use super::auth::{require_api, require_read, Principal};
+use super::admin::{json_body, lookup, readable_node};
+use super::auth::{require_api, Principal};
 use super::{error, inventory_error, route, ApiRoute, Shared};
 use crate::inventory::{NodeRecord, OperatorAction};
 use crate::operators::Role;
@@ -118,10 +118,7 @@ async fn get_power(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = require_read(&state, &headers) {
-        return r;
-    }
-    let node = match lookup(&state, &id) {
+    let node = match readable_node(&state, &headers, &id) {
         Ok(n) => n,
         Err(r) => return r,
     };
