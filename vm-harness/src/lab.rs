@@ -4,7 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::config::{node_ip, RolloutConfig, BRIDGE, PREFIX_LEN, SERVER_ADDR};
+use crate::config::{node_ip, BmcConfig, RolloutConfig, BRIDGE, PREFIX_LEN, SERVER_ADDR};
 use crate::error::{Error, IoContext, Result};
 use crate::hosts::{Host, SUBNET_BRIDGE};
 use crate::netns::{self, Netns};
@@ -103,9 +103,13 @@ pub fn cleanup(name: &str) -> Result<()> {
         for e in entries.filter_map(|e| e.ok()) {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "pid") {
-                // Server pid files are named server.pid, node ones <node>.pid.
-                let expect: &[&str] = if p.file_stem().is_some_and(|s| s == "server") {
+                // Server pid files are named server.pid, node ones <node>.pid and
+                // a node's BMC <node>.bmc.pid.
+                let stem = p.file_stem().unwrap_or_default().to_string_lossy();
+                let expect: &[&str] = if stem == "server" {
                     &["serve", "dnsmasq"]
+                } else if stem.ends_with(".bmc") {
+                    &["ipmi_sim"]
                 } else {
                     &[QEMU]
                 };
@@ -303,15 +307,34 @@ impl Lab {
         self.nodes.iter_mut().try_for_each(|n| n.start())
     }
 
+    /// Gives node `name` an IPMI BMC that owns its power from now on (see
+    /// [`crate::bmc`]); [`Lab::config`] then points the server at it.
+    pub fn add_bmc(&mut self, name: &str) -> Result<&crate::bmc::Bmc> {
+        let Some(i) = self.nodes.iter().position(|n| n.name() == name) else {
+            return Err(Error::Netns {
+                ns: self.netns.name().into(),
+                message: format!("no node {name:?} in the lab"),
+            });
+        };
+        self.nodes[i].attach_bmc(i + 1)
+    }
+
     /// The lab's server config: DHCP full mode on the bridge and a `[[node]]`
-    /// with a reserved address for every node.
+    /// with a reserved address for every node, powered like a rack's machines:
+    /// over IPMI where the node has a BMC, else over its QEMU monitor (`qmp`).
     pub fn config(&self) -> RolloutConfig {
-        self.nodes
-            .iter()
-            .enumerate()
-            .fold(RolloutConfig::lab(self.state_dir()), |c, (i, n)| {
-                c.with_node(n.mac(), n.name(), node_ip(i + 1))
-            })
+        let mut config = RolloutConfig::lab(self.state_dir());
+        for (i, n) in self.nodes.iter().enumerate() {
+            let bmc = match n.bmc() {
+                Some(b) => {
+                    BmcConfig::ipmi(&b.address(), b.port(), crate::bmc::USER, b.password_file())
+                }
+                None => BmcConfig::qmp(&n.qmp_socket()),
+            };
+            config = config.with_node(n.mac(), n.name(), node_ip(i + 1));
+            config.nodes.last_mut().expect("just added").bmc = Some(bmc);
+        }
+        config
     }
 
     /// Writes `config` (usually [`Lab::config`]) to `<dir>/rollout.toml`.

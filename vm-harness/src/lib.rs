@@ -15,6 +15,7 @@
 //! ```
 
 pub mod bench;
+pub mod bmc;
 pub mod boottest;
 pub mod config;
 pub mod console;

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::bmc::{self, Bmc};
 use crate::console::{self, Pattern};
 use crate::error::{Error, IoContext, Result};
 use crate::proc::{run, ProcessGroup};
@@ -175,6 +176,11 @@ pub struct Node {
     proc: Option<ProcessGroup>,
     /// Appended to the QEMU command line at the next start (e.g. `-kernel`).
     extra_args: Vec<String>,
+    /// The node's IPMI BMC, which then owns its power (see [`crate::bmc`]).
+    bmc: Option<Bmc>,
+    /// The BMC's VM port QEMU connects to (set before the BMC starts: the BMC
+    /// needs the whole QEMU command line).
+    bmc_vm_port: Option<u16>,
 }
 
 impl Node {
@@ -197,6 +203,8 @@ impl Node {
             spec,
             proc: None,
             extra_args: Vec::new(),
+            bmc: None,
+            bmc_vm_port: None,
         };
         let disk = node.disk_path();
         if !disk.exists() {
@@ -344,8 +352,49 @@ impl Node {
                 ]);
             }
         }
+        if let Some(port) = self.bmc_vm_port {
+            a.extend(bmc::qemu_args(port));
+        }
         a.extend(self.extra_args.iter().cloned());
         a
+    }
+
+    /// Gives the node an IPMI BMC (`ipmi_sim` in the lab namespace) that from
+    /// now on owns its power: the harness no longer starts it; whoever speaks
+    /// IPMI to the BMC does. `index` is the node's 1-based number in the lab.
+    pub fn attach_bmc(&mut self, index: usize) -> Result<&Bmc> {
+        self.bmc_vm_port = Some(bmc::vm_port(index));
+        let mut qemu = vec![QEMU.to_string()];
+        qemu.extend(self.qemu_args());
+        let bmc = Bmc::start(
+            &self.netns,
+            &self.spec.name,
+            index,
+            &self.dir.join("bmc"),
+            &qemu,
+            &self.qemu_log(),
+            &self.pid_file(),
+            &self.run_dir.join(format!("{}.bmc.pid", self.spec.name)),
+        )?;
+        Ok(self.bmc.insert(bmc))
+    }
+
+    /// The node's BMC, if it has one.
+    pub fn bmc(&self) -> Option<&Bmc> {
+        self.bmc.as_ref()
+    }
+
+    /// The pid of the QEMU its BMC started, if that QEMU runs.
+    fn bmc_powered_pid(&self) -> Option<i32> {
+        let pid: i32 = fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The state follows the parenthesised command name; Z is a zombie.
+        let state = stat.rsplit_once(") ")?.1.chars().next()?;
+        (state != 'Z').then_some(pid)
     }
 
     /// Extra QEMU arguments for the following starts (empty to undo). The
@@ -358,6 +407,15 @@ impl Node {
     pub fn start(&mut self) -> Result<()> {
         if self.is_running() {
             return Ok(());
+        }
+        if self.bmc.is_some() {
+            return Err(Error::Netns {
+                ns: self.netns.clone(),
+                message: format!(
+                    "{} is powered by its BMC: power it on over IPMI (`rollout node power {} on`)",
+                    self.spec.name, self.spec.name
+                ),
+            });
         }
         let _ = fs::remove_file(self.qmp_socket());
         let qemu_log = self.qemu_log();
@@ -379,6 +437,9 @@ impl Node {
 
     /// Whether QEMU is running (a guest poweroff ends the process).
     pub fn is_running(&mut self) -> bool {
+        if self.bmc.is_some() {
+            return self.bmc_powered_pid().is_some();
+        }
         self.proc.as_mut().is_some_and(|p| p.is_running())
     }
 
@@ -421,6 +482,8 @@ impl Node {
     pub fn poll_console(&mut self, mark: u64, pattern: &Pattern) -> Result<bool> {
         let log = self.console_log();
         let exited = match self.proc.as_mut() {
+            // Off is a state its BMC may end at any time: only the timeout counts.
+            None if self.bmc.is_some() => None,
             None => Some("not started".to_string()),
             Some(p) => p.try_wait().map(|st| st.to_string()),
         };
@@ -446,6 +509,7 @@ impl Node {
 
     /// Pulls the plug: QMP `quit`, or killing QEMU if QMP does not answer.
     pub fn power_off(&mut self) -> Result<()> {
+        self.kill_bmc_powered();
         let Some(mut pg) = self.proc.take() else {
             return Ok(());
         };
@@ -481,8 +545,18 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Pulls the plug on a QEMU its BMC started (the BMC then reports off).
+    fn kill_bmc_powered(&mut self) {
+        if let Some(pid) = self.bmc_powered_pid() {
+            crate::proc::kill_pid(pid as u32);
+        }
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
+        self.kill_bmc_powered();
         // Killing (not QMP) keeps teardown fast; the disk needs no clean shutdown.
         if let Some(mut pg) = self.proc.take() {
             pg.kill(Duration::from_secs(1));
@@ -528,6 +602,8 @@ mod tests {
             run_dir: "/run/vm-harness/t".into(),
             proc: None,
             extra_args: Vec::new(),
+            bmc: None,
+            bmc_vm_port: None,
         }
     }
 
