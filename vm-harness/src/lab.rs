@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::config::{node_ip, BmcConfig, RolloutConfig, BRIDGE, PREFIX_LEN, SERVER_ADDR};
+use crate::devices::Hardware;
 use crate::error::{Error, IoContext, Result};
 use crate::hosts::{Host, SUBNET_BRIDGE};
 use crate::netns::{self, Netns};
@@ -240,6 +241,7 @@ impl Lab {
             disk_bytes: self.opts.disk_bytes,
             accel: self.opts.accel,
             boot: crate::qemu::NetBoot::IpxeRom,
+            hardware: Hardware::default(),
         };
         let dir = self.dir.join(&spec.name);
         let node = Node::prepare(spec, &ns, &tap, dir, &self.run_dir)?;
@@ -307,15 +309,34 @@ impl Lab {
         self.nodes.iter_mut().try_for_each(|n| n.start())
     }
 
+    /// Builds node `name` from `hardware` (from its next start); a spare NIC
+    /// gets a tap of its own on no bridge: a cable to nowhere.
+    pub fn set_hardware(&mut self, name: &str, hardware: Hardware) -> Result<()> {
+        let i = self.node_index(name)?;
+        if hardware.spare_nic_first {
+            let tap = self.nodes[i].spare_tap();
+            self.netns
+                .ip(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
+            self.netns.ip(&["link", "set", &tap, "up"])?;
+        }
+        self.nodes[i].set_hardware(hardware);
+        Ok(())
+    }
+
+    fn node_index(&self, name: &str) -> Result<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.name() == name)
+            .ok_or_else(|| Error::Netns {
+                ns: self.netns.name().into(),
+                message: format!("no node {name:?} in the lab"),
+            })
+    }
+
     /// Gives node `name` an IPMI BMC that owns its power from now on (see
     /// [`crate::bmc`]); [`Lab::config`] then points the server at it.
     pub fn add_bmc(&mut self, name: &str) -> Result<&crate::bmc::Bmc> {
-        let Some(i) = self.nodes.iter().position(|n| n.name() == name) else {
-            return Err(Error::Netns {
-                ns: self.netns.name().into(),
-                message: format!("no node {name:?} in the lab"),
-            });
-        };
+        let i = self.node_index(name)?;
         self.nodes[i].attach_bmc(i + 1)
     }
 

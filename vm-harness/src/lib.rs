@@ -20,6 +20,7 @@ pub mod boottest;
 pub mod config;
 pub mod console;
 pub mod demo;
+pub mod devices;
 pub mod disk;
 pub mod e2e;
 pub mod error;

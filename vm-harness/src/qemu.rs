@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::bmc::{self, Bmc};
 use crate::console::{self, Pattern};
+use crate::devices::{self, Hardware, NicModel};
 use crate::error::{Error, IoContext, Result};
 use crate::proc::{run, ProcessGroup};
 
@@ -162,6 +163,7 @@ pub struct NodeSpec {
     pub disk_bytes: u64,
     pub accel: Accel,
     pub boot: NetBoot,
+    pub hardware: Hardware,
 }
 
 /// A QEMU node in the lab. The QEMU process is killed when this is dropped; the
@@ -235,6 +237,23 @@ impl Node {
     /// Changes how the firmware boots from the network (from the next start).
     pub fn set_net_boot(&mut self, boot: NetBoot) {
         self.spec.boot = boot;
+    }
+    /// Changes the node's devices (from the next start).
+    pub fn set_hardware(&mut self, hardware: Hardware) {
+        self.spec.hardware = hardware;
+    }
+    /// The tap of the spare NIC ([`Hardware::spare_nic_first`]); the lab creates it.
+    pub fn spare_tap(&self) -> String {
+        format!("{}s", self.tap)
+    }
+    pub fn spare_mac(&self) -> String {
+        let index: usize = self
+            .spec
+            .name
+            .trim_start_matches("node")
+            .parse()
+            .unwrap_or(0);
+        devices::spare_mac(index)
     }
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -314,16 +333,28 @@ impl Node {
             Firmware::Bios => (",bootindex=1", ",bootindex=2"),
             Firmware::Uefi => ("", ""),
         };
-        let rom = match s.boot {
-            NetBoot::IpxeRom => VIRTIO_ROM,
-            NetBoot::FirmwarePxe | NetBoot::HttpOnly => "",
+        // The virtio ROM is given explicitly (see above); other models carry
+        // QEMU's own iPXE ROM, which under OVMF is also their only UEFI driver.
+        let rom = match (s.hardware.nic, s.boot) {
+            (NicModel::Virtio, NetBoot::IpxeRom) => Some(VIRTIO_ROM),
+            (NicModel::Virtio, NetBoot::FirmwarePxe | NetBoot::HttpOnly) => Some(""),
+            _ => None,
         };
+        if s.hardware.spare_nic_first {
+            // Ahead on the PCI bus, no ROM: the firmware boots the second NIC.
+            push(&[
+                "-netdev",
+                &format!(
+                    "tap,id=n1,ifname={},script=no,downscript=no",
+                    self.spare_tap()
+                ),
+                "-device",
+                &devices::nic_device(s.hardware.nic, "n1", &self.spare_mac(), Some(""), ""),
+            ]);
+        }
         push(&[
             "-device",
-            &format!(
-                "virtio-net-pci,netdev=n0,mac={},disable-legacy=on,romfile={rom}{net_index}",
-                s.mac
-            ),
+            &devices::nic_device(s.hardware.nic, "n0", &s.mac, rom, net_index),
         ]);
         let disk = self.disk_path();
         push(&[
@@ -332,9 +363,14 @@ impl Node {
                 "file={},if=none,id=d0,format=qcow2,discard=unmap",
                 disk.display()
             ),
-            "-device",
-            &format!("virtio-blk-pci,drive=d0{disk_index}"),
         ]);
+        a.extend(devices::disk_devices(
+            &s.hardware,
+            "d0",
+            &format!("rollout-{}", s.name),
+            disk_index,
+        ));
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|x| x.to_string()));
         if s.firmware == Firmware::Uefi {
             let vars = self.vars_path();
             push(&[
@@ -595,6 +631,7 @@ mod tests {
                 disk_bytes: 8 << 30,
                 accel: Accel::Tcg,
                 boot: NetBoot::IpxeRom,
+                hardware: Hardware::default(),
             },
             netns: "rollout-lab-t".into(),
             tap: "tap1".into(),
