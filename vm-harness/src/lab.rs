@@ -34,6 +34,16 @@ impl FirmwareChoice {
     }
 }
 
+impl std::fmt::Display for FirmwareChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FirmwareChoice::Bios => "bios",
+            FirmwareChoice::Uefi => "uefi",
+            FirmwareChoice::Mixed => "mixed",
+        })
+    }
+}
+
 impl FromStr for FirmwareChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

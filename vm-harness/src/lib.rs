@@ -17,6 +17,7 @@
 pub mod bench;
 pub mod bmc;
 pub mod boottest;
+pub mod ci;
 pub mod config;
 pub mod console;
 pub mod demo;
