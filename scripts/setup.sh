@@ -32,6 +32,8 @@ PACKAGES=(
   # power control: the IPMI client rollout drives BMCs with, and a simulated BMC
   # for its tests; python3-venv holds sushy-tools (the Redfish emulator, below)
   ipmitool openipmi python3-venv
+  # the README's "Use the lab in your CI" script reads `vm-harness up --json`
+  jq
   # building
   build-essential pkg-config musl-tools
 )
@@ -48,7 +50,7 @@ PROGRAMS=(
   extlinux:extlinux debootstrap:debootstrap ssh:openssh-client ssh-keygen:openssh-client
   sshd:openssh-server mtype:mtools mdir:mtools chromium:chromium chromedriver:chromium-driver
   cc:build-essential musl-gcc:musl-tools pkg-config:pkg-config
-  ipmitool:ipmitool ipmi_sim:openipmi
+  ipmitool:ipmitool ipmi_sim:openipmi jq:jq
 )
 
 # file -> package that provides it

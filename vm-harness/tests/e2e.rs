@@ -179,69 +179,16 @@ fn booted_disk(node: &mut vm_harness::qemu::Node, name: &str, mark: u64) -> Disk
 }
 
 #[test]
-fn installed_node_boots_locally_and_is_powered_and_reinstalled_by_the_server() {
+fn nodes_are_powered_and_reinstalled_by_the_server_over_ipmi_and_qmp() {
     let Some((_serial, a)) = fixture() else {
         return;
     };
-    // The lab gives each node `bmc = { driver = "qmp" }`: from the first
-    // install on, only the operator's commands touch the node's power.
-    let mut t = E2eLab::new(a, "e2e-again", &[Firmware::Bios], ImageKind::Tiny, 8 * GIB);
-    t.lab.start_all().unwrap();
-    let first = t.wait_booted("node1", INSTALL);
-    let first_boot = first.boot_id.clone().expect("phone-home sends a boot id");
-
-    // Off through the server: the machine stops and says so.
-    let out = t.cli(a, &["node", "power", "node1", "off"]);
-    assert!(out.contains("node1: power off done"), "{out}");
-    let out = t.cli(a, &["node", "power", "node1", "status"]);
-    assert!(out.contains("node1: power off"), "{out}");
-    let mark = t.lab.nodes()[0].console_mark();
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
-        t.lab.nodes()[0].console_mark(),
-        mark,
-        "the console kept printing after power off"
-    );
-
-    // On: the server tells iPXE to boot the disk, nothing reinstalls.
-    t.cli(a, &["node", "power", "node1", "on"]);
-    let second = t.wait_record("node1", "a second phone-home", INSTALL, |r| {
-        r.is_done() && r.boot_id.as_deref().is_some_and(|b| b != first_boot)
-    });
-    assert_eq!(second.installs, 1, "the second power-on reinstalled");
-    assert!(
-        t.server_log().contains("boot.ipxe → boot from local disk"),
-        "the server did not send the installed node to its disk"
-    );
-    let out = t.cli(a, &["node", "power", "node1", "status"]);
-    assert!(out.contains("node1: power on"), "{out}");
-
-    // A plain reinstall waits for the next power-on; `--now` is that power-on.
-    let out = t.cli(a, &["node", "reinstall", "node1", "--now"]);
-    assert!(out.contains("node1: marked for reinstall"), "{out}");
-    let third = t.wait_record("node1", "the reinstall and its phone-home", INSTALL, |r| {
-        r.installs == 2 && r.is_done()
-    });
-    assert_eq!(third.installs, 2);
-    let shown = t.cli(a, &["node", "show", "node1"]);
-    let history = shown.split("\nhistory:").nth(1).unwrap_or_default();
-    for step in ["\"off\"", "\"on\"", "reinstall"] {
-        assert!(
-            history.contains(step),
-            "no {step} in the node's history:\n{history}"
-        );
-    }
-}
-
-#[test]
-fn a_node_behind_an_ipmi_bmc_installs_powers_off_and_reinstalls_keyboardless() {
-    let Some((_serial, a)) = fixture() else {
-        return;
-    };
-    // ipmi_sim owns node1's power (QEMU's ipmi-bmc-extern device on its VM
-    // port); nothing below starts, stops or resets QEMU but the server's
-    // `ipmi` driver, through ipmitool over RMCP+.
-    let mut t = E2eLab::build(a, "e2e-ipmi", ImageKind::Tiny, 8 * GIB, |lab| {
+    // node1's power belongs to ipmi_sim (QEMU's ipmi-bmc-extern device on the
+    // BMC's VM port), reached by the server's `ipmi` driver over RMCP+; node2
+    // is powered over its QEMU monitor (`qmp`). After the harness first starts
+    // node2, only the operator's commands touch either node's power.
+    let mut t = E2eLab::build(a, "e2e-power", ImageKind::Tiny, 8 * GIB, |lab| {
+        lab.add_node(Firmware::Bios)?;
         lab.add_node(Firmware::Bios)?;
         lab.add_bmc("node1")?;
         Ok(lab.config())
@@ -249,40 +196,75 @@ fn a_node_behind_an_ipmi_bmc_installs_powers_off_and_reinstalls_keyboardless() {
     let out = t.cli(a, &["node", "power", "node1", "status"]);
     assert!(out.contains("node1: power off"), "{out}");
     t.cli(a, &["node", "power", "node1", "on"]);
-    let first = t.wait_booted("node1", INSTALL);
-    assert_eq!(first.installs, 1);
-    let first_boot = first.boot_id.clone().expect("phone-home sends a boot id");
+    t.lab.nodes_mut()[1].start().unwrap();
+    let first: Vec<String> = ["node1", "node2"]
+        .iter()
+        .map(|n| {
+            let rec = t.wait_booted(n, INSTALL);
+            assert_eq!(rec.installs, 1);
+            rec.boot_id.expect("phone-home sends a boot id")
+        })
+        .collect();
 
-    t.cli(a, &["node", "power", "node1", "off"]);
+    // Off through the server: the machines stop and say so.
+    for n in ["node1", "node2"] {
+        let out = t.cli(a, &["node", "power", n, "off"]);
+        assert!(out.contains(&format!("{n}: power off done")), "{out}");
+        let out = t.cli(a, &["node", "power", n, "status"]);
+        assert!(out.contains(&format!("{n}: power off")), "{out}");
+    }
     assert!(
         !t.lab.nodes_mut()[0].is_running(),
-        "the VM still runs after an IPMI power off"
+        "node1's VM still runs after an IPMI power off"
     );
-    let out = t.cli(a, &["node", "power", "node1", "status"]);
-    assert!(out.contains("node1: power off"), "{out}");
+    let mark = t.lab.nodes()[1].console_mark();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        t.lab.nodes()[1].console_mark(),
+        mark,
+        "node2's console kept printing after power off"
+    );
 
-    // On again: boots from its disk.
-    t.cli(a, &["node", "power", "node1", "on"]);
-    let second = t.wait_record("node1", "a boot from disk", INSTALL, |r| {
-        r.is_done() && r.boot_id.as_deref().is_some_and(|b| b != first_boot)
-    });
-    assert_eq!(second.installs, 1, "powering on reinstalled the node");
+    // On: the server tells iPXE to boot the disk, nothing reinstalls.
+    for n in ["node1", "node2"] {
+        t.cli(a, &["node", "power", n, "on"]);
+    }
+    for (n, before) in ["node1", "node2"].iter().zip(&first) {
+        let rec = t.wait_record(n, "a boot from disk", INSTALL, |r| {
+            r.is_done() && r.boot_id.as_deref().is_some_and(|b| b != before)
+        });
+        assert_eq!(rec.installs, 1, "{n}: powering on reinstalled it");
+    }
+    assert!(
+        t.server_log().contains("boot.ipxe → boot from local disk"),
+        "the server did not send the installed nodes to their disks"
+    );
 
-    // Reinstall now: the BMC is told to network-boot once, then cycles power.
-    t.cli(a, &["node", "reinstall", "node1", "--now"]);
-    let third = t.wait_record("node1", "the reinstall and its phone-home", INSTALL, |r| {
-        r.installs == 2 && r.is_done()
-    });
-    assert_eq!(third.installs, 2);
-    let calls = t.lab.nodes()[0]
-        .bmc()
-        .expect("node1 has a BMC")
-        .chassis_calls();
+    // A plain reinstall waits for the next power-on; `--now` is that power-on.
+    let out = t.cli(a, &["node", "reinstall", "node1", "node2", "--now"]);
+    for n in ["node1", "node2"] {
+        assert!(out.contains(&format!("{n}: marked for reinstall")), "{out}");
+    }
+    for n in ["node1", "node2"] {
+        let rec = t.wait_record(n, "the reinstall and its phone-home", INSTALL, |r| {
+            r.installs == 2 && r.is_done()
+        });
+        assert_eq!(rec.installs, 2);
+        let shown = t.cli(a, &["node", "show", n]);
+        let history = shown.split("\nhistory:").nth(1).unwrap_or_default();
+        for step in ["\"off\"", "\"on\"", "reinstall"] {
+            assert!(
+                history.contains(step),
+                "no {step} in {n}'s history:\n{history}"
+            );
+        }
+    }
+    let calls = t.lab.nodes()[0].bmc().expect("node1 has a BMC").chassis_calls();
     let boot = calls.iter().position(|c| c == "set boot pxe");
     let cycle = calls.iter().rposition(|c| c == "set power 0");
     assert!(
         boot.is_some() && cycle.is_some() && boot < cycle,
-        "the BMC did not get a one-time PXE boot before the power cycle: {calls:?}"
+        "node1's BMC did not get a one-time PXE boot before the power cycle: {calls:?}"
     );
 }
 
