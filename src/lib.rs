@@ -21,7 +21,7 @@ pub mod cli;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
-pub mod counters;
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod db;
 #[cfg(feature = "server")]

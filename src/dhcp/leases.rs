@@ -196,6 +196,33 @@ impl LeaseTable {
                 .is_some_and(|m| m != mac)
     }
 
+    /// `(active, free)` in `range` at `now`: bound leases that have not expired,
+    /// and addresses a new client could be offered (not held by any lease,
+    /// not reserved for a node, not excluded). For `/metrics`.
+    pub fn usage(&self, range: &Range, now: u64) -> (u64, u64) {
+        let (first, last) = (u32::from(range.first), u32::from(range.last));
+        if last < first {
+            return (0, 0);
+        }
+        let (mut active, mut held) = (0, 0);
+        for l in self.by_ip.range(first..=last).map(|(_, l)| l) {
+            if l.holds(now) {
+                held += 1;
+                active += u64::from(l.state == LeaseState::Bound);
+            }
+        }
+        let held_at = |ip: &u32| self.by_ip.get(ip).is_some_and(|l| l.holds(now));
+        let blocked: std::collections::HashSet<u32> = self
+            .excluded
+            .iter()
+            .chain(self.reserved_ips.keys())
+            .filter(|ip| (first..=last).contains(*ip) && !held_at(ip))
+            .copied()
+            .collect();
+        let size = u64::from(last - first) + 1;
+        (active, size - held - blocked.len() as u64)
+    }
+
     /// Whether `mac` may have `ip` at `now`: nobody else holds it and it is not
     /// reserved for another node.
     pub fn available_to(&self, ip: Ipv4Addr, mac: &str, now: u64) -> bool {
