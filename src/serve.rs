@@ -319,6 +319,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         config.power.clone(),
         config.server.interface.clone(),
         inventory.clone(),
+        metrics.clone(),
         cancel.clone(),
     );
     tasks.spawn(async move {
@@ -351,6 +352,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     } else {
         warn!("server.address is not set: no rsync daemon, so nodes cannot install");
     }
+    let tftp_metrics = metrics.clone();
     let state = Arc::new(AppState {
         config,
         inventory,
@@ -371,7 +373,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     });
     let c = cancel.clone();
     tasks.spawn(async move {
-        crate::tftp::run(tftp_root, tftp_addr, c)
+        crate::tftp::run(tftp_root, tftp_addr, tftp_metrics, c)
             .await
             .map_err(std::io::Error::other)
     });
