@@ -13,7 +13,7 @@ mod power;
 
 pub use api::published_serial;
 pub use auth::Sessions;
-pub use dashboard::percent;
+pub use dashboard::{human_bytes, percent};
 pub use openapi::{documented_operations, spec_mismatches};
 
 use crate::config::ValidConfig;
