@@ -344,6 +344,35 @@ mod tests {
     }
 
     #[test]
+    fn usage_counts_bound_leases_and_what_a_new_client_could_get() {
+        let r = Range {
+            first: ip("10.0.0.10"),
+            last: ip("10.0.0.19"),
+        };
+        let mut t = table(&[("node1", "10.0.0.15")]);
+        t.exclude([ip("10.0.0.10")]);
+        assert_eq!(t.usage(&r, 100), (0, 8), "10 minus a reservation and an excluded address");
+        bind(&mut t, "a", ip("10.0.0.11"), 1000);
+        bind(&mut t, "b", ip("10.0.0.12"), 150);
+        bind(&mut t, "node1", ip("10.0.0.15"), 1000);
+        t.record(Lease {
+            ip: ip("10.0.0.13"),
+            mac: "c".into(),
+            expires: 1000,
+            state: LeaseState::Released,
+        })
+        .unwrap();
+        assert_eq!(t.usage(&r, 100), (3, 6), "the reservation's holder counts once");
+        // b's lease expires: its address is free again.
+        assert_eq!(t.usage(&r, 200), (2, 7));
+        let outside = Range {
+            first: ip("10.1.0.1"),
+            last: ip("10.1.0.4"),
+        };
+        assert_eq!(t.usage(&outside, 100), (0, 4));
+    }
+
+    #[test]
     fn hands_out_lowest_free_and_never_the_same_address_twice() {
         let mut t = table(&[]);
         let mut given = vec![];

@@ -153,11 +153,14 @@ mod tests {
                 continue;
             };
             let truth = (total - done) as f64 / (10 * MB) as f64;
+            // The first few reports give a rough figure; ten seconds in, a
+            // close and steady one.
+            let tolerance = if i < 10 { 0.5 } else { 0.1 };
             assert!(
-                (left as f64 - truth).abs() <= 0.15 * truth + 2.0,
+                (left as f64 - truth).abs() <= tolerance * truth + 2.0,
                 "report {i}: ETA {left}s, truth {truth:.0}s"
             );
-            if let Some(p) = previous {
+            if let (Some(p), true) = (previous, i >= 10) {
                 assert!(
                     left.abs_diff(p) <= 4,
                     "report {i}: ETA jumped from {p}s to {left}s"
