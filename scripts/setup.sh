@@ -32,6 +32,8 @@ PACKAGES=(
   # power control: the IPMI client rollout drives BMCs with, and a simulated BMC
   # for its tests; python3-venv holds sushy-tools (the Redfish emulator, below)
   ipmitool openipmi python3-venv
+  # /metrics scraped by a real Prometheus; `rollout watch` in a real terminal
+  prometheus tmux
   # building
   build-essential pkg-config musl-tools
 )
@@ -49,6 +51,7 @@ PROGRAMS=(
   sshd:openssh-server mtype:mtools mdir:mtools chromium:chromium chromedriver:chromium-driver
   cc:build-essential musl-gcc:musl-tools pkg-config:pkg-config
   ipmitool:ipmitool ipmi_sim:openipmi
+  prometheus:prometheus tmux:tmux
 )
 
 # file -> package that provides it
