@@ -272,8 +272,11 @@ impl Drop for LoggedReader {
         let span = tracing::info_span!("tftp", client = %self.client, file = %self.name);
         let _g = span.enter();
         self.metrics.tftp_bytes.inc_by(sent);
-        self.metrics
-            .tftp(if sent >= size { "complete" } else { "incomplete" });
+        self.metrics.tftp(if sent >= size {
+            "complete"
+        } else {
+            "incomplete"
+        });
         if sent >= size {
             info!("sent {} ({size} bytes)", self.name);
         } else {

@@ -107,7 +107,10 @@ scrape_configs:
         .srv
         .command("prometheus")
         .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{PROM_PORT}"))
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -240,7 +243,10 @@ fn prometheus_scrapes_an_install_the_leases_and_the_http_routes() {
     );
     assert_eq!(status, 200, "plan: {plan}");
     let token = plan["token"].as_str().unwrap();
-    let events = format!("/api/v1/installs/{}/events", plan["install_id"].as_str().unwrap());
+    let events = format!(
+        "/api/v1/installs/{}/events",
+        plan["install_id"].as_str().unwrap()
+    );
     let send = |ev: Value| {
         let (status, body) = api(&net, "POST", &events, token, Some(ev));
         assert_eq!(status, 204, "{body}");
@@ -265,7 +271,11 @@ fn prometheus_scrapes_an_install_the_leases_and_the_http_routes() {
         15_000,
     ));
     send(event("copy", json!({"kind": "done"}), 15_000));
-    send(event("finish", json!({"kind": "installed", "serial": 1}), 20_000));
+    send(event(
+        "finish",
+        json!({"kind": "installed", "serial": 1}),
+        20_000,
+    ));
 
     wait_for(
         &net,
@@ -277,7 +287,9 @@ fn prometheus_scrapes_an_install_the_leases_and_the_http_routes() {
     wait_for(&net, r#"rollout_nodes{state="installing"}"#, |v| v == 0.0);
     wait_for(&net, "rollout_install_duration_seconds_count", |v| v == 1.0);
     // The copy's average rate: 100 MB over the 10 s between its first and last report.
-    let sum = wait_for(&net, "rollout_copy_throughput_bytes_per_second_sum", |v| v > 0.0);
+    let sum = wait_for(&net, "rollout_copy_throughput_bytes_per_second_sum", |v| {
+        v > 0.0
+    });
     assert_eq!(sum, (10 * MB) as f64);
 
     // HTTP requests are labelled by route template, not by raw path.
@@ -295,11 +307,17 @@ fn prometheus_scrapes_an_install_the_leases_and_the_http_routes() {
         r#"rollout_http_requests_total{route="/metrics",status="401"}"#,
         |v| v == 1.0,
     );
-    let raw = query(&net, r#"rollout_http_requests_total{route=~".*(rack1|52:54).*"}"#);
+    let raw = query(
+        &net,
+        r#"rollout_http_requests_total{route=~".*(rack1|52:54).*"}"#,
+    );
     assert!(raw.is_empty(), "a raw path became a label: {raw:?}");
     // The default log format is text, with the DHCP span in front.
     let log = srv.log_text();
-    assert!(log.contains("dhcp{xid=0x") && !log.starts_with('{'), "{log}");
+    assert!(
+        log.contains("dhcp{xid=0x") && !log.starts_with('{'),
+        "{log}"
+    );
 }
 
 #[test]
@@ -317,8 +335,8 @@ fn json_logs_have_level_target_fields_and_the_dhcp_span() {
     let mut lines = 0;
     let mut dhcp_lines = vec![];
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
         for key in ["timestamp", "level", "target", "fields"] {
             assert!(v.get(key).is_some(), "no {key} in {line}");
         }
@@ -330,14 +348,22 @@ fn json_logs_have_level_target_fields_and_the_dhcp_span() {
     assert!(lines >= 5, "{text}");
     let offer = dhcp_lines
         .iter()
-        .find(|v| v["fields"]["message"].as_str().unwrap_or("").contains("OFFER"))
+        .find(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("OFFER")
+        })
         .unwrap_or_else(|| panic!("no OFFER line inside a dhcp span:\n{text}"));
     assert_eq!(offer["span"]["mac"], NODE_MAC, "{offer}");
     let xid = offer["span"]["xid"].as_str().unwrap();
     assert!(xid.starts_with("0x") && xid.len() == 10, "{offer}");
     assert_eq!(offer["level"], "INFO");
     assert!(
-        offer["target"].as_str().unwrap().starts_with("rollout::dhcp"),
+        offer["target"]
+            .as_str()
+            .unwrap()
+            .starts_with("rollout::dhcp"),
         "{offer}"
     );
 }

@@ -131,7 +131,11 @@ pub fn watch(args: WatchArgs, c: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn finish(nodes: &BTreeMap<String, NodeRecord>, watched: &Watched, tty: bool) -> anyhow::Result<()> {
+fn finish(
+    nodes: &BTreeMap<String, NodeRecord>,
+    watched: &Watched,
+    tty: bool,
+) -> anyhow::Result<()> {
     if tty {
         print!("\x1b[H\x1b[2J");
     }
@@ -189,8 +193,17 @@ mod tests {
         let t = final_table(&nodes, &seen);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3, "header and the two watched installs: {t}");
-        assert!(lines[1].starts_with("n1") && lines[1].contains("installed"), "{t}");
-        assert!(lines[1].contains("2m05s") && lines[1].contains("50.0 MiB/s"), "{t}");
-        assert!(lines[2].contains("failed") && lines[2].ends_with("disk too small"), "{t}");
+        assert!(
+            lines[1].starts_with("n1") && lines[1].contains("installed"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("2m05s") && lines[1].contains("50.0 MiB/s"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("failed") && lines[2].ends_with("disk too small"),
+            "{t}"
+        );
     }
 }

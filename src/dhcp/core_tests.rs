@@ -451,10 +451,7 @@ fn a_random_mac_flood_is_rate_limited_while_known_clients_keep_their_addresses()
         warned, 1,
         "one warning per flood second, not one per packet"
     );
-    let counted = c
-        .metrics()
-        .dhcp_rate_limited
-        .get();
+    let counted = c.metrics().dhcp_rate_limited.get();
     assert_eq!(counted, 98);
     // INIT-REBOOT REQUESTs from new MACs bind nothing either.
     let o = c.handle(

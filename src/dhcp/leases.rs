@@ -351,7 +351,11 @@ mod tests {
         };
         let mut t = table(&[("node1", "10.0.0.15")]);
         t.exclude([ip("10.0.0.10")]);
-        assert_eq!(t.usage(&r, 100), (0, 8), "10 minus a reservation and an excluded address");
+        assert_eq!(
+            t.usage(&r, 100),
+            (0, 8),
+            "10 minus a reservation and an excluded address"
+        );
         bind(&mut t, "a", ip("10.0.0.11"), 1000);
         bind(&mut t, "b", ip("10.0.0.12"), 150);
         bind(&mut t, "node1", ip("10.0.0.15"), 1000);
@@ -362,7 +366,11 @@ mod tests {
             state: LeaseState::Released,
         })
         .unwrap();
-        assert_eq!(t.usage(&r, 100), (3, 6), "the reservation's holder counts once");
+        assert_eq!(
+            t.usage(&r, 100),
+            (3, 6),
+            "the reservation's holder counts once"
+        );
         // b's lease expires: its address is free again.
         assert_eq!(t.usage(&r, 200), (2, 7));
         let outside = Range {

@@ -255,7 +255,11 @@ pub async fn event(
 }
 
 /// An install's end (outcome, duration) and its copy's throughput, in the metrics.
-fn count_event(m: &crate::metrics::Metrics, ev: &ProgressEvent, rec: &crate::inventory::NodeRecord) {
+fn count_event(
+    m: &crate::metrics::Metrics,
+    ev: &ProgressEvent,
+    rec: &crate::inventory::NodeRecord,
+) {
     match &ev.kind {
         EventKind::Installed { .. } => {
             m.install_finished("installed");

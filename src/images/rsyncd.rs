@@ -591,9 +591,7 @@ mod tests {
             !running.is_finished(),
             "the supervisor gave up (and would stop the server)"
         );
-        let failures = metrics
-            .rsyncd_config_failures
-            .get();
+        let failures = metrics.rsyncd_config_failures.get();
         assert!(failures >= 1, "the failure was not counted");
         // Fixed: the next retry writes the file and starts the daemon.
         std::fs::remove_file(&blocker).unwrap();

@@ -37,11 +37,14 @@ impl CopyRate {
         self.first.get_or_insert((elapsed_ms, done_bytes));
         self.last = Some((elapsed_ms, done_bytes));
         self.window.push_back((elapsed_ms, done_bytes));
-        while self
-            .window
-            .front()
-            .is_some_and(|(t, _)| elapsed_ms - t > WINDOW_MS)
-            && self.window.len() > MIN_SAMPLES
+        // Drop reports older than the window, but keep the last one before
+        // it: after a pause in the reports the rate still spans the pause
+        // (the copy's real pace) instead of the few reports since.
+        while self.window.len() > MIN_SAMPLES
+            && self
+                .window
+                .get(1)
+                .is_some_and(|(t, _)| elapsed_ms - t >= WINDOW_MS)
         {
             self.window.pop_front();
         }
@@ -146,7 +149,11 @@ mod tests {
         for i in 0..50u64 {
             let jitter_ms = [0, 400, 150, 300, 50][(i % 5) as usize];
             let t = 1000 * i + jitter_ms;
-            let done = if i % 2 == 0 { 10 * MB * i } else { 10 * MB * i - 8 * MB };
+            let done = if i % 2 == 0 {
+                10 * MB * i
+            } else {
+                10 * MB * i - 8 * MB
+            };
             r.add(t, done);
             let Eta::Remaining(left) = eta(r.rate(), done, total) else {
                 assert!(i < 3, "no estimate at report {i}");
@@ -188,6 +195,22 @@ mod tests {
     }
 
     #[test]
+    fn a_pause_between_reports_is_part_of_the_rate() {
+        // Five reports a second apart, then three after a 44 s gap, all at
+        // 10 MB/s overall: the estimate spans the gap.
+        let mut r = CopyRate::default();
+        for i in 1..=5u64 {
+            r.add(1000 * i, 10 * MB * (i - 1));
+        }
+        for s in [49u64, 50, 51] {
+            r.add(1000 * s, 10 * MB * (s - 1));
+        }
+        let rate = r.rate().expect("an estimate after the gap");
+        assert!((rate - 10.0 * MB as f64).abs() < 1.0, "{rate}");
+        assert_eq!(eta(Some(rate), 500 * MB, 1000 * MB), Eta::Remaining(50));
+    }
+
+    #[test]
     fn finished_and_stalled_and_restarted() {
         assert_eq!(eta(Some(5.0), 100, 100), Eta::Finished);
         assert_eq!(eta(None, 100, 100), Eta::Finished);
@@ -199,7 +222,11 @@ mod tests {
         }
         assert!(r.rate().is_some());
         r.add(500, 0);
-        assert_eq!(r.rate(), None, "a copy that starts over starts the estimate over");
+        assert_eq!(
+            r.rate(),
+            None,
+            "a copy that starts over starts the estimate over"
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@
 pub mod http;
 mod scrape;
 
-pub use scrape::{count_by_state, established_on_port, LeaseSource, NodeSource, RangeUsage, Sources};
+pub use scrape::{
+    count_by_state, established_on_port, LeaseSource, NodeSource, RangeUsage, Sources,
+};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

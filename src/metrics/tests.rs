@@ -21,14 +21,23 @@ fn counters_render_with_labels_help_and_type() {
     m.installs_started.inc();
     let t = m.render();
     assert!(t.contains("# TYPE rollout_dhcp_packets counter"), "{t}");
-    assert!(t.contains("# HELP rollout_dhcp_packets DHCP requests handled"), "{t}");
+    assert!(
+        t.contains("# HELP rollout_dhcp_packets DHCP requests handled"),
+        "{t}"
+    );
     assert_eq!(
-        sample(&t, r#"rollout_dhcp_packets_total{type="discover",outcome="offer"}"#),
+        sample(
+            &t,
+            r#"rollout_dhcp_packets_total{type="discover",outcome="offer"}"#
+        ),
         Some(2.0),
         "{t}"
     );
     assert_eq!(
-        sample(&t, r#"rollout_dhcp_packets_total{type="request",outcome="ack"}"#),
+        sample(
+            &t,
+            r#"rollout_dhcp_packets_total{type="request",outcome="ack"}"#
+        ),
         Some(1.0)
     );
     assert_eq!(sample(&t, "rollout_tftp_sent_bytes_total"), Some(4096.0));
@@ -45,10 +54,16 @@ fn counters_render_with_labels_help_and_type() {
     );
     assert_eq!(sample(&t, "rollout_installs_started_total"), Some(1.0));
     assert_eq!(
-        sample(&t, r#"rollout_installs_finished_total{outcome="installed"}"#),
+        sample(
+            &t,
+            r#"rollout_installs_finished_total{outcome="installed"}"#
+        ),
         Some(1.0)
     );
-    assert!(t.trim_end().ends_with("# EOF"), "OpenMetrics text ends with # EOF");
+    assert!(
+        t.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
 }
 
 #[test]
@@ -58,9 +73,18 @@ fn histograms_have_buckets_sum_and_count() {
     m.install_duration.observe(700.0);
     m.copy_throughput.observe(50.0 * 1048576.0);
     let t = m.render();
-    assert!(t.contains("# TYPE rollout_install_duration_seconds histogram"), "{t}");
-    assert_eq!(sample(&t, "rollout_install_duration_seconds_count"), Some(2.0));
-    assert_eq!(sample(&t, "rollout_install_duration_seconds_sum"), Some(800.0));
+    assert!(
+        t.contains("# TYPE rollout_install_duration_seconds histogram"),
+        "{t}"
+    );
+    assert_eq!(
+        sample(&t, "rollout_install_duration_seconds_count"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&t, "rollout_install_duration_seconds_sum"),
+        Some(800.0)
+    );
     // Buckets 30, 60, 120, …: 100 s falls in le=120, both in le=960.
     assert_eq!(
         sample(&t, r#"rollout_install_duration_seconds_bucket{le="60.0"}"#),
@@ -133,7 +157,11 @@ fn scrape_time_gauges_read_their_sources() {
             }]
         }),
         Box::new(|| {
-            count_by_state([NodeState::Installed, NodeState::Installed, NodeState::Failed])
+            count_by_state([
+                NodeState::Installed,
+                NodeState::Installed,
+                NodeState::Failed,
+            ])
         }),
         None,
     );
@@ -160,7 +188,10 @@ fn scrape_time_gauges_read_their_sources() {
         Some(0.0),
         "an empty state reads 0"
     );
-    assert!(!t.contains("rollout_rsync_connections"), "no rsync port, no gauge");
+    assert!(
+        !t.contains("rollout_rsync_connections"),
+        "no rsync port, no gauge"
+    );
 }
 
 #[test]
@@ -185,6 +216,10 @@ fn established_connections_are_counted_by_local_port() {
    3: 0100007F:0369 0100007F:D6A4 01 00000000:00000000 00:00000000 00000000     0        0 4 1 0 20 4 30 10 -1
    4: 0100007F:0369 0100007F:D6A6 06 00000000:00000000 00:00000000 00000000     0        0 0 3 0 0 0 0 0 0
 ";
-    assert_eq!(count_established(table, 873), 2, "the listener, the client side and TIME_WAIT do not count");
+    assert_eq!(
+        count_established(table, 873),
+        2,
+        "the listener, the client side and TIME_WAIT do not count"
+    );
     assert_eq!(count_established(table, 8873), 0);
 }
