@@ -293,10 +293,8 @@ fn prometheus_scrapes_an_install_the_leases_and_the_http_routes() {
     assert_eq!(sum, (10 * MB) as f64);
 
     // HTTP requests are labelled by route template, not by raw path.
-    let reports = format!(
-        r#"rollout_http_requests_total{{method="POST",route="/api/v1/installs/{{id}}/events",status="204"}}"#
-    );
-    wait_for(&net, &reports, |v| v == 9.0);
+    let reports = r#"rollout_http_requests_total{method="POST",route="/api/v1/installs/{id}/events",status="204"}"#;
+    wait_for(&net, reports, |v| v == 9.0);
     wait_for(
         &net,
         r#"rollout_http_requests_total{route="/api/v1/nodes/{id}",status="200"}"#,

@@ -266,7 +266,6 @@ mod tests {
     use crate::dhcp::pxe::BootTargets;
     use crate::dhcp::{CoreConfig, Subnet};
     use dhcproto::v4::{DhcpOption, MessageType, Opcode};
-    use std::sync::atomic::Ordering;
 
     /// A store whose disk "breaks" with a panic on the first write.
     struct PanickingStore;
