@@ -14,15 +14,12 @@ const NODE_MAC: &str = "52:54:00:aa:00:02";
 const PROM_PORT: u16 = 9090;
 
 fn config(dir: &Path) -> std::path::PathBuf {
-    // A published image, as `rollout image` lays it out: the plan needs one.
-    let img = dir.join("state/images/default");
-    std::fs::create_dir_all(img.join("serials/1/root/etc")).unwrap();
-    std::fs::write(
-        img.join("serials/1/meta.json"),
-        r#"{"serial":1,"created":"2026-01-01T00:00:00Z","size_bytes":0,"file_count":1,"note":"test fixture","parent":null,"changes":null}"#,
-    )
-    .unwrap();
-    std::os::unix::fs::symlink("serials/1", img.join("published")).unwrap();
+    // A published image: the plan needs one.
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    rollout::images::Images::new(&dir.join("state"))
+        .import("default", &tree, "", &[])
+        .unwrap();
     write_config(
         dir,
         &format!(

@@ -16,10 +16,12 @@ pub use scrape::{
 };
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Metric, Registry};
 use std::sync::Arc;
 
 /// `rollout_dhcp_packets_total{type, outcome}`.
@@ -83,6 +85,19 @@ pub struct Metrics {
     sources: Arc<Sources>,
 }
 
+/// Any metric, so the registrations are one table.
+#[derive(Debug)]
+struct Boxed(Box<dyn Metric>);
+
+impl EncodeMetric for Boxed {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Metrics {
         Metrics::new()
@@ -117,76 +132,77 @@ impl Metrics {
             sources: Arc::default(),
             registry: Registry::default(),
         };
-        // Counters get `_total` appended by the encoder.
-        let r = &mut registry;
-        r.register(
-            "dhcp_packets",
-            "DHCP requests handled, by message type and outcome",
-            m.dhcp_packets.clone(),
-        );
-        r.register(
-            "tftp_transfers",
-            "TFTP read requests, by outcome (complete, incomplete, refused, not_found)",
-            m.tftp_transfers.clone(),
-        );
-        r.register(
-            "tftp_sent_bytes",
-            "Bytes sent by TFTP transfers",
-            m.tftp_bytes.clone(),
-        );
-        r.register(
-            "http_requests",
-            "HTTP requests, by method, route template and status",
-            m.http_requests.clone(),
-        );
-        r.register(
-            "installs_started",
-            "Install plans handed out (each starts an install)",
-            m.installs_started.clone(),
-        );
-        r.register(
-            "installs_finished",
-            "Installs that reported their end, by outcome (installed, failed)",
-            m.installs_finished.clone(),
-        );
-        r.register(
-            "install_duration_seconds",
-            "Seconds from the plan to the installed report, of successful installs",
-            m.install_duration.clone(),
-        );
-        r.register(
-            "copy_throughput_bytes_per_second",
-            "Average rate of each install's image copy",
-            m.copy_throughput.clone(),
-        );
-        r.register(
-            "bmc_calls",
-            "Calls to nodes' BMCs, by driver, operation and outcome",
-            m.bmc_calls.clone(),
-        );
-        for (name, help, c) in [
+        // One table: name, help, metric (counters get `_total` appended by the encoder).
+        let table: [(&str, &str, Box<dyn Metric>); 13] = [
+            (
+                "dhcp_packets",
+                "DHCP requests handled, by message type and outcome",
+                Box::new(m.dhcp_packets.clone()),
+            ),
+            (
+                "tftp_transfers",
+                "TFTP read requests, by outcome (complete, incomplete, refused, not_found)",
+                Box::new(m.tftp_transfers.clone()),
+            ),
+            (
+                "tftp_sent_bytes",
+                "Bytes sent by TFTP transfers",
+                Box::new(m.tftp_bytes.clone()),
+            ),
+            (
+                "http_requests",
+                "HTTP requests, by method, route template and status",
+                Box::new(m.http_requests.clone()),
+            ),
+            (
+                "installs_started",
+                "Install plans handed out (each starts an install)",
+                Box::new(m.installs_started.clone()),
+            ),
+            (
+                "installs_finished",
+                "Installs that reported their end, by outcome (installed, failed)",
+                Box::new(m.installs_finished.clone()),
+            ),
+            (
+                "install_duration_seconds",
+                "Seconds from the plan to the installed report, of successful installs",
+                Box::new(m.install_duration.clone()),
+            ),
+            (
+                "copy_throughput_bytes_per_second",
+                "Average rate of each install's image copy",
+                Box::new(m.copy_throughput.clone()),
+            ),
+            (
+                "bmc_calls",
+                "Calls to nodes' BMCs, by driver, operation and outcome",
+                Box::new(m.bmc_calls.clone()),
+            ),
             (
                 "dhcp_persist_failures",
                 "Leases that could not be written to the database (no ACK sent)",
-                &m.dhcp_persist_failures,
+                Box::new(m.dhcp_persist_failures.clone()),
             ),
             (
                 "dhcp_panics",
                 "DHCP packets whose handling panicked (dropped)",
-                &m.dhcp_panics,
+                Box::new(m.dhcp_panics.clone()),
             ),
             (
                 "dhcp_rate_limited",
                 "Requests of new clients refused by the allocation rate limit",
-                &m.dhcp_rate_limited,
+                Box::new(m.dhcp_rate_limited.clone()),
             ),
             (
                 "rsyncd_config_failures",
                 "Failed rewrites of rsyncd.conf",
-                &m.rsyncd_config_failures,
+                Box::new(m.rsyncd_config_failures.clone()),
             ),
-        ] {
-            r.register(name, help, c.clone());
+        ];
+        let r = &mut registry;
+        for (name, help, metric) in table {
+            r.register(name, help, Boxed(metric));
         }
         r.register_collector(Box::new(scrape::Scraped(m.sources.clone())));
         Metrics { registry, ..m }
