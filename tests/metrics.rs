@@ -289,6 +289,21 @@ fn prometheus_scrapes_an_install_the_leases_and_the_http_routes() {
     });
     assert_eq!(sum, (10 * MB) as f64);
 
+    // A client connected to the rsync daemon (as an installer copying) is
+    // counted while it stays connected.
+    let mut rsync_client = net
+        .srv
+        .command("curl")
+        .args(["-s", &format!("telnet://{SERVER_IP}:873")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&net, "rollout_rsync_connections", |v| v == 1.0);
+    let _ = rsync_client.kill();
+    let _ = rsync_client.wait();
+    wait_for(&net, "rollout_rsync_connections", |v| v == 0.0);
+
     // HTTP requests are labelled by route template, not by raw path.
     let reports = r#"rollout_http_requests_total{method="POST",route="/api/v1/installs/{id}/events",status="204"}"#;
     wait_for(&net, reports, |v| v == 9.0);

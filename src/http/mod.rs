@@ -194,6 +194,7 @@ pub fn router(state: Shared) -> Router {
         app = app.route(&r.path, r.handler.layer(limit));
     }
     app.merge(dashboard::routes())
+        // Nested trees: list a new one in crate::metrics::http::NESTED too.
         .nest_service("/boot", ServeDir::new(boot_dir))
         // UEFI HTTP boot clients fetch their first stage by URL instead of TFTP.
         .nest_service("/ipxe", ServeDir::new(ipxe_dir))

@@ -107,7 +107,7 @@ fn histograms_have_buckets_sum_and_count() {
 #[test]
 fn http_requests_are_labelled_by_route_template() {
     let m = Metrics::new();
-    let route = http::route_label(Some("/api/v1/nodes/{id}"));
+    let route = http::route_label(Some("/api/v1/nodes/{id}"), "/api/v1/nodes/node1");
     m.http_requests
         .get_or_create(&HttpLabels {
             method: http::method_label(&axum::http::Method::GET),
@@ -118,7 +118,7 @@ fn http_requests_are_labelled_by_route_template() {
     m.http_requests
         .get_or_create(&HttpLabels {
             method: http::method_label(&axum::http::Method::from_bytes(b"PROPFIND").unwrap()),
-            route: http::route_label(None),
+            route: http::route_label(None, "/wp-login.php"),
             status: 404,
         })
         .inc();
@@ -139,6 +139,18 @@ fn http_requests_are_labelled_by_route_template() {
         Some(1.0),
         "{t}"
     );
+}
+
+#[test]
+fn file_trees_get_one_label_each_and_strangers_none() {
+    assert_eq!(http::route_label(None, "/boot/vmlinuz"), "/boot/{*path}");
+    assert_eq!(
+        http::route_label(None, "/ipxe/snponly.efi"),
+        "/ipxe/{*path}"
+    );
+    assert_eq!(http::route_label(None, "/bootx/../etc"), "unmatched");
+    assert_eq!(http::route_label(None, "/boot"), "unmatched");
+    assert_eq!(http::route_label(None, "/.env"), "unmatched");
 }
 
 #[test]
