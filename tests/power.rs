@@ -25,6 +25,7 @@ fn bmc(driver: BmcDriver) -> BmcConfig {
         password_file: None,
         system: None,
         verify_tls: true,
+        ca_file: None,
         socket: None,
         broadcast: None,
         boot_mode: None,
