@@ -32,6 +32,8 @@ PACKAGES=(
   # power control: the IPMI client rollout drives BMCs with, and a simulated BMC
   # for its tests; python3-venv holds sushy-tools (the Redfish emulator, below)
   ipmitool openipmi python3-venv
+  # a self-signed certificate for the Redfish-over-https test
+  openssl
   # building
   build-essential pkg-config musl-tools
 )
@@ -41,7 +43,7 @@ PROGRAMS=(
   qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils qemu-nbd:qemu-utils
   ip:iproute2 bridge:iproute2
   dhclient:isc-dhcp-client udhcpc:udhcpc busybox:busybox-static curl:curl
-  dnsmasq:dnsmasq-base perfdhcp:kea-admin python3:python3
+  dnsmasq:dnsmasq-base perfdhcp:kea-admin python3:python3 openssl:openssl
   modprobe:kmod depmod:kmod cpio:cpio zstd:zstd gzip:gzip rsync:rsync
   mke2fs:e2fsprogs mkfs.ext3:e2fsprogs dumpe2fs:e2fsprogs mkswap:util-linux
   sgdisk:gdisk sfdisk:fdisk mkfs.vfat:dosfstools blkid:util-linux losetup:mount

@@ -363,7 +363,11 @@ mod tests {
         ] {
             let c = parse(&bmc).unwrap();
             let b = c.nodes[0].bmc.as_ref().unwrap();
-            crate::power::read_password("n1", b.password_file.as_ref().unwrap()).unwrap();
+            let file = b.password_file.as_ref().unwrap();
+            check_password_file("k", file).unwrap();
+            assert!(std::fs::read_to_string(file)
+                .unwrap()
+                .contains("Sup3r-Secret-BMC"));
             for text in [
                 format!("{b:?}"),
                 format!("{:?}", c.nodes[0]),
