@@ -169,6 +169,18 @@ fn wait_for(d: &Driver, want: f64) -> f64 {
     }
 }
 
+/// A new `read` operator, "viewer": its token.
+fn read_operator(s: &Server) -> String {
+    let (st, viewer) = s.req(
+        "POST",
+        "/api/v1/operators",
+        Some(json!({"name": "viewer", "role": "read"})),
+        true,
+    );
+    assert_eq!(st, 200, "{viewer}");
+    viewer["token"].as_str().unwrap().to_string()
+}
+
 /// Whether Chromium and ChromeDriver are here (otherwise the prerequisite
 /// policy decides: skip locally, fail under CI).
 fn browser_available() -> bool {
@@ -280,20 +292,14 @@ fn reinstall_button_needs_a_maintain_sign_in_in_the_browser() {
     s.install("52:54:00:00:00:01");
     let state = || s.req("GET", "/api/v1/nodes/node1", None, true).1["state"].clone();
     assert_eq!(state(), "installed");
-    let (st, viewer) = s.req(
-        "POST",
-        "/api/v1/operators",
-        Some(json!({"name": "viewer", "role": "read"})),
-        true,
-    );
-    assert_eq!(st, 200, "{viewer}");
+    let viewer = read_operator(&s);
 
     let d = Driver::start().expect("chromedriver starts");
     const BUTTON: &str = r#"form[action$="/reinstall"] button"#;
     d.cmd("POST", "/url", json!({"url": s.url("/nodes/node1")}));
     d.wait_for_path("/login");
 
-    d.sign_in(&s, viewer["token"].as_str().unwrap());
+    d.sign_in(&s, &viewer);
     d.cmd("POST", "/url", json!({"url": s.url("/nodes/node1")}));
     d.wait_for_text("viewer (read)");
     d.click(BUTTON);
@@ -451,16 +457,10 @@ fn power_buttons_drive_a_real_bmc_for_admins_only() {
             .filter(|c| c.starts_with("set"))
             .collect()
     };
-    let (st, viewer) = s.req(
-        "POST",
-        "/api/v1/operators",
-        Some(json!({"name": "viewer", "role": "read"})),
-        true,
-    );
-    assert_eq!(st, 200, "{viewer}");
+    let viewer = read_operator(&s);
 
     // The read-only operator: power states on the list, no buttons.
-    d.sign_in(&s, viewer["token"].as_str().unwrap());
+    d.sign_in(&s, &viewer);
     d.cmd("POST", "/url", json!({"url": s.url("/")}));
     const ROW1: &str = r#"document.querySelector('tr[data-mac="52:54:00:00:00:01"] td.power')"#;
     const ROW2: &str = r#"document.querySelector('tr[data-mac="52:54:00:00:00:02"] td.power')"#;

@@ -145,6 +145,46 @@ fn ipmi_against_ipmi_sim() {
     assert!(e.to_string().contains("chmod 600"), "{e}");
 }
 
+/// Drives the emulator's system through `cfg` once it answers: off at first,
+/// on, next boot PXE (`efi` or legacy), a cycle (ForceRestart here: the
+/// emulator offers no PowerCycle, and refuses types it does not know, so a
+/// wrong choice fails here) that ends on, then off. The fake driver applies
+/// power changes 1–11 s later, as real hardware might. Returns the driver.
+fn drive_redfish(cfg: &BmcConfig, efi: bool) -> Box<dyn power::PowerDriver> {
+    let d = power::driver(&target(cfg, None)).unwrap();
+    wait_for("sushy-emulator", Duration::from_secs(20), || {
+        d.status().is_ok()
+    });
+    assert_eq!(d.status().unwrap(), PowerState::Off);
+    let settle = |want: PowerState| {
+        wait_for(&format!("power {want:?}"), Duration::from_secs(20), || {
+            d.status().unwrap() == want
+        })
+    };
+    d.on().unwrap();
+    settle(PowerState::On);
+    d.boot_once_pxe(efi).unwrap();
+    d.cycle().unwrap();
+    settle(PowerState::On);
+    d.off().unwrap();
+    settle(PowerState::Off);
+    d
+}
+
+/// The emulator's system resource as the BMC shows it (with admin's password).
+fn read_system(agent: &ureq::Agent, base: &str) -> serde_json::Value {
+    agent
+        .get(&format!("{base}/redfish/v1/Systems/{SYSTEM_UUID}"))
+        .set(
+            "Authorization",
+            &format!("Basic {}", basic_auth("admin", PASSWORD)),
+        )
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap()
+}
+
 #[test]
 fn redfish_against_sushy_tools() {
     if !sushy_available() {
@@ -157,39 +197,10 @@ fn redfish_against_sushy_tools() {
     cfg.system = Some(format!("/redfish/v1/Systems/{SYSTEM_UUID}"));
     cfg.username = Some("admin".into());
     cfg.password_file = Some(secret_file(dir.path(), "pw", PASSWORD));
-    let d = power::driver(&target(&cfg, None)).unwrap();
-    wait_for("sushy-emulator", Duration::from_secs(20), || {
-        d.status().is_ok()
-    });
-    assert_eq!(d.status().unwrap(), PowerState::Off);
-    // The fake driver applies power changes 1–11 s later, as real hardware might.
-    let settle = |want: PowerState| {
-        wait_for(&format!("power {want:?}"), Duration::from_secs(20), || {
-            d.status().unwrap() == want
-        })
-    };
-    d.on().unwrap();
-    settle(PowerState::On);
-    d.boot_once_pxe(true).unwrap();
-    let sys: serde_json::Value = ureq::get(&format!(
-        "http://127.0.0.1:{port}/redfish/v1/Systems/{SYSTEM_UUID}"
-    ))
-    .set(
-        "Authorization",
-        &format!("Basic {}", basic_auth("admin", PASSWORD)),
-    )
-    .call()
-    .unwrap()
-    .into_json()
-    .unwrap();
+    drive_redfish(&cfg, true);
+    let sys = read_system(&ureq::agent(), &format!("http://127.0.0.1:{port}"));
     assert_eq!(sys["Boot"]["BootSourceOverrideTarget"], "Pxe", "{sys}");
     assert_eq!(sys["Boot"]["BootSourceOverrideMode"], "UEFI", "{sys}");
-    // A cycle (ForceRestart here: the emulator offers no PowerCycle, and refuses
-    // types it does not know, so a wrong choice fails here) ends on.
-    d.cycle().unwrap();
-    settle(PowerState::On);
-    d.off().unwrap();
-    settle(PowerState::Off);
 
     // A wrong password: the typed error naming node and BMC, without the password.
     let text = wrong_password_error(&cfg, dir.path(), &format!("127.0.0.1:{port}"));
@@ -267,35 +278,10 @@ fn redfish_over_https_with_a_self_signed_certificate() {
     );
     rollout::config::Config::parse(&toml).expect("https is accepted");
 
-    let d = power::driver(&target(&cfg, None)).unwrap();
-    wait_for("sushy-emulator over https", Duration::from_secs(20), || {
-        d.status().is_ok()
-    });
-    assert_eq!(d.status().unwrap(), PowerState::Off);
-    let settle = |want: PowerState| {
-        wait_for(&format!("power {want:?}"), Duration::from_secs(20), || {
-            d.status().unwrap() == want
-        })
-    };
-    d.on().unwrap();
-    settle(PowerState::On);
-    d.boot_once_pxe(false).unwrap();
-    d.cycle().unwrap();
-    settle(PowerState::On);
-    d.off().unwrap();
-    settle(PowerState::Off);
+    let d = drive_redfish(&cfg, false);
     // The override, read back over https with the certificate trusted.
     let tls = rollout::power::tls::client_config(true, Some(&cert)).unwrap();
-    let agent = ureq::AgentBuilder::new().tls_config(tls).build();
-    use base64::Engine;
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}"));
-    let sys: serde_json::Value = agent
-        .get(&format!("{base}/redfish/v1/Systems/{SYSTEM_UUID}"))
-        .set("Authorization", &format!("Basic {basic}"))
-        .call()
-        .unwrap()
-        .into_json()
-        .unwrap();
+    let sys = read_system(&ureq::AgentBuilder::new().tls_config(tls).build(), &base);
     assert_eq!(sys["Boot"]["BootSourceOverrideTarget"], "Pxe", "{sys}");
     assert_eq!(sys["Boot"]["BootSourceOverrideMode"], "Legacy", "{sys}");
 

@@ -332,15 +332,20 @@ mod tests {
     #[test]
     fn errors_name_node_bmc_and_what_to_check_never_the_password() {
         let pw = "pa55-word";
-        let bmc = "10.44.1.11:623";
-        let e = failure_error(
-            "n1",
-            bmc,
-            "admin",
+        let fail = |op: Op, stderr: &str| {
+            failure_error(
+                "n1",
+                "10.44.1.11:623",
+                "admin",
+                op,
+                "exit status: 1",
+                stderr,
+                pw,
+            )
+        };
+        let e = fail(
             Op::Status,
-            "exit status: 1",
             &format!("> RAKP 2 HMAC is invalid (password {pw})\n"),
-            pw,
         );
         assert!(matches!(e, PowerError::BadCredentials { .. }), "{e:?}");
         let t = e.to_string();
@@ -351,34 +356,21 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains(pw) && t.contains("<password>"), "{t}");
-        let e = failure_error(
-            "n1",
-            bmc,
-            "admin",
-            Op::Status,
-            "exit status: 1",
-            "Get Auth Capabilities error\n",
-            pw,
-        );
+        let e = fail(Op::Status, "Get Auth Capabilities error\n");
         assert!(matches!(e, PowerError::Unreachable { .. }), "{e:?}");
         assert!(e.to_string().contains("ping it"), "{e}");
-        let e = failure_error(
-            "n1",
-            bmc,
-            "admin",
+        let t = fail(
             Op::BootPxe { efi: true },
-            "exit status: 1",
             "Set Boot Device to pxe failed: Invalid data field in request\n",
-            pw,
-        );
-        let t = e.to_string();
+        )
+        .to_string();
         assert!(
             t.contains("rejected `ipmitool chassis bootdev pxe options=efiboot`")
                 && t.contains("Invalid data field")
                 && t.contains("operator or administrator privilege"),
             "{t}"
         );
-        let e = failure_error("n1", bmc, "admin", Op::Off, "exit status: 1", "", pw);
+        let e = fail(Op::Off, "");
         assert!(
             e.to_string()
                 .contains("ipmitool exited with exit status: 1"),
