@@ -253,11 +253,22 @@ pub fn check_password_file(key: &str, path: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Every `[[node]]`'s password file checked (see [`check_password_file`]).
+/// Every `[[node]]`'s password file checked (see [`check_password_file`]),
+/// and its `ca_file` readable (a typo there would fail every https call).
 pub fn check_password_files(nodes: &[super::NodeConfig]) -> Result<(), ConfigError> {
     for (i, node) in nodes.iter().enumerate() {
-        if let Some(path) = node.bmc.as_ref().and_then(|b| b.password_file.as_deref()) {
+        let Some(bmc) = &node.bmc else { continue };
+        if let Some(path) = bmc.password_file.as_deref() {
             check_password_file(&format!("node[{i}].bmc.password_file"), path)?;
+        }
+        if let Some(path) = bmc.ca_file.as_deref() {
+            std::fs::File::open(path).map_err(|e| {
+                invalid(
+                    &format!("node[{i}].bmc.ca_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                    "point it at the PEM certificate of the CA that signed the BMC's certificate",
+                )
+            })?;
         }
     }
     Ok(())
@@ -328,6 +339,24 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.contains("is not a URL"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_refused_at_startup() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let c = parse(&format!(
+            r#"{{ driver = "redfish", address = "https://bmc", system = "/redfish/v1/Systems/1", ca_file = "{}" }}"#,
+            ca.display()
+        ))
+        .unwrap();
+        let e = check_password_files(&c.nodes).unwrap_err().to_string();
+        assert!(
+            e.contains("node[0].bmc.ca_file") && e.contains("ca.pem"),
+            "{e}"
+        );
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        check_password_files(&c.nodes).unwrap();
     }
 
     #[test]
