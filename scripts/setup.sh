@@ -34,6 +34,8 @@ PACKAGES=(
   ipmitool openipmi python3-venv
   # a self-signed certificate for the Redfish-over-https test
   openssl
+  # the README's "Use the lab in your CI" script reads `vm-harness up --json`
+  jq
   # building
   build-essential pkg-config musl-tools
 )
@@ -50,7 +52,7 @@ PROGRAMS=(
   extlinux:extlinux debootstrap:debootstrap ssh:openssh-client ssh-keygen:openssh-client
   sshd:openssh-server mtype:mtools mdir:mtools chromium:chromium chromedriver:chromium-driver
   cc:build-essential musl-gcc:musl-tools pkg-config:pkg-config
-  ipmitool:ipmitool ipmi_sim:openipmi
+  ipmitool:ipmitool ipmi_sim:openipmi jq:jq
 )
 
 # file -> package that provides it

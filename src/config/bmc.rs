@@ -69,6 +69,43 @@ pub struct BmcConfig {
     pub boot_mode: Option<BootMode>,
 }
 
+impl BmcConfig {
+    fn of(driver: BmcDriver) -> BmcConfig {
+        BmcConfig {
+            driver,
+            address: None,
+            port: None,
+            username: None,
+            password_file: None,
+            system: None,
+            verify_tls: true,
+            ca_file: None,
+            socket: None,
+            broadcast: None,
+            boot_mode: None,
+        }
+    }
+
+    /// An IPMI BMC at `address:port`, its password in `password_file`.
+    pub fn ipmi(address: &str, port: u16, username: &str, password_file: &Path) -> BmcConfig {
+        BmcConfig {
+            address: Some(address.into()),
+            port: Some(port),
+            username: Some(username.into()),
+            password_file: Some(password_file.into()),
+            ..BmcConfig::of(BmcDriver::Ipmi)
+        }
+    }
+
+    /// A QEMU virtual machine's monitor socket.
+    pub fn qmp(socket: &Path) -> BmcConfig {
+        BmcConfig {
+            socket: Some(socket.into()),
+            ..BmcConfig::of(BmcDriver::Qmp)
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PowerConfig {

@@ -6,8 +6,8 @@ use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 
 pub use rollout::config::{
-    Config, DhcpConfig, DhcpMode, ImageConfig, ImageMount, InstallConfig, NodeConfig, RelaySubnet,
-    ServerConfig, UnknownPolicy,
+    BmcConfig, Config, DhcpConfig, DhcpMode, ImageConfig, ImageMount, InstallConfig, NodeConfig,
+    RelaySubnet, ServerConfig, UnknownPolicy,
 };
 
 use crate::error::{IoContext, Result};

@@ -52,6 +52,14 @@ impl std::str::FromStr for ImageKind {
     }
 }
 
+/// What a lab serves as its image: one of the fixture's, or a directory
+/// holding a root filesystem (imported with `rollout image import`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    Kind(ImageKind),
+    Dir(PathBuf),
+}
+
 /// The fake SSH host key files put into the tiny image: an install must never
 /// carry them onto a node.
 pub const FAKE_HOST_KEYS: &[&str] = &["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"];
@@ -253,6 +261,16 @@ impl Artifacts {
         image: ImageKind,
         config: RolloutConfig,
     ) -> Result<SocketAddr> {
+        self.serve_source(lab, &ImageSource::Kind(image), config)
+    }
+
+    /// [`Artifacts::serve_with`] for any [`ImageSource`].
+    pub fn serve_source(
+        &self,
+        lab: &mut Lab,
+        image: &ImageSource,
+        config: RolloutConfig,
+    ) -> Result<SocketAddr> {
         let state = lab.state_dir();
         crate::boottest::stage_boot_files(
             &state,
@@ -262,15 +280,21 @@ impl Artifacts {
         let path = lab.write_config(&config)?;
         let dest = state.join("images").join(&config.install.image);
         let _ = fs::remove_dir_all(&dest);
+        let import = |dir: &Path| {
+            run(Command::new(&self.rollout)
+                .arg("-c")
+                .arg(&path)
+                .args(["image", "import", &config.install.image])
+                .arg(dir))
+        };
         match image {
-            ImageKind::Tiny => {
-                run(Command::new(&self.rollout)
-                    .arg("-c")
-                    .arg(&path)
-                    .args(["image", "import", &config.install.image])
-                    .arg(&self.tiny_dir))?;
+            ImageSource::Kind(ImageKind::Tiny) => {
+                import(&self.tiny_dir)?;
             }
-            ImageKind::Debian => {
+            ImageSource::Dir(dir) => {
+                import(dir)?;
+            }
+            ImageSource::Kind(ImageKind::Debian) => {
                 let src = self.debian_image()?;
                 fs::create_dir_all(state.join("images")).ctx("creating images/", &state)?;
                 run(Command::new("cp").arg("-a").arg(&src).arg(&dest))?;

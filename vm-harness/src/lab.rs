@@ -4,7 +4,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::config::{node_ip, RolloutConfig, BRIDGE, PREFIX_LEN, SERVER_ADDR};
+use crate::config::{node_ip, BmcConfig, RolloutConfig, BRIDGE, PREFIX_LEN, SERVER_ADDR};
+use crate::devices::Hardware;
 use crate::error::{Error, IoContext, Result};
 use crate::hosts::{Host, SUBNET_BRIDGE};
 use crate::netns::{self, Netns};
@@ -30,6 +31,16 @@ impl FirmwareChoice {
             FirmwareChoice::Mixed if index % 2 == 1 => Firmware::Bios,
             FirmwareChoice::Mixed => Firmware::Uefi,
         }
+    }
+}
+
+impl std::fmt::Display for FirmwareChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FirmwareChoice::Bios => "bios",
+            FirmwareChoice::Uefi => "uefi",
+            FirmwareChoice::Mixed => "mixed",
+        })
     }
 }
 
@@ -103,9 +114,13 @@ pub fn cleanup(name: &str) -> Result<()> {
         for e in entries.filter_map(|e| e.ok()) {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "pid") {
-                // Server pid files are named server.pid, node ones <node>.pid.
-                let expect: &[&str] = if p.file_stem().is_some_and(|s| s == "server") {
+                // Server pid files are named server.pid, node ones <node>.pid and
+                // a node's BMC <node>.bmc.pid.
+                let stem = p.file_stem().unwrap_or_default().to_string_lossy();
+                let expect: &[&str] = if stem == "server" {
                     &["serve", "dnsmasq"]
+                } else if stem.ends_with(".bmc") {
+                    &["ipmi_sim"]
                 } else {
                     &[QEMU]
                 };
@@ -236,6 +251,7 @@ impl Lab {
             disk_bytes: self.opts.disk_bytes,
             accel: self.opts.accel,
             boot: crate::qemu::NetBoot::IpxeRom,
+            hardware: Hardware::default(),
         };
         let dir = self.dir.join(&spec.name);
         let node = Node::prepare(spec, &ns, &tap, dir, &self.run_dir)?;
@@ -303,15 +319,53 @@ impl Lab {
         self.nodes.iter_mut().try_for_each(|n| n.start())
     }
 
-    /// The lab's server config: DHCP full mode on the bridge and a `[[node]]`
-    /// with a reserved address for every node.
-    pub fn config(&self) -> RolloutConfig {
+    /// Builds node `name` from `hardware` (from its next start); a spare NIC
+    /// gets a tap of its own on no bridge: a cable to nowhere.
+    pub fn set_hardware(&mut self, name: &str, hardware: Hardware) -> Result<()> {
+        let i = self.node_index(name)?;
+        if hardware.spare_nic_first {
+            let tap = self.nodes[i].spare_tap();
+            self.netns
+                .ip(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
+            self.netns.ip(&["link", "set", &tap, "up"])?;
+        }
+        self.nodes[i].set_hardware(hardware);
+        Ok(())
+    }
+
+    fn node_index(&self, name: &str) -> Result<usize> {
         self.nodes
             .iter()
-            .enumerate()
-            .fold(RolloutConfig::lab(self.state_dir()), |c, (i, n)| {
-                c.with_node(n.mac(), n.name(), node_ip(i + 1))
+            .position(|n| n.name() == name)
+            .ok_or_else(|| Error::Netns {
+                ns: self.netns.name().into(),
+                message: format!("no node {name:?} in the lab"),
             })
+    }
+
+    /// Gives node `name` an IPMI BMC that owns its power from now on (see
+    /// [`crate::bmc`]); [`Lab::config`] then points the server at it.
+    pub fn add_bmc(&mut self, name: &str) -> Result<&crate::bmc::Bmc> {
+        let i = self.node_index(name)?;
+        self.nodes[i].attach_bmc(i + 1)
+    }
+
+    /// The lab's server config: DHCP full mode on the bridge and a `[[node]]`
+    /// with a reserved address for every node, powered like a rack's machines:
+    /// over IPMI where the node has a BMC, else over its QEMU monitor (`qmp`).
+    pub fn config(&self) -> RolloutConfig {
+        let mut config = RolloutConfig::lab(self.state_dir());
+        for (i, n) in self.nodes.iter().enumerate() {
+            let bmc = match n.bmc() {
+                Some(b) => {
+                    BmcConfig::ipmi(&b.address(), b.port(), crate::bmc::USER, b.password_file())
+                }
+                None => BmcConfig::qmp(&n.qmp_socket()),
+            };
+            config = config.with_node(n.mac(), n.name(), node_ip(i + 1));
+            config.nodes.last_mut().expect("just added").bmc = Some(bmc);
+        }
+        config
     }
 
     /// Writes `config` (usually [`Lab::config`]) to `<dir>/rollout.toml`.

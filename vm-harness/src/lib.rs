@@ -15,10 +15,13 @@
 //! ```
 
 pub mod bench;
+pub mod bmc;
 pub mod boottest;
+pub mod ci;
 pub mod config;
 pub mod console;
 pub mod demo;
+pub mod devices;
 pub mod disk;
 pub mod e2e;
 pub mod error;

@@ -1,13 +1,15 @@
 //! `vm-harness`: the virtual lab from the command line.
 
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use vm_harness::boottest::{self, BootTestOptions, ServerKind};
-use vm_harness::e2e::{Artifacts, ImageKind};
+use vm_harness::ci::{LabState, Phase};
+use vm_harness::e2e::{Artifacts, ImageKind, ImageSource};
 use vm_harness::progress::{summary_table, Tracker};
 use vm_harness::{Accel, Firmware, FirmwareChoice, Lab, LabOptions};
 
@@ -23,11 +25,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create the lab, start `rollout serve` and the nodes, and stay up until Ctrl-C.
+    /// Bring a lab up in the background: every node installs the image and
+    /// phones home, then this prints each node's name, address and SSH command
+    /// line and returns, leaving the lab running (for CI scripts).
     Up(UpArgs),
-    /// Remove a lab left behind by a crashed run (its namespace and processes).
+    /// Internal: the process that keeps a lab of `up` running.
+    #[command(hide = true)]
+    Keep(UpArgs),
+    /// Run a command on a node of a lab brought up by `up` (as root, over SSH
+    /// with the server's key); exits with the command's status.
+    Ssh {
+        #[arg(long, default_value = "ci")]
+        name: String,
+        /// Node name, MAC or address.
+        node: String,
+        /// The command (after `--`); none: an interactive login.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// The state of a lab brought up by `up`.
+    Status {
+        #[arg(long, default_value = "ci")]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tear a lab down (one of `up`, or one a crashed run left behind).
     Down {
-        #[arg(long, default_value = "demo")]
+        #[arg(long, default_value = "ci")]
         name: String,
         /// Every `rollout-lab-*` namespace on this machine.
         #[arg(long)]
@@ -69,16 +94,30 @@ struct Common {
 
 #[derive(Args, Clone)]
 struct UpArgs {
-    #[command(flatten)]
-    common: Common,
+    /// Lab name; the namespace is rollout-lab-NAME.
+    #[arg(long, default_value = "ci")]
+    name: String,
     #[arg(long, default_value = "2")]
     nodes: usize,
-    /// bios, uefi or mixed.
-    #[arg(long, default_value = "mixed")]
+    /// bios, uefi or mixed (odd nodes BIOS, even UEFI).
+    #[arg(long, default_value = "bios")]
     firmware: FirmwareChoice,
+    /// tiny, debian, or a directory holding a root filesystem (with sshd for
+    /// `vm-harness ssh`), imported as the lab's image.
+    #[arg(long, default_value = "debian")]
+    image: String,
     /// Disk size per node (e.g. 8G).
     #[arg(long, default_value = "8G")]
     disk_size: String,
+    /// Memory per node in MiB.
+    #[arg(long, default_value = "1024")]
+    memory: u32,
+    /// Seconds for every node to install and phone home.
+    #[arg(long, default_value = "1200")]
+    timeout: u64,
+    /// Print the lab as JSON (name, nodes with address and ssh) on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -163,6 +202,13 @@ fn main() -> Result<()> {
     }
     match cli.cmd {
         Cmd::Up(a) => up(a),
+        Cmd::Keep(a) => keep(a),
+        Cmd::Ssh {
+            name,
+            node,
+            command,
+        } => ssh(&name, &node, &command),
+        Cmd::Status { name, json } => status(&name, json),
         Cmd::Demo(a) => demo(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Down { name, all } => {
@@ -178,6 +224,7 @@ fn main() -> Result<()> {
                 vec![name]
             };
             for n in names {
+                stop_keeper(&n)?;
                 vm_harness::cleanup(&n).with_context(|| format!("cleaning up lab {n}"))?;
                 println!("lab {n}: cleaned up");
             }
@@ -236,72 +283,220 @@ fn boot_test(a: BootTestArgs) -> Result<()> {
     Ok(())
 }
 
-fn bring_up(a: &UpArgs) -> Result<Lab> {
-    let c = &a.common;
+fn image_source(image: &str) -> Result<ImageSource> {
+    Ok(match image {
+        "tiny" => ImageSource::Kind(ImageKind::Tiny),
+        "debian" => ImageSource::Kind(ImageKind::Debian),
+        dir => {
+            let path = PathBuf::from(dir);
+            if !path.is_dir() {
+                bail!("--image {dir:?}: use tiny, debian or a directory holding a root filesystem");
+            }
+            ImageSource::Dir(path.canonicalize()?)
+        }
+    })
+}
+
+/// Starts the keeper detached (its own session, output in its log) and waits
+/// for it to report the lab ready or failed.
+fn up(a: UpArgs) -> Result<()> {
+    image_source(&a.image)?;
+    if let Some(old) = LabState::read(&a.name).filter(|s| s.keeper_alive()) {
+        bail!(
+            "lab {} is already up (keeper pid {}): `vm-harness down --name {}` first",
+            a.name,
+            old.keeper_pid,
+            a.name
+        );
+    }
+    let log_path = LabState::log_path(&a.name);
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("keep")
+        .args(["--name", &a.name, "--nodes", &a.nodes.to_string()])
+        .args(["--firmware", &a.firmware.to_string(), "--image", &a.image])
+        .args([
+            "--disk-size",
+            &a.disk_size,
+            "--memory",
+            &a.memory.to_string(),
+        ])
+        .args(["--timeout", &a.timeout.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; the keeper outlives this process
+    // and must not get the terminal's Ctrl-C.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let keeper = cmd.spawn().context("starting the lab keeper")?;
+    let pid = keeper.id();
+    eprintln!(
+        "lab {}: keeper pid {pid}, log {}",
+        a.name,
+        log_path.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(a.timeout + 600);
+    let mut shown = 0;
+    loop {
+        // Progress on stderr, so stdout holds only the answer.
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        for line in text.lines().skip(shown) {
+            eprintln!("  {line}");
+        }
+        shown = text.lines().count();
+        let state = LabState::read(&a.name).filter(|s| s.keeper_pid == pid);
+        match state {
+            Some(s) if s.phase == Phase::Ready => {
+                if a.json {
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                } else {
+                    print!("{}", s.table());
+                }
+                return Ok(());
+            }
+            Some(s) if s.phase == Phase::Failed => {
+                stop_keeper(&a.name)?;
+                bail!("lab {} failed: {}", a.name, s.error.unwrap_or_default());
+            }
+            _ => {}
+        }
+        if !Path::new(&format!("/proc/{pid}")).exists() || STOP.load(Ordering::SeqCst) {
+            let _ = vm_harness::cleanup(&a.name);
+            bail!(
+                "the lab keeper ended before the lab was up; see {}",
+                log_path.display()
+            );
+        }
+        if Instant::now() > deadline {
+            stop_keeper(&a.name)?;
+            bail!("lab {} not up in time; see {}", a.name, log_path.display());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The keeper: brings the lab up, reports through `lab.json`, then holds it
+/// until SIGTERM (`down`).
+fn keep(a: UpArgs) -> Result<()> {
+    let source = image_source(&a.image)?;
     let disk_bytes = vm_harness::qemu::parse_size(&a.disk_size)
         .with_context(|| format!("bad --disk-size {:?}: use e.g. 8G or 512M", a.disk_size))?;
+    let art = Artifacts::prepare().context("preparing the installer and images")?;
     let mut lab = Lab::create_with(LabOptions {
-        name: c.name.clone(),
+        name: a.name.clone(),
         nodes: a.nodes,
         firmware: a.firmware,
         disk_bytes,
-        memory_mib: c.memory,
-        keep_dir: c.keep_dir.clone(),
-        accel: accel(&c.accel)?,
+        memory_mib: a.memory,
+        ..LabOptions::default()
     })?;
-    let kernel = match &c.kernel {
-        Some(k) => k.clone(),
-        None => vm_harness::initrd::host_kernel()?,
-    };
-    boottest::stage_boot_files(
-        &lab.state_dir(),
-        &kernel,
-        initramfs(&c.initramfs).as_deref(),
-    )?;
-    let cfg = lab.write_config(&lab.config())?;
-    lab.spawn_server(&cfg, &rollout_bin(&c.rollout_bin))?;
-    lab.wait_server_ready(Duration::from_secs(30))
-        .with_context(|| format!("waiting for rollout serve\n{}", lab.diagnostics(30)))?;
+    let config = lab.config();
+    let server = art.serve_source(&mut lab, &source, config)?;
+    let mut state = LabState::starting(&lab, server);
+    state.write()?;
     lab.start_all()?;
-    println!(
-        "lab {} up in namespace {}; files in {}",
-        lab.name(),
-        lab.netns().name(),
-        lab.dir().display()
+    let followed = vm_harness::demo::follow(
+        &mut lab,
+        server,
+        Duration::from_secs(a.timeout),
+        || STOP.load(Ordering::SeqCst),
+        |line| println!("{line}"),
     );
-    for n in lab.nodes() {
-        println!(
-            "  {} {} {} console {}",
-            n.name(),
-            n.firmware(),
-            n.mac(),
-            n.console_log().display()
-        );
-    }
-    Ok(lab)
-}
-
-fn up(a: UpArgs) -> Result<()> {
-    let mut lab = bring_up(&a)?;
-    println!("Ctrl-C to tear down");
-    let started = Instant::now();
-    let mut last = Instant::now();
-    while !STOP.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(200));
-        if last.elapsed() >= Duration::from_secs(15) {
-            last = Instant::now();
-            for n in lab.nodes_mut() {
-                let state = if n.is_running() { "running" } else { "off" };
-                let line = n.console_tail(1).pop().unwrap_or_default();
-                println!(
-                    "[{:>4}s] {} {state}: {line}",
-                    started.elapsed().as_secs(),
-                    n.name()
-                );
-            }
+    match followed {
+        Ok(records) => {
+            state.nodes = vm_harness::ci::lab_nodes(&lab, &records);
+            state.phase = Phase::Ready;
+            state.write()?;
+            println!("lab {} ready", a.name);
+        }
+        Err(e) => {
+            state.phase = Phase::Failed;
+            state.error = Some(format!("{e}\n{}", lab.diagnostics(20)));
+            state.write()?;
+            bail!("lab {}: {e}", a.name);
         }
     }
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     println!("tearing down lab {}", lab.name());
+    Ok(())
+}
+
+fn ready_lab(name: &str) -> Result<LabState> {
+    let state = LabState::read(name)
+        .with_context(|| format!("no lab {name} is up (`vm-harness up --name {name}`)"))?;
+    if !state.keeper_alive() {
+        bail!("lab {name} is gone (its keeper ended): `vm-harness down --name {name}`, then `up` again");
+    }
+    if state.phase != Phase::Ready {
+        bail!("lab {name} is not ready yet ({:?})", state.phase);
+    }
+    Ok(state)
+}
+
+fn ssh(name: &str, node: &str, command: &[String]) -> Result<()> {
+    let state = ready_lab(name)?;
+    let n = state.node(node).with_context(|| {
+        let names: Vec<&str> = state.nodes.iter().map(|n| n.name.as_str()).collect();
+        format!(
+            "lab {name} has no node {node:?}; it has {}",
+            names.join(", ")
+        )
+    })?;
+    let remote = rollout::fleet::ssh::remote_command(command);
+    let argv = vm_harness::ci::ssh_argv(
+        &state.netns,
+        &state.dir.join("state"),
+        &n.name,
+        &n.address,
+        &remote,
+    );
+    let status = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .status()
+        .context("running ssh")?;
+    std::process::exit(status.code().unwrap_or(255));
+}
+
+fn status(name: &str, json: bool) -> Result<()> {
+    let state = LabState::read(name).with_context(|| format!("no lab {name} is up"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&state)?);
+    } else {
+        print!("{}", state.table());
+        if !state.keeper_alive() {
+            println!(
+                "its keeper (pid {}) has ended: `vm-harness down --name {name}`",
+                state.keeper_pid
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Asks a lab's keeper to tear down and waits for it (then the caller cleans up).
+fn stop_keeper(name: &str) -> Result<()> {
+    let Some(state) = LabState::read(name) else {
+        return Ok(());
+    };
+    if !state.keeper_alive() {
+        return Ok(());
+    }
+    // SAFETY: plain kill(2) on the pid the keeper wrote for itself.
+    unsafe {
+        libc::kill(state.keeper_pid as libc::pid_t, libc::SIGTERM);
+    }
+    let start = Instant::now();
+    while state.keeper_alive() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(())
 }
 

@@ -1,17 +1,23 @@
 //! The demo's last act, the maintenance phase of a cluster: change the golden
 //! image inside `rollout image enter`, publish serial N+1, bring every running
-//! node to it in place with `rollout sync --all`, and show what each node runs.
+//! node to it in place with `rollout sync --all`, show what each node runs, and
+//! reinstall one node keyboardless (`rollout node reinstall NODE --now`).
 //! The CLI's own output goes straight to the terminal: this is what an
 //! operator types and sees.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+use crate::demo::{fetch_node, NodeProgress};
 use crate::error::{Error, Result};
 use crate::lab::Lab;
 use crate::proc::command_line;
 use crate::server::http_get_as;
+
+/// A Debian install and first boot take ~2 min under TCG.
+const REINSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What the demo changes in the image: a line every node shows at login.
 pub const MOTD_LINE: &str = "rollout demo: this line was added in `rollout image enter`";
@@ -107,5 +113,60 @@ pub fn maintain(
         "rollout exec --all -- 'cat /etc/rollout/serial; tail -n 1 /etc/motd'",
         say,
     )?;
+    reinstall_now(lab, server, &in_lab, say)?;
     Ok(serial)
+}
+
+/// The act's end: one node reinstalled with no hands on it. The server sets
+/// its next boot to the network and power-cycles it through its BMC (the lab's
+/// nodes have `driver = "qmp"`); the node installs the new serial and phones
+/// home, shown live.
+fn reinstall_now(
+    lab: &Lab,
+    server: SocketAddr,
+    in_lab: &dyn Fn(&[&str]) -> Command,
+    say: &mut dyn FnMut(&str),
+) -> Result<()> {
+    // node2 (the second BIOS node of the demo), or the only node there is.
+    let Some(node) = lab.nodes().get(1).or(lab.nodes().first()) else {
+        return Ok(());
+    };
+    let name = node.name().to_string();
+    let before = fetch_node(lab, server, &name)?.installs;
+    run_shown(
+        in_lab(&["node", "reinstall", &name, "--now"]),
+        &format!("rollout node reinstall {name} --now"),
+        say,
+    )?;
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        let rec = fetch_node(lab, server, &name)?;
+        let line = rec.line();
+        if line != last {
+            say(&format!("[{:>5}s] {line}", start.elapsed().as_secs()));
+            last = line;
+        }
+        if rec.installs > before && rec.is_done() {
+            say(&format!(
+                "{name} reinstalled (install #{}) and phoned home, {} s after the command",
+                rec.installs,
+                start.elapsed().as_secs()
+            ));
+            return Ok(());
+        }
+        if rec.is_failed() {
+            return Err(Error::InstallFailed {
+                node: name,
+                detail: rec.line(),
+            });
+        }
+        if start.elapsed() >= REINSTALL_TIMEOUT {
+            return Err(Error::Timeout {
+                what: format!("{name} to reinstall and phone home"),
+                after: REINSTALL_TIMEOUT,
+            });
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }

@@ -8,7 +8,9 @@ use std::str::FromStr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::bmc::{self, Bmc};
 use crate::console::{self, Pattern};
+use crate::devices::{self, Hardware, NicModel};
 use crate::error::{Error, IoContext, Result};
 use crate::proc::{run, ProcessGroup};
 
@@ -161,6 +163,7 @@ pub struct NodeSpec {
     pub disk_bytes: u64,
     pub accel: Accel,
     pub boot: NetBoot,
+    pub hardware: Hardware,
 }
 
 /// A QEMU node in the lab. The QEMU process is killed when this is dropped; the
@@ -175,6 +178,11 @@ pub struct Node {
     proc: Option<ProcessGroup>,
     /// Appended to the QEMU command line at the next start (e.g. `-kernel`).
     extra_args: Vec<String>,
+    /// The node's IPMI BMC, which then owns its power (see [`crate::bmc`]).
+    bmc: Option<Bmc>,
+    /// The BMC's VM port QEMU connects to (set before the BMC starts: the BMC
+    /// needs the whole QEMU command line).
+    bmc_vm_port: Option<u16>,
 }
 
 impl Node {
@@ -197,6 +205,8 @@ impl Node {
             spec,
             proc: None,
             extra_args: Vec::new(),
+            bmc: None,
+            bmc_vm_port: None,
         };
         let disk = node.disk_path();
         if !disk.exists() {
@@ -227,6 +237,23 @@ impl Node {
     /// Changes how the firmware boots from the network (from the next start).
     pub fn set_net_boot(&mut self, boot: NetBoot) {
         self.spec.boot = boot;
+    }
+    /// Changes the node's devices (from the next start).
+    pub fn set_hardware(&mut self, hardware: Hardware) {
+        self.spec.hardware = hardware;
+    }
+    /// The tap of the spare NIC ([`Hardware::spare_nic_first`]); the lab creates it.
+    pub fn spare_tap(&self) -> String {
+        format!("{}s", self.tap)
+    }
+    pub fn spare_mac(&self) -> String {
+        let index: usize = self
+            .spec
+            .name
+            .trim_start_matches("node")
+            .parse()
+            .unwrap_or(0);
+        devices::spare_mac(index)
     }
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -306,16 +333,28 @@ impl Node {
             Firmware::Bios => (",bootindex=1", ",bootindex=2"),
             Firmware::Uefi => ("", ""),
         };
-        let rom = match s.boot {
-            NetBoot::IpxeRom => VIRTIO_ROM,
-            NetBoot::FirmwarePxe | NetBoot::HttpOnly => "",
+        // The virtio ROM is given explicitly (see above); other models carry
+        // QEMU's own iPXE ROM, which under OVMF is also their only UEFI driver.
+        let rom = match (s.hardware.nic, s.boot) {
+            (NicModel::Virtio, NetBoot::IpxeRom) => Some(VIRTIO_ROM),
+            (NicModel::Virtio, NetBoot::FirmwarePxe | NetBoot::HttpOnly) => Some(""),
+            _ => None,
         };
+        if s.hardware.spare_nic_first {
+            // Ahead on the PCI bus, no ROM: the firmware boots the second NIC.
+            push(&[
+                "-netdev",
+                &format!(
+                    "tap,id=n1,ifname={},script=no,downscript=no",
+                    self.spare_tap()
+                ),
+                "-device",
+                &devices::nic_device(s.hardware.nic, "n1", &self.spare_mac(), Some(""), ""),
+            ]);
+        }
         push(&[
             "-device",
-            &format!(
-                "virtio-net-pci,netdev=n0,mac={},disable-legacy=on,romfile={rom}{net_index}",
-                s.mac
-            ),
+            &devices::nic_device(s.hardware.nic, "n0", &s.mac, rom, net_index),
         ]);
         let disk = self.disk_path();
         push(&[
@@ -324,9 +363,14 @@ impl Node {
                 "file={},if=none,id=d0,format=qcow2,discard=unmap",
                 disk.display()
             ),
-            "-device",
-            &format!("virtio-blk-pci,drive=d0{disk_index}"),
         ]);
+        a.extend(devices::disk_devices(
+            &s.hardware,
+            "d0",
+            &format!("rollout-{}", s.name),
+            disk_index,
+        ));
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|x| x.to_string()));
         if s.firmware == Firmware::Uefi {
             let vars = self.vars_path();
             push(&[
@@ -344,8 +388,49 @@ impl Node {
                 ]);
             }
         }
+        if let Some(port) = self.bmc_vm_port {
+            a.extend(bmc::qemu_args(port));
+        }
         a.extend(self.extra_args.iter().cloned());
         a
+    }
+
+    /// Gives the node an IPMI BMC (`ipmi_sim` in the lab namespace) that from
+    /// now on owns its power: the harness no longer starts it; whoever speaks
+    /// IPMI to the BMC does. `index` is the node's 1-based number in the lab.
+    pub fn attach_bmc(&mut self, index: usize) -> Result<&Bmc> {
+        self.bmc_vm_port = Some(bmc::vm_port(index));
+        let mut qemu = vec![QEMU.to_string()];
+        qemu.extend(self.qemu_args());
+        let bmc = Bmc::start(
+            &self.netns,
+            &self.spec.name,
+            index,
+            &self.dir.join("bmc"),
+            &qemu,
+            &self.qemu_log(),
+            &self.pid_file(),
+            &self.run_dir.join(format!("{}.bmc.pid", self.spec.name)),
+        )?;
+        Ok(self.bmc.insert(bmc))
+    }
+
+    /// The node's BMC, if it has one.
+    pub fn bmc(&self) -> Option<&Bmc> {
+        self.bmc.as_ref()
+    }
+
+    /// The pid of the QEMU its BMC started, if that QEMU runs.
+    fn bmc_powered_pid(&self) -> Option<i32> {
+        let pid: i32 = fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The state follows the parenthesised command name; Z is a zombie.
+        let state = stat.rsplit_once(") ")?.1.chars().next()?;
+        (state != 'Z').then_some(pid)
     }
 
     /// Extra QEMU arguments for the following starts (empty to undo). The
@@ -358,6 +443,15 @@ impl Node {
     pub fn start(&mut self) -> Result<()> {
         if self.is_running() {
             return Ok(());
+        }
+        if self.bmc.is_some() {
+            return Err(Error::Netns {
+                ns: self.netns.clone(),
+                message: format!(
+                    "{} is powered by its BMC: power it on over IPMI (`rollout node power {} on`)",
+                    self.spec.name, self.spec.name
+                ),
+            });
         }
         let _ = fs::remove_file(self.qmp_socket());
         let qemu_log = self.qemu_log();
@@ -379,6 +473,9 @@ impl Node {
 
     /// Whether QEMU is running (a guest poweroff ends the process).
     pub fn is_running(&mut self) -> bool {
+        if self.bmc.is_some() {
+            return self.bmc_powered_pid().is_some();
+        }
         self.proc.as_mut().is_some_and(|p| p.is_running())
     }
 
@@ -421,6 +518,8 @@ impl Node {
     pub fn poll_console(&mut self, mark: u64, pattern: &Pattern) -> Result<bool> {
         let log = self.console_log();
         let exited = match self.proc.as_mut() {
+            // Off is a state its BMC may end at any time: only the timeout counts.
+            None if self.bmc.is_some() => None,
             None => Some("not started".to_string()),
             Some(p) => p.try_wait().map(|st| st.to_string()),
         };
@@ -446,6 +545,7 @@ impl Node {
 
     /// Pulls the plug: QMP `quit`, or killing QEMU if QMP does not answer.
     pub fn power_off(&mut self) -> Result<()> {
+        self.kill_bmc_powered();
         let Some(mut pg) = self.proc.take() else {
             return Ok(());
         };
@@ -481,8 +581,18 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Pulls the plug on a QEMU its BMC started (the BMC then reports off).
+    fn kill_bmc_powered(&mut self) {
+        if let Some(pid) = self.bmc_powered_pid() {
+            crate::proc::kill_pid(pid as u32);
+        }
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
+        self.kill_bmc_powered();
         // Killing (not QMP) keeps teardown fast; the disk needs no clean shutdown.
         if let Some(mut pg) = self.proc.take() {
             pg.kill(Duration::from_secs(1));
@@ -521,6 +631,7 @@ mod tests {
                 disk_bytes: 8 << 30,
                 accel: Accel::Tcg,
                 boot: NetBoot::IpxeRom,
+                hardware: Hardware::default(),
             },
             netns: "rollout-lab-t".into(),
             tap: "tap1".into(),
@@ -528,6 +639,8 @@ mod tests {
             run_dir: "/run/vm-harness/t".into(),
             proc: None,
             extra_args: Vec::new(),
+            bmc: None,
+            bmc_vm_port: None,
         }
     }
 

@@ -179,34 +179,93 @@ fn booted_disk(node: &mut vm_harness::qemu::Node, name: &str, mark: u64) -> Disk
 }
 
 #[test]
-fn installed_node_boots_locally_until_a_reinstall_is_requested() {
+fn nodes_are_powered_and_reinstalled_by_the_server_over_ipmi_and_qmp() {
     let Some((_serial, a)) = fixture() else {
         return;
     };
-    let mut t = E2eLab::new(a, "e2e-again", &[Firmware::Bios], ImageKind::Tiny, 8 * GIB);
-    t.lab.start_all().unwrap();
-    let first = t.wait_booted("node1", INSTALL);
-    let first_boot = first.boot_id.clone().expect("phone-home sends a boot id");
-
-    // Second power-on: the server tells iPXE to boot the disk, nothing reinstalls.
-    t.lab.nodes_mut()[0].restart().unwrap();
-    let second = t.wait_record("node1", "a second phone-home", INSTALL, |r| {
-        r.is_done() && r.boot_id.as_deref().is_some_and(|b| b != first_boot)
+    // node1's power belongs to ipmi_sim (QEMU's ipmi-bmc-extern device on the
+    // BMC's VM port), reached by the server's `ipmi` driver over RMCP+; node2
+    // is powered over its QEMU monitor (`qmp`). After the harness first starts
+    // node2, only the operator's commands touch either node's power.
+    let mut t = E2eLab::build(a, "e2e-power", ImageKind::Tiny, 8 * GIB, |lab| {
+        lab.add_node(Firmware::Bios)?;
+        lab.add_node(Firmware::Bios)?;
+        lab.add_bmc("node1")?;
+        Ok(lab.config())
     });
-    assert_eq!(second.installs, 1, "the second power-on reinstalled");
+    let out = t.cli(a, &["node", "power", "node1", "status"]);
+    assert!(out.contains("node1: power off"), "{out}");
+    t.cli(a, &["node", "power", "node1", "on"]);
+    t.lab.nodes_mut()[1].start().unwrap();
+    let first: Vec<String> = ["node1", "node2"]
+        .iter()
+        .map(|n| {
+            let rec = t.wait_booted(n, INSTALL);
+            assert_eq!(rec.installs, 1);
+            rec.boot_id.expect("phone-home sends a boot id")
+        })
+        .collect();
+
+    // Off through the server: the machines stop and say so.
+    for n in ["node1", "node2"] {
+        let out = t.cli(a, &["node", "power", n, "off"]);
+        assert!(out.contains(&format!("{n}: power off done")), "{out}");
+        let out = t.cli(a, &["node", "power", n, "status"]);
+        assert!(out.contains(&format!("{n}: power off")), "{out}");
+    }
     assert!(
-        t.server_log().contains("boot.ipxe → boot from local disk"),
-        "the server did not send the installed node to its disk"
+        !t.lab.nodes_mut()[0].is_running(),
+        "node1's VM still runs after an IPMI power off"
+    );
+    let mark = t.lab.nodes()[1].console_mark();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        t.lab.nodes()[1].console_mark(),
+        mark,
+        "node2's console kept printing after power off"
     );
 
-    // A reinstall requested on the server takes effect at the next power-on.
-    let out = t.cli(a, &["node", "reinstall", "node1"]);
-    eprintln!("rollout node reinstall node1: {}", out.trim());
-    t.lab.nodes_mut()[0].restart().unwrap();
-    let third = t.wait_record("node1", "the reinstall and its phone-home", INSTALL, |r| {
-        r.installs == 2 && r.is_done()
-    });
-    assert_eq!(third.installs, 2);
+    // On: the server tells iPXE to boot the disk, nothing reinstalls.
+    for n in ["node1", "node2"] {
+        t.cli(a, &["node", "power", n, "on"]);
+    }
+    for (n, before) in ["node1", "node2"].iter().zip(&first) {
+        let rec = t.wait_record(n, "a boot from disk", INSTALL, |r| {
+            r.is_done() && r.boot_id.as_deref().is_some_and(|b| b != before)
+        });
+        assert_eq!(rec.installs, 1, "{n}: powering on reinstalled it");
+    }
+    assert!(
+        t.server_log().contains("boot.ipxe → boot from local disk"),
+        "the server did not send the installed nodes to their disks"
+    );
+
+    // A plain reinstall waits for the next power-on; `--now` is that power-on.
+    let out = t.cli(a, &["node", "reinstall", "node1", "node2", "--now"]);
+    for n in ["node1", "node2"] {
+        assert!(out.contains(&format!("{n}: marked for reinstall")), "{out}");
+    }
+    for n in ["node1", "node2"] {
+        let rec = t.wait_record(n, "the reinstall and its phone-home", INSTALL, |r| {
+            r.installs == 2 && r.is_done()
+        });
+        assert_eq!(rec.installs, 2);
+        let shown = t.cli(a, &["node", "show", n]);
+        let history = shown.split("\nhistory:").nth(1).unwrap_or_default();
+        for step in ["\"off\"", "\"on\"", "reinstall"] {
+            assert!(
+                history.contains(step),
+                "no {step} in {n}'s history:\n{history}"
+            );
+        }
+    }
+    let calls = t.lab.nodes()[0].bmc().expect("node1 has a BMC").chassis_calls();
+    let boot = calls.iter().position(|c| c == "set boot pxe");
+    let cycle = calls.iter().rposition(|c| c == "set power 0");
+    assert!(
+        boot.is_some() && cycle.is_some() && boot < cycle,
+        "node1's BMC did not get a one-time PXE boot before the power cycle: {calls:?}"
+    );
 }
 
 #[test]
