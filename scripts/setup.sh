@@ -32,6 +32,8 @@ PACKAGES=(
   # power control: the IPMI client rollout drives BMCs with, and a simulated BMC
   # for its tests; python3-venv holds sushy-tools (the Redfish emulator, below)
   ipmitool openipmi python3-venv
+  # a self-signed certificate for the Redfish-over-https test
+  openssl
   # the README's "Use the lab in your CI" script reads `vm-harness up --json`
   jq
   # /metrics scraped by a real Prometheus; `rollout watch` in a real terminal
@@ -45,7 +47,7 @@ PROGRAMS=(
   qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils qemu-nbd:qemu-utils
   ip:iproute2 bridge:iproute2
   dhclient:isc-dhcp-client udhcpc:udhcpc busybox:busybox-static curl:curl
-  dnsmasq:dnsmasq-base perfdhcp:kea-admin python3:python3
+  dnsmasq:dnsmasq-base perfdhcp:kea-admin python3:python3 openssl:openssl
   modprobe:kmod depmod:kmod cpio:cpio zstd:zstd gzip:gzip rsync:rsync
   mke2fs:e2fsprogs mkfs.ext3:e2fsprogs dumpe2fs:e2fsprogs mkswap:util-linux
   sgdisk:gdisk sfdisk:fdisk mkfs.vfat:dosfstools blkid:util-linux losetup:mount

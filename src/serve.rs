@@ -314,12 +314,14 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         .iter()
         .filter_map(|d| Some((d.node.hostname.clone(), d.mac.clone(), d.node.bmc.clone()?)))
         .collect();
+    let power_seen = Arc::new(crate::power::known::Known::new());
     let poll = crate::power::poller::run(
         polled,
         config.power.clone(),
         config.server.interface.clone(),
         inventory.clone(),
         metrics.clone(),
+        power_seen.clone(),
         cancel.clone(),
     );
     tasks.spawn(async move {
@@ -362,6 +364,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         ssh_keys,
         rsync_modules,
         metrics,
+        power_seen,
         shutdown: cancel.clone(),
     });
 

@@ -169,6 +169,18 @@ fn wait_for(d: &Driver, want: f64) -> f64 {
     }
 }
 
+/// A new `read` operator, "viewer": its token.
+fn read_operator(s: &Server) -> String {
+    let (st, viewer) = s.req(
+        "POST",
+        "/api/v1/operators",
+        Some(json!({"name": "viewer", "role": "read"})),
+        true,
+    );
+    assert_eq!(st, 200, "{viewer}");
+    viewer["token"].as_str().unwrap().to_string()
+}
+
 /// Whether Chromium and ChromeDriver are here (otherwise the prerequisite
 /// policy decides: skip locally, fail under CI).
 fn browser_available() -> bool {
@@ -293,20 +305,14 @@ fn reinstall_button_needs_a_maintain_sign_in_in_the_browser() {
     s.install("52:54:00:00:00:01");
     let state = || s.req("GET", "/api/v1/nodes/node1", None, true).1["state"].clone();
     assert_eq!(state(), "installed");
-    let (st, viewer) = s.req(
-        "POST",
-        "/api/v1/operators",
-        Some(json!({"name": "viewer", "role": "read"})),
-        true,
-    );
-    assert_eq!(st, 200, "{viewer}");
+    let viewer = read_operator(&s);
 
     let d = Driver::start().expect("chromedriver starts");
     const BUTTON: &str = r#"form[action$="/reinstall"] button"#;
     d.cmd("POST", "/url", json!({"url": s.url("/nodes/node1")}));
     d.wait_for_path("/login");
 
-    d.sign_in(&s, viewer["token"].as_str().unwrap());
+    d.sign_in(&s, &viewer);
     d.cmd("POST", "/url", json!({"url": s.url("/nodes/node1")}));
     d.wait_for_text("viewer (read)");
     d.click(BUTTON);
@@ -342,6 +348,281 @@ fn reinstall_button_needs_a_maintain_sign_in_in_the_browser() {
         page.contains(r#""by":"admin""#),
         "the node page shows who: {page}"
     );
+}
+
+/// Waits until `js` (an expression) is true in the page; returns the page's text.
+fn wait_until(d: &Driver, what: &str, js: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if d.script(&format!("return !!({js});")) == json!(true) {
+            return d
+                .script("return document.body.textContent;")
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+        }
+        let body = d.script("return document.body.textContent;");
+        assert!(Instant::now() < deadline, "{what} never showed: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A forged dashboard post with `curl`, as another page or script would send
+/// it: `cookie` is a session id (or none), `form` the body. (status, body)
+fn forged_post(url: &str, cookie: Option<&str>, form: &str) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "\n%{http_code}", "-X", "POST", "--data", form]);
+    if let Some(c) = cookie {
+        cmd.args(["-H", &format!("Cookie: rollout_session={c}")]);
+    }
+    let out = cmd.arg(url).output().expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+const BMC_PASSWORD: &str = "dash-BMC-s3cret";
+
+/// The power column and buttons against a real BMC (OpenIPMI's ipmi_sim, driven
+/// by the server's ipmitool): a read-only operator sees each node's power
+/// ("off, polled", "no BMC") but no buttons, and forged posts (no CSRF token,
+/// a wrong one, the read role, no session) change nothing; the admin clicks
+/// power on, power off and reinstall now, sees the state and the history row
+/// after each, and the BMC's chassis got exactly those calls; a node whose BMC
+/// does not answer shows the error on its page and stays marked for reinstall.
+#[test]
+fn power_buttons_drive_a_real_bmc_for_admins_only() {
+    if !browser_available()
+        || !testkit::prereq::require_tools(&[
+            ("ipmi_sim", "openipmi"),
+            ("ipmitool", "ipmitool"),
+            ("curl", "curl"),
+        ])
+    {
+        return;
+    }
+    use common::bmc::{calls, free_udp_port, secret_file, start_ipmi_sim, wait_for};
+    let _browser = one_browser();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let _sim = start_ipmi_sim(dir.path(), port, BMC_PASSWORD);
+    let pw = secret_file(dir.path(), "bmc-pw", BMC_PASSWORD);
+    let dead = free_udp_port();
+    let bmc = |port: u16| {
+        format!(
+            "bmc = {{ driver = \"ipmi\", address = \"127.0.0.1\", port = {port}, username = \"admin\", password_file = \"{}\", boot_mode = \"legacy\" }}\n",
+            pw.display()
+        )
+    };
+    let cfg = common::loopback::write_config(dir.path(), free_port());
+    // node1: the live BMC; node2: none; node3: a BMC nobody answers for.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            "ip = \"127.0.0.11\"\n",
+            &format!("ip = \"127.0.0.11\"\n{}", bmc(port)),
+        )
+        .replace(
+            "[[image]]",
+            &format!(
+                "[[node]]\nmac = \"52:54:00:00:00:02\"\nhostname = \"node2\"\nip = \"127.0.0.12\"\n\n[[node]]\nmac = \"52:54:00:00:00:03\"\nhostname = \"node3\"\nip = \"127.0.0.13\"\n{}\n[[image]]",
+                bmc(dead)
+            ),
+        );
+    std::fs::write(&cfg, format!("{text}\n[power]\ntimeout = 4\n")).unwrap();
+    // ipmi_sim answers before the server starts, so its first poll sees "off".
+    let parsed = rollout::config::Config::parse(&text).unwrap();
+    let live = parsed.nodes[0].bmc.clone().unwrap();
+    let target = rollout::power::Target {
+        node: "node1",
+        mac: "52:54:00:00:00:01",
+        bmc: &live,
+        interface: None,
+        timeout: Duration::from_secs(4),
+    };
+    let direct = rollout::power::driver(&target).unwrap();
+    wait_for("ipmi_sim", Duration::from_secs(10), || {
+        direct.status().is_ok()
+    });
+
+    let d = Driver::start().expect("chromedriver starts");
+    let s = Server::start(dir.path());
+    s.install("52:54:00:00:00:01");
+    s.install("52:54:00:00:00:03");
+    let node_state = |id: &str| {
+        s.req("GET", &format!("/api/v1/nodes/{id}"), None, true).1["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let power_rows = |id: &str| -> Vec<Value> {
+        let (_, h) = s.req("GET", &format!("/api/v1/nodes/{id}/history"), None, true);
+        h.as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["event"].clone())
+            .filter(|e| e["kind"] == "power")
+            .collect()
+    };
+    let sets = || -> Vec<String> {
+        calls(dir.path())
+            .into_iter()
+            .filter(|c| c.starts_with("set"))
+            .collect()
+    };
+    let viewer = read_operator(&s);
+
+    // The read-only operator: power states on the list, no buttons.
+    d.sign_in(&s, &viewer);
+    d.cmd("POST", "/url", json!({"url": s.url("/")}));
+    const ROW1: &str = r#"document.querySelector('tr[data-mac="52:54:00:00:00:01"] td.power')"#;
+    const ROW2: &str = r#"document.querySelector('tr[data-mac="52:54:00:00:00:02"] td.power')"#;
+    // The poll runs at start-up; reload until its answer is on the page.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        d.cmd("POST", "/refresh", json!({}));
+        let cell = d.script(&format!("return {ROW1}.textContent;"));
+        let cell = cell.as_str().unwrap_or("");
+        if cell.starts_with("off polled, ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node1's power: {cell:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        d.script(&format!("return {ROW2}.textContent;")),
+        json!("no BMC")
+    );
+    d.cmd("POST", "/url", json!({"url": s.url("/nodes/node1")}));
+    d.wait_for_text("viewer (read)");
+    const BUTTONS: &str = r#"document.querySelectorAll('#power-buttons, form[action*="/power/"], form[action$="/reinstall-now"]').length"#;
+    assert_eq!(d.script(&format!("return {BUTTONS};")), json!(0));
+
+    // Forged posts: each refused, nothing reaches the BMC or the history.
+    let cookie = |d: &Driver| {
+        d.cmd("GET", "/cookie/rollout_session", Value::Null)["value"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let csrf = |d: &Driver| {
+        d.script(
+            r#"return document.querySelector('form[action="/logout"] input[name="csrf"]').value;"#,
+        )
+        .as_str()
+        .unwrap()
+        .to_string()
+    };
+    let on_url = s.url("/nodes/node1/power/on");
+    let (viewer_cookie, viewer_csrf) = (cookie(&d), csrf(&d));
+    let (st, body) = forged_post(
+        &on_url,
+        Some(&viewer_cookie),
+        &format!("csrf={viewer_csrf}"),
+    );
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("needs role admin; viewer has read"), "{body}");
+    let (st, body) = forged_post(&on_url, Some(&viewer_cookie), "x=1");
+    assert_eq!(st, 403, "{body}");
+    d.click(r#"form[action="/logout"] button"#);
+    d.wait_for_path("/login");
+    d.sign_in(&s, &s.token);
+    d.cmd("POST", "/url", json!({"url": s.url("/nodes/node1")}));
+    d.wait_for_text("admin (admin)");
+    let admin_cookie = cookie(&d);
+    for (form, why) in [
+        ("x=1", "no CSRF token"),
+        ("csrf=0123abcd", "a wrong CSRF token"),
+    ] {
+        for path in ["/nodes/node1/power/on", "/nodes/node1/reinstall-now"] {
+            let (st, body) = forged_post(&s.url(path), Some(&admin_cookie), form);
+            assert_eq!(st, 403, "{path} with {why}: {body}");
+            assert!(body.contains("CSRF"), "{body}");
+        }
+    }
+    let (st, _) = forged_post(&on_url, None, "x=1");
+    assert_eq!(st, 303, "no session: sent to the sign-in page");
+    assert!(
+        sets().is_empty(),
+        "a forged post reached the BMC: {:?}",
+        sets()
+    );
+    assert!(power_rows("node1").is_empty(), "{:?}", power_rows("node1"));
+    assert_eq!(node_state("node1"), "installed");
+
+    // The admin's clicks, each seen on the page and in the history.
+    const POWER: &str = "document.querySelector('td.power').textContent";
+    let click_and_see = |button: &str, source: &str, state: &str| {
+        d.click(button);
+        let page = wait_until(
+            &d,
+            &format!("power {state} ({source})"),
+            &format!("{POWER}.startsWith('{state} {source}, ')"),
+        );
+        page
+    };
+    click_and_see(r#"form[action$="/power/on"] button"#, "on by admin", "on");
+    assert_eq!(sets(), ["set power 1"]);
+    let page = click_and_see(
+        r#"form[action$="/power/off"] button"#,
+        "off by admin",
+        "off",
+    );
+    assert_eq!(sets(), ["set power 1", "set power 0"]);
+    assert!(
+        page.contains(r#"{"action":"off","by":"admin","kind":"power","result":"ok"}"#),
+        "the history row is on the page: {page}"
+    );
+    let page = click_and_see(
+        r#"form[action$="/reinstall-now"] button"#,
+        "reinstall_now by admin",
+        "on",
+    );
+    assert_eq!(
+        sets(),
+        ["set power 1", "set power 0", "set boot pxe", "set power 1"],
+        "PXE once, then on (the node was off)"
+    );
+    assert!(page.contains("reinstall_requested"), "{page}");
+    assert!(page.contains(r#""steps":["boot_once_pxe","on"]"#), "{page}");
+    assert_eq!(node_state("node1"), "pending");
+    let rows = power_rows("node1");
+    let actions: Vec<&str> = rows.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["on", "off", "reinstall_now"]);
+    assert!(
+        rows.iter()
+            .all(|r| r["by"] == "admin" && r["result"] == "ok"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        direct.status().unwrap(),
+        rollout::power::PowerState::On,
+        "the BMC agrees"
+    );
+
+    // A BMC that does not answer: the error on the page, the node still marked.
+    d.cmd("POST", "/url", json!({"url": s.url("/nodes/node3")}));
+    d.click(r#"form[action$="/reinstall-now"] button"#);
+    let page = wait_until(&d, "the failure", "document.getElementById('failure')");
+    let failure = d.script("return document.getElementById('failure').textContent;");
+    let failure = failure.as_str().unwrap();
+    for want in [
+        "node3 is marked for reinstall, but its power step failed",
+        &format!("the BMC at 127.0.0.1:{dead} does not answer"),
+        "check that the BMC is powered and cabled",
+    ] {
+        assert!(failure.contains(want), "{want:?} missing: {failure}");
+    }
+    assert_eq!(node_state("node3"), "pending");
+    assert!(page.contains(r#""result":"failed""#), "{page}");
+    let rows = power_rows("node3");
+    assert_eq!(rows.last().unwrap()["result"], "failed", "{rows:?}");
+    // The BMC password is on no page.
+    for path in ["/", "/nodes/node1", "/nodes/node3"] {
+        d.cmd("POST", "/url", json!({"url": s.url(path)}));
+        let html = d.script("return document.documentElement.outerHTML;");
+        assert!(!html.as_str().unwrap().contains(BMC_PASSWORD), "{path}");
+    }
 }
 
 /// Standard base64 (WebDriver screenshots); small and local so the test needs no crate.

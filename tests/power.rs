@@ -5,11 +5,15 @@
 
 mod common;
 
+use common::bmc::{
+    free_udp_port, secret_file, sets_after, start_ipmi_sim, start_sushy, sushy_available, wait_for,
+    SYSTEM_UUID,
+};
 use rollout::config::{BmcConfig, BmcDriver};
 use rollout::power::{self, PowerError, PowerState, Target};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const NODE: &str = "rack1-node1";
@@ -25,6 +29,7 @@ fn bmc(driver: BmcDriver) -> BmcConfig {
         password_file: None,
         system: None,
         verify_tls: true,
+        ca_file: None,
         socket: None,
         broadcast: None,
         boot_mode: None,
@@ -39,13 +44,6 @@ fn target<'a>(bmc: &'a BmcConfig, interface: Option<&'a str>) -> Target<'a> {
         interface,
         timeout: Duration::from_secs(6),
     }
-}
-
-fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, format!("{text}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p
 }
 
 /// `cfg` with a wrong password: the typed bad-credentials error, naming the
@@ -72,123 +70,6 @@ fn basic_auth(user: &str, password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child killed on drop.
-struct Daemon(Child);
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// ipmi_sim with one BMC on 127.0.0.1:`port`, user admin/PASSWORD, whose
-/// chassis is a small script keeping the power and boot device in files (the
-/// `chassis_control` program interface of ipmi_sim) and logging each call.
-fn start_ipmi_sim(dir: &Path, port: u16) -> Daemon {
-    let chassis = dir.join("chassis");
-    std::fs::create_dir_all(&chassis).unwrap();
-    let script = dir.join("chassis.sh");
-    std::fs::write(
-        &script,
-        r#"#!/bin/sh
-# ipmi_sim calls: STATE get NAME… | STATE set NAME VALUE…
-d="$1"; op="$2"; shift 2
-echo "$op $*" >> "$d/calls"
-if [ "$op" = get ]; then
-  for n in "$@"; do printf '%s:%s\n' "$n" "$(cat "$d/$n" 2>/dev/null || echo 0)"; done
-else
-  while [ $# -ge 2 ]; do printf '%s' "$2" > "$d/$1"; shift 2; done
-fi
-"#,
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let lan = dir.join("lan.conf");
-    std::fs::write(
-        &lan,
-        format!(
-            r#"name "rollouttest"
-set_working_mc 0x20
-  startlan 1
-    addr 127.0.0.1 {port}
-    priv_limit admin
-    allowed_auths_callback none md2 md5 straight
-    allowed_auths_user none md2 md5 straight
-    allowed_auths_operator none md2 md5 straight
-    allowed_auths_admin none md2 md5 straight
-    guid a123456789abcdefa123456789abcdef
-  endlan
-  chassis_control "{} {}"
-  user 2 true "admin" "{PASSWORD}" admin 10 none md2 md5 straight
-"#,
-            script.display(),
-            chassis.display()
-        ),
-    )
-    .unwrap();
-    let emu = dir.join("sim.emu");
-    std::fs::write(
-        &emu,
-        "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x20\n",
-    )
-    .unwrap();
-    let state = dir.join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let child = Command::new("ipmi_sim")
-        .arg("-c")
-        .arg(&lan)
-        .arg("-f")
-        .arg(&emu)
-        .arg("-s")
-        .arg(&state)
-        .arg("-n")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start ipmi_sim");
-    Daemon(child)
-}
-
-/// The chassis' "set" calls once they number `n` (ipmi_sim powers a cycled
-/// chassis back on from a timer, a moment after answering).
-fn sets_after(dir: &Path, n: usize) -> Vec<String> {
-    let sets = || -> Vec<String> {
-        calls(dir)
-            .into_iter()
-            .filter(|c| c.starts_with("set"))
-            .collect()
-    };
-    wait_for("the chassis calls", Duration::from_secs(10), || {
-        sets().len() >= n
-    });
-    sets()
-}
-
-fn calls(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("chassis/calls"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn ipmi_against_ipmi_sim() {
     if !testkit::prereq::require_tools(&[("ipmi_sim", "openipmi"), ("ipmitool", "ipmitool")]) {
@@ -196,7 +77,7 @@ fn ipmi_against_ipmi_sim() {
     }
     let dir = tempfile::tempdir().unwrap();
     let port = free_udp_port();
-    let _sim = start_ipmi_sim(dir.path(), port);
+    let _sim = start_ipmi_sim(dir.path(), port, PASSWORD);
     let mut cfg = bmc(BmcDriver::Ipmi);
     cfg.address = Some("127.0.0.1".into());
     cfg.port = Some(port);
@@ -264,70 +145,17 @@ fn ipmi_against_ipmi_sim() {
     assert!(e.to_string().contains("chmod 600"), "{e}");
 }
 
-const SUSHY: &str = "/opt/rollout-sushy/bin/sushy-emulator";
-const SYSTEM_UUID: &str = "27946b59-9e44-4fa7-8e91-f3527a1ef094";
-
-#[test]
-fn redfish_against_sushy_tools() {
-    if !Path::new(SUSHY).exists() {
-        testkit::prereq::missing(format!(
-            "{SUSHY} is missing (sushy-tools from PyPI; scripts/setup.sh installs it into a venv there)"
-        ));
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    // HTTP basic authentication, as BMCs ask: a bcrypt htpasswd entry, made
-    // with the emulator's own Python (its venv has bcrypt).
-    let python = Path::new(SUSHY).with_file_name("python3");
-    let hash = Command::new(&python)
-        .args([
-            "-c",
-            &format!(
-                "import bcrypt; print(bcrypt.hashpw(b'{PASSWORD}', bcrypt.gensalt()).decode())"
-            ),
-        ])
-        .output()
-        .unwrap();
-    assert!(hash.status.success(), "{hash:?}");
-    let htpasswd = dir.path().join("htpasswd");
-    std::fs::write(
-        &htpasswd,
-        format!("admin:{}\n", String::from_utf8_lossy(&hash.stdout).trim()),
-    )
-    .unwrap();
-    let conf = dir.path().join("emulator.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\nSUSHY_EMULATOR_AUTH_FILE = '{}'\nSUSHY_EMULATOR_STATE_DIR = '{}'\nSUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{SYSTEM_UUID}', 'name': '{NODE}', 'power_state': 'Off', 'nics': [{{'mac': '{MAC}', 'ip': '10.44.0.11'}}]}}]\n",
-            htpasswd.display(),
-            dir.path().join("state").display()
-        ),
-    )
-    .unwrap();
-    let port = testkit::ports::free_port();
-    let _emu = Daemon(
-        Command::new(SUSHY)
-            .arg("--config")
-            .arg(&conf)
-            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sushy-emulator"),
-    );
-    let mut cfg = bmc(BmcDriver::Redfish);
-    cfg.address = Some(format!("http://127.0.0.1:{port}"));
-    cfg.system = Some(format!("/redfish/v1/Systems/{SYSTEM_UUID}"));
-    cfg.username = Some("admin".into());
-    cfg.password_file = Some(secret_file(dir.path(), "pw", PASSWORD));
-    let d = power::driver(&target(&cfg, None)).unwrap();
+/// Drives the emulator's system through `cfg` once it answers: off at first,
+/// on, next boot PXE (`efi` or legacy), a cycle (ForceRestart here: the
+/// emulator offers no PowerCycle, and refuses types it does not know, so a
+/// wrong choice fails here) that ends on, then off. The fake driver applies
+/// power changes 1–11 s later, as real hardware might. Returns the driver.
+fn drive_redfish(cfg: &BmcConfig, efi: bool) -> Box<dyn power::PowerDriver> {
+    let d = power::driver(&target(cfg, None)).unwrap();
     wait_for("sushy-emulator", Duration::from_secs(20), || {
         d.status().is_ok()
     });
     assert_eq!(d.status().unwrap(), PowerState::Off);
-    // The fake driver applies power changes 1–11 s later, as real hardware might.
     let settle = |want: PowerState| {
         wait_for(&format!("power {want:?}"), Duration::from_secs(20), || {
             d.status().unwrap() == want
@@ -335,26 +163,44 @@ fn redfish_against_sushy_tools() {
     };
     d.on().unwrap();
     settle(PowerState::On);
-    d.boot_once_pxe(true).unwrap();
-    let sys: serde_json::Value = ureq::get(&format!(
-        "http://127.0.0.1:{port}/redfish/v1/Systems/{SYSTEM_UUID}"
-    ))
-    .set(
-        "Authorization",
-        &format!("Basic {}", basic_auth("admin", PASSWORD)),
-    )
-    .call()
-    .unwrap()
-    .into_json()
-    .unwrap();
-    assert_eq!(sys["Boot"]["BootSourceOverrideTarget"], "Pxe", "{sys}");
-    assert_eq!(sys["Boot"]["BootSourceOverrideMode"], "UEFI", "{sys}");
-    // A cycle (ForceRestart here: the emulator offers no PowerCycle, and refuses
-    // types it does not know, so a wrong choice fails here) ends on.
+    d.boot_once_pxe(efi).unwrap();
     d.cycle().unwrap();
     settle(PowerState::On);
     d.off().unwrap();
     settle(PowerState::Off);
+    d
+}
+
+/// The emulator's system resource as the BMC shows it (with admin's password).
+fn read_system(agent: &ureq::Agent, base: &str) -> serde_json::Value {
+    agent
+        .get(&format!("{base}/redfish/v1/Systems/{SYSTEM_UUID}"))
+        .set(
+            "Authorization",
+            &format!("Basic {}", basic_auth("admin", PASSWORD)),
+        )
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap()
+}
+
+#[test]
+fn redfish_against_sushy_tools() {
+    if !sushy_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_emu, port) = start_sushy(dir.path(), NODE, MAC, PASSWORD, None);
+    let mut cfg = bmc(BmcDriver::Redfish);
+    cfg.address = Some(format!("http://127.0.0.1:{port}"));
+    cfg.system = Some(format!("/redfish/v1/Systems/{SYSTEM_UUID}"));
+    cfg.username = Some("admin".into());
+    cfg.password_file = Some(secret_file(dir.path(), "pw", PASSWORD));
+    drive_redfish(&cfg, true);
+    let sys = read_system(&ureq::agent(), &format!("http://127.0.0.1:{port}"));
+    assert_eq!(sys["Boot"]["BootSourceOverrideTarget"], "Pxe", "{sys}");
+    assert_eq!(sys["Boot"]["BootSourceOverrideMode"], "UEFI", "{sys}");
 
     // A wrong password: the typed error naming node and BMC, without the password.
     let text = wrong_password_error(&cfg, dir.path(), &format!("127.0.0.1:{port}"));
@@ -378,6 +224,97 @@ fn redfish_against_sushy_tools() {
         .unwrap_err();
     assert!(matches!(e, PowerError::Unreachable { .. }), "{e:?}");
     assert!(e.to_string().contains(NODE), "{e}");
+}
+
+/// A self-signed certificate for 127.0.0.1 (as BMCs ship), made with openssl in
+/// `dir`: (certificate, key).
+fn self_signed_cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("bmc.pem"), dir.join("bmc.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=rollout test BMC"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl: {out:?}");
+    (cert, key)
+}
+
+/// Redfish over https against sushy-tools serving a self-signed certificate:
+/// with verify_tls = false every operation works (status, on, off, cycle, the
+/// boot override); with verify_tls = true the certificate is refused with an
+/// error naming the node, the BMC, "certificate" and both ways out; with the
+/// certificate as ca_file it is trusted again.
+#[test]
+fn redfish_over_https_with_a_self_signed_certificate() {
+    if !sushy_available() || !testkit::prereq::require_tools(&[("openssl", "openssl")]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed_cert(dir.path());
+    let (_emu, port) = start_sushy(dir.path(), NODE, MAC, PASSWORD, Some((&cert, &key)));
+    let base = format!("https://127.0.0.1:{port}");
+    let mut cfg = bmc(BmcDriver::Redfish);
+    cfg.address = Some(base.clone());
+    cfg.system = Some(format!("/redfish/v1/Systems/{SYSTEM_UUID}"));
+    cfg.username = Some("admin".into());
+    cfg.password_file = Some(secret_file(dir.path(), "pw", PASSWORD));
+    cfg.verify_tls = false;
+    // The file as an operator writes it passes the config's validation.
+    let toml = format!(
+        "state_dir = \"/x\"\n[[node]]\nmac = \"{MAC}\"\nhostname = \"{NODE}\"\nbmc = {{ driver = \"redfish\", address = \"{base}\", system = \"/redfish/v1/Systems/{SYSTEM_UUID}\", verify_tls = false }}\n"
+    );
+    rollout::config::Config::parse(&toml).expect("https is accepted");
+
+    let d = drive_redfish(&cfg, false);
+    // The override, read back over https with the certificate trusted.
+    let tls = rollout::power::tls::client_config(true, Some(&cert)).unwrap();
+    let sys = read_system(&ureq::AgentBuilder::new().tls_config(tls).build(), &base);
+    assert_eq!(sys["Boot"]["BootSourceOverrideTarget"], "Pxe", "{sys}");
+    assert_eq!(sys["Boot"]["BootSourceOverrideMode"], "Legacy", "{sys}");
+
+    // Verification on: the self-signed certificate is refused, and the error
+    // says so and what to do, without the password.
+    let mut strict = cfg.clone();
+    strict.verify_tls = true;
+    let e = power::driver(&target(&strict, None))
+        .unwrap()
+        .status()
+        .unwrap_err();
+    assert!(matches!(e, PowerError::Certificate { .. }), "{e:?}");
+    let text = e.to_string();
+    for want in [
+        NODE,
+        base.as_str(),
+        "certificate",
+        "verify_tls = false",
+        "ca_file",
+    ] {
+        assert!(text.contains(want), "{want:?} missing: {text}");
+    }
+    assert!(!text.contains(PASSWORD), "{text}");
+    // No power change went through the refused connection.
+    assert!(power::driver(&target(&strict, None)).unwrap().on().is_err());
+    assert_eq!(d.status().unwrap(), PowerState::Off);
+
+    // The BMC's certificate as ca_file: verified and trusted.
+    strict.ca_file = Some(cert.clone());
+    let trusted = power::driver(&target(&strict, None)).unwrap();
+    assert_eq!(trusted.status().unwrap(), PowerState::Off);
+    // A wrong password over https is still the credentials error.
+    wrong_password_error(&strict, dir.path(), &base);
 }
 
 #[test]
@@ -434,7 +371,7 @@ fn cli_and_api_power_a_node_and_reinstall_it_now() {
     }
     let dir = tempfile::tempdir().unwrap();
     let port = free_udp_port();
-    let sim = start_ipmi_sim(dir.path(), port);
+    let sim = start_ipmi_sim(dir.path(), port, PASSWORD);
     let pw = secret_file(dir.path(), "bmc-pw", PASSWORD);
     let cfg = common::loopback::write_config(dir.path(), testkit::ports::free_port());
     let text = std::fs::read_to_string(&cfg).unwrap().replace(

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 pub enum BmcDriver {
     /// IPMI over LAN (`ipmitool -I lanplus`).
     Ipmi,
-    /// DMTF Redfish over HTTP.
+    /// DMTF Redfish over HTTP or HTTPS.
     Redfish,
     /// Wake-on-LAN: power on only, the state is unknown.
     Wol,
@@ -44,7 +44,7 @@ pub enum BootMode {
 pub struct BmcConfig {
     pub driver: BmcDriver,
     /// ipmi: the BMC's host name or address; redfish: its base URL
-    /// (`http://host[:port]`).
+    /// (`http://host[:port]` or `https://host[:port]`).
     pub address: Option<String>,
     /// ipmi: the UDP port (default 623).
     pub port: Option<u16>,
@@ -53,9 +53,12 @@ pub struct BmcConfig {
     pub password_file: Option<PathBuf>,
     /// redfish: the system's path, e.g. `/redfish/v1/Systems/1`.
     pub system: Option<String>,
-    /// redfish: check the BMC's certificate (https only).
+    /// redfish over https: check the BMC's certificate against this machine's
+    /// CAs and `ca_file` (false: accept any, e.g. a self-signed one).
     #[serde(default = "super::yes")]
     pub verify_tls: bool,
+    /// redfish over https: a PEM file of the CA(s) that signed the BMC's certificate.
+    pub ca_file: Option<PathBuf>,
     /// qmp: the QEMU monitor's unix socket.
     pub socket: Option<PathBuf>,
     /// wol: the broadcast address the magic packet goes to (default
@@ -76,6 +79,7 @@ impl BmcConfig {
             password_file: None,
             system: None,
             verify_tls: true,
+            ca_file: None,
             socket: None,
             broadcast: None,
             boot_mode: None,
@@ -192,18 +196,39 @@ impl BmcConfig {
                 need("address", self.address.is_some(), "\"http://10.44.1.11\"")?;
                 need("system", self.system.is_some(), "\"/redfish/v1/Systems/1\"")?;
                 let address = self.address.as_deref().unwrap_or_default();
-                if address.starts_with("https://") {
-                    return Err(invalid(
-                        &format!("{key}.address"),
-                        format!("{address} is https, and this build of rollout has no TLS client"),
-                        "use the BMC's http:// endpoint on a management network, or wait for https support",
-                    ));
-                }
-                if !address.starts_with("http://") {
+                let https = address.starts_with("https://");
+                if !https && !address.starts_with("http://") {
                     return Err(invalid(
                         &format!("{key}.address"),
                         format!("{address:?} is not a URL"),
-                        "write the base URL, e.g. \"http://10.44.1.11\"",
+                        "write the base URL, e.g. \"https://10.44.1.11\" or \"http://10.44.1.11\"",
+                    ));
+                }
+                // The authority (between "//" and the first "/") must not carry
+                // a user or password: the password belongs in password_file.
+                let authority = address
+                    .split_once("//")
+                    .map(|(_, rest)| rest.split('/').next().unwrap_or_default())
+                    .unwrap_or_default();
+                if authority.contains('@') {
+                    return Err(invalid(
+                        &format!("{key}.address"),
+                        "carries a user name or password (user:password@host)",
+                        "write the address without them and set username and password_file",
+                    ));
+                }
+                if !https && self.ca_file.is_some() {
+                    return Err(invalid(
+                        &format!("{key}.ca_file"),
+                        "is set but the address is http://",
+                        "use the BMC's https:// address, or remove ca_file",
+                    ));
+                }
+                if !self.verify_tls && self.ca_file.is_some() {
+                    return Err(invalid(
+                        &format!("{key}.ca_file"),
+                        "is set but verify_tls = false (nothing would check against it)",
+                        "remove one of them: ca_file with verify_tls = true checks the BMC's certificate",
                     ));
                 }
                 if !self.system.as_deref().unwrap_or_default().starts_with('/') {
@@ -265,11 +290,22 @@ pub fn check_password_file(key: &str, path: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Every `[[node]]`'s password file checked (see [`check_password_file`]).
+/// Every `[[node]]`'s password file checked (see [`check_password_file`]),
+/// and its `ca_file` readable (a typo there would fail every https call).
 pub fn check_password_files(nodes: &[super::NodeConfig]) -> Result<(), ConfigError> {
     for (i, node) in nodes.iter().enumerate() {
-        if let Some(path) = node.bmc.as_ref().and_then(|b| b.password_file.as_deref()) {
+        let Some(bmc) = &node.bmc else { continue };
+        if let Some(path) = bmc.password_file.as_deref() {
             check_password_file(&format!("node[{i}].bmc.password_file"), path)?;
+        }
+        if let Some(path) = bmc.ca_file.as_deref() {
+            std::fs::File::open(path).map_err(|e| {
+                invalid(
+                    &format!("node[{i}].bmc.ca_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                    "point it at the PEM certificate of the CA that signed the BMC's certificate",
+                )
+            })?;
         }
     }
     Ok(())
@@ -305,15 +341,109 @@ mod tests {
     }
 
     #[test]
-    fn https_is_refused_with_the_reason() {
-        let e = parse(
-            r#"{ driver = "redfish", address = "https://bmc", system = "/redfish/v1/Systems/1" }"#,
-        )
+    fn https_with_or_without_verification() {
+        let sys = r#"system = "/redfish/v1/Systems/1""#;
+        let c = parse(&format!(
+            r#"{{ driver = "redfish", address = "https://bmc", {sys} }}"#
+        ))
+        .unwrap();
+        let b = c.nodes[0].bmc.as_ref().unwrap();
+        assert!(b.verify_tls, "verification is the default");
+        let c = parse(&format!(
+            r#"{{ driver = "redfish", address = "https://bmc", {sys}, verify_tls = false }}"#
+        ))
+        .unwrap();
+        assert!(!c.nodes[0].bmc.as_ref().unwrap().verify_tls);
+        parse(&format!(
+            r#"{{ driver = "redfish", address = "https://bmc", {sys}, ca_file = "/etc/rollout/bmc-ca.pem" }}"#
+        ))
+        .unwrap();
+        let e = parse(&format!(
+            r#"{{ driver = "redfish", address = "http://bmc", {sys}, ca_file = "/x.pem" }}"#
+        ))
         .unwrap_err();
-        assert!(e.contains("no TLS client"), "{e}");
-        let c = parse(r#"{ driver = "redfish", address = "http://bmc:8000", system = "/redfish/v1/Systems/1" }"#)
-            .unwrap();
-        assert!(c.nodes[0].bmc.as_ref().unwrap().verify_tls);
+        assert!(
+            e.contains("node[0].bmc.ca_file") && e.contains("http://"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            r#"{{ driver = "redfish", address = "https://bmc", {sys}, verify_tls = false, ca_file = "/x.pem" }}"#
+        ))
+        .unwrap_err();
+        assert!(e.contains("verify_tls = false"), "{e}");
+        let e = parse(&format!(
+            r#"{{ driver = "redfish", address = "ftp://bmc", {sys} }}"#
+        ))
+        .unwrap_err();
+        assert!(e.contains("is not a URL"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_refused_at_startup() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let c = parse(&format!(
+            r#"{{ driver = "redfish", address = "https://bmc", system = "/redfish/v1/Systems/1", ca_file = "{}" }}"#,
+            ca.display()
+        ))
+        .unwrap();
+        let e = check_password_files(&c.nodes).unwrap_err().to_string();
+        assert!(
+            e.contains("node[0].bmc.ca_file") && e.contains("ca.pem"),
+            "{e}"
+        );
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        check_password_files(&c.nodes).unwrap();
+    }
+
+    #[test]
+    fn a_password_in_the_address_is_refused_without_being_repeated() {
+        let e = parse(r#"{ driver = "redfish", address = "https://admin:hunter2@bmc", system = "/redfish/v1/Systems/1" }"#)
+            .unwrap_err();
+        assert!(
+            e.contains("node[0].bmc.address") && e.contains("password_file"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    /// The config holds a path to the password, never the password: what
+    /// `Debug` (logs) and serialization (any API that echoes config) show of a
+    /// BMC cannot contain it.
+    #[test]
+    fn debug_and_serialization_of_a_bmc_never_hold_the_password() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "Sup3r-Secret-BMC\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        for bmc in [
+            format!(
+                r#"{{ driver = "ipmi", address = "10.0.0.1", username = "admin", password_file = "{}" }}"#,
+                pw.display()
+            ),
+            format!(
+                r#"{{ driver = "redfish", address = "https://bmc", system = "/redfish/v1/Systems/1", username = "admin", password_file = "{}" }}"#,
+                pw.display()
+            ),
+        ] {
+            let c = parse(&bmc).unwrap();
+            let b = c.nodes[0].bmc.as_ref().unwrap();
+            let file = b.password_file.as_ref().unwrap();
+            check_password_file("k", file).unwrap();
+            assert!(std::fs::read_to_string(file)
+                .unwrap()
+                .contains("Sup3r-Secret-BMC"));
+            for text in [
+                format!("{b:?}"),
+                format!("{:?}", c.nodes[0]),
+                serde_json::to_string(b).unwrap(),
+                toml::to_string(b).unwrap(),
+            ] {
+                assert!(!text.contains("Sup3r-Secret-BMC"), "{text}");
+                assert!(text.contains("password_file"), "{text}");
+            }
+        }
     }
 
     #[test]

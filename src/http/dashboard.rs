@@ -10,6 +10,7 @@
 
 use super::admin::image_list;
 use super::auth::{self, Principal};
+use super::dashboard_power::{power_of, PowerView};
 use super::Shared;
 use crate::inventory::{NodeRecord, NodeState, OperatorAction};
 use crate::operators::Role;
@@ -27,6 +28,14 @@ pub fn routes() -> Router<Shared> {
         .route("/", get(index))
         .route("/nodes/{id}", get(node))
         .route("/nodes/{id}/reinstall", post(reinstall))
+        .route(
+            "/nodes/{id}/power/{action}",
+            post(super::dashboard_power::power_button),
+        )
+        .route(
+            "/nodes/{id}/reinstall-now",
+            post(super::dashboard_power::reinstall_now_button),
+        )
         .route("/images", get(images))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
@@ -37,6 +46,8 @@ pub struct UserView {
     pub name: String,
     pub role: &'static str,
     pub csrf: String,
+    /// Signed in with the admin role (the power buttons are theirs).
+    pub admin: bool,
 }
 
 impl UserView {
@@ -45,6 +56,7 @@ impl UserView {
         Some(UserView {
             name: p.name.clone(),
             role: p.role.as_str(),
+            admin: p.role >= Role::Admin,
             // A Bearer-authenticated page view has no session, so no form of it can post.
             csrf: p
                 .session
@@ -78,6 +90,7 @@ pub struct NodeView {
     pub progress_text: String,
     pub error: String,
     pub installs: u64,
+    pub power: PowerView,
 }
 
 pub fn percent(n: &NodeRecord) -> u64 {
@@ -143,6 +156,7 @@ impl From<&NodeRecord> for NodeView {
             progress_text: progress_text(n, crate::clock::now_unix()),
             error: n.last_error.clone().unwrap_or_default(),
             installs: n.installs,
+            power: PowerView::default(),
         }
     }
 }
@@ -159,6 +173,10 @@ struct IndexPage {
 struct NodePage {
     user: Option<UserView>,
     n: NodeView,
+    /// The power and reinstall-now buttons: an admin's session, a node with a BMC.
+    power_buttons: bool,
+    /// A failed button's error (the BMC's, naming node, BMC and what to check).
+    failure: String,
     console: Vec<String>,
     plan: Option<String>,
     history: Vec<(String, String)>,
@@ -233,9 +251,17 @@ async fn index(State(state): State<Shared>, headers: HeaderMap) -> Response {
     match tokio::task::block_in_place(|| state.inventory.list()) {
         Ok(nodes) => render(IndexPage {
             user: UserView::of(&who),
-            nodes: nodes.iter().map(NodeView::from).collect(),
+            nodes: nodes.iter().map(|n| node_view(&state, n)).collect(),
         }),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+/// A node's row, its power state included.
+fn node_view(state: &Shared, n: &NodeRecord) -> NodeView {
+    NodeView {
+        power: power_of(state, n),
+        ..NodeView::from(n)
     }
 }
 
@@ -244,8 +270,19 @@ async fn node(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<St
         Ok(p) => p,
         Err(r) => return r,
     };
+    node_page(&state, who, &id, None)
+}
+
+/// The node page for `who`; `failure` (a button's failed BMC call) is shown on
+/// it and sets the status.
+pub(super) fn node_page(
+    state: &Shared,
+    who: Option<Principal>,
+    id: &str,
+    failure: Option<(StatusCode, String)>,
+) -> Response {
     let found = tokio::task::block_in_place(|| {
-        let n = state.inventory.find(&id)?;
+        let n = state.inventory.find(id)?;
         let h = match &n {
             Some(n) => state.inventory.history(&n.mac)?,
             None => vec![],
@@ -266,10 +303,16 @@ async fn node(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<St
             n.swap_mib.unwrap_or(2048)
         )
     });
-    render(NodePage {
-        user: UserView::of(&who),
+    let user = UserView::of(&who);
+    let view = node_view(state, &n);
+    let (status, failure) = failure.unwrap_or((StatusCode::OK, String::new()));
+    let page = render(NodePage {
+        power_buttons: view.power.has_bmc
+            && user.as_ref().is_some_and(|u| u.admin && !u.csrf.is_empty()),
+        user,
+        failure,
         console: n.console_tail.clone(),
-        n: NodeView::from(&n),
+        n: view,
         plan,
         history: history
             .into_iter()
@@ -277,18 +320,19 @@ async fn node(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<St
             .take(200)
             .map(|h| (utc(h.at), h.event.to_string()))
             .collect(),
-    })
+    });
+    (status, page).into_response()
 }
 
 #[derive(Deserialize)]
-struct CsrfForm {
+pub(super) struct CsrfForm {
     csrf: Option<String>,
 }
 
 /// The operator behind a dashboard form post, checked for its CSRF token and
 /// `needed`; not signed in → the sign-in page. A body that is no form at all
 /// counts as a form without a CSRF token (refused 403 with a session).
-fn form_poster(
+pub(super) fn form_poster(
     state: &Shared,
     headers: &HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
@@ -431,6 +475,7 @@ async fn login(
     tracing::info!(operator = %name, %role, "dashboard sign-in");
     let user = Some(UserView {
         name,
+        admin: role >= Role::Admin,
         role: role.as_str(),
         csrf: session.csrf.clone(),
     });

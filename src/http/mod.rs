@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod boot;
 mod dashboard;
+mod dashboard_power;
 pub mod listen;
 mod openapi;
 mod operators;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub rsync_modules: Option<crate::images::rsyncd::RsyncModules>,
     /// Failures the services survived, printed by `/healthz`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Each node's last known power state (poller, power calls), for the dashboard.
+    pub power_seen: Arc<crate::power::known::Known>,
     /// Fires when the server shuts down: live streams (SSE) end on it.
     pub shutdown: CancellationToken,
 }
@@ -69,14 +72,18 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 }
 
 pub(crate) fn inventory_error(e: InventoryError) -> Response {
-    let status = match e {
+    error(inventory_status(&e), e.to_string())
+}
+
+/// The HTTP status of an inventory failure.
+pub(crate) fn inventory_status(e: &InventoryError) -> StatusCode {
+    match e {
         InventoryError::BadToken(_) => StatusCode::FORBIDDEN,
         InventoryError::UnknownInstall(_) | InventoryError::UnknownNode(_) => StatusCode::NOT_FOUND,
         InventoryError::Transition { .. } | InventoryError::Conflict(_) => StatusCode::CONFLICT,
         InventoryError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         InventoryError::Refused { .. } => StatusCode::TOO_MANY_REQUESTS,
-    };
-    error(status, e.to_string())
+    }
 }
 
 /// One route under `/api/v1`: the method and path it answers (axum's `{param}`

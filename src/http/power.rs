@@ -8,7 +8,7 @@
 
 use super::admin::{json_body, lookup, readable_node};
 use super::auth::{require_api, Principal};
-use super::{error, inventory_error, route, ApiRoute, Shared};
+use super::{error, inventory_status, route, ApiRoute, Shared};
 use crate::inventory::{NodeRecord, OperatorAction};
 use crate::operators::Role;
 use crate::power::{self, PowerAction, PowerError, PowerState};
@@ -27,18 +27,22 @@ pub fn routes() -> Vec<ApiRoute> {
     ]
 }
 
+/// A refused or failed power request: the status to answer and the message
+/// (which names the node, the BMC and what to check, never a credential).
+pub(super) type Failure = (StatusCode, String);
+
 /// Runs `f` with the node's driver on a blocking thread, within the bounds.
 async fn with_driver<T: Send + 'static>(
     state: &Shared,
     node: &NodeRecord,
     f: impl FnOnce(&dyn power::PowerDriver, bool) -> Result<T, PowerError> + Send + 'static,
-) -> Result<T, Response> {
+) -> Result<T, Failure> {
     let Some(bmc) = state
         .config
         .node_by_mac(&node.mac)
         .and_then(|n| n.bmc.clone())
     else {
-        return Err(error(
+        return Err((
             StatusCode::CONFLICT,
             format!(
                 "{} has no BMC configured; add bmc = {{ driver = \"ipmi\", address = …, username = …, password_file = … }} to its [[node]] in the config",
@@ -50,9 +54,9 @@ async fn with_driver<T: Send + 'static>(
         .acquire_owned()
         .await
         .map_err(|_| {
-            error(
+            (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the server is shutting down",
+                "the server is shutting down".to_string(),
             )
         })?;
     let hostname = node.hostname.clone();
@@ -75,43 +79,32 @@ async fn with_driver<T: Send + 'static>(
     .await;
     match joined {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(power_error(e)),
-        Err(e) => Err(error(
+        Ok(Err(e)) => {
+            let status = match e {
+                PowerError::Unsupported { .. } => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            Err((status, e.to_string()))
+        }
+        Err(e) => Err((
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("the power call crashed: {e}"),
         )),
     }
 }
 
-fn power_error(e: PowerError) -> Response {
-    let status = match e {
-        PowerError::Unsupported { .. } => StatusCode::CONFLICT,
-        _ => StatusCode::BAD_GATEWAY,
-    };
-    error(status, e.to_string())
-}
-
-/// A history row about a power action (the record itself is unchanged).
+/// A history row about a power action (the record itself is unchanged), and
+/// the node's last known power state.
 fn record(state: &Shared, node: &NodeRecord, who: &Principal, event: Value) {
     let mut event = event;
     event["by"] = who.name.clone().into();
     tracing::info!(operator = %who.name, role = %who.role, mac = %node.mac, hostname = %node.hostname, %event, "power");
+    state
+        .power_seen
+        .observe(&node.mac, &event, crate::clock::now_unix());
     if let Err(e) = tokio::task::block_in_place(|| state.inventory.note(&node.mac, event)) {
         tracing::warn!(hostname = %node.hostname, "recording a power action: {e}");
     }
-}
-
-/// The message of an error response (for the history row).
-async fn message_of(r: Response) -> (StatusCode, String) {
-    let status = r.status();
-    let body = axum::body::to_bytes(r.into_body(), 64 * 1024)
-        .await
-        .unwrap_or_default();
-    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    (
-        status,
-        v["error"].as_str().unwrap_or("unknown error").to_string(),
-    )
 }
 
 async fn get_power(
@@ -124,8 +117,15 @@ async fn get_power(
         Err(r) => return r,
     };
     match with_driver(&state, &node, |d, _| d.status()).await {
-        Ok(s) => Json(json!({"node": node.hostname, "state": s})).into_response(),
-        Err(r) => r,
+        Ok(s) => {
+            // Known, not history: a status read changes nothing.
+            let event = json!({"kind": "power", "action": "status", "state": s, "result": "ok"});
+            state
+                .power_seen
+                .observe(&node.mac, &event, crate::clock::now_unix());
+            Json(json!({"node": node.hostname, "state": s})).into_response()
+        }
+        Err((status, message)) => error(status, message),
     }
 }
 
@@ -154,71 +154,83 @@ async fn post_power(
         Err(r) => return r,
     };
     let action = input.action;
-    match with_driver(&state, &node, move |d, _| power::run(d, action)).await {
-        Ok(s) => {
-            if action != PowerAction::Status {
-                record(
-                    &state,
-                    &node,
-                    &who,
-                    json!({"kind": "power", "action": action.as_str(), "result": "ok"}),
-                );
-            }
-            Json(json!({"node": node.hostname, "action": action, "state": s.unwrap_or(PowerState::Unknown), "result": "ok"}))
-                .into_response()
-        }
-        Err(r) => {
-            let (status, message) = message_of(r).await;
-            if action != PowerAction::Status {
-                record(
-                    &state,
-                    &node,
-                    &who,
-                    json!({"kind": "power", "action": action.as_str(), "result": "failed", "error": message}),
-                );
-            }
-            error(status, message)
-        }
+    match act(&state, &who, &node, action).await {
+        Ok(s) => Json(json!({"node": node.hostname, "action": action, "state": s.unwrap_or(PowerState::Unknown), "result": "ok"}))
+            .into_response(),
+        Err((status, message)) => error(status, message),
     }
+}
+
+/// Runs `action` on the node's BMC for `who`; a change (ok or failed) is a
+/// history row naming them. The API and the dashboard's buttons both come here.
+pub(super) async fn act(
+    state: &Shared,
+    who: &Principal,
+    node: &NodeRecord,
+    action: PowerAction,
+) -> Result<Option<PowerState>, Failure> {
+    let result = with_driver(state, node, move |d, _| power::run(d, action)).await;
+    if action != PowerAction::Status {
+        let event = match &result {
+            Ok(_) => json!({"kind": "power", "action": action.as_str(), "result": "ok"}),
+            Err((_, message)) => {
+                json!({"kind": "power", "action": action.as_str(), "result": "failed", "error": message})
+            }
+        };
+        record(state, node, who, event);
+    }
+    result
 }
 
 /// `reinstall?now=true`: mark the node (as a plain reinstall does), then PXE
 /// once and cycle (or power on). A failed power step leaves the node marked,
 /// records the error in its history and answers it.
 pub(super) async fn reinstall_now(state: Shared, who: Principal, node: NodeRecord) -> Response {
-    let marked = match tokio::task::block_in_place(|| {
+    match reinstall_now_steps(&state, &who, &node).await {
+        Ok((marked, steps)) => {
+            Json(json!({"node": marked.public(), "power": steps, "result": "ok"})).into_response()
+        }
+        Err((status, message)) => error(status, message),
+    }
+}
+
+/// [`reinstall_now`]'s work, for the API and the dashboard: the marked record
+/// and the power steps run.
+pub(super) async fn reinstall_now_steps(
+    state: &Shared,
+    who: &Principal,
+    node: &NodeRecord,
+) -> Result<(NodeRecord, Vec<&'static str>), Failure> {
+    let marked = tokio::task::block_in_place(|| {
         state
             .inventory
             .operator_action(&node.mac, OperatorAction::Reinstall, &who.name)
-    }) {
-        Ok(n) => n,
-        Err(e) => return inventory_error(e),
-    };
-    match with_driver(&state, &marked, |d, efi| power::reinstall_now(d, efi)).await {
+    })
+    .map_err(|e| (inventory_status(&e), e.to_string()))?;
+    match with_driver(state, &marked, |d, efi| power::reinstall_now(d, efi)).await {
         Ok(steps) => {
             record(
-                &state,
+                state,
                 &marked,
-                &who,
+                who,
                 json!({"kind": "power", "action": "reinstall_now", "steps": steps, "result": "ok"}),
             );
-            Json(json!({"node": marked.public(), "power": steps, "result": "ok"})).into_response()
+            Ok((marked, steps))
         }
-        Err(r) => {
-            let (status, message) = message_of(r).await;
+        Err((status, message)) => {
             record(
-                &state,
+                state,
                 &marked,
-                &who,
+                who,
                 json!({"kind": "power", "action": "reinstall_now", "result": "failed", "error": message}),
             );
-            error(
+            Err((
                 status,
                 format!(
                     "{} is marked for reinstall, but its power step failed: {message}",
                     marked.hostname
                 ),
-            )
+            ))
         }
     }
 }

@@ -207,7 +207,8 @@ impl Ipmi {
             }
         };
         let stdout = out_t.join().unwrap_or_default();
-        let stderr = redact(&err_t.join().unwrap_or_default(), &password);
+        // Redacted in `failure_error`, after it is classified.
+        let stderr = err_t.join().unwrap_or_default();
         let Some(status) = status else {
             return Err(PowerError::Unreachable {
                 node: self.node.clone(),
@@ -218,31 +219,52 @@ impl Ipmi {
         if status.success() {
             return Ok(stdout);
         }
-        let detail = useful(&stderr);
-        let detail = if detail.is_empty() {
-            format!("ipmitool exited with {status}")
-        } else {
-            detail
-        };
-        Err(match classify(&stderr) {
-            Failure::Credentials => PowerError::BadCredentials {
-                node: self.node.clone(),
-                bmc: self.bmc(),
-                user: self.user.clone(),
-                detail,
-            },
-            Failure::Unreachable => PowerError::Unreachable {
-                node: self.node.clone(),
-                bmc: self.bmc(),
-                detail,
-            },
-            Failure::Rejected => PowerError::Rejected {
-                node: self.node.clone(),
-                bmc: self.bmc(),
-                operation: format!("ipmitool {}", op.args().join(" ")),
-                detail,
-            },
-        })
+        Err(failure_error(
+            &self.node,
+            &self.bmc(),
+            &self.user,
+            op,
+            &status.to_string(),
+            &stderr,
+            &password,
+        ))
+    }
+}
+
+/// The typed error for a failed ipmitool run against `bmc`, from its stderr
+/// (classified by [`classify`]); `password` is cut out of what it said.
+pub fn failure_error(
+    node: &str,
+    bmc: &str,
+    user: &str,
+    op: Op,
+    exit: &str,
+    stderr: &str,
+    password: &str,
+) -> PowerError {
+    let kind = classify(stderr);
+    let stderr = redact(stderr, password);
+    let detail = useful(&stderr);
+    let detail = if detail.is_empty() {
+        format!("ipmitool exited with {exit}")
+    } else {
+        detail
+    };
+    let (node, bmc) = (node.to_string(), bmc.to_string());
+    match kind {
+        Failure::Credentials => PowerError::BadCredentials {
+            node,
+            bmc,
+            user: user.into(),
+            detail,
+        },
+        Failure::Unreachable => PowerError::Unreachable { node, bmc, detail },
+        Failure::Rejected => PowerError::Rejected {
+            node,
+            bmc,
+            operation: format!("ipmitool {}", op.args().join(" ")),
+            detail,
+        },
     }
 }
 
@@ -305,6 +327,55 @@ mod tests {
             Some(PowerState::Off)
         );
         assert_eq!(parse_status("garbage"), None);
+    }
+
+    #[test]
+    fn errors_name_node_bmc_and_what_to_check_never_the_password() {
+        let pw = "pa55-word";
+        let fail = |op: Op, stderr: &str| {
+            failure_error(
+                "n1",
+                "10.44.1.11:623",
+                "admin",
+                op,
+                "exit status: 1",
+                stderr,
+                pw,
+            )
+        };
+        let e = fail(
+            Op::Status,
+            &format!("> RAKP 2 HMAC is invalid (password {pw})\n"),
+        );
+        assert!(matches!(e, PowerError::BadCredentials { .. }), "{e:?}");
+        let t = e.to_string();
+        assert!(
+            t.starts_with(
+                "n1: the BMC at 10.44.1.11:623 refused the credentials of user \"admin\""
+            ),
+            "{t}"
+        );
+        assert!(!t.contains(pw) && t.contains("<password>"), "{t}");
+        let e = fail(Op::Status, "Get Auth Capabilities error\n");
+        assert!(matches!(e, PowerError::Unreachable { .. }), "{e:?}");
+        assert!(e.to_string().contains("ping it"), "{e}");
+        let t = fail(
+            Op::BootPxe { efi: true },
+            "Set Boot Device to pxe failed: Invalid data field in request\n",
+        )
+        .to_string();
+        assert!(
+            t.contains("rejected `ipmitool chassis bootdev pxe options=efiboot`")
+                && t.contains("Invalid data field")
+                && t.contains("operator or administrator privilege"),
+            "{t}"
+        );
+        let e = fail(Op::Off, "");
+        assert!(
+            e.to_string()
+                .contains("ipmitool exited with exit status: 1"),
+            "{e}"
+        );
     }
 
     #[test]

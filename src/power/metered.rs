@@ -27,6 +27,7 @@ pub fn outcome_label<T>(r: &Result<T, PowerError>) -> &'static str {
         Err(PowerError::Password { .. }) => "password",
         Err(PowerError::Unsupported { .. }) => "unsupported",
         Err(PowerError::Tool { .. }) => "tool",
+        Err(PowerError::Certificate { .. }) => "certificate",
     }
 }
 

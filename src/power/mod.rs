@@ -7,9 +7,11 @@
 
 pub mod ipmi;
 pub mod metered;
+pub mod known;
 pub mod poller;
 pub mod qmp;
 pub mod redfish;
+pub mod tls;
 pub mod wol;
 
 use crate::config::{BmcConfig, BmcDriver, BootMode};
@@ -88,6 +90,12 @@ pub enum PowerError {
         node: String,
         bmc: String,
         operation: String,
+        detail: String,
+    },
+    #[error("{node}: the BMC at {bmc} presented a certificate this server does not trust ({detail}); set ca_file = \"/path/to/bmc-ca.pem\" in the node's bmc (the CA that signed the BMC's certificate) or install that CA on this server (update-ca-certificates), or set verify_tls = false to accept the BMC's self-signed certificate")]
+    Certificate {
+        node: String,
+        bmc: String,
         detail: String,
     },
     #[error("{node}: cannot use the BMC password: {detail}")]

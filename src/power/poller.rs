@@ -1,7 +1,8 @@
 //! The background poll of every BMC's power state (`[power] poll_interval`,
 //! default 300 s; 0 turns it off). A change, and a BMC that stops or starts
 //! answering, is a row in the node's history (`kind: power_state`); the same
-//! answer again is not, so a rack of quiet nodes adds nothing.
+//! answer again is not, so a rack of quiet nodes adds nothing. Every answer
+//! updates the last known state the dashboard shows (`known`).
 
 use super::{PowerError, PowerState, Target};
 use crate::config::{BmcConfig, BmcDriver, PowerConfig};
@@ -41,10 +42,15 @@ pub fn change(previous: Option<&Polled>, now: &Polled) -> Option<Value> {
     if same {
         return None;
     }
-    Some(match now {
+    Some(row(now))
+}
+
+/// The history row (and last-known state) of a poll's answer.
+pub fn row(now: &Polled) -> Value {
+    match now {
         Polled::State(s) => json!({"kind": "power_state", "state": s.as_str()}),
         Polled::Failed(e) => json!({"kind": "power_state", "state": "unreachable", "error": e}),
-    })
+    }
 }
 
 /// A node the poller asks about: hostname, MAC, BMC.
@@ -57,6 +63,7 @@ pub async fn run(
     interface: Option<String>,
     inventory: Arc<Inventory>,
     metrics: Arc<crate::metrics::Metrics>,
+    known: Arc<super::known::Known>,
     cancel: CancellationToken,
 ) {
     let nodes: Vec<PolledNode> = nodes
@@ -109,6 +116,7 @@ pub async fn run(
                 Ok(s) => Polled::State(s),
                 Err(e) => Polled::Failed(e.to_string()),
             };
+            known.observe(&mac, &row(&now), crate::clock::now_unix());
             if let Some(event) = change(last.get(&mac), &now) {
                 let inv = inventory.clone();
                 let m = mac.clone();

@@ -1,9 +1,9 @@
 //! A small client of the DMTF Redfish schema: a system's `PowerState`, its
-//! `ComputerSystem.Reset` action and its one-time boot override. Plain HTTP
-//! only: the build carries no TLS client (config validation refuses https).
-//! The credentials, when set, go in an HTTP basic `Authorization` header.
+//! `ComputerSystem.Reset` action and its one-time boot override, over http or
+//! https (`verify_tls`, `ca_file`: see `tls`). The credentials, when set, go in
+//! an HTTP basic `Authorization` header.
 
-use super::{read_password, redact, PowerDriver, PowerError, PowerState, Target};
+use super::{read_password, redact, tls, PowerDriver, PowerError, PowerState, Target};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
@@ -78,6 +78,59 @@ pub fn error_message(body: &str) -> String {
     }
 }
 
+/// How a Redfish call failed, as the HTTP client reports it.
+#[derive(Debug, Clone, Copy)]
+pub enum Failure<'a> {
+    /// The BMC answered with an error status and this body.
+    Status {
+        code: u16,
+        body: &'a str,
+        operation: &'a str,
+    },
+    /// No answer: connection, timeout, or TLS (`certificate`: the BMC's
+    /// certificate was refused).
+    Transport { text: &'a str, certificate: bool },
+}
+
+/// The typed error for a failed call to the BMC at `base`: 401/403 are the
+/// credentials, other statuses a rejected operation, a refused certificate its
+/// own case; `password` is cut out of whatever the BMC or the client said.
+pub fn failure_error(node: &str, base: &str, user: &str, f: Failure, password: &str) -> PowerError {
+    let (node, bmc) = (node.to_string(), base.to_string());
+    match f {
+        Failure::Status {
+            code,
+            body,
+            operation,
+        } => {
+            let detail = redact(&format!("HTTP {code}: {}", error_message(body)), password);
+            if code == 401 || code == 403 {
+                PowerError::BadCredentials {
+                    node,
+                    bmc,
+                    user: user.into(),
+                    detail,
+                }
+            } else {
+                PowerError::Rejected {
+                    node,
+                    bmc,
+                    operation: operation.into(),
+                    detail,
+                }
+            }
+        }
+        Failure::Transport { text, certificate } => {
+            let detail = redact(text, password);
+            if certificate {
+                PowerError::Certificate { node, bmc, detail }
+            } else {
+                PowerError::Unreachable { node, bmc, detail }
+            }
+        }
+    }
+}
+
 pub struct Redfish {
     node: String,
     base: String,
@@ -94,21 +147,29 @@ impl Redfish {
             detail: format!("bmc.{key} is not set for the redfish driver"),
         };
         let base = t.bmc.address.clone().ok_or_else(|| missing("address"))?;
+        let mut agent = ureq::AgentBuilder::new().timeout(t.timeout).redirects(0);
+        if base.starts_with("https://") {
+            let tls = super::tls::client_config(t.bmc.verify_tls, t.bmc.ca_file.as_deref())
+                .map_err(|detail| PowerError::Tool {
+                    node: t.node.into(),
+                    detail,
+                })?;
+            agent = agent.tls_config(tls);
+        }
         Ok(Redfish {
             node: t.node.into(),
             base: base.trim_end_matches('/').to_string(),
             system: t.bmc.system.clone().ok_or_else(|| missing("system"))?,
             user: t.bmc.username.clone(),
             password_file: t.bmc.password_file.clone(),
-            agent: ureq::AgentBuilder::new()
-                .timeout(t.timeout)
-                .redirects(0)
-                .build(),
+            agent: agent.build(),
         })
     }
 
+    /// A path on the BMC; an absolute URL (some BMCs give action targets so)
+    /// only when it is on the BMC's own base, so the credentials go nowhere else.
     fn url(&self, path: &str) -> String {
-        if path.starts_with("http://") {
+        if path.starts_with(&format!("{}/", self.base)) {
             path.to_string()
         } else {
             format!("{}{path}", self.base)
@@ -139,36 +200,35 @@ impl Redfish {
                 let text = resp.into_string().unwrap_or_default();
                 Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
             }
-            Err(ureq::Error::Status(code, resp)) => {
-                let detail = redact(
-                    &format!(
-                        "HTTP {code}: {}",
-                        error_message(&resp.into_string().unwrap_or_default())
-                    ),
+            Err(ureq::Error::Status(code, resp)) => Err(self.failure(
+                Failure::Status {
+                    code,
+                    body: &resp.into_string().unwrap_or_default(),
+                    operation: &operation,
+                },
+                &password,
+            )),
+            Err(ureq::Error::Transport(t)) => {
+                let certificate = tls::is_certificate_error(&t);
+                Err(self.failure(
+                    Failure::Transport {
+                        text: &t.to_string(),
+                        certificate,
+                    },
                     &password,
-                );
-                Err(if code == 401 || code == 403 {
-                    PowerError::BadCredentials {
-                        node: self.node.clone(),
-                        bmc: self.base.clone(),
-                        user: self.user.clone().unwrap_or_default(),
-                        detail,
-                    }
-                } else {
-                    PowerError::Rejected {
-                        node: self.node.clone(),
-                        bmc: self.base.clone(),
-                        operation,
-                        detail,
-                    }
-                })
+                ))
             }
-            Err(ureq::Error::Transport(t)) => Err(PowerError::Unreachable {
-                node: self.node.clone(),
-                bmc: self.base.clone(),
-                detail: redact(&t.to_string(), &password),
-            }),
         }
+    }
+
+    fn failure(&self, f: Failure, password: &str) -> PowerError {
+        failure_error(
+            &self.node,
+            &self.base,
+            self.user.as_deref().unwrap_or_default(),
+            f,
+            password,
+        )
     }
 
     fn reset(&self, reset_type: Option<&str>) -> Result<(), PowerError> {
@@ -246,6 +306,79 @@ mod tests {
             boot_once_pxe_body(false)["Boot"]["BootSourceOverrideMode"],
             "Legacy"
         );
+    }
+
+    #[test]
+    fn failures_are_typed_name_node_and_bmc_and_never_the_password() {
+        let pw = "s3cr3t-pw";
+        let base = "https://10.44.1.11";
+        // A BMC that echoes what it was sent.
+        let body = format!(r#"{{"error": {{"message": "bad login admin:{pw}"}}}}"#);
+        let e = failure_error(
+            "n1",
+            base,
+            "admin",
+            Failure::Status {
+                code: 401,
+                body: &body,
+                operation: "GET /redfish/v1/Systems/1",
+            },
+            pw,
+        );
+        assert!(matches!(e, PowerError::BadCredentials { .. }), "{e:?}");
+        let t = e.to_string();
+        assert!(t.starts_with("n1: the BMC at https://10.44.1.11"), "{t}");
+        assert!(
+            t.contains("HTTP 401") && t.contains("bmc.password_file"),
+            "{t}"
+        );
+        assert!(!t.contains(pw) && t.contains("<password>"), "{t}");
+        let e = failure_error(
+            "n1",
+            base,
+            "admin",
+            Failure::Status {
+                code: 400,
+                body: r#"{"error": {"message": "ResetType Foo is not supported"}}"#,
+                operation: "POST /redfish/v1/Systems/1/Actions/ComputerSystem.Reset",
+            },
+            pw,
+        );
+        let t = e.to_string();
+        assert!(matches!(e, PowerError::Rejected { .. }), "{e:?}");
+        assert!(
+            t.contains("rejected `POST /redfish/v1/Systems/1/Actions/ComputerSystem.Reset`")
+                && t.contains("ResetType Foo")
+                && t.contains("privilege"),
+            "{t}"
+        );
+        let e = failure_error(
+            "n1",
+            base,
+            "admin",
+            Failure::Transport {
+                text: "invalid peer certificate: UnknownIssuer",
+                certificate: true,
+            },
+            pw,
+        );
+        let t = e.to_string();
+        assert!(matches!(e, PowerError::Certificate { .. }), "{e:?}");
+        for want in ["n1", base, "certificate", "ca_file", "verify_tls = false"] {
+            assert!(t.contains(want), "{want} missing: {t}");
+        }
+        let e = failure_error(
+            "n1",
+            base,
+            "",
+            Failure::Transport {
+                text: "Connection refused",
+                certificate: false,
+            },
+            pw,
+        );
+        assert!(matches!(e, PowerError::Unreachable { .. }), "{e:?}");
+        assert!(e.to_string().contains("ping it"), "{e}");
     }
 
     #[test]
