@@ -77,21 +77,13 @@ pub const NODE_STATE: &[&str] = &[
     "/root/***",
 ];
 
-/// Kernel modules the installer loads, in this order (its initramfs carries them
-/// with their dependencies). ext4 needs crc32c through the crypto API, a soft
-/// dependency nobody resolves without modprobe: an implementation comes first.
+/// Kernel modules the installer loads whatever the hardware, in this order (its
+/// initramfs carries them with their dependencies): what no device asks for by
+/// modalias. Device drivers (NICs, disk controllers, virtio) are not listed: the
+/// initramfs carries whole driver trees and the installer loads what each
+/// device's modalias matches in `modules.alias`. ext4 needs crc32c through the
+/// crypto API, a soft dependency: an implementation comes first.
 pub const INSTALLER_MODULES: &[&str] = &[
-    "virtio_pci",
-    "virtio_net",
-    "virtio_blk",
-    "virtio_scsi",
-    "e1000",
-    "e1000e",
-    "igb",
-    "ixgbe",
-    "ahci",
-    "nvme",
-    "sd_mod",
     "crc32c_generic",
     "crc32c_intel",
     "ext4",
