@@ -13,8 +13,12 @@ pub mod initramfs;
 pub mod cmdline {
     /// Base URL of the server, e.g. `http://10.44.0.1:8080`.
     pub const SERVER: &str = "rollout.server";
-    /// MAC address of the NIC the firmware booted from (iPXE `${net0/mac}`).
+    /// MAC address of the NIC the firmware booted from (iPXE `${netX/mac}`).
     pub const MAC: &str = "rollout.mac";
+    /// The same as pxelinux passes it (`BOOTIF=01-aa-bb-cc-dd-ee-ff`, `01` the
+    /// ARP type of Ethernet): used when `rollout.mac` is absent, so a node
+    /// booted by a hand-written pxelinux or GRUB entry still finds its NIC.
+    pub const BOOTIF: &str = "BOOTIF";
     /// Set to `1` to make the installer drop to a shell instead of rebooting on failure.
     pub const DEBUG: &str = "rollout.debug";
     /// The one-time boot secret of this node's iPXE script: the installer sends it
