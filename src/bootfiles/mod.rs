@@ -365,7 +365,8 @@ fn add_modules(
     let lib_rel = real_rel
         .strip_suffix(&format!("/modules/{version}"))
         .unwrap_or("lib");
-    let mut shipped_fw = Vec::new();
+    // A file two declarations lead to (a name and a glob) ships once.
+    let mut shipped_fw = std::collections::BTreeSet::new();
     let mut firmware_missing = 0;
     for name in &declared {
         let files = firmware::provided(&opts.firmware_dir, name);
@@ -381,12 +382,12 @@ fn add_modules(
                 data,
                 Category::Firmware,
             );
-            shipped_fw.push(f);
+            shipped_fw.insert(f);
         }
     }
     Ok(ShippedModules {
         res,
-        firmware: shipped_fw,
+        firmware: shipped_fw.into_iter().collect(),
         firmware_missing,
     })
 }
