@@ -3,6 +3,9 @@
 //! `modules.*` tables line by line, and the order of kernel versions. Pure text
 //! functions, no `server` feature: the installer links this.
 
+pub mod alias;
+pub mod deps;
+
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 

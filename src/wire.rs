@@ -13,8 +13,12 @@ pub mod initramfs;
 pub mod cmdline {
     /// Base URL of the server, e.g. `http://10.44.0.1:8080`.
     pub const SERVER: &str = "rollout.server";
-    /// MAC address of the NIC the firmware booted from (iPXE `${net0/mac}`).
+    /// MAC address of the NIC the firmware booted from (iPXE `${netX/mac}`).
     pub const MAC: &str = "rollout.mac";
+    /// The same as pxelinux passes it (`BOOTIF=01-aa-bb-cc-dd-ee-ff`, `01` the
+    /// ARP type of Ethernet): used when `rollout.mac` is absent, so a node
+    /// booted by a hand-written pxelinux or GRUB entry still finds its NIC.
+    pub const BOOTIF: &str = "BOOTIF";
     /// Set to `1` to make the installer drop to a shell instead of rebooting on failure.
     pub const DEBUG: &str = "rollout.debug";
     /// The one-time boot secret of this node's iPXE script: the installer sends it
@@ -77,21 +81,13 @@ pub const NODE_STATE: &[&str] = &[
     "/root/***",
 ];
 
-/// Kernel modules the installer loads, in this order (its initramfs carries them
-/// with their dependencies). ext4 needs crc32c through the crypto API, a soft
-/// dependency nobody resolves without modprobe: an implementation comes first.
+/// Kernel modules the installer loads whatever the hardware, in this order (its
+/// initramfs carries them with their dependencies): what no device asks for by
+/// modalias. Device drivers (NICs, disk controllers, virtio) are not listed: the
+/// initramfs carries whole driver trees and the installer loads what each
+/// device's modalias matches in `modules.alias`. ext4 needs crc32c through the
+/// crypto API, a soft dependency: an implementation comes first.
 pub const INSTALLER_MODULES: &[&str] = &[
-    "virtio_pci",
-    "virtio_net",
-    "virtio_blk",
-    "virtio_scsi",
-    "e1000",
-    "e1000e",
-    "igb",
-    "ixgbe",
-    "ahci",
-    "nvme",
-    "sd_mod",
     "crc32c_generic",
     "crc32c_intel",
     "ext4",

@@ -560,3 +560,81 @@ fn the_installed_report_sets_known_hosts_and_a_forged_one_cannot() {
         format!("node1,127.0.0.11 {bare2}\n")
     );
 }
+
+/// curl plays a node whose installer never reaches the server (no NIC driver,
+/// say): it fetches its install script three times and never a plan. The node
+/// turns "stuck before network" in the API, on the dashboard and in `rollout
+/// watch`; its plan fetch clears it.
+#[test]
+fn installer_boots_without_a_plan_show_the_node_stuck_before_network() {
+    if !testkit::prereq::require_tools(&[("curl", "curl")]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let mac = "52:54:00:00:00:01";
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "10"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let stuck = || {
+        let (st, node) = s.req("GET", "/api/v1/nodes/node1", None, true);
+        assert_eq!(st, 200, "{node}");
+        node["stuck_before_network"].as_str().map(String::from)
+    };
+    let mut secret = String::new();
+    for boot in 1..=3 {
+        let script = curl(&[&s.url(&format!("/boot.ipxe?mac={mac}"))]);
+        secret = script
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("rollout.boot_secret="))
+            .unwrap_or_else(|| panic!("boot {boot}: not an install script:\n{script}"))
+            .to_string();
+        if boot < 3 {
+            assert_eq!(stuck(), None, "after boot {boot}");
+        }
+    }
+    let msg = stuck().expect("stuck after three installer boots without a plan");
+    assert!(msg.starts_with("installer booted 3× since "), "{msg}");
+    assert!(
+        msg.ends_with(" UTC, never reached the server: check its NIC driver"),
+        "{msg}"
+    );
+    let list = s.admin_text("/");
+    assert!(list.contains(&msg), "the dashboard's node list:\n{list}");
+    let page = s.admin_text(&format!("/nodes/{mac}"));
+    assert!(page.contains(&msg), "the node's page:\n{page}");
+    let (ok, out, err) = s.cli(&["watch", "--once"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("node1") && l.ends_with(&msg)),
+        "{out}"
+    );
+
+    // The installer finally gets through: its plan request clears the state.
+    let plan = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &format!(r#"{{"boot_secret":"{secret}"}}"#),
+        &s.url(&format!("/api/v1/plan/{mac}")),
+    ]);
+    assert!(plan.contains("\"install_id\""), "{plan}");
+    assert_eq!(stuck(), None);
+    assert!(!s.admin_text("/").contains("never reached the server"));
+    assert!(s
+        .history_kinds("node1")
+        .contains(&"stuck_before_network".to_string()));
+}

@@ -7,6 +7,8 @@ use rollout::wire::cmdline as keys;
 pub enum CmdlineError {
     #[error("kernel command line has no {0}=...; the iPXE script from `rollout serve` sets it — boot through the rollout server")]
     Missing(&'static str),
+    #[error("kernel command line has neither rollout.mac=... nor BOOTIF=01-...; the iPXE script from `rollout serve` sets rollout.mac (pxelinux sets BOOTIF with IPAPPEND 2) — boot through the rollout server")]
+    NoMac,
     #[error("{key}={value:?} is not valid: {why}")]
     Invalid {
         key: &'static str,
@@ -72,12 +74,14 @@ pub fn mac_bytes(s: &str) -> Option<[u8; 6]> {
 pub fn parse(line: &str) -> Result<KernelArgs, CmdlineError> {
     let mut server = None;
     let mut mac = None;
+    let mut bootif = None;
     let mut debug = false;
     let mut boot_secret = None;
     for (k, v) in split(line) {
         match (k.as_str(), v) {
             (keys::SERVER, Some(v)) => server = Some(v),
             (keys::MAC, Some(v)) => mac = Some(v),
+            (keys::BOOTIF, Some(v)) => bootif = Some(v),
             (keys::BOOT_SECRET, Some(v)) if !v.is_empty() => boot_secret = Some(v),
             (keys::DEBUG, v) => debug = matches!(v.as_deref(), None | Some("1" | "yes" | "true")),
             _ => {}
@@ -92,17 +96,21 @@ pub fn parse(line: &str) -> Result<KernelArgs, CmdlineError> {
             why: "expected http://HOST[:PORT] (the installer has no TLS)",
         });
     }
-    let raw_mac = mac.ok_or(CmdlineError::Missing(keys::MAC))?;
-    let mac = match raw_mac.parse::<MacAddr>() {
-        Ok(m) => m.to_string(),
-        Err(_) => {
-            return Err(CmdlineError::Invalid {
-                key: keys::MAC,
-                value: raw_mac,
-                why: "expected six hex bytes like 52:54:00:12:34:56",
-            })
-        }
+    // rollout.mac is what the server wrote; BOOTIF what another loader did.
+    let (key, raw_mac) = match (mac, bootif) {
+        (Some(m), _) => (keys::MAC, m),
+        (None, Some(b)) => (keys::BOOTIF, b),
+        (None, None) => return Err(CmdlineError::NoMac),
     };
+    let mac =
+        match raw_mac.parse::<MacAddr>() {
+            Ok(m) => m.to_string(),
+            Err(_) => return Err(CmdlineError::Invalid {
+                key,
+                value: raw_mac,
+                why: "expected six hex bytes like 52:54:00:12:34:56 (BOOTIF: 01-52-54-00-12-34-56)",
+            }),
+        };
     Ok(KernelArgs {
         server,
         mac,
@@ -156,14 +164,29 @@ mod tests {
             parse("rollout.mac=52:54:00:00:00:01"),
             Err(CmdlineError::Missing("rollout.server"))
         );
-        assert_eq!(
-            parse("rollout.server=http://x"),
-            Err(CmdlineError::Missing("rollout.mac"))
-        );
+        assert_eq!(parse("rollout.server=http://x"), Err(CmdlineError::NoMac));
+        let e = parse("rollout.server=http://x").unwrap_err().to_string();
+        assert!(e.contains("rollout.mac") && e.contains("BOOTIF"), "{e}");
         let e = parse("rollout.server=https://x rollout.mac=52:54:00:00:00:01").unwrap_err();
         assert!(e.to_string().contains("no TLS"), "{e}");
         let e = parse("rollout.server=http://x rollout.mac=zz").unwrap_err();
         assert!(e.to_string().contains("rollout.mac"), "{e}");
+    }
+
+    #[test]
+    fn bootif_as_pxelinux_passes_it() {
+        let a = parse("rollout.server=http://s BOOTIF=01-52-54-00-AA-00-02 console=ttyS0").unwrap();
+        assert_eq!(a.mac, "52:54:00:aa:00:02");
+        // The server's rollout.mac wins over a BOOTIF from elsewhere.
+        let a = parse(
+            "BOOTIF=01-52-54-00-aa-00-02 rollout.server=http://s rollout.mac=52:54:00:aa:00:01",
+        )
+        .unwrap();
+        assert_eq!(a.mac, "52:54:00:aa:00:01");
+        let e = parse("rollout.server=http://s BOOTIF=01-zz")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("BOOTIF=\"01-zz\" is not valid"), "{e}");
     }
 
     #[test]

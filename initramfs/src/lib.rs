@@ -21,6 +21,7 @@ pub mod identity;
 pub mod layout;
 pub mod modules;
 pub mod net;
+pub mod nic;
 pub mod nodetoml;
 pub mod partition;
 pub mod paths;

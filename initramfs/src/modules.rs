@@ -1,80 +1,20 @@
-//! Loading kernel modules without kmod: `modules.dep` resolved here, then
-//! `finit_module(2)` in dependency order.
+//! Loading kernel modules without kmod or udev: the fixed must-have list by
+//! name, then what each device in /sys asks for through its `modalias`, matched
+//! against the shipped `modules.alias` as modprobe would; dependencies (hard and
+//! soft) from `modules.dep`/`modules.softdep`, then `finit_module(2)` in order.
+//! The tables and the order are `rollout::kernel::{alias, deps}`, pure and shared
+//! with the builder; this file is the part that touches /sys and the kernel.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use rollout::kernel::alias::{self, AliasTable, Claim, Device};
+use rollout::kernel::deps::{resolve, ModulesDep, Tables};
+use rollout::kernel::SoftDeps;
 // Names and table parsing are shared with the server's initramfs builder.
 pub use rollout::kernel::{module_name, normalize_module_name, parse_builtin};
-
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ModDep {
-    /// Module name → (path relative to the modules dir, names it depends on).
-    entries: HashMap<String, (String, Vec<String>)>,
-}
-
-pub fn parse_modules_dep(text: &str) -> ModDep {
-    let entries = rollout::kernel::dep_lines(text)
-        .map(|(path, deps)| {
-            let deps = deps.into_iter().map(module_name).collect();
-            (module_name(path), (path.to_string(), deps))
-        })
-        .collect();
-    ModDep { entries }
-}
-
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct LoadPlan {
-    /// (name, relative path), dependencies before dependents, each once.
-    pub order: Vec<(String, String)>,
-    /// Requested modules not in modules.dep.
-    pub missing: Vec<String>,
-}
-
-impl ModDep {
-    pub fn contains(&self, name: &str) -> bool {
-        self.entries.contains_key(&normalize_module_name(name))
-    }
-
-    /// Dependency-first order for `wanted`. modules.dep lists each module's full
-    /// dependency closure, but not in a usable order, so this sorts depth-first.
-    pub fn load_order(&self, wanted: &[&str]) -> LoadPlan {
-        let mut plan = LoadPlan::default();
-        let mut done = HashSet::new();
-        for w in wanted {
-            let name = normalize_module_name(w);
-            if !self.entries.contains_key(&name) {
-                plan.missing.push(name);
-                continue;
-            }
-            let mut visiting = HashSet::new();
-            self.visit(&name, &mut done, &mut visiting, &mut plan.order);
-        }
-        plan
-    }
-
-    fn visit(
-        &self,
-        name: &str,
-        done: &mut HashSet<String>,
-        visiting: &mut HashSet<String>,
-        out: &mut Vec<(String, String)>,
-    ) {
-        // `visiting` guards against a (broken) cyclic modules.dep.
-        if done.contains(name) || !visiting.insert(name.to_string()) {
-            return;
-        }
-        let Some((path, deps)) = self.entries.get(name) else {
-            return;
-        };
-        for d in deps {
-            self.visit(d, done, visiting, out);
-        }
-        done.insert(name.to_string());
-        out.push((name.to_string(), path.clone()));
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
@@ -117,41 +57,144 @@ pub struct LoadReport {
     pub notes: Vec<String>,
 }
 
-/// Loads `wanted` and their dependencies from `dir`. Individual failures are
-/// notes, not errors: a missing NIC driver shows up later as "NIC not found".
-pub fn load(dir: &Path, wanted: &[&str]) -> Result<LoadReport, ModuleError> {
-    let dep_path = dir.join("modules.dep");
-    let text = std::fs::read_to_string(&dep_path).map_err(|source| ModuleError::Read {
-        path: dep_path.display().to_string(),
+impl LoadReport {
+    fn merge(&mut self, other: LoadReport) {
+        self.loaded.extend(other.loaded);
+        self.already.extend(other.already);
+        self.builtin.extend(other.builtin);
+        self.missing.extend(other.missing);
+        self.notes.extend(other.notes);
+    }
+}
+
+/// A device that asked for a module, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceLoad {
+    pub claim: Claim,
+    /// The driver bound to the device after loading (its `driver` link), if any.
+    pub bound: Option<String>,
+}
+
+impl DeviceLoad {
+    /// The console line: which driver took which device, and by which modalias.
+    pub fn describe(&self) -> String {
+        let c = &self.claim;
+        match &self.bound {
+            Some(d) if *d == c.module => {
+                format!("driver {d} claimed device {} ({})", c.device, c.modalias)
+            }
+            Some(d) => format!(
+                "driver {d} claimed device {} ({}) after module {} loaded",
+                c.device, c.modalias, c.module
+            ),
+            None => format!(
+                "module {} loaded for device {} ({}), but no driver is bound to it",
+                c.module, c.device, c.modalias
+            ),
+        }
+    }
+}
+
+/// The shipped tables and what was asked of the kernel so far.
+pub struct Loader {
+    dir: PathBuf,
+    dep: ModulesDep,
+    builtin: HashSet<String>,
+    softdeps: HashMap<String, SoftDeps>,
+    exact: HashMap<String, Vec<String>>,
+    aliases: AliasTable,
+    /// Modules loaded, found loaded, or failed: never asked for twice.
+    tried: HashSet<String>,
+}
+
+fn read(path: &Path) -> Result<String, ModuleError> {
+    std::fs::read_to_string(path).map_err(|source| ModuleError::Read {
+        path: path.display().to_string(),
         source,
-    })?;
-    let deps = parse_modules_dep(&text);
-    let builtin = std::fs::read_to_string(dir.join("modules.builtin"))
-        .map(|t| parse_builtin(&t))
-        .unwrap_or_default();
-    let plan = deps.load_order(wanted);
-    let mut report = LoadReport::default();
-    for m in plan.missing {
-        if builtin.contains(&m) {
-            report.builtin.push(m);
-        } else {
+    })
+}
+
+impl Loader {
+    /// Reads `modules.dep` (required) and the alias, softdep and builtin tables.
+    pub fn open(dir: &Path) -> Result<Self, ModuleError> {
+        let dep = ModulesDep::parse(&read(&dir.join("modules.dep"))?);
+        let opt = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        let alias_text = opt("modules.alias");
+        Ok(Loader {
+            dir: dir.to_path_buf(),
+            dep,
+            builtin: parse_builtin(&opt("modules.builtin")),
+            softdeps: rollout::kernel::parse_softdeps(&opt("modules.softdep")),
+            exact: rollout::kernel::parse_exact_aliases(&alias_text),
+            aliases: AliasTable::parse(&alias_text),
+            tried: HashSet::new(),
+        })
+    }
+
+    /// Loads `wanted` by name, dependencies first. Individual failures are
+    /// notes, not errors: a missing driver shows up later as "no NIC".
+    pub fn load_names(&mut self, wanted: &[&str]) -> LoadReport {
+        let tables = Tables {
+            dep: &self.dep,
+            builtin: &self.builtin,
+            softdeps: &self.softdeps,
+            aliases: &self.exact,
+        };
+        let res = resolve(&tables, wanted);
+        let mut report = LoadReport {
+            builtin: res.builtin,
+            ..LoadReport::default()
+        };
+        for m in res.missing {
             report
                 .notes
                 .push(format!("{m}: not in modules.dep, skipped"));
         }
+        for path in res.load_order {
+            self.insmod(&path, &mut report);
+        }
+        report
     }
-    let params = CString::default();
-    for (name, rel) in plan.order {
-        let mut path = dir.join(&rel);
+
+    /// One pass over `sys_bus` (/sys/bus): every device without a driver whose
+    /// modalias matches a module not tried yet gets that module loaded.
+    pub fn load_for_devices(&mut self, sys_bus: &Path) -> (Vec<DeviceLoad>, LoadReport) {
+        let devices = unclaimed_devices(sys_bus);
+        let claims = alias::claims(&self.aliases, &devices, &self.tried);
+        let mut report = LoadReport::default();
+        if claims.is_empty() {
+            return (Vec::new(), report);
+        }
+        let names: Vec<&str> = claims.iter().map(|c| c.module.as_str()).collect();
+        report.merge(self.load_names(&names));
+        // Modules named by a claim count as tried even when they failed.
+        self.tried.extend(names.iter().map(|n| n.to_string()));
+        let loads = claims
+            .into_iter()
+            .map(|claim| {
+                let (bus, dev) = claim.device.split_once('/').unwrap_or(("", ""));
+                let bound = bound_driver(&sys_bus.join(bus).join("devices").join(dev));
+                DeviceLoad { claim, bound }
+            })
+            .collect();
+        (loads, report)
+    }
+
+    fn insmod(&mut self, rel: &str, report: &mut LoadReport) {
+        let name = module_name(rel);
+        if !self.tried.insert(name.clone()) {
+            return;
+        }
+        let mut path = self.dir.join(rel);
         let mut flags = nix::kmod::ModuleInitFlags::empty();
         if !path.exists() {
-            // The builder may have decompressed modules without rewriting modules.dep.
-            let plain = dir.join(rollout::kernel::plain_ko_path(&rel));
+            // The builder decompresses modules; a table naming `.ko.xz` still works.
+            let plain = self.dir.join(rollout::kernel::plain_ko_path(rel));
             if plain.exists() {
                 path = plain;
             } else {
                 report.missing.push(name);
-                continue;
+                return;
             }
         } else if !rel.ends_with(".ko") {
             // Compressed: the kernel decompresses it if built with MODULE_DECOMPRESS.
@@ -163,16 +206,91 @@ pub fn load(dir: &Path, wanted: &[&str]) -> Result<LoadReport, ModuleError> {
                 report
                     .notes
                     .push(format!("{name}: open {}: {e}", path.display()));
-                continue;
+                return;
             }
         };
-        match nix::kmod::finit_module(&file, &params, flags) {
+        match nix::kmod::finit_module(&file, &CString::default(), flags) {
             Ok(()) => report.loaded.push(name),
             Err(nix::errno::Errno::EEXIST) => report.already.push(name),
+            // ENODEV: the module found no device it drives (a second driver
+            // that matched the same alias, say); not worth more than a note.
             Err(e) => report.notes.push(format!("{name}: finit_module: {e}")),
         }
     }
+}
+
+/// Devices under `sys_bus/*/devices/` that have a modalias and no driver yet,
+/// as `bus/device`, sorted (so the load order is the same at every boot).
+pub fn unclaimed_devices(sys_bus: &Path) -> Vec<Device> {
+    let mut out = Vec::new();
+    for bus in sorted_names(sys_bus) {
+        let devs = sys_bus.join(&bus).join("devices");
+        for dev in sorted_names(&devs) {
+            let at = devs.join(&dev);
+            if bound_driver(&at).is_some() {
+                continue;
+            }
+            let Ok(modalias) = std::fs::read_to_string(at.join("modalias")) else {
+                continue;
+            };
+            let modalias = modalias.trim();
+            if !modalias.is_empty() {
+                out.push(Device {
+                    name: format!("{bus}/{dev}"),
+                    modalias: modalias.to_string(),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The name of the driver bound to the device at `dev` (its `driver` symlink).
+pub fn bound_driver(dev: &Path) -> Option<String> {
+    let target = std::fs::read_link(dev.join("driver")).ok()?;
+    Some(target.file_name()?.to_string_lossy().into_owned())
+}
+
+/// The installer's one loader, opened by the `load_modules` step and asked
+/// again while later steps wait for a NIC or a disk (devices behind a freshly
+/// loaded controller, such as SCSI disks, appear only then).
+static LOADER: Mutex<Option<Loader>> = Mutex::new(None);
+
+/// Opens the tables in `dir` and loads `fixed` by name (replacing an earlier loader).
+pub fn start(dir: &Path, fixed: &[&str]) -> Result<LoadReport, ModuleError> {
+    let mut loader = Loader::open(dir)?;
+    let report = loader.load_names(fixed);
+    *LOADER.lock().unwrap_or_else(|p| p.into_inner()) = Some(loader);
     Ok(report)
+}
+
+/// One modalias pass with the loader [`start`] opened; nothing before it.
+pub fn rescan(sys_bus: &Path) -> (Vec<DeviceLoad>, LoadReport) {
+    match LOADER.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        Some(l) => l.load_for_devices(sys_bus),
+        None => (Vec::new(), LoadReport::default()),
+    }
+}
+
+/// Loads modules by name with the started loader (`8021q`, `bonding`: what a
+/// network plan needs and no device asks for).
+pub fn load_by_name(names: &[&str]) -> LoadReport {
+    match LOADER.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        Some(l) => l.load_names(names),
+        None => LoadReport::default(),
+    }
 }
 
 #[cfg(test)]
@@ -181,17 +299,144 @@ mod tests {
 
     const FIXTURE: &str = include_str!("../tests/fixtures/modules.dep");
 
-    fn pos(order: &[(String, String)], name: &str) -> usize {
-        order
-            .iter()
-            .position(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("{name} not in {order:?}"))
+    fn loader(dir: &Path, dep: &str, alias: &str) -> Loader {
+        std::fs::write(dir.join("modules.dep"), dep).unwrap();
+        std::fs::write(dir.join("modules.alias"), alias).unwrap();
+        Loader::open(dir).unwrap()
+    }
+
+    /// A fake /sys/bus: (bus, device, modalias, bound driver).
+    fn sys_bus(root: &Path, devices: &[(&str, &str, &str, Option<&str>)]) {
+        for (bus, dev, modalias, driver) in devices {
+            let at = root.join(bus).join("devices").join(dev);
+            std::fs::create_dir_all(&at).unwrap();
+            std::fs::write(at.join("modalias"), format!("{modalias}\n")).unwrap();
+            if let Some(d) = driver {
+                let drv = root.join(bus).join("drivers").join(d);
+                std::fs::create_dir_all(&drv).unwrap();
+                std::os::unix::fs::symlink(&drv, at.join("driver")).unwrap();
+            }
+        }
     }
 
     #[test]
-    fn dependencies_come_first_and_only_once() {
-        let deps = parse_modules_dep(FIXTURE);
-        let plan = deps.load_order(&[
+    fn unclaimed_devices_are_sorted_and_skip_bound_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        sys_bus(
+            tmp.path(),
+            &[
+                ("virtio", "virtio0", "virtio:d00000001v00001AF4", None),
+                (
+                    "pci",
+                    "0000:00:03.0",
+                    "pci:v00001AF4d00001041sv00001AF4sd00001041bc02sc00i00",
+                    Some("virtio-pci"),
+                ),
+                (
+                    "pci",
+                    "0000:00:05.0",
+                    "pci:v000015ADd000007B0sv000015ADsd000007B0bc02sc00i00",
+                    None,
+                ),
+                (
+                    "pci",
+                    "0000:00:04.0",
+                    "pci:v00001000d000000E7sv00001000sd00000001bc01sc07i00",
+                    None,
+                ),
+            ],
+        );
+        let d = unclaimed_devices(tmp.path());
+        let names: Vec<&str> = d.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["pci/0000:00:04.0", "pci/0000:00:05.0", "virtio/virtio0"]
+        );
+        assert_eq!(
+            bound_driver(&tmp.path().join("pci/devices/0000:00:03.0")).as_deref(),
+            Some("virtio-pci")
+        );
+    }
+
+    #[test]
+    fn a_pass_loads_what_devices_ask_for_once_and_reports_it() {
+        // Outside a real initramfs finit_module fails (no privilege, or the file
+        // is not a module): the pass still records the claim and never retries it.
+        let tmp = tempfile::tempdir().unwrap();
+        let mods = tmp.path().join("mods");
+        std::fs::create_dir_all(mods.join("kernel/drivers/net")).unwrap();
+        std::fs::write(mods.join("kernel/drivers/net/vmxnet3.ko"), b"not a module").unwrap();
+        let mut l = loader(
+            &mods,
+            "kernel/drivers/net/vmxnet3.ko:\nkernel/drivers/net/virtio_net.ko:\n",
+            "alias pci:v000015ADd000007B0sv*sd*bc*sc*i* vmxnet3\nalias virtio:d00000001v* virtio_net\n",
+        );
+        let bus = tmp.path().join("bus");
+        sys_bus(
+            &bus,
+            &[(
+                "pci",
+                "0000:00:05.0",
+                "pci:v000015ADd000007B0sv000015ADsd000007B0bc02sc00i00",
+                None,
+            )],
+        );
+        let (loads, report) = l.load_for_devices(&bus);
+        assert_eq!(loads.len(), 1);
+        assert_eq!(loads[0].claim.module, "vmxnet3");
+        assert_eq!(loads[0].claim.device, "pci/0000:00:05.0");
+        assert_eq!(
+            loads[0].describe(),
+            "module vmxnet3 loaded for device pci/0000:00:05.0 (pci:v000015ADd000007B0sv000015ADsd000007B0bc02sc00i00), but no driver is bound to it"
+        );
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.starts_with("vmxnet3: finit_module")),
+            "{report:?}"
+        );
+        // Not asked again on the next pass.
+        let (again, _) = l.load_for_devices(&bus);
+        assert!(again.is_empty());
+        // A device that appears later (virtio_net's file is absent: missing).
+        sys_bus(
+            &bus,
+            &[("virtio", "virtio0", "virtio:d00000001v00001AF4", None)],
+        );
+        let (loads, report) = l.load_for_devices(&bus);
+        assert_eq!(loads[0].claim.module, "virtio_net");
+        assert_eq!(report.missing, ["virtio_net"]);
+    }
+
+    #[test]
+    fn claimed_lines_name_driver_device_and_modalias() {
+        let claim = Claim {
+            module: "e1000e".into(),
+            device: "pci/0000:00:02.0".into(),
+            modalias: "pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00".into(),
+        };
+        let bound = DeviceLoad {
+            claim: claim.clone(),
+            bound: Some("e1000e".into()),
+        };
+        assert_eq!(
+            bound.describe(),
+            "driver e1000e claimed device pci/0000:00:02.0 (pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00)"
+        );
+        let other = DeviceLoad {
+            claim,
+            bound: Some("e1000e-other".into()),
+        };
+        assert!(other.describe().ends_with("after module e1000e loaded"));
+    }
+
+    #[test]
+    fn fixed_list_loads_dependencies_first_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut l = loader(tmp.path(), FIXTURE, "");
+        // No module file exists here: each shows as missing, in load order, once.
+        let r = l.load_names(&[
             "virtio_net",
             "sd_mod",
             "ahci",
@@ -199,46 +444,24 @@ mod tests {
             "vfat",
             "no_such_mod",
         ]);
-        assert_eq!(plan.missing, ["no_such_mod"]);
-        let o = &plan.order;
-        assert!(pos(o, "virtio_ring") < pos(o, "virtio"));
-        assert!(pos(o, "virtio") < pos(o, "virtio_net"));
-        assert!(pos(o, "failover") < pos(o, "net_failover"));
-        assert!(pos(o, "net_failover") < pos(o, "virtio_net"));
-        assert!(pos(o, "scsi_common") < pos(o, "scsi_mod"));
-        assert!(pos(o, "scsi_mod") < pos(o, "sd_mod"));
-        assert!(pos(o, "libata") < pos(o, "libahci"));
-        assert!(pos(o, "libahci") < pos(o, "ahci"));
-        assert!(pos(o, "jbd2") < pos(o, "ext4") && pos(o, "mbcache") < pos(o, "ext4"));
-        assert!(pos(o, "fat") < pos(o, "vfat"));
-        let mut names: Vec<&String> = o.iter().map(|(n, _)| n).collect();
-        let before = names.len();
+        assert_eq!(r.notes, ["no_such_mod: not in modules.dep, skipped"]);
+        let o = &r.missing;
+        let pos = |n: &str| {
+            o.iter()
+                .position(|m| m == n)
+                .unwrap_or_else(|| panic!("{n} not in {o:?}"))
+        };
+        assert!(pos("virtio_ring") < pos("virtio") && pos("virtio") < pos("virtio_net"));
+        assert!(pos("failover") < pos("net_failover") && pos("net_failover") < pos("virtio_net"));
+        assert!(pos("scsi_common") < pos("scsi_mod") && pos("scsi_mod") < pos("sd_mod"));
+        assert!(pos("libata") < pos("libahci") && pos("libahci") < pos("ahci"));
+        assert!(pos("jbd2") < pos("ext4") && pos("fat") < pos("vfat"));
+        let mut names = o.clone();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), before, "a module is loaded twice: {o:?}");
-        assert_eq!(o[pos(o, "ext4")].1, "kernel/fs/ext4/ext4.ko");
-    }
-
-    #[test]
-    fn dash_names_and_builtins() {
-        let deps = parse_modules_dep("kernel/a/foo-bar.ko: kernel/a/baz.ko\nkernel/a/baz.ko:\n");
-        assert!(deps.contains("foo-bar"));
-        let plan = deps.load_order(&["foo-bar"]);
-        assert_eq!(
-            plan.order
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>(),
-            ["baz", "foo_bar"]
-        );
-        let b = parse_builtin("kernel/drivers/virtio/virtio_pci.ko\nkernel/fs/nls/nls_utf8.ko\n");
-        assert!(b.contains("virtio_pci") && b.contains("nls_utf8"));
-    }
-
-    #[test]
-    fn cycles_do_not_hang() {
-        let deps = parse_modules_dep("a.ko: b.ko\nb.ko: a.ko\n");
-        let plan = deps.load_order(&["a"]);
-        assert_eq!(plan.order.len(), 2);
+        assert_eq!(names.len(), o.len(), "a module is loaded twice: {o:?}");
+        // Asked again: nothing new is tried.
+        let r = l.load_names(&["ext4"]);
+        assert!(r.missing.is_empty() && r.loaded.is_empty());
     }
 }

@@ -1,5 +1,5 @@
-//! Network interfaces: finding the boot NIC by MAC and configuring IPv4 through
-//! the classic ioctls (no `ip` binary in the initramfs).
+//! Network interfaces: names and MACs, link state, and IPv4 configuration
+//! through the classic ioctls (no `ip` binary in the initramfs).
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -8,12 +8,6 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("no network interface with MAC {mac} appeared within {secs} s (present: {present}); is its driver among the loaded modules?")]
-    NoNic {
-        mac: String,
-        secs: u64,
-        present: String,
-    },
     #[error("{op} on {iface}: {source}")]
     Ioctl {
         op: &'static str,
@@ -46,34 +40,6 @@ pub fn find_by_mac(ifaces: &[(String, String)], mac: &str) -> Option<String> {
         .iter()
         .find(|(_, m)| *m == mac)
         .map(|(n, _)| n.clone())
-}
-
-/// Waits for the interface with `mac` to appear (drivers probe asynchronously).
-pub fn wait_for_mac(mac: &str, timeout: Duration) -> Result<String, NetError> {
-    let start = Instant::now();
-    loop {
-        let ifaces = interfaces(Path::new("/sys/class/net"));
-        if let Some(n) = find_by_mac(&ifaces, mac) {
-            return Ok(n);
-        }
-        if start.elapsed() >= timeout {
-            let present = ifaces
-                .iter()
-                .map(|(n, m)| format!("{n} {m}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(NetError::NoNic {
-                mac: mac.to_string(),
-                secs: timeout.as_secs(),
-                present: if present.is_empty() {
-                    "none".into()
-                } else {
-                    present
-                },
-            });
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 /// Waits until the link reports carrier; returns whether it did.

@@ -4,6 +4,8 @@
 
 /// Kernel modules live under `{MODULES_DIR}/{uname -r}/` together with `modules.dep`.
 pub const MODULES_DIR: &str = "/lib/modules";
+/// Where devices show their `modalias` (`/sys/bus/*/devices/*/modalias`).
+pub const SYS_BUS: &str = "/sys/bus";
 
 /// Programs and data files, at the paths the initramfs builder packs them.
 pub use rollout::wire::initramfs::{
@@ -36,6 +38,7 @@ pub const NODE_SECRET: &str = "/etc/rollout/node.secret";
 pub const NODE_RSYNC_PASSWORD: &str = "/etc/rollout/rsync.password";
 pub const NODE_PHONE_HOME_SCRIPT: &str = "/usr/local/sbin/rollout-phone-home";
 
-/// The kernel modules the installer loads, in this order (dependencies first,
-/// resolved from `modules.dep`). Missing ones are skipped with a note.
+/// The kernel modules the installer loads whatever the hardware, in this order
+/// (dependencies first); device drivers come by modalias. Missing ones are
+/// skipped with a note.
 pub use rollout::wire::INSTALLER_MODULES as MODULES;

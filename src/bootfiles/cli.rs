@@ -30,8 +30,10 @@ pub fn run(cmd: InitramfsCmd, state_dir: &Path) -> anyhow::Result<()> {
             let mut opts = BuildOptions::new(args.output.unwrap_or_else(|| state_dir.join("boot")));
             opts.kernel_version = args.kernel_version;
             opts.installer = args.installer;
+            let started = std::time::Instant::now();
             let report = build(&opts)?;
             print!("{report}");
+            println!("built in {:.1} s", started.elapsed().as_secs_f64());
             Ok(())
         }
     }

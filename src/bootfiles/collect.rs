@@ -14,6 +14,7 @@ use std::path::{Component, Path, PathBuf};
 pub enum Category {
     Installer,
     Modules,
+    Firmware,
     Helpers,
     Libs,
     Other,

@@ -132,6 +132,40 @@ pub fn parse(b: &[u8]) -> Result<ElfDeps, ElfError> {
     Ok(deps)
 }
 
+/// The bytes of section `name` (`.modinfo` of a kernel module), `None` when the
+/// file has no such section.
+pub fn section<'a>(b: &'a [u8], name: &str) -> Result<Option<&'a [u8]>, ElfError> {
+    if !is_elf(b) || b.get(4) != Some(&2) || b.get(5) != Some(&1) {
+        return Err(ElfError::Unsupported);
+    }
+    let shoff = u64_at(b, 0x28)? as usize;
+    let shentsize = u16_at(b, 0x3a)? as usize;
+    let shnum = u16_at(b, 0x3c)? as usize;
+    let shstrndx = u16_at(b, 0x3e)? as usize;
+    if shentsize < 64 || shstrndx >= shnum {
+        return Err(ElfError::Corrupt("bad section header table"));
+    }
+    let shdr = |i: usize| -> Result<(u32, usize, usize), ElfError> {
+        let o = shoff + i * shentsize;
+        Ok((
+            u32_at(b, o)?,
+            u64_at(b, o + 24)? as usize,
+            u64_at(b, o + 32)? as usize,
+        ))
+    };
+    let (_, names_off, _) = shdr(shstrndx)?;
+    for i in 0..shnum {
+        let (name_off, off, size) = shdr(i)?;
+        if cstr_at(b, names_off + name_off as usize)? == name {
+            return b
+                .get(off..off.saturating_add(size))
+                .map(Some)
+                .ok_or(ElfError::Corrupt("section past end of file"));
+        }
+    }
+    Ok(None)
+}
+
 /// Where the Debian x86-64 loader looks for libraries (ld.so.conf plus the defaults).
 pub const LIBRARY_DIRS: &[&str] = &[
     "/lib/x86_64-linux-gnu",

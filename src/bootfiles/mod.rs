@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod collect;
 pub mod elf;
+pub mod firmware;
 pub mod modules;
 
 pub use cli::{run, BuildArgs, InitramfsCmd};
@@ -23,13 +24,16 @@ use std::process::Command;
 /// at their host (and therefore initramfs) paths: the list the installer shares.
 pub use crate::wire::initramfs::{FILES as HELPER_FILES, PROGRAMS as HELPER_PROGRAMS};
 
-/// Modules requested by name; their hard and soft dependencies come along. The
-/// installer loads every line of the shipped `modules.dep` in order.
+/// Modules requested by name (the installer loads them whatever the hardware);
+/// their hard and soft dependencies come along.
 pub use crate::wire::INSTALLER_MODULES as DEFAULT_MODULES;
+/// Driver trees shipped whole, loaded by the installer when a device's modalias asks.
+pub use modules::DRIVER_TREES;
 
-/// Budget for the compressed archive: it crosses the network to every node under
-/// TFTP-era firmware, and 40 MB stays well inside what iPXE handles comfortably.
-pub const SIZE_BUDGET: u64 = 40 * 1024 * 1024;
+/// Budget for the compressed archive: iPXE fetches it over HTTP into the node's
+/// RAM, where the kernel unpacks it beside itself. Every NIC and storage driver
+/// tree fits in it with room for the firmware Debian's packages add.
+pub const SIZE_BUDGET: u64 = 60 * 1024 * 1024;
 
 const BUILD_HINT: &str =
     "build it with: cargo build -p rollout-installer --release --target x86_64-unknown-linux-musl";
@@ -110,6 +114,10 @@ pub struct BuildOptions {
     /// Where `initramfs.img` and `vmlinuz` go, normally `{state_dir}/boot`.
     pub output_dir: PathBuf,
     pub modules: Vec<String>,
+    /// Globs over module paths shipped whole ([`DRIVER_TREES`]).
+    pub driver_trees: Vec<String>,
+    /// Where the firmware the shipped modules declare is looked for.
+    pub firmware_dir: PathBuf,
     pub helper_programs: Vec<String>,
     pub helper_files: Vec<String>,
 }
@@ -121,6 +129,8 @@ impl BuildOptions {
             installer: None,
             output_dir: output_dir.into(),
             modules: DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
+            driver_trees: DRIVER_TREES.iter().map(|s| s.to_string()).collect(),
+            firmware_dir: PathBuf::from("/lib/firmware"),
             helper_programs: HELPER_PROGRAMS.iter().map(|s| s.to_string()).collect(),
             helper_files: HELPER_FILES.iter().map(|s| s.to_string()).collect(),
         }
@@ -140,6 +150,11 @@ pub struct BuildReport {
     pub helpers_bytes: u64,
     pub libs_bytes: u64,
     pub other_bytes: u64,
+    pub firmware_bytes: u64,
+    /// Firmware files shipped (relative to /lib/firmware).
+    pub firmware: Vec<String>,
+    /// Firmware the shipped modules declare that the build host does not have.
+    pub firmware_missing: usize,
     /// Module files shipped, in load order (paths relative to the modules directory).
     pub modules: Vec<String>,
     pub builtin_modules: Vec<String>,
@@ -168,7 +183,7 @@ impl fmt::Display for BuildReport {
             if self.compressed_bytes > SIZE_BUDGET {
                 format!(" — OVER the {} budget", mib(SIZE_BUDGET))
             } else {
-                String::new()
+                format!(" (budget {} compressed)", mib(SIZE_BUDGET))
             }
         )?;
         writeln!(f, "  installer {:>10}", mib(self.installer_bytes))?;
@@ -177,6 +192,13 @@ impl fmt::Display for BuildReport {
             "  modules   {:>10}  ({} files)",
             mib(self.modules_bytes),
             self.modules.len()
+        )?;
+        writeln!(
+            f,
+            "  firmware  {:>10}  ({} files; {} more declared by the modules are not installed here)",
+            mib(self.firmware_bytes),
+            self.firmware.len(),
+            self.firmware_missing
         )?;
         writeln!(f, "  helpers   {:>10}", mib(self.helpers_bytes))?;
         writeln!(f, "  libs      {:>10}", mib(self.libs_bytes))?;
@@ -265,25 +287,37 @@ fn read_module(path: &Path) -> Result<Vec<u8>, InitramfsError> {
     Ok(out.stdout)
 }
 
+/// What [`add_modules`] shipped.
+struct ShippedModules {
+    res: modules::Resolution,
+    firmware: Vec<String>,
+    firmware_missing: usize,
+}
+
 fn add_modules(
     c: &mut Collector,
     version: &str,
-    wanted: &[String],
-) -> Result<modules::Resolution, InitramfsError> {
+    opts: &BuildOptions,
+) -> Result<ShippedModules, InitramfsError> {
     let dir = PathBuf::from("/lib/modules").join(version);
     let dep_text = std::fs::read_to_string(dir.join("modules.dep"))
         .map_err(io_err(&dir.join("modules.dep")))?;
     let dep = modules::ModulesDep::parse(&dep_text);
-    let builtin: HashSet<String> = modules::parse_builtin(&read_opt(&dir.join("modules.builtin"))?);
-    let softdeps = modules::parse_softdeps(&read_opt(&dir.join("modules.softdep"))?);
-    let aliases: HashMap<String, Vec<String>> =
-        modules::parse_exact_aliases(&read_opt(&dir.join("modules.alias"))?);
+    let builtin_text = read_opt(&dir.join("modules.builtin"))?;
+    let builtin: HashSet<String> = modules::parse_builtin(&builtin_text);
+    let softdep_text = read_opt(&dir.join("modules.softdep"))?;
+    let softdeps = modules::parse_softdeps(&softdep_text);
+    let alias_text = read_opt(&dir.join("modules.alias"))?;
+    let aliases: HashMap<String, Vec<String>> = modules::parse_exact_aliases(&alias_text);
     let tables = modules::Tables {
         dep: &dep,
         builtin: &builtin,
         softdeps: &softdeps,
         aliases: &aliases,
     };
+    // The fallback names first (so they lead the load order), then the trees.
+    let mut wanted: Vec<String> = opts.modules.clone();
+    wanted.extend(modules::tree_modules(&dep, &opts.driver_trees));
     let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
     let res = modules::resolve(&tables, &wanted);
     // Reproduce the /lib → usr/lib symlink and find the real directory to put files in.
@@ -292,8 +326,10 @@ fn add_modules(
         .to_string_lossy()
         .trim_start_matches('/')
         .to_string();
+    let mut declared = std::collections::BTreeSet::new();
     for m in &res.load_order {
         let data = read_module(&dir.join(m))?;
+        declared.extend(firmware::of_module(&data));
         let dest = format!("{real_rel}/{}", modules::plain_ko_path(m));
         c.add_bytes(&dest, 0o644, data, Category::Modules);
     }
@@ -304,7 +340,56 @@ fn add_modules(
         trimmed.into_bytes(),
         Category::Modules,
     );
-    Ok(res)
+    // What the installer matches devices against, for the shipped modules only;
+    // softdeps and the built-in list as they are (small, and names that are not
+    // shipped resolve to nothing).
+    let shipped: HashSet<String> = res
+        .load_order
+        .iter()
+        .map(|p| modules::module_name(p))
+        .collect();
+    let aliases = crate::kernel::alias::filter_aliases(&alias_text, |m| shipped.contains(m));
+    for (name, text) in [
+        ("modules.alias", aliases),
+        ("modules.softdep", softdep_text),
+        ("modules.builtin", builtin_text),
+    ] {
+        c.add_bytes(
+            &format!("{real_rel}/{name}"),
+            0o644,
+            text.into_bytes(),
+            Category::Modules,
+        );
+    }
+    // Firmware goes where the kernel's loader looks: /lib/firmware, beside modules/.
+    let lib_rel = real_rel
+        .strip_suffix(&format!("/modules/{version}"))
+        .unwrap_or("lib");
+    // A file two declarations lead to (a name and a glob) ships once.
+    let mut shipped_fw = std::collections::BTreeSet::new();
+    let mut firmware_missing = 0;
+    for name in &declared {
+        let files = firmware::provided(&opts.firmware_dir, name);
+        if files.is_empty() {
+            firmware_missing += 1;
+        }
+        for f in files {
+            let src = opts.firmware_dir.join(&f);
+            let data = std::fs::read(&src).map_err(io_err(&src))?;
+            c.add_bytes(
+                &format!("{lib_rel}/firmware/{f}"),
+                0o644,
+                data,
+                Category::Firmware,
+            );
+            shipped_fw.insert(f);
+        }
+    }
+    Ok(ShippedModules {
+        res,
+        firmware: shipped_fw.into_iter().collect(),
+        firmware_missing,
+    })
 }
 
 fn add_skeleton(c: &mut Collector) -> Result<(), InitramfsError> {
@@ -373,7 +458,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, InitramfsError> {
         tracing::warn!(path = %installer.display(), "installer is dynamically linked; shipping its libraries");
         c.add_elf_deps(&installer)?;
     }
-    let res = add_modules(&mut c, &version, &opts.modules)?;
+    let shipped = add_modules(&mut c, &version, opts)?;
+    let res = shipped.res;
     for prog in &opts.helper_programs {
         require_host_file(prog)?;
         c.add_program(Path::new(prog), Category::Helpers)?;
@@ -413,6 +499,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, InitramfsError> {
         helpers_bytes: get(Category::Helpers),
         libs_bytes: get(Category::Libs),
         other_bytes: get(Category::Other),
+        firmware_bytes: get(Category::Firmware),
+        firmware: shipped.firmware,
+        firmware_missing: shipped.firmware_missing,
         modules: res
             .load_order
             .iter()

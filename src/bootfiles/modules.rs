@@ -2,139 +2,52 @@
 //! load them. Everything here is a pure function over the text of `modules.dep`,
 //! `modules.builtin`, `modules.softdep` and `modules.alias`, so it is tested against fixtures.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::HashSet;
 
 // The line parsers and names are shared with the installer.
+use crate::kernel::alias::glob_match;
+pub use crate::kernel::deps::{render_trimmed, resolve, ModulesDep, Resolution, Tables};
 pub use crate::kernel::{
     compare_versions, module_name, normalize_module_name, parse_builtin, parse_exact_aliases,
     parse_softdeps, plain_ko_path, SoftDeps,
 };
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ModulesDep {
-    /// module name → (path relative to /lib/modules/<ver>, dependency paths in file order)
-    entries: BTreeMap<String, (String, Vec<String>)>,
-    by_path: HashMap<String, String>,
-}
+/// The driver trees the installer carries whole (globs over module paths in
+/// `modules.dep`, `*` crossing `/`): every wired NIC, storage controller and
+/// hypervisor device a rack or a VM may have, so the installer can load what
+/// each device's modalias asks for (`crate::kernel::alias`) instead of a fixed
+/// list. Wireless, CAN, USB and the like stay out: nothing installs over them.
+pub const DRIVER_TREES: &[&str] = &[
+    // NICs: every Ethernet vendor, the hypervisors' paravirtual ones, and what
+    // VLANs and bonds need.
+    "kernel/drivers/net/ethernet/*",
+    "kernel/drivers/net/virtio_net.ko*",
+    "kernel/drivers/net/xen-netfront.ko*",
+    "kernel/drivers/net/vmxnet3/*",
+    "kernel/drivers/net/hyperv/*",
+    "kernel/drivers/net/bonding/*",
+    "kernel/net/8021q/*",
+    "kernel/drivers/virtio/*",
+    // Disks: NVMe, SCSI HBAs and RAID controllers (mpt3sas, megaraid_sas,
+    // virtio_scsi, sd_mod, …), older LSI Fusion, SATA/PATA, virtio and Xen block,
+    // Intel VMD (which hides NVMe drives on many servers), and md/dm for
+    // software RAID members.
+    "kernel/drivers/nvme/*",
+    "kernel/drivers/scsi/*",
+    "kernel/drivers/message/fusion/*",
+    "kernel/drivers/ata/*",
+    "kernel/drivers/block/virtio_blk.ko*",
+    "kernel/drivers/block/xen-blkfront.ko*",
+    "kernel/drivers/pci/controller/vmd.ko*",
+    "kernel/drivers/md/*",
+];
 
-impl ModulesDep {
-    pub fn parse(text: &str) -> Self {
-        let mut dep = ModulesDep::default();
-        for (path, deps) in crate::kernel::dep_lines(text) {
-            let deps: Vec<String> = deps.into_iter().map(String::from).collect();
-            let name = module_name(path);
-            dep.by_path.insert(path.to_string(), name.clone());
-            dep.entries.insert(name, (path.to_string(), deps));
-        }
-        dep
-    }
-
-    pub fn path_of(&self, name: &str) -> Option<&str> {
-        self.entries
-            .get(&normalize_module_name(name))
-            .map(|(p, _)| p.as_str())
-    }
-
-    pub fn deps_of(&self, path: &str) -> &[String] {
-        self.by_path
-            .get(path)
-            .and_then(|n| self.entries.get(n))
-            .map(|(_, d)| d.as_slice())
-            .unwrap_or(&[])
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Resolution {
-    /// Module paths (relative to the modules dir) in load order: every module after its
-    /// hard and soft pre-dependencies.
-    pub load_order: Vec<String>,
-    /// Requested names compiled into the kernel.
-    pub builtin: Vec<String>,
-    /// Requested names found neither as modules nor built in.
-    pub missing: Vec<String>,
-}
-
-pub struct Tables<'a> {
-    pub dep: &'a ModulesDep,
-    pub builtin: &'a HashSet<String>,
-    pub softdeps: &'a HashMap<String, SoftDeps>,
-    pub aliases: &'a HashMap<String, Vec<String>>,
-}
-
-impl Tables<'_> {
-    /// Soft dependencies are optional by definition: a name that resolves to nothing is dropped.
-    fn soft_targets(&self, names: &[String]) -> Vec<String> {
-        let mut out = Vec::new();
-        for n in names {
-            let norm = normalize_module_name(n);
-            if let Some(p) = self.dep.path_of(&norm) {
-                out.push(p.to_string());
-            } else if let Some(mods) = self.aliases.get(n) {
-                out.extend(
-                    mods.iter()
-                        .filter_map(|m| self.dep.path_of(m).map(String::from)),
-                );
-            }
-        }
-        out
-    }
-
-    fn visit(&self, path: &str, seen: &mut BTreeSet<String>, order: &mut Vec<String>) {
-        if !seen.insert(path.to_string()) {
-            return;
-        }
-        let soft = self.softdeps.get(&module_name(path));
-        if let Some(s) = soft {
-            for p in self.soft_targets(&s.pre) {
-                self.visit(&p, seen, order);
-            }
-        }
-        // modules.dep lists the transitive closure with the deepest dependency last;
-        // visiting in reverse loads leaves first, which also is what modprobe does.
-        for d in self.dep.deps_of(path).iter().rev() {
-            self.visit(d, seen, order);
-        }
-        order.push(path.to_string());
-        if let Some(s) = soft {
-            for p in self.soft_targets(&s.post) {
-                self.visit(&p, seen, order);
-            }
-        }
-    }
-}
-
-/// Resolves `wanted` module names to the full set of files to ship, in load order.
-pub fn resolve(tables: &Tables, wanted: &[&str]) -> Resolution {
-    let mut res = Resolution::default();
-    let mut seen = BTreeSet::new();
-    for name in wanted {
-        let norm = normalize_module_name(name);
-        if let Some(path) = tables.dep.path_of(&norm) {
-            tables.visit(path, &mut seen, &mut res.load_order);
-        } else if tables.builtin.contains(&norm) {
-            res.builtin.push(norm);
-        } else {
-            res.missing.push(norm);
-        }
-    }
-    res
-}
-
-/// A `modules.dep` holding only the shipped modules, lines in load order, with
-/// compressed paths renamed to the plain `.ko` files we ship.
-pub fn render_trimmed(dep: &ModulesDep, load_order: &[String]) -> String {
-    let mut out = String::new();
-    for path in load_order {
-        out.push_str(&plain_ko_path(path));
-        out.push(':');
-        for d in dep.deps_of(path) {
-            out.push(' ');
-            out.push_str(&plain_ko_path(d));
-        }
-        out.push('\n');
-    }
-    out
+/// Names of the modules whose paths match one of `trees`, by name.
+pub fn tree_modules(dep: &ModulesDep, trees: &[String]) -> Vec<String> {
+    dep.modules()
+        .filter(|(_, path)| trees.iter().any(|t| glob_match(t, path)))
+        .map(|(name, _)| name.to_string())
+        .collect()
 }
 
 /// The newest version that has both a modules directory and a kernel image.
@@ -154,95 +67,21 @@ pub fn pick_kernel_version(module_dirs: &[String], vmlinuz_files: &[String]) -> 
 mod tests {
     use super::*;
 
-    const DEP: &str = "\
-kernel/fs/ext4/ext4.ko.xz: kernel/lib/crc16.ko.xz kernel/fs/mbcache.ko.xz kernel/fs/jbd2/jbd2.ko.xz
-kernel/fs/jbd2/jbd2.ko.xz:
-kernel/fs/mbcache.ko.xz:
-kernel/lib/crc16.ko.xz:
-kernel/crypto/crc32c_generic.ko.xz:
-kernel/arch/x86/crypto/crc32c-intel.ko.xz:
-kernel/drivers/net/virtio_net.ko.xz: kernel/drivers/net/net_failover.ko.xz kernel/net/core/failover.ko.xz kernel/drivers/virtio/virtio.ko.xz kernel/drivers/virtio/virtio_ring.ko.xz
-kernel/drivers/net/net_failover.ko.xz: kernel/net/core/failover.ko.xz
-kernel/net/core/failover.ko.xz:
-kernel/drivers/virtio/virtio.ko.xz: kernel/drivers/virtio/virtio_ring.ko.xz
-kernel/drivers/virtio/virtio_ring.ko.xz:
-kernel/drivers/block/virtio_blk.ko.xz: kernel/drivers/virtio/virtio.ko.xz kernel/drivers/virtio/virtio_ring.ko.xz
-kernel/fs/nls/nls_iso8859-1.ko.xz:
-kernel/drivers/unrelated.ko.xz: kernel/fs/mbcache.ko.xz
-";
-    const SOFTDEP: &str =
-        "# comment\nsoftdep ext4 pre: crypto-crc32c\nsoftdep jbd2 pre: crypto-crc32c\n";
-    const ALIAS: &str = "alias crypto-crc32c crc32c_intel\nalias crypto-crc32c crc32c_generic\nalias pci:v00001AF4d* virtio_pci\n";
-    const BUILTIN: &str = "kernel/drivers/virtio/virtio_pci.ko\nkernel/fs/fat/vfat.ko\n";
-
-    fn resolve_fixture(wanted: &[&str]) -> (ModulesDep, Resolution) {
-        let dep = ModulesDep::parse(DEP);
-        let builtin = parse_builtin(BUILTIN);
-        let soft = parse_softdeps(SOFTDEP);
-        let aliases = parse_exact_aliases(ALIAS);
-        let t = Tables {
-            dep: &dep,
-            builtin: &builtin,
-            softdeps: &soft,
-            aliases: &aliases,
-        };
-        let r = resolve(&t, wanted);
-        (dep, r)
-    }
-
-    fn pos(order: &[String], needle: &str) -> usize {
-        order
-            .iter()
-            .position(|p| p.contains(needle))
-            .unwrap_or_else(|| panic!("{needle} missing from {order:?}"))
-    }
-
     #[test]
-    fn dependencies_load_before_dependents() {
-        let (_, r) = resolve_fixture(&["virtio_net", "virtio_blk", "ext4"]);
-        let o = &r.load_order;
-        assert!(pos(o, "virtio_ring") < pos(o, "/virtio.ko"));
-        assert!(pos(o, "/virtio.ko") < pos(o, "virtio_net"));
-        assert!(pos(o, "/failover") < pos(o, "net_failover"));
-        assert!(pos(o, "net_failover") < pos(o, "virtio_net"));
-        assert!(pos(o, "jbd2") < pos(o, "ext4"));
-        assert!(pos(o, "crc16") < pos(o, "ext4"));
-        // shared deps appear once
-        assert_eq!(o.iter().filter(|p| p.ends_with("/virtio.ko.xz")).count(), 1);
-        assert!(!o.iter().any(|p| p.contains("unrelated")));
-    }
-
-    #[test]
-    fn soft_dependencies_resolve_through_aliases() {
-        let (_, r) = resolve_fixture(&["ext4"]);
-        let o = &r.load_order;
-        assert!(pos(o, "crc32c-intel") < pos(o, "ext4"));
-        assert!(pos(o, "crc32c_generic") < pos(o, "ext4"));
-    }
-
-    #[test]
-    fn builtin_and_missing_are_reported() {
-        let (_, r) = resolve_fixture(&["virtio_pci", "vfat", "nls_iso8859_1", "nope"]);
-        assert_eq!(r.builtin, ["virtio_pci", "vfat"]);
-        assert_eq!(r.missing, ["nope"]);
-        assert_eq!(r.load_order, ["kernel/fs/nls/nls_iso8859-1.ko.xz"]);
-    }
-
-    #[test]
-    fn trimmed_dep_uses_plain_paths_in_load_order() {
-        let (dep, r) = resolve_fixture(&["virtio_blk"]);
-        let text = render_trimmed(&dep, &r.load_order);
-        assert_eq!(
-            text,
-            "kernel/drivers/virtio/virtio_ring.ko:\n\
-             kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n\
-             kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n"
+    fn trees_select_by_path() {
+        let dep = ModulesDep::parse(
+            "kernel/drivers/net/ethernet/intel/ice/ice.ko: kernel/drivers/dpll.ko\n\
+             kernel/drivers/net/virtio_net.ko:\n\
+             kernel/drivers/net/wireless/intel/iwlwifi/iwlwifi.ko:\n\
+             kernel/drivers/net/tun.ko:\n\
+             kernel/drivers/scsi/mpt3sas/mpt3sas.ko.xz:\n\
+             kernel/drivers/scsi/sd_mod.ko:\n\
+             kernel/fs/ext4/ext4.ko:\n",
         );
-        // and it parses back
-        let back = ModulesDep::parse(&text);
+        let trees: Vec<String> = DRIVER_TREES.iter().map(|s| s.to_string()).collect();
         assert_eq!(
-            back.path_of("virtio_blk"),
-            Some("kernel/drivers/block/virtio_blk.ko")
+            tree_modules(&dep, &trees),
+            ["ice", "mpt3sas", "sd_mod", "virtio_net"]
         );
     }
 

@@ -130,7 +130,7 @@ pub fn render_table(nodes: &[NodeRecord], now: u64) -> String {
             },
             elapsed,
             eta_cell(n),
-            n.last_error.clone().unwrap_or_default(),
+            n.trouble(),
         ]);
     }
     align(rows)
@@ -320,7 +320,18 @@ mod tests {
             NodeState::Failed,
         );
         b.last_error = Some("disk too small".into());
-        let t = render_table(&[a, b], 1030);
+        let mut c = NodeRecord::new(
+            "52:54:00:00:00:03",
+            "node3",
+            "default",
+            Source::Config,
+            NodeState::Pending,
+        );
+        c.stuck_before_network = Some(
+            "installer booted 3× since 10:02 UTC, never reached the server: check its NIC driver"
+                .into(),
+        );
+        let t = render_table(&[a, b, c], 1030);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("HOSTNAME"));
         assert!(
@@ -332,6 +343,11 @@ mod tests {
         );
         assert!(
             lines[2].contains("failed") && lines[2].ends_with("disk too small"),
+            "{t}"
+        );
+        assert!(
+            lines[3].contains("pending")
+                && lines[3].ends_with("installer booted 3× since 10:02 UTC, never reached the server: check its NIC driver"),
             "{t}"
         );
         // Columns line up: the state column starts at the same place in every row.

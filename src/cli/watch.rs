@@ -66,7 +66,7 @@ pub fn final_table(nodes: &BTreeMap<String, NodeRecord>, seen: &BTreeSet<String>
             took,
             n.copy_rate
                 .map_or("-".into(), |r| format!("{}/s", crate::http::human_bytes(r))),
-            n.last_error.clone().unwrap_or_default(),
+            n.trouble(),
         ]);
     }
     align(rows)
@@ -115,12 +115,16 @@ pub fn watch(args: WatchArgs, c: &Client) -> anyhow::Result<()> {
             draw(&nodes);
         } else {
             println!(
-                "{}  {}  {}  {}  eta {}",
+                "{}  {}  {}  {}  eta {}{}",
                 n.hostname,
                 n.state.as_str(),
                 n.stage.as_deref().unwrap_or("-"),
                 progress_bar(&n, 20),
-                eta_cell(&n)
+                eta_cell(&n),
+                match n.trouble() {
+                    t if t.is_empty() => t,
+                    t => format!("  {t}"),
+                }
             );
             nodes.insert(n.mac.clone(), n);
         }

@@ -154,7 +154,7 @@ impl From<&NodeRecord> for NodeView {
             state: n.state.as_str(),
             percent: pct,
             progress_text: progress_text(n, crate::clock::now_unix()),
-            error: n.last_error.clone().unwrap_or_default(),
+            error: n.trouble(),
             installs: n.installs,
             power: PowerView::default(),
         }

@@ -8,6 +8,7 @@ pub mod progress;
 pub mod secrets;
 pub mod sqlite;
 pub mod state;
+pub mod stuck;
 
 // The inventory's clock; `now` keeps its call sites short.
 use crate::clock::now_unix as now;
@@ -101,6 +102,13 @@ pub struct NodeRecord {
     /// database give image reads, never the node's HTTP identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_rsync: Option<String>,
+    /// Install scripts served since the installer last fetched a plan ([`stuck`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreported_boots: Option<stuck::UnreportedBoots>,
+    /// From the third of them on: "installer booted 3× since 10:02 UTC, never
+    /// reached the server: check its NIC driver"; cleared by a plan fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck_before_network: Option<String>,
 }
 
 impl NodeRecord {
@@ -147,6 +155,8 @@ impl NodeRecord {
             install_rsync: None,
             node_key: None,
             node_rsync: None,
+            unreported_boots: None,
+            stuck_before_network: None,
         }
     }
 
@@ -155,6 +165,17 @@ impl NodeRecord {
     /// when it holds data. A stranger installed under `unknown = "install"` is not.
     pub fn declared_or_approved(&self) -> bool {
         self.source != Source::Discovered || self.approved
+    }
+
+    /// What needs a person's attention, for the node list of the dashboard and
+    /// `rollout watch`: an installer stuck before the network, the last error.
+    pub fn trouble(&self) -> String {
+        [&self.stuck_before_network, &self.last_error]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" · ")
     }
 
     /// The copy shown to API readers and browsers: without the install token
@@ -529,6 +550,9 @@ impl Inventory {
         rec.install_started = Some(t);
         rec.reported_at = Some(t);
         rec.boot_secret = None;
+        // The installer reached the server: whatever looped before is over.
+        rec.unreported_boots = None;
+        rec.stuck_before_network = None;
         rec.install_rsync = Some(random_hex(16));
         let node = secrets::issue_node_credential(&mut rec);
         let event = json!({"kind": "install_started", "install_id": rec.install_id, "image": rec.image, "serial": serial});

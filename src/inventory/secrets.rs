@@ -147,8 +147,10 @@ pub fn check_node(rec: &NodeRecord, bearer: Option<&str>) -> Result<(), NodeAuth
 
 impl Inventory {
     /// A fresh boot secret for the install script about to be served to `mac`
-    /// (replacing any earlier one). Nothing is written to the history: every
-    /// PXE boot of a pending node makes one.
+    /// (replacing any earlier one), counted as an installer boot that has not
+    /// reached the server yet ([`super::stuck`]). Nothing is written to the
+    /// history (every PXE boot of a pending node makes one) except the node
+    /// turning stuck before network, or that message changing.
     pub fn issue_boot_secret(&self, mac: &str) -> Result<String, InventoryError> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut rec = self
@@ -157,7 +159,17 @@ impl Inventory {
             .ok_or_else(|| InventoryError::UnknownNode(mac.into()))?;
         let secret = random_hex(16);
         rec.boot_secret = Some(hash(&secret));
-        self.store.save(&rec, None)?;
+        // An installer boot; it counts as silent until the plan fetch clears it.
+        let t = super::now();
+        rec.unreported_boots = Some(super::stuck::script_served(rec.unreported_boots, t));
+        let stuck = super::stuck::message(rec.unreported_boots, t);
+        if stuck != rec.stuck_before_network {
+            rec.stuck_before_network = stuck.clone();
+            let event = serde_json::json!({"kind": "stuck_before_network", "message": stuck});
+            self.commit(rec, event)?;
+        } else {
+            self.store.save(&rec, None)?;
+        }
         Ok(secret)
     }
 

@@ -522,3 +522,49 @@ fn credentials_are_issued_consumed_and_revoked() {
     assert!(secrets::check_node(&rec, Some(&again.secret)).is_ok());
     assert_eq!(inv.node_by_secret(&node.secret).unwrap(), None);
 }
+
+#[test]
+fn installer_boots_that_never_fetch_a_plan_make_the_node_stuck_until_one_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = open(dir.path());
+    inv.declare(declared(MAC, "node1")).unwrap();
+    let mut changes = inv.subscribe();
+    inv.issue_boot_secret(MAC).unwrap();
+    inv.issue_boot_secret(MAC).unwrap();
+    let rec = inv.get(MAC).unwrap().unwrap();
+    assert_eq!(rec.unreported_boots.map(|b| b.count), Some(2));
+    assert_eq!(rec.stuck_before_network, None);
+    inv.issue_boot_secret(MAC).unwrap();
+    let rec = inv.get(MAC).unwrap().unwrap();
+    let msg = rec
+        .stuck_before_network
+        .clone()
+        .expect("stuck after the third boot");
+    assert!(msg.starts_with("installer booted 3× since "), "{msg}");
+    assert!(
+        msg.ends_with("never reached the server: check its NIC driver"),
+        "{msg}"
+    );
+    assert_eq!(rec.public().stuck_before_network.as_ref(), Some(&msg));
+    assert_eq!(rec.trouble(), msg);
+    // Dashboards and `rollout watch` hear of it, and the history keeps it.
+    let heard = changes.try_recv().unwrap();
+    assert_eq!(heard.stuck_before_network.as_ref(), Some(&msg));
+    assert!(inv
+        .history(MAC)
+        .unwrap()
+        .iter()
+        .any(|h| h.event["kind"] == "stuck_before_network"));
+    // Survives a restart; a plan fetch (the installer reached the server) clears it.
+    drop(inv);
+    let inv = open(dir.path());
+    assert_eq!(
+        inv.get(MAC).unwrap().unwrap().stuck_before_network,
+        Some(msg)
+    );
+    let (rec, _) = inv.start_install(MAC, 1).unwrap();
+    assert_eq!(
+        (rec.unreported_boots, rec.stuck_before_network),
+        (None, None)
+    );
+}

@@ -21,7 +21,7 @@ use crate::layout::{self, Firmware, PartKind, PlannedLayout, MIB};
 use crate::report::Reporter;
 use crate::{
     bootloader, configure, console, dhcp_client, disk, efivars, format, http_client, modules, net,
-    partition, paths, rsync, swap, sys,
+    nic, partition, paths, rsync, swap, sys,
 };
 
 mod network;
@@ -46,6 +46,8 @@ pub enum StepError {
     Modules(#[from] modules::ModuleError),
     #[error(transparent)]
     Net(#[from] net::NetError),
+    #[error(transparent)]
+    Nic(#[from] nic::NoBootNic),
     #[error(transparent)]
     Dhcp(#[from] dhcp_client::DhcpError),
     #[error(transparent)]

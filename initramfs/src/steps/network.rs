@@ -49,16 +49,52 @@ pub(super) fn mount_pseudo(reporter: &mut Reporter) -> StepResult<KernelArgs> {
     Ok((args, msg))
 }
 
-/// The interface with the boot MAC, up.
+/// The interface with the boot MAC (the NIC the firmware booted, whichever of
+/// the node's NICs it is), up and, within a bounded wait, with link. While it
+/// has not appeared, devices are rescanned for drivers.
 pub(super) fn pick_nic(args: &KernelArgs) -> StepResult<String> {
     let mac = &args.mac;
-    let iface = net::wait_for_mac(mac, Duration::from_secs(30))?;
+    let appear = Duration::from_secs(30);
+    let start = Instant::now();
+    let (chosen, others) = loop {
+        let nics = nic::list(Path::new("/sys/class/net"));
+        if let Some(n) = nic::choose(&nics, mac) {
+            let others: Vec<String> = nics
+                .iter()
+                .filter(|o| o.name != n.name && o.driver.is_some())
+                .map(|o| format!("{} {}", o.name, o.mac))
+                .collect();
+            break (n.clone(), others);
+        }
+        if start.elapsed() >= appear {
+            return Err(nic::no_boot_nic(&nics, mac, appear.as_secs()).into());
+        }
+        rescan_devices("pick_nic");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let iface = chosen.name;
     let _ = net::set_up("lo");
     net::set_up(&iface)?;
-    let carrier = net::wait_for_carrier(&iface, Duration::from_secs(10));
+    // Autonegotiation takes seconds on real switches; DHCP tries regardless
+    // after this, and fails naming the interface if the link never comes.
+    let link_wait = Duration::from_secs(20);
+    let carrier = net::wait_for_carrier(&iface, link_wait);
     let msg = format!(
-        "{iface} ({mac}) up, carrier {}",
-        if carrier { "yes" } else { "not yet" }
+        "{iface} ({mac}, driver {}) up, {}{}",
+        chosen.driver.as_deref().unwrap_or("none"),
+        if carrier {
+            "link up".to_string()
+        } else {
+            format!(
+                "no link after {} s, trying DHCP anyway",
+                link_wait.as_secs()
+            )
+        },
+        if others.is_empty() {
+            String::new()
+        } else {
+            format!("; other NICs: {}", others.join(", "))
+        }
     );
     Ok((iface, msg))
 }
@@ -107,9 +143,33 @@ pub(super) fn fetch_plan(net: &Network) -> StepResult<InstallPlan> {
     Ok((plan, msg))
 }
 
+/// The must-have modules by name, then rounds of modalias passes until the
+/// devices stop asking for new drivers (a loaded controller brings up devices of
+/// its own: virtio_pci the virtio NIC, an HBA its disks) or 15 s pass.
 pub(super) fn load_modules() -> StepResult<()> {
     let dir = modules::modules_dir(Path::new(paths::MODULES_DIR));
-    let r = modules::load(&dir, paths::MODULES)?;
+    let mut r = modules::start(&dir, paths::MODULES)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut quiet_since = Instant::now();
+    let mut claimed = 0;
+    loop {
+        let (loads, pass) = modules::rescan(Path::new(paths::SYS_BUS));
+        for l in &loads {
+            console::line(&format!("load_modules: {}", l.describe()));
+        }
+        if !loads.is_empty() {
+            quiet_since = Instant::now();
+        }
+        claimed += loads.len();
+        r.loaded.extend(pass.loaded);
+        r.already.extend(pass.already);
+        r.missing.extend(pass.missing);
+        r.notes.extend(pass.notes);
+        if quiet_since.elapsed() >= Duration::from_millis(1500) || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     if !r.missing.is_empty() {
         console::line(&format!(
             "load_modules: note: not in the initramfs, skipped: {}",
@@ -122,7 +182,7 @@ pub(super) fn load_modules() -> StepResult<()> {
     Ok((
         (),
         format!(
-            "{} loaded, {} already loaded, {} built in, {} missing, {} failed ({})",
+            "{} loaded ({claimed} for devices by modalias), {} already loaded, {} built in, {} missing, {} failed ({})",
             r.loaded.len(),
             r.already.len(),
             r.builtin.len(),
@@ -131,4 +191,15 @@ pub(super) fn load_modules() -> StepResult<()> {
             dir.display()
         ),
     ))
+}
+
+/// A modalias pass while a later step waits for a device, its lines on the console.
+pub(super) fn rescan_devices(step: &str) {
+    let (loads, pass) = modules::rescan(Path::new(paths::SYS_BUS));
+    for l in &loads {
+        console::line(&format!("{step}: {}", l.describe()));
+    }
+    for n in &pass.notes {
+        console::line(&format!("{step}: note: {n}"));
+    }
 }

@@ -17,6 +17,8 @@ pub(super) fn choose_disk(plan: &InstallPlan) -> StepResult<ChosenDisk> {
         if ready || Instant::now() > deadline {
             break disks;
         }
+        // Disks behind a controller appear after it probes, and ask for sd_mod.
+        super::network::rescan_devices("choose_disk");
         std::thread::sleep(Duration::from_millis(500));
     };
     let d = disk::choose(&disks, plan.disk.path.as_deref(), need)?;
