@@ -195,6 +195,25 @@ pub fn set_up(iface: &str) -> Result<(), NetError> {
     )
 }
 
+/// Takes `iface` down (the bonding driver enslaves only interfaces that are down).
+pub fn set_down(iface: &str) -> Result<(), NetError> {
+    let fd = ctl_socket(iface)?;
+    let mut r = IfReqFlags {
+        name: name16(iface),
+        flags: 0,
+        _pad: [0; 22],
+    };
+    ioctl(&fd, libc::SIOCGIFFLAGS as _, &mut r, "SIOCGIFFLAGS", iface)?;
+    r.flags &= !(libc::IFF_UP as libc::c_short);
+    ioctl(
+        &fd,
+        libc::SIOCSIFFLAGS as _,
+        &mut r,
+        "take down (SIOCSIFFLAGS)",
+        iface,
+    )
+}
+
 /// Sets address, netmask and broadcast, and a default route via `gateway`.
 pub fn configure(
     iface: &str,

@@ -102,6 +102,8 @@ impl RolloutConfig {
             root_mib: None,
             swap_mib: None,
             bmc: None,
+            vlan: None,
+            bond: None,
         });
         self
     }

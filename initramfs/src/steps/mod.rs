@@ -47,6 +47,8 @@ pub enum StepError {
     #[error(transparent)]
     Net(#[from] net::NetError),
     #[error(transparent)]
+    Link(#[from] crate::link::LinkError),
+    #[error(transparent)]
     Dhcp(#[from] dhcp_client::DhcpError),
     #[error(transparent)]
     Plan(#[from] PlanError),
