@@ -157,6 +157,9 @@ struct NodePage {
     n: NodeView,
     console: Vec<String>,
     plan: Option<String>,
+    /// The installer's hardware report, one (label, value) per line.
+    hardware: Vec<(String, String)>,
+    hardware_at: String,
     history: Vec<(String, String)>,
 }
 
@@ -262,6 +265,12 @@ async fn node(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<St
         console: n.console_tail.clone(),
         n: NodeView::from(&n),
         plan,
+        hardware: n
+            .hardware
+            .as_ref()
+            .map(crate::inventory::hwquery::lines)
+            .unwrap_or_default(),
+        hardware_at: n.hardware_at.map(utc).unwrap_or_default(),
         history: history
             .into_iter()
             .rev()
