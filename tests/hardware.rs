@@ -150,15 +150,28 @@ fn the_installers_report_is_stored_shown_and_filtered_on() {
         assert!(ok, "{expr}: {err}");
         assert_eq!(names(&out), want, "{expr}:\n{out}");
     }
-    let (ok, out, _) = s.cli(&["node", "list", "--where", "memory_mib>=4096", "--where", "firmware=uefi"]);
+    let (ok, out, _) = s.cli(&[
+        "node",
+        "list",
+        "--where",
+        "memory_mib>=4096",
+        "--where",
+        "firmware=uefi",
+    ]);
     assert!(ok);
     assert!(names(&out).is_empty(), "both conditions must hold:\n{out}");
 
     // A bad expression: a clear error, a failed exit, no table.
     for (expr, needle) in [
         ("memory>=4096", "unknown key \"memory\""),
-        ("memory_mib>=4G", "memory_mib is a whole number (MiB of memory), and \"4G\" is not one"),
-        ("vendor>QEMU", "vendor is text (system vendor); compare it with =, != or ~"),
+        (
+            "memory_mib>=4G",
+            "memory_mib is a whole number (MiB of memory), and \"4G\" is not one",
+        ),
+        (
+            "vendor>QEMU",
+            "vendor is text (system vendor); compare it with =, != or ~",
+        ),
     ] {
         let (ok, out, err) = s.cli(&["node", "list", "--where", expr]);
         assert!(!ok, "{expr} was accepted:\n{out}");
@@ -189,7 +202,10 @@ fn a_nodes_bond_and_vlan_reach_its_installer_and_its_plan() {
     );
     // A node without them: the plain script and an empty link.
     let script = s.text(&format!("/boot.ipxe?mac={MAC}"));
-    assert!(!script.contains("rollout.vlan") && !script.contains("rollout.bond"), "{script}");
+    assert!(
+        !script.contains("rollout.vlan") && !script.contains("rollout.bond"),
+        "{script}"
+    );
     let (st, plan) = s.plan(MAC);
     assert_eq!(st, 200, "{plan}");
     assert_eq!(plan["link"], json!({}));

@@ -13,7 +13,9 @@ pub enum CmdlineError {
         value: String,
         why: &'static str,
     },
-    #[error("{0}; the iPXE script from `rollout serve` writes it from the node's [[node]] vlan/bond")]
+    #[error(
+        "{0}; the iPXE script from `rollout serve` writes it from the node's [[node]] vlan/bond"
+    )]
     Link(String),
 }
 

@@ -110,7 +110,7 @@ pub fn nics(sys_class_net: &Path) -> Vec<Nic> {
                 .and_then(|s| u32::try_from(s).ok());
             Some(Nic {
                 name: e.file_name().to_string_lossy().into_owned(),
-                mac: read(&dir.join("address")).to_ascii_lowercase(),
+                mac: crate::net::permanent_mac(&dir).unwrap_or_default(),
                 driver,
                 speed_mbps,
                 link: read(&dir.join("carrier")) == "1",
@@ -147,7 +147,11 @@ pub fn summary(hw: &Hardware) -> String {
     format!(
         "{} × {}, {} MiB, {} disk(s) (largest {} GiB), {} NIC(s), {}, {} {}",
         hw.cpu.count,
-        if hw.cpu.model.is_empty() { "?" } else { &hw.cpu.model },
+        if hw.cpu.model.is_empty() {
+            "?"
+        } else {
+            &hw.cpu.model
+        },
         hw.memory_mib,
         hw.disks.len(),
         hw.largest_disk_gib(),
@@ -196,7 +200,11 @@ mod tests {
         put(root, "proc/cpuinfo", CPUINFO);
         put(root, "proc/meminfo", MEMINFO);
         put(root, "sys/block/nvme0n1/size", "209715200\n");
-        put(root, "sys/block/nvme0n1/device/model", "QEMU NVMe Ctrl                          \n");
+        put(
+            root,
+            "sys/block/nvme0n1/device/model",
+            "QEMU NVMe Ctrl                          \n",
+        );
         put(root, "sys/block/nvme0n1/device/serial", "deadbeef\n");
         put(root, "sys/block/nvme0n1/queue/rotational", "0\n");
         put(root, "sys/block/sda/size", "20971520\n");
@@ -221,7 +229,11 @@ mod tests {
         }
         put(root, "sys/class/net/lo/address", "00:00:00:00:00:00\n");
         put(root, "sys/class/dmi/id/sys_vendor", "QEMU\n");
-        put(root, "sys/class/dmi/id/product_name", "Standard PC (Q35 + ICH9, 2009)\n");
+        put(
+            root,
+            "sys/class/dmi/id/product_name",
+            "Standard PC (Q35 + ICH9, 2009)\n",
+        );
         put(root, "sys/class/dmi/id/product_serial", "SN-0042\n");
     }
 

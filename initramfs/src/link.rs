@@ -21,15 +21,27 @@ pub enum LinkError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Create the bond (unless the bonding driver made it at load) in `mode`.
-    CreateBond { name: String, mode: BondMode },
+    CreateBond {
+        name: String,
+        mode: BondMode,
+    },
     /// Take `iface` down (the driver enslaves only interfaces that are down).
     Down(String),
-    Enslave { bond: String, iface: String },
+    Enslave {
+        bond: String,
+        iface: String,
+    },
     /// The active-backup bond prefers this member.
-    Primary { bond: String, iface: String },
+    Primary {
+        bond: String,
+        iface: String,
+    },
     Up(String),
     /// 802.1Q device `PARENT.ID` on `parent`.
-    AddVlan { parent: String, id: u16 },
+    AddVlan {
+        parent: String,
+        id: u16,
+    },
 }
 
 /// What to do for `link`, given the boot NIC (`boot_iface`, `boot_mac`) and the
@@ -96,7 +108,8 @@ fn failed(what: impl Into<String>, why: impl std::fmt::Display) -> LinkError {
 }
 
 fn write(path: PathBuf, value: &str) -> Result<(), LinkError> {
-    std::fs::write(&path, value).map_err(|e| failed(format!("writing {value:?} to {}", path.display()), e))
+    std::fs::write(&path, value)
+        .map_err(|e| failed(format!("writing {value:?} to {}", path.display()), e))
 }
 
 /// Runs `actions` against the kernel, `sys_class_net` being `/sys/class/net`.
@@ -141,7 +154,12 @@ fn set_flags(iface: &str, up: bool) -> Result<(), LinkError> {
     } else {
         crate::net::set_down(iface)
     };
-    r.map_err(|e| failed(format!("{} {iface}", if up { "bringing up" } else { "taking down" }), e))
+    r.map_err(|e| {
+        failed(
+            format!("{} {iface}", if up { "bringing up" } else { "taking down" }),
+            e,
+        )
+    })
 }
 
 // struct vlan_ioctl_args from <linux/if_vlan.h>.
@@ -199,13 +217,18 @@ pub fn bring_up(
     boot_mac: &str,
 ) -> Result<(String, String), LinkError> {
     let sys = Path::new("/sys/class/net");
-    let nics = crate::net::interfaces(sys);
+    let nics = crate::net::physical_interfaces(sys);
     let (todo, top) = actions(link, boot_iface, boot_mac, &nics)?;
     apply(&todo, sys)?;
     let carrier = crate::net::wait_for_carrier(&top, std::time::Duration::from_secs(30));
     let mut what = vec![];
     if let Some(b) = &link.bond {
-        what.push(format!("bond {} ({}, {} members)", BOND_NAME, b.mode.as_str(), b.interfaces.len()));
+        what.push(format!(
+            "bond {} ({}, {} members)",
+            BOND_NAME,
+            b.mode.as_str(),
+            b.interfaces.len()
+        ));
     }
     if let Some(id) = link.vlan {
         what.push(format!("VLAN {id}"));
@@ -326,7 +349,10 @@ mod tests {
             dir.path(),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("bonding driver is not loaded"), "{e}");
+        assert!(
+            e.to_string().contains("bonding driver is not loaded"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -15,9 +15,11 @@ pub const NETWORKD_DIR: &str = "/etc/systemd/network";
 const MIIMON_MS: u32 = 100;
 
 /// `(path, contents)` of each networkd file for `link` (see [`render::networkd`]
-/// for a plain one). Members and the bare NIC are matched by MAC, so the
-/// installed OS's interface names do not matter; the bond and the VLAN carry the
-/// boot MAC, so the node keeps its DHCP reservation.
+/// for a plain one). Members and the bare NIC are matched by their permanent
+/// (hardware) MAC, so the installed OS's interface names do not matter, and
+/// neither the bond nor the VLAN matches them: both carry the boot MAC as their
+/// current address (so the node keeps its DHCP reservation), and the bond
+/// gives its members that address too.
 pub fn networkd_files(
     mac: &str,
     net: &NetworkPlan,
@@ -44,13 +46,13 @@ pub fn networkd_files(
                 files.push((
                     format!("{NETWORKD_DIR}/10-rollout-member-{}.network", m.replace(':', "")),
                     format!(
-                        "{HEAD}: a member of {BOND_NAME}.\n[Match]\nMACAddress={m}\n\n[Network]\nBond={BOND_NAME}\n{primary}"
+                        "{HEAD}: a member of {BOND_NAME}.\n[Match]\nPermanentMACAddress={m}\n\n[Network]\nBond={BOND_NAME}\n{primary}"
                     ),
                 ));
             }
             format!("[Match]\nName={BOND_NAME}\n")
         }
-        None => format!("[Match]\nMACAddress={mac}\n"),
+        None => format!("[Match]\nPermanentMACAddress={mac}\n"),
     };
     let top = match link.vlan {
         Some(id) => {
@@ -165,8 +167,8 @@ mod tests {
         let files = networkd_files(M1, &NetworkPlan::Dhcp, &link).unwrap();
         let expected: Vec<(String, String)> = [
             ("/etc/systemd/network/10-rollout-bond0.netdev", "# Written by rollout-installer: the node's bond.\n[NetDev]\nName=bond0\nKind=bond\nMACAddress=52:54:00:00:00:01\n\n[Bond]\nMode=802.3ad\nMIIMonitorSec=100ms\n"),
-            ("/etc/systemd/network/10-rollout-member-525400000001.network", "# Written by rollout-installer: a member of bond0.\n[Match]\nMACAddress=52:54:00:00:00:01\n\n[Network]\nBond=bond0\n"),
-            ("/etc/systemd/network/10-rollout-member-525400000002.network", "# Written by rollout-installer: a member of bond0.\n[Match]\nMACAddress=52:54:00:00:00:02\n\n[Network]\nBond=bond0\n"),
+            ("/etc/systemd/network/10-rollout-member-525400000001.network", "# Written by rollout-installer: a member of bond0.\n[Match]\nPermanentMACAddress=52:54:00:00:00:01\n\n[Network]\nBond=bond0\n"),
+            ("/etc/systemd/network/10-rollout-member-525400000002.network", "# Written by rollout-installer: a member of bond0.\n[Match]\nPermanentMACAddress=52:54:00:00:00:02\n\n[Network]\nBond=bond0\n"),
             ("/etc/systemd/network/10-rollout-vlan100.netdev", "# Written by rollout-installer: the node's VLAN.\n[NetDev]\nName=bond0.100\nKind=vlan\nMACAddress=52:54:00:00:00:01\n\n[VLAN]\nId=100\n"),
             ("/etc/systemd/network/10-rollout-bond0.network", "# Written by rollout-installer: carries VLAN 100, no address of its own.\n[Match]\nName=bond0\n\n[Network]\nVLAN=bond0.100\nLinkLocalAddressing=no\n"),
             ("/etc/systemd/network/10-rollout.network", "# Written by rollout-installer: the node's address.\n[Match]\nName=bond0.100\n\n[Network]\nDHCP=ipv4\n"),
@@ -193,7 +195,7 @@ mod tests {
                 "/etc/systemd/network/10-rollout.network"
             ]
         );
-        assert_eq!(files[1].1, "# Written by rollout-installer: carries VLAN 7, no address of its own.\n[Match]\nMACAddress=52:54:00:00:00:01\n\n[Network]\nVLAN=vlan7\nLinkLocalAddressing=no\n");
+        assert_eq!(files[1].1, "# Written by rollout-installer: carries VLAN 7, no address of its own.\n[Match]\nPermanentMACAddress=52:54:00:00:00:01\n\n[Network]\nVLAN=vlan7\nLinkLocalAddressing=no\n");
         assert_eq!(
             files[2].1,
             "# Written by rollout-installer: the node's address.\n[Match]\nName=vlan7\n\n[Network]\nDHCP=ipv4\n"
@@ -210,7 +212,11 @@ mod tests {
         let files = networkd_files(M1, &st, &ab).unwrap();
         assert_eq!(files.len(), 4);
         assert!(files[0].1.contains("Mode=active-backup\n"));
-        assert!(files[1].1.ends_with("Bond=bond0\nPrimarySlave=true\n"), "{}", files[1].1);
+        assert!(
+            files[1].1.ends_with("Bond=bond0\nPrimarySlave=true\n"),
+            "{}",
+            files[1].1
+        );
         assert!(files[2].1.ends_with("Bond=bond0\n"));
         assert_eq!(
             files[3].1,
@@ -264,5 +270,62 @@ mod tests {
         let e = interfaces(&only_one, "eth0", M1, &NetworkPlan::Dhcp, &link).unwrap_err();
         assert_eq!(e, RenderError::NoNic(M2.into()));
         assert!(e.to_string().contains("52:54:00:00:00:02"), "{e}");
+    }
+
+    /// Through the configure step: a systemd image gets the netdev files, an
+    /// ifupdown one the interfaces file under the installer's kernel names.
+    #[test]
+    fn the_configure_step_writes_them_per_image() {
+        let link = LinkPlan {
+            bond: bond(BondMode::Lacp),
+            vlan: Some(100),
+        };
+        let mut plan = crate::testutil::plan();
+        plan.mac = M1.into();
+        plan.link = link.clone();
+        for systemd in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let t = dir.path();
+            if systemd {
+                for f in [
+                    "usr/lib/systemd/systemd",
+                    "usr/lib/systemd/systemd-networkd",
+                    "usr/lib/systemd/system/systemd-networkd.service",
+                ] {
+                    std::fs::create_dir_all(t.join(f).parent().unwrap()).unwrap();
+                    std::fs::write(t.join(f), "x").unwrap();
+                }
+            }
+            let exe = t.join("exe");
+            std::fs::write(&exe, "b").unwrap();
+            let facts = crate::configure::NodeFacts {
+                plan: &plan,
+                root_uuid: "r".into(),
+                root_fs: rollout::wire::RootFs::Ext4,
+                swap_uuid: None,
+                iface: "bond0.100".into(),
+                nics: nics(),
+                installer_exe: exe,
+                identity: None,
+            };
+            let notes = crate::configure::apply(t, &facts).unwrap();
+            let read =
+                |p: &str| std::fs::read_to_string(t.join(p.trim_start_matches('/'))).unwrap();
+            if systemd {
+                for (path, text) in networkd_files(M1, &NetworkPlan::Dhcp, &link).unwrap() {
+                    assert_eq!(read(&path), text, "{path}");
+                }
+            } else {
+                assert_eq!(
+                    read("/etc/network/interfaces"),
+                    interfaces(&nics(), "eth0", M1, &NetworkPlan::Dhcp, &link).unwrap()
+                );
+                assert!(
+                    notes.iter().any(|n| n
+                        == "network: /etc/network/interfaces with eth0 (bond 802.3ad, vlan 100)"),
+                    "{notes:?}"
+                );
+            }
+        }
     }
 }

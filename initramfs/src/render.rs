@@ -86,7 +86,11 @@ pub fn networkd_addressing(net: &NetworkPlan) -> Result<String, RenderError> {
 
 /// ifupdown (or busybox ifup) config; `iface` is the kernel name the installer saw.
 pub fn interfaces(iface: &str, net: &NetworkPlan) -> Result<String, RenderError> {
-    Ok(format!("{}{}", interfaces_header(), ifupdown_stanza(iface, net, "")?))
+    Ok(format!(
+        "{}{}",
+        interfaces_header(),
+        ifupdown_stanza(iface, net, "")?
+    ))
 }
 
 /// The start of every `/etc/network/interfaces` the installer writes: loopback.

@@ -221,7 +221,9 @@ pub fn run_node(cmd: NodeCmd, c: &Client) -> anyhow::Result<()> {
                 println!("  {f}");
             }
             match &n.hardware {
-                None => println!("\nhardware: no report yet (the installer sends one with its plan request)"),
+                None => println!(
+                    "\nhardware: no report yet (the installer sends one with its plan request)"
+                ),
                 Some(hw) => {
                     println!(
                         "\nhardware (reported {}):",

@@ -117,11 +117,12 @@ mod tests {
         assert_eq!(bond.interfaces, ["52:54:00:aa:00:01", "52:54:00:aa:00:02"]);
         let plain = parse("").unwrap();
         assert!(plain.nodes[0].link().is_plain());
-        let ab = parse(
-            "bond = { mode = \"active-backup\", interfaces = [\"52:54:00:aa:00:01\"] }",
-        )
-        .unwrap();
-        assert_eq!(ab.nodes[0].link().bond.unwrap().mode, BondMode::ActiveBackup);
+        let ab = parse("bond = { mode = \"active-backup\", interfaces = [\"52:54:00:aa:00:01\"] }")
+            .unwrap();
+        assert_eq!(
+            ab.nodes[0].link().bond.unwrap().mode,
+            BondMode::ActiveBackup
+        );
     }
 
     #[test]

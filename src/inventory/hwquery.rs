@@ -302,7 +302,11 @@ pub fn lines(hw: &Hardware) -> Vec<(String, String)> {
                 "{} GiB, {}, {} (serial {})",
                 d.size_bytes >> 30,
                 or_dash(&d.model),
-                if d.rotational { "rotational" } else { "solid state" },
+                if d.rotational {
+                    "rotational"
+                } else {
+                    "solid state"
+                },
                 or_dash(&d.serial)
             ),
         ));
@@ -399,10 +403,20 @@ mod tests {
         assert_eq!(hits("vendor=qemu"), ["small"]);
         assert_eq!(hits("vendor ~ dell"), ["big"]);
         assert_eq!(hits("vendor!=QEMU"), ["big"], "no report matches nothing");
-        assert_eq!(hits("cpus=8, firmware=uefi and nic_driver=e1000e"), ["small", "big"]);
-        assert_eq!(hits("nic_speed>=1000,disk_model~harddisk"), ["small", "big"]);
+        assert_eq!(
+            hits("cpus=8, firmware=uefi and nic_driver=e1000e"),
+            ["small", "big"]
+        );
+        assert_eq!(
+            hits("nic_speed>=1000,disk_model~harddisk"),
+            ["small", "big"]
+        );
         assert_eq!(hits("memory_mib>=4096,vendor=QEMU"), Vec::<String>::new());
-        assert_eq!(hits("state=pending"), ["bare"], "record keys need no report");
+        assert_eq!(
+            hits("state=pending"),
+            ["bare"],
+            "record keys need no report"
+        );
         assert_eq!(hits("hostname=\"BIG\""), ["big"]);
         let two = Filter::parse("memory_mib>1000")
             .unwrap()
@@ -414,11 +428,26 @@ mod tests {
     #[test]
     fn bad_expressions_say_what_to_write() {
         for (expr, needle) in [
-            ("ram>=4096", "unknown key \"ram\" in \"ram>=4096\"; known keys: memory_mib, memory_gib"),
-            ("memory_mib 4096", "has no operator after memory_mib; use one of = != < <= > >= ~"),
-            ("memory_mib>=4G", "memory_mib is a whole number (MiB of memory), and \"4G\" is not one"),
-            ("memory_mib~4", "memory_mib is a number (MiB of memory); compare it with = != < <= > >=, not ~"),
-            ("vendor>QEMU", "vendor is text (system vendor); compare it with =, != or ~ (contains)"),
+            (
+                "ram>=4096",
+                "unknown key \"ram\" in \"ram>=4096\"; known keys: memory_mib, memory_gib",
+            ),
+            (
+                "memory_mib 4096",
+                "has no operator after memory_mib; use one of = != < <= > >= ~",
+            ),
+            (
+                "memory_mib>=4G",
+                "memory_mib is a whole number (MiB of memory), and \"4G\" is not one",
+            ),
+            (
+                "memory_mib~4",
+                "memory_mib is a number (MiB of memory); compare it with = != < <= > >=, not ~",
+            ),
+            (
+                "vendor>QEMU",
+                "vendor is text (system vendor); compare it with =, != or ~ (contains)",
+            ),
             ("disk_gib>=", "\"disk_gib>=\" has no value after >="),
             ("cpus=2,,", "an empty condition"),
             ("", "an empty condition"),

@@ -175,7 +175,11 @@ mod tests {
             (None, Some("0"), "1 to 4094"),
             (None, Some("4095"), "1 to 4094"),
             (None, Some("x"), "1 to 4094"),
-            (Some("balance-rr,52:54:00:00:00:01"), None, "unknown bond mode"),
+            (
+                Some("balance-rr,52:54:00:00:00:01"),
+                None,
+                "unknown bond mode",
+            ),
             (Some("802.3ad"), None, "names no interface"),
             (Some("802.3ad,zz"), None, "not a MAC"),
         ] {

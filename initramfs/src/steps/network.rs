@@ -99,10 +99,13 @@ pub(super) fn fetch_plan(net: &Network) -> StepResult<InstallPlan> {
     // The inventory goes with the request; the server keeps it once the
     // request is granted.
     let hardware = crate::hwinfo::collect(Path::new("/"));
-    console::line(&format!("fetch_plan: hardware: {}", crate::hwinfo::summary(&hardware)));
+    console::line(&format!(
+        "fetch_plan: hardware: {}",
+        crate::hwinfo::summary(&hardware)
+    ));
     let request = rollout::wire::PlanRequest {
         boot_secret: net.boot_secret.clone(),
-        hardware: Some(hardware),
+        hardware: Some(hardware.bounded()),
     };
     let plan = get_plan_retrying(
         &net.server,
