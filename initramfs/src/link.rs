@@ -186,13 +186,7 @@ fn add_vlan(parent: &str, id: u16) -> Result<(), LinkError> {
     let b = parent.as_bytes();
     args.device1[..b.len().min(23)].copy_from_slice(&b[..b.len().min(23)]);
     args.u[..4].copy_from_slice(&(id as libc::c_int).to_ne_bytes());
-    // SAFETY: plain socket(2); closed by OwnedFd.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(failed(what(), std::io::Error::last_os_error()));
-    }
-    // SAFETY: fd is valid and owned here.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let fd = crate::net::ctl_socket(parent).map_err(|e| failed(what(), e))?;
     // SAFETY: args is a vlan_ioctl_args as SIOCSIFVLAN expects.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCSIFVLAN as _, &mut args as *mut _) };
     if rc != 0 {

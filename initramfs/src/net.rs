@@ -171,7 +171,8 @@ fn sin(a: Ipv4Addr) -> libc::sockaddr_in {
     }
 }
 
-fn ctl_socket(iface: &str) -> Result<OwnedFd, NetError> {
+/// An AF_INET datagram socket for interface ioctls.
+pub(crate) fn ctl_socket(iface: &str) -> Result<OwnedFd, NetError> {
     // SAFETY: plain socket(2); ownership moves into OwnedFd.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -205,25 +206,24 @@ fn ioctl<T>(
 }
 
 pub fn set_up(iface: &str) -> Result<(), NetError> {
-    let fd = ctl_socket(iface)?;
-    let mut r = IfReqFlags {
-        name: name16(iface),
-        flags: 0,
-        _pad: [0; 22],
-    };
-    ioctl(&fd, libc::SIOCGIFFLAGS as _, &mut r, "SIOCGIFFLAGS", iface)?;
-    r.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    ioctl(
-        &fd,
-        libc::SIOCSIFFLAGS as _,
-        &mut r,
-        "bring up (SIOCSIFFLAGS)",
-        iface,
-    )
+    change_flags(iface, "bring up (SIOCSIFFLAGS)", |f| {
+        f | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short
+    })
 }
 
 /// Takes `iface` down (the bonding driver enslaves only interfaces that are down).
 pub fn set_down(iface: &str) -> Result<(), NetError> {
+    change_flags(iface, "take down (SIOCSIFFLAGS)", |f| {
+        f & !(libc::IFF_UP as libc::c_short)
+    })
+}
+
+/// Reads `iface`'s flags, changes them with `change` and writes them back.
+fn change_flags(
+    iface: &str,
+    op: &'static str,
+    change: impl Fn(libc::c_short) -> libc::c_short,
+) -> Result<(), NetError> {
     let fd = ctl_socket(iface)?;
     let mut r = IfReqFlags {
         name: name16(iface),
@@ -231,14 +231,8 @@ pub fn set_down(iface: &str) -> Result<(), NetError> {
         _pad: [0; 22],
     };
     ioctl(&fd, libc::SIOCGIFFLAGS as _, &mut r, "SIOCGIFFLAGS", iface)?;
-    r.flags &= !(libc::IFF_UP as libc::c_short);
-    ioctl(
-        &fd,
-        libc::SIOCSIFFLAGS as _,
-        &mut r,
-        "take down (SIOCSIFFLAGS)",
-        iface,
-    )
+    r.flags = change(r.flags);
+    ioctl(&fd, libc::SIOCSIFFLAGS as _, &mut r, op, iface)
 }
 
 /// Sets address, netmask and broadcast, and a default route via `gateway`.

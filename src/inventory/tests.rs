@@ -28,6 +28,14 @@ fn install(inv: &Inventory, mac: &str, serial: u64, host_keys: Vec<String>) -> N
     .unwrap()
 }
 
+/// The JSON of MAC's row, as the database holds it.
+fn stored_record(conn: &rusqlite::Connection) -> String {
+    conn.query_row("SELECT record FROM nodes WHERE mac = ?1", [MAC], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
+
 fn open(dir: &std::path::Path) -> Inventory {
     Inventory::open(&dir.join("rollout.db"), Policy::default()).unwrap()
 }
@@ -327,11 +335,7 @@ fn records_from_before_host_keys_upgrade_in_place() {
         inv.declare(declared(MAC, "node1")).unwrap();
     }
     let conn = rusqlite::Connection::open(&db).unwrap();
-    let json: String = conn
-        .query_row("SELECT record FROM nodes WHERE mac = ?1", [MAC], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let json = stored_record(&conn);
     let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
     old.as_object_mut().unwrap().remove("host_keys");
     old.as_object_mut().unwrap().remove("host_key_fingerprints");
@@ -530,18 +534,12 @@ fn credentials_are_issued_consumed_and_revoked() {
 fn records_from_before_hardware_reports_take_one_and_keep_it() {
     use crate::wire::hardware::{Cpu, Disk};
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("rollout.db");
-    {
-        let inv = open(dir.path());
-        inv.declare(declared(MAC, "node1")).unwrap();
-    }
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let json: String = conn
-        .query_row("SELECT record FROM nodes WHERE mac = ?1", [MAC], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert!(!json.contains("hardware"), "an empty report is not written");
+    open(dir.path()).declare(declared(MAC, "node1")).unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("rollout.db")).unwrap();
+    assert!(
+        !stored_record(&conn).contains("hardware"),
+        "an empty report is not written"
+    );
     drop(conn);
 
     let inv = open(dir.path());
