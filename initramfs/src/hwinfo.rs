@@ -302,4 +302,13 @@ mod tests {
         assert!(hw.disks.is_empty() && hw.nics.is_empty());
         assert_eq!(hw.system, System::default());
     }
+
+    /// This machine, read the way the installer reads a node.
+    #[test]
+    fn this_machine_has_cpus_and_memory() {
+        let hw = collect(Path::new("/"));
+        assert!(hw.cpu.count >= 1, "{hw:?}");
+        assert!(hw.memory_mib > 0, "{hw:?}");
+        assert!(hw.nics.iter().all(|n| !n.mac.is_empty()), "{hw:?}");
+    }
 }
