@@ -135,6 +135,10 @@ pub fn apply(actions: &[Action], sys_class_net: &Path) -> Result<(), LinkError> 
             }
             Action::Down(iface) => set_flags(iface, false)?,
             Action::Up(iface) => set_flags(iface, true)?,
+            // Already its member (a second bring-up): the driver would refuse.
+            Action::Enslave { bond, iface }
+                if std::fs::read_link(sys_class_net.join(iface).join("master"))
+                    .is_ok_and(|m| m.file_name() == Some(std::ffi::OsStr::new(bond))) => {}
             Action::Enslave { bond, iface } => write(
                 sys_class_net.join(bond).join("bonding/slaves"),
                 &format!("+{iface}"),
@@ -353,5 +357,43 @@ mod tests {
     fn vlan_ioctl_args_match_the_kernel_layout() {
         // 4 + 24 + 24 + 2, padded to the int alignment.
         assert_eq!(std::mem::size_of::<VlanIoctlArgs>(), 56);
+    }
+
+    /// The sysfs writes, on a fake /sys/class/net: a member already in the
+    /// bond is not enslaved again.
+    #[test]
+    fn enslaving_writes_the_bonding_files_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path();
+        std::fs::create_dir_all(net.join("bond0/bonding")).unwrap();
+        std::fs::create_dir_all(net.join("eth1")).unwrap();
+        std::os::unix::fs::symlink("../bond0", net.join("eth1/master")).unwrap();
+        let s = |x: &str| x.to_string();
+        apply(
+            &[Action::Enslave {
+                bond: s("bond0"),
+                iface: s("eth1"),
+            }],
+            net,
+        )
+        .unwrap();
+        assert!(!net.join("bond0/bonding/slaves").exists());
+        apply(
+            &[
+                Action::Enslave {
+                    bond: s("bond0"),
+                    iface: s("eth2"),
+                },
+                Action::Primary {
+                    bond: s("bond0"),
+                    iface: s("eth2"),
+                },
+            ],
+            net,
+        )
+        .unwrap();
+        let read = |f: &str| std::fs::read_to_string(net.join(f)).unwrap();
+        assert_eq!(read("bond0/bonding/slaves"), "+eth2");
+        assert_eq!(read("bond0/bonding/primary"), "eth2");
     }
 }
