@@ -145,13 +145,8 @@ pub fn collect(root: &Path) -> Hardware {
 /// One console line: what the server will be told.
 pub fn summary(hw: &Hardware) -> String {
     format!(
-        "{} × {}, {} MiB, {} disk(s) (largest {} GiB), {} NIC(s), {}, {} {}",
-        hw.cpu.count,
-        if hw.cpu.model.is_empty() {
-            "?"
-        } else {
-            &hw.cpu.model
-        },
+        "{}, {} MiB, {} disk(s) (largest {} GiB), {} NIC(s), {}, {} {}",
+        hw.cpu.describe(),
         hw.memory_mib,
         hw.disks.len(),
         hw.largest_disk_gib(),

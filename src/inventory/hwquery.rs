@@ -268,18 +268,7 @@ fn texts(key: &str, hw: &Hardware) -> Vec<String> {
 /// node's dashboard page.
 pub fn lines(hw: &Hardware) -> Vec<(String, String)> {
     let mut out = vec![
-        (
-            "CPU".to_string(),
-            format!(
-                "{} × {}",
-                hw.cpu.count,
-                if hw.cpu.model.is_empty() {
-                    "unknown model"
-                } else {
-                    &hw.cpu.model
-                }
-            ),
-        ),
+        ("CPU".to_string(), hw.cpu.describe()),
         (
             "Memory".into(),
             format!("{} MiB ({} GiB)", hw.memory_mib, hw.memory_mib / 1024),

@@ -33,6 +33,18 @@ pub struct Cpu {
     pub count: u32,
 }
 
+impl Cpu {
+    /// `8 × AMD EPYC 7763`, for people.
+    pub fn describe(&self) -> String {
+        let model = if self.model.is_empty() {
+            "unknown model"
+        } else {
+            &self.model
+        };
+        format!("{} × {model}", self.count)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disk {
     /// Kernel name, e.g. `sda`, `nvme0n1`.
