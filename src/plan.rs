@@ -31,6 +31,10 @@ pub fn install_plan(
         hostname: record.hostname.clone(),
         server_url: config.http_base_url(),
         network: wire::NetworkPlan::Dhcp,
+        link: config
+            .node_by_mac(&record.mac)
+            .map(|n| n.link())
+            .unwrap_or_default(),
         image: wire::ImageRef {
             name: image.clone(),
             serial,
@@ -118,6 +122,22 @@ mod tests {
         assert_eq!(
             (p.rsync.user.as_str(), p.rsync.password.as_str()),
             ("install-525400aa0001", "pw-1")
+        );
+    }
+
+    #[test]
+    fn the_nodes_bond_and_vlan_reach_its_plan() {
+        let c = config(
+            "[[node]]\nmac = \"52:54:00:AA:00:01\"\nhostname = \"rack1-node1\"\nvlan = 100\nbond = { mode = \"active-backup\", interfaces = [\"52:54:00:aa:00:01\", \"52:54:00:aa:00:02\"] }\n",
+        );
+        let p = install_plan(&record(), &c, 1, &[]);
+        assert_eq!(p.link.vlan, Some(100));
+        let bond = p.link.bond.expect("the bond is in the plan");
+        assert_eq!(bond.mode, wire::BondMode::ActiveBackup);
+        assert_eq!(bond.interfaces, ["52:54:00:aa:00:01", "52:54:00:aa:00:02"]);
+        assert!(
+            install_plan(&record(), &config(""), 1, &[]).link.is_plain(),
+            "a node without settings (or not in the file) gets its boot NIC as it is"
         );
     }
 

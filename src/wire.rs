@@ -7,7 +7,12 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod hardware;
 pub mod initramfs;
+pub mod link;
+
+pub use hardware::Hardware;
+pub use link::{BondMode, BondPlan, LinkPlan, BOND_NAME, VLAN_IDS};
 
 /// Kernel command-line keys the iPXE script passes to the installer.
 pub mod cmdline {
@@ -26,6 +31,11 @@ pub mod cmdline {
     /// the script rollout made for this boot, where rollout hands out no address
     /// that could prove it (proxy DHCP, an address another server leased).
     pub const BOOT_SECRET: &str = "rollout.boot_secret";
+    /// The node's 802.1Q VLAN id ([`super::LinkPlan::vlan`]): the installer
+    /// runs DHCP on a VLAN device, not on the bare NIC.
+    pub const VLAN: &str = "rollout.vlan";
+    /// `MODE,MAC[,MAC…]`: the installer bonds these NICs ([`super::BondPlan`]).
+    pub const BOND: &str = "rollout.bond";
 }
 
 /// HTTP paths served by `rollout serve` that the installer and installed nodes call.
@@ -104,6 +114,10 @@ pub struct PlanRequest {
     /// The value of [`cmdline::BOOT_SECRET`], when the kernel command line had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_secret: Option<String>,
+    /// What the installer found on the machine; stored with the node once the
+    /// request is granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<Hardware>,
 }
 
 /// A user and password of the server's rsync daemon (`auth users`). The
@@ -134,6 +148,9 @@ pub struct InstallPlan {
     pub hostname: String,
     pub server_url: String,
     pub network: NetworkPlan,
+    /// Bond and VLAN under `network` (none: the boot NIC itself).
+    #[serde(default)]
+    pub link: LinkPlan,
     pub image: ImageRef,
     pub disk: DiskSelector,
     pub layout: Layout,

@@ -15,6 +15,10 @@ pub enum CmdlineError {
         value: String,
         why: &'static str,
     },
+    #[error(
+        "{0}; the iPXE script from `rollout serve` writes it from the node's [[node]] vlan/bond"
+    )]
+    Link(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +30,9 @@ pub struct KernelArgs {
     pub debug: bool,
     /// The one-time boot secret of the iPXE script, sent with the plan request.
     pub boot_secret: Option<String>,
+    /// The node's bond and VLAN (`rollout.bond=`, `rollout.vlan=`): the installer
+    /// runs DHCP on them.
+    pub link: rollout::wire::LinkPlan,
 }
 
 /// Splits a command line into `key[=value]` words, honouring double quotes the way
@@ -77,12 +84,15 @@ pub fn parse(line: &str) -> Result<KernelArgs, CmdlineError> {
     let mut bootif = None;
     let mut debug = false;
     let mut boot_secret = None;
+    let (mut bond, mut vlan) = (None, None);
     for (k, v) in split(line) {
         match (k.as_str(), v) {
             (keys::SERVER, Some(v)) => server = Some(v),
             (keys::MAC, Some(v)) => mac = Some(v),
             (keys::BOOTIF, Some(v)) => bootif = Some(v),
             (keys::BOOT_SECRET, Some(v)) if !v.is_empty() => boot_secret = Some(v),
+            (keys::BOND, Some(v)) => bond = Some(v),
+            (keys::VLAN, Some(v)) => vlan = Some(v),
             (keys::DEBUG, v) => debug = matches!(v.as_deref(), None | Some("1" | "yes" | "true")),
             _ => {}
         }
@@ -111,11 +121,14 @@ pub fn parse(line: &str) -> Result<KernelArgs, CmdlineError> {
                 why: "expected six hex bytes like 52:54:00:12:34:56 (BOOTIF: 01-52-54-00-12-34-56)",
             }),
         };
+    let link = rollout::wire::LinkPlan::from_cmdline(bond.as_deref(), vlan.as_deref())
+        .map_err(CmdlineError::Link)?;
     Ok(KernelArgs {
         server,
         mac,
         debug,
         boot_secret,
+        link,
     })
 }
 
@@ -135,6 +148,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.boot_secret.as_deref(), Some("0a1b2c"));
+    }
+
+    #[test]
+    fn bond_and_vlan_come_from_the_command_line() {
+        let base = "rollout.server=http://s rollout.mac=52:54:00:00:00:01";
+        let a = parse(&format!(
+            "{base} rollout.bond=active-backup,52:54:00:00:00:01,52:54:00:00:00:02 rollout.vlan=100"
+        ))
+        .unwrap();
+        assert_eq!(a.link.vlan, Some(100));
+        assert_eq!(
+            a.link.bond.unwrap().interfaces,
+            ["52:54:00:00:00:01", "52:54:00:00:00:02"]
+        );
+        assert!(parse(base).unwrap().link.is_plain());
+        let e = parse(&format!("{base} rollout.vlan=5000")).unwrap_err();
+        assert!(e.to_string().contains("1 to 4094"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use rollout::wire::{InstallPlan, NetworkPlan, RootFs};
 
 use crate::identity::Identity;
 use crate::render::{self, RenderError};
+use crate::{net, netconf};
 use crate::{paths, sys};
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +112,9 @@ pub struct NodeFacts<'a> {
     pub swap_uuid: Option<String>,
     /// The boot NIC's kernel name in the installer, for ifupdown configs.
     pub iface: String,
+    /// Every NIC the installer saw, (kernel name, MAC): ifupdown names a bond's
+    /// members by kernel name.
+    pub nics: Vec<(String, String)>,
     /// The installer binary to copy onto the node as rollout-sync.
     pub installer_exe: PathBuf,
     /// Host keys and machine-id carried over from this node's previous install
@@ -239,12 +243,18 @@ fn network(target: &Path, f: &NodeFacts) -> Result<String, ConfigureError> {
     let unit_dir = first_present(target, &["/usr/lib/systemd/system", "/lib/systemd/system"]);
     let how = match (networkd, unit_dir) {
         (Some(_), Some(units)) => {
-            write_file(
-                target,
-                "/etc/systemd/network/10-rollout.network",
-                render::networkd(&plan.mac, &plan.network)?.as_bytes(),
-                0o644,
-            )?;
+            if plan.link.is_plain() {
+                write_file(
+                    target,
+                    "/etc/systemd/network/10-rollout.network",
+                    render::networkd(&plan.mac, &plan.network)?.as_bytes(),
+                    0o644,
+                )?;
+            } else {
+                for (path, text) in netconf::networkd_files(&plan.mac, &plan.network, &plan.link)? {
+                    write_file(target, &path, text.as_bytes(), 0o644)?;
+                }
+            }
             // What `systemctl enable systemd-networkd` would create.
             let wants = "/etc/systemd/system";
             link(
@@ -285,6 +295,17 @@ fn network(target: &Path, f: &NodeFacts) -> Result<String, ConfigureError> {
                 )?;
             }
             format!("network: systemd-networkd, matched by MAC {}", plan.mac)
+        }
+        _ if !plan.link.is_plain() => {
+            let boot = net::find_by_mac(&f.nics, &plan.mac).unwrap_or_else(|| f.iface.clone());
+            let text = netconf::interfaces(&f.nics, &boot, &plan.mac, &plan.network, &plan.link)?;
+            write_file(target, "/etc/network/interfaces", text.as_bytes(), 0o644)?;
+            format!(
+                "network: /etc/network/interfaces with {} (bond {}, vlan {})",
+                boot,
+                plan.link.bond.as_ref().map_or("none", |b| b.mode.as_str()),
+                plan.link.vlan.map_or("none".into(), |v| v.to_string())
+            )
         }
         _ => {
             write_file(
@@ -487,6 +508,7 @@ mod tests {
             root_fs: RootFs::Ext3,
             swap_uuid: None,
             iface: "eth0".into(),
+            nics: vec![],
             installer_exe,
             identity,
         }
@@ -538,6 +560,7 @@ mod tests {
             root_fs: RootFs::Ext3,
             swap_uuid: Some("s-uuid".into()),
             iface: "eth0".into(),
+            nics: vec![],
             installer_exe: exe,
             identity: None,
         };

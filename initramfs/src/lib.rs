@@ -17,11 +17,14 @@ pub mod efivars;
 pub mod fileop;
 pub mod format;
 pub mod http_client;
+pub mod hwinfo;
 pub mod identity;
 pub mod layout;
+pub mod link;
 pub mod modules;
 pub mod net;
 pub mod nic;
+pub mod netconf;
 pub mod nodetoml;
 pub mod partition;
 pub mod paths;
@@ -77,7 +80,11 @@ fn wait_for_new_plan(net: &steps::Network, old: &str) -> rollout::wire::InstallP
     console::line("waiting for the server to schedule a new install (polling every 10 s)");
     loop {
         std::thread::sleep(Duration::from_secs(10));
-        match steps::get_plan(&net.server, &net.mac, net.boot_secret.as_deref()) {
+        let request = rollout::wire::PlanRequest {
+            boot_secret: net.boot_secret.clone(),
+            hardware: None,
+        };
+        match steps::get_plan(&net.server, &net.mac, &request) {
             Ok(p) if p.install_id != old => {
                 console::line(&format!("new install {}: restarting", p.install_id));
                 return p;

@@ -34,6 +34,33 @@ pub fn interfaces(sys_class_net: &Path) -> Vec<(String, String)> {
     v
 }
 
+/// The MAC a NIC was made with: a bond gives its members its own address, and
+/// the bonding driver keeps the original in `bonding_slave/perm_hwaddr`.
+pub fn permanent_mac(dir: &Path) -> Option<String> {
+    [dir.join("bonding_slave/perm_hwaddr"), dir.join("address")]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|m| m.trim().to_ascii_lowercase())
+}
+
+/// (name, permanent MAC) of the physical NICs under `sys_class_net` (those with
+/// a `device`): no bond, VLAN or loopback, which share or lack a MAC.
+pub fn physical_interfaces(sys_class_net: &Path) -> Vec<(String, String)> {
+    let Ok(rd) = std::fs::read_dir(sys_class_net) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(String, String)> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("device").exists())
+        .filter_map(|e| {
+            let mac = permanent_mac(&e.path())?;
+            Some((e.file_name().to_string_lossy().into_owned(), mac))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 pub fn find_by_mac(ifaces: &[(String, String)], mac: &str) -> Option<String> {
     let mac = mac.to_ascii_lowercase();
     ifaces
@@ -110,7 +137,8 @@ fn sin(a: Ipv4Addr) -> libc::sockaddr_in {
     }
 }
 
-fn ctl_socket(iface: &str) -> Result<OwnedFd, NetError> {
+/// An AF_INET datagram socket for interface ioctls.
+pub(crate) fn ctl_socket(iface: &str) -> Result<OwnedFd, NetError> {
     // SAFETY: plain socket(2); ownership moves into OwnedFd.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -144,6 +172,24 @@ fn ioctl<T>(
 }
 
 pub fn set_up(iface: &str) -> Result<(), NetError> {
+    change_flags(iface, "bring up (SIOCSIFFLAGS)", |f| {
+        f | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short
+    })
+}
+
+/// Takes `iface` down (the bonding driver enslaves only interfaces that are down).
+pub fn set_down(iface: &str) -> Result<(), NetError> {
+    change_flags(iface, "take down (SIOCSIFFLAGS)", |f| {
+        f & !(libc::IFF_UP as libc::c_short)
+    })
+}
+
+/// Reads `iface`'s flags, changes them with `change` and writes them back.
+fn change_flags(
+    iface: &str,
+    op: &'static str,
+    change: impl Fn(libc::c_short) -> libc::c_short,
+) -> Result<(), NetError> {
     let fd = ctl_socket(iface)?;
     let mut r = IfReqFlags {
         name: name16(iface),
@@ -151,14 +197,8 @@ pub fn set_up(iface: &str) -> Result<(), NetError> {
         _pad: [0; 22],
     };
     ioctl(&fd, libc::SIOCGIFFLAGS as _, &mut r, "SIOCGIFFLAGS", iface)?;
-    r.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    ioctl(
-        &fd,
-        libc::SIOCSIFFLAGS as _,
-        &mut r,
-        "bring up (SIOCSIFFLAGS)",
-        iface,
-    )
+    r.flags = change(r.flags);
+    ioctl(&fd, libc::SIOCSIFFLAGS as _, &mut r, op, iface)
 }
 
 /// Sets address, netmask and broadcast, and a default route via `gateway`.
@@ -242,6 +282,40 @@ mod tests {
         // x86_64 struct rtentry.
         #[cfg(target_arch = "x86_64")]
         assert_eq!(std::mem::size_of::<RtEntry>(), 120);
+    }
+
+    #[test]
+    fn physical_nics_by_their_permanent_mac() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("devices");
+        for (n, m, perm) in [
+            ("bond0", "52:54:00:00:00:01\n", None),
+            ("bond0.100", "52:54:00:00:00:01\n", None),
+            ("eth0", "52:54:00:00:00:01\n", Some("52:54:00:00:00:01\n")),
+            ("eth1", "52:54:00:00:00:01\n", Some("52:54:00:00:00:02\n")),
+            ("eth2", "52:54:00:00:00:03\n", None),
+        ] {
+            let d = dir.path().join(n);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("address"), m).unwrap();
+            if n.starts_with("eth") {
+                std::fs::create_dir_all(dev.join(n)).unwrap();
+                std::os::unix::fs::symlink(dev.join(n), d.join("device")).unwrap();
+            }
+            if let Some(p) = perm {
+                std::fs::create_dir_all(d.join("bonding_slave")).unwrap();
+                std::fs::write(d.join("bonding_slave/perm_hwaddr"), p).unwrap();
+            }
+        }
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            physical_interfaces(dir.path()),
+            [
+                s("eth0", "52:54:00:00:00:01"),
+                s("eth1", "52:54:00:00:00:02"),
+                s("eth2", "52:54:00:00:00:03")
+            ]
+        );
     }
 
     #[test]

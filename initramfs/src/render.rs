@@ -9,6 +9,8 @@ use crate::paths;
 pub enum RenderError {
     #[error("plan.network.address {0:?} is not IPv4 CIDR like 10.44.0.20/24")]
     BadAddress(String),
+    #[error("bond member {0} is not a NIC of this machine (the installer saw no interface with that MAC); fix the node's bond.interfaces")]
+    NoNic(String),
 }
 
 pub fn hostname(name: &str) -> String {
@@ -53,9 +55,15 @@ fn check_cidr(a: &str) -> Result<(), RenderError> {
 /// systemd-networkd unit for the boot NIC, matched by MAC so the installed OS's
 /// interface naming does not matter.
 pub fn networkd(mac: &str, net: &NetworkPlan) -> Result<String, RenderError> {
-    let mut s = format!(
-        "# Written by rollout-installer: the NIC this node was installed through.\n[Match]\nMACAddress={mac}\n\n[Network]\n"
-    );
+    Ok(format!(
+        "# Written by rollout-installer: the NIC this node was installed through.\n[Match]\nMACAddress={mac}\n\n[Network]\n{}",
+        networkd_addressing(net)?
+    ))
+}
+
+/// The `[Network]` lines that address an interface as `net` says.
+pub fn networkd_addressing(net: &NetworkPlan) -> Result<String, RenderError> {
+    let mut s = String::new();
     match net {
         NetworkPlan::Dhcp => s.push_str("DHCP=ipv4\n"),
         NetworkPlan::Static {
@@ -78,9 +86,22 @@ pub fn networkd(mac: &str, net: &NetworkPlan) -> Result<String, RenderError> {
 
 /// ifupdown (or busybox ifup) config; `iface` is the kernel name the installer saw.
 pub fn interfaces(iface: &str, net: &NetworkPlan) -> Result<String, RenderError> {
-    let mut s = String::from(
-        "# Written by rollout-installer.\nsource /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n\n",
-    );
+    Ok(format!(
+        "{}{}",
+        interfaces_header(),
+        ifupdown_stanza(iface, net, "")?
+    ))
+}
+
+/// The start of every `/etc/network/interfaces` the installer writes: loopback.
+pub fn interfaces_header() -> &'static str {
+    "# Written by rollout-installer.\nsource /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n\n"
+}
+
+/// `auto IFACE` and its `iface` stanza addressed as `net`, then `extra` (option
+/// lines such as `    bond-mode …\n`).
+pub fn ifupdown_stanza(iface: &str, net: &NetworkPlan, extra: &str) -> Result<String, RenderError> {
+    let mut s = String::new();
     match net {
         NetworkPlan::Dhcp => s.push_str(&format!("auto {iface}\niface {iface} inet dhcp\n")),
         NetworkPlan::Static {
@@ -100,6 +121,7 @@ pub fn interfaces(iface: &str, net: &NetworkPlan) -> Result<String, RenderError>
             }
         }
     }
+    s.push_str(extra);
     Ok(s)
 }
 

@@ -10,6 +10,7 @@ pub fn plan() -> InstallPlan {
         hostname: "node\"1\\".into(),
         server_url: "http://10.44.0.1:8080".into(),
         network: NetworkPlan::Dhcp,
+        link: Default::default(),
         image: ImageRef {
             name: "default".into(),
             serial: 7,

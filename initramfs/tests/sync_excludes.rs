@@ -19,6 +19,7 @@ fn plan(network: NetworkPlan) -> InstallPlan {
         hostname: "node1".into(),
         server_url: "http://10.44.0.1:8080".into(),
         network,
+        link: Default::default(),
         image: ImageRef {
             name: "web".into(),
             serial: 3,
@@ -85,6 +86,7 @@ fn check(image_files: &[&str], network: NetworkPlan) {
             root_fs: RootFs::Ext4,
             swap_uuid: None,
             iface: "eth0".into(),
+            nics: vec![],
             installer_exe: exe,
             identity: None,
         },

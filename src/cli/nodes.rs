@@ -2,6 +2,7 @@
 //! or `--json` for scripts, all from the running server's API.
 
 use crate::api_client::Client;
+use crate::inventory::hwquery::{self, Filter};
 use crate::inventory::{NodeRecord, NodeState};
 use serde_json::json;
 
@@ -11,6 +12,14 @@ pub enum NodeCmd {
     List {
         #[arg(long)]
         json: bool,
+        /// Only nodes for which EXPR holds: KEY OP VALUE conditions joined by
+        /// commas, OP one of = != < <= > >= ~ (contains), e.g.
+        /// 'memory_mib>=4096,disk_gib>=100,vendor=QEMU'. Keys: memory_mib,
+        /// memory_gib, cpus, disk_gib (largest disk), disks, nics, nic_speed,
+        /// cpu, vendor, product, serial, firmware, disk_model, nic_driver,
+        /// hostname, state, image, mac. Repeat to add conditions.
+        #[arg(long = "where", value_name = "EXPR")]
+        filter: Vec<String>,
     },
     /// One node (by hostname or MAC) with its history.
     Show {
@@ -182,8 +191,13 @@ pub(super) fn enc(s: &str) -> String {
 pub fn run_node(cmd: NodeCmd, c: &Client) -> anyhow::Result<()> {
     let now = crate::clock::now_unix();
     match cmd {
-        NodeCmd::List { json } => {
-            let nodes: Vec<NodeRecord> = c.get("/api/v1/nodes")?;
+        NodeCmd::List { json, filter } => {
+            // A wrong expression is refused before the server is asked.
+            let filter = filter
+                .iter()
+                .try_fold(Filter::default(), |f, e| Filter::parse(e).map(|g| f.and(g)))?;
+            let mut nodes: Vec<NodeRecord> = c.get("/api/v1/nodes")?;
+            nodes.retain(|n| filter.matches(n));
             if json {
                 return print_json(&nodes);
             }
@@ -211,6 +225,20 @@ pub fn run_node(cmd: NodeCmd, c: &Client) -> anyhow::Result<()> {
             }
             for f in &n.host_key_fingerprints {
                 println!("  {f}");
+            }
+            match &n.hardware {
+                None => println!(
+                    "\nhardware: no report yet (the installer sends one with its plan request)"
+                ),
+                Some(hw) => {
+                    println!(
+                        "\nhardware (reported {}):",
+                        n.hardware_at.map(crate::clock::rfc3339).unwrap_or_default()
+                    );
+                    for (k, v) in hwquery::lines(hw) {
+                        println!("  {k:<12} {v}");
+                    }
+                }
             }
             if !n.console_tail.is_empty() {
                 println!("\nlast console lines:");

@@ -4,6 +4,7 @@
 
 mod bmc;
 mod image;
+mod link;
 mod policy;
 mod valid;
 
@@ -11,6 +12,7 @@ pub use bmc::{
     check_password_file, check_password_files, BmcConfig, BmcDriver, BootMode, PowerConfig,
 };
 pub use image::{ImageConfig, ImageMount};
+pub use link::BondConfig;
 use policy::check_unknown_policy;
 pub use policy::{RetryPolicy, UnknownPolicy};
 pub use valid::{DeclaredNode, MachineFacts, ValidConfig};
@@ -311,6 +313,12 @@ pub struct NodeConfig {
     /// How rollout powers this node and sets its next boot (see `power`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bmc: Option<BmcConfig>,
+    /// 802.1Q VLAN id the installer and the installed OS use (1..=4094).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// A bond of the node's NICs (see `link`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bond: Option<BondConfig>,
 }
 
 /// The DHCP settings after validation: only exists when DHCP may really run.
@@ -467,6 +475,7 @@ impl Config {
             if let Some(bmc) = &node.bmc {
                 bmc.validate(&format!("{key}.bmc"))?;
             }
+            link::validate(&key, &mac, node)?;
             macs.push(mac);
         }
         self.power.validate()?;

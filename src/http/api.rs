@@ -147,6 +147,14 @@ pub async fn plan(
             }
         }
     };
+    // The request was granted: its hardware report is the node's own, kept
+    // even when the install must wait (an operator deciding on an approval
+    // sees the machine).
+    if let Some(hw) = &request.hardware {
+        if let Err(e) = tokio::task::block_in_place(|| inv.record_hardware(&mac, hw)) {
+            warn!(%mac, "hardware report not stored: {e}");
+        }
+    }
     if let BootAction::Wait(reason) =
         boot_action(record.state, inv.policy.unknown, inv.policy.retry)
     {

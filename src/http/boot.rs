@@ -135,7 +135,14 @@ pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> 
         }
         BootAction::Install => {
             info!(%mac, %hostname, %platform, state = record.state.as_str(), "boot.ipxe → installer");
-            let cmdline = &state.config.install.kernel_cmdline;
+            // The node's bond and VLAN: the installer is on them before it asks
+            // for its plan.
+            let link = state
+                .config
+                .node_by_mac(&mac)
+                .map(|n| n.link())
+                .unwrap_or_default();
+            let cmdline = &installer_cmdline(&link, &state.config.install.kernel_cmdline);
             // Each install script carries a new secret and voids the last one.
             let boot_secret = match tokio::task::block_in_place(|| inv.issue_boot_secret(&mac)) {
                 Ok(s) => s,
@@ -167,8 +174,40 @@ pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> 
     }
 }
 
+/// The installer's extra kernel arguments: the node's link (bond, VLAN), then
+/// `[install] kernel_cmdline`.
+fn installer_cmdline(link: &crate::wire::LinkPlan, kernel_cmdline: &str) -> String {
+    [link.cmdline_args().as_str(), kernel_cmdline]
+        .iter()
+        .filter(|w| !w.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_installer_hears_of_its_bond_and_vlan_on_its_command_line() {
+        use crate::wire::{BondMode, BondPlan, LinkPlan};
+        let link = LinkPlan {
+            bond: Some(BondPlan {
+                mode: BondMode::Lacp,
+                interfaces: vec!["52:54:00:00:00:01".into()],
+            }),
+            vlan: Some(7),
+        };
+        assert_eq!(
+            super::installer_cmdline(&link, "console=ttyS0"),
+            "rollout.bond=802.3ad,52:54:00:00:00:01 rollout.vlan=7 console=ttyS0"
+        );
+        assert_eq!(
+            super::installer_cmdline(&LinkPlan::default(), "console=ttyS0"),
+            "console=ttyS0"
+        );
+        assert_eq!(super::installer_cmdline(&LinkPlan::default(), ""), "");
+    }
+
     use super::*;
 
     #[test]

@@ -179,6 +179,9 @@ struct NodePage {
     failure: String,
     console: Vec<String>,
     plan: Option<String>,
+    /// The installer's hardware report, one (label, value) per line.
+    hardware: Vec<(String, String)>,
+    hardware_at: String,
     history: Vec<(String, String)>,
 }
 
@@ -314,6 +317,12 @@ pub(super) fn node_page(
         console: n.console_tail.clone(),
         n: view,
         plan,
+        hardware: n
+            .hardware
+            .as_ref()
+            .map(crate::inventory::hwquery::lines)
+            .unwrap_or_default(),
+        hardware_at: n.hardware_at.map(utc).unwrap_or_default(),
         history: history
             .into_iter()
             .rev()

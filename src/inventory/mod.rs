@@ -3,6 +3,7 @@
 //! Every change goes through the state machine in [`state`] and is stored with a
 //! history line in one transaction, then broadcast to dashboards.
 
+pub mod hwquery;
 pub mod limits;
 pub mod progress;
 pub mod secrets;
@@ -109,6 +110,13 @@ pub struct NodeRecord {
     /// reached the server: check its NIC driver"; cleared by a plan fetch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stuck_before_network: Option<String>,
+    /// What the node's installer found on the machine (its last granted plan
+    /// request). Records stored before inventories read back as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<crate::wire::Hardware>,
+    /// When `hardware` was reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware_at: Option<u64>,
 }
 
 impl NodeRecord {
@@ -157,6 +165,8 @@ impl NodeRecord {
             node_rsync: None,
             unreported_boots: None,
             stuck_before_network: None,
+            hardware: None,
+            hardware_at: None,
         }
     }
 
@@ -512,6 +522,41 @@ impl Inventory {
                 reason: report.reason,
             }
         })
+    }
+
+    /// Keeps the hardware report of a granted plan request (bounded, see
+    /// [`crate::wire::Hardware::bounded`]), with a history line when it
+    /// changed: a new disk or more memory shows up in the node's history.
+    pub fn record_hardware(
+        &self,
+        mac: &str,
+        hw: &crate::wire::Hardware,
+    ) -> Result<NodeRecord, InventoryError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rec = self
+            .store
+            .get(mac)?
+            .ok_or_else(|| InventoryError::UnknownNode(mac.into()))?;
+        let hw = hw.bounded();
+        let changed = rec.hardware.as_ref() != Some(&hw);
+        rec.hardware_at = Some(now());
+        let event = json!({
+            "kind": "hardware",
+            "cpus": hw.cpu.count,
+            "memory_mib": hw.memory_mib,
+            "disks": hw.disks.len(),
+            "largest_disk_gib": hw.largest_disk_gib(),
+            "nics": hw.nics.len(),
+            "vendor": hw.system.vendor,
+            "product": hw.system.product,
+        });
+        rec.hardware = Some(hw);
+        if !changed {
+            rec.updated = now();
+            self.store.save(&rec, None)?;
+            return Ok(rec);
+        }
+        self.commit(rec, event)
     }
 
     /// A new install attempt: fresh id and token (see [`Inventory::start_install`]

@@ -28,6 +28,14 @@ fn install(inv: &Inventory, mac: &str, serial: u64, host_keys: Vec<String>) -> N
     .unwrap()
 }
 
+/// The JSON of MAC's row, as the database holds it.
+fn stored_record(conn: &rusqlite::Connection) -> String {
+    conn.query_row("SELECT record FROM nodes WHERE mac = ?1", [MAC], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
+
 fn open(dir: &std::path::Path) -> Inventory {
     Inventory::open(&dir.join("rollout.db"), Policy::default()).unwrap()
 }
@@ -327,11 +335,7 @@ fn records_from_before_host_keys_upgrade_in_place() {
         inv.declare(declared(MAC, "node1")).unwrap();
     }
     let conn = rusqlite::Connection::open(&db).unwrap();
-    let json: String = conn
-        .query_row("SELECT record FROM nodes WHERE mac = ?1", [MAC], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let json = stored_record(&conn);
     let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
     old.as_object_mut().unwrap().remove("host_keys");
     old.as_object_mut().unwrap().remove("host_key_fingerprints");
@@ -567,4 +571,56 @@ fn installer_boots_that_never_fetch_a_plan_make_the_node_stuck_until_one_does() 
         (rec.unreported_boots, rec.stuck_before_network),
         (None, None)
     );
+}
+
+/// A database written before hardware reports (its record JSON lacks the
+/// fields) opens as it is; a report is stored, survives a reopen, and adds a
+/// history line only when it changes.
+#[test]
+fn records_from_before_hardware_reports_take_one_and_keep_it() {
+    use crate::wire::hardware::{Cpu, Disk};
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path()).declare(declared(MAC, "node1")).unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("rollout.db")).unwrap();
+    assert!(
+        !stored_record(&conn).contains("hardware"),
+        "an empty report is not written"
+    );
+    drop(conn);
+
+    let inv = open(dir.path());
+    assert_eq!(inv.get(MAC).unwrap().unwrap().hardware, None);
+    let hw = crate::wire::Hardware {
+        cpu: Cpu {
+            model: "QEMU Virtual CPU".into(),
+            count: 2,
+        },
+        memory_mib: 4096,
+        disks: vec![Disk {
+            name: "vda".into(),
+            size_bytes: 8 << 30,
+            ..Default::default()
+        }],
+        firmware: "bios".into(),
+        ..Default::default()
+    };
+    inv.record_hardware(MAC, &hw).unwrap();
+    inv.record_hardware(MAC, &hw).unwrap();
+    let rows: Vec<_> = inv
+        .history(MAC)
+        .unwrap()
+        .into_iter()
+        .filter(|h| h.event["kind"] == "hardware")
+        .collect();
+    assert_eq!(rows.len(), 1, "the same report again adds no line");
+    assert_eq!(rows[0].event["memory_mib"], 4096);
+    assert_eq!(rows[0].event["largest_disk_gib"], 8);
+    drop(inv);
+    let rec = open(dir.path()).get(MAC).unwrap().unwrap();
+    assert_eq!(rec.hardware, Some(hw));
+    assert!(rec.hardware_at.is_some());
+    assert!(matches!(
+        open(dir.path()).record_hardware("52:54:00:00:00:99", &Default::default()),
+        Err(InventoryError::UnknownNode(_))
+    ));
 }

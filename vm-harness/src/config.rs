@@ -102,7 +102,18 @@ impl RolloutConfig {
             root_mib: None,
             swap_mib: None,
             bmc: None,
+            vlan: None,
+            bond: None,
         });
+        self
+    }
+
+    /// Puts the `[[node]]` with `mac` (added before) on 802.1Q VLAN `vlan`: its
+    /// installer and installed OS then run DHCP on a VLAN device.
+    pub fn with_vlan(mut self, mac: &str, vlan: u16) -> Self {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.mac == mac) {
+            n.vlan = Some(vlan);
+        }
         self
     }
 
@@ -185,6 +196,7 @@ mod tests {
             ("off", off),
             ("pull", pull),
             ("strangers", strangers),
+            ("vlan", lab().with_vlan("52:54:00:00:00:02", 100)),
         ] {
             let text = cfg.to_toml().unwrap();
             let back = Config::parse(&text)
@@ -200,6 +212,11 @@ mod tests {
             );
             assert_eq!(back.server.http_port, 80, "{what}");
             assert_eq!(back.install.unknown, cfg.install.unknown, "{what}");
+            assert_eq!(
+                back.nodes[1].link().vlan,
+                (what == "vlan").then_some(100),
+                "{what}"
+            );
         }
     }
 

@@ -49,6 +49,8 @@ pub enum StepError {
     #[error(transparent)]
     Nic(#[from] nic::NoBootNic),
     #[error(transparent)]
+    Link(#[from] crate::link::LinkError),
+    #[error(transparent)]
     Dhcp(#[from] dhcp_client::DhcpError),
     #[error(transparent)]
     Plan(#[from] PlanError),

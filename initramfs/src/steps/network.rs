@@ -103,6 +103,28 @@ pub(super) fn dhcp(args: &KernelArgs, iface: String) -> StepResult<Network> {
     // cmdline::parse accepted this MAC, so it converts; say so if it ever does not.
     let mac = cmdline::mac_bytes(&args.mac)
         .ok_or_else(|| StepError::Other(format!("boot MAC {} is not a MAC", args.mac)))?;
+    // The node's bond and VLAN, if it has them: DHCP runs on the top device,
+    // which carries the boot MAC.
+    let iface = if args.link.is_plain() {
+        iface
+    } else {
+        // Loaded only now: the bonding module makes a bond0 of its own on
+        // load, which a node without a bond must not see.
+        let mut wanted = Vec::new();
+        if args.link.bond.is_some() {
+            wanted.push("bonding");
+        }
+        if args.link.vlan.is_some() {
+            wanted.push("8021q");
+        }
+        let report = crate::modules::load_by_name(&wanted);
+        for note in report.notes.iter().chain(&report.missing) {
+            console::line(&format!("dhcp: module for the link: {note}"));
+        }
+        let (top, msg) = crate::link::bring_up(&args.link, &iface, &args.mac)?;
+        console::line(&format!("dhcp: {msg}"));
+        top
+    };
     let lease = dhcp_client::obtain(&iface, mac, Duration::from_secs(120))?;
     net::configure(&iface, lease.addr, lease.netmask, lease.router)?;
     let gw = lease.router.map(|r| format!(" gw {r}")).unwrap_or_default();
@@ -123,10 +145,21 @@ pub(super) fn dhcp(args: &KernelArgs, iface: String) -> StepResult<Network> {
 }
 
 pub(super) fn fetch_plan(net: &Network) -> StepResult<InstallPlan> {
+    // The inventory goes with the request; the server keeps it once the
+    // request is granted.
+    let hardware = crate::hwinfo::collect(Path::new("/"));
+    console::line(&format!(
+        "fetch_plan: hardware: {}",
+        crate::hwinfo::summary(&hardware)
+    ));
+    let request = rollout::wire::PlanRequest {
+        boot_secret: net.boot_secret.clone(),
+        hardware: Some(hardware.bounded()),
+    };
     let plan = get_plan_retrying(
         &net.server,
         &net.mac,
-        net.boot_secret.as_deref(),
+        &request,
         Duration::from_secs(300),
         &mut |wait, e| {
             console::line(&format!(

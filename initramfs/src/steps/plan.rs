@@ -41,13 +41,10 @@ pub fn plan_url(server: &str, mac: &str) -> String {
 pub fn get_plan(
     server: &str,
     mac: &str,
-    boot_secret: Option<&str>,
+    request: &wire::PlanRequest,
 ) -> Result<InstallPlan, PlanError> {
     let url = plan_url(server, mac);
-    let body = serde_json::to_vec(&wire::PlanRequest {
-        boot_secret: boot_secret.map(String::from),
-    })
-    .unwrap_or_default();
+    let body = serde_json::to_vec(request).unwrap_or_default();
     let resp =
         http_client::post_json(&url, None, &body, Duration::from_secs(10)).map_err(|source| {
             PlanError::Http {
@@ -70,14 +67,14 @@ pub fn get_plan(
 pub fn get_plan_retrying(
     server: &str,
     mac: &str,
-    boot_secret: Option<&str>,
+    request: &wire::PlanRequest,
     limit: Duration,
     pause: &mut dyn FnMut(Duration, &PlanError),
 ) -> Result<InstallPlan, PlanError> {
     let mut waited = Duration::ZERO;
     let mut wait = Duration::from_secs(1);
     loop {
-        match get_plan(server, mac, boot_secret) {
+        match get_plan(server, mac, request) {
             Ok(p) => return Ok(p),
             Err(e @ PlanError::Status { status: 403, .. }) => return Err(e),
             Err(e) if waited + wait > limit => {
@@ -100,6 +97,13 @@ pub fn get_plan_retrying(
 mod tests {
     use super::*;
 
+    fn secret(s: &str) -> wire::PlanRequest {
+        wire::PlanRequest {
+            boot_secret: Some(s.into()),
+            hardware: None,
+        }
+    }
+
     /// Server unreachable: retried with growing waits, then a clear failure; a
     /// server that comes up meanwhile is used.
     #[test]
@@ -113,7 +117,7 @@ mod tests {
         let e = get_plan_retrying(
             &server,
             "52:54:00:00:00:01",
-            None,
+            &wire::PlanRequest::default(),
             Duration::from_secs(60),
             &mut |w, _| waits.push(w.as_secs()),
         )
@@ -129,7 +133,7 @@ mod tests {
         let plan = get_plan_retrying(
             &server,
             "52:54:00:00:00:01",
-            Some("s3cret"),
+            &secret("s3cret"),
             Duration::from_secs(60),
             &mut |_, _| {
                 tries += 1;
@@ -181,9 +185,9 @@ mod tests {
             requests
         });
         let server = format!("http://127.0.0.1:{port}");
-        let p = get_plan(&server, "52:54:00:00:00:01", Some("0a1b")).unwrap();
+        let p = get_plan(&server, "52:54:00:00:00:01", &secret("0a1b")).unwrap();
         assert_eq!(p, crate::testutil::plan());
-        let e = get_plan(&server, "52:54:00:00:00:01", None)
+        let e = get_plan(&server, "52:54:00:00:00:01", &wire::PlanRequest::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("404") && e.contains("unknown"), "{e}");
@@ -192,7 +196,7 @@ mod tests {
         let e = get_plan_retrying(
             &server,
             "52:54:00:00:00:01",
-            Some("0a1b"),
+            &secret("0a1b"),
             Duration::from_secs(60),
             &mut |_, _| pauses += 1,
         )

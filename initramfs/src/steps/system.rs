@@ -141,6 +141,7 @@ fn configure(
         root_fs: plan.layout.root_fs,
         swap_uuid: fs.swap_uuid.clone(),
         iface: net.iface.clone(),
+        nics: crate::net::physical_interfaces(Path::new("/sys/class/net")),
         installer_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init")),
         identity,
     };
