@@ -104,6 +104,7 @@ pub const INSTALLER_MODULES: &[&str] = &[
 
 /// The body of a plan request (`POST {PLAN}/{mac}`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct PlanRequest {
     /// The value of [`cmdline::BOOT_SECRET`], when the kernel command line had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,6 +114,7 @@ pub struct PlanRequest {
 /// A user and password of the server's rsync daemon (`auth users`). The
 /// installer passes the password in `RSYNC_PASSWORD`, never on a command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct RsyncCredential {
     pub user: String,
     pub password: String,
@@ -122,6 +124,7 @@ pub struct RsyncCredential {
 /// reinstalled or removed: `secret` is its `Authorization: Bearer` for
 /// phone-home and rollout-sync's requests, `rsync` reads its image's modules.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct NodeCredential {
     pub secret: String,
     pub rsync: RsyncCredential,
@@ -129,6 +132,7 @@ pub struct NodeCredential {
 
 /// Everything a node needs to install itself. Fetched by MAC from the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct InstallPlan {
     /// Identifies this install attempt; progress events are posted under it.
     pub install_id: String,
@@ -174,6 +178,7 @@ fn yes() -> bool {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub enum NetworkPlan {
     /// The installed OS runs DHCP on the boot NIC (the server reserves its address).
     Dhcp,
@@ -186,6 +191,7 @@ pub enum NetworkPlan {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ImageRef {
     pub name: String,
     pub serial: u64,
@@ -194,6 +200,7 @@ pub struct ImageRef {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct DiskSelector {
     /// A device path such as `/dev/vda`; `None` picks the first non-removable disk
     /// that is large enough for the layout.
@@ -211,6 +218,7 @@ pub struct DiskSelector {
 /// Partition layout, in MiB. The installer adds a BIOS boot or EFI system partition
 /// as the firmware requires; the root partition comes last when `root_mib` is 0 (fill).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Layout {
     pub root_mib: u64,
     pub swap_mib: u64,
@@ -231,6 +239,7 @@ impl Default for Layout {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub enum RootFs {
     Ext3,
     Ext4,
@@ -247,6 +256,7 @@ impl RootFs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub enum Bootloader {
     /// extlinux on BIOS, an EFI loader on UEFI: decided by the installer from /sys/firmware/efi.
     #[default]
@@ -279,6 +289,7 @@ impl std::fmt::Display for Firmware {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct FileSpec {
     pub path: String,
     pub mode: u32,
@@ -286,6 +297,7 @@ pub struct FileSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct FailurePolicy {
     /// Reboot this many seconds after a failure (the server then decides what the
     /// node boots); `None` waits for a retry signal from the server.
@@ -304,6 +316,7 @@ impl Default for FailurePolicy {
 /// in the server's records and on the dashboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub enum Step {
     MountPseudo,
     LoadModules,
@@ -365,6 +378,7 @@ impl std::fmt::Display for Step {
 /// One report from the installer, posted to
 /// `{server}/api/v1/installs/{install_id}/events`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ProgressEvent {
     pub step: Step,
     #[serde(flatten)]
@@ -377,6 +391,7 @@ pub struct ProgressEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub enum EventKind {
     Started,
     Progress {
@@ -403,6 +418,7 @@ pub enum EventKind {
 
 /// Posted by the installed OS on every boot (the unit the installer writes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct PhoneHome {
     pub mac: String,
     pub hostname: String,

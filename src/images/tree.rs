@@ -90,6 +90,7 @@ pub fn totals(inv: &Inventory) -> (u64, u64) {
 pub const MAX_LISTED: usize = 2000;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema)]
 pub struct Changes {
     pub added: Vec<String>,
     pub changed: Vec<String>,
