@@ -122,7 +122,7 @@ async fn list_nodes(State(state): State<Shared>, headers: HeaderMap) -> Response
     get,
     path = "/api/v1/nodes/{id}",
     tag = "nodes",
-    params(("id" = String, Path, description = "The node's MAC address or hostname")),
+    params(("id" = String, Path, description = "The node's MAC address or hostname", example = "node1")),
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "The node (needs role read)", body = crate::inventory::NodeRecord),
@@ -147,7 +147,7 @@ async fn get_node(
     get,
     path = "/api/v1/nodes/{id}/history",
     tag = "nodes",
-    params(("id" = String, Path, description = "The node's MAC address or hostname")),
+    params(("id" = String, Path, description = "The node's MAC address or hostname", example = "node1")),
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "The node's history, oldest first (needs role read)", body = Vec<crate::inventory::HistoryEntry>),
@@ -175,11 +175,18 @@ async fn history(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeInput {
+    #[schema(pattern = r"^(01[:-])?[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$", example = "52:54:00:12:34:56")]
     pub mac: String,
+    #[schema(pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$", example = "node7")]
     pub hostname: String,
+    /// An IPv4 address on the provisioning subnet (not the server's own).
+    #[schema(example = "10.44.0.17")]
     pub ip: Option<String>,
+    /// An existing image (`rollout image list`); default: `[install] image`.
+    #[schema(example = "default")]
     pub image: Option<String>,
     pub disk: Option<String>,
+    #[schema(minimum = 256)]
     pub root_mib: Option<u64>,
     pub swap_mib: Option<u64>,
 }
@@ -296,7 +303,7 @@ async fn upsert_node(
     delete,
     path = "/api/v1/nodes/{id}",
     tag = "nodes",
-    params(("id" = String, Path, description = "The node's MAC address or hostname")),
+    params(("id" = String, Path, description = "The node's MAC address or hostname", example = "node1")),
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 204, description = "Removed, with its host keys (needs role admin)"),
@@ -389,7 +396,7 @@ struct ReinstallQuery {
     post,
     path = "/api/v1/nodes/{id}/reinstall",
     tag = "nodes",
-    params(("id" = String, Path, description = "The node's MAC address or hostname"), ("now" = Option<bool>, Query, description = "Also set the next boot to PXE once and power-cycle the node (or power it on) through its BMC")),
+    params(("id" = String, Path, description = "The node's MAC address or hostname", example = "node1"), ("now" = Option<bool>, Query, description = "Also set the next boot to PXE once and power-cycle the node (or power it on) through its BMC")),
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "The node, marked to install on its next boot; with now=true also the power steps taken (needs role maintain)", body = super::openapi::ReinstallAnswer),
@@ -406,8 +413,21 @@ async fn reinstall(
     State(state): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<ReinstallQuery>,
+    query: Result<
+        axum::extract::Query<ReinstallQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> Response {
+    // axum's own rejection is plain text; the API answers errors in JSON.
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{}; use ?now=true or ?now=false", e.body_text()),
+            )
+        }
+    };
     if q.now {
         let who = match require_api(&state, &headers, Role::Maintain) {
             Ok(p) => p,
@@ -432,7 +452,7 @@ async fn reinstall(
     post,
     path = "/api/v1/discovered/{mac}/approve",
     tag = "nodes",
-    params(("mac" = String, Path, description = "The machine's MAC address")),
+    params(("mac" = String, Path, description = "The machine's MAC address or hostname", example = "52:54:00:00:00:01")),
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "Install this machine on its next boot (needs role admin); the record", body = crate::inventory::NodeRecord),
@@ -455,7 +475,7 @@ async fn approve(
     post,
     path = "/api/v1/discovered/{mac}/ignore",
     tag = "nodes",
-    params(("mac" = String, Path, description = "The machine's MAC address")),
+    params(("mac" = String, Path, description = "The machine's MAC address or hostname", example = "52:54:00:00:00:01")),
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "Leave this machine alone (needs role admin); the record", body = crate::inventory::NodeRecord),
@@ -477,6 +497,7 @@ async fn ignore(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RunInput {
+    #[schema(pattern = "^(exec|sync)$", example = "exec")]
     action: String,
     command: Option<String>,
 }
@@ -488,7 +509,7 @@ struct RunInput {
     post,
     path = "/api/v1/nodes/{id}/runs",
     tag = "nodes",
-    params(("id" = String, Path, description = "The node's MAC address or hostname")),
+    params(("id" = String, Path, description = "The node's MAC address or hostname", example = "node1")),
     request_body = RunInput,
     security(("operator" = []), ("session" = [])),
     responses(
@@ -645,7 +666,7 @@ fn require_operator_or_node(state: &Shared, headers: &HeaderMap) -> Result<(), R
     get,
     path = "/api/v1/images/{name}/serial",
     tag = "images",
-    params(("name" = String, Path, description = "The image's name")),
+    params(("name" = String, Path, description = "The image's name", example = "default")),
     security(("node" = []), ("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "The published serial, one line", content_type = "text/plain", body = String),
@@ -678,7 +699,7 @@ async fn image_serial(
     get,
     path = "/api/v1/images/{name}/excludes",
     tag = "images",
-    params(("name" = String, Path, description = "The image's name")),
+    params(("name" = String, Path, description = "The image's name", example = "default")),
     security(("node" = []), ("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "The image's node-local paths (rsync exclude patterns), one per line: the defaults, then its [[image]] excludes", content_type = "text/plain", body = String),

@@ -56,7 +56,7 @@ fn lease_at(
     post,
     path = "/api/v1/plan/{mac}",
     tag = "installer",
-    params(("mac" = String, Path, description = "The machine's MAC address")),
+    params(("mac" = String, Path, description = "The machine's MAC address", pattern = r"^(01[:-])?[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$", example = "52:54:00:00:00:01")),
     request_body(content = Option<crate::wire::PlanRequest>, description = "`{\"boot_secret\": \"…\"}` from the kernel command line, or an empty body where rollout's lease identifies the node"),
     security(()),
     responses(
@@ -245,8 +245,18 @@ pub async fn event(
     Path(id): Path<String>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
-    Json(ev): Json<ProgressEvent>,
+    body: axum::body::Bytes,
 ) -> Response {
+    // Parsed here, not by axum's Json extractor, so a bad report gets the JSON
+    // error body the API documents (the extractor answers in plain text).
+    let ev: ProgressEvent = match super::admin::json_body(
+        &body,
+        "an install event",
+        r#"{"step": "copy", "kind": "started", "message": "…", "elapsed_ms": 0}"#,
+    ) {
+        Ok(ev) => ev,
+        Err(r) => return r,
+    };
     let Some(token) = bearer(&headers) else {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -320,8 +330,16 @@ pub fn node_auth_error(e: crate::inventory::secrets::NodeAuthError) -> Response 
 pub async fn phone_home(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Json(ph): Json<PhoneHome>,
+    body: axum::body::Bytes,
 ) -> Response {
+    let ph: PhoneHome = match super::admin::json_body(
+        &body,
+        "a phone-home report",
+        r#"{"mac": "52:54:00:12:34:56", "hostname": "node7", "serial": 3, "boot_id": "…"}"#,
+    ) {
+        Ok(ph) => ph,
+        Err(r) => return r,
+    };
     let Some(mac) = normalize_mac(&ph.mac) else {
         return error(
             StatusCode::BAD_REQUEST,

@@ -88,7 +88,14 @@ pub struct ImageEntry {
 #[allow(dead_code)]
 pub enum ImageSerial {
     Meta(crate::images::store::SerialMeta),
-    Unreadable { serial: u64 },
+    Unreadable(UnreadableSerial),
+}
+
+/// A serial whose meta.json cannot be read: only its number.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnreadableSerial {
+    pub serial: u64,
 }
 
 /// Security schemes: who may call what.

@@ -74,7 +74,10 @@ async fn list(State(state): State<Shared>, headers: HeaderMap) -> Response {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewOperator {
+    /// Letters, digits, `.`, `_`, `-`; not `admin`.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "alice")]
     name: String,
+    #[schema(value_type = crate::operators::Role)]
     role: String,
 }
 
@@ -131,7 +134,7 @@ async fn add(State(state): State<Shared>, headers: HeaderMap, body: axum::body::
     delete,
     path = "/api/v1/operators/{name}",
     tag = "operators",
-    params(("name" = String, Path, description = "The operator's name")),
+    params(("name" = String, Path, description = "The operator's name", example = "alice")),
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 204, description = "Revoked: its next request is refused, its sessions end (needs role admin)"),

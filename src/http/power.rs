@@ -117,7 +117,7 @@ async fn message_of(r: Response) -> (StatusCode, String) {
     get,
     path = "/api/v1/nodes/{id}/power",
     tag = "power",
-    params(("id" = String, Path, description = "The node's MAC address or hostname")),
+    params(("id" = String, Path, description = "The node's MAC address or hostname", example = "node1")),
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "The node's power state, asked of its BMC now (needs role read)", body = super::openapi::PowerStatus),
@@ -154,7 +154,7 @@ struct PowerInput {
     post,
     path = "/api/v1/nodes/{id}/power",
     tag = "power",
-    params(("id" = String, Path, description = "The node's MAC address or hostname")),
+    params(("id" = String, Path, description = "The node's MAC address or hostname", example = "node1")),
     request_body = PowerInput,
     security(("operator" = []), ("session" = [])),
     responses(
