@@ -49,8 +49,7 @@ impl std::fmt::Display for Role {
 /// The name the admin token acts under (in history rows and the log); no operator may take it.
 pub const ADMIN_NAME: &str = "admin";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Operator {
     pub name: String,
     pub role: Role,

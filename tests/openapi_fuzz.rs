@@ -11,16 +11,16 @@ use std::time::Instant;
 
 const ST: &str = "/opt/rollout-schemathesis/bin/st";
 
+/// Both directions against the router are `tests/api.rs`
+/// `openapi_documents_exactly_the_routes_the_server_answers`; here, what a
+/// client needs besides the paths: who may call and what an error looks like.
 #[test]
-fn served_document_matches_the_router_both_ways() {
+fn served_document_names_credentials_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
     // The document is public: API clients and tools read it before any sign-in.
     let doc: serde_json::Value = serde_json::from_str(&s.text("/api/v1/openapi.json")).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
-    let (undocumented, unserved) = rollout::http::spec_mismatches(&doc);
-    assert!(undocumented.is_empty(), "served, not documented: {undocumented:?}");
-    assert!(unserved.is_empty(), "documented, not served: {unserved:?}");
     let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
     for scheme in ["operator", "session", "node", "install"] {
         assert!(schemes.contains_key(scheme), "no security scheme {scheme}");

@@ -175,9 +175,15 @@ async fn history(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeInput {
-    #[schema(pattern = r"^(01[:-])?[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$", example = "52:54:00:12:34:56")]
+    #[schema(
+        pattern = r"^(01[:-])?[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$",
+        example = "52:54:00:12:34:56"
+    )]
     pub mac: String,
-    #[schema(pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$", example = "node7")]
+    #[schema(
+        pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$",
+        example = "node7"
+    )]
     pub hostname: String,
     /// An IPv4 address on the provisioning subnet (not the server's own).
     #[schema(example = "10.44.0.17")]
@@ -413,10 +419,7 @@ async fn reinstall(
     State(state): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    query: Result<
-        axum::extract::Query<ReinstallQuery>,
-        axum::extract::rejection::QueryRejection,
-    >,
+    query: Result<axum::extract::Query<ReinstallQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     // axum's own rejection is plain text; the API answers errors in JSON.
     let q = match query {

@@ -181,7 +181,9 @@ pub struct ApiDoc;
 /// The document, generated once.
 pub fn document() -> &'static serde_json::Value {
     static DOC: OnceLock<serde_json::Value> = OnceLock::new();
-    DOC.get_or_init(|| serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes"))
+    DOC.get_or_init(|| {
+        serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes")
+    })
 }
 
 /// This document.
@@ -286,7 +288,13 @@ mod tests {
     #[test]
     fn node_record_schema_has_no_credentials() {
         let props = &super::document()["components"]["schemas"]["NodeRecord"]["properties"];
-        for field in ["token", "boot_secret", "install_rsync", "node_key", "node_rsync"] {
+        for field in [
+            "token",
+            "boot_secret",
+            "install_rsync",
+            "node_key",
+            "node_rsync",
+        ] {
             assert!(props.get(field).is_none(), "{field} is documented");
         }
         assert!(props.get("hostname").is_some());

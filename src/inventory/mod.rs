@@ -29,8 +29,7 @@ pub enum Source {
     Discovered,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeRecord {
     pub mac: String,
     pub hostname: String,
@@ -184,8 +183,7 @@ impl OperatorAction {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub at: u64,
     pub event: serde_json::Value,

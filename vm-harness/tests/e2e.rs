@@ -259,7 +259,10 @@ fn nodes_are_powered_and_reinstalled_by_the_server_over_ipmi_and_qmp() {
             );
         }
     }
-    let calls = t.lab.nodes()[0].bmc().expect("node1 has a BMC").chassis_calls();
+    let calls = t.lab.nodes()[0]
+        .bmc()
+        .expect("node1 has a BMC")
+        .chassis_calls();
     let boot = calls.iter().position(|c| c == "set boot pxe");
     let cycle = calls.iter().rposition(|c| c == "set power 0");
     assert!(

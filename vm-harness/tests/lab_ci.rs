@@ -33,7 +33,10 @@ fn the_readme_ci_script_installs_two_nodes_runs_a_command_on_each_and_tears_down
     let script = readme_script();
     assert!(script.contains("vm-harness") && script.contains(" up "));
     // The image directory: the Debian tree the e2e fixture builds once.
-    let image_dir = a.debian_image().expect("the Debian image").join("published/root");
+    let image_dir = a
+        .debian_image()
+        .expect("the Debian image")
+        .join("published/root");
     assert!(
         image_dir.join("usr/sbin/sshd").exists(),
         "{} has no sshd",
