@@ -103,8 +103,7 @@ pub(super) fn readable_node(
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "Every node (needs role read)", body = Vec<crate::inventory::NodeRecord>),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
     )
 )]
@@ -126,8 +125,7 @@ async fn list_nodes(State(state): State<Shared>, headers: HeaderMap) -> Response
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "The node (needs role read)", body = crate::inventory::NodeRecord),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 404, description = "No node with that MAC or hostname", body = super::openapi::ErrorBody),
         (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
     )
@@ -151,8 +149,7 @@ async fn get_node(
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "The node's history, oldest first (needs role read)", body = Vec<crate::inventory::HistoryEntry>),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 404, description = "No node with that MAC or hostname", body = super::openapi::ErrorBody),
         (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
     )
@@ -267,8 +264,7 @@ fn validate(state: &Shared, input: &NodeInput) -> Result<NodeRecord, String> {
     responses(
         (status = 200, description = "The node as declared (needs role admin)", body = crate::inventory::NodeRecord),
         (status = 400, description = "The body is not valid JSON of the documented shape", body = super::openapi::ErrorBody),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 409, description = "The node cannot change now", body = super::openapi::ErrorBody),
         (status = 413, description = "The body is over this path's limit", content_type = "text/plain", body = String),
         (status = 422, description = "A field is invalid (MAC, hostname, ip outside the subnet, unknown image, root_mib too small)", body = super::openapi::ErrorBody),
@@ -313,8 +309,7 @@ async fn upsert_node(
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 204, description = "Removed, with its host keys (needs role admin)"),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 404, description = "No node with that MAC or hostname", body = super::openapi::ErrorBody),
         (status = 409, description = "The node is declared in the config file", body = super::openapi::ErrorBody),
         (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
@@ -407,8 +402,7 @@ struct ReinstallQuery {
     responses(
         (status = 200, description = "The node, marked to install on its next boot; with now=true also the power steps taken (needs role maintain)", body = super::openapi::ReinstallAnswer),
         (status = 400, description = "now is not true or false", body = super::openapi::ErrorBody),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 404, description = "No node with that MAC or hostname", body = super::openapi::ErrorBody),
         (status = 409, description = "The node cannot be reinstalled in its state, has no BMC, or its driver cannot do this", body = super::openapi::ErrorBody),
         (status = 502, description = "The BMC failed or did not answer (the node stays marked)", body = super::openapi::ErrorBody),
@@ -459,8 +453,7 @@ async fn reinstall(
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "Install this machine on its next boot (needs role admin); the record", body = crate::inventory::NodeRecord),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 404, description = "No machine with that MAC or hostname", body = super::openapi::ErrorBody),
         (status = 409, description = "Not possible in the machine's state", body = super::openapi::ErrorBody),
         (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
@@ -482,8 +475,7 @@ async fn approve(
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "Leave this machine alone (needs role admin); the record", body = crate::inventory::NodeRecord),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 404, description = "No machine with that MAC or hostname", body = super::openapi::ErrorBody),
         (status = 409, description = "Not possible in the machine's state", body = super::openapi::ErrorBody),
         (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
@@ -518,8 +510,7 @@ struct RunInput {
     responses(
         (status = 204, description = "Recorded in the node's history (needs role maintain)"),
         (status = 400, description = "The body is not valid JSON of the documented shape", body = super::openapi::ErrorBody),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 404, description = "No node with that MAC or hostname", body = super::openapi::ErrorBody),
         (status = 413, description = "The body is over this path's limit", content_type = "text/plain", body = String),
         (status = 422, description = "action is not exec or sync", body = super::openapi::ErrorBody),
@@ -572,8 +563,7 @@ async fn run(
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "Machines that PXE-booted without being declared (needs role read)", body = Vec<crate::inventory::NodeRecord>),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
     )
 )]
@@ -631,8 +621,7 @@ pub fn image_list(state_dir: &std::path::Path) -> Vec<serde_json::Value> {
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "Images, their serials and the published one (needs role read)", body = Vec<super::openapi::ImageEntry>),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
     )
 )]
@@ -739,8 +728,7 @@ async fn image_excludes(
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "Server-Sent Events: a `node` event with the node's record (JSON) on every change; the stream does not end until the server stops (needs role read)", content_type = "text/event-stream", body = String),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
     )
 )]

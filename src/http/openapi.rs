@@ -19,6 +19,18 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// The refusals of every operator call (`auth::require_read`, `require_api`).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Describes the answers `auth` builds; never built itself.
+pub enum OperatorRefusals {
+    /// No credential, or one nobody holds.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The credential's role is too small (or a session change came without its CSRF token).
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+}
+
 /// `GET /api/v1/whoami`. `name` is null for an anonymous read (`server.anonymous_read`).
 #[derive(Serialize, ToSchema)]
 pub struct Whoami {

@@ -56,8 +56,7 @@ async fn whoami(State(state): State<Shared>, headers: HeaderMap) -> Response {
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "Operator credentials: name, role, created; never tokens (needs role admin)", body = Vec<crate::operators::Operator>),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
     )
 )]
@@ -90,8 +89,7 @@ struct NewOperator {
     responses(
         (status = 200, description = "The new credential; its token is shown only this once (needs role admin)", body = super::openapi::IssuedOperator),
         (status = 400, description = "The body is not valid JSON of the documented shape", body = super::openapi::ErrorBody),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 409, description = "An operator of that name exists", body = super::openapi::ErrorBody),
         (status = 413, description = "The body is over this path's limit", content_type = "text/plain", body = String),
         (status = 422, description = "The name or role is not valid", body = super::openapi::ErrorBody),
@@ -138,8 +136,7 @@ async fn add(State(state): State<Shared>, headers: HeaderMap, body: axum::body::
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 204, description = "Revoked: its next request is refused, its sessions end (needs role admin)"),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 404, description = "No operator of that name", body = super::openapi::ErrorBody),
         (status = 422, description = "The name is not valid", body = super::openapi::ErrorBody),
         (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)

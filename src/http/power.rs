@@ -121,8 +121,7 @@ async fn message_of(r: Response) -> (StatusCode, String) {
     security(("operator" = []), ("session" = [])),
     responses(
         (status = 200, description = "The node's power state, asked of its BMC now (needs role read)", body = super::openapi::PowerStatus),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 404, description = "No node with that MAC or hostname", body = super::openapi::ErrorBody),
         (status = 409, description = "The node has no BMC configured, or its driver cannot do this", body = super::openapi::ErrorBody),
         (status = 502, description = "The BMC failed or did not answer in power.timeout", body = super::openapi::ErrorBody),
@@ -160,8 +159,7 @@ struct PowerInput {
     responses(
         (status = 200, description = "Done, recorded in the node's history (needs role maintain)", body = super::openapi::PowerResult),
         (status = 400, description = "The body is not valid JSON of the documented shape", body = super::openapi::ErrorBody),
-        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
-        (status = 403, description = "The credential's role is too small (or a session change without its CSRF token)", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
         (status = 404, description = "No node with that MAC or hostname", body = super::openapi::ErrorBody),
         (status = 413, description = "The body is over this path's limit", content_type = "text/plain", body = String),
         (status = 409, description = "The node has no BMC configured, or its driver cannot do this", body = super::openapi::ErrorBody),
