@@ -34,6 +34,8 @@ PACKAGES=(
   ipmitool openipmi python3-venv
   # the README's "Use the lab in your CI" script reads `vm-harness up --json`
   jq
+  # /metrics scraped by a real Prometheus; `rollout watch` in a real terminal
+  prometheus tmux
   # building
   build-essential pkg-config musl-tools
 )
@@ -51,6 +53,7 @@ PROGRAMS=(
   sshd:openssh-server mtype:mtools mdir:mtools chromium:chromium chromedriver:chromium-driver
   cc:build-essential musl-gcc:musl-tools pkg-config:pkg-config
   ipmitool:ipmitool ipmi_sim:openipmi jq:jq
+  prometheus:prometheus tmux:tmux
 )
 
 # file -> package that provides it

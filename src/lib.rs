@@ -21,8 +21,6 @@ pub mod cli;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
-pub mod counters;
-#[cfg(feature = "server")]
 pub mod db;
 #[cfg(feature = "server")]
 pub mod dhcp;
@@ -36,6 +34,8 @@ pub mod http;
 pub mod images;
 #[cfg(feature = "server")]
 pub mod inventory;
+#[cfg(feature = "server")]
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod netif;
 #[cfg(feature = "server")]

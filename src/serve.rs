@@ -206,6 +206,33 @@ fn secure_state_dir(state_dir: &std::path::Path) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// The state `/metrics` reads at each scrape: the leases (through the DHCP
+/// core's lock, held for one pass over the ranges), the nodes and rsync's port.
+fn scrape_sources(
+    metrics: &crate::metrics::Metrics,
+    dhcp: Option<Arc<Mutex<DhcpCore>>>,
+    inventory: &Arc<Inventory>,
+    config: &ValidConfig,
+) {
+    let leases: crate::metrics::LeaseSource = Box::new(move || match &dhcp {
+        Some(core) => {
+            let core = core.lock().unwrap_or_else(|p| p.into_inner());
+            core.lease_usage(crate::clock::now_unix())
+        }
+        None => vec![],
+    });
+    let inv = inventory.clone();
+    let nodes: crate::metrics::NodeSource = Box::new(move || {
+        let records = inv.list().unwrap_or_else(|e| {
+            warn!("metrics: cannot read the nodes: {e}");
+            vec![]
+        });
+        crate::metrics::count_by_state(records.iter().map(|r| r.state))
+    });
+    let rsync = config.server.address.map(|_| config.server.rsync_port);
+    metrics.set_sources(leases, nodes, rsync);
+}
+
 /// Binds everything first (so a taken port or a missing interface is an error at
 /// startup, with a non-zero exit), then serves until `cancel` fires. The machine
 /// checks are `ValidConfig::try_from` (`crate::preflight`), which `check-config`
@@ -226,15 +253,17 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     let tftp_root = config.tftp_root.clone();
     let mut tasks = JoinSet::new();
     // Failures the services survive, counted for /healthz.
-    let counters = Arc::new(crate::counters::Counters::default());
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let mut dhcp_handle = None;
     match &config.dhcp_plan {
         None => warn!("DHCP is off (dhcp.mode = \"off\" or no interface): nodes need another DHCP server pointing at this one"),
         Some(plan) => {
-            let mut core = dhcp_core(&config, plan, &db)?.with_counters(counters.clone());
+            let mut core = dhcp_core(&config, plan, &db)?.with_metrics(metrics.clone());
             if config.dhcp.ping_before_offer {
                 core = core.with_probe(&plan.interface);
             }
             let core = Arc::new(Mutex::new(core));
+            dhcp_handle = Some(core.clone());
             let sock = dhcp::server::bind_on_interface(&plan.interface, dhcp::core::SERVER_PORT)?;
             info!(interface = %plan.interface, mode = ?plan.mode, range = ?plan.range, "DHCP listening on port 67");
             tasks.spawn(dhcp::server::run(sock, core.clone(), false, cancel.clone()));
@@ -262,6 +291,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     let inventory = Arc::new(Inventory::open(&db, policy)?);
     declare_config_nodes(&config, &inventory)?;
     let operators = Arc::new(crate::operators::Operators::open(&db)?);
+    scrape_sources(&metrics, dhcp_handle, &inventory, &config);
     let sessions = http::Sessions::new(config.server.session_lifetime);
     let ssh_keys = server_ssh_key(&config.state_dir).into_iter().collect();
     // Again, now that the secrets exist (an older ssh-keygen may leave its
@@ -289,6 +319,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         config.power.clone(),
         config.server.interface.clone(),
         inventory.clone(),
+        metrics.clone(),
         cancel.clone(),
     );
     tasks.spawn(async move {
@@ -305,7 +336,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
             crate::images::rsyncd::RsyncdSettings::new(&config.state_dir, address.into(), allow);
         settings.port = config.server.rsync_port;
         let mut supervisor = crate::images::rsyncd::Supervisor::new(settings);
-        supervisor.counters = counters.clone();
+        supervisor.metrics = metrics.clone();
         let users_inventory = inventory.clone();
         supervisor.users = Arc::new(move || match users_inventory.list() {
             Ok(records) => crate::inventory::secrets::rsync_users(&records),
@@ -321,6 +352,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     } else {
         warn!("server.address is not set: no rsync daemon, so nodes cannot install");
     }
+    let tftp_metrics = metrics.clone();
     let state = Arc::new(AppState {
         config,
         inventory,
@@ -329,7 +361,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         sessions,
         ssh_keys,
         rsync_modules,
-        counters,
+        metrics,
         shutdown: cancel.clone(),
     });
 
@@ -341,7 +373,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     });
     let c = cancel.clone();
     tasks.spawn(async move {
-        crate::tftp::run(tftp_root, tftp_addr, c)
+        crate::tftp::run(tftp_root, tftp_addr, tftp_metrics, c)
             .await
             .map_err(std::io::Error::other)
     });

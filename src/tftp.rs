@@ -210,6 +210,7 @@ pub struct ConfinedHandler {
     /// Requests turned away since the last warning, and when that was.
     refused: u64,
     warned: Option<Instant>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ConfinedHandler {
@@ -220,11 +221,19 @@ impl ConfinedHandler {
             cache: FileCache::default(),
             refused: 0,
             warned: None,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts transfers and bytes into the server's metrics.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> ConfinedHandler {
+        self.metrics = metrics;
+        self
     }
 
     /// Counts a refusal; warns at most every 10 s, with the count.
     fn refused(&mut self, why: &Busy) {
+        self.metrics.tftp("refused");
         self.refused += 1;
         if !matches!(self.warned, Some(t) if t.elapsed() < Duration::from_secs(10)) {
             let (n, active) = (std::mem::take(&mut self.refused), self.admission.active());
@@ -242,6 +251,7 @@ pub struct LoggedReader {
     inner: Cursor<Arc<[u8]>>,
     client: SocketAddr,
     name: String,
+    metrics: Arc<crate::metrics::Metrics>,
     _slot: Slot,
 }
 
@@ -261,6 +271,12 @@ impl Drop for LoggedReader {
         let size = self.inner.get_ref().len() as u64;
         let span = tracing::info_span!("tftp", client = %self.client, file = %self.name);
         let _g = span.enter();
+        self.metrics.tftp_bytes.inc_by(sent);
+        self.metrics.tftp(if sent >= size {
+            "complete"
+        } else {
+            "incomplete"
+        });
         if sent >= size {
             info!("sent {} ({size} bytes)", self.name);
         } else {
@@ -295,10 +311,12 @@ impl Handler for ConfinedHandler {
         let real = match resolve(&self.root, path) {
             Ok(p) => p,
             Err(Refusal::OutsideRoot) => {
+                self.metrics.tftp("refused");
                 warn!("refused: path leaves the TFTP root");
                 return Err(packet::Error::PermissionDenied);
             }
             Err(Refusal::NotFound) => {
+                self.metrics.tftp("not_found");
                 info!("not found");
                 return Err(packet::Error::FileNotFound);
             }
@@ -323,6 +341,7 @@ impl Handler for ConfinedHandler {
                 inner: Cursor::new(data),
                 client: *client,
                 name: path.display().to_string(),
+                metrics: self.metrics.clone(),
                 _slot: slot,
             },
             Some(len),
@@ -343,9 +362,11 @@ impl Handler for ConfinedHandler {
 pub async fn run(
     root: PathBuf,
     addr: SocketAddr,
+    metrics: Arc<crate::metrics::Metrics>,
     cancel: CancellationToken,
 ) -> Result<(), TftpError> {
-    let server = TftpServerBuilder::with_handler(ConfinedHandler::new(root))
+    let handler = ConfinedHandler::new(root).with_metrics(metrics);
+    let server = TftpServerBuilder::with_handler(handler)
         .timeout(TIMEOUT)
         .ignore_client_timeout()
         .max_send_retries(MAX_SEND_RETRIES)

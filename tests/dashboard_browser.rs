@@ -202,17 +202,19 @@ fn progress_bar_moves_live_and_screenshot_is_saved() {
         plan["install_id"].as_str().unwrap()
     );
     let auth = format!("Bearer {}", plan["token"].as_str().unwrap());
-    let report = |done: u64| {
-        let ev = event(
+    // 20 bytes/s by the installer's clock: an ETA once three reports span 3 s.
+    let report = |done: u64, elapsed_ms: u64| {
+        let mut ev = event(
             "copy",
             json!({"kind": "progress", "done_bytes": done, "total_bytes": 200}),
         );
+        ev["elapsed_ms"] = json!(elapsed_ms);
         ureq::post(&s.url(&path))
             .set("Authorization", &auth)
             .send_json(ev)
             .unwrap();
     };
-    report(20);
+    report(20, 1000);
     d.sign_in(&s, &s.token);
     d.cmd("POST", "/url", json!({"url": s.url("/")}));
     assert_eq!(wait_for(&d, 10.0), 10.0, "server-rendered progress");
@@ -226,13 +228,13 @@ fn progress_bar_moves_live_and_screenshot_is_saved() {
         std::thread::sleep(Duration::from_millis(100));
     }
     d.script("window.rolloutMark = 1; return 0;");
-    report(120);
+    report(120, 6000);
     assert_eq!(
         wait_for(&d, 60.0),
         60.0,
         "progress bar did not follow the install"
     );
-    report(180);
+    report(180, 9000);
     assert_eq!(wait_for(&d, 90.0), 90.0);
     assert_eq!(
         d.script("return window.rolloutMark || 0;"),
@@ -249,6 +251,10 @@ fn progress_bar_moves_live_and_screenshot_is_saved() {
             .starts_with("copy 90% · 180 B / 200 B · "),
         "{stage}"
     );
+    assert!(
+        stage.as_str().unwrap().ends_with(" · ETA 1s"),
+        "20 B left at 20 B/s: {stage}"
+    );
 
     let png = d.cmd("GET", "/screenshot", Value::Null);
     let b64 = png.as_str().unwrap();
@@ -258,10 +264,17 @@ fn progress_bar_moves_live_and_screenshot_is_saved() {
     std::fs::write(&out, &bytes).unwrap();
     eprintln!("screenshot: {}", out.display());
 
-    // The node page renders too, without JavaScript involvement.
+    // The node page renders too, without JavaScript involvement (a fresh
+    // report first: the test server times an install out after 5 s).
+    report(190, 9500);
     d.cmd("POST", "/url", json!({"url": s.url("/nodes/node1")}));
     let h1 = d.script("return document.querySelector('h1').textContent;");
     assert!(h1.as_str().unwrap().contains("node1"), "{h1}");
+    let body = d.script("return document.body.textContent;");
+    assert!(
+        body.as_str().unwrap().contains("ETA 1s"),
+        "node page: {body}"
+    );
 }
 
 /// The node page's reinstall button in a real browser: no page without signing

@@ -575,6 +575,26 @@ fn cli_and_api_power_a_node_and_reinstall_it_now() {
         last["error"].as_str().unwrap().contains("does not answer"),
         "{hist}"
     );
+    // Each BMC call is on /metrics, by driver, operation and outcome.
+    let metrics = s.admin_text("/metrics");
+    let calls = |op: &str, outcome: &str| -> f64 {
+        let series = format!(
+            r#"rollout_bmc_calls_total{{driver="ipmi",operation="{op}",outcome="{outcome}"}}"#
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(calls("off", "ok"), 1.0, "{metrics}");
+    assert_eq!(calls("on", "ok"), 1.0, "{metrics}");
+    assert_eq!(calls("boot_once_pxe", "ok"), 1.0, "{metrics}");
+    assert_eq!(calls("cycle", "ok"), 1.0, "{metrics}");
+    assert!(
+        calls("status", "ok") >= 2.0,
+        "the poll and the CLI: {metrics}"
+    );
+    assert_eq!(calls("status", "unreachable"), 1.0, "{metrics}");
     // --all names every declared node.
     let (ok, out, err) = s.cli(&["node", "reinstall", "--all"]);
     assert!(

@@ -45,7 +45,7 @@ fn tftp_serves_ipxe_with_large_blksize_and_refuses_escapes() {
     if !can_run(&["curl"]) {
         return;
     }
-    let (_dir, net, srv) = setup("t");
+    let (dir, net, srv) = setup("t");
     let want = std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap();
     for blksize in ["512", "1468", "8192"] {
         let (ok, body, err) = curl(
@@ -127,6 +127,48 @@ fn tftp_serves_ipxe_with_large_blksize_and_refuses_escapes() {
     assert!(srv
         .log_text()
         .contains("refused: path leaves the TFTP root"));
+    // /metrics counted each transfer by outcome, and the bytes sent.
+    let token = std::fs::read_to_string(dir.path().join("state/admin.token")).unwrap();
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let metrics = loop {
+        let (ok, body, err) = curl(&net, &["-H", &auth, "http://10.44.0.1/metrics"]);
+        assert!(ok, "{err}");
+        let text = String::from_utf8(body).unwrap();
+        // Eight copies of undionly.kpxe and one of snponly.efi, each counted
+        // when the server lets go of the transfer.
+        if value(&text, r#"rollout_tftp_transfers_total{outcome="complete"}"#) == 9.0
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let complete = value(
+        &metrics,
+        r#"rollout_tftp_transfers_total{outcome="complete"}"#,
+    );
+    assert_eq!(complete, 9.0, "{metrics}");
+    let refused = value(
+        &metrics,
+        r#"rollout_tftp_transfers_total{outcome="refused"}"#,
+    );
+    assert_eq!(refused, 2.0, "{metrics}");
+    let missing = value(
+        &metrics,
+        r#"rollout_tftp_transfers_total{outcome="not_found"}"#,
+    );
+    assert_eq!(missing, 1.0, "{metrics}");
+    let snponly = std::fs::metadata("/usr/lib/ipxe/snponly.efi")
+        .unwrap()
+        .len();
+    let sent = (8 * want.len() as u64 + snponly) as f64;
+    assert_eq!(value(&metrics, "rollout_tftp_sent_bytes_total"), sent);
 }
 
 /// What one raw read request got.

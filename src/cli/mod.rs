@@ -4,6 +4,7 @@
 pub mod nodes;
 pub mod operators;
 pub mod power;
+pub mod watch;
 
 use crate::api_client as client;
 use anyhow::Context;
@@ -23,8 +24,41 @@ pub struct Cli {
     /// The server's config file (also tells the CLI where the server and its state are).
     #[arg(long, short, global = true, default_value = DEFAULT_CONFIG, env = "ROLLOUT_CONFIG")]
     pub config: PathBuf,
+    /// How log lines look: `text` for people, `json` (one object a line with
+    /// level, target, fields and the spans, e.g. a DHCP packet's mac and xid)
+    /// for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ROLLOUT_LOG_FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs (to stdout, where the lab and the tests read them), filtered by
+/// `ROLLOUT_LOG` (default: info, quieter for the HTTP and TFTP libraries).
+pub fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLOUT_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,tower_http=warn,async_tftp=warn")
+    });
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => fmt
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+        // `span`: the innermost span's fields; `spans`: every enclosing one.
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -49,7 +83,7 @@ pub enum Command {
     #[command(subcommand)]
     Operator(operators::OperatorCmd),
     /// Live progress of every install, until interrupted.
-    Watch(nodes::WatchArgs),
+    Watch(watch::WatchArgs),
     /// Run a command on nodes over SSH with the server's key.
     Exec(crate::fleet::ExecArgs),
     /// Bring nodes to their image's published serial (runs rollout-sync on each).
@@ -160,7 +194,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             operators::run(cmd, &client::Client::from_config(&load(&cli.config)?)?)?
         }
         Command::Watch(args) => {
-            nodes::watch(args, &client::Client::from_config(&load(&cli.config)?)?)?
+            watch::watch(args, &client::Client::from_config(&load(&cli.config)?)?)?
         }
         Command::Exec(args) => {
             let config = load(&cli.config)?;

@@ -4,8 +4,6 @@
 use crate::api_client::Client;
 use crate::inventory::{NodeRecord, NodeState};
 use serde_json::json;
-use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Write};
 
 #[derive(clap::Subcommand)]
 pub enum NodeCmd {
@@ -66,13 +64,6 @@ pub enum DiscoveredCmd {
     Ignore { mac: String },
 }
 
-#[derive(clap::Args)]
-pub struct WatchArgs {
-    /// Print the table once and exit.
-    #[arg(long)]
-    pub once: bool,
-}
-
 /// `[#######.............]  35%`
 pub fn progress_bar(n: &NodeRecord, width: usize) -> String {
     let pct = crate::http::percent(n) as usize;
@@ -111,6 +102,7 @@ pub fn render_table(nodes: &[NodeRecord], now: u64) -> String {
         "STAGE".into(),
         "PROGRESS".into(),
         "ELAPSED".into(),
+        "ETA".into(),
         "LAST ERROR".into(),
     ]];
     for n in nodes {
@@ -137,9 +129,23 @@ pub fn render_table(nodes: &[NodeRecord], now: u64) -> String {
                 "-".into()
             },
             elapsed,
+            eta_cell(n),
             n.last_error.clone().unwrap_or_default(),
         ]);
     }
+    align(rows)
+}
+
+/// The ETA column: time left in a running copy, `-` otherwise.
+pub fn eta_cell(n: &NodeRecord) -> String {
+    match (n.state, n.eta_secs) {
+        (NodeState::Installing, Some(s)) => crate::inventory::progress::human_duration(s),
+        _ => "-".into(),
+    }
+}
+
+/// Rows as columns padded to their widest cell (two spaces apart).
+pub fn align(rows: Vec<Vec<String>>) -> String {
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
@@ -282,55 +288,6 @@ pub fn run_discovered(cmd: DiscoveredCmd, c: &Client) -> anyhow::Result<()> {
             let n: NodeRecord =
                 c.post(&format!("/api/v1/discovered/{}/ignore", enc(&mac)), None)?;
             println!("{} ({}) ignored", n.hostname, n.mac);
-        }
-    }
-    Ok(())
-}
-
-/// Follows the server's event stream and redraws the table (or, when stdout is
-/// not a terminal, prints one line per change).
-pub fn watch(args: WatchArgs, c: &Client) -> anyhow::Result<()> {
-    let mut nodes: BTreeMap<String, NodeRecord> = c
-        .get::<Vec<NodeRecord>>("/api/v1/nodes")?
-        .into_iter()
-        .map(|n| (n.mac.clone(), n))
-        .collect();
-    let tty = std::io::stdout().is_terminal();
-    let draw = |nodes: &BTreeMap<String, NodeRecord>| {
-        let mut list: Vec<NodeRecord> = nodes.values().cloned().collect();
-        list.sort_by(|a, b| a.hostname.cmp(&b.hostname));
-        let mut out = std::io::stdout().lock();
-        if tty {
-            let _ = write!(out, "\x1b[H\x1b[2J");
-        }
-        let _ = write!(out, "{}", render_table(&list, crate::clock::now_unix()));
-        let _ = out.flush();
-    };
-    draw(&nodes);
-    if args.once {
-        return Ok(());
-    }
-    let reader = std::io::BufReader::new(c.events()?);
-    for line in reader.lines() {
-        let line = line?;
-        let Some(data) = line.strip_prefix("data:") else {
-            continue;
-        };
-        let Ok(n) = serde_json::from_str::<NodeRecord>(data.trim()) else {
-            continue;
-        };
-        if tty {
-            nodes.insert(n.mac.clone(), n);
-            draw(&nodes);
-        } else {
-            println!(
-                "{}  {}  {}  {}",
-                n.hostname,
-                n.state.as_str(),
-                n.stage.as_deref().unwrap_or("-"),
-                progress_bar(&n, 20)
-            );
-            nodes.insert(n.mac.clone(), n);
         }
     }
     Ok(())

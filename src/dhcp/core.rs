@@ -6,7 +6,7 @@ use super::leases::{Lease, LeaseState, LeaseTable, Range};
 use super::limits::{RateLimit, TokenBucket};
 use super::pxe::{boot_offer, BootOffer, BootTargets, ClientClass};
 use crate::config::DhcpMode;
-use crate::counters::Counters;
+use crate::metrics::Metrics;
 use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -86,7 +86,7 @@ pub struct DhcpCore {
     pub leases: LeaseTable,
     /// Allocations to clients with no reservation and no lease.
     new_clients: TokenBucket,
-    counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
     last_limit_warn: Option<u64>,
     /// `[dhcp] ping_before_offer`: the interface to probe on.
     probe_interface: Option<String>,
@@ -117,7 +117,7 @@ fn server_id(msg: &Message) -> Option<Ipv4Addr> {
 }
 
 impl DhcpCore {
-    /// The core with the default new-client rate limit and counters of its own.
+    /// The core with the default new-client rate limit and metrics of its own.
     /// The server's, router and DNS addresses of every subnet are never leased.
     pub fn new(cfg: CoreConfig, mut leases: LeaseTable) -> DhcpCore {
         let subnets = std::iter::once(&cfg.local).chain(&cfg.relays);
@@ -130,7 +130,7 @@ impl DhcpCore {
             cfg,
             leases,
             new_clients: TokenBucket::new(RateLimit::default(), 0),
-            counters: Arc::default(),
+            metrics: Arc::default(),
             last_limit_warn: None,
             probe_interface: None,
         }
@@ -173,14 +173,30 @@ impl DhcpCore {
         self
     }
 
-    /// Counts failures into `counters` (the server's, shown on /healthz).
-    pub fn with_counters(mut self, counters: Arc<Counters>) -> DhcpCore {
-        self.counters = counters;
+    /// Counts failures into `metrics` (the server's, shown on /healthz).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> DhcpCore {
+        self.metrics = metrics;
         self
     }
 
-    pub fn counters(&self) -> &Arc<Counters> {
-        &self.counters
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Active and free addresses of the local range and each relayed one.
+    pub fn lease_usage(&self, now: u64) -> Vec<crate::metrics::RangeUsage> {
+        std::iter::once(&self.cfg.local)
+            .chain(&self.cfg.relays)
+            .filter_map(|s| s.range)
+            .map(|r| {
+                let (active, free) = self.leases.usage(&r, now);
+                crate::metrics::RangeUsage {
+                    range: format!("{}-{}", r.first, r.last),
+                    active,
+                    free,
+                }
+            })
+            .collect()
     }
 
     /// Whether `mac` is new to the pool: no reservation and no lease of any kind.
@@ -191,7 +207,7 @@ impl DhcpCore {
     /// A new client refused by the rate limit: counted, and warned about once
     /// every [`LIMIT_WARN_EVERY_SECS`].
     fn rate_limited(&mut self, mac: &str, what: &str, now: u64) -> Outcome {
-        let total = Counters::bump(&self.counters.dhcp_rate_limited);
+        let total = Metrics::bump(&self.metrics.dhcp_rate_limited);
         let line = format!("{mac}: {what} unanswered: new clients are coming faster than dhcp.new_clients_per_minute allows ({total} refused so far; declared nodes and existing leases are not limited). A flood of made-up MACs, or real machines? Then raise new_clients_per_minute / new_clients_burst");
         if self
             .last_limit_warn
@@ -206,7 +222,7 @@ impl DhcpCore {
 
     /// A lease the store refused: counted, warned, and not acknowledged.
     fn not_persisted(&self, what: String, e: crate::db::StoreError) -> Outcome {
-        let total = Counters::bump(&self.counters.dhcp_persist_failures);
+        let total = Metrics::bump(&self.metrics.dhcp_persist_failures);
         Outcome::Warn(format!(
             "{what}: cannot persist the lease ({e}); not acknowledged ({total} such failures so far): check the disk holding state_dir/rollout.db"
         ))

@@ -451,10 +451,7 @@ fn a_random_mac_flood_is_rate_limited_while_known_clients_keep_their_addresses()
         warned, 1,
         "one warning per flood second, not one per packet"
     );
-    let counted = c
-        .counters()
-        .dhcp_rate_limited
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let counted = c.metrics().dhcp_rate_limited.get();
     assert_eq!(counted, 98);
     // INIT-REBOOT REQUESTs from new MACs bind nothing either.
     let o = c.handle(
@@ -526,6 +523,6 @@ fn a_lease_that_cannot_be_persisted_is_not_acknowledged_and_is_counted() {
         ),
         other => panic!("expected a warning and no ACK, got {other:?}"),
     }
-    let failures = &c.counters().dhcp_persist_failures;
-    assert_eq!(failures.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let failures = &c.metrics().dhcp_persist_failures;
+    assert_eq!(failures.get(), 1);
 }

@@ -196,6 +196,33 @@ impl LeaseTable {
                 .is_some_and(|m| m != mac)
     }
 
+    /// `(active, free)` in `range` at `now`: bound leases that have not expired,
+    /// and addresses a new client could be offered (not held by any lease,
+    /// not reserved for a node, not excluded). For `/metrics`.
+    pub fn usage(&self, range: &Range, now: u64) -> (u64, u64) {
+        let (first, last) = (u32::from(range.first), u32::from(range.last));
+        if last < first {
+            return (0, 0);
+        }
+        let (mut active, mut held) = (0, 0);
+        for l in self.by_ip.range(first..=last).map(|(_, l)| l) {
+            if l.holds(now) {
+                held += 1;
+                active += u64::from(l.state == LeaseState::Bound);
+            }
+        }
+        let held_at = |ip: &u32| self.by_ip.get(ip).is_some_and(|l| l.holds(now));
+        let blocked: std::collections::HashSet<u32> = self
+            .excluded
+            .iter()
+            .chain(self.reserved_ips.keys())
+            .filter(|ip| (first..=last).contains(*ip) && !held_at(ip))
+            .copied()
+            .collect();
+        let size = u64::from(last - first) + 1;
+        (active, size - held - blocked.len() as u64)
+    }
+
     /// Whether `mac` may have `ip` at `now`: nobody else holds it and it is not
     /// reserved for another node.
     pub fn available_to(&self, ip: Ipv4Addr, mac: &str, now: u64) -> bool {
@@ -314,6 +341,43 @@ mod tests {
             state: LeaseState::Bound,
         })
         .unwrap();
+    }
+
+    #[test]
+    fn usage_counts_bound_leases_and_what_a_new_client_could_get() {
+        let r = Range {
+            first: ip("10.0.0.10"),
+            last: ip("10.0.0.19"),
+        };
+        let mut t = table(&[("node1", "10.0.0.15")]);
+        t.exclude([ip("10.0.0.10")]);
+        assert_eq!(
+            t.usage(&r, 100),
+            (0, 8),
+            "10 minus a reservation and an excluded address"
+        );
+        bind(&mut t, "a", ip("10.0.0.11"), 1000);
+        bind(&mut t, "b", ip("10.0.0.12"), 150);
+        bind(&mut t, "node1", ip("10.0.0.15"), 1000);
+        t.record(Lease {
+            ip: ip("10.0.0.13"),
+            mac: "c".into(),
+            expires: 1000,
+            state: LeaseState::Released,
+        })
+        .unwrap();
+        assert_eq!(
+            t.usage(&r, 100),
+            (3, 6),
+            "the reservation's holder counts once"
+        );
+        // b's lease expires: its address is free again.
+        assert_eq!(t.usage(&r, 200), (2, 7));
+        let outside = Range {
+            first: ip("10.1.0.1"),
+            last: ip("10.1.0.4"),
+        };
+        assert_eq!(t.usage(&outside, 100), (0, 4));
     }
 
     #[test]

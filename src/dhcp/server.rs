@@ -2,7 +2,7 @@
 //! one tracing span per transaction, and replies finished before shutdown.
 
 use super::core::{DhcpCore, Outcome, Reply, Via};
-use crate::counters::Counters;
+use crate::metrics::Metrics;
 use dhcproto::v4::{Message, MessageType};
 use dhcproto::Encodable;
 use std::io;
@@ -63,7 +63,7 @@ pub fn handle_packet(core: &Mutex<DhcpCore>, msg: &Message, via: Via, now: u64) 
     let handled = std::panic::catch_unwind(AssertUnwindSafe(|| lock(core).handle(msg, via, now)));
     handled.unwrap_or_else(|_| {
         let mut c = lock(core);
-        let total = Counters::bump(&c.counters().dhcp_panics);
+        let total = Metrics::bump(&c.metrics().dhcp_panics);
         // The reload reads the store that may just have panicked: guarded too.
         let reloaded = std::panic::catch_unwind(AssertUnwindSafe(|| c.recover()));
         let state = match reloaded {
@@ -155,6 +155,34 @@ fn log_outcome(outcome: Outcome) {
     }
 }
 
+/// The `type` label of a request: its DHCP message type, lower case.
+pub fn type_label(kind: Option<MessageType>) -> &'static str {
+    match kind {
+        Some(MessageType::Discover) => "discover",
+        Some(MessageType::Request) => "request",
+        Some(MessageType::Decline) => "decline",
+        Some(MessageType::Release) => "release",
+        Some(MessageType::Inform) => "inform",
+        None => "none",
+        Some(_) => "other",
+    }
+}
+
+/// The `outcome` label: the reply's type, or what happened without one.
+pub fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Reply(r) => match r.msg.opts().msg_type() {
+            Some(MessageType::Offer) => "offer",
+            Some(MessageType::Ack) => "ack",
+            Some(MessageType::Nak) => "nak",
+            _ => "reply",
+        },
+        Outcome::Done(_) => "done",
+        Outcome::Ignore(_) => "ignored",
+        Outcome::Warn(_) => "failed",
+    }
+}
+
 /// Serves one socket until `cancel` fires. The in-flight request is always finished:
 /// cancellation is only observed while waiting for the next packet.
 pub async fn run(
@@ -163,9 +191,9 @@ pub async fn run(
     proxy_port: bool,
     cancel: CancellationToken,
 ) -> io::Result<()> {
-    let (counters, probe_on) = {
+    let (metrics, probe_on) = {
         let c = lock(&core);
-        (c.counters().clone(), c.probe_interface().map(String::from))
+        (c.metrics().clone(), c.probe_interface().map(String::from))
     };
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; 2048];
@@ -184,11 +212,13 @@ pub async fn run(
         let msg = match decoded {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
+                metrics.dhcp("malformed", "dropped");
                 debug!(%src, len, error = %e, "dropping malformed DHCP packet");
                 continue;
             }
             Err(_) => {
-                let total = Counters::bump(&counters.dhcp_panics);
+                metrics.dhcp("malformed", "dropped");
+                let total = Metrics::bump(&metrics.dhcp_panics);
                 warn!(%src, len, total, "dropping a DHCP packet that crashed the decoder");
                 continue;
             }
@@ -206,6 +236,7 @@ pub async fn run(
             let outcome = tokio::task::block_in_place(|| {
                 handle_packet(&core, &msg, via, crate::clock::now_unix())
             });
+            metrics.dhcp(type_label(kind), outcome_label(&outcome));
             match (outcome, &probe_on) {
                 (Outcome::Reply(reply), Some(iface)) if reply.probe.is_some() => {
                     let task = probe_then_offer(
@@ -235,7 +266,6 @@ mod tests {
     use crate::dhcp::pxe::BootTargets;
     use crate::dhcp::{CoreConfig, Subnet};
     use dhcproto::v4::{DhcpOption, MessageType, Opcode};
-    use std::sync::atomic::Ordering;
 
     /// A store whose disk "breaks" with a panic on the first write.
     struct PanickingStore;
@@ -319,8 +349,8 @@ mod tests {
             "{o:?}"
         );
         assert!(!core.is_poisoned(), "the lock is usable again");
-        let c = lock(&core).counters().clone();
-        assert_eq!(c.dhcp_panics.load(Ordering::Relaxed), 1);
+        let c = lock(&core).metrics().clone();
+        assert_eq!(c.dhcp_panics.get(), 1);
         // The next client is served, and the half-done offer was dropped on reload.
         let next = handle_packet(&core, &packet(MessageType::Discover, 2), Via::Server, now);
         assert_eq!(offered(next), Some("10.44.0.100".parse().unwrap()));

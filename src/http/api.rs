@@ -181,6 +181,7 @@ pub async fn plan(
         Ok(r) => r,
         Err(e) => return inventory_error(e),
     };
+    state.metrics.installs_started.inc();
     // The install's rsync user must be in the secrets file before the
     // installer tries it.
     if let Some(modules) = &state.rsync_modules {
@@ -266,6 +267,7 @@ pub async fn event(
     let inv = &state.inventory;
     match tokio::task::block_in_place(|| inv.record_event(&id, token, &ev)) {
         Ok(rec) => {
+            count_event(&state.metrics, &ev, &rec);
             let span = tracing::info_span!("install", mac = %rec.mac, hostname = %rec.hostname);
             let _g = span.enter();
             match &ev.kind {
@@ -294,6 +296,29 @@ pub async fn event(
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => inventory_error(e),
+    }
+}
+
+/// An install's end (outcome, duration) and its copy's throughput, in the metrics.
+fn count_event(
+    m: &crate::metrics::Metrics,
+    ev: &ProgressEvent,
+    rec: &crate::inventory::NodeRecord,
+) {
+    match &ev.kind {
+        EventKind::Installed { .. } => {
+            m.install_finished("installed");
+            if let (Some(start), Some(end)) = (rec.install_started, rec.installed_at) {
+                m.install_duration.observe(end.saturating_sub(start) as f64);
+            }
+        }
+        EventKind::Failed { .. } => m.install_finished("failed"),
+        EventKind::Done if ev.step == crate::wire::Step::Copy => {
+            if let Some(rate) = rec.copy_rate {
+                m.copy_throughput.observe(rate as f64);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -104,8 +104,8 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-/// Stage, percent, bytes and elapsed time of a running install; the page's
-/// JavaScript builds the same text from live events.
+/// Stage, percent, bytes, elapsed time and ETA of a running install; the
+/// page's JavaScript builds the same text from live events.
 pub fn progress_text(n: &NodeRecord, now: u64) -> String {
     if n.state != NodeState::Installing {
         return String::new();
@@ -120,6 +120,10 @@ pub fn progress_text(n: &NodeRecord, now: u64) -> String {
     }
     if let Some(start) = n.install_started {
         t.push_str(&format!(" · {}s", now.saturating_sub(start)));
+    }
+    if let Some(eta) = n.eta_secs {
+        let left = crate::inventory::progress::human_duration(eta);
+        t.push_str(&format!(" · ETA {left}"));
     }
     t
 }
@@ -210,6 +214,11 @@ mod tests {
         n.total_bytes = 3 << 30;
         n.install_started = Some(100);
         assert_eq!(progress_text(&n, 142), "copy 50% · 1.5 GiB / 3.0 GiB · 42s");
+        n.eta_secs = Some(245);
+        assert_eq!(
+            progress_text(&n, 142),
+            "copy 50% · 1.5 GiB / 3.0 GiB · 42s · ETA 4m05s"
+        );
         n.state = NodeState::Installed;
         assert_eq!(progress_text(&n, 142), "");
         assert_eq!(human_bytes(512), "512 B");

@@ -13,7 +13,7 @@ mod power;
 
 pub use api::published_serial;
 pub use auth::Sessions;
-pub use dashboard::percent;
+pub use dashboard::{human_bytes, percent};
 pub use openapi::{documented_operations, spec_mismatches};
 
 use crate::config::ValidConfig;
@@ -45,7 +45,7 @@ pub struct AppState {
     /// says the serial's module is in rsyncd.conf.
     pub rsync_modules: Option<crate::images::rsyncd::RsyncModules>,
     /// Failures the services survived, printed by `/healthz`.
-    pub counters: Arc<crate::counters::Counters>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Fires when the server shuts down: live streams (SSE) end on it.
     pub shutdown: CancellationToken,
 }
@@ -135,7 +135,25 @@ pub fn api_routes() -> Vec<(String, String)> {
 /// monitor that only checks the status still works, one that reads the body
 /// sees trouble.
 async fn healthz(State(state): State<Shared>) -> String {
-    format!("ok\n{}", state.counters.render())
+    format!("ok\n{}", state.metrics.healthz())
+}
+
+/// `GET /metrics`: the Prometheus text exposition. A read like any other
+/// (node names and states are in it): a credential of any role, or nobody with
+/// `server.anonymous_read`; Prometheus sends a `read` operator's token with
+/// `authorization: { credentials_file: … }`.
+async fn metrics(State(state): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    if let Err(refused) = auth::require_read(&state, &headers) {
+        return refused;
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Request bodies larger than this are refused with 413: node declarations and
@@ -168,6 +186,7 @@ pub fn router(state: Shared) -> Router {
     let ipxe_dir = state.config.tftp_root.clone();
     let mut app = Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/boot.ipxe", get(boot::script));
     for r in api_table() {
         let limit = DefaultBodyLimit::max(body_limit(&r.path));
@@ -175,11 +194,17 @@ pub fn router(state: Shared) -> Router {
         app = app.route(&r.path, r.handler.layer(limit));
     }
     app.merge(dashboard::routes())
+        // Nested trees: list a new one in crate::metrics::http::NESTED too.
         .nest_service("/boot", ServeDir::new(boot_dir))
         // UEFI HTTP boot clients fetch their first stage by URL instead of TFTP.
         .nest_service("/ipxe", ServeDir::new(ipxe_dir))
         // Dashboard forms and anything not in the API table.
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // After routing (Router::layer wraps each route): the route template is known.
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::http::count,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -60,6 +60,7 @@ async fn with_driver<T: Send + 'static>(
     let efi = power::wants_efi(bmc.boot_mode, node.firmware.as_deref());
     let interface = state.config.server.interface.clone();
     let timeout = Duration::from_secs(state.config.power.timeout);
+    let metrics = state.metrics.clone();
     let joined = tokio::task::spawn_blocking(move || {
         let target = power::Target {
             node: &hostname,
@@ -68,7 +69,7 @@ async fn with_driver<T: Send + 'static>(
             interface: interface.as_deref(),
             timeout,
         };
-        let driver = power::driver(&target)?;
+        let driver = power::metered::metered(&target, metrics)?;
         f(driver.as_ref(), efi)
     })
     .await;

@@ -302,7 +302,7 @@ pub struct Supervisor {
     pub refresh_every: Duration,
     pub rsync: PathBuf,
     /// Where failed rewrites of rsyncd.conf are counted (the server's, on /healthz).
-    pub counters: std::sync::Arc<crate::counters::Counters>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Who may read which image (none by default: nothing is readable).
     pub users: UserSource,
     modules: RsyncModules,
@@ -321,7 +321,7 @@ impl Supervisor {
             settings,
             refresh_every: Duration::from_secs(2),
             rsync: PathBuf::from("rsync"),
-            counters: Default::default(),
+            metrics: Default::default(),
             users: std::sync::Arc::new(Vec::new),
         }
     }
@@ -336,7 +336,7 @@ impl Supervisor {
             settings,
             refresh_every,
             rsync,
-            counters,
+            metrics,
             users,
             modules: _modules,
             requests,
@@ -345,7 +345,7 @@ impl Supervisor {
             settings,
             refresh_every,
             rsync,
-            counters,
+            metrics,
             users,
         }
         .run(requests, cancel)
@@ -358,7 +358,7 @@ struct Daemon {
     settings: RsyncdSettings,
     refresh_every: Duration,
     rsync: PathBuf,
-    counters: std::sync::Arc<crate::counters::Counters>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     users: UserSource,
 }
 
@@ -379,7 +379,7 @@ impl Daemon {
             }
             Ok(false) => true,
             Err(e) => {
-                let total = crate::counters::Counters::bump(&self.counters.rsyncd_config_failures);
+                let total = crate::metrics::Metrics::bump(&self.metrics.rsyncd_config_failures);
                 tracing::warn!(total, "could not update rsyncd.conf: {e}; the rsync daemon keeps its previous modules, new serials are not served until this is fixed");
                 false
             }
@@ -583,7 +583,7 @@ mod tests {
         settings.port = testkit::ports::free_port();
         let mut supervisor = Supervisor::new(settings.clone());
         supervisor.refresh_every = Duration::from_millis(200);
-        let counters = supervisor.counters.clone();
+        let metrics = supervisor.metrics.clone();
         let cancel = CancellationToken::new();
         let running = tokio::spawn(supervisor.run(cancel.clone()));
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -591,9 +591,7 @@ mod tests {
             !running.is_finished(),
             "the supervisor gave up (and would stop the server)"
         );
-        let failures = counters
-            .rsyncd_config_failures
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let failures = metrics.rsyncd_config_failures.get();
         assert!(failures >= 1, "the failure was not counted");
         // Fixed: the next retry writes the file and starts the daemon.
         std::fs::remove_file(&blocker).unwrap();

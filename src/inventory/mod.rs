@@ -4,6 +4,7 @@
 //! history line in one transaction, then broadcast to dashboards.
 
 pub mod limits;
+pub mod progress;
 pub mod secrets;
 pub mod sqlite;
 pub mod state;
@@ -51,6 +52,15 @@ pub struct NodeRecord {
     pub stage: Option<String>,
     pub done_bytes: u64,
     pub total_bytes: u64,
+    /// Seconds left in the copy at its current rate (a moving average of the
+    /// installer's reports, [`progress`]); absent until there are enough
+    /// reports, and outside the copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_secs: Option<u64>,
+    /// Bytes per second: the copy's current rate while it runs, its average
+    /// over the whole copy once done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_rate: Option<u64>,
     pub last_error: Option<String>,
     pub console_tail: Vec<String>,
     pub installs: u64,
@@ -124,6 +134,8 @@ impl NodeRecord {
             stage: None,
             done_bytes: 0,
             total_bytes: 0,
+            eta_secs: None,
+            copy_rate: None,
             last_error: None,
             console_tail: vec![],
             installs: 0,
@@ -284,6 +296,9 @@ pub struct Inventory {
     write: Mutex<()>,
     changes: broadcast::Sender<NodeRecord>,
     discovery: Mutex<limits::DiscoveryLimiter>,
+    /// The copy rate of each running install, by install id (in memory: after
+    /// a restart the estimate starts over from the next reports).
+    rates: Mutex<std::collections::HashMap<String, progress::CopyRate>>,
     pub policy: Policy,
 }
 
@@ -295,6 +310,7 @@ impl Inventory {
             write: Mutex::new(()),
             changes,
             discovery: Mutex::default(),
+            rates: Mutex::default(),
             policy,
         }
     }
@@ -511,6 +527,8 @@ impl Inventory {
         rec.stage = Some(crate::wire::Step::FetchPlan.as_str().into());
         rec.done_bytes = 0;
         rec.total_bytes = 0;
+        rec.eta_secs = None;
+        rec.copy_rate = None;
         rec.last_error = None;
         rec.console_tail.clear();
         rec.installs += 1;
@@ -541,6 +559,7 @@ impl Inventory {
         let ev = &capped(ev);
         rec.stage = Some(ev.step.as_str().into());
         rec.reported_at = Some(now());
+        self.track_copy(&mut rec, install_id, ev);
         match &ev.kind {
             EventKind::Started | EventKind::Done => {
                 Self::transition(&mut rec, Transition::Progress)?
@@ -587,6 +606,42 @@ impl Inventory {
             return Ok(rec);
         }
         self.commit(rec, event)
+    }
+
+    /// Feeds the copy's reports to its rate estimate and puts the ETA and rate
+    /// on the record; the copy's end leaves its average rate there.
+    fn track_copy(&self, rec: &mut NodeRecord, install_id: &str, ev: &ProgressEvent) {
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        match (&ev.kind, ev.step) {
+            (
+                EventKind::Progress {
+                    done_bytes,
+                    total_bytes,
+                },
+                crate::wire::Step::Copy,
+            ) => {
+                let rate = rates.entry(install_id.to_string()).or_default();
+                rate.add(ev.elapsed_ms, *done_bytes);
+                let current = rate.rate();
+                rec.copy_rate = current.map(|r| r as u64);
+                rec.eta_secs = match progress::eta(current, *done_bytes, *total_bytes) {
+                    progress::Eta::Remaining(s) => Some(s),
+                    progress::Eta::Finished => Some(0),
+                    progress::Eta::Unknown => None,
+                };
+            }
+            (EventKind::Done, crate::wire::Step::Copy) => {
+                if let Some(rate) = rates.remove(install_id) {
+                    rec.copy_rate = rate.average().map(|r| r as u64);
+                }
+                rec.eta_secs = None;
+            }
+            (EventKind::Installed { .. } | EventKind::Failed { .. }, _) => {
+                rates.remove(install_id);
+                rec.eta_secs = None;
+            }
+            _ => {}
+        }
     }
 
     pub fn phone_home(&self, ph: &PhoneHome) -> Result<NodeRecord, InventoryError> {

@@ -20,6 +20,16 @@ pub enum NodeState {
 }
 
 impl NodeState {
+    /// Every state, in the order a node usually goes through them.
+    pub const ALL: [NodeState; 6] = [
+        NodeState::Discovered,
+        NodeState::Ignored,
+        NodeState::Pending,
+        NodeState::Installing,
+        NodeState::Installed,
+        NodeState::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             NodeState::Discovered => "discovered",

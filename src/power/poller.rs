@@ -56,6 +56,7 @@ pub async fn run(
     settings: PowerConfig,
     interface: Option<String>,
     inventory: Arc<Inventory>,
+    metrics: Arc<crate::metrics::Metrics>,
     cancel: CancellationToken,
 ) {
     let nodes: Vec<PolledNode> = nodes
@@ -81,6 +82,7 @@ pub async fn run(
         for (hostname, mac, bmc) in nodes.iter().cloned() {
             let permits = permits.clone();
             let interface = interface.clone();
+            let metrics = metrics.clone();
             polls.spawn(async move {
                 let _permit = permits.acquire_owned().await.ok();
                 let answer = tokio::task::spawn_blocking(move || {
@@ -92,7 +94,7 @@ pub async fn run(
                         timeout,
                     };
                     let r: Result<PowerState, PowerError> =
-                        super::driver(&target).and_then(|d| d.status());
+                        super::metered::metered(&target, metrics).and_then(|d| d.status());
                     (mac, r)
                 })
                 .await;

@@ -59,6 +59,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("chromedriver", "chromium-driver"),
     ("ipmitool", "ipmitool"),
     ("ipmi_sim", "openipmi"),
+    ("prometheus", "prometheus"),
+    ("tmux", "tmux"),
 ];
 
 /// The message a strict run fails with; `{why}` goes in front.

@@ -117,6 +117,11 @@ pub fn write_config(dir: &Path, body: &str) -> PathBuf {
 
 impl Server {
     pub fn start(net: &Net, config: &Path) -> Server {
+        Server::start_with(net, config, &[])
+    }
+
+    /// [`Server::start`] with more arguments for `rollout serve` (`--log-format json`).
+    pub fn start_with(net: &Net, config: &Path, extra: &[&str]) -> Server {
         let log = config.with_file_name(format!(
             "server-{}.log",
             Instant::now().elapsed().as_nanos()
@@ -136,6 +141,7 @@ impl Server {
                 "--config",
             ])
             .arg(config)
+            .args(extra)
             .env("ROLLOUT_LOG", "debug,tower_http=info")
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)

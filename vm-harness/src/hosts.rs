@@ -12,6 +12,7 @@ use crate::config::{BRIDGE, PREFIX_LEN};
 use crate::error::{IoContext, Result};
 use crate::netns::Netns;
 use crate::proc::{run, ProcessGroup};
+use crate::vlan::VlanPort;
 
 /// The bridge of a routed subnet, inside its router's namespace.
 pub const SUBNET_BRIDGE: &str = "rbr1";
@@ -24,6 +25,8 @@ pub struct Host {
     /// The routed subnet's bridge address (`Some` for a router).
     subnet: Option<Ipv4Addr>,
     procs: Vec<ProcessGroup>,
+    /// User-space VLAN ports; stopped before the namespace goes.
+    vlans: Vec<VlanPort>,
     // Last: dropped after the processes running inside it.
     netns: Netns,
 }
@@ -48,6 +51,7 @@ impl Host {
             address,
             subnet: None,
             procs: Vec::new(),
+            vlans: Vec::new(),
             netns,
         })
     }
@@ -85,6 +89,50 @@ impl Host {
 
     /// Runs `program ARGS…` inside this host until the host is dropped, output
     /// appended to `log`.
+    /// Puts this host on VLAN `vid` of the lab bridge at `address` (a /24):
+    /// a user-space VLAN port ([`VlanPort`]) on its link into the bridge
+    /// gives it the interface `vlan<vid>`, which it returns.
+    pub fn join_vlan(&mut self, vid: u16, address: Ipv4Addr) -> Result<String> {
+        let tap = format!("vlan{vid}");
+        let port = VlanPort::start(self.netns.name(), "eth0", &tap, vid).map_err(|e| {
+            crate::error::Error::Netns {
+                ns: self.netns.name().into(),
+                message: format!("starting the user-space port of VLAN {vid}: {e}"),
+            }
+        })?;
+        self.vlans.push(port);
+        self.netns.ip(&[
+            "addr",
+            "add",
+            &format!("{address}/{PREFIX_LEN}"),
+            "dev",
+            &tap,
+        ])?;
+        self.netns.ip(&["link", "set", &tap, "up"])?;
+        Ok(tap)
+    }
+
+    /// Makes this host the router of VLAN `vid`'s subnet at `gateway` (see
+    /// [`Host::join_vlan`]): it forwards between the VLAN and the lab, and
+    /// the lab routes the subnet here.
+    pub(crate) fn route_vlan(
+        &mut self,
+        lab_ns: &Netns,
+        vid: u16,
+        gateway: Ipv4Addr,
+    ) -> Result<String> {
+        let tap = self.join_vlan(vid, gateway)?;
+        run(self
+            .netns
+            .command("sysctl")
+            .args(["-q", "-w", "net.ipv4.ip_forward=1"]))?;
+        let o = gateway.octets();
+        let subnet = format!("{}.{}.{}.0/{PREFIX_LEN}", o[0], o[1], o[2]);
+        lab_ns.ip(&["route", "add", &subnet, "via", &self.address.to_string()])?;
+        self.subnet = Some(gateway);
+        Ok(tap)
+    }
+
     pub fn spawn(&mut self, label: &str, program: &str, args: &[String], log: &Path) -> Result<()> {
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -126,13 +174,18 @@ pub fn site_dhcp_args(range: (Ipv4Addr, Ipv4Addr), router: Ipv4Addr, leases: &Pa
 /// dnsmasq as a DHCP relay (and nothing else): requests broadcast on the
 /// router's subnet go to `server` with giaddr = `giaddr`, replies come back.
 pub fn relay_args(giaddr: Ipv4Addr, server: Ipv4Addr) -> Vec<String> {
+    relay_args_on(SUBNET_BRIDGE, giaddr, server)
+}
+
+/// [`relay_args`] for a subnet on interface `downlink` (e.g. a VLAN's tap).
+pub fn relay_args_on(downlink: &str, giaddr: Ipv4Addr, server: Ipv4Addr) -> Vec<String> {
     vec![
         "--no-daemon".into(),
         "--conf-file=/dev/null".into(),
         "--port=0".into(),
         "--user=root".into(),
         "--log-dhcp".into(),
-        format!("--interface={SUBNET_BRIDGE}"),
+        format!("--interface={downlink}"),
         "--interface=eth0".into(),
         format!("--dhcp-relay={giaddr},{server}"),
     ]

@@ -283,6 +283,24 @@ impl Lab {
         Ok(self.hosts.last_mut().expect("just pushed"))
     }
 
+    /// Adds a router at `address` on the lab bridge that serves VLAN `vid`
+    /// of the bridge as the subnet of `gateway` (a /24): nodes whose plan puts
+    /// them on that VLAN reach the server through it. Returns the router and
+    /// the name of its VLAN interface (for a DHCP relay).
+    pub fn add_vlan_router(
+        &mut self,
+        name: &str,
+        address: std::net::Ipv4Addr,
+        vid: u16,
+        gateway: std::net::Ipv4Addr,
+    ) -> Result<(&mut Host, String)> {
+        let ns = format!("{}-{name}", self.netns.name());
+        let mut host = Host::create(&self.netns, &ns, name, address)?;
+        let tap = host.route_vlan(&self.netns, vid, gateway)?;
+        self.hosts.push(host);
+        Ok((self.hosts.last_mut().expect("just pushed"), tap))
+    }
+
     pub fn host(&self, name: &str) -> Option<&Host> {
         self.hosts.iter().find(|h| h.name() == name)
     }

@@ -34,6 +34,7 @@ pub mod proc;
 pub mod progress;
 pub mod qemu;
 pub mod server;
+pub mod vlan;
 
 pub use config::RolloutConfig;
 pub use console::Pattern;

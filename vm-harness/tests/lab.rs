@@ -91,3 +91,58 @@ fn node_powers_off_over_qmp_and_restarts_with_the_console_appended() {
     assert!(node.console_mark() > mark);
     node.reset().expect("QMP system_reset");
 }
+
+/// Two user-space VLAN ports on the lab bridge carry VLAN 100 between two
+/// hosts: pings cross the bridge tagged, and the lab reaches the VLAN through
+/// its router.
+#[test]
+fn user_space_vlan_ports_carry_a_vlan_across_the_lab_bridge() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::create_with(LabOptions {
+        name: "t-vlan".into(),
+        nodes: 0,
+        ..LabOptions::default()
+    })
+    .unwrap();
+    let gateway = std::net::Ipv4Addr::new(10, 44, 100, 1);
+    let (_, tap) = lab
+        .add_vlan_router(
+            "router",
+            std::net::Ipv4Addr::new(10, 44, 0, 2),
+            100,
+            gateway,
+        )
+        .unwrap();
+    assert_eq!(tap, "vlan100");
+    // A second host joins VLAN 100 the same way, with its own VLAN address.
+    let host = lab
+        .add_host("client", std::net::Ipv4Addr::new(10, 44, 0, 3))
+        .unwrap();
+    host.join_vlan(100, std::net::Ipv4Addr::new(10, 44, 100, 50))
+        .unwrap();
+    let client = host.netns().name().to_string();
+    let ping = |ns: &str, to: &str| {
+        Command::new("ip")
+            .args([
+                "netns", "exec", ns, "busybox", "ping", "-c", "2", "-W", "2", to,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = ping(&client, "10.44.100.1");
+    assert!(
+        out.status.success(),
+        "no answer across VLAN 100: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The lab reaches the VLAN through the router's route.
+    let out = ping(lab.netns().name(), "10.44.100.50");
+    assert!(
+        out.status.success(),
+        "the lab does not reach VLAN 100 through its router: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
