@@ -30,7 +30,7 @@ PACKAGES=(
   # the dashboard's browser test
   chromium chromium-driver
   # power control: the IPMI client rollout drives BMCs with, and a simulated BMC
-  # for its tests; python3-venv holds sushy-tools (the Redfish emulator, below)
+  # for its tests; python3-venv holds sushy-tools (the Redfish emulator) and schemathesis (below)
   ipmitool openipmi python3-venv
   # a self-signed certificate for the Redfish-over-https test
   openssl
@@ -117,6 +117,15 @@ if [ ! -x "$SUSHY_VENV/bin/sushy-emulator" ]; then
   "$SUSHY_VENV/bin/pip" install -q sushy-tools
 fi
 
+# schemathesis (PyPI, not in Debian): fuzzes the generated OpenAPI document
+# against a live server (tests/openapi_fuzz.rs). In its own venv.
+SCHEMATHESIS_VENV=/opt/rollout-schemathesis
+if [ ! -x "$SCHEMATHESIS_VENV/bin/st" ]; then
+  echo "setup: installing schemathesis into $SCHEMATHESIS_VENV"
+  python3 -m venv "$SCHEMATHESIS_VENV"
+  "$SCHEMATHESIS_VENV/bin/pip" install -q schemathesis
+fi
+
 # Verify what is on disk now, whatever apt said. Fills `problems` (what is wrong)
 # and `broken` (the packages that would fix it).
 verify() {
@@ -141,6 +150,8 @@ verify() {
   fi
   [ -x "$SUSHY_VENV/bin/sushy-emulator" ] ||
     problems+=("$SUSHY_VENV/bin/sushy-emulator is missing (pip install sushy-tools into that venv)")
+  "$SCHEMATHESIS_VENV/bin/st" --version >/dev/null 2>&1 ||
+    problems+=("$SCHEMATHESIS_VENV/bin/st does not run (pip install schemathesis into that venv)")
   rustup target list --installed | grep -qx x86_64-unknown-linux-musl ||
     problems+=("rustup target x86_64-unknown-linux-musl is missing (rustup target add x86_64-unknown-linux-musl)")
 }

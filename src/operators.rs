@@ -14,6 +14,7 @@ use std::sync::Mutex;
 /// What a credential may do; each role includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
 pub enum Role {
     /// See everything: dashboard, nodes, history, images, live events.
     Read,
@@ -48,7 +49,7 @@ impl std::fmt::Display for Role {
 /// The name the admin token acts under (in history rows and the log); no operator may take it.
 pub const ADMIN_NAME: &str = "admin";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Operator {
     pub name: String,
     pub role: Role,

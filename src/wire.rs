@@ -110,6 +110,7 @@ pub const INSTALLER_MODULES: &[&str] = &[
 
 /// The body of a plan request (`POST {PLAN}/{mac}`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct PlanRequest {
     /// The value of [`cmdline::BOOT_SECRET`], when the kernel command line had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,6 +124,7 @@ pub struct PlanRequest {
 /// A user and password of the server's rsync daemon (`auth users`). The
 /// installer passes the password in `RSYNC_PASSWORD`, never on a command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct RsyncCredential {
     pub user: String,
     pub password: String,
@@ -132,6 +134,7 @@ pub struct RsyncCredential {
 /// reinstalled or removed: `secret` is its `Authorization: Bearer` for
 /// phone-home and rollout-sync's requests, `rsync` reads its image's modules.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct NodeCredential {
     pub secret: String,
     pub rsync: RsyncCredential,
@@ -139,6 +142,7 @@ pub struct NodeCredential {
 
 /// Everything a node needs to install itself. Fetched by MAC from the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct InstallPlan {
     /// Identifies this install attempt; progress events are posted under it.
     pub install_id: String,
@@ -187,6 +191,7 @@ fn yes() -> bool {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub enum NetworkPlan {
     /// The installed OS runs DHCP on the boot NIC (the server reserves its address).
     Dhcp,
@@ -199,6 +204,7 @@ pub enum NetworkPlan {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ImageRef {
     pub name: String,
     pub serial: u64,
@@ -207,6 +213,7 @@ pub struct ImageRef {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct DiskSelector {
     /// A device path such as `/dev/vda`; `None` picks the first non-removable disk
     /// that is large enough for the layout.
@@ -224,6 +231,7 @@ pub struct DiskSelector {
 /// Partition layout, in MiB. The installer adds a BIOS boot or EFI system partition
 /// as the firmware requires; the root partition comes last when `root_mib` is 0 (fill).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Layout {
     pub root_mib: u64,
     pub swap_mib: u64,
@@ -244,6 +252,7 @@ impl Default for Layout {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub enum RootFs {
     Ext3,
     Ext4,
@@ -260,6 +269,7 @@ impl RootFs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub enum Bootloader {
     /// extlinux on BIOS, an EFI loader on UEFI: decided by the installer from /sys/firmware/efi.
     #[default]
@@ -292,6 +302,7 @@ impl std::fmt::Display for Firmware {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct FileSpec {
     pub path: String,
     pub mode: u32,
@@ -299,6 +310,7 @@ pub struct FileSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct FailurePolicy {
     /// Reboot this many seconds after a failure (the server then decides what the
     /// node boots); `None` waits for a retry signal from the server.
@@ -317,6 +329,7 @@ impl Default for FailurePolicy {
 /// in the server's records and on the dashboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub enum Step {
     MountPseudo,
     LoadModules,
@@ -378,6 +391,7 @@ impl std::fmt::Display for Step {
 /// One report from the installer, posted to
 /// `{server}/api/v1/installs/{install_id}/events`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ProgressEvent {
     pub step: Step,
     #[serde(flatten)]
@@ -390,6 +404,7 @@ pub struct ProgressEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub enum EventKind {
     Started,
     Progress {
@@ -416,6 +431,7 @@ pub enum EventKind {
 
 /// Posted by the installed OS on every boot (the unit the installer writes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct PhoneHome {
     pub mac: String,
     pub hostname: String,

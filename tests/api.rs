@@ -63,7 +63,7 @@ fn every_endpoint_with_auth_and_bad_input() {
     );
     let (st, spec) = s.req("GET", "/api/v1/openapi.json", None, false);
     assert_eq!(st, 200);
-    assert_eq!(spec["openapi"], "3.0.3");
+    assert_eq!(spec["openapi"], "3.1.0");
 
     // Changes need the token, and a refused change changes nothing.
     let add = json!({"mac": "52:54:00:00:00:02", "hostname": "node2", "ip": "127.0.0.12"});

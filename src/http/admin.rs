@@ -96,6 +96,17 @@ pub(super) fn readable_node(
     lookup(state, id)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/nodes",
+    tag = "nodes",
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "Every node (needs role read)", body = Vec<crate::inventory::NodeRecord>),
+        super::openapi::OperatorRefusals,
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn list_nodes(State(state): State<Shared>, headers: HeaderMap) -> Response {
     if let Err(r) = require_read(&state, &headers) {
         return r;
@@ -106,6 +117,19 @@ async fn list_nodes(State(state): State<Shared>, headers: HeaderMap) -> Response
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/nodes/{id}",
+    tag = "nodes",
+    params(("id" = String, Path, description = "The node's MAC address or hostname", example = "node1")),
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "The node (needs role read)", body = crate::inventory::NodeRecord),
+        super::openapi::OperatorRefusals,
+        (status = 404, description = "No node with that MAC or hostname", body = super::openapi::ErrorBody),
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn get_node(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -117,6 +141,19 @@ async fn get_node(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/nodes/{id}/history",
+    tag = "nodes",
+    params(("id" = String, Path, description = "The node's MAC address or hostname", example = "node1")),
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "The node's history, oldest first (needs role read)", body = Vec<crate::inventory::HistoryEntry>),
+        super::openapi::OperatorRefusals,
+        (status = 404, description = "No node with that MAC or hostname", body = super::openapi::ErrorBody),
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn history(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -132,14 +169,27 @@ async fn history(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeInput {
+    #[schema(
+        pattern = r"^(01[:-])?[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$",
+        example = "52:54:00:12:34:56"
+    )]
     pub mac: String,
+    #[schema(
+        pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$",
+        example = "node7"
+    )]
     pub hostname: String,
+    /// An IPv4 address on the provisioning subnet (not the server's own).
+    #[schema(example = "10.44.0.17")]
     pub ip: Option<String>,
+    /// An existing image (`rollout image list`); default: `[install] image`.
+    #[schema(example = "default")]
     pub image: Option<String>,
     pub disk: Option<String>,
+    #[schema(minimum = 256)]
     pub root_mib: Option<u64>,
     pub swap_mib: Option<u64>,
 }
@@ -205,6 +255,22 @@ fn validate(state: &Shared, input: &NodeInput) -> Result<NodeRecord, String> {
     Ok(rec)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/nodes",
+    tag = "nodes",
+    request_body = NodeInput,
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "The node as declared (needs role admin)", body = crate::inventory::NodeRecord),
+        (status = 400, description = "The body is not valid JSON of the documented shape", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
+        (status = 409, description = "The node cannot change now", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body is over this path's limit", content_type = "text/plain", body = String),
+        (status = 422, description = "A field is invalid (MAC, hostname, ip outside the subnet, unknown image, root_mib too small)", body = super::openapi::ErrorBody),
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn upsert_node(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -235,6 +301,20 @@ async fn upsert_node(
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/nodes/{id}",
+    tag = "nodes",
+    params(("id" = String, Path, description = "The node's MAC address or hostname", example = "node1")),
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 204, description = "Removed, with its host keys (needs role admin)"),
+        super::openapi::OperatorRefusals,
+        (status = 404, description = "No node with that MAC or hostname", body = super::openapi::ErrorBody),
+        (status = 409, description = "The node is declared in the config file", body = super::openapi::ErrorBody),
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn delete_node(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -313,12 +393,38 @@ struct ReinstallQuery {
 }
 
 /// `?now=true`: also set the next boot to PXE and power-cycle (see `power`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/nodes/{id}/reinstall",
+    tag = "nodes",
+    params(("id" = String, Path, description = "The node's MAC address or hostname", example = "node1"), ("now" = Option<bool>, Query, description = "Also set the next boot to PXE once and power-cycle the node (or power it on) through its BMC")),
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "The node, marked to install on its next boot; with now=true also the power steps taken (needs role maintain)", body = super::openapi::ReinstallAnswer),
+        (status = 400, description = "now is not true or false", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
+        (status = 404, description = "No node with that MAC or hostname", body = super::openapi::ErrorBody),
+        (status = 409, description = "The node cannot be reinstalled in its state, has no BMC, or its driver cannot do this", body = super::openapi::ErrorBody),
+        (status = 502, description = "The BMC failed or did not answer (the node stays marked)", body = super::openapi::ErrorBody),
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn reinstall(
     State(state): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<ReinstallQuery>,
+    query: Result<axum::extract::Query<ReinstallQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    // axum's own rejection is plain text; the API answers errors in JSON.
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{}; use ?now=true or ?now=false", e.body_text()),
+            )
+        }
+    };
     if q.now {
         let who = match require_api(&state, &headers, Role::Maintain) {
             Ok(p) => p,
@@ -339,6 +445,20 @@ async fn reinstall(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/discovered/{mac}/approve",
+    tag = "nodes",
+    params(("mac" = String, Path, description = "The machine's MAC address or hostname", example = "52:54:00:00:00:01")),
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "Install this machine on its next boot (needs role admin); the record", body = crate::inventory::NodeRecord),
+        super::openapi::OperatorRefusals,
+        (status = 404, description = "No machine with that MAC or hostname", body = super::openapi::ErrorBody),
+        (status = 409, description = "Not possible in the machine's state", body = super::openapi::ErrorBody),
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn approve(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -347,6 +467,20 @@ async fn approve(
     transition(state, headers, mac, OperatorAction::Approve, Role::Admin).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/discovered/{mac}/ignore",
+    tag = "nodes",
+    params(("mac" = String, Path, description = "The machine's MAC address or hostname", example = "52:54:00:00:00:01")),
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "Leave this machine alone (needs role admin); the record", body = crate::inventory::NodeRecord),
+        super::openapi::OperatorRefusals,
+        (status = 404, description = "No machine with that MAC or hostname", body = super::openapi::ErrorBody),
+        (status = 409, description = "Not possible in the machine's state", body = super::openapi::ErrorBody),
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn ignore(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -355,9 +489,10 @@ async fn ignore(
     transition(state, headers, mac, OperatorAction::Ignore, Role::Admin).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RunInput {
+    #[schema(pattern = "^(exec|sync)$", example = "exec")]
     action: String,
     command: Option<String>,
 }
@@ -365,6 +500,23 @@ struct RunInput {
 /// `rollout exec` and `rollout sync` run over SSH from the CLI, not through the
 /// server; before starting on a node the CLI announces the run here, which needs
 /// `maintain` and records who ran what in the node's history and the log.
+#[utoipa::path(
+    post,
+    path = "/api/v1/nodes/{id}/runs",
+    tag = "nodes",
+    params(("id" = String, Path, description = "The node's MAC address or hostname", example = "node1")),
+    request_body = RunInput,
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 204, description = "Recorded in the node's history (needs role maintain)"),
+        (status = 400, description = "The body is not valid JSON of the documented shape", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
+        (status = 404, description = "No node with that MAC or hostname", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body is over this path's limit", content_type = "text/plain", body = String),
+        (status = 422, description = "action is not exec or sync", body = super::openapi::ErrorBody),
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn run(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -404,6 +556,17 @@ async fn run(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/discovered",
+    tag = "nodes",
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "Machines that PXE-booted without being declared (needs role read)", body = Vec<crate::inventory::NodeRecord>),
+        super::openapi::OperatorRefusals,
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn discovered(State(state): State<Shared>, headers: HeaderMap) -> Response {
     if let Err(r) = require_read(&state, &headers) {
         return r;
@@ -451,6 +614,17 @@ pub fn image_list(state_dir: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/images",
+    tag = "images",
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "Images, their serials and the published one (needs role read)", body = Vec<super::openapi::ImageEntry>),
+        super::openapi::OperatorRefusals,
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn images(State(state): State<Shared>, headers: HeaderMap) -> Response {
     if let Err(r) = require_read(&state, &headers) {
         return r;
@@ -480,6 +654,20 @@ fn require_operator_or_node(state: &Shared, headers: &HeaderMap) -> Result<(), R
 }
 
 /// The serial rollout-sync should be on; for nodes (their secret) and the admin.
+#[utoipa::path(
+    get,
+    path = "/api/v1/images/{name}/serial",
+    tag = "images",
+    params(("name" = String, Path, description = "The image's name", example = "default")),
+    security(("node" = []), ("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "The published serial, one line", content_type = "text/plain", body = String),
+        (status = 401, description = "No credential", body = super::openapi::ErrorBody),
+        (status = 403, description = "Neither a node secret nor an operator credential", body = super::openapi::ErrorBody),
+        (status = 404, description = "The image has no published serial", body = super::openapi::ErrorBody),
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn image_serial(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -499,6 +687,20 @@ async fn image_serial(
 
 /// The image's node-local paths, one per line: what `rollout-sync` must not touch.
 /// Asked at every sync, so a path the operator adds protects nodes already installed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/images/{name}/excludes",
+    tag = "images",
+    params(("name" = String, Path, description = "The image's name", example = "default")),
+    security(("node" = []), ("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "The image's node-local paths (rsync exclude patterns), one per line: the defaults, then its [[image]] excludes", content_type = "text/plain", body = String),
+        (status = 401, description = "No credential", body = super::openapi::ErrorBody),
+        (status = 403, description = "Neither a node secret nor an operator credential", body = super::openapi::ErrorBody),
+        (status = 404, description = "The image has no published serial", body = super::openapi::ErrorBody),
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn image_excludes(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -519,6 +721,17 @@ async fn image_excludes(
 }
 
 /// Server-Sent Events: one `node` event with the full public record per change.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "nodes",
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "Server-Sent Events: a `node` event with the node's record (JSON) on every change; the stream does not end until the server stops (needs role read)", content_type = "text/event-stream", body = String),
+        super::openapi::OperatorRefusals,
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn events(State(state): State<Shared>, headers: HeaderMap) -> Response {
     if let Err(r) = require_read(&state, &headers) {
         return r;

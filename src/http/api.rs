@@ -52,6 +52,23 @@ fn lease_at(
 /// secret consumed) and hands out [`crate::plan::install_plan`]. A node that
 /// asks again (it rebooted, it lost the answer) and is still the lease holder,
 /// or has a new boot secret from its new iPXE script, starts a new install.
+#[utoipa::path(
+    post,
+    path = "/api/v1/plan/{mac}",
+    tag = "installer",
+    params(("mac" = String, Path, description = "The machine's MAC address", pattern = r"^(01[:-])?[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$", example = "52:54:00:00:00:01")),
+    request_body(content = Option<crate::wire::PlanRequest>, description = "`{\"boot_secret\": \"…\"}` from the kernel command line, or an empty body where rollout's lease identifies the node"),
+    security(()),
+    responses(
+        (status = 200, description = "The install plan; a new install attempt has started", body = crate::wire::InstallPlan),
+        (status = 400, description = "Not a MAC address, or the body is not a plan request", body = super::openapi::ErrorBody),
+        (status = 403, description = "The requester holds neither the node's lease or reservation nor its current boot secret", body = super::openapi::ErrorBody),
+        (status = 409, description = "The node must wait (its state, an install still reporting, or an image with no published serial)", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body is over this path's limit", content_type = "text/plain", body = String),
+        (status = 429, description = "Too many undeclared machines", body = super::openapi::ErrorBody),
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 pub async fn plan(
     State(state): State<Shared>,
     Path(mac): Path<String>,
@@ -214,13 +231,41 @@ fn record_host_keys(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/installs/{id}/events",
+    tag = "installer",
+    params(("id" = String, Path, description = "The install_id from the plan")),
+    request_body = crate::wire::ProgressEvent,
+    security(("install" = [])),
+    responses(
+        (status = 204, description = "Recorded"),
+        (status = 400, description = "The body is not valid JSON of the documented shape", body = super::openapi::ErrorBody),
+        (status = 401, description = "No `Authorization: Bearer` install token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token is not this install's", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such install", body = super::openapi::ErrorBody),
+        (status = 409, description = "The event does not fit the install's state", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body is over this path's limit", content_type = "text/plain", body = String),
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 pub async fn event(
     State(state): State<Shared>,
     Path(id): Path<String>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
-    Json(ev): Json<ProgressEvent>,
+    body: axum::body::Bytes,
 ) -> Response {
+    // Parsed here, not by axum's Json extractor, so a bad report gets the JSON
+    // error body the API documents (the extractor answers in plain text).
+    let ev: ProgressEvent = match super::admin::json_body(
+        &body,
+        "an install event",
+        r#"{"step": "copy", "kind": "started", "message": "…", "elapsed_ms": 0}"#,
+    ) {
+        Ok(ev) => ev,
+        Err(r) => return r,
+    };
     let Some(token) = bearer(&headers) else {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -298,11 +343,36 @@ pub fn node_auth_error(e: crate::inventory::secrets::NodeAuthError) -> Response 
 
 /// A boot report from the installed node, with its own credential: a forged or
 /// missing one is refused and the record keeps its serial and boot time.
+#[utoipa::path(
+    post,
+    path = "/api/v1/phone-home",
+    tag = "installer",
+    request_body = crate::wire::PhoneHome,
+    security(("node" = [])),
+    responses(
+        (status = 204, description = "Recorded"),
+        (status = 400, description = "The body is not a phone-home report, or its mac is not a MAC address", body = super::openapi::ErrorBody),
+        (status = 401, description = "No `Authorization: Bearer` node secret", body = super::openapi::ErrorBody),
+        (status = 403, description = "The secret is not this node's", body = super::openapi::ErrorBody),
+        (status = 404, description = "No node with that MAC", body = super::openapi::ErrorBody),
+        (status = 409, description = "The node is not installed", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body is over this path's limit", content_type = "text/plain", body = String),
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 pub async fn phone_home(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Json(ph): Json<PhoneHome>,
+    body: axum::body::Bytes,
 ) -> Response {
+    let ph: PhoneHome = match super::admin::json_body(
+        &body,
+        "a phone-home report",
+        r#"{"mac": "52:54:00:12:34:56", "hostname": "node7", "serial": 3, "boot_id": "…"}"#,
+    ) {
+        Ok(ph) => ph,
+        Err(r) => return r,
+    };
     let Some(mac) = normalize_mac(&ph.mac) else {
         return error(
             StatusCode::BAD_REQUEST,

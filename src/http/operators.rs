@@ -30,6 +30,17 @@ fn store_error(e: OperatorError) -> Response {
     error(status, e.to_string())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/whoami",
+    tag = "operators",
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "The name and role the credential stands for", body = super::openapi::Whoami),
+        (status = 401, description = "No credential, or one nobody holds", body = super::openapi::ErrorBody),
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn whoami(State(state): State<Shared>, headers: HeaderMap) -> Response {
     match require_read(&state, &headers) {
         Ok(Some(p)) => Json(json!({"name": p.name, "role": p.role})).into_response(),
@@ -38,6 +49,17 @@ async fn whoami(State(state): State<Shared>, headers: HeaderMap) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/operators",
+    tag = "operators",
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "Operator credentials: name, role, created; never tokens (needs role admin)", body = Vec<crate::operators::Operator>),
+        super::openapi::OperatorRefusals,
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn list(State(state): State<Shared>, headers: HeaderMap) -> Response {
     if let Err(r) = require_api(&state, &headers, Role::Admin) {
         return r;
@@ -48,13 +70,32 @@ async fn list(State(state): State<Shared>, headers: HeaderMap) -> Response {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewOperator {
+    /// Letters, digits, `.`, `_`, `-`; not `admin`.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "alice")]
     name: String,
+    #[schema(value_type = crate::operators::Role)]
     role: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/operators",
+    tag = "operators",
+    request_body = NewOperator,
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "The new credential; its token is shown only this once (needs role admin)", body = super::openapi::IssuedOperator),
+        (status = 400, description = "The body is not valid JSON of the documented shape", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
+        (status = 409, description = "An operator of that name exists", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body is over this path's limit", content_type = "text/plain", body = String),
+        (status = 422, description = "The name or role is not valid", body = super::openapi::ErrorBody),
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn add(State(state): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let who = match require_api(&state, &headers, Role::Admin) {
         Ok(p) => p,
@@ -87,6 +128,20 @@ async fn add(State(state): State<Shared>, headers: HeaderMap, body: axum::body::
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/operators/{name}",
+    tag = "operators",
+    params(("name" = String, Path, description = "The operator's name", example = "alice")),
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 204, description = "Revoked: its next request is refused, its sessions end (needs role admin)"),
+        super::openapi::OperatorRefusals,
+        (status = 404, description = "No operator of that name", body = super::openapi::ErrorBody),
+        (status = 422, description = "The name is not valid", body = super::openapi::ErrorBody),
+        (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
+    )
+)]
 async fn revoke(
     State(state): State<Shared>,
     headers: HeaderMap,

@@ -107,6 +107,21 @@ fn record(state: &Shared, node: &NodeRecord, who: &Principal, event: Value) {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/nodes/{id}/power",
+    tag = "power",
+    params(("id" = String, Path, description = "The node's MAC address or hostname", example = "node1")),
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "The node's power state, asked of its BMC now (needs role read)", body = super::openapi::PowerStatus),
+        super::openapi::OperatorRefusals,
+        (status = 404, description = "No node with that MAC or hostname", body = super::openapi::ErrorBody),
+        (status = 409, description = "The node has no BMC configured, or its driver cannot do this", body = super::openapi::ErrorBody),
+        (status = 502, description = "The BMC failed or did not answer in power.timeout", body = super::openapi::ErrorBody),
+        (status = 503, description = "The state database failed, or the server is shutting down", body = super::openapi::ErrorBody)
+    )
+)]
 async fn get_power(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -129,12 +144,30 @@ async fn get_power(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PowerInput {
     action: PowerAction,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/nodes/{id}/power",
+    tag = "power",
+    params(("id" = String, Path, description = "The node's MAC address or hostname", example = "node1")),
+    request_body = PowerInput,
+    security(("operator" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "Done, recorded in the node's history (needs role maintain)", body = super::openapi::PowerResult),
+        (status = 400, description = "The body is not valid JSON of the documented shape", body = super::openapi::ErrorBody),
+        super::openapi::OperatorRefusals,
+        (status = 404, description = "No node with that MAC or hostname", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body is over this path's limit", content_type = "text/plain", body = String),
+        (status = 409, description = "The node has no BMC configured, or its driver cannot do this", body = super::openapi::ErrorBody),
+        (status = 502, description = "The BMC failed or did not answer in power.timeout", body = super::openapi::ErrorBody),
+        (status = 503, description = "The state database failed, or the server is shutting down", body = super::openapi::ErrorBody)
+    )
+)]
 async fn post_power(
     State(state): State<Shared>,
     headers: HeaderMap,

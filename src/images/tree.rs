@@ -89,7 +89,7 @@ pub fn totals(inv: &Inventory) -> (u64, u64) {
 /// At most this many paths per kind are stored in a serial's meta; counts are exact.
 pub const MAX_LISTED: usize = 2000;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Changes {
     pub added: Vec<String>,
     pub changed: Vec<String>,

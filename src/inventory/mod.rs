@@ -25,13 +25,14 @@ pub use state::{boot_action, next, BootAction, NodeState, Transition, Transition
 /// Where a node's declaration comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(utoipa::ToSchema)]
 pub enum Source {
     Config,
     Api,
     Discovered,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeRecord {
     pub mac: String,
     pub hostname: String,
@@ -48,6 +49,7 @@ pub struct NodeRecord {
     pub install_id: Option<String>,
     /// Never leaves the server except inside the node's own plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     pub token: Option<String>,
     pub stage: Option<String>,
     pub done_bytes: u64,
@@ -89,19 +91,23 @@ pub struct NodeRecord {
     /// SHA-256 of the boot secret in the last install script served for this
     /// node; cleared when a plan request consumes it ([`secrets`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     pub boot_secret: Option<String>,
     /// The running install's rsync password, in clear text because rsyncd's
     /// secrets file needs it; dropped when the install ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     pub install_rsync: Option<String>,
     /// SHA-256 of the node's secret (its Bearer after the install): the server
     /// only ever compares it, so it keeps no copy it could leak.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     pub node_key: Option<String>,
     /// The node's rsync password (clear text, for rsyncd's secrets file). A
     /// different value from the node's secret, so the secrets file and the
     /// database give image reads, never the node's HTTP identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     pub node_rsync: Option<String>,
     /// Install scripts served since the installer last fetched a plan ([`stuck`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -220,7 +226,7 @@ impl OperatorAction {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub at: u64,
     pub event: serde_json::Value,

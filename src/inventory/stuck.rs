@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Install scripts served to a node since its installer last fetched a plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UnreportedBoots {
     pub count: u32,
     /// When the first of them was served (unix seconds).

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// What the installer found on the machine. Every field is best effort: a
 /// value the machine does not expose is empty or `None`, never guessed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Hardware {
     #[serde(default)]
     pub cpu: Cpu,
@@ -24,6 +25,7 @@ pub struct Hardware {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Cpu {
     /// `model name` of the first processor.
     #[serde(default)]
@@ -46,6 +48,7 @@ impl Cpu {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Disk {
     /// Kernel name, e.g. `sda`, `nvme0n1`.
     pub name: String,
@@ -60,6 +63,7 @@ pub struct Disk {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Nic {
     /// Kernel name in the installer, e.g. `eth0`.
     pub name: String,
@@ -77,6 +81,7 @@ pub struct Nic {
 
 /// DMI (SMBIOS) system identity, from /sys/class/dmi/id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct System {
     #[serde(default)]
     pub vendor: String,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// How a bond spreads traffic over its members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub enum BondMode {
     /// IEEE 802.3ad dynamic link aggregation (LACP): the switch ports form a LAG.
     #[serde(rename = "802.3ad")]
@@ -39,6 +40,7 @@ impl BondMode {
 /// A bond of the NICs with these MACs (lower-case colon form). The bond takes
 /// the boot NIC's MAC, so DHCP reservations and leases keep working.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct BondPlan {
     pub mode: BondMode,
     pub interfaces: Vec<String>,
@@ -46,6 +48,7 @@ pub struct BondPlan {
 
 /// The node's link layer; the default (no bond, no VLAN) is the boot NIC itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct LinkPlan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bond: Option<BondPlan>,
