@@ -34,6 +34,9 @@ PACKAGES=(
   ipmitool openipmi python3-venv
   # building
   build-essential pkg-config musl-tools
+  # the Debian package (scripts/package.sh, tests/package.rs): lint it, install it
+  # into a debootstrap chroot, run its unit's ExecStart with its capabilities
+  lintian dpkg-dev binutils util-linux
 )
 
 # program -> package that provides it
@@ -49,6 +52,8 @@ PROGRAMS=(
   sshd:openssh-server mtype:mtools mdir:mtools chromium:chromium chromedriver:chromium-driver
   cc:build-essential musl-gcc:musl-tools pkg-config:pkg-config
   ipmitool:ipmitool ipmi_sim:openipmi
+  lintian:lintian dpkg-deb:dpkg dpkg-shlibdeps:dpkg-dev strip:binutils setpriv:util-linux
+  unshare:util-linux
 )
 
 # file -> package that provides it

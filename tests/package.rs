@@ -289,7 +289,8 @@ fn phase(start: &mut Instant, what: &str) {
 #[test]
 fn the_debian_package_lints_installs_and_serves() {
     let tools = [
-        "dpkg-deb", "lintian", "debootstrap", "unshare", "setpriv", "ip", "curl", "busybox",
+        "dpkg-deb", "dpkg-shlibdeps", "strip", "lintian", "debootstrap", "unshare", "setpriv", "ip",
+        "curl", "busybox",
     ];
     if !common::can_run(&tools) {
         return;

@@ -59,6 +59,12 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("chromedriver", "chromium-driver"),
     ("ipmitool", "ipmitool"),
     ("ipmi_sim", "openipmi"),
+    ("lintian", "lintian"),
+    ("dpkg-deb", "dpkg"),
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("strip", "binutils"),
+    ("setpriv", "util-linux"),
+    ("unshare", "util-linux"),
 ];
 
 /// The message a strict run fails with; `{why}` goes in front.
