@@ -103,9 +103,9 @@ cat >"$stage/DEBIAN/control" <<EOF
 Package: rollout
 Version: $version
 Architecture: amd64
-Maintainer: rollout developers <rollout@localhost.localdomain>
+Maintainer: rollout developers <rollout@example.org>
 Installed-Size: $installed_size
-Depends: $shlibs, ipxe, rsync, syslinux-common, extlinux, openssh-client, init-system-helpers
+Depends: $shlibs, ipxe, rsync, syslinux-common, extlinux, openssh-client
 Recommends: debootstrap, linux-image-amd64, e2fsprogs, dosfstools, busybox-static, systemd-boot-efi
 Suggests: ipmitool
 Section: admin

@@ -22,9 +22,12 @@ pub fn run(cmd: GenerateCmd) -> anyhow::Result<()> {
                 anyhow::anyhow!("cannot write the man pages into {}: {e}", dir.display())
             })?;
         }
-        GenerateCmd::Completions { shell } => {
-            clap_complete::generate(shell, &mut command.clone(), "rollout", &mut std::io::stdout())
-        }
+        GenerateCmd::Completions { shell } => clap_complete::generate(
+            shell,
+            &mut command.clone(),
+            "rollout",
+            &mut std::io::stdout(),
+        ),
     }
     Ok(())
 }
