@@ -596,3 +596,115 @@ fn serve_in_a_namespace(chroot: &Chroot) {
         log_text()
     );
 }
+
+/// rsyncd as `serve` configures it (`render_config`: `use chroot`, `uid = 0`),
+/// run under the unit's bounding set: a node's login reads a directory only its
+/// owner may enter (apt's `lists/partial`, 0700 `_apt`) out of an image. Without
+/// any one of CAP_SYS_CHROOT, CAP_SETGID, CAP_DAC_READ_SEARCH the same copy fails,
+/// so each is needed.
+#[test]
+fn rsyncd_serves_images_with_exactly_the_units_capabilities() {
+    use rollout::images::rsyncd::{
+        render_config, render_secrets, ModuleSpec, RsyncUser, RsyncdSettings,
+    };
+    use std::os::unix::fs::PermissionsExt;
+    if !common::can_run(&["rsync", "setpriv"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let image = state.join("images/img/serials/1");
+    let private = image.join("var/lib/apt/lists/partial");
+    std::fs::create_dir_all(&private).unwrap();
+    std::fs::write(private.join("Packages"), "only _apt may read this").unwrap();
+    std::os::unix::fs::chown(&private, Some(100), Some(0)).unwrap();
+    std::os::unix::fs::chown(private.join("Packages"), Some(100), Some(0)).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(
+        private.join("Packages"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let mut settings =
+        RsyncdSettings::new(&state, Ipv4Addr::LOCALHOST.into(), vec!["127.0.0.1".into()]);
+    settings.port = testkit::ports::free_port();
+    let module = ModuleSpec {
+        name: "img-1".into(),
+        image: "img".into(),
+        path: image.clone(),
+        comment: "img serial 1".into(),
+    };
+    let user = RsyncUser {
+        user: "node1".into(),
+        password: "pw0123456789".into(),
+        image: "img".into(),
+    };
+    let config = settings.config_path();
+    std::fs::write(
+        &config,
+        render_config(&settings, &[module], &[user.clone()]).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(settings.secrets_path(), render_secrets(&[user]).unwrap()).unwrap();
+    std::fs::set_permissions(
+        settings.secrets_path(),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+
+    let copy = |bounding: &str| -> (bool, String) {
+        let mut daemon = Command::new("setpriv")
+            .args([
+                "--bounding-set",
+                bounding,
+                "--no-new-privs",
+                "--",
+                "rsync",
+                "--daemon",
+                "--no-detach",
+            ])
+            .arg(format!("--config={}", config.display()))
+            .spawn()
+            .unwrap();
+        let dest = dir.path().join("dest");
+        let _ = std::fs::remove_dir_all(&dest);
+        let url = format!("rsync://node1@127.0.0.1:{}/img-1/", settings.port);
+        let mut out = None;
+        for _ in 0..50 {
+            let o = Command::new("rsync")
+                .args(["-a", &url])
+                .arg(&dest)
+                .env("RSYNC_PASSWORD", "pw0123456789")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&o.stderr).into_owned();
+            let refused = text.contains("Connection refused");
+            out = Some((o.status.success(), text));
+            if !refused {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        let (ok, text) = out.unwrap();
+        let read = std::fs::read_to_string(dest.join("var/lib/apt/lists/partial/Packages"));
+        (
+            ok && read.is_ok_and(|t| t == "only _apt may read this"),
+            text,
+        )
+    };
+    let unit = setpriv_bounding_set();
+    let (ok, text) = copy(&unit);
+    assert!(
+        ok,
+        "the copy failed with the unit's capabilities {unit}: {text}"
+    );
+    for needed in ["+sys_chroot", "+setgid", "+dac_read_search"] {
+        let fewer = unit.replace(&format!(",{needed}"), "");
+        assert!(
+            !copy(&fewer).0,
+            "the copy works without {needed}: drop it from the unit"
+        );
+    }
+}
