@@ -642,7 +642,7 @@ fn rsyncd_serves_images_with_exactly_the_units_capabilities() {
     let config = settings.config_path();
     std::fs::write(
         &config,
-        render_config(&settings, &[module], &[user.clone()]).unwrap(),
+        render_config(&settings, &[module], std::slice::from_ref(&user)).unwrap(),
     )
     .unwrap();
     std::fs::write(settings.secrets_path(), render_secrets(&[user]).unwrap()).unwrap();
