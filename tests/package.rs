@@ -227,6 +227,13 @@ fn run_ok(cmd: &mut Command, what: &str) -> String {
     text
 }
 
+/// The environment of commands in the chroot, as a service or a root shell has it.
+const CHROOT_ENV: [(&str, &str); 3] = [
+    ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+    ("HOME", "/root"),
+    ("LANG", "C.UTF-8"),
+];
+
 /// A fresh minbase chroot, extracted from a tarball of a pristine `debootstrap
 /// --variant=minbase` root (made once from the host's mirror, cached in
 /// target/package/): debootstrap itself spends minutes in dpkg's fsyncs, the
@@ -293,8 +300,10 @@ impl Chroot {
             .arg(r#"mount -t proc proc "$0/proc" && exec chroot "$0" "$@""#)
             .arg(&self.0)
             .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+            // Nothing of the test's environment (cargo's LD_LIBRARY_PATH, …) inside.
+            .env_clear()
+            .envs(CHROOT_ENV)
+            .env("DEBIAN_FRONTEND", "noninteractive");
         cmd
     }
 
@@ -380,6 +389,7 @@ fn the_debian_package_lints_installs_and_serves() {
             "--no-install-recommends",
             "/tmp/rollout.deb",
             "systemd",
+            "man-db",
         ]),
         "apt-get install ./rollout.deb in the chroot",
     );
@@ -483,8 +493,9 @@ fn serve_in_a_namespace(chroot: &Chroot) {
             "--",
         ])
         .args(&exec_start)
+        .env_clear()
+        .envs(CHROOT_ENV)
         .env("NOTIFY_SOCKET", "/run/rollout-test-notify")
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file)
         .spawn()
