@@ -40,6 +40,9 @@ PACKAGES=(
   prometheus tmux
   # building
   build-essential pkg-config musl-tools
+  # the Debian package (scripts/package.sh, tests/package.rs): lint it, install it
+  # into a debootstrap chroot, run its unit's ExecStart with its capabilities
+  lintian dpkg-dev binutils util-linux
 )
 
 # program -> package that provides it
@@ -56,6 +59,8 @@ PROGRAMS=(
   cc:build-essential musl-gcc:musl-tools pkg-config:pkg-config
   ipmitool:ipmitool ipmi_sim:openipmi jq:jq
   prometheus:prometheus tmux:tmux
+  lintian:lintian dpkg-deb:dpkg dpkg-shlibdeps:dpkg-dev strip:binutils setpriv:util-linux
+  unshare:util-linux
 )
 
 # file -> package that provides it

@@ -26,6 +26,8 @@ source "$HOME/.cargo/env" 2>/dev/null || true
 source scripts/test-summary.sh
 
 export ROLLOUT_TEST_STRICT=1
+# The package test builds its server without optimisation (see scripts/package.sh).
+export ROLLOUT_PACKAGE_PROFILE=package-ci
 export CARGO_TERM_COLOR=never
 # The real Debian image, built once per checkout by the image tests themselves
 # (debootstrap, then `image enter` installs a package); the QEMU tests install it.

@@ -49,6 +49,8 @@ pub mod power;
 #[cfg(feature = "server")]
 pub mod preflight;
 #[cfg(feature = "server")]
+pub mod sdnotify;
+#[cfg(feature = "server")]
 pub mod serve;
 #[cfg(feature = "server")]
 pub mod tftp;

@@ -381,6 +381,12 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
             .map_err(std::io::Error::other)
     });
 
+    // Every socket is bound and every service spawned: tell systemd (Type=notify).
+    match crate::sdnotify::notify("READY=1") {
+        Ok(true) => info!("told the service manager we are ready"),
+        Ok(false) => {}
+        Err(e) => warn!("cannot notify the service manager (NOTIFY_SOCKET): {e}"),
+    }
     let mut first_error = None;
     while let Some(done) = tasks.join_next().await {
         let failure = match done {

@@ -15,7 +15,8 @@ pub struct BuildArgs {
     /// a /boot/vmlinuz-<version>.
     #[arg(long)]
     pub kernel_version: Option<String>,
-    /// The static installer binary to use as /init. Default:
+    /// The static installer binary to use as /init. Default: /usr/lib/rollout/rollout-installer
+    /// when installed from the Debian package, else
     /// <workspace>/target/x86_64-unknown-linux-musl/release/rollout-installer.
     #[arg(long)]
     pub installer: Option<PathBuf>,

@@ -221,13 +221,32 @@ impl fmt::Display for BuildReport {
     }
 }
 
-/// `<workspace>/target/x86_64-unknown-linux-musl/release/rollout-installer`, honouring
-/// `CARGO_TARGET_DIR` when it is set at run time.
+/// Where the Debian package keeps the installer binary and the boot files built at
+/// package time: `scripts/package.sh` compiles with `ROLLOUT_LIBDIR=/usr/lib/rollout`.
+/// `None` in a build from a checkout, which uses the workspace's `target/` and
+/// `state_dir/boot` only.
+pub const PACKAGED_LIBDIR: Option<&str> = option_env!("ROLLOUT_LIBDIR");
+
+/// The packaged `vmlinuz` and `initramfs.img`, served when `state_dir/boot` has
+/// none (`rollout initramfs build` writes there and so takes precedence).
+pub fn packaged_boot_dir() -> Option<PathBuf> {
+    PACKAGED_LIBDIR.map(|dir| Path::new(dir).join("boot"))
+}
+
+/// `$CARGO_TARGET_DIR/…` when that is set at run time; else the packaged
+/// `/usr/lib/rollout/rollout-installer`; else
+/// `<workspace>/target/x86_64-unknown-linux-musl/release/rollout-installer`.
 pub fn default_installer_path() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("x86_64-unknown-linux-musl/release/rollout-installer")
+    const IN_TARGET: &str = "x86_64-unknown-linux-musl/release/rollout-installer";
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(target).join(IN_TARGET);
+    }
+    match PACKAGED_LIBDIR {
+        Some(dir) => Path::new(dir).join("rollout-installer"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join(IN_TARGET),
+    }
 }
 
 fn list_dir(dir: &Path) -> Vec<String> {

@@ -1,6 +1,7 @@
 //! The `rollout` command line. `main.rs` parses and calls [`run`]; each area owns
 //! its subcommands (images, initramfs, nodes, fleet).
 
+pub mod generate;
 pub mod nodes;
 pub mod operators;
 pub mod power;
@@ -88,6 +89,9 @@ pub enum Command {
     Exec(crate::fleet::ExecArgs),
     /// Bring nodes to their image's published serial (runs rollout-sync on each).
     Sync(crate::fleet::SyncArgs),
+    /// Man pages and shell completions, for packagers.
+    #[command(subcommand, hide = true)]
+    Generate(generate::GenerateCmd),
 }
 
 async fn shutdown_signal(cancel: CancellationToken) {
@@ -206,6 +210,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             announce_runs(&config, &args.target, "sync", None)?;
             exit_on_failure(crate::fleet::run_sync(args, &config)?)
         }
+        Command::Generate(cmd) => generate::run(cmd)?,
     }
     Ok(())
 }

@@ -63,7 +63,9 @@ pub enum NodeCmd {
 
 #[derive(clap::Subcommand)]
 pub enum DiscoveredCmd {
+    /// Machines that PXE-booted undeclared, with their state (the man page's summary).
     List {
+        /// As JSON.
         #[arg(long)]
         json: bool,
     },

@@ -202,7 +202,13 @@ pub fn router(state: Shared) -> Router {
     }
     app.merge(dashboard::routes())
         // Nested trees: list a new one in crate::metrics::http::NESTED too.
-        .nest_service("/boot", ServeDir::new(boot_dir))
+        // state_dir/boot (`rollout initramfs build`) first, then the packaged files.
+        .nest_service(
+            "/boot",
+            ServeDir::new(&boot_dir).fallback(ServeDir::new(
+                crate::bootfiles::packaged_boot_dir().unwrap_or(boot_dir),
+            )),
+        )
         // UEFI HTTP boot clients fetch their first stage by URL instead of TFTP.
         .nest_service("/ipxe", ServeDir::new(ipxe_dir))
         // Dashboard forms and anything not in the API table.

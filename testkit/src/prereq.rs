@@ -61,6 +61,12 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("ipmi_sim", "openipmi"),
     ("prometheus", "prometheus"),
     ("tmux", "tmux"),
+    ("lintian", "lintian"),
+    ("dpkg-deb", "dpkg"),
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("strip", "binutils"),
+    ("setpriv", "util-linux"),
+    ("unshare", "util-linux"),
 ];
 
 /// The message a strict run fails with; `{why}` goes in front.
