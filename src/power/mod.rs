@@ -6,8 +6,8 @@
 //! never appear in an error, a log line or a record.
 
 pub mod ipmi;
-pub mod metered;
 pub mod known;
+pub mod metered;
 pub mod poller;
 pub mod qmp;
 pub mod redfish;
