@@ -7,6 +7,13 @@
 //! written to that tap goes out tagged. The tap then carries the VLAN's
 //! subnet like any interface (an address, a DHCP relay).
 //!
+//! Frames keep their virtio-net header on both sides (the packet socket's
+//! `PACKET_VNET_HDR`, the tap's `IFF_VNET_HDR`): a guest's frames arrive with
+//! their checksum left to the "hardware" and as 64 KiB TCP segments (GSO), and
+//! the header is what tells the receiving stack so; without it the router's
+//! UDP drops the DHCP requests as bad checksums and a copy stalls. Moving the
+//! tag in or out shifts the header's offsets by four bytes.
+//!
 //! The port runs on a thread that has entered the host's network namespace
 //! (setns applies to the calling thread only), so the test process needs no
 //! helper program. Tags arrive either inline or, as the kernel strips them on
@@ -23,6 +30,27 @@ use std::thread::JoinHandle;
 const ETH_P_ALL: u16 = 0x0003;
 const ETH_P_8021Q: u16 = 0x8100;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+/// `struct virtio_net_hdr` (no mergeable buffers): flags, gso_type, hdr_len,
+/// gso_size, csum_start, csum_offset; native (little) endian.
+const VNET_HDR: usize = 10;
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+const PACKET_VNET_HDR: libc::c_int = 15;
+const IFF_VNET_HDR: libc::c_int = 0x4000;
+
+/// Shifts a virtio-net header's frame offsets by `delta` bytes (a tag put in
+/// or taken out after the MAC addresses).
+pub fn shift_vnet_hdr(hdr: &mut [u8], delta: i16) {
+    let shift = |h: &mut [u8], at: usize| {
+        let v = u16::from_le_bytes([h[at], h[at + 1]]).wrapping_add_signed(delta);
+        h[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    };
+    if hdr[1] != 0 {
+        shift(hdr, 2); // hdr_len of a GSO frame
+    }
+    if hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+        shift(hdr, 6); // csum_start
+    }
+}
 
 /// Inserts the 802.1Q tag `vid` after the two MAC addresses.
 pub fn tag(frame: &[u8], vid: u16) -> Option<Vec<u8>> {
@@ -88,7 +116,7 @@ fn open_tap(name: &str) -> io::Result<File> {
     for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
     }
-    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | IFF_VNET_HDR) as libc::c_short;
     // SAFETY: a valid tun fd and a filled ifreq.
     if unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF, &req) } < 0 {
         return Err(last_err("TUNSETIFF"));
@@ -118,18 +146,23 @@ fn open_trunk(iface: &str) -> io::Result<(OwnedFd, i32)> {
         return Err(last_err(&format!("no interface {iface}")));
     }
     let one: libc::c_int = 1;
-    // SAFETY: setsockopt with an int.
-    if unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_AUXDATA,
-            &one as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    } < 0
-    {
-        return Err(last_err("PACKET_AUXDATA"));
+    for (option, name) in [
+        (libc::PACKET_AUXDATA, "PACKET_AUXDATA"),
+        (PACKET_VNET_HDR, "PACKET_VNET_HDR"),
+    ] {
+        // SAFETY: setsockopt with an int.
+        if unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                option,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        } < 0
+        {
+            return Err(last_err(name));
+        }
     }
     // SAFETY: sockaddr_ll is plain data.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -232,7 +265,8 @@ impl VlanPort {
 
 /// Moves frames both ways until `stop`; errors on one frame drop that frame.
 fn forward(tap: &File, sock: i32, ifindex: i32, vid: u16, stop: &AtomicBool) {
-    let mut buf = vec![0u8; 65536];
+    // A GSO frame is up to 64 KiB plus its headers.
+    let mut buf = vec![0u8; 70000];
     let mut fds = [
         libc::pollfd {
             fd: tap.as_raw_fd(),
@@ -259,15 +293,19 @@ fn forward(tap: &File, sock: i32, ifindex: i32, vid: u16, stop: &AtomicBool) {
         if fds[0].revents & libc::POLLIN != 0 {
             // SAFETY: reading into buf.
             let len = unsafe { libc::read(tap.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len()) };
-            if len > 0 {
-                if let Some(tagged) = tag(&buf[..len as usize], vid) {
+            if len > VNET_HDR as isize {
+                let (hdr, frame) = buf[..len as usize].split_at(VNET_HDR);
+                if let Some(tagged) = tag(frame, vid) {
+                    let mut out = hdr.to_vec();
+                    shift_vnet_hdr(&mut out, 4);
+                    out.extend_from_slice(&tagged);
                     to.sll_addr[..6].copy_from_slice(&tagged[..6]);
                     // SAFETY: sending a whole frame to the bound interface.
                     unsafe {
                         libc::sendto(
                             sock,
-                            tagged.as_ptr() as *const _,
-                            tagged.len(),
+                            out.as_ptr() as *const _,
+                            out.len(),
                             0,
                             &to as *const _ as *const libc::sockaddr,
                             std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
@@ -278,10 +316,18 @@ fn forward(tap: &File, sock: i32, ifindex: i32, vid: u16, stop: &AtomicBool) {
         }
         if fds[1].revents & libc::POLLIN != 0 {
             if let Ok(Some((len, aux))) = recv_trunk(sock, &mut buf) {
-                if let Some(frame) = untag(&buf[..len], aux, vid) {
-                    // SAFETY: writing one frame to the tap.
-                    unsafe {
-                        libc::write(tap.as_raw_fd(), frame.as_ptr() as *const _, frame.len());
+                if len > VNET_HDR {
+                    let (hdr, frame) = buf[..len].split_at(VNET_HDR);
+                    if let Some(untagged) = untag(frame, aux, vid) {
+                        let mut out = hdr.to_vec();
+                        if untagged.len() < frame.len() {
+                            shift_vnet_hdr(&mut out, -4);
+                        }
+                        out.extend_from_slice(&untagged);
+                        // SAFETY: writing one frame to the tap.
+                        unsafe {
+                            libc::write(tap.as_raw_fd(), out.as_ptr() as *const _, out.len());
+                        }
                     }
                 }
             }
@@ -318,5 +364,19 @@ mod tests {
             "priority bits ignored"
         );
         assert_eq!(tag(&[0u8; 10], 100), None);
+    }
+
+    #[test]
+    fn moving_a_tag_shifts_the_checksum_and_gso_offsets() {
+        // NEEDS_CSUM, TCPv4 GSO, hdr_len 66, gso_size 1448, csum_start 34, csum_offset 16.
+        let mut h = [1u8, 1, 66, 0, 0xa8, 0x05, 34, 0, 16, 0];
+        shift_vnet_hdr(&mut h, 4);
+        assert_eq!(h, [1, 1, 70, 0, 0xa8, 0x05, 38, 0, 16, 0]);
+        shift_vnet_hdr(&mut h, -4);
+        assert_eq!(h, [1, 1, 66, 0, 0xa8, 0x05, 34, 0, 16, 0]);
+        // A plain frame with its checksum done: nothing to shift.
+        let mut plain = [0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        shift_vnet_hdr(&mut plain, 4);
+        assert_eq!(plain, [0u8; 10]);
     }
 }

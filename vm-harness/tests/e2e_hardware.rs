@@ -1,6 +1,6 @@
 //! Real server hardware, not only virtio: nodes built from other device models
 //! install, boot from disk and phone home, each reporting the hardware QEMU
-//! gave it. node1: an Intel e1000e NIC and an NVMe disk. node2 (UEFI): two
+//! gave it. node1: an Intel e1000e NIC and an NVMe disk. node2: two
 //! VMware vmxnet3 NICs, booting from the second (the first has no boot ROM and
 //! sits first on the PCI bus), and a SATA disk on AHCI. node3: its installer
 //! and its installed OS on VLAN 100 of the lab bridge (reached through a
@@ -34,8 +34,11 @@ fn server_nics_and_disks_and_a_vlan_install_and_report_their_hardware() {
         return;
     };
     let mut t = E2eLab::build(a, "e2e-hw", ImageKind::Debian, 8 * GIB, |lab| {
+        // All BIOS: OVMF would try PXE and HTTP boot on the spare NIC first
+        // (minutes of timeouts under TCG), as a real UEFI server does until
+        // its boot order is set; SeaBIOS boots only NICs with a boot ROM.
         lab.add_node(Firmware::Bios)?;
-        lab.add_node(Firmware::Uefi)?;
+        lab.add_node(Firmware::Bios)?;
         lab.add_node(Firmware::Bios)?;
         lab.set_hardware(
             "node1",
@@ -119,7 +122,7 @@ fn server_nics_and_disks_and_a_vlan_install_and_report_their_hardware() {
         "node2's SATA disk: {:?}",
         h2.disks
     );
-    assert_eq!(h2.firmware, "uefi");
+    assert_eq!(h2.firmware, "bios");
     assert!(
         h3.disks
             .iter()
