@@ -68,10 +68,17 @@ pub fn disks(sys_block: &Path) -> Vec<Disk> {
             if sectors == 0 {
                 return None;
             }
+            // NVMe and virtio have a `serial` file; SCSI and SATA disks (libata
+            // answers as SCSI) have it in VPD page 0x80, "Unit Serial Number".
             let serial = [dir.join("device/serial"), dir.join("serial")]
                 .iter()
                 .map(|p| read(p))
                 .find(|s| !s.is_empty())
+                .or_else(|| {
+                    std::fs::read(dir.join("device/vpd_pg80"))
+                        .ok()
+                        .and_then(|page| vpd_unit_serial(&page))
+                })
                 .unwrap_or_default();
             Some(Disk {
                 model: read(&dir.join("device/model")),
@@ -84,6 +91,20 @@ pub fn disks(sys_block: &Path) -> Vec<Disk> {
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// The serial number in a SCSI VPD page 0x80 (a 4-byte header whose last two
+/// bytes are the length, then ASCII, often space-padded).
+pub fn vpd_unit_serial(page: &[u8]) -> Option<String> {
+    if page.len() < 4 || page[1] != 0x80 {
+        return None;
+    }
+    let len = u16::from_be_bytes([page[2], page[3]]) as usize;
+    let text = page.get(4..4 + len.min(page.len() - 4))?;
+    let serial: String = String::from_utf8_lossy(text)
+        .trim_matches(|c: char| c.is_whitespace() || c == '\0')
+        .to_string();
+    (!serial.is_empty()).then_some(serial)
 }
 
 /// The physical NICs under `sys_class_net` (those with a `device`), by name.
@@ -204,6 +225,11 @@ mod tests {
         put(root, "sys/block/nvme0n1/queue/rotational", "0\n");
         put(root, "sys/block/sda/size", "20971520\n");
         put(root, "sys/block/sda/device/model", "QEMU HARDDISK\n");
+        std::fs::write(
+            root.join("sys/block/sda/device/vpd_pg80"),
+            b"\x00\x80\x00\x0drollout-node2",
+        )
+        .unwrap();
         put(root, "sys/block/sda/queue/rotational", "1\n");
         put(root, "sys/block/loop0/size", "100\n");
         put(root, "sys/block/sr0/size", "0\n");
@@ -252,7 +278,7 @@ mod tests {
                 Disk {
                     name: "sda".into(),
                     model: "QEMU HARDDISK".into(),
-                    serial: String::new(),
+                    serial: "rollout-node2".into(),
                     size_bytes: 10 << 30,
                     rotational: true
                 },
