@@ -21,19 +21,7 @@ const MAC: &str = "52:54:00:aa:00:01";
 const PASSWORD: &str = "s3cret-BMC-pw";
 
 fn bmc(driver: BmcDriver) -> BmcConfig {
-    BmcConfig {
-        driver,
-        address: None,
-        port: None,
-        username: None,
-        password_file: None,
-        system: None,
-        verify_tls: true,
-        ca_file: None,
-        socket: None,
-        broadcast: None,
-        boot_mode: None,
-    }
+    BmcConfig::new(driver)
 }
 
 fn target<'a>(bmc: &'a BmcConfig, interface: Option<&'a str>) -> Target<'a> {

@@ -70,7 +70,9 @@ pub struct BmcConfig {
 }
 
 impl BmcConfig {
-    fn of(driver: BmcDriver) -> BmcConfig {
+    /// A BMC of `driver` with nothing else set (the driver's keys are then
+    /// filled in; `validate` says which it needs).
+    pub fn new(driver: BmcDriver) -> BmcConfig {
         BmcConfig {
             driver,
             address: None,
@@ -93,7 +95,7 @@ impl BmcConfig {
             port: Some(port),
             username: Some(username.into()),
             password_file: Some(password_file.into()),
-            ..BmcConfig::of(BmcDriver::Ipmi)
+            ..BmcConfig::new(BmcDriver::Ipmi)
         }
     }
 
@@ -101,7 +103,7 @@ impl BmcConfig {
     pub fn qmp(socket: &Path) -> BmcConfig {
         BmcConfig {
             socket: Some(socket.into()),
-            ..BmcConfig::of(BmcDriver::Qmp)
+            ..BmcConfig::new(BmcDriver::Qmp)
         }
     }
 }

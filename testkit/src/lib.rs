@@ -7,6 +7,7 @@
 //! [`netns`] makes and enters network namespaces; [`ports`] finds free ports.
 //! Only std and libc: every crate's tests build this.
 
+pub mod ipmi_sim;
 pub mod netns;
 pub mod ports;
 pub mod prereq;

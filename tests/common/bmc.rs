@@ -65,34 +65,18 @@ fi
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let lan = dir.join("lan.conf");
-    std::fs::write(
-        &lan,
-        format!(
-            r#"name "rollouttest"
-set_working_mc 0x20
-  startlan 1
-    addr 127.0.0.1 {port}
-    priv_limit admin
-    allowed_auths_callback none md2 md5 straight
-    allowed_auths_user none md2 md5 straight
-    allowed_auths_operator none md2 md5 straight
-    allowed_auths_admin none md2 md5 straight
-    guid a123456789abcdefa123456789abcdef
-  endlan
-  chassis_control "{} {}"
-  user 2 true "admin" "{password}" admin 10 none md2 md5 straight
-"#,
-            script.display(),
-            chassis.display()
-        ),
-    )
-    .unwrap();
+    let program = format!("{} {}", script.display(), chassis.display());
+    let conf = testkit::ipmi_sim::SimBmc {
+        lan: ("127.0.0.1", port),
+        vm: None,
+        chassis_program: &program,
+        user: "admin",
+        password,
+    }
+    .lan_conf();
+    std::fs::write(&lan, conf).unwrap();
     let emu = dir.join("sim.emu");
-    std::fs::write(
-        &emu,
-        "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x20\n",
-    )
-    .unwrap();
+    std::fs::write(&emu, testkit::ipmi_sim::SIM_EMU).unwrap();
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
     let child = Command::new("ipmi_sim")

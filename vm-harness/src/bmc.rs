@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
 use crate::proc::{have_program, ProcessGroup};
+use testkit::ipmi_sim::SimBmc;
 
 /// The BMC's login (the password goes into a 0600 file for the server).
 pub const USER: &str = "admin";
@@ -50,29 +51,16 @@ pub fn qemu_args(vm_port: u16) -> Vec<String> {
 
 /// `ipmi_sim`'s LAN configuration for one BMC.
 pub fn lan_conf(lan_port: u16, vm_port: u16, chassis: &Path, password: &str) -> String {
-    format!(
-        r#"name "rollout-lab"
-set_working_mc 0x20
-  startlan 1
-    addr {ADDRESS} {lan_port}
-    priv_limit admin
-    allowed_auths_callback none md2 md5 straight
-    allowed_auths_user none md2 md5 straight
-    allowed_auths_operator none md2 md5 straight
-    allowed_auths_admin none md2 md5 straight
-    guid a123456789abcdefa123456789abcdef
-  endlan
-  serial 15 {ADDRESS} {vm_port} codec VM
-  chassis_control "{chassis}"
-  user 2 true "{USER}" "{password}" admin 10 none md2 md5 straight
-"#,
-        chassis = chassis.display(),
-    )
+    let address = ADDRESS.to_string();
+    SimBmc {
+        lan: (&address, lan_port),
+        vm: Some((&address, vm_port)),
+        chassis_program: &chassis.display().to_string(),
+        user: USER,
+        password,
+    }
+    .lan_conf()
 }
-
-/// The emulated management controller (ipmi_sim's command file).
-pub const SIM_EMU: &str =
-    "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x20\n";
 
 /// The `chassis_control` program: `get NAME…` prints `NAME:VALUE` lines, `set
 /// NAME VALUE…` acts. Power is whether the node's QEMU runs (its pid in
@@ -195,7 +183,7 @@ impl Bmc {
         fs::write(&conf, lan_conf(lan, vm, &chassis, &password))
             .ctx("writing the BMC config", &conf)?;
         let emu = dir.join("sim.emu");
-        fs::write(&emu, SIM_EMU).ctx("writing the BMC command file", &emu)?;
+        fs::write(&emu, testkit::ipmi_sim::SIM_EMU).ctx("writing the BMC command file", &emu)?;
         let sdr = dir.join("sdr");
         fs::create_dir_all(&sdr).ctx("creating the BMC's persistent state", &sdr)?;
         let log = dir.join("ipmi_sim.log");

@@ -76,6 +76,12 @@ impl Host {
     pub(crate) fn route_subnet(&mut self, lab_ns: &Netns, gateway: Ipv4Addr) -> Result<()> {
         self.netns
             .add_bridge(SUBNET_BRIDGE, &format!("{gateway}/{PREFIX_LEN}"))?;
+        self.route_to_here(lab_ns, gateway)
+    }
+
+    /// Forwards between the lab and the subnet of `gateway` (a /24 this host
+    /// has an address in), and routes that subnet from the lab to this host.
+    fn route_to_here(&mut self, lab_ns: &Netns, gateway: Ipv4Addr) -> Result<()> {
         run(self
             .netns
             .command("sysctl")
@@ -87,8 +93,6 @@ impl Host {
         Ok(())
     }
 
-    /// Runs `program ARGS…` inside this host until the host is dropped, output
-    /// appended to `log`.
     /// Puts this host on VLAN `vid` of the lab bridge at `address` (a /24):
     /// a user-space VLAN port ([`VlanPort`]) on its link into the bridge
     /// gives it the interface `vlan<vid>`, which it returns.
@@ -122,17 +126,12 @@ impl Host {
         gateway: Ipv4Addr,
     ) -> Result<String> {
         let tap = self.join_vlan(vid, gateway)?;
-        run(self
-            .netns
-            .command("sysctl")
-            .args(["-q", "-w", "net.ipv4.ip_forward=1"]))?;
-        let o = gateway.octets();
-        let subnet = format!("{}.{}.{}.0/{PREFIX_LEN}", o[0], o[1], o[2]);
-        lab_ns.ip(&["route", "add", &subnet, "via", &self.address.to_string()])?;
-        self.subnet = Some(gateway);
+        self.route_to_here(lab_ns, gateway)?;
         Ok(tap)
     }
 
+    /// Runs `program ARGS…` inside this host until the host is dropped, output
+    /// appended to `log`.
     pub fn spawn(&mut self, label: &str, program: &str, args: &[String], log: &Path) -> Result<()> {
         let out = std::fs::OpenOptions::new()
             .create(true)
