@@ -134,7 +134,7 @@ fn server_nics_and_disks_and_a_vlan_install_and_report_their_hardware() {
 
     // node3 lives on the VLAN: its installed OS runs on a VLAN device with an
     // address of the relayed range, reached through the router.
-    let out = t.cli(a, &["exec", "node3", "--", "ip -d -o link; ip -o -4 addr"]);
+    let out = t.cli(a, &["exec", "--nodes", "node3", "--", "ip -d -o link; ip -o -4 addr"]);
     assert!(out.contains("vlan protocol 802.1Q id 100"), "{out}");
     let on_vlan = out
         .split_whitespace()
