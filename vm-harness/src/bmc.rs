@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
 use crate::proc::{have_program, ProcessGroup};
+use rollout::fleet::ssh::shell_quote;
 use testkit::ipmi_sim::SimBmc;
 
 /// The BMC's login (the password goes into a 0600 file for the server).
@@ -118,16 +119,6 @@ fi
         qemu = quoted.join(" "),
         log = shell_quote(&log.display().to_string()),
     )
-}
-
-fn shell_quote(s: &str) -> String {
-    if s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_./=,:@+".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 /// A running `ipmi_sim` for one node; stopped when dropped.
