@@ -1,20 +1,47 @@
 #!/usr/bin/env bash
-# DHCP throughput and latency of rollout against dnsmasq, measured in the same run
-# with the same load generator (perfdhcp, from kea-admin), inside two network
-# namespaces this script makes and removes. Prints a table and rollout/dnsmasq ratios.
+# DHCP ceilings of rollout, Kea 2.2 (memfile) and dnsmasq, measured in the same run with
+# the same load generator (perfdhcp, from kea-admin), each server alone in a fresh state
+# inside two network namespaces this script makes and removes.
 #
-#   scripts/bench-dhcp.sh [RATE] [CLIENTS]     defaults: 3000 exchanges/s offered, 6000 clients
+#   scripts/bench-dhcp.sh [--rates R1,R2,..] [--clients N] [--seconds S] [--servers a,b,..]
 #
-# rollout writes every lease to SQLite with fsync before it ACKs (a restart or a
-# kill -9 never hands an address out twice); dnsmasq rewrites its lease file
-# without fsync. The ratio shows what that durability costs.
+#   --rates     offered DORA exchanges/s, a ladder above every server's ceiling
+#               (default 2000,5000,10000,20000)
+#   --clients   distinct client MACs perfdhcp uses (default 20000)
+#   --seconds   how long each rate is offered (default 4; the default run takes ~2.5 min)
+#   --servers   which servers to run (default rollout,kea,dnsmasq)
+#   KEEP=1      keep the work directory (logs, captures, configs) and print its path
+#   ROLLOUT_BIN=path   measure that rollout binary instead of building target/release/rollout
+#
+# Per server and offered rate it prints leases/s achieved (perfdhcp's 4-way exchanges/s),
+# DISCOVERs and REQUESTs dropped, and the ACKs captured. A server's ceiling is the best rate
+# it reached on the ladder. It then offers rollout 2x its ceiling and prints that rate /
+# the ceiling (no collapse under overload: must be >= 0.9), and rollout/Kea at saturation.
+# Every ACK is captured (tcpdump on the client side) and checked: each ACKed address maps
+# to exactly one client MAC, or the run fails.
+#
+# rollout writes every lease to SQLite (WAL, synchronous=FULL: fsync) before its ACK leaves;
+# Kea's memfile appends to a CSV file without fsync; dnsmasq rewrites its lease file without
+# fsync. Both rollout and Kea log warnings only here (per-packet info logging off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rate=${1:-3000}
-clients=${2:-6000}
+rates=2000,5000,10000,20000 clients=20000 seconds=4 servers=rollout,kea,dnsmasq
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rates) rates=$2; shift 2 ;;
+    --clients) clients=$2; shift 2 ;;
+    --seconds) seconds=$2; shift 2 ;;
+    --servers) servers=$2; shift 2 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    *) echo "bench-dhcp: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
 [ "$(id -u)" = 0 ] || { echo "bench-dhcp: run as root (network namespaces)" >&2; exit 1; }
 ./scripts/setup.sh >/dev/null
-cargo build --release --bin rollout -q
+if [ -z "${ROLLOUT_BIN:-}" ]; then
+  cargo build --release --bin rollout -q
+  ROLLOUT_BIN=target/release/rollout
+fi
 work=$(mktemp -d)
 srv=rbench-s-$$ cli=rbench-c-$$
 cleanup() {
@@ -22,7 +49,7 @@ cleanup() {
     ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
     ip netns del "$ns" 2>/dev/null || true
   done
-  [ -n "${KEEP:-}" ] || rm -rf "$work"
+  if [ -n "${KEEP:-}" ]; then echo "bench-dhcp: work directory kept: $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT INT TERM
 ip netns add "$srv"; ip netns add "$cli"
@@ -53,10 +80,25 @@ lease_time = 3600
 # perfdhcp's thousands of made-up MACs are exactly what the new-client rate
 # limit stops; the benchmark measures the lease path, so lift it.
 new_clients_per_minute = 10000000
-new_clients_burst = 100000
+new_clients_burst = 1000000
 TOML
   rm -rf "$work/state"
-  ip netns exec "$srv" target/release/rollout -c "$work/rollout.toml" serve >"$work/rollout.log" 2>&1 &
+  ROLLOUT_LOG=warn ip netns exec "$srv" "$ROLLOUT_BIN" -c "$work/rollout.toml" serve >"$work/rollout.log" 2>&1 &
+}
+start_kea() {
+  rm -f "$work"/kea-leases.csv*
+  cat > "$work/kea.json" <<JSON
+{ "Dhcp4": {
+    "interfaces-config": { "interfaces": ["rbr0"], "dhcp-socket-type": "udp" },
+    "lease-database": { "type": "memfile", "persist": true, "lfc-interval": 0,
+                        "name": "$work/kea-leases.csv" },
+    "valid-lifetime": 3600,
+    "subnet4": [ { "id": 1, "subnet": "10.44.0.0/16", "pools": [ { "pool": "$first - $last" } ] } ],
+    "loggers": [ { "name": "kea-dhcp4", "severity": "WARN",
+                   "output_options": [ { "output": "$work/kea.log" } ] } ]
+} }
+JSON
+  KEA_PIDFILE_DIR=$work KEA_LOCKFILE_DIR=$work ip netns exec "$srv" kea-dhcp4 -c "$work/kea.json" >"$work/kea.out" 2>&1 &
 }
 start_dnsmasq() {
   rm -f "$work/dnsmasq.leases"
@@ -65,28 +107,111 @@ start_dnsmasq() {
     --dhcp-leasefile="$work/dnsmasq.leases" --no-hosts --no-resolv --no-ping --quiet-dhcp --log-facility=- >"$work/dnsmasq.log" 2>&1 &
 }
 
-declare -A result
-measure() { # name
-  sleep 1.5
-  out=$(ip netns exec "$cli" perfdhcp -4 -l c0 -r "$rate" -R "$clients" -n "$clients" -p 60 2>&1 || true)
-  ip netns pids "$srv" | xargs -r kill; sleep 1
-  local r d1 l1 l2
-  r=$(awk '/^Rate:/ {print $2; exit}' <<<"$out")
-  d1=$(awk '/drops ratio/ {print $3; exit}' <<<"$out")
-  l1=$(awk '/avg delay/ {print $3; n++; if (n==1) exit}' <<<"$out")
-  l2=$(awk '/avg delay/ {n++; if (n==2) {print $3; exit}}' <<<"$out")
-  result[$1]="$r $d1 $l1 $l2"
+# Checks a capture of server → relay traffic: every ACKed address has exactly one chaddr.
+# Prints "<acks> <distinct addresses> <duplicated addresses>".
+check_acks() { # pcap
+  python3 - "$1" <<'PY'
+import struct, sys
+data = open(sys.argv[1], "rb").read()
+link = struct.unpack_from("<I", data, 20)[0]
+off, owners, acks = 24, {}, 0
+while off + 16 <= len(data):
+    _, _, incl, _ = struct.unpack_from("<IIII", data, off)
+    pkt = data[off + 16: off + 16 + incl]
+    off += 16 + incl
+    p = pkt[14:] if link == 1 else pkt
+    if len(p) < 20 or p[0] >> 4 != 4 or p[9] != 17:
+        continue
+    bootp = p[(p[0] & 15) * 4 + 8:]
+    if len(bootp) < 244 or bootp[236:240] != b"\x63\x82\x53\x63":
+        continue
+    i, kind = 240, None
+    while i + 1 < len(bootp) and bootp[i] != 255:
+        if bootp[i] == 0:
+            i += 1; continue
+        if bootp[i] == 53:
+            kind = bootp[i + 2]
+        i += 2 + bootp[i + 1]
+    if kind != 5:
+        continue
+    acks += 1
+    owners.setdefault(bootp[16:20], set()).add(bootp[28:34])
+dups = sum(1 for macs in owners.values() if len(macs) > 1)
+print(acks, len(owners), dups)
+PY
 }
-start_rollout; measure rollout
-start_dnsmasq; measure dnsmasq
 
-printf '\nDHCP bench: perfdhcp, %s DORA exchanges/s offered, %s distinct clients\n\n' "$rate" "$clients"
-printf '%-9s %14s %14s %18s %18s\n' server "leases/s" "DISCOVER drop" "OFFER latency ms" "ACK latency ms"
-for s in rollout dnsmasq; do
-  read -r r d l1 l2 <<<"${result[$s]}"
-  printf '%-9s %14s %13s%% %18s %18s\n' "$s" "$r" "$d" "$l1" "$l2"
+declare -A result
+measure() { # server rate → result[server,rate]="leases/s discover_drops request_drops acks dups"
+  local s=$1 rate=$2 out pcap="$work/$1-$2.pcap" tpid
+  "start_$s"; sleep 1.5
+  ip netns exec "$cli" tcpdump -i c0 -B 65536 -s 400 -w "$pcap" 'udp src port 67' >"$work/tcpdump.log" 2>&1 &
+  tpid=$!; sleep 0.5
+  # Unicast to the server, as a relay sends (perfdhcp sets giaddr): Kea's UDP socket,
+  # bound to the address, does not see broadcasts. -W: replies still on their way when
+  # the period ends (100 ms, well above a batch's fsync) are counted, not reported as drops.
+  out=$(ip netns exec "$cli" perfdhcp -4 -l c0 -r "$rate" -R "$clients" -p "$seconds" -W 100000 10.44.0.1 2>&1 || true)
+  sleep 0.3; kill "$tpid"; wait "$tpid" 2>/dev/null || true
+  ip netns pids "$srv" | xargs -r kill; sleep 1
+  echo "$out" > "$work/$s-$rate.perfdhcp"
+  local r d1 d2 caught
+  r=$(awk '/^Rate:/ {print $2; exit}' <<<"$out")
+  d1=$(awk '/^drops:/ {n++; if (n==1) {print $2; exit}}' <<<"$out")
+  d2=$(awk '/^drops:/ {n++; if (n==2) {print $2; exit}}' <<<"$out")
+  if grep -q "dropped by kernel" "$work/tcpdump.log" && ! grep -q "^0 packets dropped by kernel" "$work/tcpdump.log"; then
+    echo "bench-dhcp: the ACK capture of $s at $rate/s lost packets: $(grep 'dropped by kernel' "$work/tcpdump.log")" >&2
+  fi
+  read -r acks _ dups <<<"$(check_acks "$pcap")"
+  rm -f "$pcap"
+  result[$s,$rate]="${r:-0} ${d1:-?} ${d2:-?} $acks $dups"
+  printf '  %-8s %6s/s offered: %8s leases/s, drops %s/%s, %s ACKs, %s duplicated\n' "$s" "$rate" "${r:-0}" "${d1:-?}" "${d2:-?}" "$acks" "$dups" >&2
+}
+
+IFS=, read -r -a ladder <<<"$rates"
+IFS=, read -r -a names <<<"$servers"
+declare -A ceiling
+for rate in "${ladder[@]}"; do
+  for s in "${names[@]}"; do measure "$s" "$rate"; done
 done
-read -r r1 _ a1 b1 <<<"${result[rollout]}"
-read -r r2 _ a2 b2 <<<"${result[dnsmasq]}"
-awk -v r1="$r1" -v r2="$r2" -v a1="$b1" -v a2="$b2" 'BEGIN {
-  printf "\nratio rollout/dnsmasq: throughput %.2f, ACK latency %.3f\n", r1 / r2, a1 / a2 }'
+for s in "${names[@]}"; do
+  best=0
+  for rate in "${ladder[@]}"; do
+    read -r r _ <<<"${result[$s,$rate]}"
+    best=$(awk -v a="$best" -v b="$r" 'BEGIN { print (b > a) ? b : a }')
+  done
+  ceiling[$s]=$best
+done
+over=""
+if [[ ",$servers," == *,rollout,* ]]; then
+  over=$(awk -v c="${ceiling[rollout]}" 'BEGIN { printf "%d", 2 * c }')
+  measure rollout "$over"
+fi
+
+printf '\nDHCP bench: perfdhcp, %s distinct clients, %s s per rate; drops = DISCOVER/REQUEST unanswered\n\n' "$clients" "$seconds"
+printf '%-9s' "offered/s"
+for s in "${names[@]}"; do printf ' | %-38s' "$s"; done; echo
+fail=0
+for rate in "${ladder[@]}"; do
+  printf '%-9s' "$rate"
+  for s in "${names[@]}"; do
+    read -r r d1 d2 acks dups <<<"${result[$s,$rate]}"
+    printf ' | %9s leases/s, drops %7s/%-7s' "$r" "$d1" "$d2"
+    [ "$dups" = 0 ] || fail=1
+  done; echo
+done
+echo
+for s in "${names[@]}"; do printf 'ceiling %-8s %10s leases/s\n' "$s" "${ceiling[$s]}"; done
+dupsum=0
+for k in "${!result[@]}"; do read -r _ _ _ _ d <<<"${result[$k]}"; dupsum=$((dupsum + d)); done
+if [ -n "$over" ]; then
+  read -r r2 d1 d2 _ d <<<"${result[rollout,$over]}"
+  [ "$d" = 0 ] || fail=1
+  awk -v r="$r2" -v c="${ceiling[rollout]}" -v o="$over" 'BEGIN {
+    printf "rollout at 2x its ceiling (%d/s offered): %.1f leases/s = %.2f x its ceiling (no collapse: >= 0.9)\n", o, r, r / c }'
+fi
+if [[ ",$servers," == *,rollout,* && ",$servers," == *,kea,* ]]; then
+  awk -v a="${ceiling[rollout]}" -v b="${ceiling[kea]}" 'BEGIN {
+    printf "ratio rollout/Kea at saturation: %.2f\n", (b > 0) ? a / b : 0 }'
+fi
+echo "duplicate addresses in the captured ACKs (every run): $dupsum"
+[ "$fail" = 0 ] || { echo "bench-dhcp: FAILED: an address was ACKed to two MACs" >&2; exit 1; }

@@ -109,6 +109,9 @@ pub struct LeaseTable {
     /// free of a lease, so the search for a never-used one starts here.
     unused_from: RefCell<HashMap<u32, u32>>,
     store: Box<dyn LeaseStore>,
+    /// With group commit on: the writer, and the changes made since the
+    /// caller last took them (it submits them with the packet's reply).
+    group: Option<(super::commit::GroupCommit, Vec<Lease>)>,
 }
 
 impl LeaseTable {
@@ -127,6 +130,7 @@ impl LeaseTable {
             excluded: Default::default(),
             unused_from: RefCell::new(HashMap::new()),
             store,
+            group: None,
         };
         for l in t.store.load_all()? {
             t.insert(l);
@@ -142,7 +146,13 @@ impl LeaseTable {
     /// Forgets the in-memory state and reads the persisted leases again: after a
     /// panic in the middle of an update, what is on disk is what was granted.
     /// Offers (never persisted) are lost; their clients ask again.
+    /// With group commit, what the writer still holds is written first, so
+    /// the table read back has every lease an ACK may already have announced.
     pub fn reload(&mut self) -> Result<(), crate::db::StoreError> {
+        if let Some((writer, pending)) = &mut self.group {
+            pending.clear();
+            writer.flush();
+        }
         let leases = self.store.load_all()?;
         self.by_ip.clear();
         self.by_mac.clear();
@@ -285,11 +295,34 @@ impl LeaseTable {
         })
     }
 
+    /// From now on [`LeaseTable::record`] only stages its writes: the caller
+    /// takes them ([`LeaseTable::take_pending`]) and hands them to `writer`
+    /// with whatever must wait for them (the ACK).
+    pub fn group_commit(&mut self, writer: super::commit::GroupCommit) {
+        self.group = Some((writer, vec![]));
+    }
+
+    pub fn writer(&self) -> Option<&super::commit::GroupCommit> {
+        self.group.as_ref().map(|(w, _)| w)
+    }
+
+    /// The writes staged since the last call (always empty without group commit).
+    pub fn take_pending(&mut self) -> Vec<Lease> {
+        self.group
+            .as_mut()
+            .map(|(_, p)| std::mem::take(p))
+            .unwrap_or_default()
+    }
+
     /// Records a lease. Bound, released and declined leases are persisted before this
-    /// returns; offers live in memory only (a restart just makes the client ask again).
+    /// returns, or with group commit staged for the caller to persist before it
+    /// answers; offers live in memory only (a restart just makes the client ask again).
     pub fn record(&mut self, lease: Lease) -> Result<(), crate::db::StoreError> {
         if lease.state != LeaseState::Offered {
-            self.store.save(&lease)?;
+            match &mut self.group {
+                Some((_, pending)) => pending.push(lease.clone()),
+                None => self.store.save(&lease)?,
+            }
         }
         // One address per MAC: an offer this MAC holds elsewhere goes, so the pool does not leak.
         if let Some(old) = self

@@ -1,7 +1,9 @@
 //! DHCP for PXE: full server, proxyDHCP and relayed subnets, with persistent leases.
 
+pub mod commit;
 pub mod core;
 pub mod decode;
+pub mod inbox;
 pub mod leases;
 pub mod limits;
 pub mod probe;

@@ -2,16 +2,19 @@
 //! one tracing span per transaction, and replies finished before shutdown.
 
 use super::core::{DhcpCore, Outcome, Reply, Via};
+use super::inbox::{self, Inbox};
 use crate::metrics::Metrics;
 use dhcproto::v4::{Message, MessageType};
 use dhcproto::Encodable;
 use std::io;
+use std::net::UdpSocket as StdUdpSocket;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument, Span};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpServerError {
@@ -40,6 +43,9 @@ pub fn bind_on_interface(interface: &str, port: u16) -> Result<UdpSocket, DhcpSe
     sock.set_broadcast(true).map_err(err)?;
     sock.bind_device(Some(interface.as_bytes())).map_err(err)?;
     sock.set_nonblocking(true).map_err(err)?;
+    // Room for a burst (a rack powering on) while the handler catches up; the
+    // kernel caps it at net.core.rmem_max, and a smaller buffer still works.
+    let _ = sock.set_recv_buffer_size(4 << 20);
     sock.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())
         .map_err(err)?;
     UdpSocket::from_std(sock.into()).map_err(err)
@@ -60,9 +66,15 @@ fn lock(core: &Mutex<DhcpCore>) -> MutexGuard<'_, DhcpCore> {
 /// packet is served as if nothing happened. A poisoned lock used to make every
 /// later packet an "ignored" debug line: DHCP silently dead.
 pub fn handle_packet(core: &Mutex<DhcpCore>, msg: &Message, via: Via, now: u64) -> Outcome {
-    let handled = std::panic::catch_unwind(AssertUnwindSafe(|| lock(core).handle(msg, via, now)));
+    handle_locked(&mut lock(core), msg, via, now)
+}
+
+/// [`handle_packet`] with the lock already held (the caller takes the staged
+/// lease writes under the same lock).
+fn handle_locked(c: &mut DhcpCore, msg: &Message, via: Via, now: u64) -> Outcome {
+    // The guard lives outside the unwind, so a panic here does not poison the lock.
+    let handled = std::panic::catch_unwind(AssertUnwindSafe(|| c.handle(msg, via, now)));
     handled.unwrap_or_else(|_| {
-        let mut c = lock(core);
         let total = Metrics::bump(&c.metrics().dhcp_panics);
         // The reload reads the store that may just have panicked: guarded too.
         let reloaded = std::panic::catch_unwind(AssertUnwindSafe(|| c.recover()));
@@ -77,14 +89,27 @@ pub fn handle_packet(core: &Mutex<DhcpCore>, msg: &Message, via: Via, now: u64) 
     })
 }
 
-/// Encodes and sends `reply`, logging what went where.
-async fn send(socket: &UdpSocket, reply: Reply, kind: Option<MessageType>) {
+/// Encodes and sends `reply`, logging what went where. Called from the
+/// handler and lease-writer threads directly (no hop through the async
+/// runtime per reply); the socket is non-blocking, so a full send buffer is
+/// waited out briefly.
+fn send(socket: &StdUdpSocket, reply: Reply, kind: Option<MessageType>) {
     let mut out = Vec::with_capacity(576);
     if let Err(e) = reply.msg.encode(&mut dhcproto::Encoder::new(&mut out)) {
         warn!(error = %e, "cannot encode reply");
         return;
     }
-    match socket.send_to(&out, reply.dest).await {
+    let mut tries = 0;
+    let sent = loop {
+        match socket.send_to(&out, reply.dest) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && tries < SEND_TRIES => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            other => break other,
+        }
+    };
+    match sent {
         Ok(_) => info!(
             "{:?} → {} (to {})",
             kind.unwrap_or(MessageType::Unknown(0)),
@@ -95,6 +120,9 @@ async fn send(socket: &UdpSocket, reply: Reply, kind: Option<MessageType>) {
     }
 }
 
+/// Waits of 200 µs for room in the socket's send buffer before a reply is given up.
+const SEND_TRIES: u32 = 50;
+
 /// How many addresses one DISCOVER may find in use before it goes unanswered.
 const PROBE_TRIES: usize = 3;
 
@@ -103,7 +131,7 @@ const PROBE_TRIES: usize = 3;
 /// again for another. Runs as its own task, so other clients are not held up.
 async fn probe_then_offer(
     core: Arc<Mutex<DhcpCore>>,
-    socket: Arc<UdpSocket>,
+    socket: Arc<StdUdpSocket>,
     interface: String,
     msg: Message,
     via: Via,
@@ -112,7 +140,7 @@ async fn probe_then_offer(
     let kind = msg.opts().msg_type();
     for _ in 0..PROBE_TRIES {
         let Some(ip) = reply.probe else {
-            return send(&socket, reply, kind).await;
+            return send(&socket, reply, kind);
         };
         let iface = interface.clone();
         let answered = tokio::task::spawn_blocking(move || {
@@ -120,23 +148,40 @@ async fn probe_then_offer(
         })
         .await;
         match answered {
-            Ok(Ok(false)) => return send(&socket, reply, kind).await,
+            Ok(Ok(false)) => return send(&socket, reply, kind),
             Ok(Ok(true)) => {}
             Ok(Err(e)) => {
                 warn!(%ip, error = %e, "cannot ping before offering; offering anyway");
-                return send(&socket, reply, kind).await;
+                return send(&socket, reply, kind);
             }
             Err(e) => {
                 warn!(%ip, error = %e, "the ping probe failed; offering anyway");
-                return send(&socket, reply, kind).await;
+                return send(&socket, reply, kind);
             }
         }
         let now = crate::clock::now_unix();
         let next = tokio::task::block_in_place(|| {
-            if let Outcome::Warn(line) = lock(&core).address_in_use(ip, now) {
+            let mut c = lock(&core);
+            if let Outcome::Warn(line) = c.address_in_use(ip, now) {
                 warn!("{line}");
             }
-            handle_packet(&core, &msg, via, now)
+            let next = handle_locked(&mut c, &msg, via, now);
+            // The quarantine is a lease write; the next OFFER does not wait for it
+            // (offers are never persisted), but it must reach the database.
+            let writes = c.leases.take_pending();
+            if let Some(w) = c.leases.writer().filter(|_| !writes.is_empty()) {
+                let metrics = c.metrics().clone();
+                w.submit(
+                    writes,
+                    Box::new(move |r| {
+                        if let Err(e) = r {
+                            let total = Metrics::bump(&metrics.dhcp_persist_failures);
+                            warn!(%ip, "cannot persist the quarantine of an address in use ({e}); {total} lease writes failed so far: check the disk holding state_dir/rollout.db");
+                        }
+                    }),
+                );
+            }
+            next
         });
         match next {
             Outcome::Reply(r) => reply = r,
@@ -183,20 +228,71 @@ pub fn outcome_label(outcome: &Outcome) -> &'static str {
     }
 }
 
-/// Serves one socket until `cancel` fires. The in-flight request is always finished:
-/// cancellation is only observed while waiting for the next packet.
+/// A decoded packet waiting for the handler.
+struct Packet {
+    msg: Message,
+    via: Via,
+    span: Span,
+}
+
+/// Seconds between two warnings about packets shed under overload.
+const OVERLOAD_WARN_EVERY_SECS: u64 = 10;
+
+/// Serves one socket until `cancel` fires. Three stages, so storage never
+/// blocks the socket: this task receives and decodes into a bounded
+/// [`Inbox`] (shedding DISCOVERs first when it is full, counted as
+/// `outcome="overloaded"` in /metrics); a handler thread runs each packet
+/// through the core; lease writes go to the group-commit writer, which sends
+/// each ACK once its batch is durable. Everything received before `cancel`
+/// is still answered.
 pub async fn run(
     socket: UdpSocket,
     core: Arc<Mutex<DhcpCore>>,
     proxy_port: bool,
     cancel: CancellationToken,
 ) -> io::Result<()> {
-    let (metrics, probe_on) = {
-        let c = lock(&core);
-        (c.metrics().clone(), c.probe_interface().map(String::from))
-    };
+    let metrics = lock(&core).metrics().clone();
     let socket = Arc::new(socket);
+    let inbox = Arc::new(Inbox::new(inbox::CAPACITY));
+    // The same socket for sending from the handler and writer threads.
+    let tx = Arc::new(StdUdpSocket::from(socket.as_fd().try_clone_to_owned()?));
+    let handler = {
+        let (core, inbox) = (core.clone(), inbox.clone());
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || handle_loop(&core, &inbox, &tx, &rt))
+    };
+    // Closed however this future ends: when serve gives up during startup (a
+    // port taken) it drops this future without cancelling, and a handler
+    // thread still waiting on the inbox would keep the runtime from exiting.
+    let closer = CloseOnDrop(&inbox);
+    let received = receive_loop(&socket, &inbox, &metrics, proxy_port, &cancel).await;
+    drop(closer);
+    let _ = handler.await;
+    // ACKs still waiting for their batch: out before we return.
+    let writer = lock(&core).leases.writer().cloned();
+    if let Some(w) = writer {
+        let _ = tokio::task::spawn_blocking(move || w.flush()).await;
+    }
+    received
+}
+
+struct CloseOnDrop<'a, T>(&'a Inbox<T>);
+
+impl<T> Drop for CloseOnDrop<'_, T> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+async fn receive_loop(
+    socket: &UdpSocket,
+    inbox: &Inbox<Packet>,
+    metrics: &Metrics,
+    proxy_port: bool,
+    cancel: &CancellationToken,
+) -> io::Result<()> {
     let mut buf = vec![0u8; 2048];
+    let mut last_warn: Option<u64> = None;
     loop {
         let (len, src) = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -225,37 +321,97 @@ pub async fn run(
         };
         let mac = super::core::client_mac(&msg).unwrap_or_else(|| "?".into());
         let span = info_span!("dhcp", xid = format_args!("{:#010x}", msg.xid()), mac = %mac);
-        async {
-            let via = if proxy_port {
-                Via::Proxy(src)
-            } else {
-                Via::Server
-            };
-            let kind = msg.opts().msg_type();
-            // The lease write fsyncs; keep it off the async workers' hot path.
-            let outcome = tokio::task::block_in_place(|| {
-                handle_packet(&core, &msg, via, crate::clock::now_unix())
-            });
-            metrics.dhcp(type_label(kind), outcome_label(&outcome));
-            match (outcome, &probe_on) {
-                (Outcome::Reply(reply), Some(iface)) if reply.probe.is_some() => {
-                    let task = probe_then_offer(
-                        core.clone(),
-                        socket.clone(),
-                        iface.clone(),
-                        msg.clone(),
-                        via,
-                        reply,
-                    );
-                    tokio::spawn(task.in_current_span());
-                }
-                (Outcome::Reply(reply), _) => send(&socket, reply, kind).await,
-                (other, _) => log_outcome(other),
+        let via = if proxy_port {
+            Via::Proxy(src)
+        } else {
+            Via::Server
+        };
+        let kind = msg.opts().msg_type();
+        let droppable = kind == Some(MessageType::Discover);
+        if inbox.push(Packet { msg, via, span }, droppable).is_err() {
+            metrics.dhcp(type_label(kind), "overloaded");
+            let now = crate::clock::now_unix();
+            if last_warn.is_none_or(|t| now >= t + OVERLOAD_WARN_EVERY_SECS) {
+                last_warn = Some(now);
+                warn!("DHCP overloaded: {} packets queued, dropping DISCOVERs first (counted in rollout_dhcp_packets_total{{outcome=\"overloaded\"}}); clients retry", inbox::CAPACITY);
             }
         }
-        .instrument(span)
-        .await;
     }
+}
+
+/// The handler thread: each packet through the core, its lease writes (if
+/// any) handed to the group-commit writer together with its reply.
+fn handle_loop(
+    core: &Arc<Mutex<DhcpCore>>,
+    inbox: &Inbox<Packet>,
+    tx: &Arc<StdUdpSocket>,
+    rt: &tokio::runtime::Handle,
+) {
+    let (metrics, probe_on, writer) = {
+        let c = lock(core);
+        let probe = c.probe_interface().map(String::from);
+        (c.metrics().clone(), probe, c.leases.writer().cloned())
+    };
+    while let Some(Packet { msg, via, span }) = inbox.pop() {
+        let _entered = span.enter();
+        let kind = msg.opts().msg_type();
+        let mut c = lock(core);
+        if writer.as_ref().is_some_and(|w| w.take_failed()) {
+            // A batch that failed left leases in memory the database lacks.
+            if let Err(e) = c.recover() {
+                warn!(
+                    "cannot read the leases back after a failed write ({e}); serving from memory"
+                );
+            }
+        }
+        let outcome = handle_locked(&mut c, &msg, via, crate::clock::now_unix());
+        let writes = c.leases.take_pending();
+        if let Some(w) = writer.as_ref().filter(|_| !writes.is_empty()) {
+            // Submitted under the lock: batches keep the order decisions were made in.
+            w.submit(writes, after_commit(outcome, kind, &metrics, tx, &span));
+            continue;
+        }
+        drop(c);
+        metrics.dhcp(type_label(kind), outcome_label(&outcome));
+        match (outcome, &probe_on) {
+            (Outcome::Reply(reply), Some(iface)) if reply.probe.is_some() => {
+                let task =
+                    probe_then_offer(core.clone(), tx.clone(), iface.clone(), msg, via, reply);
+                rt.spawn(task.instrument(span.clone()));
+            }
+            (Outcome::Reply(reply), _) => send(tx, reply, kind),
+            (other, _) => log_outcome(other),
+        }
+    }
+}
+
+/// What happens once a packet's lease writes are durable: its reply goes out
+/// (or its RELEASE/DECLINE is logged); if they failed, nothing is acknowledged.
+fn after_commit(
+    outcome: Outcome,
+    kind: Option<MessageType>,
+    metrics: &Arc<Metrics>,
+    tx: &Arc<StdUdpSocket>,
+    span: &Span,
+) -> super::commit::Continuation {
+    let (metrics, tx, span) = (metrics.clone(), tx.clone(), span.clone());
+    Box::new(move |written| {
+        let _entered = span.enter();
+        match written {
+            Ok(()) => {
+                metrics.dhcp(type_label(kind), outcome_label(&outcome));
+                match outcome {
+                    Outcome::Reply(reply) => send(&tx, reply, kind),
+                    other => log_outcome(other),
+                }
+            }
+            Err(e) => {
+                metrics.dhcp(type_label(kind), "failed");
+                let total = Metrics::bump(&metrics.dhcp_persist_failures);
+                warn!("cannot persist the lease ({e}); not acknowledged ({total} such failures so far): check the disk holding state_dir/rollout.db");
+            }
+        }
+    })
 }
 
 #[cfg(test)]

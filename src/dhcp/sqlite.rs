@@ -1,6 +1,7 @@
 //! The SQLite backing of [`LeaseStore`]: leases in `{state_dir}/rollout.db`, the
 //! `leases` table that `crate::db` creates on open.
 
+use super::commit::BatchStore;
 use super::leases::{Lease, LeaseState, LeaseStore};
 use crate::db::{self, StoreError};
 use rusqlite::{params, Connection};
@@ -51,19 +52,36 @@ pub fn lease_of(db: &Path, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
     }))
 }
 
+/// The upsert of one lease (cached: prepared once per connection).
+const UPSERT: &str = "INSERT INTO leases (ip, mac, expires, state) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT(ip) DO UPDATE SET mac = ?2, expires = ?3, state = ?4";
+
+fn upsert(conn: &Connection, lease: &Lease) -> Result<(), StoreError> {
+    conn.prepare_cached(UPSERT)?.execute(params![
+        lease.ip.to_string(),
+        lease.mac,
+        lease.expires as i64,
+        lease.state.as_str()
+    ])?;
+    Ok(())
+}
+
+impl BatchStore for SqliteLeaseStore {
+    /// All of `leases` in one transaction: one fsync (WAL, synchronous=FULL)
+    /// makes the whole batch durable, or none of it is.
+    fn save_batch(&mut self, leases: &[&Lease]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for lease in leases {
+            upsert(&tx, lease)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
 impl LeaseStore for SqliteLeaseStore {
     fn save(&mut self, lease: &Lease) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO leases (ip, mac, expires, state) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(ip) DO UPDATE SET mac = ?2, expires = ?3, state = ?4",
-            params![
-                lease.ip.to_string(),
-                lease.mac,
-                lease.expires as i64,
-                lease.state.as_str()
-            ],
-        )?;
-        Ok(())
+        upsert(&self.conn, lease)
     }
 
     fn load_all(&mut self) -> Result<Vec<Lease>, StoreError> {

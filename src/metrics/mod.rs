@@ -82,6 +82,11 @@ pub struct Metrics {
     pub dhcp_rate_limited: Counter,
     /// Failed rewrites of rsyncd.conf (the daemon keeps its previous modules).
     pub rsyncd_config_failures: Counter,
+    /// Multicast sessions that ended, by outcome (sent, failed).
+    pub multicast_sessions: Family<OutcomeLabels, Counter>,
+    /// Bytes of image tar handed to udp-sender (once per session, whatever
+    /// the number of receivers).
+    pub multicast_sent_bytes: Counter,
     sources: Arc<Sources>,
 }
 
@@ -129,11 +134,13 @@ impl Metrics {
             dhcp_panics: Counter::default(),
             dhcp_rate_limited: Counter::default(),
             rsyncd_config_failures: Counter::default(),
+            multicast_sessions: Family::default(),
+            multicast_sent_bytes: Counter::default(),
             sources: Arc::default(),
             registry: Registry::default(),
         };
         // One table: name, help, metric (counters get `_total` appended by the encoder).
-        let table: [(&str, &str, Box<dyn Metric>); 13] = [
+        let table: [(&str, &str, Box<dyn Metric>); 15] = [
             (
                 "dhcp_packets",
                 "DHCP requests handled, by message type and outcome",
@@ -199,6 +206,16 @@ impl Metrics {
                 "Failed rewrites of rsyncd.conf",
                 Box::new(m.rsyncd_config_failures.clone()),
             ),
+            (
+                "multicast_sessions",
+                "Multicast first-install sessions that ended, by outcome (sent, failed)",
+                Box::new(m.multicast_sessions.clone()),
+            ),
+            (
+                "multicast_sent_bytes",
+                "Bytes of image tar streamed by udp-sender (once per session)",
+                Box::new(m.multicast_sent_bytes.clone()),
+            ),
         ];
         let r = &mut registry;
         for (name, help, metric) in table {
@@ -236,6 +253,12 @@ impl Metrics {
 
     pub fn install_finished(&self, outcome: &'static str) {
         self.installs_finished
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    pub fn count_multicast(&self, outcome: &'static str) {
+        self.multicast_sessions
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
