@@ -18,9 +18,15 @@
 # target/test-GROUP.log; at the end one line per group and, as the last line,
 # "N passed, N failed" (scripts/test-summary.sh). Exits non-zero when a build or a
 # group failed (a compile error counts) or no test ran.
+#
+# CI stops a run at 90 minutes and then reports nothing, so the whole run has a
+# budget (ROLLOUT_TEST_BUDGET seconds, 80 min by default): a group still running
+# when it is spent is killed (with every process it started) and counts as
+# failed, and the summary is still printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
+budget=${ROLLOUT_TEST_BUDGET:-4800}
 ./scripts/setup.sh
 source "$HOME/.cargo/env" 2>/dev/null || true
 source scripts/test-summary.sh
@@ -51,10 +57,27 @@ step() {
   ran+=("$name")
 }
 
-tests() { cargo test --color never --no-fail-fast "$@"; }
+# within_budget CMD...: CMD, killed (its whole process group: test binaries,
+# QEMU, servers) once the run's budget is spent.
+within_budget() {
+  local left=$((started + budget - $(date +%s)))
+  if [ "$left" -le 0 ]; then
+    echo "test.sh: the run's budget of $budget s is spent; not starting: $*" >&2
+    return 124
+  fi
+  local rc=0
+  timeout --kill-after=30 "$left" "$@" || rc=$?
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    echo "test.sh: killed after the run's budget of $budget s (ROLLOUT_TEST_BUDGET): $*" >&2
+    echo "test.sh: the test running last in this group's log hung or was too slow" >&2
+  fi
+  return "$rc"
+}
 
-build_installer() { cargo build --color never --release -p rollout-installer --target x86_64-unknown-linux-musl; }
-build_workspace() { cargo build --color never --workspace --all-targets; }
+tests() { within_budget cargo test --color never --no-fail-fast "$@"; }
+
+build_installer() { within_budget cargo build --color never --release -p rollout-installer --target x86_64-unknown-linux-musl; }
+build_workspace() { within_budget cargo build --color never --workspace --all-targets; }
 unit() { tests --workspace --lib --bins; }
 doc() { tests --workspace --doc; }
 integration() { tests --workspace --exclude vm-harness --test '*'; }
