@@ -98,6 +98,17 @@ pub fn args(url: &str, dest: &str, excludes: &[String]) -> Vec<String> {
     a
 }
 
+/// The transfer checksums of the installer's rsync (`rsync --version`);
+/// empty when it cannot say.
+pub fn local_checksums() -> Vec<String> {
+    Command::new(paths::RSYNC)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| rollout::rsync_caps::checksum_list(&String::from_utf8_lossy(&o.stdout)))
+        .unwrap_or_default()
+}
+
 /// rsync exit codes that mean the copy is complete: 0, and 24 ("some files
 /// vanished"), which a live image tree can produce harmlessly.
 pub fn exit_ok(code: Option<i32>) -> bool {
