@@ -206,10 +206,100 @@ fn write_entry<W: Write>(
     Ok(head_len + pad4(head_len) as u64 + data.len() as u64 + pad4(data.len() as u64) as u64)
 }
 
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReadError {
+    #[error("cpio archive truncated at byte {0}")]
+    Truncated(usize),
+    #[error("not a newc cpio record at byte {0} (magic 070701 expected)")]
+    BadMagic(usize),
+    #[error("bad header field at byte {0}")]
+    BadField(usize),
+    #[error("entry {0:?} has a file type this reader does not take (mode {1:o})")]
+    Unsupported(String, u32),
+}
+
+/// Reads a newc archive (as [`Archive::write_to`] writes it) back: the
+/// installer unpacks the storage tools archive with it. Hard links are not
+/// supported (the writer makes none).
+pub fn read(bytes: &[u8]) -> Result<Archive, ReadError> {
+    const HEADER: usize = 110;
+    let mut archive = Archive::new();
+    let mut at = 0usize;
+    loop {
+        let head = bytes.get(at..at + HEADER).ok_or(ReadError::Truncated(at))?;
+        if &head[..6] != b"070701" {
+            return Err(ReadError::BadMagic(at));
+        }
+        let field = |i: usize| -> Result<u32, ReadError> {
+            let f = &head[6 + 8 * i..14 + 8 * i];
+            std::str::from_utf8(f)
+                .ok()
+                .and_then(|t| u32::from_str_radix(t, 16).ok())
+                .ok_or(ReadError::BadField(at + 6 + 8 * i))
+        };
+        let (mode, filesize, rmaj, rmin, namesize) = (
+            field(1)?,
+            field(6)? as usize,
+            field(9)?,
+            field(10)?,
+            field(11)? as usize,
+        );
+        let name_end = at + HEADER + namesize;
+        let name = bytes
+            .get(at + HEADER..name_end.saturating_sub(1))
+            .ok_or(ReadError::Truncated(at))?;
+        let name = String::from_utf8_lossy(name).into_owned();
+        let data_start = name_end + pad4(name_end as u64);
+        let data = bytes
+            .get(data_start..data_start + filesize)
+            .ok_or(ReadError::Truncated(data_start))?;
+        at = data_start + filesize + pad4((data_start + filesize) as u64);
+        if name == "TRAILER!!!" {
+            return Ok(archive);
+        }
+        let perm = mode & 0o7777;
+        let kind = match mode & 0o170000 {
+            S_IFDIR => EntryKind::Dir,
+            S_IFREG => EntryKind::File(data.to_vec()),
+            S_IFLNK => EntryKind::Symlink(String::from_utf8_lossy(data).into_owned()),
+            S_IFCHR => EntryKind::CharDev {
+                major: rmaj,
+                minor: rmin,
+            },
+            _ => return Err(ReadError::Unsupported(name, mode)),
+        };
+        archive.insert(&name, Entry { kind, perm });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::process::{Command, Stdio};
+
+    #[test]
+    fn what_is_written_reads_back() {
+        let a = sample();
+        let back = read(&a.to_bytes()).unwrap();
+        assert_eq!(
+            back.iter().collect::<Vec<_>>(),
+            a.iter().collect::<Vec<_>>()
+        );
+        let mut odd = Archive::new();
+        odd.add_file("a/b", 0o600, b"abcde".to_vec());
+        odd.add_file("c", 0o644, Vec::new());
+        let bytes = odd.to_bytes();
+        let back = read(&bytes).unwrap();
+        assert_eq!(
+            back.get("a/b").unwrap().kind,
+            EntryKind::File(b"abcde".to_vec())
+        );
+        assert_eq!(back.get("a/b").unwrap().perm, 0o600);
+        assert!(read(&bytes[..bytes.len() - 20]).is_err());
+        let garbage = [b'x'; 200];
+        assert_eq!(read(&garbage).unwrap_err(), ReadError::BadMagic(0));
+        assert!(matches!(read(&[]), Err(ReadError::Truncated(0))));
+    }
 
     fn sample() -> Archive {
         let mut a = Archive::new();

@@ -61,22 +61,33 @@ fn modules_dir_of(names: &[String]) -> String {
         .to_string()
 }
 
-/// One file's content from the archive (`cpio -i --to-stdout`).
-fn unpack_file(img: &Path, path: &str) -> String {
+/// `gzip -dc IMG | cpio -i --quiet ARGS` in `dir`; its stdout, after checking it worked.
+fn cpio_in(img: &Path, args: &str, dir: &Path) -> Vec<u8> {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "gzip -dc '{}' | cpio -i --quiet --to-stdout '{path}'",
+            "gzip -dc '{}' | cpio -i --quiet {args}",
             img.display()
         ))
+        .current_dir(dir)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "cpio -i {path}: {}",
+        "cpio -i {args}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    out.stdout
+}
+
+/// One file's content from the archive (`cpio -i --to-stdout`).
+fn unpack_file(img: &Path, path: &str) -> String {
+    String::from_utf8(cpio_in(
+        img,
+        &format!("--to-stdout '{path}'"),
+        Path::new("/"),
+    ))
+    .unwrap()
 }
 
 #[test]
@@ -265,13 +276,163 @@ fn initramfs_has_installer_modules_helpers_and_libc() {
         std::fs::read(format!("/boot/vmlinuz-{}", report.kernel_version)).unwrap()
     );
 
+    // The storage tools are not in the initramfs every node boots.
+    for p in rollout::wire::initramfs::STORAGE_PROGRAMS {
+        assert!(
+            !names.iter().any(|n| n == p.trim_start_matches('/')),
+            "{p} in the initramfs"
+        );
+    }
+    assert!(!names.iter().any(|n| n.ends_with("/xfs.ko")));
+    check_storage_tools(&report, &names);
+
     // Same inputs, same bytes.
     let first = std::fs::read(&report.initramfs).unwrap();
+    let first_tools = std::fs::read(dir.path().join("boot/storage-tools.img")).unwrap();
     let mut again = BuildOptions::new(dir.path().join("boot2"));
     again.installer = Some(installer);
     again.firmware_dir = fw;
     let second = std::fs::read(build(&again).unwrap().initramfs).unwrap();
     assert!(first == second, "two builds from the same inputs differ");
+    let second_tools = std::fs::read(dir.path().join("boot2/storage-tools.img")).unwrap();
+    assert!(
+        first_tools == second_tools,
+        "two storage tools archives from the same inputs differ"
+    );
+}
+
+/// The storage tools archive beside the initramfs: the programs at the paths
+/// the installer runs, every shared library they need (here or already in the
+/// initramfs), xfs.ko and a modules.dep naming both archives' modules; nothing
+/// the initramfs already holds.
+fn check_storage_tools(report: &rollout::bootfiles::BuildReport, main: &[String]) {
+    let tools = match &report.storage_tools {
+        Ok(t) => t,
+        Err(why) => {
+            prereq::missing(format!(
+                "no storage tools archive: {why} (Debian packages mdadm lvm2 xfsprogs)"
+            ));
+            return;
+        }
+    };
+    println!("{tools}");
+    let img = report.initramfs.with_file_name("storage-tools.img");
+    assert_eq!(tools.path, img);
+    assert_eq!(
+        std::fs::metadata(&img).unwrap().len(),
+        tools.compressed_bytes
+    );
+    let names = gunzip_cpio_list(&img);
+    for p in rollout::wire::initramfs::STORAGE_PROGRAMS {
+        assert!(
+            names.iter().any(|n| n == p.trim_start_matches('/')),
+            "{p} missing from {names:#?}"
+        );
+        // Every library the program needs (ldd's view), in one archive or the other.
+        let ldd = Command::new("ldd").arg(p).output().unwrap();
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            let Some(path) = line
+                .split("=>")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+            else {
+                continue;
+            };
+            let real = std::fs::canonicalize(path).unwrap();
+            let rel = real.to_string_lossy().trim_start_matches('/').to_string();
+            assert!(
+                names.contains(&rel) || main.contains(&rel),
+                "{p} needs {path} ({rel}), in neither archive"
+            );
+        }
+    }
+    // What the initramfs has (libc, the loader) is not shipped again.
+    assert!(
+        !names.iter().any(|n| n.ends_with("/libc.so.6")),
+        "{names:#?}"
+    );
+    assert!(!names.iter().any(|n| n.ends_with(".ko") && main.contains(n)));
+    let modules_dir = modules_dir_of(&names);
+    assert!(
+        names.contains(&format!("{modules_dir}/kernel/fs/xfs/xfs.ko")),
+        "xfs.ko missing from {names:#?}"
+    );
+    let dep = unpack_file(&img, &format!("{modules_dir}/modules.dep"));
+    assert!(
+        dep.lines().any(|l| l.starts_with("kernel/fs/xfs/xfs.ko:")),
+        "{dep}"
+    );
+    assert!(
+        dep.lines()
+            .any(|l| l.starts_with("kernel/drivers/md/raid1.ko:")),
+        "{dep}"
+    );
+    assert!(
+        dep.lines()
+            .any(|l| l.starts_with("kernel/drivers/net/virtio_net.ko:")),
+        "{dep}"
+    );
+    assert_eq!(
+        tools
+            .modules
+            .iter()
+            .filter(|m| m.ends_with("xfs.ko"))
+            .count(),
+        1
+    );
+    assert!(tools.compressed_bytes < 20 * 1024 * 1024, "{tools}");
+
+    // Unpacked over the initramfs, as the installer does, each program runs
+    // there: its loader and every library resolve inside that root.
+    if !prereq::require_root("chroot into the unpacked archives") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    for archive in [&report.initramfs, &img] {
+        cpio_in(archive, "-d -u --no-absolute-filenames", root.path());
+    }
+    for (program, arg) in [
+        (rollout::wire::initramfs::MDADM, "--version"),
+        (rollout::wire::initramfs::LVM, "version"),
+        (rollout::wire::initramfs::MKFS_XFS, "-V"),
+    ] {
+        let out = Command::new("chroot")
+            .arg(root.path())
+            .args([program, arg])
+            .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {arg} in the unpacked root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn without_the_storage_programs_no_archive_is_served() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let installer = dir.path().join("fake-installer");
+    std::fs::write(&installer, b"#!/bin/sh\n").unwrap();
+    let boot = dir.path().join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    // One left from an earlier build, for another kernel perhaps.
+    std::fs::write(boot.join("storage-tools.img"), b"stale").unwrap();
+    let mut opts = BuildOptions::new(&boot);
+    opts.installer = Some(installer);
+    opts.driver_trees.clear();
+    opts.storage_programs = vec!["/usr/sbin/mdadm-not-installed".into()];
+    let report = build(&opts).unwrap();
+    let why = report.storage_tools.as_ref().unwrap_err();
+    assert!(why.contains("apt-get install mdadm"), "{why}");
+    assert!(report
+        .to_string()
+        .contains("layouts with RAID, LVM or XFS cannot install"));
+    assert!(!boot.join("storage-tools.img").exists());
 }
 
 #[test]

@@ -10,6 +10,7 @@ pub mod collect;
 pub mod elf;
 pub mod firmware;
 pub mod modules;
+pub mod tools;
 
 pub use cli::{run, BuildArgs, InitramfsCmd};
 
@@ -47,8 +48,12 @@ fn package_for(path: &str) -> &'static str {
         p if p.contains("rsync") => "rsync",
         p if p.contains("extlinux") => "extlinux",
         p if p.contains("busybox") => "busybox-static",
+        p if p.contains("udp-receiver") => "udpcast",
         p if p.contains("syslinux") => "syslinux-common",
         p if p.contains("systemd-boot") => "systemd-boot-efi",
+        p if p.contains("mdadm") => "mdadm",
+        p if p.ends_with("/lvm") => "lvm2",
+        p if p.contains("xfs") => "xfsprogs",
         _ => "the package that provides it",
     }
 }
@@ -120,6 +125,10 @@ pub struct BuildOptions {
     pub firmware_dir: PathBuf,
     pub helper_programs: Vec<String>,
     pub helper_files: Vec<String>,
+    /// The storage tools archive's programs and modules ([`tools`]); an empty
+    /// program list builds no archive.
+    pub storage_programs: Vec<String>,
+    pub storage_modules: Vec<String>,
 }
 
 impl BuildOptions {
@@ -133,6 +142,14 @@ impl BuildOptions {
             firmware_dir: PathBuf::from("/lib/firmware"),
             helper_programs: HELPER_PROGRAMS.iter().map(|s| s.to_string()).collect(),
             helper_files: HELPER_FILES.iter().map(|s| s.to_string()).collect(),
+            storage_programs: tools::STORAGE_PROGRAMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            storage_modules: tools::STORAGE_MODULES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
@@ -159,6 +176,10 @@ pub struct BuildReport {
     pub modules: Vec<String>,
     pub builtin_modules: Vec<String>,
     pub missing_modules: Vec<String>,
+    /// The storage tools archive, or why it was not built (this host lacks a
+    /// program: the server then answers 404 and a RAID/LVM/XFS install fails
+    /// naming the remedy; other installs never ask for it).
+    pub storage_tools: Result<tools::ToolsReport, String>,
 }
 
 fn mib(b: u64) -> String {
@@ -216,6 +237,13 @@ impl fmt::Display for BuildReport {
                 "warning: not available for this kernel: {}",
                 self.missing_modules.join(" ")
             )?;
+        }
+        match &self.storage_tools {
+            Ok(t) => write!(f, "{t}")?,
+            Err(why) => writeln!(
+                f,
+                "warning: no storage tools archive ({why}); layouts with RAID, LVM or XFS cannot install"
+            )?,
         }
         Ok(())
     }
@@ -497,6 +525,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, InitramfsError> {
 
     let cpio = c.archive.to_bytes();
     std::fs::create_dir_all(&opts.output_dir).map_err(io_err(&opts.output_dir))?;
+    let storage_tools = build_storage_tools(opts, &version, &c.archive, &res.load_order)?;
     let img = opts.output_dir.join("initramfs.img");
     let gz = gzip(&cpio);
     write_atomic(&img, &gz)?;
@@ -528,7 +557,42 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, InitramfsError> {
             .collect(),
         builtin_modules: res.builtin,
         missing_modules: res.missing,
+        storage_tools,
     })
+}
+
+/// The storage tools archive beside the initramfs, when this host has the
+/// programs; otherwise a stale archive (another kernel's modules) is removed.
+fn build_storage_tools(
+    opts: &BuildOptions,
+    version: &str,
+    main: &crate::cpio::Archive,
+    main_modules: &[String],
+) -> Result<Result<tools::ToolsReport, String>, InitramfsError> {
+    let stale = opts.output_dir.join(tools::STORAGE_TOOLS_IMG);
+    let why_not = if opts.storage_programs.is_empty() {
+        Some("none asked for".to_string())
+    } else {
+        tools::host_has_tools(&opts.storage_programs)
+            .err()
+            .map(|e| e.to_string())
+    };
+    if let Some(why) = why_not {
+        match std::fs::remove_file(&stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&stale)(e)),
+        }
+        return Ok(Err(why));
+    }
+    let (archive, programs, modules) = tools::archive(
+        version,
+        main,
+        main_modules,
+        &opts.storage_programs,
+        &opts.storage_modules,
+    )?;
+    tools::write(&opts.output_dir, &archive, programs, modules).map(Ok)
 }
 
 /// gzip with no name and mtime 0 in the header, so output depends on content only.
