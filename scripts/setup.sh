@@ -16,11 +16,17 @@ PACKAGES=(
   qemu-system-x86 qemu-utils ovmf iproute2 bridge-utils
   # real DHCP/TFTP/HTTP clients, peers and relays used by the tests
   isc-dhcp-client udhcpc busybox-static curl dnsmasq-base kea-admin
+  # scripts/bench-dhcp.sh: Kea (memfile) beside rollout and dnsmasq, and the ACK capture
+  kea-dhcp4-server tcpdump
   # raw-UDP attackers in the security tests (TFTP/DHCP floods)
   python3
   # what the installer and its initramfs carry, and disk inspection in tests
   linux-image-amd64 kmod cpio zstd rsync e2fsprogs gdisk fdisk dosfstools util-linux
   syslinux syslinux-common extlinux systemd-boot-efi
+  # the storage tools archive beside the initramfs (RAID1, LVM, XFS layouts:
+  # rollout initramfs build copies these binaries), and the tiny test image's own
+  # initrd (mkinitramfs with their hooks, so it assembles md and activates LVM)
+  mdadm lvm2 xfsprogs initramfs-tools
   # golden images
   debootstrap openssh-client
   # reading the ESP of an installed disk in the QEMU tests (no vfat in some host kernels)
@@ -38,11 +44,19 @@ PACKAGES=(
   jq
   # /metrics scraped by a real Prometheus; `rollout watch` in a real terminal
   prometheus tmux
+  # the raw baseline of scripts/bench-scale.sh (a tarball over sendfile)
+  nginx-light
   # building
   build-essential pkg-config musl-tools
   # the Debian package (scripts/package.sh, tests/package.rs): lint it, install it
   # into a debootstrap chroot, run its unit's ExecStart with its capabilities
   lintian dpkg-dev binutils util-linux
+  # layouts with /usr over NFS: the lab's NFS server (userspace: this kernel has
+  # no nfsd) with rpcbind for NFSv3, and a userspace client to check it
+  nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils
+  # the multicast first install: udp-sender on the server, udp-receiver in the
+  # installer initramfs
+  udpcast
 )
 
 # program -> package that provides it
@@ -50,28 +64,35 @@ PROGRAMS=(
   qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils qemu-nbd:qemu-utils
   ip:iproute2 bridge:iproute2
   dhclient:isc-dhcp-client udhcpc:udhcpc busybox:busybox-static curl:curl
-  dnsmasq:dnsmasq-base perfdhcp:kea-admin python3:python3 openssl:openssl
+  dnsmasq:dnsmasq-base perfdhcp:kea-admin kea-dhcp4:kea-dhcp4-server tcpdump:tcpdump
+  python3:python3 openssl:openssl
   modprobe:kmod depmod:kmod cpio:cpio zstd:zstd gzip:gzip rsync:rsync
   mke2fs:e2fsprogs mkfs.ext3:e2fsprogs dumpe2fs:e2fsprogs mkswap:util-linux
   sgdisk:gdisk sfdisk:fdisk mkfs.vfat:dosfstools blkid:util-linux losetup:mount
-  extlinux:extlinux debootstrap:debootstrap ssh:openssh-client ssh-keygen:openssh-client
+  extlinux:extlinux mdadm:mdadm lvm:lvm2 mkfs.xfs:xfsprogs
+  mkinitramfs:initramfs-tools lsinitramfs:initramfs-tools debootstrap:debootstrap ssh:openssh-client ssh-keygen:openssh-client
   sshd:openssh-server mtype:mtools mdir:mtools chromium:chromium chromedriver:chromium-driver
   cc:build-essential musl-gcc:musl-tools pkg-config:pkg-config
   ipmitool:ipmitool ipmi_sim:openipmi jq:jq
-  prometheus:prometheus tmux:tmux
+  prometheus:prometheus tmux:tmux nginx:nginx-light
   lintian:lintian dpkg-deb:dpkg dpkg-shlibdeps:dpkg-dev strip:binutils setpriv:util-linux
   unshare:util-linux
+  ganesha.nfsd:nfs-ganesha rpcbind:rpcbind nfs-cat:libnfs-utils
+  udp-sender:udpcast udp-receiver:udpcast
 )
 
 # file -> package that provides it
 FILES=(
   /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf /usr/share/OVMF/OVMF_VARS_4M.fd:ovmf
+  /usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so:nfs-ganesha-vfs
   /usr/lib/ipxe/undionly.kpxe:ipxe /usr/lib/ipxe/snponly.efi:ipxe /usr/lib/ipxe/ipxe.efi:ipxe
   /usr/lib/ipxe/qemu/efi-virtio.rom:ipxe-qemu /usr/lib/ipxe/qemu/pxe-virtio.rom:ipxe-qemu
   /usr/lib/syslinux/mbr/gptmbr.bin:syslinux-common
   /usr/lib/syslinux/modules/bios/ldlinux.c32:syslinux-common
   /usr/lib/systemd/boot/efi/systemd-bootx64.efi:systemd-boot-efi
   /bin/busybox:busybox-static
+  /usr/share/initramfs-tools/hooks/mdadm:mdadm /usr/share/initramfs-tools/hooks/lvm2:lvm2
+  /usr/share/initramfs-tools/scripts/local-block/mdadm:mdadm
 )
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
@@ -103,6 +124,11 @@ if ((${#missing[@]})); then
   done
   # Every package in one transaction, so apt resolves them together.
   apt-get install -y -qq --no-install-recommends --allow-downgrades "${args[@]}" >/dev/null
+fi
+# nginx-light is only the bench's baseline (run by bench-scale.sh with its own config in
+# a namespace): Debian starts it on the host's port 80, where rollout serves.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled nginx >/dev/null 2>&1; then
+  systemctl disable --now nginx >/dev/null 2>&1 || true
 fi
 
 if ! command -v rustup >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then

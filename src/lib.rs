@@ -9,9 +9,13 @@
 pub mod clock;
 pub mod cpio;
 pub mod kernel;
+pub mod layout;
 pub mod mac;
+pub mod rsync_caps;
 pub mod wire;
 
+#[cfg(feature = "server")]
+pub mod admission;
 #[cfg(feature = "server")]
 pub mod api_client;
 #[cfg(feature = "server")]
@@ -36,6 +40,8 @@ pub mod images;
 pub mod inventory;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod multicast;
 #[cfg(feature = "server")]
 pub mod netif;
 #[cfg(feature = "server")]

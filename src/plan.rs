@@ -15,9 +15,10 @@ pub fn install_plan(
     ssh_keys: &[String],
 ) -> InstallPlan {
     let image = &record.image;
-    let mut layout = wire::Layout::default();
-    layout.root_mib = record.root_mib.unwrap_or(layout.root_mib);
-    layout.swap_mib = record.swap_mib.unwrap_or(layout.swap_mib);
+    let layout = config.layout_for(&record.mac, record.root_mib, record.swap_mib);
+    // Nothing is copied under a network mount: the mount point itself stays.
+    let mut excludes = config.excludes_for(image);
+    excludes.extend(layout.network_paths().iter().map(|m| format!("{m}/*")));
     let address = config
         .server
         .address
@@ -43,6 +44,8 @@ pub fn install_plan(
                 config.server.rsync_port,
                 crate::images::rsyncd::serial_module(image, serial)
             ),
+            // Filled in by the server from its rsync (`http::api::plan`).
+            rsync_checksums: vec![],
         },
         disk: wire::DiskSelector {
             path: record.disk.clone(),
@@ -50,7 +53,7 @@ pub fn install_plan(
         },
         layout,
         bootloader: wire::Bootloader::Auto,
-        excludes: config.excludes_for(image),
+        excludes,
         files: vec![],
         ssh_authorized_keys: ssh_keys.to_vec(),
         kernel_cmdline: config.install.kernel_cmdline.clone(),
@@ -63,6 +66,13 @@ pub fn install_plan(
         // The node's secret exists in clear text only in `start_install`'s
         // answer: the handler puts it here.
         node: wire::NodeCredential::default(),
+        multicast: config
+            .install
+            .multicast
+            .enabled
+            .then_some(wire::multicast::MulticastPlan {
+                wait_secs: config.install.multicast.wait_secs,
+            }),
     }
 }
 
@@ -162,9 +172,11 @@ mod tests {
             "[install]\nreboot_after_failure = 0\nsync_interval = 300\nkeep_identity = false\n[[image]]\nname = \"web\"\nexcludes = [\"/var/lib/site/\"]\n",
         );
         let p = install_plan(&r, &c, 3, &[]);
-        let default = wire::Layout::default();
-        assert_eq!(p.layout.root_mib, 12345);
-        assert_eq!(p.layout.swap_mib, default.swap_mib);
+        assert_eq!(
+            p.layout,
+            wire::Layout::default().with_sizes(Some(12345), None)
+        );
+        assert_eq!(p.layout.partitions[0].size, wire::Size::Mib(12345));
         assert_eq!(p.disk.path.as_deref(), Some("/dev/vdb"));
         assert_eq!(
             p.on_failure.reboot_after_secs, None,
@@ -176,5 +188,26 @@ mod tests {
         assert!(wire::DEFAULT_EXCLUDES
             .iter()
             .all(|d| p.excludes.iter().any(|e| e == d)));
+    }
+
+    #[test]
+    fn the_nodes_layout_is_in_the_plan_and_network_mounts_are_not_copied() {
+        let c = config(
+            "[[layout]]\nname = \"compute\"\npartitions = [{ mount = \"/\", size = \"1GiB\", fs = \"ext4\" }]\nmounts = [{ mount = \"/usr\", type = \"nfs\", source = \"nfs1:/export/usr\" }, { mount = \"/tmp\", type = \"tmpfs\" }]\n[[node]]\nmac = \"52:54:00:aa:00:01\"\nhostname = \"rack1-node1\"\nlayout = \"compute\"\n",
+        );
+        let p = install_plan(&record(), &c, 1, &[]);
+        assert_eq!(p.layout.name, "compute");
+        assert_eq!(p.layout.mounts.len(), 2);
+        assert!(p.excludes.iter().any(|e| e == "/usr/*"), "{:?}", p.excludes);
+        assert!(
+            !p.excludes.iter().any(|e| e == "/usr" || e == "/usr/"),
+            "the mount point itself is copied (created)"
+        );
+        // Another node, not in the file: the built-in layout, /usr copied.
+        let mut other = record();
+        other.mac = "52:54:00:aa:00:02".into();
+        let p = install_plan(&other, &c, 1, &[]);
+        assert_eq!(p.layout, wire::Layout::default());
+        assert!(!p.excludes.iter().any(|e| e.starts_with("/usr")));
     }
 }

@@ -61,7 +61,12 @@ fn dhcp_core(
         }
         hostnames.insert(n.mac.clone(), n.node.hostname.clone());
     }
-    let leases = LeaseTable::load(Box::new(SqliteLeaseStore::open(db)?), reservations)?;
+    let mut leases = LeaseTable::load(Box::new(SqliteLeaseStore::open(db)?), reservations)?;
+    // Lease writes of concurrent packets share one transaction: a rack powering
+    // on costs a few fsyncs, and each ACK still waits for its lease on disk.
+    let writer = dhcp::commit::GroupCommit::start(Box::new(SqliteLeaseStore::open(db)?))
+        .map_err(|e| ServeError::Task(format!("cannot start the DHCP lease writer thread: {e}")))?;
+    leases.group_commit(writer);
     let relays = d
         .relays
         .iter()
@@ -329,6 +334,8 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         Ok(())
     });
     let mut rsync_modules = None;
+    let max_copies = crate::admission::max_copies(config.install.max_copies);
+    info!(max_copies, "copy slots (install.max_copies)");
     if let Some(address) = config.server.address {
         let mask = config.provisioning_netmask();
         // Relayed subnets install over rsync too: without them a relayed node
@@ -337,6 +344,8 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         let mut settings =
             crate::images::rsyncd::RsyncdSettings::new(&config.state_dir, address.into(), allow);
         settings.port = config.server.rsync_port;
+        // Above the admitted copies: a node granted a slot never meets it.
+        settings.max_connections = crate::admission::rsync_max_connections(max_copies);
         let mut supervisor = crate::images::rsyncd::Supervisor::new(settings);
         supervisor.metrics = metrics.clone();
         let users_inventory = inventory.clone();
@@ -355,6 +364,14 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         warn!("server.address is not set: no rsync daemon, so nodes cannot install");
     }
     let tftp_metrics = metrics.clone();
+    let multicast = Arc::new(crate::multicast::Multicast::new(
+        config.install.multicast,
+        config.server.interface.clone(),
+        metrics.clone(),
+    ));
+    if multicast.enabled() {
+        info!(interface = ?config.server.interface, "multicast first install on ([install] multicast)");
+    }
     let state = Arc::new(AppState {
         config,
         inventory,
@@ -366,6 +383,9 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         metrics,
         power_seen,
         shutdown: cancel.clone(),
+        admission: std::sync::Mutex::new(crate::admission::Admission::new(max_copies as usize)),
+        rsync_checksums: rsync_checksums(),
+        multicast,
     });
 
     let c = cancel.clone();
@@ -407,5 +427,20 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     match first_error {
         Some(e) => Err(ServeError::Task(e)),
         None => Ok(()),
+    }
+}
+
+/// The local rsync's transfer checksums (`rsync --version`), which the
+/// daemon serving the images offers; empty when rsync cannot say.
+fn rsync_checksums() -> Vec<String> {
+    match std::process::Command::new("rsync")
+        .arg("--version")
+        .output()
+    {
+        Ok(o) => crate::rsync_caps::checksum_list(&String::from_utf8_lossy(&o.stdout)),
+        Err(e) => {
+            warn!("rsync --version: {e}; installers will use rsync's default checksum");
+            vec![]
+        }
     }
 }

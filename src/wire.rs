@@ -9,9 +9,14 @@ use serde::{Deserialize, Serialize};
 
 pub mod hardware;
 pub mod initramfs;
+pub mod layout;
 pub mod link;
+pub mod multicast;
 
 pub use hardware::Hardware;
+pub use layout::{
+    Content, DiskRule, Filesystem, Fs, Layout, Lvm, Mount, MountKind, Partition, Raid, Size, Volume,
+};
 pub use link::{BondMode, BondPlan, LinkPlan, BOND_NAME, VLAN_IDS};
 
 /// Kernel command-line keys the iPXE script passes to the installer.
@@ -45,7 +50,10 @@ pub mod paths {
     /// the holder of its boot secret (403 otherwise). A POST: it starts an install.
     pub const PLAN: &str = "/api/v1/plan";
     /// `POST /api/v1/installs/{install_id}/events` with a [`ProgressEvent`](super::ProgressEvent),
-    /// `Authorization: Bearer {token}`.
+    /// `Authorization: Bearer {token}`; `POST /api/v1/installs/{install_id}/slot`
+    /// (same token) → [`SlotAnswer`](super::SlotAnswer) before the copy.
+    /// `Authorization: Bearer {token}`; `POST /api/v1/installs/{install_id}/multicast`
+    /// (same token) → [`MulticastAnswer`](super::multicast::MulticastAnswer).
     pub const INSTALLS: &str = "/api/v1/installs";
     /// `POST` a [`PhoneHome`](super::PhoneHome) from the installed OS, with
     /// `Authorization: Bearer {node secret}` ([`NodeCredential::secret`](super::NodeCredential)).
@@ -183,6 +191,10 @@ pub struct InstallPlan {
     /// host key operators and `rollout exec` know (`[install] keep_identity`).
     #[serde(default = "yes")]
     pub keep_identity: bool,
+    /// The server streams the image by multicast to the installs of this
+    /// serial that ask at the same time (`[install] multicast`); none: rsync only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multicast: Option<multicast::MulticastPlan>,
 }
 
 fn yes() -> bool {
@@ -210,6 +222,12 @@ pub struct ImageRef {
     pub serial: u64,
     /// `rsync://host/module/` serving exactly this serial, read-only.
     pub rsync_url: String,
+    /// The transfer checksums the server's rsync supports, in its order of
+    /// preference (`rsync --version`'s "Checksum list"): the installer picks a
+    /// fast one both ends have ([`crate::rsync_caps::first_install_checksum`]).
+    /// Empty from an older server: the installer then names none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rsync_checksums: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -228,44 +246,8 @@ pub struct DiskSelector {
     pub declared: bool,
 }
 
-/// Partition layout, in MiB. The installer adds a BIOS boot or EFI system partition
-/// as the firmware requires; the root partition comes last when `root_mib` is 0 (fill).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
-pub struct Layout {
-    pub root_mib: u64,
-    pub swap_mib: u64,
-    pub root_fs: RootFs,
-    pub root_label: String,
-}
-
-impl Default for Layout {
-    fn default() -> Self {
-        Layout {
-            root_mib: 1024,
-            swap_mib: 2048,
-            root_fs: RootFs::Ext3,
-            root_label: "rollout-root".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
-pub enum RootFs {
-    Ext3,
-    Ext4,
-}
-
-impl RootFs {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RootFs::Ext3 => "ext3",
-            RootFs::Ext4 => "ext4",
-        }
-    }
-}
+/// The filesystem type of the root before layouts had other filesystems.
+pub type RootFs = Fs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -426,6 +408,33 @@ pub enum EventKind {
         error: String,
         /// The last lines the installer printed, for the operator.
         console_tail: Vec<String>,
+    },
+    /// Waiting for a copy slot ([`SlotAnswer::Wait`]): `position` (1 is next)
+    /// of `queued`, shown on the dashboard and by `rollout watch`.
+    Queued {
+        position: u32,
+        queued: u32,
+    },
+}
+
+/// The answer to `POST /api/v1/installs/{id}/slot`: copy now, or wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "slot", rename_all = "snake_case")]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub enum SlotAnswer {
+    /// Start the copy. The slot lasts `lease_secs` after each event of the
+    /// install and ends with the copy (its `done` event), the install or a failure.
+    Granted {
+        lease_secs: u64,
+        /// Copies running now (this one included) and the server's limit.
+        active: u32,
+        max: u32,
+    },
+    /// Not yet: `position` (1 is next) of `queued` waiting; ask again in `retry_secs`.
+    Wait {
+        position: u32,
+        queued: u32,
+        retry_secs: u64,
     },
 }
 

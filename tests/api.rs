@@ -186,7 +186,8 @@ fn every_endpoint_with_auth_and_bad_input() {
         (plan["hostname"].as_str(), plan["image"]["serial"].as_u64()),
         (Some("node1"), Some(1))
     );
-    assert_eq!(plan["layout"]["root_mib"], 1024);
+    assert_eq!(plan["layout"]["partitions"][0]["size"], "1GiB");
+    assert_eq!(plan["layout"]["partitions"][0]["content"]["mount"], "/");
     assert_eq!(plan["sync_interval_secs"], 900, "[install] sync_interval");
     let excludes: Vec<&str> = plan["excludes"]
         .as_array()

@@ -235,7 +235,7 @@ impl Fixture {
         let dispatch = t.join("dispatch.sh");
         std::fs::write(
             &dispatch,
-            format!("#!/bin/sh\ntouch '{}/ran-'\"$NODE\"\nif [ \"$SSH_ORIGINAL_COMMAND\" = \"/usr/local/sbin/rollout-sync sync\" ]; then\n  echo 'rollout-sync: syncing rsync://10.44.77.1/web-3/ onto /'\n  if [ \"$NODE\" = a ]; then echo 'updated 2 → 3, 1234 bytes transferred, reboot needed: yes'; else echo 'up to date (serial 3)'; fi\n  exit 0\nfi\nexec sh -c \"$SSH_ORIGINAL_COMMAND\"\n", t.display()),
+            format!("#!/bin/sh\ntouch '{}/ran-'\"$NODE\"\nif [ \"$SSH_ORIGINAL_COMMAND\" = \"/var/lib/rollout/bin/rollout-sync sync\" ]; then\n  echo 'rollout-sync: syncing rsync://10.44.77.1/web-3/ onto /'\n  if [ \"$NODE\" = a ]; then echo 'updated 2 → 3, 1234 bytes transferred, reboot needed: yes'; else echo 'up to date (serial 3)'; fi\n  exit 0\nfi\nexec sh -c \"$SSH_ORIGINAL_COMMAND\"\n", t.display()),
         )
         .unwrap();
         std::fs::set_permissions(

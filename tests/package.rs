@@ -60,6 +60,15 @@ fn every_key_set() -> Config {
             reboot_after_failure: 1,
             sync_interval: 0,
             keep_identity: true,
+            layout: Some("compute".into()),
+            max_copies: Some(8),
+            multicast: MulticastConfig {
+                enabled: true,
+                wait_secs: 10,
+                max_receivers: 64,
+                rate_mbps: 100,
+                port_base: 9000,
+            },
         },
         nodes: vec![NodeConfig {
             mac: "52:54:00:aa:00:01".into(),
@@ -69,6 +78,7 @@ fn every_key_set() -> Config {
             disk: Some("/dev/sda".into()),
             root_mib: Some(1),
             swap_mib: Some(1),
+            layout: Some("compute".into()),
             vlan: Some(100),
             bond: Some(BondConfig {
                 mode: "active-backup".into(),
@@ -103,6 +113,38 @@ fn every_key_set() -> Config {
             concurrency: 8,
             timeout: 20,
         },
+        layouts: vec![LayoutConfig {
+            name: "compute".into(),
+            disks: vec!["first".into()],
+            partitions: vec![PartitionConfig {
+                size: "1GiB".into(),
+                mount: Some("/".into()),
+                fs: Some("ext3".into()),
+                label: Some("root".into()),
+                options: Some("noatime".into()),
+                swap: Some(false),
+                lvm: Some(false),
+            }],
+            mounts: vec![MountConfig {
+                mount: "/usr".into(),
+                kind: "nfs".into(),
+                source: Some("nfs1:/export/usr".into()),
+                options: Some("ro".into()),
+            }],
+            raid: Some(RaidConfig { level: 1 }),
+            lvm: Some(LvmConfig {
+                vg: "vg0".into(),
+                volumes: vec![VolumeConfig {
+                    name: "root".into(),
+                    size: "rest".into(),
+                    mount: Some("/".into()),
+                    fs: Some("ext4".into()),
+                    label: Some("root".into()),
+                    options: Some("noatime".into()),
+                    swap: Some(false),
+                }],
+            }),
+        }],
     }
 }
 

@@ -342,4 +342,34 @@ fn http_serves_ipxe_scripts_kernel_ranges_and_health() {
     );
     assert!(!ok, "HTTP must not serve outside the boot directory");
     assert!(srv.log_text().contains("boot.ipxe → installer"));
+
+    // The storage tools archive beside the initramfs, fetched by the installer
+    // of a RAID/LVM/XFS layout at /boot/storage-tools.img; gone → 404, which the
+    // installer reports with its remedy.
+    let tools_img = dir.path().join("state/boot/storage-tools.img");
+    let mut a = rollout::cpio::Archive::new();
+    a.add_file("usr/sbin/mdadm", 0o755, b"\x7fELF mdadm".to_vec());
+    std::fs::write(&tools_img, rollout::bootfiles::gzip(&a.to_bytes())).unwrap();
+    let (ok, body, err) = curl(&net, &["-f", "http://10.44.0.1/boot/storage-tools.img"]);
+    assert!(ok, "{err}");
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut raw).unwrap();
+    let got = rollout::cpio::read(&raw).unwrap();
+    assert!(got.get("usr/sbin/mdadm").is_some());
+    std::fs::remove_file(&tools_img).unwrap();
+    let out = net
+        .in_cli(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+        ])
+        .arg("http://10.44.0.1/boot/storage-tools.img")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
 }

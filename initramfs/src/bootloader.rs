@@ -102,16 +102,37 @@ pub fn serial_directive(cmdline: &str) -> Option<String> {
     })
 }
 
-pub fn kernel_options(root_uuid: &str, extra: &str) -> String {
+/// `root` is what follows `root=`: `UUID=…` for a filesystem on a partition or
+/// an md array, `/dev/mapper/VG-LV` for a logical volume.
+pub fn kernel_options(root: &str, extra: &str) -> String {
     let extra = extra.trim();
     if extra.is_empty() {
-        format!("root=UUID={root_uuid} ro")
+        format!("root={root} ro")
     } else {
-        format!("root=UUID={root_uuid} ro {extra}")
+        format!("root={root} ro {extra}")
     }
 }
 
-pub fn extlinux_conf(k: &KernelPair, title: &str, root_uuid: &str, cmdline: &str) -> String {
+/// The kernel and initrd as extlinux finds them: paths on the filesystem it
+/// is installed in, so without `/boot` when `/boot` is its own filesystem.
+pub fn boot_relative(target: &Path, k: KernelPair) -> KernelPair {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    let separate = dev(&target.join("boot")).is_some() && dev(&target.join("boot")) != dev(target);
+    if !separate {
+        return k;
+    }
+    let strip = |p: String| match p.strip_prefix("/boot/") {
+        Some(rest) => format!("/{rest}"),
+        None => p,
+    };
+    KernelPair {
+        kernel: strip(k.kernel),
+        initrd: k.initrd.map(strip),
+    }
+}
+
+pub fn extlinux_conf(k: &KernelPair, title: &str, root: &str, cmdline: &str) -> String {
     let mut s = String::from("# Written by rollout-installer.\n");
     if let Some(serial) = serial_directive(cmdline) {
         s.push_str(&serial);
@@ -122,22 +143,19 @@ pub fn extlinux_conf(k: &KernelPair, title: &str, root_uuid: &str, cmdline: &str
     if let Some(i) = &k.initrd {
         s.push_str(&format!("  INITRD {i}\n"));
     }
-    s.push_str(&format!(
-        "  APPEND {}\n",
-        kernel_options(root_uuid, cmdline)
-    ));
+    s.push_str(&format!("  APPEND {}\n", kernel_options(root, cmdline)));
     s
 }
 
 pub const ESP_KERNEL: &str = "/rollout/vmlinuz";
 pub const ESP_INITRD: &str = "/rollout/initrd.img";
 
-pub fn sdboot_entry(title: &str, has_initrd: bool, root_uuid: &str, cmdline: &str) -> String {
+pub fn sdboot_entry(title: &str, has_initrd: bool, root: &str, cmdline: &str) -> String {
     let mut s = format!("title {title}\nlinux {ESP_KERNEL}\n");
     if has_initrd {
         s.push_str(&format!("initrd {ESP_INITRD}\n"));
     }
-    s.push_str(&format!("options {}\n", kernel_options(root_uuid, cmdline)));
+    s.push_str(&format!("options {}\n", kernel_options(root, cmdline)));
     s
 }
 
@@ -173,30 +191,29 @@ pub fn write_atomic(file: &Path, contents: &[u8]) -> Result<(), BootError> {
 pub fn write_extlinux_conf(
     target: &Path,
     title: &str,
-    root_uuid: &str,
+    root: &str,
     cmdline: &str,
 ) -> Result<KernelPair, BootError> {
-    let k = find_kernel(target)?;
+    let k = boot_relative(target, find_kernel(target)?);
     let conf = in_root(target, EXTLINUX_CONF);
-    write_atomic(
-        &conf,
-        extlinux_conf(&k, title, root_uuid, cmdline).as_bytes(),
-    )?;
+    write_atomic(&conf, extlinux_conf(&k, title, root, cmdline).as_bytes())?;
     Ok(k)
 }
 
-/// BIOS: extlinux in /boot/extlinux of the root file system, gptmbr.bin in the MBR.
+/// BIOS: extlinux in /boot/extlinux (on the root filesystem or /boot's own),
+/// gptmbr.bin in the MBR of every disk given (each member disk of a mirror, so
+/// either boots alone).
 pub fn install_extlinux(
     target: &Path,
-    disk: &Path,
+    disks: &[&Path],
     title: &str,
-    root_uuid: &str,
+    root: &str,
     cmdline: &str,
 ) -> Result<String, BootError> {
     let dir = target.join("boot/extlinux");
     std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
     sys::run(paths::EXTLINUX, &["--install", &dir.to_string_lossy()])?;
-    let k = write_extlinux_conf(target, title, root_uuid, cmdline)?;
+    let k = write_extlinux_conf(target, title, root, cmdline)?;
     for m in paths::EXTLINUX_C32 {
         let src = Path::new(paths::SYSLINUX_BIOS_MODULES).join(m);
         if src.exists() {
@@ -204,10 +221,13 @@ pub fn install_extlinux(
         }
     }
     let mbr = std::fs::read(paths::GPTMBR_BIN).map_err(io("read", Path::new(paths::GPTMBR_BIN)))?;
-    partition::write_mbr_bootcode(disk, &mbr)?;
+    for disk in disks {
+        partition::write_mbr_bootcode(disk, &mbr)?;
+    }
+    let names: Vec<String> = disks.iter().map(|d| d.display().to_string()).collect();
     Ok(format!(
         "extlinux in /boot/extlinux, gptmbr.bin on {}, kernel {}",
-        disk.display(),
+        names.join(" and "),
         k.kernel
     ))
 }
@@ -218,7 +238,7 @@ pub fn install_sdboot(
     target: &Path,
     esp: &Path,
     title: &str,
-    root_uuid: &str,
+    root: &str,
     cmdline: &str,
 ) -> Result<String, BootError> {
     let efi = Path::new(paths::SYSTEMD_BOOT_EFI);
@@ -227,7 +247,7 @@ pub fn install_sdboot(
     let loader = esp.join("loader/loader.conf");
     std::fs::create_dir_all(esp.join("loader/entries")).map_err(io("create directory", &loader))?;
     std::fs::write(&loader, loader_conf()).map_err(io("write", &loader))?;
-    let k = write_sdboot_kernel(target, esp, title, root_uuid, cmdline)?;
+    let k = write_sdboot_kernel(target, esp, title, root, cmdline)?;
     Ok(format!("systemd-boot on the ESP, kernel {}", k.kernel))
 }
 
@@ -237,7 +257,7 @@ pub fn write_sdboot_kernel(
     target: &Path,
     esp: &Path,
     title: &str,
-    root_uuid: &str,
+    root: &str,
     cmdline: &str,
 ) -> Result<KernelPair, BootError> {
     let k = find_kernel(target)?;
@@ -251,7 +271,7 @@ pub fn write_sdboot_kernel(
     }
     write_atomic(
         &entry,
-        sdboot_entry(title, k.initrd.is_some(), root_uuid, cmdline).as_bytes(),
+        sdboot_entry(title, k.initrd.is_some(), root, cmdline).as_bytes(),
     )?;
     Ok(k)
 }
@@ -260,7 +280,7 @@ pub fn write_sdboot_kernel(
 mod tests {
     use super::*;
 
-    const UUID: &str = "0f3c2a7e-1b2d-4c5e-8f90-123456789abc";
+    const UUID: &str = "UUID=0f3c2a7e-1b2d-4c5e-8f90-123456789abc";
 
     fn golden(name: &str) -> String {
         let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -305,6 +325,8 @@ mod tests {
         };
         let c = extlinux_conf(&k, "t", UUID, "");
         assert!(!c.contains("SERIAL") && !c.contains("INITRD"), "{c}");
+        let c = extlinux_conf(&k, "t", "/dev/mapper/vg0-root", "");
+        assert!(c.contains("APPEND root=/dev/mapper/vg0-root ro\n"), "{c}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::fileop::{io, FileError};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rollout::wire::{InstallPlan, NetworkPlan, RootFs};
+use rollout::wire::{InstallPlan, NetworkPlan};
 
 use crate::identity::Identity;
 use crate::render::{self, RenderError};
@@ -84,6 +84,8 @@ fn first_present<'a>(target: &Path, candidates: &[&'a str]) -> Option<&'a str> {
 /// an update, so `--delete` cannot remove the node's network, keys or hooks.
 pub const INSTALLER_WRITTEN: &[&str] = &[
     "/var/lib/dbus/machine-id",
+    // This node's own arrays (a layout with RAID1).
+    "/etc/mdadm/mdadm.conf",
     "/etc/resolv.conf",
     "/root/.ssh/authorized_keys",
     "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
@@ -92,6 +94,7 @@ pub const INSTALLER_WRITTEN: &[&str] = &[
     "/etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service",
     paths::NODE_SYNC_BINARY,
     paths::NODE_PHONE_HOME_SCRIPT,
+    paths::NODE_SYNC_LOOP_SCRIPT,
     "/etc/systemd/system/rollout-phone-home.service",
     "/etc/systemd/system/multi-user.target.wants/rollout-phone-home.service",
     "/etc/init.d/rollout-phone-home",
@@ -107,9 +110,10 @@ const SYSTEMD: &[&str] = &["/usr/lib/systemd/systemd", "/lib/systemd/systemd"];
 /// Facts the configure step needs beyond the plan.
 pub struct NodeFacts<'a> {
     pub plan: &'a InstallPlan,
-    pub root_uuid: String,
-    pub root_fs: RootFs,
-    pub swap_uuid: Option<String>,
+    /// The installed fstab: every filesystem, swap area and network or tmpfs mount.
+    pub fstab: Vec<render::FstabEntry>,
+    /// `/etc/mdadm/mdadm.conf` when the layout has md arrays.
+    pub mdadm_conf: Option<String>,
     /// The boot NIC's kernel name in the installer, for ifupdown configs.
     pub iface: String,
     /// Every NIC the installer saw, (kernel name, MAC): ifupdown names a bond's
@@ -120,6 +124,26 @@ pub struct NodeFacts<'a> {
     /// Host keys and machine-id carried over from this node's previous install
     /// (`crate::identity`); `None`: fresh ones.
     pub identity: Option<&'a Identity>,
+}
+
+/// Creates the mount point of every network and tmpfs mount of the layout
+/// (the copy put nothing under them). One that the image has as a symlink
+/// (`/var/lock` → `/run/lock`) is left as it is: mount follows it.
+fn mount_points(target: &Path, plan: &InstallPlan) -> Result<Vec<String>, ConfigureError> {
+    let mut made = Vec::new();
+    for m in &plan.layout.mounts {
+        let dir = in_target(target, &m.mount)?;
+        if dir.symlink_metadata().is_ok() {
+            continue;
+        }
+        std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+        made.push(m.mount.clone());
+    }
+    Ok(if made.is_empty() {
+        vec![]
+    } else {
+        vec![format!("mount points created: {}", made.join(" "))]
+    })
 }
 
 /// Writes everything and returns notes worth printing (which mechanisms were used).
@@ -141,9 +165,13 @@ pub fn apply(target: &Path, f: &NodeFacts) -> Result<Vec<String>, ConfigureError
     write_file(
         target,
         "/etc/fstab",
-        render::fstab(&f.root_uuid, f.root_fs, f.swap_uuid.as_deref()).as_bytes(),
+        render::fstab(&f.fstab).as_bytes(),
         0o644,
     )?;
+    if let Some(conf) = &f.mdadm_conf {
+        write_file(target, "/etc/mdadm/mdadm.conf", conf.as_bytes(), 0o644)?;
+    }
+    notes.extend(mount_points(target, plan)?);
     notes.push(network(target, f)?);
     let kept_id = f.identity.and_then(|i| i.machine_id.as_deref());
     let machine_id = match kept_id {
@@ -206,8 +234,19 @@ fn sync_timer(target: &Path, interval: u64) -> Result<String, ConfigureError> {
         return Ok("periodic sync: off (the node updates on `rollout sync`)".into());
     }
     if first_present(target, SYSTEMD).is_none() {
+        if inittab_once(target, paths::NODE_SYNC_LOOP_SCRIPT)? {
+            write_file(
+                target,
+                paths::NODE_SYNC_LOOP_SCRIPT,
+                render::sync_loop_script(interval).as_bytes(),
+                0o755,
+            )?;
+            return Ok(format!(
+                "periodic sync: busybox inittab, every {interval} s"
+            ));
+        }
         return Ok(format!(
-            "periodic sync: not set up, the image has no systemd (every {interval} s was asked for); use `rollout sync`"
+            "periodic sync: not set up, the image has no systemd and no busybox inittab (every {interval} s was asked for); use `rollout sync`"
         ));
     }
     let dir = "/etc/systemd/system";
@@ -472,24 +511,39 @@ pub fn hook_phone_home(target: &Path) -> Result<String, ConfigureError> {
         }
         return Ok("phone-home: sysvinit script /etc/init.d/rollout-phone-home".into());
     }
-    let inittab = in_target(target, "/etc/inittab")?;
-    if let Ok(text) = std::fs::read_to_string(&inittab) {
-        if text.contains("::sysinit:") {
-            if !text.contains(paths::NODE_PHONE_HOME_SCRIPT) {
-                let mut t = text;
-                if !t.ends_with('\n') {
-                    t.push('\n');
-                }
-                t.push_str(&format!("::once:{}\n", paths::NODE_PHONE_HOME_SCRIPT));
-                std::fs::write(&inittab, t).map_err(io("write", &inittab))?;
-            }
-            return Ok("phone-home: busybox inittab ::once entry".into());
+    if inittab_once(target, paths::NODE_PHONE_HOME_SCRIPT)? {
+        // An update may have brought the image's inittab back: the periodic
+        // sync, where the install set one up, goes back in too.
+        if has(target, paths::NODE_SYNC_LOOP_SCRIPT) {
+            inittab_once(target, paths::NODE_SYNC_LOOP_SCRIPT)?;
         }
+        return Ok("phone-home: busybox inittab ::once entry".into());
     }
     Ok(format!(
         "phone-home: no systemd, sysvinit or busybox inittab found; {} written but not hooked into boot",
         paths::NODE_PHONE_HOME_SCRIPT
     ))
+}
+
+/// Adds `::once:COMMAND` to a busybox inittab (once); false when the image
+/// has no busybox inittab.
+fn inittab_once(target: &Path, command: &str) -> Result<bool, ConfigureError> {
+    let inittab = in_target(target, "/etc/inittab")?;
+    let Ok(text) = std::fs::read_to_string(&inittab) else {
+        return Ok(false);
+    };
+    if !text.contains("::sysinit:") {
+        return Ok(false);
+    }
+    if !text.lines().any(|l| l == format!("::once:{command}")) {
+        let mut t = text;
+        if !t.ends_with('\n') {
+            t.push('\n');
+        }
+        t.push_str(&format!("::once:{command}\n"));
+        std::fs::write(&inittab, t).map_err(io("write", &inittab))?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -504,9 +558,8 @@ mod tests {
     ) -> NodeFacts<'a> {
         NodeFacts {
             plan,
-            root_uuid: "r".into(),
-            root_fs: RootFs::Ext3,
-            swap_uuid: None,
+            fstab: vec![],
+            mdadm_conf: None,
             iface: "eth0".into(),
             nics: vec![],
             installer_exe,
@@ -554,11 +607,31 @@ mod tests {
             gateway: None,
             dns: vec!["10.44.0.1".into()],
         };
+        plan.layout.mounts = vec![
+            rollout::wire::Mount {
+                mount: "/usr".into(),
+                kind: rollout::wire::MountKind::Nfs {
+                    source: "nfs1:/export/usr".into(),
+                },
+                options: Some("ro".into()),
+            },
+            rollout::wire::Mount {
+                mount: "/var/lock".into(),
+                kind: rollout::wire::MountKind::Tmpfs,
+                options: None,
+            },
+        ];
+        // The image has /var/lock as a symlink: it stays one.
+        std::fs::create_dir_all(t.join("var")).unwrap();
+        symlink("/run/lock", t.join("var/lock")).unwrap();
+        let root = plan.layout.partitions[0].content.clone();
         let facts = NodeFacts {
             plan: &plan,
-            root_uuid: "r-uuid".into(),
-            root_fs: RootFs::Ext3,
-            swap_uuid: Some("s-uuid".into()),
+            fstab: render::fstab_entries(
+                &[(&root, "r-uuid"), (&rollout::wire::Content::Swap, "s-uuid")],
+                &plan.layout.mounts,
+            ),
+            mdadm_conf: Some("ARRAY /dev/md/root UUID=x\n".into()),
             iface: "eth0".into(),
             nics: vec![],
             installer_exe: exe,
@@ -568,6 +641,10 @@ mod tests {
         let read = |p: &str| std::fs::read_to_string(t.join(p)).unwrap();
         assert_eq!(read("etc/hostname"), "node7\n");
         assert!(read("etc/fstab").contains("UUID=r-uuid\t/\text3"));
+        assert!(read("etc/fstab").contains("nfs1:/export/usr\t/usr\tnfs\tro\t0\t0"));
+        assert!(t.join("usr").is_dir(), "the nfs mount point is made");
+        assert!(t.join("var/lock").symlink_metadata().unwrap().is_symlink());
+        assert_eq!(read("etc/mdadm/mdadm.conf"), "ARRAY /dev/md/root UUID=x\n");
         assert!(read("etc/network/interfaces").contains("iface eth0 inet static"));
         assert_eq!(
             read("etc/resolv.conf"),
@@ -606,7 +683,7 @@ mod tests {
                 & 0o7777;
             assert_eq!(mode, 0o600, "{file}");
         }
-        assert_eq!(read("usr/local/sbin/rollout-sync"), "binary");
+        assert_eq!(read("var/lib/rollout/bin/rollout-sync"), "binary");
         assert!(t
             .join("etc/rc3.d/S99rollout-phone-home")
             .symlink_metadata()
@@ -623,6 +700,37 @@ mod tests {
             notes.iter().any(|n| n.contains("no ssh-keygen")),
             "{notes:?}"
         );
+    }
+
+    #[test]
+    fn busybox_images_get_their_periodic_sync_from_inittab_and_keep_it_after_an_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path();
+        std::fs::create_dir_all(t.join("etc")).unwrap();
+        let tab = "::sysinit:/etc/init.d/rcS\n";
+        std::fs::write(t.join("etc/inittab"), tab).unwrap();
+        let exe = t.join("exe");
+        std::fs::write(&exe, "b").unwrap();
+        let mut plan = crate::testutil::plan();
+        plan.sync_interval_secs = 30;
+        let notes = apply(t, &facts(&plan, exe, None)).unwrap();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n == "periodic sync: busybox inittab, every 30 s"),
+            "{notes:?}"
+        );
+        let script =
+            std::fs::read_to_string(t.join("var/lib/rollout/bin/rollout-sync-loop")).unwrap();
+        assert!(script.contains("while sleep 30; do\n  /var/lib/rollout/bin/rollout-sync sync\n"));
+        let read_tab = || std::fs::read_to_string(t.join("etc/inittab")).unwrap();
+        let want = "::once:/var/lib/rollout/bin/rollout-phone-home\n::once:/var/lib/rollout/bin/rollout-sync-loop\n";
+        assert_eq!(read_tab(), format!("{tab}{want}"));
+        // An update brings the image's inittab back; rollout-sync hooks both again, once.
+        std::fs::write(t.join("etc/inittab"), tab).unwrap();
+        hook_phone_home(t).unwrap();
+        hook_phone_home(t).unwrap();
+        assert_eq!(read_tab(), format!("{tab}{want}"));
     }
 
     #[test]
@@ -658,7 +766,7 @@ mod tests {
         let service =
             std::fs::read_to_string(t.join("etc/systemd/system/rollout-sync.service")).unwrap();
         assert!(
-            service.contains("ExecStart=/usr/local/sbin/rollout-sync sync\n"),
+            service.contains("ExecStart=/var/lib/rollout/bin/rollout-sync sync\n"),
             "{service}"
         );
         assert_eq!(

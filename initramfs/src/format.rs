@@ -31,6 +31,8 @@ pub enum FormatError {
     },
     #[error("{0} has no ext2/3/4 superblock (magic 0xEF53 missing)")]
     NotExt(String),
+    #[error("{0} has no XFS superblock (magic XFSB missing)")]
+    NotXfs(String),
 }
 
 /// mke2fs arguments. ext3 stays classic (journal, no extents) so older kernels and
@@ -91,6 +93,50 @@ pub fn mkfs_fat(label: &str, device: &Path) -> Result<(), FormatError> {
     run("mkfs.fat", paths::MKFS_FAT, &args, device)
 }
 
+/// mkfs.xfs arguments: `-f` because the device is fresh and may hold an old
+/// filesystem; XFS labels hold at most 12 bytes. The sector size comes from
+/// the device (a 4Kn disk gets 4096-byte sectors without being told).
+pub fn mkfs_xfs_args(label: &str, device: &Path) -> Vec<String> {
+    vec![
+        "-f".into(),
+        "-q".into(),
+        "-L".into(),
+        label.chars().take(12).collect(),
+        device.display().to_string(),
+    ]
+}
+
+/// XFS (from the storage tools archive, fetched when the layout names xfs).
+pub fn mkfs_xfs(label: &str, device: &Path) -> Result<(), FormatError> {
+    run(
+        "mkfs.xfs",
+        paths::MKFS_XFS,
+        &mkfs_xfs_args(label, device),
+        device,
+    )
+}
+
+/// The UUID of an XFS superblock (at byte 0: magic `XFSB`, then blocksize,
+/// dblocks, rblocks and rextents before `sb_uuid` at offset 32).
+pub fn parse_xfs_uuid(superblock: &[u8]) -> Option<[u8; 16]> {
+    if superblock.len() < 48 || &superblock[..4] != b"XFSB" {
+        return None;
+    }
+    superblock[32..48].try_into().ok()
+}
+
+pub fn read_xfs_uuid(device: &Path) -> Result<[u8; 16], FormatError> {
+    let err = |source| FormatError::Io {
+        device: device.display().to_string(),
+        source,
+    };
+    let mut sb = [0u8; 512];
+    std::fs::File::open(device)
+        .and_then(|mut f| f.read_exact(&mut sb))
+        .map_err(err)?;
+    parse_xfs_uuid(&sb).ok_or_else(|| FormatError::NotXfs(device.display().to_string()))
+}
+
 /// The UUID of an ext superblock: the superblock starts at byte 1024, its magic
 /// 0xEF53 at offset 56 and `s_uuid` at offset 104.
 pub fn parse_ext_uuid(superblock: &[u8]) -> Option<[u8; 16]> {
@@ -143,6 +189,42 @@ mod tests {
             a,
             ["-F", "-q", "-t", "ext4", "-L", "a-label-longer-t", "/dev/x"]
         );
+    }
+
+    #[test]
+    fn xfs_args_and_superblock() {
+        assert_eq!(
+            mkfs_xfs_args("rollout-scratch", Path::new("/dev/vda4")),
+            ["-f", "-q", "-L", "rollout-scra", "/dev/vda4"]
+        );
+        let mut sb = [0u8; 512];
+        sb[32..48].copy_from_slice(&[9u8; 16]);
+        assert_eq!(parse_xfs_uuid(&sb), None);
+        sb[..4].copy_from_slice(b"XFSB");
+        assert_eq!(parse_xfs_uuid(&sb), Some([9u8; 16]));
+    }
+
+    /// The real mkfs.xfs on an image file, and the UUID read back as blkid has it.
+    #[test]
+    fn mkfs_xfs_on_an_image_file() {
+        if !testkit::prereq::require_tools(&[("mkfs.xfs", "xfsprogs"), ("blkid", "util-linux")]) {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("xfs.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(320 << 20)
+            .unwrap();
+        mkfs_xfs("scratch", &img).unwrap();
+        let uuid = uuid_string(read_xfs_uuid(&img).unwrap());
+        let out = Command::new("blkid")
+            .args(["-o", "value", "-s", "UUID"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), uuid);
+        assert!(read_ext_uuid(&img).is_err());
     }
 
     #[test]

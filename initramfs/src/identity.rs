@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 use rollout::wire::InstallPlan;
 
-use crate::layout::PartKind;
-use crate::{disk, partition, paths, render, sys};
+use crate::{disk, paths, render, sys};
 
 /// Host key files larger than this are not keys (RSA 16384 is ~13 KiB).
 const MAX_KEY_FILE: u64 = 64 * 1024;
@@ -135,7 +134,7 @@ pub fn old_root_partition(disk: &Path) -> Result<PathBuf, String> {
         .partitions()
         .iter()
         .find(|(_, p)| {
-            p.name == partition::gpt_name(PartKind::Root)
+            p.name == crate::layout::GPT_ROOT_NAME
                 && p.part_type_guid == gpt::partition_types::LINUX_FS
         })
         .map(|(n, _)| *n)

@@ -300,9 +300,8 @@ mod tests {
             std::fs::write(&exe, "b").unwrap();
             let facts = crate::configure::NodeFacts {
                 plan: &plan,
-                root_uuid: "r".into(),
-                root_fs: rollout::wire::RootFs::Ext4,
-                swap_uuid: None,
+                fstab: vec![],
+                mdadm_conf: None,
                 iface: "bond0.100".into(),
                 nics: nics(),
                 installer_exe: exe,

@@ -11,7 +11,7 @@ use gpt::mbr::ProtectiveMBR;
 use gpt::partition_types::{self, Type};
 
 use crate::disk::partition_path;
-use crate::layout::{PartKind, PlannedLayout, MIB};
+use crate::layout::{DiskPlan, PartType, MIB};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PartitionError {
@@ -45,21 +45,14 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Partition
     move |source| PartitionError::Io { op, path, source }
 }
 
-pub fn gpt_name(kind: PartKind) -> &'static str {
-    match kind {
-        PartKind::BiosBoot => "BIOS boot partition",
-        PartKind::Esp => "EFI system partition",
-        PartKind::Root => "root",
-        PartKind::Swap => "swap",
-    }
-}
-
-fn gpt_type(kind: PartKind) -> Type {
-    match kind {
-        PartKind::BiosBoot => partition_types::BIOS,
-        PartKind::Esp => partition_types::EFI,
-        PartKind::Root => partition_types::LINUX_FS,
-        PartKind::Swap => partition_types::LINUX_SWAP,
+fn gpt_type(t: PartType) -> Type {
+    match t {
+        PartType::BiosBoot => partition_types::BIOS,
+        PartType::Esp => partition_types::EFI,
+        PartType::LinuxFs => partition_types::LINUX_FS,
+        PartType::Swap => partition_types::LINUX_SWAP,
+        PartType::Raid => partition_types::LINUX_RAID,
+        PartType::Lvm => partition_types::LINUX_LVM,
     }
 }
 
@@ -96,7 +89,7 @@ pub struct WrittenPart {
 
 /// Writes a protective MBR and a fresh GPT holding exactly the planned partitions.
 /// Returns each partition's device path, in the layout's order.
-pub fn write_table(disk: &Path, layout: &PlannedLayout) -> Result<Vec<PathBuf>, PartitionError> {
+pub fn write_table(disk: &Path, layout: &DiskPlan) -> Result<Vec<PathBuf>, PartitionError> {
     Ok(write_table_parts(disk, layout)?
         .into_iter()
         .map(|p| p.path)
@@ -106,7 +99,7 @@ pub fn write_table(disk: &Path, layout: &PlannedLayout) -> Result<Vec<PathBuf>, 
 /// `write_table`, also returning each partition's unique GUID.
 pub fn write_table_parts(
     disk: &Path,
-    layout: &PlannedLayout,
+    layout: &DiskPlan,
 ) -> Result<Vec<WrittenPart>, PartitionError> {
     wipe(disk)?;
     let lb = match layout.sector_size {
@@ -139,11 +132,11 @@ pub fn write_table_parts(
     for p in &layout.parts {
         table
             .add_partition_at(
-                gpt_name(p.kind),
+                &p.name,
                 p.number,
                 p.first_lba,
                 p.lba_count,
-                gpt_type(p.kind),
+                gpt_type(p.part_type),
                 p.attributes,
             )
             .map_err(gpt_err)?;

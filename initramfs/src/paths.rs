@@ -10,8 +10,10 @@ pub const SYS_BUS: &str = "/sys/bus";
 /// Programs and data files, at the paths the initramfs builder packs them.
 pub use rollout::wire::initramfs::{
     EXTLINUX, EXTLINUX_C32, GPTMBR_BIN, MKE2FS, MKFS_FAT, RSYNC, SYSLINUX_BIOS_MODULES,
-    SYSTEMD_BOOT_EFI,
+    SYSTEMD_BOOT_EFI, UDP_RECEIVER,
 };
+/// The storage tools, present only once `tools::ensure` unpacked them.
+pub use rollout::wire::initramfs::{LVM, MDADM, MKFS_XFS};
 
 /// Spawned with `rollout.debug=1` after a failure, when present.
 pub const SHELL: &str = "/bin/sh";
@@ -28,15 +30,19 @@ pub const OLD_ROOT: &str = "/run/rollout-old-root";
 /// ESP mount fails with EINVAL. nls_iso8859_1 is loaded with the storage modules.
 pub const ESP_MOUNT_OPTIONS: &str = "iocharset=iso8859-1";
 
-/// Where the installer puts itself on the installed node.
-pub const NODE_SYNC_BINARY: &str = "/usr/local/sbin/rollout-sync";
+/// Where the installer puts itself on the installed node. Not under /usr: a
+/// layout may mount /usr from NFS (the image's, read-only), which would hide
+/// anything the installer wrote there.
+pub const NODE_SYNC_BINARY: &str = "/var/lib/rollout/bin/rollout-sync";
 pub const NODE_CONFIG: &str = "/etc/rollout/node.toml";
 pub const NODE_SERIAL: &str = "/etc/rollout/serial";
 /// The node's secret (0600): its `Authorization: Bearer` to the server.
 pub const NODE_SECRET: &str = "/etc/rollout/node.secret";
 /// The node's rsync password (0600); its user is `rsync_user` in node.toml.
 pub const NODE_RSYNC_PASSWORD: &str = "/etc/rollout/rsync.password";
-pub const NODE_PHONE_HOME_SCRIPT: &str = "/usr/local/sbin/rollout-phone-home";
+pub const NODE_PHONE_HOME_SCRIPT: &str = "/var/lib/rollout/bin/rollout-phone-home";
+/// The periodic sync of an image whose init is busybox (no systemd timer).
+pub const NODE_SYNC_LOOP_SCRIPT: &str = "/var/lib/rollout/bin/rollout-sync-loop";
 
 /// The kernel modules the installer loads whatever the hardware, in this order
 /// (dependencies first); device drivers come by modalias. Missing ones are

@@ -1,7 +1,7 @@
 //! Text of every file the installer writes into the new root. Pure functions, so
 //! each rendering is tested against the exact expected text.
 
-use rollout::wire::{InstallPlan, NetworkPlan, PhoneHome, RootFs};
+use rollout::wire::{Content, Fs, InstallPlan, Mount, MountKind, NetworkPlan, PhoneHome};
 
 use crate::paths;
 
@@ -29,15 +29,79 @@ pub fn hosts(name: &str) -> String {
     )
 }
 
-pub fn fstab(root_uuid: &str, root_fs: RootFs, swap_uuid: Option<&str>) -> String {
+/// One line of the installed fstab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FstabEntry {
+    pub spec: String,
+    pub file: String,
+    pub vfstype: String,
+    pub options: String,
+    pub pass: u8,
+}
+
+/// The fstab lines of a layout: each filesystem and swap area made on the
+/// disks by the UUID it got (`made`, in the plan's mount order), then the
+/// network and tmpfs mounts by source, each with its options.
+pub fn fstab_entries(made: &[(&Content, &str)], mounts: &[Mount]) -> Vec<FstabEntry> {
+    let mut local = Vec::new();
+    let mut swap = Vec::new();
+    for (content, uuid) in made {
+        match content {
+            Content::Filesystem(f) => {
+                let default = match (f.mount.as_str(), f.fs) {
+                    ("/", Fs::Ext3 | Fs::Ext4) => "errors=remount-ro",
+                    _ => "defaults",
+                };
+                local.push(FstabEntry {
+                    spec: format!("UUID={uuid}"),
+                    file: f.mount.clone(),
+                    vfstype: f.fs.as_str().into(),
+                    options: f.options.clone().unwrap_or_else(|| default.into()),
+                    // xfs checks itself at mount; fsck.xfs does nothing.
+                    pass: match (f.mount.as_str(), f.fs) {
+                        (_, Fs::Xfs) => 0,
+                        ("/", _) => 1,
+                        _ => 2,
+                    },
+                })
+            }
+            Content::Swap => swap.push(FstabEntry {
+                spec: format!("UUID={uuid}"),
+                file: "none".into(),
+                vfstype: "swap".into(),
+                options: "sw".into(),
+                pass: 0,
+            }),
+            Content::LvmPv => {}
+        }
+    }
+    let mut others: Vec<&Mount> = mounts.iter().collect();
+    others.sort_by_key(|m| rollout::layout::mount_order(Some(&m.mount)));
+    for m in others {
+        let (spec, vfstype) = match &m.kind {
+            MountKind::Nfs { source } => (source.clone(), "nfs"),
+            MountKind::Tmpfs => ("tmpfs".to_string(), "tmpfs"),
+        };
+        local.push(FstabEntry {
+            spec,
+            file: m.mount.clone(),
+            vfstype: vfstype.into(),
+            options: m.options.clone().unwrap_or_else(|| "defaults".into()),
+            pass: 0,
+        });
+    }
+    local.extend(swap);
+    local
+}
+
+pub fn fstab(entries: &[FstabEntry]) -> String {
     let mut s = String::from("# /etc/fstab: written by rollout-installer.\n");
     s.push_str("# <file system>\t<mount point>\t<type>\t<options>\t<dump>\t<pass>\n");
-    s.push_str(&format!(
-        "UUID={root_uuid}\t/\t{}\terrors=remount-ro\t0\t1\n",
-        root_fs.as_str()
-    ));
-    if let Some(u) = swap_uuid {
-        s.push_str(&format!("UUID={u}\tnone\tswap\tsw\t0\t0\n"));
+    for e in entries {
+        s.push_str(&format!(
+            "{}\t{}\t{}\t{}\t0\t{}\n",
+            e.spec, e.file, e.vfstype, e.options, e.pass
+        ));
     }
     s
 }
@@ -256,6 +320,15 @@ pub fn sync_timer(interval: u64) -> String {
     )
 }
 
+/// The periodic sync where busybox init runs the image (its inittab starts
+/// this once): what the systemd timer does, with the output on the console.
+pub fn sync_loop_script(interval: u64) -> String {
+    format!(
+        "#!/bin/sh\n# Written by rollout-installer: check for a new image serial every {interval} s.\nwhile sleep {interval}; do\n  {bin} sync\ndone\n",
+        bin = paths::NODE_SYNC_BINARY
+    )
+}
+
 /// Fallback for images without systemd: prefers the installer binary, then curl,
 /// wget or busybox wget, retrying for about five minutes.
 pub fn phone_home_script() -> String {
@@ -315,16 +388,72 @@ pub fn phone_home_json(p: &PhoneHome) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn fs(mount: &str, fs: Fs, options: Option<&str>) -> Content {
+        Content::Filesystem(rollout::wire::Filesystem {
+            mount: mount.into(),
+            fs,
+            label: None,
+            options: options.map(Into::into),
+        })
+    }
+
     #[test]
     fn fstab_by_uuid() {
+        let root = fs("/", Fs::Ext3, None);
         assert_eq!(
-            fstab("1111-aa", RootFs::Ext3, Some("2222-bb")),
+            fstab(&fstab_entries(
+                &[(&root, "1111-aa"), (&Content::Swap, "2222-bb")],
+                &[]
+            )),
             "# /etc/fstab: written by rollout-installer.\n\
              # <file system>\t<mount point>\t<type>\t<options>\t<dump>\t<pass>\n\
              UUID=1111-aa\t/\text3\terrors=remount-ro\t0\t1\n\
              UUID=2222-bb\tnone\tswap\tsw\t0\t0\n"
         );
-        assert!(!fstab("u", RootFs::Ext4, None).contains("swap"));
+        let root4 = fs("/", Fs::Ext4, None);
+        assert!(!fstab(&fstab_entries(&[(&root4, "u")], &[])).contains("swap"));
+    }
+
+    #[test]
+    fn fstab_lists_every_mount_with_its_options() {
+        let root = fs("/", Fs::Ext4, Some("noatime"));
+        let scratch = fs("/scratch", Fs::Xfs, None);
+        let var = fs("/var", Fs::Ext3, None);
+        let mounts = [
+            Mount {
+                mount: "/var/tmp".into(),
+                kind: MountKind::Tmpfs,
+                options: None,
+            },
+            Mount {
+                mount: "/usr".into(),
+                kind: MountKind::Nfs {
+                    source: "nfs1:/export/usr".into(),
+                },
+                options: Some("ro,nolock".into()),
+            },
+        ];
+        let text = fstab(&fstab_entries(
+            &[
+                (&root, "r"),
+                (&scratch, "s"),
+                (&var, "v"),
+                (&Content::Swap, "w"),
+            ],
+            &mounts,
+        ));
+        let lines: Vec<&str> = text.lines().skip(2).collect();
+        assert_eq!(
+            lines,
+            [
+                "UUID=r\t/\text4\tnoatime\t0\t1",
+                "UUID=s\t/scratch\txfs\tdefaults\t0\t0",
+                "UUID=v\t/var\text3\tdefaults\t0\t2",
+                "nfs1:/export/usr\t/usr\tnfs\tro,nolock\t0\t0",
+                "tmpfs\t/var/tmp\ttmpfs\tdefaults\t0\t0",
+                "UUID=w\tnone\tswap\tsw\t0\t0",
+            ]
+        );
     }
 
     #[test]
@@ -392,7 +521,7 @@ mod tests {
     #[test]
     fn phone_home_files() {
         let unit = phone_home_unit();
-        assert!(unit.contains("ExecStart=/usr/local/sbin/rollout-sync phone-home\n"));
+        assert!(unit.contains("ExecStart=/var/lib/rollout/bin/rollout-sync phone-home\n"));
         assert!(unit.contains("WantedBy=multi-user.target"));
         assert!(unit.contains("After=network-online.target ssh.service sshd.service\n"));
         let script = phone_home_script();
@@ -407,7 +536,8 @@ mod tests {
             3,
             "every client sends it"
         );
-        assert!(phone_home_initd().contains("/usr/local/sbin/rollout-phone-home >/dev/null 2>&1 &"));
+        assert!(phone_home_initd()
+            .contains("/var/lib/rollout/bin/rollout-phone-home >/dev/null 2>&1 &"));
         assert!(phone_home_initd().contains("# Should-Start:      ssh sshd dropbear\n"));
         let json = phone_home_json(&PhoneHome {
             mac: "m".into(),

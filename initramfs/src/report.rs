@@ -39,6 +39,12 @@ impl Reporter {
         self.start.elapsed().as_millis() as u64
     }
 
+    /// `(server, install id, token)` once the plan is known.
+    pub fn install(&self) -> Option<(&str, &str, &str)> {
+        let (id, token) = self.target.as_ref()?;
+        Some((&self.server, id, token))
+    }
+
     /// Starts posting under this install; queued early events go first.
     pub fn set_install(&mut self, install_id: &str, token: &str) {
         self.target = Some((install_id.to_string(), token.to_string()));

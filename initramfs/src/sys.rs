@@ -197,8 +197,15 @@ fn finish(cmd: String, out: std::process::Output) -> Result<String, SysError> {
 }
 
 pub fn run(program: &str, args: &[&str]) -> Result<String, SysError> {
+    run_env(program, args, &[])
+}
+
+/// [`run`] with extra environment variables (the storage tools take their
+/// no-udev switches that way).
+pub fn run_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String, SysError> {
     let out = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .map_err(|e| SysError::Spawn(program.to_string(), e))?;
     finish(format!("{program} {}", args.join(" ")), out)

@@ -15,6 +15,7 @@ pub fn plan() -> InstallPlan {
             name: "default".into(),
             serial: 7,
             rsync_url: "rsync://10.44.0.1/default-7/".into(),
+            rsync_checksums: vec![],
         },
         disk: DiskSelector::default(),
         layout: Layout::default(),
@@ -29,6 +30,7 @@ pub fn plan() -> InstallPlan {
         kernel_cmdline: "console=ttyS0,115200".into(),
         sync_interval_secs: 0,
         keep_identity: true,
+        multicast: None,
         on_failure: FailurePolicy::default(),
         rsync: RsyncCredential {
             user: "install-525400000001".into(),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rollout::wire::{Layout, RootFs};
-use rollout_installer::layout::{self, Firmware, PartKind, MIB};
+use rollout_installer::layout::{self, DiskGeometry, Firmware, PartType, MIB};
 use rollout_installer::{disk, format, partition, swap};
 use testkit::prereq;
 
@@ -93,18 +93,17 @@ fn install_like(firmware: Firmware, sector: u64) {
         return;
     }
     let disk = Loop::new(3 * 1024 * MIB, sector);
-    let lay = Layout {
-        root_mib: 0,
-        swap_mib: 256,
-        root_fs: RootFs::Ext3,
-        root_label: "it-root".into(),
+    let lay = Layout::default().with_sizes(Some(0), Some(256));
+    let geometry = DiskGeometry {
+        bytes: 3 * 1024 * MIB,
+        sector,
     };
-    let planned = layout::plan(3 * 1024 * MIB, sector, firmware, &lay).unwrap();
-    let parts = partition::write_table(&disk.dev, &planned).unwrap();
-    let dev_of = |k: PartKind| {
-        let i = planned.parts.iter().position(|p| p.kind == k).unwrap();
-        parts[i].clone()
-    };
+    let plan = layout::plan(&lay, firmware, &[geometry]).unwrap();
+    let planned = &plan.disks[0];
+    let parts = partition::write_table(&disk.dev, planned).unwrap();
+    let index_of = |t: PartType| planned.parts.iter().position(|p| p.part_type == t).unwrap();
+    let dev_of = |t: PartType| parts[index_of(t)].clone();
+    let root_number = planned.parts[index_of(PartType::LinuxFs)].number;
 
     // The partition table, as sgdisk sees it.
     let table = run("sgdisk", &["-p", disk.dev.to_str().unwrap()]);
@@ -125,7 +124,14 @@ fn install_like(firmware: Firmware, sector: u64) {
     assert!(table.contains("8300") && table.contains("8200"), "{table}");
     let verify = run("sgdisk", &["-v", disk.dev.to_str().unwrap()]);
     assert!(verify.contains("No problems found"), "{verify}");
-    let attrs = run("sgdisk", &["-A", "2:show", disk.dev.to_str().unwrap()]);
+    let attrs = run(
+        "sgdisk",
+        &[
+            "-A",
+            &format!("{root_number}:show"),
+            disk.dev.to_str().unwrap(),
+        ],
+    );
     assert_eq!(
         attrs.contains("legacy BIOS bootable"),
         firmware == Firmware::Bios,
@@ -137,7 +143,7 @@ fn install_like(firmware: Firmware, sector: u64) {
     }
 
     // Root: ext3 with a journal, without extents, labelled.
-    let root = dev_of(PartKind::Root);
+    let root = dev_of(PartType::LinuxFs);
     format::mke2fs(RootFs::Ext3, "it-root", &root).unwrap();
     let uuid = format::uuid_string(format::read_ext_uuid(&root).unwrap());
     let id = blkid(&root);
@@ -157,8 +163,8 @@ fn install_like(firmware: Firmware, sector: u64) {
     assert!(sb.contains("Filesystem volume name:   it-root"), "{sb}");
 
     // Swap: our own header, recognised by blkid with our UUID.
-    let sw = dev_of(PartKind::Swap);
-    let swap_part = planned.part(PartKind::Swap).unwrap();
+    let sw = dev_of(PartType::Swap);
+    let swap_part = &planned.parts[index_of(PartType::Swap)];
     let suuid = *uuid::Uuid::new_v4().as_bytes();
     swap::write(&sw, swap_part.lba_count * sector, suuid, "rollout-swap").unwrap();
     let id = blkid(&sw);
@@ -174,7 +180,7 @@ fn install_like(firmware: Firmware, sector: u64) {
     assert_eq!(&page[4086..], b"SWAPSPACE2");
 
     if firmware == Firmware::Uefi {
-        let esp = dev_of(PartKind::Esp);
+        let esp = dev_of(PartType::Esp);
         format::mkfs_fat("ESP", &esp).unwrap();
         let id = blkid(&esp);
         assert!(id.contains("TYPE=vfat") && id.contains("LABEL=ESP"), "{id}");
@@ -241,14 +247,13 @@ fn stranger_vs_declared(prepare: &[(&str, &[&str])], found: &str) {
     // Declared: the same disk is taken, and the install's table replaces it.
     let was = disk::guard(&d, true, "52:54:00:aa:00:09").unwrap();
     assert_eq!(was.map(|c| c.to_string()).as_deref(), Some(found));
-    let lay = Layout {
-        root_mib: 0,
-        swap_mib: 16,
-        root_fs: RootFs::Ext3,
-        root_label: "it-root".into(),
+    let lay = Layout::default().with_sizes(Some(0), Some(16));
+    let geometry = DiskGeometry {
+        bytes: d.size_bytes,
+        sector: 512,
     };
-    let planned = layout::plan(d.size_bytes, 512, Firmware::Bios, &lay).unwrap();
-    partition::write_table(&l.dev, &planned).unwrap();
+    let plan = layout::plan(&lay, Firmware::Bios, &[geometry]).unwrap();
+    partition::write_table(&l.dev, &plan.disks[0]).unwrap();
     let table = run("sgdisk", &["-p", l.dev.to_str().unwrap()]);
     assert!(table.contains("EF02") && table.contains("8200"), "{table}");
 
@@ -300,15 +305,20 @@ fn a_reinstall_reads_this_nodes_identity_from_the_old_root() {
     let sector = 4096;
     let disk = Loop::new(4 * 1024 * MIB, sector);
     let me = plan_for("52:54:00:aa:00:07", "rack1-node7");
-    let planned = layout::plan(4 * 1024 * MIB, sector, Firmware::Uefi, &me.layout).unwrap();
-    let parts = partition::write_table(&disk.dev, &planned).unwrap();
+    let geometry = DiskGeometry {
+        bytes: 4 * 1024 * MIB,
+        sector,
+    };
+    let plan = layout::plan(&me.layout, Firmware::Uefi, &[geometry]).unwrap();
+    let planned = &plan.disks[0];
+    let parts = partition::write_table(&disk.dev, planned).unwrap();
     let root = parts[planned
         .parts
         .iter()
-        .position(|p| p.kind == PartKind::Root)
+        .position(|p| p.name == layout::GPT_ROOT_NAME)
         .unwrap()]
     .clone();
-    format::mke2fs(RootFs::Ext3, &me.layout.root_label, &root).unwrap();
+    format::mke2fs(RootFs::Ext3, "rollout-root", &root).unwrap();
 
     // The previous install, written through a normal mount.
     let mnt = tempfile::tempdir().unwrap();

@@ -241,7 +241,7 @@ fn sync_updates_a_node_root_from_an_rsync_daemon() {
     );
     write(
         &root,
-        "usr/local/sbin/rollout-sync",
+        "var/lib/rollout/bin/rollout-sync",
         "the installed binary\n",
     );
     write(
@@ -328,7 +328,7 @@ fn sync_updates_a_node_root_from_an_rsync_daemon() {
         "UUID=abc-1\t/\text3\terrors=remount-ro\t0\t1\n"
     );
     assert_eq!(
-        read(&root, "usr/local/sbin/rollout-sync"),
+        read(&root, "var/lib/rollout/bin/rollout-sync"),
         "the installed binary\n"
     );
     assert_eq!(

@@ -24,6 +24,7 @@ fn plan(network: NetworkPlan) -> InstallPlan {
             name: "web".into(),
             serial: 3,
             rsync_url: "rsync://10.44.0.1:873/web-3/".into(),
+            rsync_checksums: vec![],
         },
         disk: DiskSelector::default(),
         layout: Layout::default(),
@@ -37,6 +38,7 @@ fn plan(network: NetworkPlan) -> InstallPlan {
         // The timer's units are node-local too: a sync must keep them.
         sync_interval_secs: 900,
         keep_identity: true,
+        multicast: None,
         rsync: RsyncCredential::default(),
         node: NodeCredential {
             secret: "node-secret".into(),
@@ -82,9 +84,8 @@ fn check(image_files: &[&str], network: NetworkPlan) {
         &t,
         &configure::NodeFacts {
             plan: &plan,
-            root_uuid: "r".into(),
-            root_fs: RootFs::Ext4,
-            swap_uuid: None,
+            fstab: vec![],
+            mdadm_conf: Some("ARRAY /dev/md/root metadata=1.0 UUID=1:2:3:4\n".into()),
             iface: "eth0".into(),
             nics: vec![],
             installer_exe: exe,
@@ -166,5 +167,61 @@ fn installer_written_files_survive_a_sync() {
             gateway: Some("10.44.0.1".into()),
             dns: vec!["10.44.0.1".into()],
         },
+    );
+}
+
+/// A node with /usr over NFS: a sync leaves everything under /usr alone (the
+/// export serves it, read-only), whatever the image has there.
+#[test]
+fn a_sync_leaves_network_mounts_alone() {
+    if !prereq::require_file(paths::RSYNC, "rsync") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("node");
+    let image = dir.path().join("image");
+    for (root, f) in [
+        (&node, "usr/bin/from-nfs"),
+        (&node, "etc/fstab"),
+        (&image, "usr/bin/image-only"),
+        (&image, "opt/new"),
+    ] {
+        let p = root.join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, "x\n").unwrap();
+    }
+    let fstab =
+        "UUID=r\t/\text3\terrors=remount-ro\t0\t1\nnfs1:/export/usr\t/usr\tnfs\tro,nolock\t0\t0\n";
+    std::fs::write(node.join("etc/fstab"), fstab).unwrap();
+    let extra: Vec<String> = sync::network_mounts(fstab)
+        .iter()
+        .map(|m| format!("{m}/*"))
+        .collect();
+    rsync::copy_with(
+        &image.to_string_lossy(),
+        None,
+        &node.to_string_lossy(),
+        &sync::excludes(&extra),
+        &sync::extra_flags()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        1,
+        Duration::ZERO,
+        |_| {},
+        |_, why| panic!("{why}"),
+    )
+    .unwrap();
+    assert!(
+        node.join("usr/bin/from-nfs").exists(),
+        "deleted under the nfs mount"
+    );
+    assert!(
+        !node.join("usr/bin/image-only").exists(),
+        "copied under the nfs mount"
+    );
+    assert!(
+        node.join("opt/new").exists(),
+        "the rest of the image is synced"
     );
 }

@@ -108,8 +108,15 @@ async fn shutdown_signal(cancel: CancellationToken) {
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<crate::config::Config> {
-    crate::config::Config::load(path)
-        .with_context(|| "rollout needs its config file; pass --config FILE or set ROLLOUT_CONFIG")
+    use crate::config::ConfigError;
+    match crate::config::Config::load(path) {
+        // Only a file that cannot be read needs the hint where rollout looks;
+        // an invalid one says which key and what to do by itself.
+        Err(e @ ConfigError::Read { .. }) => Err(anyhow::Error::new(e)
+            .context("rollout needs its config file; pass --config FILE or set ROLLOUT_CONFIG")),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("config file {}", path.display()))),
+        Ok(c) => Ok(c),
+    }
 }
 
 /// `exec` and `sync` run over SSH from here, with the server's key in state_dir,

@@ -133,7 +133,7 @@ pub fn render_table(nodes: &[NodeRecord], now: u64) -> String {
                 None => n.image.clone(),
             },
             n.state.as_str().into(),
-            n.stage.clone().unwrap_or_else(|| "-".into()),
+            n.stage_text(),
             if n.state == NodeState::Installing || n.state == NodeState::Installed {
                 progress_bar(n, 20)
             } else {

@@ -118,7 +118,7 @@ pub fn watch(args: WatchArgs, c: &Client) -> anyhow::Result<()> {
                 "{}  {}  {}  {}  eta {}{}",
                 n.hostname,
                 n.state.as_str(),
-                n.stage.as_deref().unwrap_or("-"),
+                n.stage_text(),
                 progress_bar(&n, 20),
                 eta_cell(&n),
                 match n.trouble() {

@@ -4,7 +4,9 @@
 
 mod bmc;
 mod image;
+mod layout;
 mod link;
+mod multicast;
 mod policy;
 mod valid;
 
@@ -12,7 +14,9 @@ pub use bmc::{
     check_password_file, check_password_files, BmcConfig, BmcDriver, BootMode, PowerConfig,
 };
 pub use image::{ImageConfig, ImageMount};
+pub use layout::{LayoutConfig, LvmConfig, MountConfig, PartitionConfig, RaidConfig, VolumeConfig};
 pub use link::BondConfig;
+pub use multicast::MulticastConfig;
 use policy::check_unknown_policy;
 pub use policy::{RetryPolicy, UnknownPolicy};
 pub use valid::{DeclaredNode, MachineFacts, ValidConfig};
@@ -62,6 +66,9 @@ pub struct Config {
     pub images: Vec<ImageConfig>,
     #[serde(default)]
     pub power: PowerConfig,
+    /// Named disk layouts (`[[layout]]`) that nodes and `[install]` pick by name.
+    #[serde(default, rename = "layout")]
+    pub layouts: Vec<LayoutConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -259,6 +266,18 @@ pub struct InstallConfig {
     /// host key); `false`: every install makes fresh ones.
     #[serde(default = "yes")]
     pub keep_identity: bool,
+    /// The `[[layout]]` of nodes that name none; default: 1 GiB ext3 root + 2 GiB swap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+    /// How many installs copy the image at once; the others wait in the
+    /// server's queue (`admission`). `None`: sized from this machine
+    /// (`admission::max_copies`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_copies: Option<u32>,
+    /// One udpcast stream of the image for the nodes that install a serial at
+    /// the same time (the `multicast` module); off by default.
+    #[serde(default)]
+    pub multicast: MulticastConfig,
 }
 
 impl Default for InstallConfig {
@@ -272,6 +291,9 @@ impl Default for InstallConfig {
             reboot_after_failure: default_reboot_after(),
             sync_interval: 0,
             keep_identity: true,
+            layout: None,
+            max_copies: None,
+            multicast: MulticastConfig::default(),
         }
     }
 }
@@ -310,6 +332,9 @@ pub struct NodeConfig {
     pub disk: Option<String>,
     pub root_mib: Option<u64>,
     pub swap_mib: Option<u64>,
+    /// A `[[layout]]` name; default: `install.layout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
     /// How rollout powers this node and sets its next boot (see `power`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bmc: Option<BmcConfig>,
@@ -486,8 +511,17 @@ impl Config {
                 "use 0 (no timer) or at least 60 seconds",
             ));
         }
+        if matches!(self.install.max_copies, Some(n) if n == 0 || n > 4096) {
+            return Err(invalid(
+                "install.max_copies",
+                format!("{} copies at once", self.install.max_copies.unwrap_or(0)),
+                "use 1 to 4096, or leave it out to size it from this machine",
+            ));
+        }
+        self.install.multicast.validate()?;
         check_unknown_policy(d.mode, self.install.unknown, UnknownPolicy::DEFAULT)?;
         image::validate(&self.images)?;
+        layout::validate(self)?;
         Ok(macs)
     }
 

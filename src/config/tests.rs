@@ -166,7 +166,8 @@ fn sync_interval_is_off_by_default_and_not_too_short() {
 }
 
 /// config is a leaf: every other module may import it, so it imports none of them
-/// but the dependency-free shared layer (`wire`, `mac`), or a cycle comes back.
+/// but the dependency-free shared layer (`wire`, `mac`, `layout`: the layout
+/// arithmetic imports only `wire`), or a cycle comes back.
 #[test]
 fn config_imports_no_other_module_but_wire() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
@@ -182,7 +183,7 @@ fn config_imports_no_other_module_but_wire() {
                 .next()
                 .unwrap();
             assert!(
-                matches!(module, "wire" | "mac" | "config"),
+                matches!(module, "wire" | "mac" | "layout" | "config"),
                 "{} imports module {module}",
                 path.display()
             );
@@ -275,4 +276,14 @@ fn short_or_empty_admin_token_is_refused_with_the_minimum_and_a_way_to_make_one(
     assert_eq!(c.server.session_lifetime, 8 * 3600);
     let e = err("state_dir = \"/x\"\n[server]\nsession_lifetime = 0\n");
     assert!(e.contains("server.session_lifetime"), "{e}");
+}
+
+#[test]
+fn max_copies_is_optional_and_never_zero() {
+    let c = Config::parse(BASE).unwrap();
+    assert_eq!(c.install.max_copies, None);
+    let c = Config::parse(&format!("{BASE}[install]\nmax_copies = 2\n")).unwrap();
+    assert_eq!(c.install.max_copies, Some(2));
+    let e = err(&format!("{BASE}[install]\nmax_copies = 0\n"));
+    assert!(e.contains("install.max_copies"), "{e}");
 }

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::config::Config;
 
 /// Where `rollout-sync` lives on installed nodes (the installer puts it there).
-pub const NODE_SYNC_COMMAND: &str = "/usr/local/sbin/rollout-sync sync";
+pub const NODE_SYNC_COMMAND: &str = "/var/lib/rollout/bin/rollout-sync sync";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {

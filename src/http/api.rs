@@ -197,6 +197,7 @@ pub async fn plan(
     }
     let mut plan = crate::plan::install_plan(&record, cfg, serial, &state.ssh_keys);
     plan.node = node;
+    plan.image.rsync_checksums = state.rsync_checksums.clone();
     info!(%mac, hostname = %plan.hostname, %image, serial, install_id = %plan.install_id, peer = %peer.ip(), ?granted, "plan handed out");
     Json(plan).into_response()
 }
@@ -292,6 +293,7 @@ pub async fn event(
                 _ => info!(step = %ev.step, "{}", ev.message),
             }
             drop(_g);
+            admit_event(&state, &id, &ev);
             if matches!(
                 ev.kind,
                 EventKind::Installed { .. } | EventKind::Failed { .. }
@@ -305,6 +307,83 @@ pub async fn event(
         }
         Err(e) => inventory_error(e),
     }
+}
+
+/// An accepted event's effect on the copy slots: the copy's end, the install's
+/// end or failure frees the install's slot (or its place in the queue); any
+/// other event renews its lease, so a slot outlives only a silent node.
+fn admit_event(state: &super::AppState, id: &str, ev: &ProgressEvent) {
+    let mut q = state.admission.lock().unwrap_or_else(|p| p.into_inner());
+    let ended = matches!(
+        ev.kind,
+        EventKind::Installed { .. } | EventKind::Failed { .. }
+    ) || (ev.step == crate::wire::Step::Copy && ev.kind == EventKind::Done);
+    if ended {
+        q.release(id);
+    } else {
+        q.renew(id, crate::clock::now_unix());
+    }
+}
+
+/// `POST /api/v1/installs/{id}/slot`: may this install start its copy now?
+/// Up to `[install] max_copies` installs copy at once ([`crate::admission`]);
+/// the others are told their place in the queue and when to ask again. Asking
+/// again keeps the place; a holder asking again keeps (renews) its slot.
+#[utoipa::path(
+    post,
+    path = "/api/v1/installs/{id}/slot",
+    tag = "installer",
+    params(("id" = String, Path, description = "The install_id from the plan")),
+    security(("install" = [])),
+    responses(
+        (status = 200, description = "Granted (copy now) or wait (the queue place and when to ask again)", body = crate::wire::SlotAnswer),
+        (status = 401, description = "No `Authorization: Bearer` install token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token is not this install's", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such install", body = super::openapi::ErrorBody),
+        (status = 409, description = "The install is not running (installed, failed or timed out)", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body is over this path's limit", content_type = "text/plain", body = String),
+        (status = 503, description = "The state database cannot be read", body = super::openapi::ErrorBody)
+    )
+)]
+pub async fn slot(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(token) = bearer(&headers) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <token>` (the token is in the install plan)",
+        );
+    };
+    let inv = &state.inventory;
+    let rec = match tokio::task::block_in_place(|| inv.running_install(&id, token)) {
+        Ok(r) => r,
+        Err(e) => return inventory_error(e),
+    };
+    let now = crate::clock::now_unix();
+    let mut q = state.admission.lock().unwrap_or_else(|p| p.into_inner());
+    let answer = match q.ask(&id, now) {
+        crate::admission::Answer::Granted { lease_secs } => crate::wire::SlotAnswer::Granted {
+            lease_secs,
+            active: q.active(now) as u32,
+            max: q.max() as u32,
+        },
+        crate::admission::Answer::Wait {
+            position,
+            queued,
+            retry_secs,
+        } => crate::wire::SlotAnswer::Wait {
+            position,
+            queued,
+            retry_secs,
+        },
+    };
+    drop(q);
+    if let crate::wire::SlotAnswer::Granted { active, max, .. } = answer {
+        tracing::debug!(mac = %rec.mac, hostname = %rec.hostname, active, max, "copy slot granted");
+    }
+    Json(answer).into_response()
 }
 
 /// An install's end (outcome, duration) and its copy's throughput, in the metrics.

@@ -123,7 +123,10 @@ pub fn progress_text(n: &NodeRecord, now: u64) -> String {
     if n.state != NodeState::Installing {
         return String::new();
     }
-    let mut t = format!("{} {}%", n.stage.as_deref().unwrap_or(""), percent(n));
+    let mut t = match n.queue_text() {
+        Some(q) => q,
+        None => format!("{} {}%", n.stage.as_deref().unwrap_or(""), percent(n)),
+    };
     if n.total_bytes > 0 {
         t.push_str(&format!(
             " · {} / {}",
@@ -244,6 +247,18 @@ mod tests {
         assert_eq!(progress_text(&n, 142), "");
         assert_eq!(human_bytes(512), "512 B");
     }
+
+    #[test]
+    fn a_queued_install_shows_its_place() {
+        let mut n = NodeRecord::new("m", "h", "i", Source::Api, NodeState::Installing);
+        n.stage = Some("copy".into());
+        n.install_started = Some(100);
+        n.queue = Some([3, 10]);
+        assert_eq!(progress_text(&n, 142), "queued, position 3 of 10 · 42s");
+        assert_eq!(n.stage_text(), "queued, position 3 of 10");
+        n.queue = None;
+        assert_eq!(n.stage_text(), "copy");
+    }
 }
 
 async fn index(State(state): State<Shared>, headers: HeaderMap) -> Response {
@@ -298,12 +313,22 @@ pub(super) fn node_page(
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     };
     let plan = n.install_id.as_ref().map(|id| {
+        let layout = state.config.layout_for(&n.mac, n.root_mib, n.swap_mib);
+        let parts: Vec<String> = layout
+            .partitions
+            .iter()
+            .map(|p| format!("{} {}", p.size, p.content.describe()))
+            .chain(layout.mounts.iter().map(|m| match &m.kind {
+                crate::wire::MountKind::Nfs { source } => format!("{} nfs {source}", m.mount),
+                crate::wire::MountKind::Tmpfs => format!("{} tmpfs", m.mount),
+            }))
+            .collect();
         format!(
-            "install {id}\nimage {} serial {}\nlayout root {} MiB, swap {} MiB",
+            "install {id}\nimage {} serial {}\nlayout {}: {}",
             n.image,
             n.serial.unwrap_or(0),
-            n.root_mib.unwrap_or(1024),
-            n.swap_mib.unwrap_or(2048)
+            layout.name,
+            parts.join(", ")
         )
     });
     let user = UserView::of(&who);

@@ -8,6 +8,7 @@ mod boot;
 mod dashboard;
 mod dashboard_power;
 pub mod listen;
+mod multicast;
 mod openapi;
 mod operators;
 mod power;
@@ -51,6 +52,12 @@ pub struct AppState {
     pub power_seen: Arc<crate::power::known::Known>,
     /// Fires when the server shuts down: live streams (SSE) end on it.
     pub shutdown: CancellationToken,
+    /// Who may copy the image now, who waits (`POST /api/v1/installs/{id}/slot`).
+    pub admission: std::sync::Mutex<crate::admission::Admission>,
+    /// The server rsync's transfer checksums, for the plan (`rsync_caps`).
+    pub rsync_checksums: Vec<String>,
+    /// Multicast first-install sessions (`POST /api/v1/installs/{id}/multicast`).
+    pub multicast: Arc<crate::multicast::Multicast>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -119,6 +126,16 @@ fn api_table() -> Vec<ApiRoute> {
             Method::POST,
             format!("{}/{{id}}/events", paths::INSTALLS),
             api::event,
+        ),
+        route(
+            Method::POST,
+            format!("{}/{{id}}/slot", paths::INSTALLS),
+            api::slot,
+        ),
+        route(
+            Method::POST,
+            format!("{}/{{id}}/multicast", paths::INSTALLS),
+            multicast::join,
         ),
         route(Method::POST, paths::PHONE_HOME, api::phone_home),
         route(Method::GET, "/api/v1/openapi.json", openapi::spec),

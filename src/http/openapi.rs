@@ -156,6 +156,8 @@ impl utoipa::Modify for Security {
     paths(
         super::api::plan,
         super::api::event,
+        super::api::slot,
+        super::multicast::join,
         super::api::phone_home,
         spec,
         super::admin::list_nodes,

@@ -63,6 +63,10 @@ pub struct NodeRecord {
     /// over the whole copy once done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_rate: Option<u64>,
+    /// Waiting for a copy slot: `[position, queued]` as the installer last
+    /// reported it (`queued` event); cleared by its next other event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<[u32; 2]>,
     pub last_error: Option<String>,
     pub console_tail: Vec<String>,
     pub installs: u64,
@@ -152,6 +156,7 @@ impl NodeRecord {
             total_bytes: 0,
             eta_secs: None,
             copy_rate: None,
+            queue: None,
             last_error: None,
             console_tail: vec![],
             installs: 0,
@@ -192,6 +197,20 @@ impl NodeRecord {
             .cloned()
             .collect::<Vec<_>>()
             .join(" · ")
+    }
+
+    /// `queued, position K of N` while the install waits for a copy slot.
+    pub fn queue_text(&self) -> Option<String> {
+        let [position, queued] = self.queue?;
+        Some(format!("queued, position {position} of {queued}"))
+    }
+
+    /// The stage column of `rollout node list` and `rollout watch`: the queue
+    /// place while waiting for a copy slot, else the running step.
+    pub fn stage_text(&self) -> String {
+        self.queue_text()
+            .or_else(|| self.stage.clone())
+            .unwrap_or_else(|| "-".into())
     }
 
     /// The copy shown to API readers and browsers: without the install token
@@ -610,6 +629,30 @@ impl Inventory {
         Ok((self.commit(rec, event)?, node))
     }
 
+    /// The node running install `install_id`, if `token` is that install's
+    /// (for calls that change no record, such as a copy slot request).
+    pub fn running_install(
+        &self,
+        install_id: &str,
+        token: &str,
+    ) -> Result<NodeRecord, InventoryError> {
+        let rec = self
+            .store
+            .by_install(install_id)?
+            .ok_or_else(|| InventoryError::UnknownInstall(install_id.into()))?;
+        if rec.token.as_deref() != Some(token) {
+            return Err(InventoryError::BadToken(install_id.into()));
+        }
+        if rec.state != NodeState::Installing {
+            return Err(InventoryError::Conflict(format!(
+                "install {install_id} of {} is {}, not running",
+                rec.hostname,
+                rec.state.as_str()
+            )));
+        }
+        Ok(rec)
+    }
+
     /// Applies one progress event from the installer, after checking its token.
     pub fn record_event(
         &self,
@@ -629,7 +672,12 @@ impl Inventory {
         rec.stage = Some(ev.step.as_str().into());
         rec.reported_at = Some(now());
         self.track_copy(&mut rec, install_id, ev);
+        rec.queue = match ev.kind {
+            EventKind::Queued { position, queued } => Some([position, queued]),
+            _ => None,
+        };
         match &ev.kind {
+            EventKind::Queued { .. } => Self::transition(&mut rec, Transition::Progress)?,
             EventKind::Started | EventKind::Done => {
                 Self::transition(&mut rec, Transition::Progress)?
             }
@@ -668,7 +716,11 @@ impl Inventory {
         let mut event = serde_json::to_value(ev).unwrap_or_default();
         event["install_id"] = json!(install_id);
         // Byte counters tick every few seconds: keep them out of the history table.
-        if matches!(ev.kind, EventKind::Progress { .. }) {
+        // So is a queue place, which changes whenever a copy ends.
+        if matches!(
+            ev.kind,
+            EventKind::Progress { .. } | EventKind::Queued { .. }
+        ) {
             rec.updated = now();
             self.store.save(&rec, None)?;
             let _ = self.changes.send(rec.public());

@@ -624,3 +624,48 @@ fn records_from_before_hardware_reports_take_one_and_keep_it() {
         Err(InventoryError::UnknownNode(_))
     ));
 }
+
+/// A queue place is on the record while the install waits for a copy slot
+/// (no history row per place), gone with its next event; the slot check
+/// takes only the running install's own token.
+#[test]
+fn queued_event_sets_the_place_until_the_next_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = open(dir.path());
+    inv.declare(declared(MAC, "node1")).unwrap();
+    let rec = inv.begin_install(MAC, 3).unwrap();
+    let (id, token) = (rec.install_id.clone().unwrap(), rec.token.clone().unwrap());
+    assert!(matches!(
+        inv.running_install(&id, "wrong"),
+        Err(InventoryError::BadToken(_))
+    ));
+    assert_eq!(inv.running_install(&id, &token).unwrap().mac, MAC);
+    let before = inv.history(MAC).unwrap().len();
+    let queued = EventKind::Queued {
+        position: 4,
+        queued: 9,
+    };
+    let rec = inv
+        .record_event(&id, &token, &ev(Step::Copy, queued))
+        .unwrap();
+    assert_eq!(rec.queue, Some([4, 9]));
+    assert_eq!(rec.state, NodeState::Installing);
+    assert_eq!(inv.get(MAC).unwrap().unwrap().queue, Some([4, 9]));
+    assert_eq!(inv.history(MAC).unwrap().len(), before);
+    let progress = EventKind::Progress {
+        done_bytes: 1,
+        total_bytes: 2,
+    };
+    let rec = inv
+        .record_event(&id, &token, &ev(Step::Copy, progress))
+        .unwrap();
+    assert_eq!(rec.queue, None);
+    let rec = install(&inv, MAC, 3, vec![]);
+    assert!(matches!(
+        inv.running_install(
+            rec.install_id.as_deref().unwrap(),
+            rec.token.as_deref().unwrap()
+        ),
+        Err(InventoryError::Conflict(_))
+    ));
+}

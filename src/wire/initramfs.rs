@@ -12,8 +12,27 @@ pub const MKE2FS: &str = "/usr/sbin/mke2fs";
 pub const MKFS_FAT: &str = "/usr/sbin/mkfs.vfat";
 pub const RSYNC: &str = "/usr/bin/rsync";
 pub const EXTLINUX: &str = "/usr/bin/extlinux";
+/// udpcast's receiver, for the multicast first install (65 KiB, libc only).
+pub const UDP_RECEIVER: &str = "/usr/bin/udp-receiver";
 /// For `rollout.debug=1` shells (`/usr/bin/sh` links to it).
 pub const BUSYBOX: &str = "/usr/bin/busybox";
+
+/// The storage tools: not in the installer initramfs but in a second archive,
+/// [`STORAGE_TOOLS_IMG`], that the installer fetches and unpacks into its own
+/// root only when the plan's layout asks for RAID, LVM or XFS. They and their
+/// libraries would otherwise add megabytes to every install.
+pub const MDADM: &str = "/usr/sbin/mdadm";
+/// lvm2's one binary; the installer runs `lvm pvcreate …`, so no per-command links.
+pub const LVM: &str = "/usr/sbin/lvm";
+pub const MKFS_XFS: &str = "/usr/sbin/mkfs.xfs";
+/// What the storage tools archive carries (with their shared libraries).
+pub const STORAGE_PROGRAMS: &[&str] = &[MDADM, LVM, MKFS_XFS];
+/// Kernel modules the storage tools archive adds to what the initramfs has
+/// (md and dm already ship with it; xfs does not), dependencies resolved at build.
+pub const STORAGE_MODULES: &[&str] = &["xfs", "raid1", "md_mod", "dm_mod"];
+/// File name of the storage tools archive (gzipped newc cpio), built beside
+/// `initramfs.img` and served at `/boot/{STORAGE_TOOLS_IMG}`.
+pub const STORAGE_TOOLS_IMG: &str = "storage-tools.img";
 
 /// syslinux' GPT-aware MBR boot code (440 bytes).
 pub const GPTMBR_BIN: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
@@ -35,6 +54,7 @@ pub const PROGRAMS: &[&str] = &[
     RSYNC,
     EXTLINUX,
     BUSYBOX,
+    UDP_RECEIVER,
 ];
 
 /// Data files the installer reads or copies onto the target disk.
@@ -66,7 +86,12 @@ mod tests {
 
     #[test]
     fn paths_are_absolute_and_listed_once() {
-        let all: Vec<&str> = PROGRAMS.iter().chain(FILES).copied().collect();
+        let all: Vec<&str> = PROGRAMS
+            .iter()
+            .chain(FILES)
+            .chain(STORAGE_PROGRAMS)
+            .copied()
+            .collect();
         for p in &all {
             assert!(p.starts_with('/'), "{p}");
             assert_eq!(all.iter().filter(|q| *q == p).count(), 1, "{p} twice");

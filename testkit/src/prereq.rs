@@ -67,6 +67,9 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("strip", "binutils"),
     ("setpriv", "util-linux"),
     ("unshare", "util-linux"),
+    ("ganesha.nfsd", "nfs-ganesha"),
+    ("rpcbind", "rpcbind"),
+    ("nfs-cat", "libnfs-utils"),
 ];
 
 /// The message a strict run fails with; `{why}` goes in front.

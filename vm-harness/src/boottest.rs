@@ -126,9 +126,19 @@ pub fn stage_boot_files(state_dir: &Path, kernel: &Path, initramfs: Option<&Path
     fs::copy(kernel, boot.join("vmlinuz")).ctx("copying the kernel", kernel)?;
     let dest = boot.join("initramfs.img");
     match initramfs {
-        Some(p) => fs::copy(p, &dest)
-            .map(|_| ())
-            .ctx("copying the initramfs", p)?,
+        Some(p) => {
+            fs::copy(p, &dest).ctx("copying the initramfs", p)?;
+            // The storage tools archive `rollout initramfs build` puts beside it,
+            // fetched by installers whose layout has RAID, LVM or XFS.
+            let tools = p.with_file_name(rollout::wire::initramfs::STORAGE_TOOLS_IMG);
+            if tools.is_file() {
+                fs::copy(
+                    &tools,
+                    boot.join(rollout::wire::initramfs::STORAGE_TOOLS_IMG),
+                )
+                .ctx("copying the storage tools archive", &tools)?;
+            }
+        }
         None => {
             let img = probe_initramfs(Path::new("/bin/busybox"))?;
             fs::write(&dest, img).ctx("writing the probe initramfs", &dest)?;

@@ -68,6 +68,7 @@ impl RolloutConfig {
             nodes: Vec::new(),
             images: Vec::new(),
             power: Default::default(),
+            layouts: Vec::new(),
         })
     }
 
@@ -101,6 +102,7 @@ impl RolloutConfig {
             disk: None,
             root_mib: None,
             swap_mib: None,
+            layout: None,
             bmc: None,
             vlan: None,
             bond: None,

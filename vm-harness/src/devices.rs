@@ -97,6 +97,8 @@ pub struct Hardware {
     /// Another NIC of the same model, without a boot ROM, placed ahead of the
     /// boot NIC on the PCI bus: the installer must still pick the boot NIC.
     pub spare_nic_first: bool,
+    /// How many disks of the same kind and size (two for a RAID1 layout).
+    pub disks: u8,
 }
 
 impl Default for Hardware {
@@ -106,6 +108,7 @@ impl Default for Hardware {
             disk: DiskBus::VirtioBlk,
             sector_size: 512,
             spare_nic_first: false,
+            disks: 1,
         }
     }
 }
@@ -141,9 +144,17 @@ pub fn nic_device(
     )
 }
 
-/// The `-device` arguments of the disk on drive `drive`; `boot` is the
-/// bootindex suffix (or "").
-pub fn disk_devices(hw: &Hardware, drive: &str, serial: &str, boot: &str) -> Vec<String> {
+/// One disk of a node: its `-drive` id, serial and bootindex suffix (or "").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drive {
+    pub id: String,
+    pub serial: String,
+    pub boot: String,
+}
+
+/// The `-device` arguments of the disks on `drives`, all on the bus `hw` names
+/// (one controller for all of them where the bus has one).
+pub fn disk_devices(hw: &Hardware, drives: &[Drive]) -> Vec<String> {
     let sectors = if hw.sector_size == 512 {
         String::new()
     } else {
@@ -158,20 +169,23 @@ pub fn disk_devices(hw: &Hardware, drive: &str, serial: &str, boot: &str) -> Vec
         a.push(d);
     };
     match hw.disk {
-        DiskBus::VirtioBlk => device(format!("virtio-blk-pci,drive={drive}{sectors}{boot}")),
-        DiskBus::Nvme => device(format!("nvme,drive={drive},serial={serial}{sectors}{boot}")),
-        DiskBus::Sata => {
-            device("ahci,id=sata0".into());
-            device(format!(
-                "ide-hd,drive={drive},bus=sata0.0,serial={serial}{sectors}{boot}"
-            ));
-        }
-        DiskBus::VirtioScsi => {
-            device("virtio-scsi-pci,id=scsi0".into());
-            device(format!(
-                "scsi-hd,drive={drive},bus=scsi0.0,serial={serial}{sectors}{boot}"
-            ));
-        }
+        DiskBus::Sata => device("ahci,id=sata0".into()),
+        DiskBus::VirtioScsi => device("virtio-scsi-pci,id=scsi0".into()),
+        DiskBus::VirtioBlk | DiskBus::Nvme => {}
+    }
+    for (i, Drive { id, serial, boot }) in drives.iter().enumerate() {
+        device(match hw.disk {
+            DiskBus::VirtioBlk => {
+                format!("virtio-blk-pci,drive={id},serial={serial}{sectors}{boot}")
+            }
+            DiskBus::Nvme => format!("nvme,drive={id},serial={serial}{sectors}{boot}"),
+            DiskBus::Sata => {
+                format!("ide-hd,drive={id},bus=sata0.{i},serial={serial}{sectors}{boot}")
+            }
+            DiskBus::VirtioScsi => {
+                format!("scsi-hd,drive={id},bus=scsi0.0,scsi-id={i},serial={serial}{sectors}{boot}")
+            }
+        });
     }
     a
 }
@@ -205,21 +219,49 @@ mod tests {
             sector_size,
             ..Hardware::default()
         };
+        let one = |boot: &str| {
+            vec![Drive {
+                id: "d0".into(),
+                serial: "s1".into(),
+                boot: boot.into(),
+            }]
+        };
         assert_eq!(
-            disk_devices(&hw(DiskBus::VirtioBlk, 512), "d0", "s1", ",bootindex=2").join(" "),
-            "-device virtio-blk-pci,drive=d0,bootindex=2"
+            disk_devices(&hw(DiskBus::VirtioBlk, 512), &one(",bootindex=2")).join(" "),
+            "-device virtio-blk-pci,drive=d0,serial=s1,bootindex=2"
         );
         assert_eq!(
-            disk_devices(&hw(DiskBus::Nvme, 4096), "d0", "s1", "").join(" "),
+            disk_devices(&hw(DiskBus::Nvme, 4096), &one("")).join(" "),
             "-device nvme,drive=d0,serial=s1,logical_block_size=4096,physical_block_size=4096"
         );
         assert_eq!(
-            disk_devices(&hw(DiskBus::Sata, 512), "d0", "s1", "").join(" "),
+            disk_devices(&hw(DiskBus::Sata, 512), &one("")).join(" "),
             "-device ahci,id=sata0 -device ide-hd,drive=d0,bus=sata0.0,serial=s1"
         );
         assert_eq!(
-            disk_devices(&hw(DiskBus::VirtioScsi, 512), "d0", "s1", "").join(" "),
-            "-device virtio-scsi-pci,id=scsi0 -device scsi-hd,drive=d0,bus=scsi0.0,serial=s1"
+            disk_devices(&hw(DiskBus::VirtioScsi, 512), &one("")).join(" "),
+            "-device virtio-scsi-pci,id=scsi0 -device scsi-hd,drive=d0,bus=scsi0.0,scsi-id=0,serial=s1"
+        );
+    }
+
+    #[test]
+    fn a_second_disk_shares_the_controller() {
+        let hw = Hardware {
+            disk: DiskBus::Sata,
+            disks: 2,
+            ..Hardware::default()
+        };
+        let drives: Vec<Drive> = (0..2)
+            .map(|i| Drive {
+                id: format!("d{i}"),
+                serial: format!("s{i}"),
+                boot: String::new(),
+            })
+            .collect();
+        assert_eq!(
+            disk_devices(&hw, &drives).join(" "),
+            "-device ahci,id=sata0 -device ide-hd,drive=d0,bus=sata0.0,serial=s0 \
+             -device ide-hd,drive=d1,bus=sata0.1,serial=s1"
         );
     }
 

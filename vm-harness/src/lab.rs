@@ -348,7 +348,7 @@ impl Lab {
             self.netns.ip(&["link", "set", &tap, "up"])?;
         }
         self.nodes[i].set_hardware(hardware);
-        Ok(())
+        self.nodes[i].create_disks()
     }
 
     fn node_index(&self, name: &str) -> Result<usize> {

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod bench;
+pub mod bench_multicast;
 pub mod bmc;
 pub mod boottest;
 pub mod ci;
@@ -30,6 +31,7 @@ pub mod initrd;
 pub mod lab;
 pub mod maintain;
 pub mod netns;
+pub mod nfs;
 pub mod proc;
 pub mod progress;
 pub mod qemu;

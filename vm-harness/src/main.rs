@@ -163,6 +163,12 @@ struct BenchArgs {
     /// Seconds per round.
     #[arg(long, default_value = "1800")]
     timeout: u64,
+    /// Instead of the stage rounds: one node by rsync (the reference), then
+    /// N nodes at once (the largest of --nodes, default 3) with the multicast
+    /// first install on; prints the server's bytes ÷ image bytes for both and
+    /// checks every node's disk against the reference install.
+    #[arg(long)]
+    multicast: bool,
 }
 
 #[derive(Args, Clone)]
@@ -574,6 +580,10 @@ fn demo(a: DemoArgs) -> Result<()> {
 
 fn bench(a: BenchArgs) -> Result<()> {
     let art = Artifacts::prepare().context("preparing the installer and images")?;
+    let multicast_nodes = match a.nodes.as_slice() {
+        [1, 3, 6] => 3, // the default list: the three nodes
+        sizes => sizes.iter().copied().max().unwrap_or(3),
+    };
     let opts = vm_harness::bench::BenchOptions {
         sizes: a.nodes,
         firmware: a.firmware,
@@ -582,6 +592,15 @@ fn bench(a: BenchArgs) -> Result<()> {
         keep_dir: a.keep,
     };
     let stop = || STOP.load(Ordering::SeqCst);
+    if a.multicast {
+        let r =
+            vm_harness::bench_multicast::run_multicast_bench(&art, &opts, multicast_nodes, &stop)?;
+        print!("{}", vm_harness::bench_multicast::render(&r));
+        if r.disks.iter().any(|(_, d)| !d.is_empty()) {
+            bail!("a multicast install's disk differs from the unicast install's");
+        }
+        return Ok(());
+    }
     let (rounds, raw) = vm_harness::bench::run_bench(&art, &opts, &stop)?;
     print!("{}", vm_harness::bench::render(&rounds, raw));
     Ok(())

@@ -183,6 +183,9 @@ pub struct Node {
     /// The BMC's VM port QEMU connects to (set before the BMC starts: the BMC
     /// needs the whole QEMU command line).
     bmc_vm_port: Option<u16>,
+    /// Disks pulled out of the machine (by index): left off the command line
+    /// from the next start, their files kept.
+    pulled_disks: std::collections::BTreeSet<usize>,
 }
 
 impl Node {
@@ -207,14 +210,9 @@ impl Node {
             extra_args: Vec::new(),
             bmc: None,
             bmc_vm_port: None,
+            pulled_disks: Default::default(),
         };
-        let disk = node.disk_path();
-        if !disk.exists() {
-            run(Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2"])
-                .arg(&disk)
-                .arg(node.spec.disk_bytes.to_string()))?;
-        }
+        node.create_disks()?;
         if node.spec.firmware == Firmware::Uefi && !node.vars_path().exists() {
             fs::copy(OVMF_VARS, node.vars_path())
                 .ctx("copying the OVMF variable store", OVMF_VARS)?;
@@ -258,8 +256,37 @@ impl Node {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+    /// The first disk (the only one unless [`Hardware::disks`] says more).
     pub fn disk_path(&self) -> PathBuf {
-        self.dir.join("disk.qcow2")
+        self.nth_disk_path(0)
+    }
+    /// Disk `index` (0-based): `disk.qcow2`, then `disk2.qcow2`, …
+    pub fn nth_disk_path(&self, index: usize) -> PathBuf {
+        match index {
+            0 => self.dir.join("disk.qcow2"),
+            i => self.dir.join(format!("disk{}.qcow2", i + 1)),
+        }
+    }
+    /// Pulls disk `index` out of the machine from the next start (its file
+    /// stays), as a technician would to test a mirror; [`Node::plug_disk`] puts it back.
+    pub fn pull_disk(&mut self, index: usize) {
+        self.pulled_disks.insert(index);
+    }
+    pub fn plug_disk(&mut self, index: usize) {
+        self.pulled_disks.remove(&index);
+    }
+    /// Blank disks for every disk the hardware has and that has no file yet.
+    pub(crate) fn create_disks(&self) -> Result<()> {
+        for i in 0..usize::from(self.spec.hardware.disks.max(1)) {
+            let disk = self.nth_disk_path(i);
+            if !disk.exists() {
+                run(Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2"])
+                    .arg(&disk)
+                    .arg(self.spec.disk_bytes.to_string()))?;
+            }
+        }
+        Ok(())
     }
     pub fn vars_path(&self) -> PathBuf {
         self.dir.join("OVMF_VARS.fd")
@@ -329,9 +356,9 @@ impl Node {
         // front of the disk entry the installer placed right after the NIC. On a
         // blank disk OVMF's own order tries the disk, finds no loader, and
         // PXE-boots.
-        let (net_index, disk_index) = match s.firmware {
-            Firmware::Bios => (",bootindex=1", ",bootindex=2"),
-            Firmware::Uefi => ("", ""),
+        let (net_index, disks_in_order) = match s.firmware {
+            Firmware::Bios => (",bootindex=1", true),
+            Firmware::Uefi => ("", false),
         };
         // The virtio ROM is given explicitly (see above); other models carry
         // QEMU's own iPXE ROM, which under OVMF is also their only UEFI driver.
@@ -356,20 +383,32 @@ impl Node {
             "-device",
             &devices::nic_device(s.hardware.nic, "n0", &s.mac, rom, net_index),
         ]);
-        let disk = self.disk_path();
-        push(&[
-            "-drive",
-            &format!(
-                "file={},if=none,id=d0,format=qcow2,discard=unmap",
-                disk.display()
-            ),
-        ]);
-        a.extend(devices::disk_devices(
-            &s.hardware,
-            "d0",
-            &format!("rollout-{}", s.name),
-            disk_index,
-        ));
+        let mut drives = Vec::new();
+        for i in 0..usize::from(s.hardware.disks.max(1)) {
+            if self.pulled_disks.contains(&i) {
+                continue;
+            }
+            let id = format!("d{i}");
+            push(&[
+                "-drive",
+                &format!(
+                    "file={},if=none,id={id},format=qcow2,discard=unmap",
+                    self.nth_disk_path(i).display()
+                ),
+            ]);
+            // The first disk keeps the serial it always had.
+            let serial = match i {
+                0 => format!("rollout-{}", s.name),
+                i => format!("rollout-{}-{}", s.name, i + 1),
+            };
+            // SeaBIOS tries the disks in bootindex order after the NIC.
+            let boot = match disks_in_order {
+                true => format!(",bootindex={}", i + 2),
+                false => String::new(),
+            };
+            drives.push(devices::Drive { id, serial, boot });
+        }
+        a.extend(devices::disk_devices(&s.hardware, &drives));
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|x| x.to_string()));
         if s.firmware == Firmware::Uefi {
             let vars = self.vars_path();
@@ -453,6 +492,7 @@ impl Node {
                 ),
             });
         }
+        self.create_disks()?;
         let _ = fs::remove_file(self.qmp_socket());
         let qemu_log = self.qemu_log();
         let err = fs::OpenOptions::new()
@@ -641,7 +681,24 @@ mod tests {
             extra_args: Vec::new(),
             bmc: None,
             bmc_vm_port: None,
+            pulled_disks: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_pulled_disk_leaves_the_command_line_and_the_other_boots_next() {
+        let mut n = node(Firmware::Bios);
+        n.spec.hardware.disks = 2;
+        let args = n.qemu_args().join(" ");
+        assert!(args.contains("file=/lab/node1/disk.qcow2,if=none,id=d0"));
+        assert!(args.contains("file=/lab/node1/disk2.qcow2,if=none,id=d1"));
+        assert!(args.contains("drive=d1,serial=rollout-node1-2,bootindex=3"));
+        n.pull_disk(0);
+        let args = n.qemu_args().join(" ");
+        assert!(!args.contains("disk.qcow2"), "{args}");
+        assert!(args.contains("drive=d1,serial=rollout-node1-2,bootindex=3"));
+        n.plug_disk(0);
+        assert!(n.qemu_args().join(" ").contains("id=d0"));
     }
 
     #[test]
@@ -655,7 +712,7 @@ mod tests {
         assert!(args.contains(
             "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01,disable-legacy=on,romfile=/usr/lib/ipxe/qemu/efi-virtio.rom,bootindex=1"
         ));
-        assert!(args.contains("virtio-blk-pci,drive=d0,bootindex=2"));
+        assert!(args.contains("virtio-blk-pci,drive=d0,serial=rollout-node1,bootindex=2"));
         assert!(args.contains("file=/lab/node1/disk.qcow2,if=none"));
         assert!(args.contains("path=/lab/node1/console.log,append=on"));
         assert!(!args.contains("-no-reboot"));

@@ -146,3 +146,64 @@ fn user_space_vlan_ports_carry_a_vlan_across_the_lab_bridge() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The lab's NFS server (nfs-ganesha, userspace) exports a host directory that
+/// a real NFS client on the lab bridge reads, and goes with the lab.
+#[test]
+fn an_nfs_server_on_the_lab_bridge_serves_a_host_directory() {
+    if !can_run() || !prereq::require_known_tools(&["ganesha.nfsd", "rpcbind", "nfs-cat"]) {
+        return;
+    }
+    let mut lab = Lab::create("t-nfs").unwrap();
+    let export = lab.dir().join("usr");
+    std::fs::create_dir_all(export.join("share")).unwrap();
+    std::fs::write(export.join("share/marker"), "served over NFS\n").unwrap();
+    lab.add_nfs_server(
+        "nfs1",
+        std::net::Ipv4Addr::new(10, 44, 0, 5),
+        &[vm_harness::nfs::NfsExport {
+            dir: export,
+            pseudo: "/export/usr".into(),
+        }],
+    )
+    .unwrap();
+    // libnfs's client speaks NFSv3 with MOUNT through rpcbind, as the
+    // installed node's initramfs (klibc nfsmount) does.
+    let out = Command::new("ip")
+        .args(["netns", "exec", lab.netns().name(), "nfs-cat"])
+        .arg("nfs://10.44.0.5/export/usr/share/marker")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "served over NFS\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ns = lab.host("nfs1").unwrap().netns().name().to_string();
+    let ganesha_runs = || {
+        Command::new("pgrep")
+            .args(["-f", "ganesha.nfsd -F -f .*t-nfs"])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(ganesha_runs());
+    drop(lab);
+    assert!(
+        !netns::exists(&ns),
+        "the NFS server's namespace outlived the lab"
+    );
+    assert!(!ganesha_runs(), "ganesha outlived the lab");
+    // rpcbind is killed with the group but not waited for: give init a moment
+    // to reap it.
+    let rpcbind_gone = (0..20).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !Command::new("pgrep")
+            .args(["-x", "rpcbind"])
+            .status()
+            .unwrap()
+            .success()
+    });
+    assert!(rpcbind_gone, "rpcbind outlived the lab");
+}

@@ -7,7 +7,6 @@
 //! `storage` takes a plan to a mounted root, `system` goes from there to the
 //! reboot; the plan fetch with its retries is in `plan`.
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,11 +16,11 @@ use rollout::wire::{self, Bootloader, EventKind, InstallPlan, Step};
 
 use crate::cmdline::{self, KernelArgs};
 use crate::identity::{self, Identity};
-use crate::layout::{self, Firmware, PartKind, PlannedLayout, MIB};
+use crate::layout::{self, Firmware, MIB};
 use crate::report::Reporter;
 use crate::{
-    bootloader, configure, console, dhcp_client, disk, efivars, format, http_client, modules, net,
-    nic, partition, paths, rsync, swap, sys,
+    bootloader, configure, console, dhcp_client, disk, disks, efivars, format, http_client, lvm,
+    modules, net, nic, partition, paths, raid, render, rsync, swap, sys, tools,
 };
 
 mod network;
@@ -34,7 +33,7 @@ mod tests;
 
 pub use plan::{get_plan, get_plan_retrying, plan_url, PlanError};
 pub use run::{Failure, Run};
-pub use system::Hardware;
+pub use system::{admit, copy_into, Hardware};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
@@ -70,6 +69,12 @@ pub enum StepError {
     Configure(#[from] configure::ConfigureError),
     #[error(transparent)]
     Boot(#[from] bootloader::BootError),
+    #[error(transparent)]
+    Raid(#[from] raid::RaidError),
+    #[error(transparent)]
+    Lvm(#[from] lvm::LvmError),
+    #[error(transparent)]
+    Tools(#[from] tools::ToolsError),
     /// A bug: the step panicked (message and location from `crash`).
     #[error("internal error (panic): {0}")]
     Panic(String),
@@ -91,51 +96,113 @@ pub struct Network {
     pub boot_secret: Option<String>,
 }
 
-/// The target disk and the layout planned for it.
+/// The target disks (one, or two for RAID1) and the layout planned over them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChosenDisk {
-    pub disk: disk::DiskInfo,
-    pub layout: PlannedLayout,
+    pub disks: Vec<disk::DiskInfo>,
+    pub plan: layout::Plan,
 }
 
-/// The partitions as written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Partitioned {
-    pub root: partition::WrittenPart,
-    pub swap: Option<partition::WrittenPart>,
-    pub esp: Option<partition::WrittenPart>,
-}
+impl ChosenDisk {
+    /// The first disk: a reinstall's identity is read from it.
+    pub fn first(&self) -> &disk::DiskInfo {
+        &self.disks[0]
+    }
 
-impl Partitioned {
-    /// Pairs the written partitions (in the layout's order) with their kinds.
-    pub fn new(
-        layout: &PlannedLayout,
-        written: Vec<partition::WrittenPart>,
-    ) -> Result<Self, StepError> {
-        let mut by_kind: HashMap<PartKind, partition::WrittenPart> =
-            layout.parts.iter().map(|p| p.kind).zip(written).collect();
-        let root = by_kind
-            .remove(&PartKind::Root)
-            .ok_or_else(|| StepError::Other("the layout has no root partition".into()))?;
-        Ok(Partitioned {
-            root,
-            swap: by_kind.remove(&PartKind::Swap),
-            esp: by_kind.remove(&PartKind::Esp),
-        })
+    pub fn devs(&self) -> Vec<&Path> {
+        self.disks.iter().map(|d| d.dev.as_path()).collect()
     }
 }
 
-/// The file systems made on the partitions.
+/// The block devices as made: each disk's partitions (in its plan's order),
+/// the md arrays and the logical volumes (in the plan's order).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Formatted {
-    pub root_uuid: String,
-    pub swap_uuid: Option<String>,
+pub struct Partitioned {
+    pub disks: Vec<Vec<partition::WrittenPart>>,
+    pub arrays: Vec<PathBuf>,
+    pub volumes: Vec<PathBuf>,
 }
 
-/// The root file system mounted at `paths::TARGET`; unmounted when dropped.
+impl Partitioned {
+    /// Partition `number` of chosen disk `disk`.
+    pub fn part(
+        &self,
+        plan: &layout::Plan,
+        disk: usize,
+        number: u32,
+    ) -> Option<&partition::WrittenPart> {
+        let i = plan
+            .disks
+            .get(disk)?
+            .parts
+            .iter()
+            .position(|p| p.number == number)?;
+        self.disks.get(disk)?.get(i)
+    }
+
+    /// The device a filesystem, swap area or physical volume is made on.
+    pub fn device(
+        &self,
+        plan: &layout::Plan,
+        source: layout::Source,
+    ) -> Result<PathBuf, StepError> {
+        let found = match source {
+            layout::Source::Partition { disk, number } => {
+                self.part(plan, disk, number).map(|p| p.path.clone())
+            }
+            layout::Source::Array(i) => self.arrays.get(i).cloned(),
+            layout::Source::Volume(i) => self.volumes.get(i).cloned(),
+        };
+        found.ok_or_else(|| StepError::Other(format!("no device was made for {source:?}")))
+    }
+
+    /// Each disk's ESP: (disk, planned partition, written partition).
+    pub fn esps<'a>(
+        &'a self,
+        plan: &'a layout::Plan,
+    ) -> Vec<(usize, &'a layout::PlannedPart, &'a partition::WrittenPart)> {
+        plan.disks
+            .iter()
+            .enumerate()
+            .filter_map(|(d, dp)| {
+                let p = dp.parts.iter().find(|p| p.role == layout::Role::Esp)?;
+                Some((d, p, self.part(plan, d, p.number)?))
+            })
+            .collect()
+    }
+}
+
+/// A filesystem or swap area as made: its device and UUID (per plan target).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Made {
+    pub device: PathBuf,
+    pub uuid: String,
+}
+
+/// The file systems made on the devices, in the plan's target order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Formatted {
+    pub made: Vec<Made>,
+    /// What the kernel's `root=` names: `UUID=…` (partition or md array) or
+    /// `/dev/mapper/VG-LV` (a logical volume, found before any filesystem is).
+    pub root: String,
+}
+
+/// What must be closed before the reboot once the target is unmounted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Teardown {
+    pub vg: Option<String>,
+    pub arrays: Vec<PathBuf>,
+}
+
+/// Every local filesystem of the layout mounted under `paths::TARGET`, root
+/// first; unmounted (deepest first) when dropped.
 #[derive(Debug)]
 pub struct MountedRoot {
+    /// Declared before `mount`: fields drop in order, children first.
+    children: sys::Mounts,
     mount: sys::Mounted,
+    teardown: Teardown,
 }
 
 impl MountedRoot {
@@ -170,14 +237,19 @@ pub trait Machine {
         plan: &InstallPlan,
         disk: &ChosenDisk,
     ) -> (Option<Identity>, String);
-    fn partition(&mut self, disk: &ChosenDisk) -> StepResult<Partitioned>;
+    fn partition(&mut self, plan: &InstallPlan, disk: &ChosenDisk) -> StepResult<Partitioned>;
     fn format(
         &mut self,
         plan: &InstallPlan,
         disk: &ChosenDisk,
         parts: &Partitioned,
     ) -> StepResult<Formatted>;
-    fn mount_root(&mut self, plan: &InstallPlan, parts: &Partitioned) -> StepResult<MountedRoot>;
+    fn mount_root(
+        &mut self,
+        plan: &InstallPlan,
+        disk: &ChosenDisk,
+        fs: &Formatted,
+    ) -> StepResult<MountedRoot>;
     fn copy(
         &mut self,
         reporter: &mut Reporter,
@@ -188,6 +260,7 @@ pub trait Machine {
         &mut self,
         plan: &InstallPlan,
         net: &Network,
+        disk: &ChosenDisk,
         fs: &Formatted,
         root: MountedRoot,
         identity: Option<&Identity>,
@@ -265,15 +338,15 @@ pub fn install(
         Ok(((disk, identity), msg))
     })?;
     let parts = run.step(Step::Partition, |run| {
-        // From the first write on, a failure leaves a disk that must not boot.
-        run.writing_to(&disk.disk.dev);
-        m.partition(&disk)
+        // From the first write on, a failure leaves disks that must not boot.
+        run.writing_to(&disk.devs());
+        m.partition(plan, &disk)
     })?;
     let fs = run.step(Step::Format, |_| m.format(plan, &disk, &parts))?;
-    let root = run.step(Step::Mount, |_| m.mount_root(plan, &parts))?;
+    let root = run.step(Step::Mount, |_| m.mount_root(plan, &disk, &fs))?;
     run.step(Step::Copy, |run| m.copy(&mut run.reporter, plan, &root))?;
     let root = run.step(Step::Configure, |_| {
-        m.configure(plan, net, &fs, root, identity.as_ref())
+        m.configure(plan, net, &disk, &fs, root, identity.as_ref())
     })?;
     run.step(Step::Bootloader, |_| {
         m.bootloader(plan, &disk, &parts, &fs, &root)

@@ -17,7 +17,7 @@ pub struct Run {
     /// Set when partitioning begins and cleared when the install is complete:
     /// a failure in between wipes this disk's table. Not a phase result but the
     /// failure path's own record, so it is never `expect`ed.
-    dirty_disk: Option<PathBuf>,
+    dirty_disks: Vec<PathBuf>,
 }
 
 impl Run {
@@ -25,7 +25,7 @@ impl Run {
         Run {
             reporter,
             current: Step::MountPseudo,
-            dirty_disk: None,
+            dirty_disks: Vec::new(),
         }
     }
 
@@ -59,7 +59,7 @@ impl Run {
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T, Failure>,
     ) -> Result<T, Failure> {
-        // Unwind safety: after a panic only `current`, `dirty_disk` and the
+        // Unwind safety: after a panic only `current`, `dirty_disks` and the
         // reporter are used, each consistent between its own updates.
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
             Ok(r) => r,
@@ -75,21 +75,17 @@ impl Run {
         self.reporter.set_install(&plan.install_id, &plan.token);
     }
 
-    pub(super) fn writing_to(&mut self, disk: &Path) {
-        self.dirty_disk = Some(disk.to_path_buf());
+    pub(super) fn writing_to(&mut self, disks: &[&Path]) {
+        self.dirty_disks = disks.iter().map(|d| d.to_path_buf()).collect();
     }
 
     pub(super) fn disk_complete(&mut self) {
-        self.dirty_disk = None;
+        self.dirty_disks.clear();
     }
 
     /// Posts `Installed` with the node's public host keys (three tries) and
     /// returns the finish line.
-    pub(super) fn report_installed(
-        &mut self,
-        plan: &InstallPlan,
-        host_keys: Vec<String>,
-    ) -> String {
+    pub fn report_installed(&mut self, plan: &InstallPlan, host_keys: Vec<String>) -> String {
         let msg = format!(
             "installed {} serial {} on {}; rebooting",
             plan.image.name, plan.image.serial, plan.hostname
@@ -121,10 +117,11 @@ impl Run {
         console::line(&format!("{}: FAILED: {}", f.step, f.error));
         let stuck = sys::umount_tree(Path::new(paths::ESP_MOUNT));
         let stuck2 = sys::umount_tree(Path::new(paths::TARGET));
-        if let Some(d) = self.dirty_disk.take() {
-            if !stuck.is_empty() || !stuck2.is_empty() {
-                console::line("note: some file systems stayed mounted; wiping anyway");
-            }
+        let dirty = std::mem::take(&mut self.dirty_disks);
+        if !dirty.is_empty() && (!stuck.is_empty() || !stuck2.is_empty()) {
+            console::line("note: some file systems stayed mounted; wiping anyway");
+        }
+        for d in dirty {
             match partition::wipe(&d) {
                 Ok(()) => console::line(&format!(
                     "wiped the partition table of {} so this half-installed disk cannot boot",

@@ -15,10 +15,10 @@ impl Machine for Hardware {
         plan: &InstallPlan,
         disk: &ChosenDisk,
     ) -> (Option<Identity>, String) {
-        identity::read_previous(&disk.disk.dev, plan)
+        identity::read_previous(&disk.first().dev, plan)
     }
-    fn partition(&mut self, disk: &ChosenDisk) -> StepResult<Partitioned> {
-        storage::partition(disk)
+    fn partition(&mut self, plan: &InstallPlan, disk: &ChosenDisk) -> StepResult<Partitioned> {
+        storage::partition(plan, disk)
     }
     fn format(
         &mut self,
@@ -28,8 +28,13 @@ impl Machine for Hardware {
     ) -> StepResult<Formatted> {
         storage::format(plan, disk, parts)
     }
-    fn mount_root(&mut self, plan: &InstallPlan, parts: &Partitioned) -> StepResult<MountedRoot> {
-        storage::mount_root(plan, parts)
+    fn mount_root(
+        &mut self,
+        plan: &InstallPlan,
+        disk: &ChosenDisk,
+        fs: &Formatted,
+    ) -> StepResult<MountedRoot> {
+        storage::mount_root(plan, disk, fs)
     }
     fn copy(
         &mut self,
@@ -43,11 +48,12 @@ impl Machine for Hardware {
         &mut self,
         plan: &InstallPlan,
         net: &Network,
+        disk: &ChosenDisk,
         fs: &Formatted,
         root: MountedRoot,
         identity: Option<&Identity>,
     ) -> StepResult<Configured> {
-        configure(plan, net, fs, root, identity)
+        configure(plan, net, disk, fs, root, identity)
     }
     fn bootloader(
         &mut self,
@@ -61,20 +67,50 @@ impl Machine for Hardware {
     }
     fn unmount(&mut self, root: Configured) -> Vec<String> {
         sys::sync();
-        let stuck = root.root.mount.unmount();
+        let MountedRoot {
+            children,
+            mount,
+            teardown,
+        } = root.root;
+        // The root's unmount takes everything under it; the children's guards
+        // then find nothing left to unmount.
+        let mut stuck = mount.unmount();
+        drop(children);
         sys::sync();
+        if stuck.is_empty() {
+            stuck.extend(storage::teardown(&teardown));
+        }
         stuck
     }
 }
 
 fn copy(reporter: &mut Reporter, plan: &InstallPlan, root: &MountedRoot) -> StepResult<()> {
+    copy_into(reporter, plan, root.at())
+}
+
+/// The copy step onto `dest`: the multicast stream when the plan offers it,
+/// then a copy slot from the server, then rsync with the first-install flags,
+/// progress reported. Public for the scale bench's simulated installer
+/// (`examples/sim_installer.rs`), which copies into a directory instead of a
+/// mounted disk.
+pub fn copy_into(reporter: &mut Reporter, plan: &InstallPlan, dest: &Path) -> StepResult<()> {
+    prefill_by_multicast(reporter, plan, dest);
+    let admitted = admit(reporter);
+    console::line(&format!("copy: {admitted}"));
     let mut last_console = Instant::now();
     let started = Instant::now();
-    let done = rsync::copy(
+    // The target was formatted a moment ago: nothing to compare against.
+    let flags = rollout::rsync_caps::first_install_flags(
+        &plan.image.rsync_checksums,
+        &rsync::local_checksums(),
+    );
+    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let done = rsync::copy_with(
         &plan.image.rsync_url,
         Some(&plan.rsync),
-        &root.at().to_string_lossy(),
+        &dest.to_string_lossy(),
         &plan.excludes,
+        &extra,
         5,
         Duration::from_secs(2),
         |p| {
@@ -99,7 +135,8 @@ fn copy(reporter: &mut Reporter, plan: &InstallPlan, root: &MountedRoot) -> Step
             );
         },
         |attempt, why| console::line(&format!("copy: attempt {attempt} failed ({why}); resuming")),
-    )?;
+    )?
+    .progress;
     // A copy shorter than the progress interval never reported; the record
     // should still say how much arrived.
     reporter.send(
@@ -121,13 +158,50 @@ fn copy(reporter: &mut Reporter, plan: &InstallPlan, root: &MountedRoot) -> Step
     ))
 }
 
+/// Waits for the server's copy slot ([`crate::slot`]), showing and reporting
+/// the queue place; returns the line that says how the copy was admitted.
+pub fn admit(reporter: &mut Reporter) -> String {
+    let Some((server, id, token)) = reporter
+        .install()
+        .map(|(s, i, t)| (s.to_string(), i.to_string(), t.to_string()))
+    else {
+        return "copying without a slot: no install id".into();
+    };
+    crate::slot::wait_for_slot(
+        &mut || crate::slot::ask(&server, &id, &token),
+        &mut |position, queued| {
+            let msg = format!("queued, position {position} of {queued}");
+            console::line(&format!("copy: {msg}"));
+            reporter.send(Step::Copy, EventKind::Queued { position, queued }, &msg);
+        },
+        &mut std::thread::sleep,
+    )
+}
+
+/// The multicast part of the copy (`crate::multicast`), when the plan offers
+/// it: whatever it comes to, the rsync copy runs next.
+fn prefill_by_multicast(reporter: &mut Reporter, plan: &InstallPlan, root: &Path) {
+    let done = crate::multicast::prefill(plan, root, &mut |l| console::line(l));
+    if done == crate::multicast::Prefill::NotOffered {
+        return;
+    }
+    let line = match done.is_warning() {
+        true => format!("warning: {}", done.line()),
+        false => done.line(),
+    };
+    console::line(&line);
+    reporter.send(Step::Copy, EventKind::Started, &line);
+}
+
 fn configure(
     plan: &InstallPlan,
     net: &Network,
+    disk: &ChosenDisk,
     fs: &Formatted,
     root: MountedRoot,
     identity: Option<&Identity>,
 ) -> StepResult<Configured> {
+    let (fstab, mdadm_conf) = storage::node_files(plan, disk, fs)?;
     let target = root.at();
     // ssh-keygen in the chroot needs /dev (urandom) and /proc; the binds are
     // unmounted (in reverse) when `binds` drops, also on an error or a panic.
@@ -137,9 +211,8 @@ fn configure(
     }
     let facts = configure::NodeFacts {
         plan,
-        root_uuid: fs.root_uuid.clone(),
-        root_fs: plan.layout.root_fs,
-        swap_uuid: fs.swap_uuid.clone(),
+        fstab,
+        mdadm_conf,
         iface: net.iface.clone(),
         nics: crate::net::physical_interfaces(Path::new("/sys/class/net")),
         installer_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init")),
@@ -170,39 +243,47 @@ fn bootloader(
     fs: &Formatted,
     root: &Configured,
 ) -> StepResult<()> {
-    let (d, l) = (&chosen.disk, &chosen.layout);
+    let p = &chosen.plan;
     let target = root.at();
-    let root_uuid = &fs.root_uuid;
     let title = format!("{} serial {}", plan.image.name, plan.image.serial);
-    let msg = match (l.firmware, &parts.esp) {
-        (Firmware::Bios, _) => {
-            bootloader::install_extlinux(target, &d.dev, &title, root_uuid, &plan.kernel_cmdline)?
-        }
-        (Firmware::Uefi, None) => {
-            return Err(StepError::Other(
-                "UEFI boot but the layout has no ESP".into(),
-            ))
-        }
-        (Firmware::Uefi, Some(esp_part)) => {
-            let esp = Path::new(paths::ESP_MOUNT);
-            let dev = esp_part.path.to_string_lossy().to_string();
-            let esp_mount = sys::mount_guarded(
-                &dev,
-                esp,
-                "vfat",
-                MsFlags::empty(),
-                Some(paths::ESP_MOUNT_OPTIONS),
-            )?;
-            let r =
-                bootloader::install_sdboot(target, esp, &title, root_uuid, &plan.kernel_cmdline);
-            sys::sync();
-            drop(esp_mount);
-            let mut msg = r?;
-            msg.push_str(&format!(
-                ", {}",
-                register_efi_entry(l, esp_part, &plan.hostname)
-            ));
-            msg
+    let msg = match p.firmware {
+        // gptmbr.bin on every disk: each boots the legacy-bootable partition
+        // holding /boot, a mirror member on both with RAID1.
+        Firmware::Bios => bootloader::install_extlinux(
+            target,
+            &chosen.devs(),
+            &title,
+            &fs.root,
+            &plan.kernel_cmdline,
+        )?,
+        Firmware::Uefi => {
+            let esps = parts.esps(p);
+            if esps.is_empty() {
+                return Err(StepError::Other(
+                    "UEFI boot but the layout has no ESP".into(),
+                ));
+            }
+            // The same loader, kernel and initrd on every disk's ESP.
+            let mut said = Vec::new();
+            for (d, _, esp_part) in &esps {
+                let esp = Path::new(paths::ESP_MOUNT);
+                let dev = esp_part.path.to_string_lossy().to_string();
+                let esp_mount = sys::mount_guarded(
+                    &dev,
+                    esp,
+                    "vfat",
+                    MsFlags::empty(),
+                    Some(paths::ESP_MOUNT_OPTIONS),
+                )?;
+                let r =
+                    bootloader::install_sdboot(target, esp, &title, &fs.root, &plan.kernel_cmdline);
+                sys::sync();
+                drop(esp_mount);
+                said.push(format!("{} ({})", r?, chosen.disks[*d].dev.display()));
+            }
+            let (_, part, written) = esps[0];
+            said.push(register_efi_entry(part, written, &plan.hostname));
+            said.join(", ")
         }
     };
     Ok(((), msg))
@@ -212,13 +293,10 @@ fn bootloader(
 /// otherwise), so the ESP gets a Boot#### behind the network entries. Not
 /// fatal: firmware that falls back to \EFI\BOOT\BOOTX64.EFI still boots.
 fn register_efi_entry(
-    l: &PlannedLayout,
+    part: &layout::PlannedPart,
     written: &partition::WrittenPart,
     hostname: &str,
 ) -> String {
-    let Some(part) = l.part(PartKind::Esp) else {
-        return "no EFI boot entry (no ESP in the layout)".into();
-    };
     let guid = written.guid;
     let esp = efivars::EspLocation {
         number: part.number,

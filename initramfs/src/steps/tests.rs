@@ -58,7 +58,11 @@ impl Machine for Fake {
     fn choose_disk(&mut self, plan: &InstallPlan) -> StepResult<ChosenDisk> {
         self.enter("choose_disk")?;
         let size = 8 * 1024 * MIB;
-        let layout = layout::plan(size, 512, Firmware::Bios, &plan.layout)?;
+        let geometry = layout::DiskGeometry {
+            bytes: size,
+            sector: 512,
+        };
+        let planned = layout::plan(&plan.layout, Firmware::Bios, &[geometry])?;
         let disk = disk::DiskInfo {
             name: "disk.img".into(),
             dev: self.disk.clone(),
@@ -66,7 +70,13 @@ impl Machine for Fake {
             logical_sector: 512,
             removable: false,
         };
-        Ok((ChosenDisk { disk, layout }, "chosen".into()))
+        Ok((
+            ChosenDisk {
+                disks: vec![disk],
+                plan: planned,
+            },
+            "chosen".into(),
+        ))
     }
     fn previous_identity(
         &mut self,
@@ -74,37 +84,56 @@ impl Machine for Fake {
         disk: &ChosenDisk,
     ) -> (Option<Identity>, String) {
         self.calls.push("previous_identity");
-        assert_eq!(disk.disk.dev, self.disk);
+        assert_eq!(disk.first().dev, self.disk);
         (Some(old_identity()), "identity: kept".into())
     }
-    fn partition(&mut self, disk: &ChosenDisk) -> StepResult<Partitioned> {
+    fn partition(&mut self, _: &InstallPlan, disk: &ChosenDisk) -> StepResult<Partitioned> {
         self.enter("partition")?;
-        assert_eq!(disk.disk.dev, self.disk);
-        let written = (1..=disk.layout.parts.len() as u32)
+        assert_eq!(disk.first().dev, self.disk);
+        let written = (1..=disk.plan.disks[0].parts.len() as u32)
             .map(|n| self.part(n))
             .collect();
-        Ok((
-            Partitioned::new(&disk.layout, written)?,
-            "partitioned".into(),
-        ))
+        let parts = Partitioned {
+            disks: vec![written],
+            arrays: vec![],
+            volumes: vec![],
+        };
+        Ok((parts, "partitioned".into()))
     }
     fn format(
         &mut self,
         _: &InstallPlan,
-        _: &ChosenDisk,
+        disk: &ChosenDisk,
         parts: &Partitioned,
     ) -> StepResult<Formatted> {
         self.enter("format")?;
-        let fs = Formatted {
-            root_uuid: format!("uuid-of-{}", parts.root.path.display()),
-            swap_uuid: None,
-        };
-        Ok((fs, "formatted".into()))
+        let made: Vec<Made> = disk
+            .plan
+            .targets
+            .iter()
+            .map(|t| {
+                let device = parts.device(&disk.plan, t.source)?;
+                let uuid = format!("uuid-of-{}", device.display());
+                Ok(Made { device, uuid })
+            })
+            .collect::<Result<_, StepError>>()?;
+        let root = storage::root_spec(&disk.plan, &made)?;
+        Ok((Formatted { made, root }, "formatted".into()))
     }
-    fn mount_root(&mut self, _: &InstallPlan, _: &Partitioned) -> StepResult<MountedRoot> {
+    fn mount_root(
+        &mut self,
+        _: &InstallPlan,
+        _: &ChosenDisk,
+        _: &Formatted,
+    ) -> StepResult<MountedRoot> {
         self.enter("mount")?;
         let mount = sys::Mounted::assume(&self.target);
-        Ok((MountedRoot { mount }, "mounted".into()))
+        let root = MountedRoot {
+            children: sys::Mounts::default(),
+            mount,
+            teardown: Teardown::default(),
+        };
+        Ok((root, "mounted".into()))
     }
     fn copy(&mut self, _: &mut Reporter, _: &InstallPlan, root: &MountedRoot) -> StepResult<()> {
         self.enter("copy")?;
@@ -115,13 +144,16 @@ impl Machine for Fake {
         &mut self,
         _: &InstallPlan,
         net: &Network,
+        _: &ChosenDisk,
         fs: &Formatted,
         root: MountedRoot,
         identity: Option<&Identity>,
     ) -> StepResult<Configured> {
         self.enter("configure")?;
         assert_eq!(net.iface, "eth7");
-        assert!(fs.root_uuid.ends_with("disk.img2"), "{}", fs.root_uuid);
+        // The root filesystem is on partition 2, after the BIOS boot partition.
+        assert!(fs.root.starts_with("UUID=uuid-of-"), "{}", fs.root);
+        assert!(fs.root.ends_with("disk.img2"), "{}", fs.root);
         // What was read before partitioning arrives here, and its public keys
         // are what the installed report carries.
         let host_keys = identity

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::{in_root, io, SyncError};
-use crate::{bootloader, layout, partition, paths};
+use crate::{bootloader, layout, paths};
 
 /// Whether an itemized change touches a file under /boot: a transfer, creation,
 /// hard link or deletion of a non-directory (attribute-only and directory
@@ -27,7 +27,7 @@ pub fn boot_changed(lines: &[String]) -> bool {
     })
 }
 
-/// `root=UUID=…` and the rest of the kernel options from the current boot
+/// `root=` (`UUID=…`, `/dev/mapper/VG-LV`) and the rest of the kernel options from the current boot
 /// entry (`APPEND` in extlinux.conf, `options` in a systemd-boot entry), so an
 /// update keeps what the install set.
 pub fn current_options(conf: &str) -> Option<(String, String)> {
@@ -40,7 +40,7 @@ pub fn current_options(conf: &str) -> Option<(String, String)> {
     let mut seen_ro = false;
     let mut rest = Vec::new();
     for w in opts.split_whitespace() {
-        if let Some(u) = w.strip_prefix("root=UUID=") {
+        if let Some(u) = w.strip_prefix("root=") {
             uuid = Some(u.to_string());
         } else if w == "ro" && !seen_ro {
             seen_ro = true;
@@ -66,7 +66,7 @@ pub(super) fn extlinux_stale(root: &Path) -> bool {
     let conf =
         std::fs::read_to_string(in_root(root, bootloader::EXTLINUX_CONF)).unwrap_or_default();
     match (extlinux_kernel(&conf), bootloader::find_kernel(root)) {
-        (Some(cur), Ok(k)) => cur != k.kernel,
+        (Some(cur), Ok(k)) => cur != bootloader::boot_relative(root, k).kernel,
         _ => false,
     }
 }
@@ -90,7 +90,7 @@ fn find_esp(root: &Path) -> Option<String> {
     let (maj, min) = (libc::major(dev), libc::minor(dev));
     let part = std::fs::canonicalize(format!("/sys/dev/block/{maj}:{min}")).ok()?;
     let disk = part.parent()?;
-    let want = format!("PARTNAME={}", partition::gpt_name(layout::PartKind::Esp));
+    let want = format!("PARTNAME={}", layout::GPT_ESP_NAME);
     std::fs::read_dir(disk).ok()?.flatten().find_map(|e| {
         let uevent = std::fs::read_to_string(e.path().join("uevent")).ok()?;
         if !uevent.lines().any(|l| l == want) {
@@ -129,7 +129,7 @@ pub(super) fn update_bootloader(
             let text = std::fs::read_to_string(&conf).map_err(io("read", &conf))?;
             let (uuid, cmdline) = current_options(&text).ok_or_else(|| {
                 SyncError::BootConfig(format!(
-                    "{} has no APPEND line with root=UUID=; fix it by hand or reinstall the node",
+                    "{} has no APPEND line with root=; fix it by hand or reinstall the node",
                     conf.display()
                 ))
             })?;
@@ -146,7 +146,7 @@ pub(super) fn update_bootloader(
                 let text = std::fs::read_to_string(&entry).map_err(io("read", &entry))?;
                 let (uuid, cmdline) = current_options(&text).ok_or_else(|| {
                     SyncError::BootConfig(format!(
-                        "{} on {dev} has no options line with root=UUID=",
+                        "{} on {dev} has no options line with root=",
                         bootloader::SDBOOT_ENTRY
                     ))
                 })?;
@@ -192,11 +192,19 @@ mod tests {
         let conf = "DEFAULT rollout\nLABEL rollout\n  LINUX /boot/vmlinuz-1\n  APPEND root=UUID=abc-1 ro console=ttyS0 quiet\n";
         assert_eq!(
             current_options(conf),
-            Some(("abc-1".into(), "console=ttyS0 quiet".into()))
+            Some(("UUID=abc-1".into(), "console=ttyS0 quiet".into()))
         );
         let entry = "title t\nlinux /rollout/vmlinuz\noptions root=UUID=u2 ro\n";
-        assert_eq!(current_options(entry), Some(("u2".into(), String::new())));
-        assert_eq!(current_options("APPEND root=/dev/sda1 ro"), None);
+        assert_eq!(
+            current_options(entry),
+            Some(("UUID=u2".into(), String::new()))
+        );
+        // An LVM root is named by its device-mapper path.
+        assert_eq!(
+            current_options("APPEND root=/dev/mapper/vg0-root ro quiet"),
+            Some(("/dev/mapper/vg0-root".into(), "quiet".into()))
+        );
+        assert_eq!(current_options("APPEND ro quiet"), None);
         assert_eq!(extlinux_kernel(conf), Some("/boot/vmlinuz-1"));
         assert_eq!(extlinux_kernel("DEFAULT x\n"), None);
     }

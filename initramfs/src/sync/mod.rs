@@ -120,6 +120,21 @@ pub fn excludes(image: &[String]) -> Vec<String> {
     all
 }
 
+/// Mount points of the node's network filesystems (`nfs`, `nfs4` in its
+/// fstab): a sync copies nothing under them, the server's export serves them.
+pub fn network_mounts(fstab: &str) -> Vec<String> {
+    fstab
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && matches!(f[2], "nfs" | "nfs4") && f[1].starts_with('/'))
+                .then(|| f[1].to_string())
+        })
+        .collect()
+}
+
 /// rsync flags on top of the installer's copy flags: delete what the image no
 /// longer has, except the node's own state ([`wire::NODE_STATE`]).
 pub fn extra_flags() -> Vec<String> {
@@ -225,7 +240,11 @@ pub fn run(root: &Path, mut log: impl FnMut(&str)) -> Result<Report, SyncError> 
         Decision::UpToDate(s) => return Ok(Report::UpToDate(s)),
         Decision::Update { from, to } => (from, to),
     };
-    let image_excludes = fetch_excludes(&conf)?;
+    let mut image_excludes = fetch_excludes(&conf)?;
+    // What a network mount serves is not this node's to update (and is often
+    // read-only); the mount point itself stays.
+    let fstab = std::fs::read_to_string(in_root(root, "/etc/fstab")).unwrap_or_default();
+    image_excludes.extend(network_mounts(&fstab).iter().map(|m| format!("{m}/*")));
     let url = module_url(&conf, to)?;
     log(&format!("syncing {url} onto {}", root.display()));
     let dest = root.to_string_lossy().to_string();
@@ -349,6 +368,13 @@ mod tests {
         ] {
             assert!(ex.iter().any(|e| e == must), "{must} missing from {ex:?}");
         }
+    }
+
+    #[test]
+    fn network_mounts_come_from_the_fstab() {
+        let fstab = "# /etc/fstab\nUUID=r\t/\text3\terrors=remount-ro\t0\t1\nnfs1:/export/usr\t/usr\tnfs\tro,nolock\t0\t0\nnfs1:/home /home nfs4 defaults 0 0\ntmpfs\t/tmp\ttmpfs\tdefaults\t0\t0\n#nfs1:/x /x nfs ro 0 0\n";
+        assert_eq!(network_mounts(fstab), ["/usr", "/home"]);
+        assert!(network_mounts("").is_empty());
     }
 
     #[test]
