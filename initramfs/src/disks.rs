@@ -44,7 +44,7 @@ pub fn by_path(device_path: &str, name: &str) -> Vec<String> {
         let b = c.as_bytes();
         c.len() == 12 && b[4] == b':' && b[7] == b':' && b[10] == b'.'
     };
-    let Some(addr) = device_path.split('/').filter(|c| is_pci(c)).last() else {
+    let Some(addr) = device_path.split('/').rfind(|c| is_pci(c)) else {
         return vec![];
     };
     let mut out = vec![format!("/dev/disk/by-path/pci-{addr}")];

@@ -24,7 +24,7 @@ fn disk(bytes: u64, sector: u64) -> DiskGeometry {
     DiskGeometry { bytes, sector }
 }
 
-fn part_of<'a>(p: &'a Plan, disk: usize, number: u32) -> &'a PlannedPart {
+fn part_of(p: &Plan, disk: usize, number: u32) -> &PlannedPart {
     p.disks[disk]
         .parts
         .iter()
@@ -109,12 +109,14 @@ fn rest_takes_what_is_left_before_the_backup_gpt() {
 
 #[test]
 fn rest_in_the_middle_leaves_the_later_partitions_their_size() {
-    let mut l = Layout::default();
-    l.partitions = vec![
-        part(Size::Mib(1024), fs("/", Fs::Ext4)),
-        part(Size::Rest, fs("/scratch", Fs::Xfs)),
-        part(Size::Mib(2048), Content::Swap),
-    ];
+    let l = Layout {
+        partitions: vec![
+            part(Size::Mib(1024), fs("/", Fs::Ext4)),
+            part(Size::Rest, fs("/scratch", Fs::Xfs)),
+            part(Size::Mib(2048), Content::Swap),
+        ],
+        ..Layout::default()
+    };
     let p = plan(&l, Firmware::Uefi, &[disk(10 * GIB, 512)]).unwrap();
     let scratch = part_of(&p, 0, 3);
     let swap = part_of(&p, 0, 4);
@@ -174,16 +176,17 @@ fn odd_sector_sizes_are_refused() {
 }
 
 fn raid_layout() -> Layout {
-    let mut l = Layout::default();
-    l.name = "mirror".into();
-    l.disks = vec![DiskRule::First, DiskRule::First];
-    l.raid = Some(Raid { level: 1 });
-    l.partitions = vec![
-        part(Size::Mib(1024), fs("/", Fs::Ext3)),
-        part(Size::Mib(512), Content::Swap),
-        part(Size::Rest, fs("/data", Fs::Ext4)),
-    ];
-    l
+    Layout {
+        name: "mirror".into(),
+        disks: vec![DiskRule::First, DiskRule::First],
+        raid: Some(Raid { level: 1 }),
+        partitions: vec![
+            part(Size::Mib(1024), fs("/", Fs::Ext3)),
+            part(Size::Mib(512), Content::Swap),
+            part(Size::Rest, fs("/data", Fs::Ext4)),
+        ],
+        ..Layout::default()
+    }
 }
 
 #[test]
@@ -244,9 +247,11 @@ fn raid1_too_small_names_the_smaller_disk() {
 }
 
 fn lvm_layout(firmware_boot: bool) -> Layout {
-    let mut l = Layout::default();
-    l.name = "lvm".into();
-    l.partitions = vec![part(Size::Rest, Content::LvmPv)];
+    let mut l = Layout {
+        name: "lvm".into(),
+        partitions: vec![part(Size::Rest, Content::LvmPv)],
+        ..Layout::default()
+    };
     if firmware_boot {
         l.partitions
             .insert(0, part(Size::Mib(512), fs("/boot", Fs::Ext3)));
