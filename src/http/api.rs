@@ -210,6 +210,24 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
+/// The running install `id` whose token the request carries, or the answer
+/// that refuses it (no token 401, another install's 403, not running 409).
+pub(super) fn running_install(
+    state: &Shared,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<crate::inventory::NodeRecord, Box<Response>> {
+    let Some(token) = bearer(headers) else {
+        return Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <token>` (the token is in the install plan)",
+        )));
+    };
+    let inv = &state.inventory;
+    tokio::task::block_in_place(|| inv.running_install(id, token))
+        .map_err(|e| Box::new(inventory_error(e)))
+}
+
 /// Writes the host keys an authenticated `installed` report carried into the
 /// server's known_hosts, under the node's hostname and address (its inventory
 /// address, else the one it reported from), replacing what was there for it.
@@ -350,16 +368,9 @@ pub async fn slot(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(token) = bearer(&headers) else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "missing `Authorization: Bearer <token>` (the token is in the install plan)",
-        );
-    };
-    let inv = &state.inventory;
-    let rec = match tokio::task::block_in_place(|| inv.running_install(&id, token)) {
+    let rec = match running_install(&state, &id, &headers) {
         Ok(r) => r,
-        Err(e) => return inventory_error(e),
+        Err(refused) => return *refused,
     };
     let now = crate::clock::now_unix();
     let mut q = state.admission.lock().unwrap_or_else(|p| p.into_inner());

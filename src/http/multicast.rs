@@ -6,8 +6,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::api::bearer;
-use super::{error, inventory_error, Shared};
+use super::api::running_install;
+use super::{error, Shared};
 
 /// Joins the install's serial's multicast session (the first asker opens
 /// it; the server collects receivers for `[install] multicast.wait_secs`,
@@ -35,16 +35,9 @@ pub async fn join(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(token) = bearer(&headers) else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "missing `Authorization: Bearer <token>` (the token is in the install plan)",
-        );
-    };
-    let inv = &state.inventory;
-    let rec = match tokio::task::block_in_place(|| inv.running_install(&id, token)) {
+    let rec = match running_install(&state, &id, &headers) {
         Ok(r) => r,
-        Err(e) => return inventory_error(e),
+        Err(refused) => return *refused,
     };
     let Some(serial) = rec.serial else {
         return error(
