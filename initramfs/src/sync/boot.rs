@@ -27,9 +27,17 @@ pub fn boot_changed(lines: &[String]) -> bool {
     })
 }
 
-/// `root=` (`UUID=…`, `/dev/mapper/VG-LV`) and the rest of the kernel options from the current boot
-/// entry (`APPEND` in extlinux.conf, `options` in a systemd-boot entry), so an
-/// update keeps what the install set.
+/// The stable `root=` names an install writes: a filesystem UUID, or an LVM
+/// volume's device-mapper path. A kernel name such as `/dev/sda1` is not one
+/// (it moves when disks are added), so an entry with it was not written by
+/// rollout and is not rewritten by a sync.
+fn stable_root(value: &str) -> bool {
+    value.starts_with("UUID=") || value.starts_with("/dev/mapper/")
+}
+
+/// `root=` (`UUID=…`, `/dev/mapper/VG-LV`) and the rest of the kernel options
+/// from the current boot entry (`APPEND` in extlinux.conf, `options` in a
+/// systemd-boot entry), so an update keeps what the install set.
 pub fn current_options(conf: &str) -> Option<(String, String)> {
     let opts = conf.lines().find_map(|l| {
         let l = l.trim();
@@ -40,7 +48,7 @@ pub fn current_options(conf: &str) -> Option<(String, String)> {
     let mut seen_ro = false;
     let mut rest = Vec::new();
     for w in opts.split_whitespace() {
-        if let Some(u) = w.strip_prefix("root=") {
+        if let Some(u) = w.strip_prefix("root=").filter(|u| stable_root(u)) {
             uuid = Some(u.to_string());
         } else if w == "ro" && !seen_ro {
             seen_ro = true;
@@ -129,7 +137,7 @@ pub(super) fn update_bootloader(
             let text = std::fs::read_to_string(&conf).map_err(io("read", &conf))?;
             let (uuid, cmdline) = current_options(&text).ok_or_else(|| {
                 SyncError::BootConfig(format!(
-                    "{} has no APPEND line with root=; fix it by hand or reinstall the node",
+                    "{} has no APPEND line with root=UUID= (or root=/dev/mapper/ for LVM); fix it by hand or reinstall the node",
                     conf.display()
                 ))
             })?;
@@ -146,7 +154,7 @@ pub(super) fn update_bootloader(
                 let text = std::fs::read_to_string(&entry).map_err(io("read", &entry))?;
                 let (uuid, cmdline) = current_options(&text).ok_or_else(|| {
                     SyncError::BootConfig(format!(
-                        "{} on {dev} has no options line with root=",
+                        "{} on {dev} has no options line with root=UUID= (or root=/dev/mapper/ for LVM)",
                         bootloader::SDBOOT_ENTRY
                     ))
                 })?;
@@ -205,6 +213,11 @@ mod tests {
             Some(("/dev/mapper/vg0-root".into(), "quiet".into()))
         );
         assert_eq!(current_options("APPEND ro quiet"), None);
+        assert_eq!(
+            current_options("APPEND root=/dev/sda1 ro"),
+            None,
+            "a kernel disk name is not what an install writes"
+        );
         assert_eq!(extlinux_kernel(conf), Some("/boot/vmlinuz-1"));
         assert_eq!(extlinux_kernel("DEFAULT x\n"), None);
     }
