@@ -6,7 +6,7 @@
 //!
 //! The rules: partitions start and end on MiB boundaries (1 MiB in front for the
 //! protective MBR and primary GPT, the backup GPT in the last MiB); the firmware's
-//! boot partition comes first (BIOS: 1 MiB BIOS-boot; UEFI: 256 MiB ESP), on every
+//! boot partition comes first (BIOS: 1 MiB BIOS-boot; UEFI: 260 MiB ESP), on every
 //! disk; with RAID1 every data partition is made on each disk at the same place,
 //! sized by the smaller disk, and mirrored with md metadata 1.0 (superblock at the
 //! end, so a member starts with the filesystem, as extlinux needs), whose overhead
@@ -25,7 +25,12 @@ pub use check::{check, LayoutError};
 /// The BIOS boot partition (extlinux does not use it, but firmware and tools
 /// expect a GPT BIOS disk to have one).
 pub const BIOS_BOOT_MIB: u64 = 1;
-pub const ESP_MIB: u64 = 256;
+/// The EFI system partition. FAT32 needs at least 65,525 clusters, and on a
+/// disk with 4096-byte sectors (one sector a cluster) 256 MiB is short of
+/// that: mkfs.fat makes it anyway and UEFI firmware, which types a FAT by its
+/// cluster count, reads it as FAT16 and finds no loader (seen in the lab with
+/// OVMF). 260 MiB is enough on every sector size (Windows uses it on 4Kn).
+pub const ESP_MIB: u64 = 260;
 /// Room md metadata 1.0 takes at the end of each member: mdadm needs 8 KiB for
 /// the superblock plus its bad-block log (up to a few hundred KiB); the plan
 /// counts a whole MiB so an array is never smaller than planned.

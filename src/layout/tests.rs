@@ -75,9 +75,12 @@ fn uefi_on_4k_sectors_is_mib_aligned() {
     let d = &p.disks[0];
     assert_eq!(
         (d.parts[0].first_lba, d.parts[0].lba_count),
-        (256, 256 * 256)
+        (256, ESP_MIB * 256)
     );
     assert_eq!(d.parts[0].part_type, PartType::Esp);
+    // FAT32 with one 4096-byte sector a cluster: 65,525 clusters at least,
+    // plus 32 reserved sectors and two FATs of 64 sectors each.
+    assert!(d.parts[0].lba_count >= 65_525 + 32 + 2 * 64);
     for q in &d.parts {
         assert_eq!(q.first_lba % 256, 0, "{q:?} not aligned");
         assert_eq!(q.lba_count % 256, 0);
@@ -123,7 +126,7 @@ fn rest_in_the_middle_leaves_the_later_partitions_their_size() {
     assert_eq!(scratch.first_lba + scratch.lba_count, swap.first_lba);
     assert_eq!(
         scratch.lba_count * 512 / MIB,
-        10240 - 1 - 256 - 1024 - 2048 - 1
+        10240 - 1 - ESP_MIB - 1024 - 2048 - 1
     );
     assert_eq!(scratch.name, "/scratch");
     // Mount order: parents first, swap last.
@@ -323,7 +326,7 @@ fn lvm_over_raid1_takes_md_overhead_then_pv_metadata() {
     )
     .unwrap();
     let pv = &p.arrays[1];
-    assert_eq!(pv.member_mib, 4096 - 1 - 256 - 512 - 1);
+    assert_eq!(pv.member_mib, 4096 - 1 - ESP_MIB - 512 - 1);
     let lvm = p.lvm.as_ref().unwrap();
     assert_eq!(lvm.pvs, vec![Source::Array(1)]);
     assert_eq!(
