@@ -37,7 +37,7 @@ impl Progress {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RsyncError {
-    #[error("rsync could not be started ({0}); the initramfs must contain {path}", path = paths::RSYNC)]
+    #[error("rsync could not be started ({0}); looked for {places}: the initramfs must contain {path}, an installed node needs rsync in one of those places", places = CANDIDATES.join(", "), path = paths::RSYNC)]
     Spawn(#[source] std::io::Error),
     #[error("rsync from {url} failed {attempts} times; last exit {status}: {stderr}")]
     Failed {
@@ -98,10 +98,24 @@ pub fn args(url: &str, dest: &str, excludes: &[String]) -> Vec<String> {
     a
 }
 
+/// Where rsync may be: the initramfs has it at [`paths::RSYNC`]; an installed
+/// node whose `/usr` is an NFS mount may keep its own copy on the local root
+/// (the lab's tiny image does), in `/bin`.
+const CANDIDATES: [&str; 3] = [paths::RSYNC, "/bin/rsync", "/usr/local/bin/rsync"];
+
+/// The first rsync of [`CANDIDATES`] that exists (the initramfs's path when
+/// none does, so the spawn error names it).
+fn program() -> &'static str {
+    CANDIDATES
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .unwrap_or(paths::RSYNC)
+}
+
 /// The transfer checksums of the installer's rsync (`rsync --version`);
 /// empty when it cannot say.
 pub fn local_checksums() -> Vec<String> {
-    Command::new(paths::RSYNC)
+    Command::new(program())
         .arg("--version")
         .stdin(Stdio::null())
         .output()
@@ -203,7 +217,7 @@ pub fn copy_with(
     let mut status = String::new();
     let mut stderr_text = String::new();
     for attempt in 1..=attempts {
-        let mut cmd = Command::new(paths::RSYNC);
+        let mut cmd = Command::new(program());
         cmd.env_remove("RSYNC_PASSWORD");
         if let Some(a) = auth {
             cmd.env("RSYNC_PASSWORD", &a.password);
