@@ -170,10 +170,13 @@ fn installer_written_files_survive_a_sync() {
     );
 }
 
-/// A node with /usr over NFS: a sync leaves everything under /usr alone (the
-/// export serves it, read-only), whatever the image has there.
+/// A node with /usr over NFS, a local /scratch and a tmpfs /var/lock, none of
+/// which the image has: a sync leaves everything under /usr alone (the export
+/// serves it, read-only), keeps the node's data on /scratch and the tmpfs's
+/// contents, and removes none of the mount points (rmdir of a mount point
+/// fails with EBUSY, which used to fail the whole sync).
 #[test]
-fn a_sync_leaves_network_mounts_alone() {
+fn a_sync_leaves_the_nodes_other_mounts_alone() {
     if !prereq::require_file(paths::RSYNC, "rsync") {
         return;
     }
@@ -183,26 +186,24 @@ fn a_sync_leaves_network_mounts_alone() {
     for (root, f) in [
         (&node, "usr/bin/from-nfs"),
         (&node, "etc/fstab"),
+        (&node, "scratch/results.dat"),
+        (&node, "var/lock/daemon.pid"),
         (&image, "usr/bin/image-only"),
         (&image, "opt/new"),
+        (&image, "var/log/keep"),
     ] {
         let p = root.join(f);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, "x\n").unwrap();
     }
-    let fstab =
-        "UUID=r\t/\text3\terrors=remount-ro\t0\t1\nnfs1:/export/usr\t/usr\tnfs\tro,nolock\t0\t0\n";
+    let fstab = "UUID=r\t/\text3\terrors=remount-ro\t0\t1\nnfs1:/export/usr\t/usr\tnfs\tro,nolock\t0\t0\nUUID=s /scratch xfs defaults 0 2\ntmpfs /var/lock tmpfs defaults 0 0\n";
     std::fs::write(node.join("etc/fstab"), fstab).unwrap();
-    let extra: Vec<String> = sync::network_mounts(fstab)
-        .iter()
-        .map(|m| format!("{m}/*"))
-        .collect();
     rsync::copy_with(
         &image.to_string_lossy(),
         None,
         &node.to_string_lossy(),
-        &sync::excludes(&extra),
-        &sync::extra_flags()
+        &sync::excludes(&[]),
+        &sync::flags_for(fstab)
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>(),
@@ -221,7 +222,33 @@ fn a_sync_leaves_network_mounts_alone() {
         "copied under the nfs mount"
     );
     assert!(
-        node.join("opt/new").exists(),
+        node.join("scratch/results.dat").exists(),
+        "the node's data on its /scratch filesystem was deleted"
+    );
+    assert!(
+        node.join("var/lock/daemon.pid").exists(),
+        "the tmpfs /var/lock was emptied"
+    );
+    assert!(
+        node.join("opt/new").exists() && node.join("var/log/keep").exists(),
         "the rest of the image is synced"
     );
+    // The same without the fstab's rules deletes what the image lacks: the
+    // rules, not luck, kept them.
+    rsync::copy_with(
+        &image.to_string_lossy(),
+        None,
+        &node.to_string_lossy(),
+        &sync::excludes(&[]),
+        &sync::extra_flags()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        1,
+        Duration::ZERO,
+        |_| {},
+        |_, why| panic!("{why}"),
+    )
+    .unwrap();
+    assert!(!node.join("scratch").exists());
 }

@@ -120,19 +120,35 @@ pub fn excludes(image: &[String]) -> Vec<String> {
     all
 }
 
-/// Mount points of the node's network filesystems (`nfs`, `nfs4` in its
-/// fstab): a sync copies nothing under them, the server's export serves them.
-pub fn network_mounts(fstab: &str) -> Vec<String> {
-    fstab
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3 && matches!(f[2], "nfs" | "nfs4") && f[1].starts_with('/'))
-                .then(|| f[1].to_string())
-        })
-        .collect()
+/// rsync filter rules that keep a sync off the node's other mounts, read from
+/// its fstab. A network or tmpfs mount's contents are not the image's to
+/// update (an NFS `/usr` is the export's, often read-only; a tmpfs holds
+/// running state): excluded. A local data filesystem (`/scratch`, `/var/log`
+/// on its own disk) keeps what the image lacks: protected from `--delete`,
+/// while the image's files there are still updated. `/boot` and the ESP are
+/// the image's kernels and are synced like the root. Every mount point itself
+/// survives a sync even when the image has no such directory (rmdir of a
+/// mount point fails with EBUSY and failed the whole sync).
+pub fn mount_filters(fstab: &str) -> Vec<String> {
+    let mut rules = Vec::new();
+    for l in fstab.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (mount, kind) = match f.as_slice() {
+            [_, mount, kind, ..] if mount.starts_with('/') && *mount != "/" => (*mount, *kind),
+            _ => continue,
+        };
+        let mount = mount.trim_end_matches('/');
+        if mount == "/boot" || mount.starts_with("/boot/") || kind == "swap" {
+            continue;
+        }
+        rules.push(format!("--filter=P {mount}"));
+        if matches!(kind, "nfs" | "nfs4" | "tmpfs") {
+            rules.push(format!("--filter=- {mount}/*"));
+        } else {
+            rules.push(format!("--filter=P {mount}/***"));
+        }
+    }
+    rules
 }
 
 /// rsync flags on top of the installer's copy flags: delete what the image no
@@ -143,6 +159,14 @@ pub fn extra_flags() -> Vec<String> {
         .map(|s| s.to_string())
         .chain(wire::NODE_STATE.iter().map(|p| format!("--filter=P {p}")))
         .collect()
+}
+
+/// Every rsync flag of a node's sync on top of the copy flags: [`extra_flags`]
+/// and the [`mount_filters`] of the node's fstab.
+pub fn flags_for(fstab: &str) -> Vec<String> {
+    let mut flags = extra_flags();
+    flags.extend(mount_filters(fstab));
+    flags
 }
 
 /// Sum of `Total bytes received:` over every `--stats` block in `lines`.
@@ -240,11 +264,9 @@ pub fn run(root: &Path, mut log: impl FnMut(&str)) -> Result<Report, SyncError> 
         Decision::UpToDate(s) => return Ok(Report::UpToDate(s)),
         Decision::Update { from, to } => (from, to),
     };
-    let mut image_excludes = fetch_excludes(&conf)?;
-    // What a network mount serves is not this node's to update (and is often
-    // read-only); the mount point itself stays.
+    let image_excludes = fetch_excludes(&conf)?;
     let fstab = std::fs::read_to_string(in_root(root, "/etc/fstab")).unwrap_or_default();
-    image_excludes.extend(network_mounts(&fstab).iter().map(|m| format!("{m}/*")));
+    let flags = flags_for(&fstab);
     let url = module_url(&conf, to)?;
     log(&format!("syncing {url} onto {}", root.display()));
     let dest = root.to_string_lossy().to_string();
@@ -253,7 +275,7 @@ pub fn run(root: &Path, mut log: impl FnMut(&str)) -> Result<Report, SyncError> 
         Some(&conf.rsync_auth),
         &dest,
         &excludes(&image_excludes),
-        &extra_flags().iter().map(String::as_str).collect::<Vec<_>>(),
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
         5,
         Duration::from_secs(3600),
         |_| {},
@@ -371,10 +393,22 @@ mod tests {
     }
 
     #[test]
-    fn network_mounts_come_from_the_fstab() {
-        let fstab = "# /etc/fstab\nUUID=r\t/\text3\terrors=remount-ro\t0\t1\nnfs1:/export/usr\t/usr\tnfs\tro,nolock\t0\t0\nnfs1:/home /home nfs4 defaults 0 0\ntmpfs\t/tmp\ttmpfs\tdefaults\t0\t0\n#nfs1:/x /x nfs ro 0 0\n";
-        assert_eq!(network_mounts(fstab), ["/usr", "/home"]);
-        assert!(network_mounts("").is_empty());
+    fn other_mounts_are_kept_out_of_a_sync() {
+        let fstab = "# /etc/fstab\nUUID=r\t/\text3\terrors=remount-ro\t0\t1\nUUID=b /boot ext4 defaults 0 2\nUUID=e /boot/efi vfat umask=0077 0 1\nUUID=s none swap sw 0 0\nnfs1:/export/usr\t/usr\tnfs\tro,nolock\t0\t0\nnfs1:/home /home/ nfs4 defaults 0 0\ntmpfs\t/tmp\ttmpfs\tdefaults\t0\t0\nUUID=x /scratch xfs defaults 0 2\n#nfs1:/x /x nfs ro 0 0\n";
+        assert_eq!(
+            mount_filters(fstab),
+            [
+                "--filter=P /usr",
+                "--filter=- /usr/*",
+                "--filter=P /home",
+                "--filter=- /home/*",
+                "--filter=P /tmp",
+                "--filter=- /tmp/*",
+                "--filter=P /scratch",
+                "--filter=P /scratch/***",
+            ]
+        );
+        assert!(mount_filters("").is_empty());
     }
 
     #[test]
