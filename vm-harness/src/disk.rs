@@ -157,17 +157,29 @@ impl DiskImage {
         let dev = self.loop_device(number)?;
         let mnt = self.raw.with_extension(format!("p{number}.mnt"));
         fs::create_dir_all(&mnt).ctx("creating a mount point", &mnt)?;
-        let fstype = parse_blkid(&run(
-            Command::new("blkid").args(["-p", "-o", "export", &dev])
-        )?)
-        .remove("TYPE")
-        .unwrap_or_default();
+        let probe = |usage: &str| -> Result<String> {
+            Ok(parse_blkid(&run(
+                Command::new("blkid").args(["-p", "-u", usage, "-o", "export", &dev])
+            )?)
+            .remove("TYPE")
+            .unwrap_or_default())
+        };
+        let mut fstype = probe("filesystem,raid")?;
+        // A RAID1 member with md metadata 1.0 (superblock at the end) starts
+        // with its filesystem: mount that, read-only, as a lone member.
+        if fstype == "linux_raid_member" {
+            fstype = probe("filesystem")?;
+        }
         let opts = if fstype.starts_with("ext") {
             "ro,noload"
         } else {
             "ro"
         };
-        run(Command::new("mount").args(["-o", opts, &dev]).arg(&mnt))?;
+        let mut mount = Command::new("mount");
+        if !fstype.is_empty() {
+            mount.args(["-t", &fstype]);
+        }
+        run(mount.args(["-o", opts, &dev]).arg(&mnt))?;
         self.mounts.push(mnt.clone());
         Ok(mnt)
     }
