@@ -1,11 +1,11 @@
 //! Group commit of lease writes: one writer thread turns the lease changes of
 //! every packet handled while the previous transaction was syncing into ONE
-//! SQLite transaction (one fsync), and only then runs each packet's
+//! transaction of the lease store (one fsync), and only then runs each packet's
 //! continuation (sending its ACK). A lease is on disk before its ACK leaves, as
 //! with a write per packet, but a burst of N requests costs a few fsyncs, not N.
 
 use super::leases::Lease;
-use crate::db::StoreError;
+use crate::store::{Refusal, StoreError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
@@ -15,7 +15,10 @@ pub type Continuation = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 
 /// Where batches are written: one transaction per call.
 pub trait BatchStore: Send {
-    fn save_batch(&mut self, leases: &[&Lease]) -> Result<(), StoreError>;
+    /// Writes `leases` in one transaction. A shared store may refuse some
+    /// (another server's client holds the address): those are not written and
+    /// are returned; the rest are durable when this returns `Ok`.
+    fn save_batch(&mut self, leases: &[&Lease]) -> Result<Vec<Refusal>, StoreError>;
 }
 
 enum Job {
@@ -69,17 +72,16 @@ impl GroupCommit {
         }
     }
 
-    /// Whether a batch failed since the last call: the in-memory table then
-    /// holds leases the database does not, and must be read back.
+    /// Whether a batch failed or had a lease refused since the last call: the
+    /// in-memory table then holds leases the database does not (or lacks one
+    /// another server wrote), and must be read back.
     pub fn take_failed(&self) -> bool {
         self.failed.swap(false, Ordering::AcqRel)
     }
 }
 
 fn writer_gone() -> StoreError {
-    StoreError::Sql(rusqlite::Error::InvalidParameterName(
-        "the lease writer thread is gone".into(),
-    ))
+    StoreError::WriterGone
 }
 
 fn writer(mut store: Box<dyn BatchStore>, rx: Receiver<Job>, failed: Arc<AtomicBool>) {
@@ -100,21 +102,38 @@ fn writer(mut store: Box<dyn BatchStore>, rx: Receiver<Job>, failed: Arc<AtomicB
             })
             .collect();
         let written = if leases.is_empty() {
-            Ok(())
+            Ok(vec![])
         } else {
             store.save_batch(&leases)
         };
         match &written {
-            Ok(()) => tracing::debug!(
-                "DHCP lease batch: {} leases of {} packets in one transaction",
+            Ok(refused) => tracing::debug!(
+                "DHCP lease batch: {} leases of {} packets in one transaction, {} refused",
                 leases.len(),
-                jobs.len()
+                jobs.len(),
+                refused.len()
             ),
-            Err(_) => failed.store(true, Ordering::Release),
+            // Each packet's continuation logs the failure (at warn, with its cause).
+            Err(e) => tracing::debug!(
+                "DHCP lease batch of {} leases not written: {e}",
+                leases.len()
+            ),
+        }
+        if !written.as_ref().is_ok_and(|r| r.is_empty()) {
+            failed.store(true, Ordering::Release);
         }
         for job in jobs {
             match job {
-                Job::Write { then, .. } => then(written.as_ref().map(|_| ())),
+                Job::Write { leases, then } => match &written {
+                    Err(e) => then(Err(e)),
+                    // A packet with a refused lease is not acknowledged; the others are.
+                    Ok(refused) => {
+                        match refused.iter().find(|r| leases.iter().any(|l| l.ip == r.ip)) {
+                            Some(r) => then(Err(&r.error())),
+                            None => then(Ok(())),
+                        }
+                    }
+                },
                 Job::Barrier(done) => {
                     let _ = done.send(());
                 }
@@ -135,7 +154,7 @@ mod tests {
         fail: Arc<AtomicBool>,
     }
     impl BatchStore for Recording {
-        fn save_batch(&mut self, leases: &[&Lease]) -> Result<(), StoreError> {
+        fn save_batch(&mut self, leases: &[&Lease]) -> Result<Vec<Refusal>, StoreError> {
             // Slow like an fsync, so later submissions pile up behind it.
             std::thread::sleep(std::time::Duration::from_millis(20));
             if self.fail.load(Ordering::Acquire) {
@@ -145,7 +164,7 @@ mod tests {
                 });
             }
             self.batches.lock().unwrap().push(leases.len());
-            Ok(())
+            Ok(vec![])
         }
     }
 

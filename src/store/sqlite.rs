@@ -1,9 +1,11 @@
 //! The SQLite backing of [`LeaseStore`]: leases in `{state_dir}/rollout.db`, the
-//! `leases` table that `crate::db` creates on open.
+//! `leases` table that `crate::db` creates on open. One server owns the file,
+//! so a write simply replaces the row: nobody else can hold the address.
 
-use super::commit::BatchStore;
-use super::leases::{Lease, LeaseState, LeaseStore};
-use crate::db::{self, StoreError};
+use super::{Refusal, StoreError};
+use crate::db;
+use crate::dhcp::commit::BatchStore;
+use crate::dhcp::leases::{Lease, LeaseState, LeaseStore};
 use rusqlite::{params, Connection};
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -69,13 +71,13 @@ fn upsert(conn: &Connection, lease: &Lease) -> Result<(), StoreError> {
 impl BatchStore for SqliteLeaseStore {
     /// All of `leases` in one transaction: one fsync (WAL, synchronous=FULL)
     /// makes the whole batch durable, or none of it is.
-    fn save_batch(&mut self, leases: &[&Lease]) -> Result<(), StoreError> {
+    fn save_batch(&mut self, leases: &[&Lease]) -> Result<Vec<Refusal>, StoreError> {
         let tx = self.conn.transaction()?;
         for lease in leases {
             upsert(&tx, lease)?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(vec![])
     }
 }
 
