@@ -98,11 +98,12 @@ impl Backend {
         })
     }
 
-    /// A second connection, for the group-commit writer thread.
+    /// A second connection, for the group-commit writer thread (migrating
+    /// too: checking the schema version costs one query, once).
     pub fn batch_store(&self) -> Result<Box<dyn BatchStore>, StoreError> {
         Ok(match self {
             Backend::Sqlite(path) => Box::new(sqlite::SqliteLeaseStore::open(path)?),
-            Backend::Postgres(pg) => Box::new(off_runtime(|| postgres::PgLeaseStore::connect(pg))?),
+            Backend::Postgres(pg) => Box::new(off_runtime(|| postgres::PgLeaseStore::open(pg))?),
         })
     }
 
