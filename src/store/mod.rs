@@ -77,13 +77,14 @@ impl Refusal {
 pub enum Backend {
     /// `{state_dir}/rollout.db`.
     Sqlite(PathBuf),
-    Postgres(PgTarget),
+    /// Boxed: a parsed url is large, and a backend is made once per use.
+    Postgres(Box<PgTarget>),
 }
 
 impl Backend {
     pub fn new(state_dir: &Path, shared: Option<&PgTarget>) -> Backend {
         match shared {
-            Some(pg) => Backend::Postgres(pg.clone()),
+            Some(pg) => Backend::Postgres(Box::new(pg.clone())),
             None => Backend::Sqlite(state_dir.join("rollout.db")),
         }
     }

@@ -34,7 +34,7 @@ const MIGRATIONS: &[(i32, &str)] = &[(
 
 /// The advisory lock every server takes while it migrates (any constant both
 /// sides agree on; this one spells "rollout" in ASCII).
-const MIGRATION_LOCK: i64 = 0x726f_6c6c_6f75_74;
+const MIGRATION_LOCK: i64 = 0x0072_6f6c_6c6f_7574;
 
 /// Writes `$1..$4` unless another MAC holds the address unexpired at `$5`
 /// (Unix seconds): then no row is affected.
@@ -75,7 +75,7 @@ impl PgLeaseStore {
     }
 
     fn client(&mut self) -> Result<&mut Client, StoreError> {
-        if self.client.as_ref().map_or(true, Client::is_closed) {
+        if !matches!(&self.client, Some(c) if !c.is_closed()) {
             self.client = Some(connect(&self.target)?);
         }
         Ok(self.client.as_mut().expect("connected just above"))
