@@ -1,5 +1,5 @@
 //! `[store]`: where the leases live when several servers share them. Absent,
-//! each server keeps them in SQLite in its state_dir (see `crate::store`).
+//! each server keeps them in SQLite in its state_dir (see the `store` module).
 
 use super::{invalid, ConfigError};
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,7 @@ pub struct StoreConfig {
     pub password_file: Option<PathBuf>,
 }
 
-/// A `[store]` whose url parsed: what `crate::store::postgres` connects with.
+/// A `[store]` whose url parsed: what the `store` module's PostgreSQL backend connects with.
 #[derive(Debug, Clone)]
 pub struct PgTarget {
     /// The url as written, its password (if any) replaced: safe for logs and errors.
@@ -149,5 +149,29 @@ mod tests {
         let e = target("postgres://rollout:s3cret@db1/rollout", Some("/etc/p")).unwrap_err();
         assert!(e.contains("password_file"), "{e}");
         assert!(!e.contains("s3cret"), "the password leaked: {e}");
+    }
+
+    /// What `check-config` and `serve` run: the file is refused at load.
+    #[test]
+    fn the_config_file_is_refused_at_load() {
+        let parse = |store: &str| {
+            crate::config::Config::parse(&format!("state_dir = \"/x\"\n[store]\n{store}"))
+        };
+        let e = parse("url = \"postgres://db1/rollout\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config key `store.url`") && e.contains("names no user"),
+            "{e}"
+        );
+        let e = parse("url = \"postgres://r@db1/r\"\nuser = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `user`"), "{e}");
+        let c = parse("url = \"postgres://r@db1/r\"\npassword_file = \"/etc/p\"\n").unwrap();
+        assert_eq!(
+            c.store.unwrap().password_file,
+            Some(PathBuf::from("/etc/p"))
+        );
     }
 }
