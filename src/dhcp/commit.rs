@@ -78,6 +78,12 @@ impl GroupCommit {
     pub fn take_failed(&self) -> bool {
         self.failed.swap(false, Ordering::AcqRel)
     }
+
+    /// Raises the flag [`GroupCommit::take_failed`] reads again (the table
+    /// could not be read back; the next packet tries again).
+    pub fn mark_failed(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
 }
 
 fn writer_gone() -> StoreError {

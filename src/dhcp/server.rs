@@ -362,6 +362,11 @@ fn handle_loop(
                 warn!(
                     "cannot read the leases back after a failed write ({e}); serving from memory"
                 );
+                // Tried again with the next packet: a database that went away
+                // is read back as soon as it returns.
+                if let Some(w) = writer.as_ref() {
+                    w.mark_failed();
+                }
             }
         }
         let outcome = handle_locked(&mut c, &msg, via, crate::clock::now_unix());

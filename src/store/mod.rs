@@ -95,7 +95,7 @@ impl Backend {
     pub fn lease_store(&self) -> Result<Box<dyn LeaseStore>, StoreError> {
         Ok(match self {
             Backend::Sqlite(path) => Box::new(sqlite::SqliteLeaseStore::open(path)?),
-            Backend::Postgres(pg) => Box::new(off_runtime(|| postgres::PgLeaseStore::open(pg))?),
+            Backend::Postgres(pg) => Box::new(postgres::PgLeaseStore::open(pg)?),
         })
     }
 
@@ -104,7 +104,7 @@ impl Backend {
     pub fn batch_store(&self) -> Result<Box<dyn BatchStore>, StoreError> {
         Ok(match self {
             Backend::Sqlite(path) => Box::new(sqlite::SqliteLeaseStore::open(path)?),
-            Backend::Postgres(pg) => Box::new(off_runtime(|| postgres::PgLeaseStore::open(pg))?),
+            Backend::Postgres(pg) => Box::new(postgres::PgLeaseStore::open(pg)?),
         })
     }
 
@@ -113,16 +113,15 @@ impl Backend {
     pub fn lease_of(&self, ip: Ipv4Addr) -> Result<Option<crate::dhcp::leases::Lease>, StoreError> {
         match self {
             Backend::Sqlite(path) => sqlite::lease_of(path, ip),
-            Backend::Postgres(pg) => {
-                off_runtime(|| postgres::PgLeaseStore::connect(pg)?.lease_of(ip))
-            }
+            Backend::Postgres(pg) => postgres::PgLeaseStore::connect(pg)?.lease_of(ip),
         }
     }
 }
 
-/// Runs `f` on a thread of its own. The blocking PostgreSQL client drives its
-/// own small tokio runtime, which must not be started (or dropped) on a thread
-/// that is inside `serve`'s runtime; callers of [`Backend`] need not know.
+/// Runs `f` on a thread of its own when called from a thread of `serve`'s
+/// runtime. The blocking PostgreSQL client drives its own small tokio runtime,
+/// which must not be entered (or dropped) there; callers of the store need not
+/// know. The lease writer, a plain thread, runs `f` in place.
 pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     if tokio::runtime::Handle::try_current().is_err() {
         return f();

@@ -59,7 +59,7 @@ impl PgLeaseStore {
     pub fn open(target: &PgTarget) -> Result<PgLeaseStore, StoreError> {
         let mut store = PgLeaseStore::connect(target)?;
         let shown = target.shown.clone();
-        migrate(store.client()?, &shown)?;
+        super::off_runtime(|| migrate(store.client()?, &shown))?;
         Ok(store)
     }
 
@@ -70,7 +70,7 @@ impl PgLeaseStore {
             target: target.clone(),
             client: None,
         };
-        store.client()?;
+        super::off_runtime(|| store.client().map(drop))?;
         Ok(store)
     }
 
@@ -81,18 +81,21 @@ impl PgLeaseStore {
         Ok(self.client.as_mut().expect("connected just above"))
     }
 
-    /// Runs `f` on the connection; a database error drops it (reconnect next time).
-    fn with<T>(
+    /// Runs `f` on the connection; a database error drops it (reconnect next
+    /// time). Off `serve`'s runtime, whichever thread calls (see `off_runtime`).
+    fn with<T: Send>(
         &mut self,
-        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send,
     ) -> Result<T, StoreError> {
-        let result = f(self.client()?);
-        result.map_err(|source| {
-            self.client = None;
-            StoreError::Postgres {
-                url: self.target.shown.clone(),
-                source,
-            }
+        super::off_runtime(|| {
+            let result = f(self.client()?);
+            result.map_err(|source| {
+                self.client = None;
+                StoreError::Postgres {
+                    url: self.target.shown.clone(),
+                    source,
+                }
+            })
         })
     }
 

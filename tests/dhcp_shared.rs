@@ -1,0 +1,227 @@
+//! `rollout serve` with its leases in a shared PostgreSQL (`[store] url`),
+//! answering real DHCP clients (busybox udhcpc) in namespaces the test makes:
+//! PostgreSQL stopped while serving (no address ACKed, a warning naming the
+//! database; served again once it is back, nothing lost), and two servers on
+//! one L2 sharing the database (no address granted twice).
+
+mod common;
+use common::*;
+use rollout::config::{PgTarget, StoreConfig};
+use rollout::store::Backend;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Child, Command};
+use testkit::netns::Netns;
+use testkit::postgres::TempPostgres;
+
+fn config(dir: &Path, address: &str, url: &str) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            r#"
+[server]
+interface = "rbr0"
+address = "{address}"
+[dhcp]
+mode = "full"
+range = ["10.44.0.100", "10.44.0.105"]
+router = "10.44.0.1"
+lease_time = 600
+[store]
+url = "{url}"
+"#
+        ),
+    )
+}
+
+fn backend(pg: &TempPostgres) -> Backend {
+    let target = PgTarget::try_from(&StoreConfig {
+        url: pg.url(),
+        password_file: None,
+    })
+    .unwrap();
+    Backend::new(Path::new("/nonexistent"), Some(&target))
+}
+
+/// One udhcpc try on `iface` (2 DISCOVERs, 1 s apart): the address it was
+/// ACKed, if any.
+fn try_lease(net: &Net, iface: &str) -> Option<Ipv4Addr> {
+    let out = net
+        .in_cli(&[
+            "busybox",
+            "udhcpc",
+            "-i",
+            iface,
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "2",
+            "-T",
+            "1",
+            "-A",
+            "1",
+            "-s",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    // busybox: "udhcpc: lease of 10.44.0.100 obtained from 10.44.0.1, lease time 600"
+    text.lines()
+        .find_map(|l| l.split("lease of ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|ip| ip.parse().unwrap())
+}
+
+#[test]
+fn postgres_stopped_while_serving_acks_nothing_until_it_returns() {
+    if !can_run(&["busybox", "curl"]) || !TempPostgres::available() {
+        return;
+    }
+    let pg = TempPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = Net::new("ps");
+    let srv = Server::start(&net, &config(dir.path(), SERVER_IP, &pg.url()));
+    let db = backend(&pg);
+
+    let a = net.add_client("52:54:00:00:20:01");
+    let a_ip = try_lease(&net, &a).expect("a lease while PostgreSQL is up");
+    assert_eq!(
+        db.lease_of(a_ip).unwrap().map(|l| l.mac),
+        Some("52:54:00:00:20:01".into())
+    );
+
+    pg.stop();
+    let b = net.add_client("52:54:00:00:20:02");
+    assert_eq!(try_lease(&net, &b), None, "ACKed with the database down");
+    let log = srv.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("cannot persist the lease")
+            && l.contains("lease database postgres://postgres@/postgres")),
+        "no warning naming the database:\n{log}"
+    );
+
+    pg.resume();
+    let b_ip = try_lease(&net, &b).expect("a lease once PostgreSQL is back");
+    assert_ne!(a_ip, b_ip);
+    assert_eq!(
+        db.lease_of(a_ip).unwrap().map(|l| l.mac),
+        Some("52:54:00:00:20:01".into())
+    );
+    assert_eq!(
+        db.lease_of(b_ip).unwrap().map(|l| l.mac),
+        Some("52:54:00:00:20:02".into())
+    );
+}
+
+/// A second `rollout serve` in a namespace of its own, plugged into the first's bridge.
+struct Second {
+    child: Child,
+    _ns: Netns,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Second {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- second server log ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn start_second(net: &Net, dir: &Path, url: &str) -> Second {
+    let ns = Netns::create(&format!("rt-sh{}-2", std::process::id() % 100000)).unwrap();
+    net.srv
+        .add_bridge_port("rbr0", "s2", ns.name(), "rbr0")
+        .unwrap();
+    ns.ip(&["addr", "add", "10.44.0.2/24", "dev", "rbr0"])
+        .unwrap();
+    ns.ip(&["link", "set", "rbr0", "up"]).unwrap();
+    let cfg = config(dir, "10.44.0.2", url);
+    let log = dir.join("second.log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            env!("CARGO_BIN_EXE_rollout"),
+            "serve",
+            "--config",
+        ])
+        .arg(&cfg)
+        .env("ROLLOUT_LOG", "debug,tower_http=info")
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf)
+        .spawn()
+        .unwrap();
+    let second = Second {
+        child,
+        _ns: ns,
+        log,
+    };
+    for _ in 0..100 {
+        if std::fs::read_to_string(&second.log)
+            .unwrap_or_default()
+            .contains("DHCP listening")
+        {
+            return second;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("the second server did not start");
+}
+
+/// Two servers answer every client on one L2, each with its own memory of the
+/// pool; 8 clients ask for 6 addresses at once. Whatever server a client took,
+/// no address is ACKed to two clients, and every ACK is what the database holds.
+#[test]
+fn two_servers_on_one_l2_never_ack_one_address_twice() {
+    if !can_run(&["busybox", "curl"]) || !TempPostgres::available() {
+        return;
+    }
+    let pg = TempPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut net = Net::new("sh");
+    let _first = Server::start(&net, &config(dir.path(), SERVER_IP, &pg.url()));
+    let _second = start_second(&net, dir2.path(), &pg.url());
+    let clients: Vec<(String, String)> = (0..8)
+        .map(|n| {
+            let mac = format!("52:54:00:00:30:{n:02x}");
+            (net.add_client(&mac), mac)
+        })
+        .collect();
+    let acked: Vec<(String, Option<Ipv4Addr>)> = std::thread::scope(|s| {
+        let runs: Vec<_> = clients
+            .iter()
+            .map(|(iface, mac)| {
+                let net = &net;
+                s.spawn(move || (mac.clone(), (0..3).find_map(|_| try_lease(net, iface))))
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let db = backend(&pg);
+    let mut seen = std::collections::HashMap::new();
+    for (mac, ip) in &acked {
+        let Some(ip) = ip else { continue };
+        if let Some(other) = seen.insert(*ip, mac.clone()) {
+            panic!("{ip} ACKed to both {other} and {mac}: {acked:?}");
+        }
+        assert_eq!(
+            db.lease_of(*ip).unwrap().map(|l| l.mac),
+            Some(mac.clone()),
+            "{acked:?}"
+        );
+    }
+    assert_eq!(seen.len(), 6, "the whole range is granted: {acked:?}");
+}
