@@ -192,8 +192,8 @@ fn two_servers_on_one_l2_never_ack_one_address_twice() {
     let dir = tempfile::tempdir().unwrap();
     let dir2 = tempfile::tempdir().unwrap();
     let mut net = Net::new("sh");
-    let _first = Server::start(&net, &config(dir.path(), SERVER_IP, &pg.url()));
-    let _second = start_second(&net, dir2.path(), &pg.url());
+    let first = Server::start(&net, &config(dir.path(), SERVER_IP, &pg.url()));
+    let second = start_second(&net, dir2.path(), &pg.url());
     let clients: Vec<(String, String)> = (0..8)
         .map(|n| {
             let mac = format!("52:54:00:00:30:{n:02x}");
@@ -224,4 +224,15 @@ fn two_servers_on_one_l2_never_ack_one_address_twice() {
         );
     }
     assert_eq!(seen.len(), 6, "the whole range is granted: {acked:?}");
+    // Both answered (udhcpc takes whichever OFFER comes first), so the two
+    // memories really competed for the range.
+    for (name, log) in [
+        ("first", first.log_text()),
+        ("second", std::fs::read_to_string(&second.log).unwrap()),
+    ] {
+        assert!(
+            log.contains("Request → ACK"),
+            "the {name} server ACKed nothing: {acked:?}"
+        );
+    }
 }
