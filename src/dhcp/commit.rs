@@ -226,3 +226,65 @@ mod tests {
         assert!(!gc.take_failed());
     }
 }
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+    use crate::dhcp::leases::LeaseState;
+    use std::net::Ipv4Addr;
+    use std::sync::Mutex;
+
+    /// A shared store where another server holds 10.0.0.1.
+    struct Shared;
+    impl BatchStore for Shared {
+        fn save_batch(&mut self, leases: &[&Lease]) -> Result<Vec<Refusal>, StoreError> {
+            Ok(leases
+                .iter()
+                .filter(|l| l.ip == Ipv4Addr::new(10, 0, 0, 1))
+                .map(|l| Refusal {
+                    ip: l.ip,
+                    holder: "52:54:00:00:00:99".into(),
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn only_the_packet_whose_lease_was_refused_goes_unacknowledged() {
+        let gc = GroupCommit::start(Box::new(Shared)).unwrap();
+        let results = Arc::new(Mutex::new(vec![]));
+        for n in [1u8, 2] {
+            let results = results.clone();
+            let lease = Lease {
+                ip: Ipv4Addr::new(10, 0, 0, n),
+                mac: format!("52:54:00:00:00:0{n}"),
+                expires: 100,
+                state: LeaseState::Bound,
+            };
+            gc.submit(
+                vec![lease],
+                Box::new(move |r| {
+                    results
+                        .lock()
+                        .unwrap()
+                        .push((n, r.map_err(|e| e.to_string())))
+                }),
+            );
+        }
+        gc.flush();
+        let results = results.lock().unwrap().clone();
+        assert_eq!(results.len(), 2);
+        assert_eq!(
+            results[0],
+            (
+                1,
+                Err("address 10.0.0.1 is held in the shared lease database by 52:54:00:00:00:99; not granted (the client is offered another address when it asks again)".into())
+            )
+        );
+        assert_eq!(results[1], (2, Ok(())));
+        assert!(
+            gc.take_failed(),
+            "the table must be read back to learn the holder"
+        );
+    }
+}
