@@ -424,3 +424,48 @@ fn serve_refuses_to_start_without_its_database() {
     );
     assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
 }
+
+/// `rollout check-config` (the checks `serve` makes) refuses a `[store]`
+/// whose password file is missing or readable by everyone, naming the key.
+#[test]
+fn check_config_refuses_a_bad_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::loopback::write_config(dir.path(), testkit::ports::free_port());
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    let secret = dir.path().join("db.password");
+    let check = |store: String| {
+        std::fs::write(&cfg, format!("{base}[store]\n{store}")).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollout"))
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        (out.status.success(), text)
+    };
+    let url = "url = \"postgres://rollout@db1/rollout\"\n";
+    let with_file = format!("{url}password_file = {:?}\n", secret);
+    let (ok, text) = check(with_file.clone());
+    assert!(
+        !ok && text.contains("store.password_file") && text.contains("cannot read"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the lease database user's password"),
+        "{text}"
+    );
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, text) = check(with_file.clone());
+    assert!(!ok && text.contains("readable by every user"), "{text}");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, text) = check(with_file);
+    assert!(ok, "{text}");
+    let (ok, text) = check("url = \"postgres://db1/rollout\"\n".into());
+    assert!(
+        !ok && text.contains("store.url") && text.contains("names no user"),
+        "{text}"
+    );
+}

@@ -12,7 +12,8 @@ mod store;
 mod valid;
 
 pub use bmc::{
-    check_password_file, check_password_files, BmcConfig, BmcDriver, BootMode, PowerConfig,
+    check_password_file, check_password_files, check_secret_file, BmcConfig, BmcDriver, BootMode,
+    PowerConfig,
 };
 pub use image::{ImageConfig, ImageMount};
 pub use layout::{LayoutConfig, LvmConfig, MountConfig, PartitionConfig, RaidConfig, VolumeConfig};
