@@ -469,3 +469,36 @@ fn check_config_refuses_a_bad_password_file() {
         "{text}"
     );
 }
+
+/// `password_file` is what authenticates a user that needs a password: the
+/// right one connects, a wrong one is refused with PostgreSQL's reason, and
+/// neither shows up in the error.
+#[test]
+fn password_file_authenticates() {
+    let Some(f) = Fixture::postgres() else { return };
+    let pg = f.pg.as_ref().unwrap();
+    let mut admin = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    admin
+        .batch_execute("CREATE ROLE rollout LOGIN PASSWORD 'right-horse'; GRANT ALL ON SCHEMA public TO rollout")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("db.password");
+    let as_rollout = |password: &str| {
+        std::fs::write(&secret, format!("{password}\n")).unwrap();
+        let target = PgTarget::try_from(&StoreConfig {
+            url: pg.url_for("rollout"),
+            password_file: Some(secret.clone()),
+        })
+        .unwrap();
+        Backend::new(dir.path(), Some(&target)).lease_store()
+    };
+    let mut s = as_rollout("right-horse").unwrap();
+    s.save(&bound(1, "52:54:00:00:00:01")).unwrap();
+    let e = as_rollout("wrong-horse").err().unwrap().to_string();
+    assert!(e.contains("password authentication failed"), "{e}");
+    assert!(
+        e.contains("cannot connect to the lease database postgres://rollout@/postgres"),
+        "{e}"
+    );
+    assert!(!e.contains("horse"), "the password leaked: {e}");
+}

@@ -51,12 +51,17 @@ impl TempPostgres {
         run(Command::new("chown")
             .args(["-R", "postgres:postgres"])
             .arg(&pg.dir));
-        // trust: only root and postgres can reach the socket dir's socket anyway
-        // (the dir is created 0755 by root, the socket 0777 inside; tests run as root).
         pg.as_postgres("initdb", |c| {
             c.args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
                 .arg(pg.data());
         });
+        // The superuser (what tests set up with) needs no password; every
+        // other role must give its own, so a test can tell a password was sent.
+        std::fs::write(
+            pg.data().join("pg_hba.conf"),
+            "local all postgres trust\nlocal all all scram-sha-256\n",
+        )
+        .expect("write pg_hba.conf");
         pg.resume();
         pg
     }
@@ -70,10 +75,15 @@ impl TempPostgres {
         self.dir.join("sock")
     }
 
-    /// A url for the superuser and its default database, through the socket.
+    /// A url for the superuser (no password) and its default database, through the socket.
     pub fn url(&self) -> String {
+        self.url_for("postgres")
+    }
+
+    /// A url for `user` (which must give its password) and the default database.
+    pub fn url_for(&self, user: &str) -> String {
         format!(
-            "postgres://postgres@/postgres?host={}",
+            "postgres://{user}@/postgres?host={}",
             self.socket_dir().display()
         )
     }
