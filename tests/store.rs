@@ -128,6 +128,7 @@ conformance!(
     a_lease_held_by_another_mac,
     expiry_or_release_frees_an_address,
     restart_keeps_everything,
+    newest_bound_address_of_a_mac,
 );
 
 fn save_then_load(f: &Fixture) {
@@ -228,6 +229,27 @@ fn restart_keeps_everything(f: &Fixture) {
     assert_eq!(sorted(f.store().load_all().unwrap()), leases);
     let table = LeaseTable::load(f.store(), HashMap::new()).unwrap();
     assert_eq!(table.by_mac("52:54:00:00:00:01"), Some(&leases[0]));
+}
+
+/// What `rollout exec` reaches a node without a fixed address at.
+fn newest_bound_address_of_a_mac(f: &Fixture) {
+    let mac = "52:54:00:00:00:01";
+    assert_eq!(f.backend.bound_ip_of(mac).unwrap(), None);
+    let mut s = f.store();
+    s.save(&lease(1, mac, now() + 100, LeaseState::Bound))
+        .unwrap();
+    s.save(&lease(2, mac, now() + 200, LeaseState::Bound))
+        .unwrap();
+    s.save(&lease(3, mac, now() + 300, LeaseState::Released))
+        .unwrap();
+    s.save(&lease(
+        4,
+        "52:54:00:00:00:02",
+        now() + 400,
+        LeaseState::Bound,
+    ))
+    .unwrap();
+    assert_eq!(f.backend.bound_ip_of(mac).unwrap(), Some("10.9.0.2".into()));
 }
 
 /// Writes `lease` through `table`'s group commit and waits: `Ok` once it is

@@ -77,7 +77,7 @@ impl Refusal {
 pub enum Backend {
     /// `{state_dir}/rollout.db`.
     Sqlite(PathBuf),
-    /// Boxed: a parsed url is large, and a backend is made once per use.
+    /// Boxed: a parsed url is some 300 bytes, a path a few dozen.
     Postgres(Box<PgTarget>),
 }
 
@@ -99,8 +99,9 @@ impl Backend {
         })
     }
 
-    /// A second connection, for the group-commit writer thread (migrating
-    /// too: checking the schema version costs one query, once).
+    /// A second connection, for the group-commit writer thread. Every opener
+    /// migrates (checking the version costs one query), so a reader such as
+    /// `rollout exec` finds the tables even before any server ran.
     pub fn batch_store(&self) -> Result<Box<dyn BatchStore>, StoreError> {
         Ok(match self {
             Backend::Sqlite(path) => Box::new(sqlite::SqliteLeaseStore::open(path)?),
@@ -113,7 +114,24 @@ impl Backend {
     pub fn lease_of(&self, ip: Ipv4Addr) -> Result<Option<crate::dhcp::leases::Lease>, StoreError> {
         match self {
             Backend::Sqlite(path) => sqlite::lease_of(path, ip),
-            Backend::Postgres(pg) => postgres::PgLeaseStore::connect(pg)?.lease_of(ip),
+            Backend::Postgres(pg) => postgres::PgLeaseStore::open(pg)?.lease_of(ip),
+        }
+    }
+
+    /// The address of the newest bound lease of `mac` (normalized): how
+    /// `rollout exec` reaches a node without a fixed address.
+    pub fn bound_ip_of(&self, mac: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Backend::Sqlite(path) => sqlite::bound_ip_of(path, mac),
+            Backend::Postgres(pg) => postgres::PgLeaseStore::open(pg)?.bound_ip_of(mac),
+        }
+    }
+
+    /// Where the leases are, for messages: the file, or the url without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Sqlite(path) => path.display().to_string(),
+            Backend::Postgres(pg) => pg.shown.clone(),
         }
     }
 }

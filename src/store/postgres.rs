@@ -57,20 +57,12 @@ impl PgLeaseStore {
     /// Connects and brings the schema up to date (under an advisory lock, so
     /// servers starting together migrate one after the other).
     pub fn open(target: &PgTarget) -> Result<PgLeaseStore, StoreError> {
-        let mut store = PgLeaseStore::connect(target)?;
-        let shown = target.shown.clone();
-        super::off_runtime(|| migrate(store.client()?, &shown))?;
-        Ok(store)
-    }
-
-    /// Connects, assuming the schema is there (a second connection of a
-    /// server that already opened one).
-    pub fn connect(target: &PgTarget) -> Result<PgLeaseStore, StoreError> {
         let mut store = PgLeaseStore {
             target: target.clone(),
             client: None,
         };
-        super::off_runtime(|| store.client().map(drop))?;
+        let shown = target.shown.clone();
+        super::off_runtime(|| migrate(store.client()?, &shown))?;
         Ok(store)
     }
 
@@ -108,6 +100,18 @@ impl PgLeaseStore {
             )
         })?;
         row.as_ref().map(lease).transpose()
+    }
+
+    /// The address of the newest bound lease of `mac` (normalized), any server's.
+    pub fn bound_ip_of(&mut self, mac: &str) -> Result<Option<String>, StoreError> {
+        let row = self.with(|c| {
+            c.query_opt(
+                "SELECT ip FROM leases WHERE mac = $1 AND state = 'bound'
+                 ORDER BY expires DESC LIMIT 1",
+                &[&mac],
+            )
+        })?;
+        Ok(row.map(|r| r.get(0)))
     }
 }
 

@@ -54,6 +54,29 @@ pub fn lease_of(db: &Path, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
     }))
 }
 
+/// The address of the newest bound lease of `mac` (normalized) in `db`,
+/// opened read-only: `None` without a database (`rollout exec` on a server
+/// that never ran DHCP creates nothing).
+pub fn bound_ip_of(db: &Path, mac: &str) -> Result<Option<String>, StoreError> {
+    use rusqlite::OptionalExtension;
+    if !db.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|source| StoreError::Open {
+            path: db.to_owned(),
+            source,
+        })?;
+    Ok(conn
+        .query_row(
+            "SELECT ip FROM leases WHERE lower(replace(mac, '-', ':')) = ?1 AND state = 'bound'
+             ORDER BY expires DESC LIMIT 1",
+            [mac],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?)
+}
+
 /// The upsert of one lease (cached: prepared once per connection).
 const UPSERT: &str = "INSERT INTO leases (ip, mac, expires, state) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT(ip) DO UPDATE SET mac = ?2, expires = ?3, state = ?4";
