@@ -104,6 +104,21 @@ fn postgres_stopped_while_serving_acks_nothing_until_it_returns() {
         "no warning naming the database:\n{log}"
     );
 
+    // Counted where monitoring looks.
+    let health = net
+        .srv
+        .command("curl")
+        .args([
+            "-sf",
+            "--max-time",
+            "5",
+            &format!("http://{SERVER_IP}/healthz"),
+        ])
+        .output()
+        .unwrap();
+    let health = String::from_utf8_lossy(&health.stdout);
+    assert!(health.contains("dhcp_persist_failures"), "{health}");
+
     pg.resume();
     let b_ip = try_lease(&net, &b).expect("a lease once PostgreSQL is back");
     assert_ne!(a_ip, b_ip);
