@@ -10,7 +10,6 @@ use rollout::config::{PgTarget, StoreConfig};
 use rollout::store::Backend;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Child, Command};
 use testkit::netns::Netns;
 use testkit::postgres::TempPostgres;
 
@@ -43,38 +42,6 @@ fn backend(pg: &TempPostgres) -> Backend {
     Backend::new(Path::new("/nonexistent"), Some(&target))
 }
 
-/// One udhcpc try on `iface` (2 DISCOVERs, 1 s apart): the address it was
-/// ACKed, if any.
-fn try_lease(net: &Net, iface: &str) -> Option<Ipv4Addr> {
-    let out = net
-        .in_cli(&[
-            "busybox",
-            "udhcpc",
-            "-i",
-            iface,
-            "-n",
-            "-q",
-            "-f",
-            "-t",
-            "2",
-            "-T",
-            "1",
-            "-A",
-            "1",
-            "-s",
-            "/bin/true",
-        ])
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    // busybox: "udhcpc: lease of 10.44.0.100 obtained from 10.44.0.1, lease time 600"
-    text.lines()
-        .find_map(|l| l.split("lease of ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(|ip| ip.parse().unwrap())
-}
-
 #[test]
 fn postgres_stopped_while_serving_acks_nothing_until_it_returns() {
     if !can_run(&["busybox", "curl"]) || !TempPostgres::available() {
@@ -87,7 +54,7 @@ fn postgres_stopped_while_serving_acks_nothing_until_it_returns() {
     let db = backend(&pg);
 
     let a = net.add_client("52:54:00:00:20:01");
-    let a_ip = try_lease(&net, &a).expect("a lease while PostgreSQL is up");
+    let a_ip = udhcpc_try(&net, &a, &[]).expect("a lease while PostgreSQL is up");
     assert_eq!(
         db.lease_of(a_ip).unwrap().map(|l| l.mac),
         Some("52:54:00:00:20:01".into())
@@ -95,7 +62,11 @@ fn postgres_stopped_while_serving_acks_nothing_until_it_returns() {
 
     pg.stop();
     let b = net.add_client("52:54:00:00:20:02");
-    assert_eq!(try_lease(&net, &b), None, "ACKed with the database down");
+    assert_eq!(
+        udhcpc_try(&net, &b, &[]),
+        None,
+        "ACKed with the database down"
+    );
     let log = srv.log_text();
     assert!(
         log.lines().any(|l| l.contains("WARN")
@@ -120,7 +91,7 @@ fn postgres_stopped_while_serving_acks_nothing_until_it_returns() {
     assert!(health.contains("dhcp_persist_failures"), "{health}");
 
     pg.resume();
-    let b_ip = try_lease(&net, &b).expect("a lease once PostgreSQL is back");
+    let b_ip = udhcpc_try(&net, &b, &[]).expect("a lease once PostgreSQL is back");
     assert_ne!(a_ip, b_ip);
     assert_eq!(
         db.lease_of(a_ip).unwrap().map(|l| l.mac),
@@ -132,27 +103,9 @@ fn postgres_stopped_while_serving_acks_nothing_until_it_returns() {
     );
 }
 
-/// A second `rollout serve` in a namespace of its own, plugged into the first's bridge.
-struct Second {
-    child: Child,
-    _ns: Netns,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Second {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- second server log ---\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
-
-fn start_second(net: &Net, dir: &Path, url: &str) -> Second {
+/// A namespace of its own for a second server, plugged into the first's
+/// bridge as 10.44.0.2.
+fn second_namespace(net: &Net) -> Netns {
     let ns = Netns::create(&format!("rt-sh{}-2", std::process::id() % 100000)).unwrap();
     net.srv
         .add_bridge_port("rbr0", "s2", ns.name(), "rbr0")
@@ -160,39 +113,7 @@ fn start_second(net: &Net, dir: &Path, url: &str) -> Second {
     ns.ip(&["addr", "add", "10.44.0.2/24", "dev", "rbr0"])
         .unwrap();
     ns.ip(&["link", "set", "rbr0", "up"]).unwrap();
-    let cfg = config(dir, "10.44.0.2", url);
-    let log = dir.join("second.log");
-    let logf = std::fs::File::create(&log).unwrap();
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            env!("CARGO_BIN_EXE_rollout"),
-            "serve",
-            "--config",
-        ])
-        .arg(&cfg)
-        .env("ROLLOUT_LOG", "debug,tower_http=info")
-        .stdout(logf.try_clone().unwrap())
-        .stderr(logf)
-        .spawn()
-        .unwrap();
-    let second = Second {
-        child,
-        _ns: ns,
-        log,
-    };
-    for _ in 0..100 {
-        if std::fs::read_to_string(&second.log)
-            .unwrap_or_default()
-            .contains("DHCP listening")
-        {
-            return second;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    panic!("the second server did not start");
+    ns
 }
 
 /// Two servers answer every client on one L2, each with its own memory of the
@@ -208,7 +129,13 @@ fn two_servers_on_one_l2_never_ack_one_address_twice() {
     let dir2 = tempfile::tempdir().unwrap();
     let mut net = Net::new("sh");
     let first = Server::start(&net, &config(dir.path(), SERVER_IP, &pg.url()));
-    let second = start_second(&net, dir2.path(), &pg.url());
+    let ns2 = second_namespace(&net);
+    let second = Server::start_in(
+        ns2.name(),
+        "10.44.0.2",
+        &config(dir2.path(), "10.44.0.2", &pg.url()),
+        &[],
+    );
     let clients: Vec<(String, String)> = (0..8)
         .map(|n| {
             let mac = format!("52:54:00:00:30:{n:02x}");
@@ -220,7 +147,12 @@ fn two_servers_on_one_l2_never_ack_one_address_twice() {
             .iter()
             .map(|(iface, mac)| {
                 let net = &net;
-                s.spawn(move || (mac.clone(), (0..3).find_map(|_| try_lease(net, iface))))
+                s.spawn(move || {
+                    (
+                        mac.clone(),
+                        (0..3).find_map(|_| udhcpc_try(net, iface, &[])),
+                    )
+                })
             })
             .collect();
         runs.into_iter().map(|r| r.join().unwrap()).collect()
@@ -241,10 +173,7 @@ fn two_servers_on_one_l2_never_ack_one_address_twice() {
     assert_eq!(seen.len(), 6, "the whole range is granted: {acked:?}");
     // Both answered (udhcpc takes whichever OFFER comes first), so the two
     // memories really competed for the range.
-    for (name, log) in [
-        ("first", first.log_text()),
-        ("second", std::fs::read_to_string(&second.log).unwrap()),
-    ] {
+    for (name, log) in [("first", first.log_text()), ("second", second.log_text())] {
         assert!(
             log.contains("Request → ACK"),
             "the {name} server ACKed nothing: {acked:?}"
