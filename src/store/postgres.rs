@@ -116,8 +116,9 @@ impl PgLeaseStore {
 }
 
 impl Drop for PgLeaseStore {
-    /// The client's runtime may not be dropped inside `serve`'s runtime (the
-    /// DHCP core holding this store may be dropped there).
+    /// Defensive: the client's runtime must not be dropped on a thread of
+    /// `serve`'s runtime (tokio refuses to block there), and the DHCP core
+    /// holding this store may be dropped wherever its last handle goes.
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
             super::off_runtime(move || drop(client));
