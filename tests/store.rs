@@ -418,6 +418,35 @@ fn concurrent_startups_migrate_once() {
     assert_eq!(versions, vec![1]);
 }
 
+/// A database a newer rollout migrated further is not written by this one:
+/// it stops, saying to upgrade, instead of writing a schema it does not know.
+#[test]
+fn a_newer_schema_is_refused() {
+    let Some(f) = Fixture::postgres() else { return };
+    f.store();
+    let mut admin =
+        postgres::Client::connect(&f.pg.as_ref().unwrap().url(), postgres::NoTls).unwrap();
+    admin
+        .batch_execute("INSERT INTO schema_version (version) VALUES (99)")
+        .unwrap();
+    let e = f.backend.lease_store().err().unwrap();
+    assert!(
+        matches!(
+            e,
+            StoreError::SchemaTooNew {
+                found: 99,
+                known: 1,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("upgrade rollout on this server"),
+        "{e}"
+    );
+}
+
 /// `rollout serve` with a `[store]` nobody answers at: refuses to start, the
 /// error naming the url (not its password) and what to check.
 #[test]
