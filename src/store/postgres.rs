@@ -159,6 +159,19 @@ fn cause_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The schema version recorded in the database (0: none yet).
+fn version_of(client: &mut impl postgres::GenericClient) -> Result<i32, postgres::Error> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(client
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])?
+        .get(0))
+}
+
 fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError> {
     let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
     let err = |version| {
@@ -168,22 +181,26 @@ fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError> {
             source,
         }
     };
+    let too_new = |found| StoreError::SchemaTooNew {
+        url: shown.to_string(),
+        found,
+        known,
+    };
+    // Up to date (every opener but the first): no lock, no transaction.
+    match version_of(client).map_err(err(0))? {
+        current if current == known => return Ok(()),
+        current if current > known => return Err(too_new(current)),
+        _ => {}
+    }
     let mut tx = client.transaction().map_err(err(0))?;
     // Held until commit: a second server waits here, then finds the work done.
     tx.query("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .map_err(err(0))?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
         .map_err(err(0))?;
-    let current: i32 = tx
-        .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
-        .map_err(err(0))?
-        .get(0);
+    let current = version_of(&mut tx).map_err(err(0))?;
     if current > known {
-        return Err(StoreError::SchemaTooNew {
-            url: shown.to_string(),
-            found: current,
-            known,
-        });
+        return Err(too_new(current));
     }
     for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
         tx.batch_execute(sql).map_err(err(*version))?;
