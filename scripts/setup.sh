@@ -57,6 +57,9 @@ PACKAGES=(
   # the multicast first install: udp-sender on the server, udp-receiver in the
   # installer initramfs
   udpcast
+  # the shared lease store ([store] url): tests start their own PostgreSQL 15
+  # (initdb into a temp dir as the postgres user, runuser, a private socket)
+  postgresql
 )
 
 # program -> package that provides it
@@ -79,6 +82,7 @@ PROGRAMS=(
   unshare:util-linux
   ganesha.nfsd:nfs-ganesha rpcbind:rpcbind nfs-cat:libnfs-utils
   udp-sender:udpcast udp-receiver:udpcast
+  runuser:util-linux
 )
 
 # file -> package that provides it
@@ -93,6 +97,8 @@ FILES=(
   /bin/busybox:busybox-static
   /usr/share/initramfs-tools/hooks/mdadm:mdadm /usr/share/initramfs-tools/hooks/lvm2:lvm2
   /usr/share/initramfs-tools/scripts/local-block/mdadm:mdadm
+  /usr/lib/postgresql/15/bin/initdb:postgresql-15 /usr/lib/postgresql/15/bin/pg_ctl:postgresql-15
+  /usr/lib/postgresql/15/bin/postgres:postgresql-15
 )
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

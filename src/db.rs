@@ -2,23 +2,12 @@
 //! write that returned is on disk, so a kill -9 right after an ACK loses nothing.
 
 use rusqlite::{Connection, OptionalExtension};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot open the state database {path}: {source}; check that the state_dir exists and is writable")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
-    #[error("state database error: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("state database holds a bad value in {what}: {value:?}")]
-    Corrupt { what: &'static str, value: String },
-}
+pub use crate::store::StoreError;
 
 /// The tables every opener needs. `leases` is written by the DHCP server
-/// (`dhcp::sqlite`) but created here, on every open, so readers such as
+/// (`store::sqlite`) but created here, on every open, so readers such as
 /// `rollout exec` find it even on a server that runs with DHCP off.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS leases (

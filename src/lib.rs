@@ -59,4 +59,6 @@ pub mod sdnotify;
 #[cfg(feature = "server")]
 pub mod serve;
 #[cfg(feature = "server")]
+pub mod store;
+#[cfg(feature = "server")]
 pub mod tftp;

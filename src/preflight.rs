@@ -21,6 +21,13 @@ impl TryFrom<Config> for ValidConfig {
 
     fn try_from(config: Config) -> Result<ValidConfig, PreflightError> {
         crate::config::check_password_files(&config.nodes)?;
+        if let Some(path) = config.store.as_ref().and_then(|s| s.password_file.as_ref()) {
+            crate::config::check_secret_file(
+                "store.password_file",
+                path,
+                "the lease database user's password",
+            )?;
+        }
         let tftp_root = crate::tftp::check_root(&config.server.tftp_root)?;
         let interface_addr = match &config.server.interface {
             Some(iface) if config.dhcp.mode != DhcpMode::Off => crate::netif::ipv4_of(iface)?,

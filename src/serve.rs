@@ -1,7 +1,6 @@
 //! `rollout serve`: DHCP, TFTP and HTTP together, stopped by one cancellation token.
 
 use crate::config::{DhcpMode, ValidConfig};
-use crate::dhcp::sqlite::SqliteLeaseStore;
 use crate::dhcp::{
     self,
     leases::{LeaseTable, Range},
@@ -10,6 +9,7 @@ use crate::dhcp::{
 };
 use crate::http::{self, AppState};
 use crate::inventory::Inventory;
+use crate::store::Backend;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -50,7 +50,8 @@ pub enum ServeError {
 fn dhcp_core(
     config: &ValidConfig,
     plan: &crate::config::DhcpPlan,
-    db: &std::path::Path,
+    store: Box<dyn crate::dhcp::leases::LeaseStore>,
+    backend: &Backend,
 ) -> Result<DhcpCore, ServeError> {
     let d = &config.dhcp;
     let mut reservations = HashMap::new();
@@ -61,10 +62,10 @@ fn dhcp_core(
         }
         hostnames.insert(n.mac.clone(), n.node.hostname.clone());
     }
-    let mut leases = LeaseTable::load(Box::new(SqliteLeaseStore::open(db)?), reservations)?;
+    let mut leases = LeaseTable::load(store, reservations)?;
     // Lease writes of concurrent packets share one transaction: a rack powering
     // on costs a few fsyncs, and each ACK still waits for its lease on disk.
-    let writer = dhcp::commit::GroupCommit::start(Box::new(SqliteLeaseStore::open(db)?))
+    let writer = dhcp::commit::GroupCommit::start(backend.batch_store()?)
         .map_err(|e| ServeError::Task(format!("cannot start the DHCP lease writer thread: {e}")))?;
     leases.group_commit(writer);
     let relays = d
@@ -255,6 +256,13 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     // file exists by the time clients can connect and read it.
     let admin_token = admin_token(&config)?;
     let db = config.state_dir.join("rollout.db");
+    let backend = Backend::new(&config.state_dir, config.store.as_ref());
+    // Opened with DHCP off too: a shared store that cannot be reached (or
+    // migrated) stops startup here, its error naming the url and what to check.
+    let lease_store = backend.lease_store()?;
+    if let Some(pg) = &config.store {
+        info!(url = %pg.shown, "leases in the shared PostgreSQL database");
+    }
     let tftp_root = config.tftp_root.clone();
     let mut tasks = JoinSet::new();
     // Failures the services survive, counted for /healthz.
@@ -263,7 +271,8 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     match &config.dhcp_plan {
         None => warn!("DHCP is off (dhcp.mode = \"off\" or no interface): nodes need another DHCP server pointing at this one"),
         Some(plan) => {
-            let mut core = dhcp_core(&config, plan, &db)?.with_metrics(metrics.clone());
+            let mut core =
+                dhcp_core(&config, plan, lease_store, &backend)?.with_metrics(metrics.clone());
             if config.dhcp.ping_before_offer {
                 core = core.with_probe(&plan.interface);
             }

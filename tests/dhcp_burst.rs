@@ -131,7 +131,7 @@ new_clients_burst = 10000
 
     let db = dir.path().join("state/rollout.db");
     for (ip, mac) in &acked {
-        let lease = rollout::dhcp::sqlite::lease_of(&db, *ip).unwrap();
+        let lease = rollout::store::sqlite::lease_of(&db, *ip).unwrap();
         let lease =
             lease.unwrap_or_else(|| panic!("{ip} was ACKed to {mac} but is not in the store"));
         assert_eq!(&lease.mac, mac, "{ip}");

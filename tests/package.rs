@@ -145,6 +145,10 @@ fn every_key_set() -> Config {
                 }],
             }),
         }],
+        store: Some(StoreConfig {
+            url: "postgres://rollout@db1/rollout".into(),
+            password_file: Some("/etc/rollout/db.password".into()),
+        }),
     }
 }
 

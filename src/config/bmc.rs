@@ -263,19 +263,25 @@ impl BmcConfig {
 /// file and not be readable by everyone (a BMC password lets its holder power a
 /// rack off). Called by `serve` and `check-config` (preflight), and again at use.
 pub fn check_password_file(key: &str, path: &Path) -> Result<(), ConfigError> {
+    check_secret_file(key, path, "the BMC password")
+}
+
+/// [`check_password_file`] for any secret (`secret` names it in the fix):
+/// also the shared lease database's `[store] password_file`.
+pub fn check_secret_file(key: &str, path: &Path, secret: &str) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|e| {
         invalid(
             key,
             format!("cannot read {}: {e}", path.display()),
-            "create it holding the BMC password (one line) with mode 0600",
+            format!("create it holding {secret} (one line) with mode 0600"),
         )
     })?;
     if !meta.is_file() {
         return Err(invalid(
             key,
             format!("{} is not a regular file", path.display()),
-            "point it at a file holding the BMC password",
+            format!("point it at a file holding {secret}"),
         ));
     }
     if meta.permissions().mode() & 0o004 != 0 {

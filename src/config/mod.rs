@@ -8,10 +8,12 @@ mod layout;
 mod link;
 mod multicast;
 mod policy;
+mod store;
 mod valid;
 
 pub use bmc::{
-    check_password_file, check_password_files, BmcConfig, BmcDriver, BootMode, PowerConfig,
+    check_password_file, check_password_files, check_secret_file, BmcConfig, BmcDriver, BootMode,
+    PowerConfig,
 };
 pub use image::{ImageConfig, ImageMount};
 pub use layout::{LayoutConfig, LvmConfig, MountConfig, PartitionConfig, RaidConfig, VolumeConfig};
@@ -19,6 +21,7 @@ pub use link::BondConfig;
 pub use multicast::MulticastConfig;
 use policy::check_unknown_policy;
 pub use policy::{RetryPolicy, UnknownPolicy};
+pub use store::{redact, PgTarget, StoreConfig};
 pub use valid::{DeclaredNode, MachineFacts, ValidConfig};
 
 use serde::{Deserialize, Serialize};
@@ -69,6 +72,9 @@ pub struct Config {
     /// Named disk layouts (`[[layout]]`) that nodes and `[install]` pick by name.
     #[serde(default, rename = "layout")]
     pub layouts: Vec<LayoutConfig>,
+    /// `[store]`: a PostgreSQL database shared by several servers; absent,
+    /// SQLite in state_dir.
+    pub store: Option<StoreConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -522,6 +528,7 @@ impl Config {
         check_unknown_policy(d.mode, self.install.unknown, UnknownPolicy::DEFAULT)?;
         image::validate(&self.images)?;
         layout::validate(self)?;
+        self.store.as_ref().map(PgTarget::try_from).transpose()?;
         Ok(macs)
     }
 

@@ -35,6 +35,8 @@ pub struct ValidConfig {
     pub dhcp_plan: Option<DhcpPlan>,
     pub tftp_root: PathBuf,
     pub nodes: Vec<DeclaredNode>,
+    /// `[store]` parsed: the shared lease database, or `None` for SQLite.
+    pub store: Option<super::PgTarget>,
 }
 
 impl ValidConfig {
@@ -51,11 +53,17 @@ impl ValidConfig {
                 node: node.clone(),
             })
             .collect();
+        let store = config
+            .store
+            .as_ref()
+            .map(super::PgTarget::try_from)
+            .transpose()?;
         Ok(ValidConfig {
             config,
             dhcp_plan,
             tftp_root: facts.tftp_root,
             nodes,
+            store,
         })
     }
 

@@ -1,11 +1,11 @@
 //! Group commit of lease writes: one writer thread turns the lease changes of
 //! every packet handled while the previous transaction was syncing into ONE
-//! SQLite transaction (one fsync), and only then runs each packet's
+//! transaction of the lease store (one fsync), and only then runs each packet's
 //! continuation (sending its ACK). A lease is on disk before its ACK leaves, as
 //! with a write per packet, but a burst of N requests costs a few fsyncs, not N.
 
 use super::leases::Lease;
-use crate::db::StoreError;
+use crate::store::{Refusal, StoreError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
@@ -15,7 +15,10 @@ pub type Continuation = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 
 /// Where batches are written: one transaction per call.
 pub trait BatchStore: Send {
-    fn save_batch(&mut self, leases: &[&Lease]) -> Result<(), StoreError>;
+    /// Writes `leases` in one transaction. A shared store may refuse some
+    /// (another server's client holds the address): those are not written and
+    /// are returned; the rest are durable when this returns `Ok`.
+    fn save_batch(&mut self, leases: &[&Lease]) -> Result<Vec<Refusal>, StoreError>;
 }
 
 enum Job {
@@ -69,17 +72,22 @@ impl GroupCommit {
         }
     }
 
-    /// Whether a batch failed since the last call: the in-memory table then
-    /// holds leases the database does not, and must be read back.
+    /// Whether a batch failed or had a lease refused since the last call: the
+    /// in-memory table then holds leases the database does not (or lacks one
+    /// another server wrote), and must be read back.
     pub fn take_failed(&self) -> bool {
         self.failed.swap(false, Ordering::AcqRel)
+    }
+
+    /// Raises the flag [`GroupCommit::take_failed`] reads again (the table
+    /// could not be read back; the next packet tries again).
+    pub fn mark_failed(&self) {
+        self.failed.store(true, Ordering::Release);
     }
 }
 
 fn writer_gone() -> StoreError {
-    StoreError::Sql(rusqlite::Error::InvalidParameterName(
-        "the lease writer thread is gone".into(),
-    ))
+    StoreError::WriterGone
 }
 
 fn writer(mut store: Box<dyn BatchStore>, rx: Receiver<Job>, failed: Arc<AtomicBool>) {
@@ -100,21 +108,38 @@ fn writer(mut store: Box<dyn BatchStore>, rx: Receiver<Job>, failed: Arc<AtomicB
             })
             .collect();
         let written = if leases.is_empty() {
-            Ok(())
+            Ok(vec![])
         } else {
             store.save_batch(&leases)
         };
         match &written {
-            Ok(()) => tracing::debug!(
-                "DHCP lease batch: {} leases of {} packets in one transaction",
+            Ok(refused) => tracing::debug!(
+                "DHCP lease batch: {} leases of {} packets in one transaction, {} refused",
                 leases.len(),
-                jobs.len()
+                jobs.len(),
+                refused.len()
             ),
-            Err(_) => failed.store(true, Ordering::Release),
+            // Each packet's continuation logs the failure (at warn, with its cause).
+            Err(e) => tracing::debug!(
+                "DHCP lease batch of {} leases not written: {e}",
+                leases.len()
+            ),
+        }
+        if !written.as_ref().is_ok_and(|r| r.is_empty()) {
+            failed.store(true, Ordering::Release);
         }
         for job in jobs {
             match job {
-                Job::Write { then, .. } => then(written.as_ref().map(|_| ())),
+                Job::Write { leases, then } => match &written {
+                    Err(e) => then(Err(e)),
+                    // A packet with a refused lease is not acknowledged; the others are.
+                    Ok(refused) => {
+                        match refused.iter().find(|r| leases.iter().any(|l| l.ip == r.ip)) {
+                            Some(r) => then(Err(&r.error())),
+                            None => then(Ok(())),
+                        }
+                    }
+                },
                 Job::Barrier(done) => {
                     let _ = done.send(());
                 }
@@ -135,7 +160,7 @@ mod tests {
         fail: Arc<AtomicBool>,
     }
     impl BatchStore for Recording {
-        fn save_batch(&mut self, leases: &[&Lease]) -> Result<(), StoreError> {
+        fn save_batch(&mut self, leases: &[&Lease]) -> Result<Vec<Refusal>, StoreError> {
             // Slow like an fsync, so later submissions pile up behind it.
             std::thread::sleep(std::time::Duration::from_millis(20));
             if self.fail.load(Ordering::Acquire) {
@@ -145,7 +170,7 @@ mod tests {
                 });
             }
             self.batches.lock().unwrap().push(leases.len());
-            Ok(())
+            Ok(vec![])
         }
     }
 
@@ -199,5 +224,67 @@ mod tests {
         assert_eq!(*seen.lock().unwrap(), Some(true));
         assert!(gc.take_failed());
         assert!(!gc.take_failed());
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+    use crate::dhcp::leases::LeaseState;
+    use std::net::Ipv4Addr;
+    use std::sync::Mutex;
+
+    /// A shared store where another server holds 10.0.0.1.
+    struct Shared;
+    impl BatchStore for Shared {
+        fn save_batch(&mut self, leases: &[&Lease]) -> Result<Vec<Refusal>, StoreError> {
+            Ok(leases
+                .iter()
+                .filter(|l| l.ip == Ipv4Addr::new(10, 0, 0, 1))
+                .map(|l| Refusal {
+                    ip: l.ip,
+                    holder: "52:54:00:00:00:99".into(),
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn only_the_packet_whose_lease_was_refused_goes_unacknowledged() {
+        let gc = GroupCommit::start(Box::new(Shared)).unwrap();
+        let results = Arc::new(Mutex::new(vec![]));
+        for n in [1u8, 2] {
+            let results = results.clone();
+            let lease = Lease {
+                ip: Ipv4Addr::new(10, 0, 0, n),
+                mac: format!("52:54:00:00:00:0{n}"),
+                expires: 100,
+                state: LeaseState::Bound,
+            };
+            gc.submit(
+                vec![lease],
+                Box::new(move |r| {
+                    results
+                        .lock()
+                        .unwrap()
+                        .push((n, r.map_err(|e| e.to_string())))
+                }),
+            );
+        }
+        gc.flush();
+        let results = results.lock().unwrap().clone();
+        assert_eq!(results.len(), 2);
+        assert_eq!(
+            results[0],
+            (
+                1,
+                Err("address 10.0.0.1 is held in the shared lease database by 52:54:00:00:00:99; not granted (the client is offered another address when it asks again)".into())
+            )
+        );
+        assert_eq!(results[1], (2, Ok(())));
+        assert!(
+            gc.take_failed(),
+            "the table must be read back to learn the holder"
+        );
     }
 }

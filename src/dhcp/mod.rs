@@ -9,7 +9,6 @@ pub mod limits;
 pub mod probe;
 pub mod pxe;
 pub mod server;
-pub mod sqlite;
 
 #[cfg(test)]
 mod core_tests;

@@ -176,7 +176,7 @@ async fn probe_then_offer(
                     Box::new(move |r| {
                         if let Err(e) = r {
                             let total = Metrics::bump(&metrics.dhcp_persist_failures);
-                            warn!(%ip, "cannot persist the quarantine of an address in use ({e}); {total} lease writes failed so far: check the disk holding state_dir/rollout.db");
+                            warn!(%ip, "cannot persist the quarantine of an address in use ({e}); {total} lease writes failed so far: {}", persist_hint(e));
                         }
                     }),
                 );
@@ -362,6 +362,11 @@ fn handle_loop(
                 warn!(
                     "cannot read the leases back after a failed write ({e}); serving from memory"
                 );
+                // Tried again with the next packet: a database that went away
+                // is read back as soon as it returns.
+                if let Some(w) = writer.as_ref() {
+                    w.mark_failed();
+                }
             }
         }
         let outcome = handle_locked(&mut c, &msg, via, crate::clock::now_unix());
@@ -405,13 +410,32 @@ fn after_commit(
                     other => log_outcome(other),
                 }
             }
+            Err(e @ crate::store::StoreError::Taken { .. }) => {
+                // Another server won the address: routine with a shared store.
+                metrics.dhcp(type_label(kind), "failed");
+                tracing::info!("{e}");
+            }
             Err(e) => {
                 metrics.dhcp(type_label(kind), "failed");
                 let total = Metrics::bump(&metrics.dhcp_persist_failures);
-                warn!("cannot persist the lease ({e}); not acknowledged ({total} such failures so far): check the disk holding state_dir/rollout.db");
+                warn!("cannot persist the lease ({e}); not acknowledged ({total} such failures so far): {}", persist_hint(e));
             }
         }
     })
+}
+
+/// What to check when a lease write failed: the database's own message says
+/// it for PostgreSQL; SQLite's errors do not name the file.
+fn persist_hint(e: &crate::store::StoreError) -> &'static str {
+    use crate::store::StoreError;
+    match e {
+        StoreError::Postgres { .. }
+        | StoreError::Connect { .. }
+        | StoreError::PasswordFile { .. } => {
+            "clients retry and are answered once the lease database is back"
+        }
+        _ => "check the disk holding state_dir/rollout.db",
+    }
 }
 
 #[cfg(test)]

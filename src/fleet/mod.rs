@@ -10,7 +10,6 @@
 pub mod ssh;
 
 use std::io::Write;
-use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::config::Config;
+use crate::store::Backend;
 
 /// Where `rollout-sync` lives on installed nodes (the installer puts it there).
 pub const NODE_SYNC_COMMAND: &str = "/var/lib/rollout/bin/rollout-sync sync";
@@ -28,7 +28,7 @@ pub enum FleetError {
     Leases {
         path: String,
         #[source]
-        source: rusqlite::Error,
+        source: crate::store::StoreError,
     },
 }
 
@@ -183,42 +183,27 @@ pub fn matches(target: &Target, hostname: &str) -> bool {
     }
 }
 
-/// The address of the newest bound lease for `mac` in `{state_dir}/rollout.db`;
+/// The address of the newest bound lease for `mac` in the lease store;
 /// `None` without a database or a lease.
-pub fn lease_ip(db: &Path, mac: &str) -> Result<Option<String>, FleetError> {
-    if !db.exists() {
-        return Ok(None);
-    }
-    let err = |source| FleetError::Leases {
-        path: db.display().to_string(),
-        source,
-    };
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(err)?;
+pub fn lease_ip(leases: &Backend, mac: &str) -> Result<Option<String>, FleetError> {
     // Not a MAC: no lease can match it.
     let Some(mac) = crate::mac::normalize(mac) else {
         return Ok(None);
     };
-    let r = conn.query_row(
-        "SELECT ip FROM leases WHERE lower(replace(mac, '-', ':')) = ?1 AND state = 'bound'
-         ORDER BY expires DESC LIMIT 1",
-        [&mac],
-        |r| r.get::<_, String>(0),
-    );
-    match r {
-        Ok(ip) => Ok(Some(ip)),
-        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
-        Err(e) => Err(err(e)),
-    }
+    leases
+        .bound_ip_of(&mac)
+        .map_err(|source| FleetError::Leases {
+            path: leases.describe(),
+            source,
+        })
 }
 
 /// The node's address: the inventory's `ip`, else its DHCP lease.
-pub fn address(node: &FleetNode, db: &Path) -> Result<String, String> {
+pub fn address(node: &FleetNode, leases: &Backend) -> Result<String, String> {
     if let Some(ip) = node.ip.as_deref().filter(|s| !s.is_empty()) {
         return Ok(ip.to_string());
     }
-    match lease_ip(db, &node.mac) {
+    match lease_ip(leases, &node.mac) {
         Ok(Some(ip)) => Ok(ip),
         Ok(None) => Err(format!(
             "no address (no ip in the inventory, no bound DHCP lease for {})",
@@ -456,7 +441,12 @@ fn fan_out(
         .chain(refused.iter().map(|(h, _)| h.len()))
         .max()
         .unwrap_or(0);
-    let db = config.state_dir.join("rollout.db");
+    let shared = config
+        .store
+        .as_ref()
+        .map(crate::config::PgTarget::try_from)
+        .transpose()?;
+    let leases = Backend::new(&config.state_dir, shared.as_ref());
     let timeout = Duration::from_secs(timeout);
     let settings = Arc::new(settings);
     let mut summary = Summary::default();
@@ -481,7 +471,7 @@ fn fan_out(
         nodes,
         parallel as usize,
         move |n: FleetNode| {
-            let outcome = match address(&n, &db) {
+            let outcome = match address(&n, &leases) {
                 Ok(addr) => ssh::run(&settings, &n.hostname, &addr, &remote, timeout),
                 Err(why) => ssh::Outcome::Unreachable(why),
             };

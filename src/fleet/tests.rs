@@ -274,6 +274,7 @@ fn sync_output_gives_the_serial() {
 fn leases_give_addresses_to_nodes_without_ip() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("rollout.db");
+    let leases = crate::store::Backend::new(dir.path(), None);
     let node = FleetNode {
         mac: "52:54:00:AA:00:02".into(),
         hostname: "beta".into(),
@@ -282,7 +283,7 @@ fn leases_give_addresses_to_nodes_without_ip() {
         serial: None,
         host_keys: vec![],
     };
-    assert!(address(&node, &db).unwrap_err().contains("no address"));
+    assert!(address(&node, &leases).unwrap_err().contains("no address"));
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(
         "CREATE TABLE leases (ip TEXT PRIMARY KEY, mac TEXT NOT NULL, expires INTEGER NOT NULL, state TEXT NOT NULL);
@@ -293,7 +294,7 @@ fn leases_give_addresses_to_nodes_without_ip() {
     .unwrap();
     drop(conn);
     assert_eq!(
-        address(&node, &db).unwrap(),
+        address(&node, &leases).unwrap(),
         "10.44.0.151",
         "newest bound lease"
     );
@@ -301,7 +302,7 @@ fn leases_give_addresses_to_nodes_without_ip() {
         ip: Some("10.44.0.11".into()),
         ..node
     };
-    assert_eq!(address(&fixed, &db).unwrap(), "10.44.0.11");
+    assert_eq!(address(&fixed, &leases).unwrap(), "10.44.0.11");
 }
 
 #[test]

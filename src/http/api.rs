@@ -41,8 +41,8 @@ fn lease_at(
         std::net::IpAddr::V6(a) => a.to_ipv4_mapped(),
     };
     let Some(ip) = ip else { return Ok(None) };
-    let db = state.config.state_dir.join("rollout.db");
-    tokio::task::block_in_place(|| crate::dhcp::sqlite::lease_of(&db, ip))
+    let backend = crate::store::Backend::new(&state.config.state_dir, state.config.store.as_ref());
+    tokio::task::block_in_place(|| backend.lease_of(ip))
 }
 
 /// `POST /api/v1/plan/{mac}`: hands the plan only to the node (see

@@ -70,6 +70,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("ganesha.nfsd", "nfs-ganesha"),
     ("rpcbind", "rpcbind"),
     ("nfs-cat", "libnfs-utils"),
+    ("runuser", "util-linux"),
 ];
 
 /// The message a strict run fails with; `{why}` goes in front.

@@ -106,6 +106,8 @@ pub struct Server {
     pub log: PathBuf,
     pub config: PathBuf,
     ns: String,
+    /// Where its HTTP side answers (`/healthz` is polled there at start).
+    address: String,
 }
 
 pub fn write_config(dir: &Path, body: &str) -> PathBuf {
@@ -123,6 +125,12 @@ impl Server {
 
     /// [`Server::start`] with more arguments for `rollout serve` (`--log-format json`).
     pub fn start_with(net: &Net, config: &Path, extra: &[&str]) -> Server {
+        Server::start_in(net.srv.name(), SERVER_IP, config, extra)
+    }
+
+    /// `rollout serve` in namespace `ns`, healthy once `address` answers
+    /// `/healthz` (a second server on another namespace of the same L2).
+    pub fn start_in(ns: &str, address: &str, config: &Path, extra: &[&str]) -> Server {
         let log = config.with_file_name(format!(
             "server-{}.log",
             Instant::now().elapsed().as_nanos()
@@ -136,7 +144,7 @@ impl Server {
             .args([
                 "netns",
                 "exec",
-                net.srv.name(),
+                ns,
                 env!("CARGO_BIN_EXE_rollout"),
                 "serve",
                 "--config",
@@ -152,7 +160,8 @@ impl Server {
             child,
             log,
             config: config.to_owned(),
-            ns: net.srv.name().to_string(),
+            ns: ns.to_string(),
+            address: address.to_string(),
         };
         s.wait_healthy();
         s
@@ -170,7 +179,7 @@ impl Server {
                     "-sf",
                     "--max-time",
                     "1",
-                    &format!("http://{SERVER_IP}/healthz"),
+                    &format!("http://{}/healthz", self.address),
                 ])
                 .output()
                 .map(|o| o.status.success())
@@ -221,6 +230,42 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One quick busybox udhcpc try on `iface` (2 DISCOVERs, 1 s apart, `extra`
+/// options): the address it was ACKed, if any.
+pub fn udhcpc_try(net: &Net, iface: &str, extra: &[&str]) -> Option<std::net::Ipv4Addr> {
+    let out = net
+        .in_cli(&[
+            "busybox",
+            "udhcpc",
+            "-i",
+            iface,
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "2",
+            "-T",
+            "1",
+            "-A",
+            "1",
+            "-s",
+            "/bin/true",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    // busybox: "udhcpc: lease of 10.44.0.100 obtained from 10.44.0.1, lease time 600"
+    let leased = text
+        .lines()
+        .find_map(|l| l.split("lease of ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|ip| ip.parse().unwrap());
+    assert_eq!(leased.is_some(), out.status.success(), "{text}");
+    leased
 }
 
 /// Runs busybox udhcpc once on `iface` and returns what the server handed out:

@@ -69,6 +69,7 @@ impl RolloutConfig {
             images: Vec::new(),
             power: Default::default(),
             layouts: Vec::new(),
+            store: None,
         })
     }
 

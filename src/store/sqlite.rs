@@ -1,9 +1,11 @@
 //! The SQLite backing of [`LeaseStore`]: leases in `{state_dir}/rollout.db`, the
-//! `leases` table that `crate::db` creates on open.
+//! `leases` table that `crate::db` creates on open. One server owns the file,
+//! so a write simply replaces the row: nobody else can hold the address.
 
-use super::commit::BatchStore;
-use super::leases::{Lease, LeaseState, LeaseStore};
-use crate::db::{self, StoreError};
+use super::{Refusal, StoreError};
+use crate::db;
+use crate::dhcp::commit::BatchStore;
+use crate::dhcp::leases::{Lease, LeaseState, LeaseStore};
 use rusqlite::{params, Connection};
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -52,6 +54,29 @@ pub fn lease_of(db: &Path, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
     }))
 }
 
+/// The address of the newest bound lease of `mac` (normalized) in `db`,
+/// opened read-only: `None` without a database (`rollout exec` on a server
+/// that never ran DHCP creates nothing).
+pub fn bound_ip_of(db: &Path, mac: &str) -> Result<Option<String>, StoreError> {
+    use rusqlite::OptionalExtension;
+    if !db.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|source| StoreError::Open {
+            path: db.to_owned(),
+            source,
+        })?;
+    Ok(conn
+        .query_row(
+            "SELECT ip FROM leases WHERE lower(replace(mac, '-', ':')) = ?1 AND state = 'bound'
+             ORDER BY expires DESC LIMIT 1",
+            [mac],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?)
+}
+
 /// The upsert of one lease (cached: prepared once per connection).
 const UPSERT: &str = "INSERT INTO leases (ip, mac, expires, state) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT(ip) DO UPDATE SET mac = ?2, expires = ?3, state = ?4";
@@ -69,13 +94,13 @@ fn upsert(conn: &Connection, lease: &Lease) -> Result<(), StoreError> {
 impl BatchStore for SqliteLeaseStore {
     /// All of `leases` in one transaction: one fsync (WAL, synchronous=FULL)
     /// makes the whole batch durable, or none of it is.
-    fn save_batch(&mut self, leases: &[&Lease]) -> Result<(), StoreError> {
+    fn save_batch(&mut self, leases: &[&Lease]) -> Result<Vec<Refusal>, StoreError> {
         let tx = self.conn.transaction()?;
         for lease in leases {
             upsert(&tx, lease)?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(vec![])
     }
 }
 
