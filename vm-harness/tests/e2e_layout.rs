@@ -143,7 +143,6 @@ fn reboot_from_disk(t: &mut E2eLab, name: &str) -> u64 {
 }
 
 #[test]
-#[ignore = "not yet passed in full (#17 open): run with --ignored"]
 fn raid1_lvm_nfs_usr_tmpfs_and_4k_sectors_install_and_boot() {
     let Some((_serial, a)) = fixture() else {
         return;
