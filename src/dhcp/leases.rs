@@ -483,7 +483,7 @@ mod tests {
             state,
         };
         let own = l("r", "10.0.0.10", LeaseState::Bound);
-        assert!(t.reserved_only(&[own.clone()]));
+        assert!(t.reserved_only(std::slice::from_ref(&own)));
         assert!(!t.reserved_only(&[]), "nothing to write is no exception");
         // A range allocation, even alongside the reserved one, waits.
         let dynamic = l("r", "10.0.0.11", LeaseState::Bound);
