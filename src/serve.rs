@@ -52,6 +52,7 @@ fn dhcp_core(
     plan: &crate::config::DhcpPlan,
     store: Box<dyn crate::dhcp::leases::LeaseStore>,
     backend: &Backend,
+    health: crate::store::health::StoreHealth,
 ) -> Result<DhcpCore, ServeError> {
     let d = &config.dhcp;
     let mut reservations = HashMap::new();
@@ -65,7 +66,7 @@ fn dhcp_core(
     let mut leases = LeaseTable::load(store, reservations)?;
     // Lease writes of concurrent packets share one transaction: a rack powering
     // on costs a few fsyncs, and each ACK still waits for its lease on disk.
-    let writer = dhcp::commit::GroupCommit::start(backend.batch_store()?)
+    let writer = dhcp::commit::GroupCommit::start(backend.batch_store()?, health)
         .map_err(|e| ServeError::Task(format!("cannot start the DHCP lease writer thread: {e}")))?;
     leases.group_commit(writer);
     let relays = d
@@ -272,7 +273,8 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         None => warn!("DHCP is off (dhcp.mode = \"off\" or no interface): nodes need another DHCP server pointing at this one"),
         Some(plan) => {
             let mut core =
-                dhcp_core(&config, plan, lease_store, &backend)?.with_metrics(metrics.clone());
+                dhcp_core(&config, plan, lease_store, &backend, metrics.store_health.clone())?
+                    .with_metrics(metrics.clone());
             if config.dhcp.ping_before_offer {
                 core = core.with_probe(&plan.interface);
             }

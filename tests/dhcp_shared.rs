@@ -1,8 +1,10 @@
 //! `rollout serve` with its leases in a shared PostgreSQL (`[store] url`),
 //! answering real DHCP clients (busybox udhcpc) in namespaces the test makes:
 //! PostgreSQL stopped while serving (no address ACKed, a warning naming the
-//! database; served again once it is back, nothing lost), and two servers on
-//! one L2 sharing the database (no address granted twice).
+//! database; served again once it is back, nothing lost), a node with a
+//! reserved address booting through that outage (`/healthz` degraded
+//! meanwhile), and two servers on one L2 sharing the database (no address
+//! granted twice).
 
 mod common;
 use common::*;
@@ -14,6 +16,11 @@ use testkit::netns::Netns;
 use testkit::postgres::TempPostgres;
 
 fn config(dir: &Path, address: &str, url: &str) -> std::path::PathBuf {
+    config_with(dir, address, url, "")
+}
+
+/// [`config`] with more TOML after it (`[[node]]` declarations).
+fn config_with(dir: &Path, address: &str, url: &str, more: &str) -> std::path::PathBuf {
     write_config(
         dir,
         &format!(
@@ -28,6 +35,7 @@ router = "10.44.0.1"
 lease_time = 600
 [store]
 url = "{url}"
+{more}
 "#
         ),
     )
@@ -76,19 +84,11 @@ fn postgres_stopped_while_serving_acks_nothing_until_it_returns() {
     );
 
     // Counted where monitoring looks.
-    let health = net
-        .srv
-        .command("curl")
-        .args([
-            "-sf",
-            "--max-time",
-            "5",
-            &format!("http://{SERVER_IP}/healthz"),
-        ])
-        .output()
-        .unwrap();
-    let health = String::from_utf8_lossy(&health.stdout);
-    assert!(health.contains("dhcp_persist_failures"), "{health}");
+    let health = healthz(&net);
+    assert!(
+        health.starts_with("degraded\n") && health.contains("dhcp_persist_failures"),
+        "{health}"
+    );
 
     pg.resume();
     let b_ip = udhcpc_try(&net, &b, &[]).expect("a lease once PostgreSQL is back");
@@ -104,6 +104,89 @@ fn postgres_stopped_while_serving_acks_nothing_until_it_returns() {
     // A server on PostgreSQL stops as cleanly as one on SQLite.
     assert!(srv.stop().success(), "{}", srv.log_text());
     assert!(!srv.log_text().contains("panicked"), "{}", srv.log_text());
+}
+
+/// `/healthz` as a monitor sees it: the body of a 200 (`curl -f`).
+fn healthz(net: &Net) -> String {
+    let out = net
+        .srv
+        .command("curl")
+        .args([
+            "-sf",
+            "--max-time",
+            "5",
+            &format!("http://{SERVER_IP}/healthz"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "/healthz is not a 200: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const RESERVED_MAC: &str = "52:54:00:00:40:01";
+const RESERVED_IP: Ipv4Addr = Ipv4Addr::new(10, 44, 0, 50);
+
+/// A `[[node]]` with a fixed address is the operator's declaration, not an
+/// allocation: it boots while PostgreSQL is down, its lease is written once
+/// the database is back; new clients wait; /healthz says degraded meanwhile.
+#[test]
+fn a_reserved_node_boots_while_postgres_is_down_and_its_lease_is_written_after() {
+    if !can_run(&["busybox", "curl"]) || !TempPostgres::available() {
+        return;
+    }
+    let pg = TempPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = Net::new("pr");
+    let node = format!(
+        "[[node]]\nmac = \"{RESERVED_MAC}\"\nhostname = \"rack1-node50\"\nip = \"{RESERVED_IP}\"\n"
+    );
+    let _srv = Server::start(&net, &config_with(dir.path(), SERVER_IP, &pg.url(), &node));
+    let db = backend(&pg);
+    assert!(healthz(&net).starts_with("ok\n"));
+
+    pg.stop();
+    let reserved = net.add_client(RESERVED_MAC);
+    assert_eq!(
+        udhcpc_try(&net, &reserved, &[]),
+        Some(RESERVED_IP),
+        "the reserved node is not answered with the database down"
+    );
+    let unknown = net.add_client("52:54:00:00:40:02");
+    assert_eq!(
+        udhcpc_try(&net, &unknown, &[]),
+        None,
+        "a range address ACKed with the database down"
+    );
+    let health = healthz(&net);
+    assert!(health.starts_with("degraded\n"), "{health}");
+    assert!(
+        health.contains("lease_store_unwritable since ")
+            && health.contains("lease database postgres://"),
+        "the cause is not named: {health}"
+    );
+
+    pg.resume();
+    let ip = udhcpc_try(&net, &unknown, &[]).expect("a lease once PostgreSQL is back");
+    assert_ne!(ip, RESERVED_IP);
+    let health = healthz(&net);
+    assert!(health.starts_with("ok\n"), "{health}");
+    // Queued while the database was down, written with the next batch.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let lease = db.lease_of(RESERVED_IP).unwrap();
+        if lease.as_ref().map(|l| l.mac.as_str()) == Some(RESERVED_MAC) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reserved node's lease never reached the database: {lease:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        db.lease_of(ip).unwrap().map(|l| l.mac),
+        Some("52:54:00:00:40:02".into())
+    );
 }
 
 /// A namespace of its own for a second server, plugged into the first's

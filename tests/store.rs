@@ -267,7 +267,7 @@ fn commit(table: &mut LeaseTable, lease: Lease) -> Result<(), String> {
 
 fn server_table(f: &Fixture) -> LeaseTable {
     let mut t = LeaseTable::load(f.store(), HashMap::new()).unwrap();
-    t.group_commit(GroupCommit::start(f.batch()).unwrap());
+    t.group_commit(GroupCommit::start(f.batch(), Default::default()).unwrap());
     t
 }
 

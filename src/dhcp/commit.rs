@@ -3,12 +3,24 @@
 //! transaction of the lease store (one fsync), and only then runs each packet's
 //! continuation (sending its ACK). A lease is on disk before its ACK leaves, as
 //! with a write per packet, but a burst of N requests costs a few fsyncs, not N.
+//!
+//! One exception: the lease of a node's reserved address (`[[node]] ip`) is
+//! queued *after* its ACK ([`GroupCommit::submit_after_ack`]). The address is
+//! the node's by configuration on every server sharing the store, so no other
+//! client can be granted it whether the record exists or not: the record is
+//! bookkeeping, not the arbiter. Such a node therefore boots while the database
+//! is unreachable, and its record is written as soon as the database is back
+//! (kept in memory until then; a restart in between loses it, and the node's
+//! next renewal writes it again).
 
 use super::leases::Lease;
+use crate::store::health::StoreHealth;
 use crate::store::{Refusal, StoreError};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What runs once a packet's leases are durable (`Ok`) or could not be written (`Err`).
 pub type Continuation = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
@@ -26,6 +38,9 @@ enum Job {
         leases: Vec<Lease>,
         then: Continuation,
     },
+    /// Leases whose reply already left (reserved addresses): written with the
+    /// next batch, and kept for the one after while the store fails.
+    AfterAck(Vec<Lease>),
     /// Answered once every job queued before it has been written (or failed).
     Barrier(SyncSender<()>),
 }
@@ -35,6 +50,9 @@ enum Job {
 const QUEUE: usize = 8192;
 /// The most packets one transaction carries (bounds a batch's latency).
 const MAX_BATCH: usize = 4096;
+/// How often leases written after their ACK are tried again while the store
+/// fails and no other write comes along.
+const RETRY_EVERY: Duration = Duration::from_secs(2);
 
 /// A handle on the writer thread; clones share it.
 #[derive(Clone)]
@@ -44,15 +62,24 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the writer thread on `store`. It lives as long as a handle does.
-    pub fn start(store: Box<dyn BatchStore>) -> std::io::Result<GroupCommit> {
+    /// Starts the writer thread on `store`. It lives as long as a handle does;
+    /// each batch's result goes to `health` (for `/healthz`).
+    pub fn start(store: Box<dyn BatchStore>, health: StoreHealth) -> std::io::Result<GroupCommit> {
         let (jobs, rx) = mpsc::sync_channel(QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
         std::thread::Builder::new()
             .name("dhcp-commit".into())
-            .spawn(move || writer(store, rx, flag))?;
+            .spawn(move || writer(store, rx, flag, health))?;
         Ok(GroupCommit { jobs, failed })
+    }
+
+    /// Queues `leases` whose reply was already sent (reserved addresses, see
+    /// the module comment): written with the next batch, retried until written.
+    pub fn submit_after_ack(&self, leases: Vec<Lease>) {
+        if self.jobs.send(Job::AfterAck(leases)).is_err() {
+            tracing::warn!("{}: a reserved lease record is not written", writer_gone());
+        }
     }
 
     /// Queues `leases` for the next transaction; `then` runs after it.
@@ -90,28 +117,57 @@ fn writer_gone() -> StoreError {
     StoreError::WriterGone
 }
 
-fn writer(mut store: Box<dyn BatchStore>, rx: Receiver<Job>, failed: Arc<AtomicBool>) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
+fn writer(
+    mut store: Box<dyn BatchStore>,
+    rx: Receiver<Job>,
+    failed: Arc<AtomicBool>,
+    health: StoreHealth,
+) {
+    // Leases written after their ACK that no transaction has carried yet.
+    let mut queued: Vec<Lease> = vec![];
+    loop {
+        let first = if queued.is_empty() {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(RETRY_EVERY)
+        };
+        let closing = matches!(first, Err(RecvTimeoutError::Disconnected));
+        if closing && queued.is_empty() {
+            return;
+        }
+        let mut jobs: Vec<Job> = first.into_iter().collect();
         // Everything that queued up while the last fsync ran goes in this one.
-        while jobs.len() < MAX_BATCH {
+        while !closing && jobs.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
         }
-        let leases: Vec<&Lease> = jobs
+        let mut fresh = 0;
+        for job in &mut jobs {
+            if let Job::AfterAck(leases) = job {
+                fresh += leases.len();
+                queued.append(leases);
+            }
+        }
+        queued = latest_per_address(std::mem::take(&mut queued));
+        // The queued ones first: a newer write of the same address wins.
+        let leases: Vec<&Lease> = queued
             .iter()
-            .flat_map(|j| match j {
+            .chain(jobs.iter().flat_map(|j| match j {
                 Job::Write { leases, .. } => leases.as_slice(),
-                Job::Barrier(_) => &[],
-            })
+                _ => &[],
+            }))
             .collect();
         let written = if leases.is_empty() {
             Ok(vec![])
         } else {
             store.save_batch(&leases)
         };
+        if !leases.is_empty() {
+            let result = written.as_ref().map(|_| ()).map_err(|e| e.to_string());
+            health.record(result, crate::clock::now_unix());
+        }
         match &written {
             Ok(refused) => tracing::debug!(
                 "DHCP lease batch: {} leases of {} packets in one transaction, {} refused",
@@ -128,6 +184,20 @@ fn writer(mut store: Box<dyn BatchStore>, rx: Receiver<Job>, failed: Arc<AtomicB
         if !written.as_ref().is_ok_and(|r| r.is_empty()) {
             failed.store(true, Ordering::Release);
         }
+        match &written {
+            Ok(refused) => {
+                for r in refused.iter().filter(|r| queued.iter().any(|l| l.ip == r.ip)) {
+                    tracing::warn!("the lease record of reserved address {}: {}; check that every server sharing the store declares the same [[node]] ip", r.ip, r.error());
+                }
+                queued.clear();
+            }
+            // Said once per newly queued lease, not at every retry.
+            Err(e) if fresh > 0 => tracing::warn!(
+                "cannot write the lease record of {fresh} reserved address(es) ({e}); acknowledged anyway (reserved by config), the record is written once the lease database is back ({} queued)",
+                queued.len()
+            ),
+            Err(_) => {}
+        }
         for job in jobs {
             match job {
                 Job::Write { leases, then } => match &written {
@@ -140,12 +210,30 @@ fn writer(mut store: Box<dyn BatchStore>, rx: Receiver<Job>, failed: Arc<AtomicB
                         }
                     }
                 },
+                Job::AfterAck(_) => {}
                 Job::Barrier(done) => {
                     let _ = done.send(());
                 }
             }
         }
+        if closing {
+            return;
+        }
     }
+}
+
+/// `leases` with only the last of each address, in the order of those last ones.
+fn latest_per_address(leases: Vec<Lease>) -> Vec<Lease> {
+    let mut last: std::collections::HashMap<Ipv4Addr, usize> = Default::default();
+    for (i, l) in leases.iter().enumerate() {
+        last.insert(l.ip, i);
+    }
+    leases
+        .into_iter()
+        .enumerate()
+        .filter(|(i, l)| last[&l.ip] == *i)
+        .map(|(_, l)| l)
+        .collect()
 }
 
 #[cfg(test)]
@@ -187,10 +275,13 @@ mod tests {
     fn writes_queued_during_a_commit_share_the_next_transaction_and_continue_after_it() {
         let batches = Arc::new(Mutex::new(vec![]));
         let fail = Arc::new(AtomicBool::new(false));
-        let gc = GroupCommit::start(Box::new(Recording {
-            batches: batches.clone(),
-            fail: fail.clone(),
-        }))
+        let gc = GroupCommit::start(
+            Box::new(Recording {
+                batches: batches.clone(),
+                fail: fail.clone(),
+            }),
+            StoreHealth::default(),
+        )
         .unwrap();
         let done = Arc::new(Mutex::new(vec![]));
         for n in 0..50u8 {
@@ -251,7 +342,7 @@ mod refusal_tests {
 
     #[test]
     fn only_the_packet_whose_lease_was_refused_goes_unacknowledged() {
-        let gc = GroupCommit::start(Box::new(Shared)).unwrap();
+        let gc = GroupCommit::start(Box::new(Shared), StoreHealth::default()).unwrap();
         let results = Arc::new(Mutex::new(vec![]));
         for n in [1u8, 2] {
             let results = results.clone();
@@ -286,5 +377,81 @@ mod refusal_tests {
             gc.take_failed(),
             "the table must be read back to learn the holder"
         );
+    }
+}
+
+#[cfg(test)]
+mod after_ack_tests {
+    use super::*;
+    use crate::dhcp::leases::LeaseState;
+    use std::sync::Mutex;
+
+    /// Records what it wrote; fails while `down` is set.
+    struct Flaky {
+        written: Arc<Mutex<Vec<(u8, u64)>>>,
+        down: Arc<AtomicBool>,
+    }
+    impl BatchStore for Flaky {
+        fn save_batch(&mut self, leases: &[&Lease]) -> Result<Vec<Refusal>, StoreError> {
+            if self.down.load(Ordering::Acquire) {
+                return Err(StoreError::WriterGone);
+            }
+            let mut w = self.written.lock().unwrap();
+            w.extend(leases.iter().map(|l| (l.ip.octets()[3], l.expires)));
+            Ok(vec![])
+        }
+    }
+
+    fn lease(n: u8, expires: u64) -> Lease {
+        Lease {
+            ip: Ipv4Addr::new(10, 0, 0, n),
+            mac: format!("52:54:00:00:00:{n:02x}"),
+            expires,
+            state: LeaseState::Bound,
+        }
+    }
+
+    #[test]
+    fn leases_written_after_their_ack_wait_out_an_outage_and_are_not_lost() {
+        let written = Arc::new(Mutex::new(vec![]));
+        let down = Arc::new(AtomicBool::new(true));
+        let health = StoreHealth::default();
+        let gc = GroupCommit::start(
+            Box::new(Flaky {
+                written: written.clone(),
+                down: down.clone(),
+            }),
+            health.clone(),
+        )
+        .unwrap();
+        gc.submit_after_ack(vec![lease(1, 100)]);
+        gc.flush();
+        // Renewed during the outage: only the newest record is kept.
+        gc.submit_after_ack(vec![lease(1, 200)]);
+        gc.flush();
+        assert!(written.lock().unwrap().is_empty());
+        assert!(health.outage().is_some(), "the outage is visible");
+
+        // The next ordinary write carries the queued one along.
+        down.store(false, Ordering::Release);
+        let acked = Arc::new(AtomicBool::new(false));
+        let a = acked.clone();
+        gc.submit(
+            vec![lease(2, 300)],
+            Box::new(move |r| a.store(r.is_ok(), Ordering::Release)),
+        );
+        gc.flush();
+        assert!(acked.load(Ordering::Acquire));
+        assert_eq!(*written.lock().unwrap(), vec![(1, 200), (2, 300)]);
+        assert_eq!(health.outage(), None, "writes succeed again");
+
+        // With no other write coming, the writer tries again by itself.
+        down.store(true, Ordering::Release);
+        gc.submit_after_ack(vec![lease(3, 400)]);
+        gc.flush();
+        down.store(false, Ordering::Release);
+        std::thread::sleep(RETRY_EVERY + Duration::from_millis(800));
+        assert_eq!(written.lock().unwrap().last(), Some(&(3, 400)));
+        assert_eq!(health.outage(), None);
     }
 }

@@ -197,6 +197,18 @@ impl LeaseTable {
         self.reservations.get(mac).copied()
     }
 
+    /// Whether `writes` only bind nodes to the addresses config reserves for
+    /// them: such an ACK may leave before its lease is durable (see
+    /// `commit::GroupCommit::submit_after_ack`), since no other client can be
+    /// granted a reserved address. Anything else (a range allocation, a
+    /// release, a decline) waits for the store.
+    pub fn reserved_only(&self, writes: &[Lease]) -> bool {
+        !writes.is_empty()
+            && writes
+                .iter()
+                .all(|l| l.state == LeaseState::Bound && self.reservation(&l.mac) == Some(l.ip))
+    }
+
     /// Reserved for another node, or never handed out at all.
     fn reserved_for_other(&self, ip: Ipv4Addr, mac: &str) -> bool {
         self.excluded.contains(&u32::from(ip))
@@ -459,6 +471,26 @@ mod tests {
             t.choose("x", Some(&range()), Some(ip("10.0.0.10")), 0),
             Some(ip("10.0.0.11"))
         );
+    }
+
+    #[test]
+    fn only_bindings_of_reserved_addresses_to_their_nodes_skip_the_store() {
+        let t = table(&[("r", "10.0.0.10")]);
+        let l = |mac: &str, addr: &str, state| Lease {
+            ip: ip(addr),
+            mac: mac.into(),
+            expires: 100,
+            state,
+        };
+        let own = l("r", "10.0.0.10", LeaseState::Bound);
+        assert!(t.reserved_only(std::slice::from_ref(&own)));
+        assert!(!t.reserved_only(&[]), "nothing to write is no exception");
+        // A range allocation, even alongside the reserved one, waits.
+        let dynamic = l("r", "10.0.0.11", LeaseState::Bound);
+        assert!(!t.reserved_only(&[own.clone(), dynamic]));
+        assert!(!t.reserved_only(&[l("x", "10.0.0.10", LeaseState::Bound)]));
+        assert!(!t.reserved_only(&[l("r", "10.0.0.10", LeaseState::Released)]));
+        assert!(!t.reserved_only(&[l("r", "10.0.0.10", LeaseState::Declined)]));
     }
 
     #[test]

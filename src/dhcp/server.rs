@@ -373,8 +373,14 @@ fn handle_loop(
         let writes = c.leases.take_pending();
         if let Some(w) = writer.as_ref().filter(|_| !writes.is_empty()) {
             // Submitted under the lock: batches keep the order decisions were made in.
-            w.submit(writes, after_commit(outcome, kind, &metrics, tx, &span));
-            continue;
+            if matches!(outcome, Outcome::Reply(_)) && c.leases.reserved_only(&writes) {
+                // A node's reserved address: answered now, written when the
+                // store can be (a database outage does not stop it booting).
+                w.submit_after_ack(writes);
+            } else {
+                w.submit(writes, after_commit(outcome, kind, &metrics, tx, &span));
+                continue;
+            }
         }
         drop(c);
         metrics.dhcp(type_label(kind), outcome_label(&outcome));

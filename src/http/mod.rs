@@ -158,8 +158,19 @@ pub fn api_routes() -> Vec<(String, String)> {
 /// any (lease writes, DHCP panics, rate-limited clients, rsyncd.conf writes): a
 /// monitor that only checks the status still works, one that reads the body
 /// sees trouble.
+///
+/// While lease writes fail (the store is unreachable) the first line is
+/// `degraded`, then a line naming the store's error and since when. Still 200:
+/// the server is up and serving (HTTP, TFTP, reserved nodes' DHCP), and a 503
+/// would make every server sharing a down database look dead to a load
+/// balancer or `curl -f` probe at once; the body is what says why.
 async fn healthz(State(state): State<Shared>) -> String {
-    format!("ok\n{}", state.metrics.healthz())
+    let now = crate::clock::now_unix();
+    format!(
+        "{}{}",
+        state.metrics.store_health.status(now),
+        state.metrics.healthz()
+    )
 }
 
 /// `GET /metrics`: the Prometheus text exposition. A read like any other

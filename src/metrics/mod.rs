@@ -87,6 +87,8 @@ pub struct Metrics {
     /// Bytes of image tar handed to udp-sender (once per session, whatever
     /// the number of receivers).
     pub multicast_sent_bytes: Counter,
+    /// Whether lease writes reach the store now (`/healthz` says `degraded` if not).
+    pub store_health: crate::store::health::StoreHealth,
     sources: Arc<Sources>,
 }
 
@@ -136,6 +138,7 @@ impl Metrics {
             rsyncd_config_failures: Counter::default(),
             multicast_sessions: Family::default(),
             multicast_sent_bytes: Counter::default(),
+            store_health: Default::default(),
             sources: Arc::default(),
             registry: Registry::default(),
         };

@@ -7,6 +7,7 @@
 //! is also the arbiter between servers: a write that would take an address
 //! another MAC holds unexpired is refused ([`StoreError::Taken`]), not applied.
 
+pub mod health;
 pub mod postgres;
 pub mod sqlite;
 
