@@ -115,21 +115,7 @@ fn check(image_files: &[&str], network: NetworkPlan) {
     assert!(written.len() > 5, "{written:?}");
     let empty = dir.path().join("empty-image");
     std::fs::create_dir_all(&empty).unwrap();
-    rsync::copy_with(
-        &empty.to_string_lossy(),
-        None,
-        &t.to_string_lossy(),
-        &sync::excludes(&[]),
-        &sync::extra_flags()
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-        1,
-        Duration::ZERO,
-        |_| {},
-        |_, why| panic!("{why}"),
-    )
-    .unwrap();
+    sync_once(&empty, &t, &sync::extra_flags());
     let lost: Vec<&PathBuf> = written
         .iter()
         .filter(|p| t.join(p).symlink_metadata().is_err())
@@ -198,21 +184,7 @@ fn a_sync_leaves_the_nodes_other_mounts_alone() {
     }
     let fstab = "UUID=r\t/\text3\terrors=remount-ro\t0\t1\nnfs1:/export/usr\t/usr\tnfs\tro,nolock\t0\t0\nUUID=s /scratch xfs defaults 0 2\ntmpfs /var/lock tmpfs defaults 0 0\n";
     std::fs::write(node.join("etc/fstab"), fstab).unwrap();
-    rsync::copy_with(
-        &image.to_string_lossy(),
-        None,
-        &node.to_string_lossy(),
-        &sync::excludes(&[]),
-        &sync::flags_for(fstab)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-        1,
-        Duration::ZERO,
-        |_| {},
-        |_, why| panic!("{why}"),
-    )
-    .unwrap();
+    sync_once(&image, &node, &sync::flags_for(fstab));
     assert!(
         node.join("usr/bin/from-nfs").exists(),
         "deleted under the nfs mount"
@@ -235,20 +207,23 @@ fn a_sync_leaves_the_nodes_other_mounts_alone() {
     );
     // The same without the fstab's rules deletes what the image lacks: the
     // rules, not luck, kept them.
+    sync_once(&image, &node, &sync::extra_flags());
+    assert!(!node.join("scratch").exists());
+}
+
+/// One local rsync of `image` onto `node` with the sync's `flags` (no image
+/// excludes, one attempt), as `rollout-sync` runs it against the server.
+fn sync_once(image: &std::path::Path, node: &std::path::Path, flags: &[String]) {
     rsync::copy_with(
         &image.to_string_lossy(),
         None,
         &node.to_string_lossy(),
         &sync::excludes(&[]),
-        &sync::extra_flags()
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
         1,
         Duration::ZERO,
         |_| {},
         |_, why| panic!("{why}"),
     )
     .unwrap();
-    assert!(!node.join("scratch").exists());
 }
