@@ -149,36 +149,87 @@ pub fn bind_guarded(src: &Path, target: &Path) -> Result<Mounted, SysError> {
 
 /// True if `path` is a mount point listed in /proc/self/mounts.
 pub fn is_mounted(path: &Path) -> bool {
-    let want = path.to_string_lossy();
-    std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| {
-            m.lines()
-                .any(|l| l.split_whitespace().nth(1) == Some(&want))
-        })
-        .unwrap_or(false)
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let found = mount_points(&mounts).any(|m| Path::new(m) == path);
+    found
+}
+
+fn mount_points(mounts: &str) -> impl Iterator<Item = &str> {
+    mounts.lines().filter_map(|l| l.split_whitespace().nth(1))
+}
+
+/// The mount points of a /proc/self/mounts text at or below `prefix`, deepest
+/// first. Compared by path components: `/target/` (as `Path::join("")` makes
+/// it) is the mount point `/target`.
+pub fn mounts_under(mounts: &str, prefix: &Path) -> Vec<String> {
+    let mut points: Vec<String> = mount_points(mounts)
+        .filter(|m| Path::new(m).starts_with(prefix))
+        .map(str::to_string)
+        .collect();
+    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    points.dedup();
+    points
 }
 
 /// Unmounts everything at or below `prefix`, deepest first. Best-effort; returns
 /// what could not be unmounted.
 pub fn umount_tree(prefix: &Path) -> Vec<String> {
-    let p = prefix.to_string_lossy().to_string();
-    let mut points: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
-        .filter(|m| *m == p || m.starts_with(&format!("{p}/")))
-        .collect();
-    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    points.dedup();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let points = mounts_under(&mounts, prefix);
     let mut failed = Vec::new();
     for m in points {
-        if nix::mount::umount2(m.as_str(), MntFlags::empty()).is_err()
-            && nix::mount::umount2(m.as_str(), MntFlags::MNT_DETACH).is_err()
-        {
+        let Err(busy) = nix::mount::umount2(m.as_str(), MntFlags::empty()) else {
+            continue;
+        };
+        // A lazy detach hides the mount but keeps the file system live (and its
+        // journal dirty) until the holder lets go: say who holds it.
+        let holders = holders_of(Path::new(&m), Path::new("/proc"));
+        if nix::mount::umount2(m.as_str(), MntFlags::MNT_DETACH).is_err() {
             failed.push(m);
+        } else {
+            crate::console::line(&format!(
+                "umount {m}: {busy}; detached lazily (held by {})",
+                if holders.is_empty() {
+                    "no process found".to_string()
+                } else {
+                    holders.join(", ")
+                }
+            ));
         }
     }
     failed
+}
+
+/// The processes (`pid name`) with a cwd, root or open file at or below `at`.
+pub fn holders_of(at: &Path, proc: &Path) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(proc) else {
+        return Vec::new();
+    };
+    let under = |p: &Path| p.starts_with(at);
+    let mut found = Vec::new();
+    for e in dir.flatten() {
+        let pid = e.file_name().to_string_lossy().to_string();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let base = e.path();
+        let links = ["cwd", "root", "exe"].iter().map(|l| base.join(l)).chain(
+            std::fs::read_dir(base.join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|f| f.path()),
+        );
+        let holds = links
+            .filter_map(|l| std::fs::read_link(l).ok())
+            .find(|t| under(t));
+        if let Some(t) = holds {
+            let name = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
+            found.push(format!("{pid} {} ({})", name.trim(), t.display()));
+        }
+    }
+    found.sort();
+    found
 }
 
 fn finish(cmd: String, out: std::process::Output) -> Result<String, SysError> {
@@ -260,6 +311,7 @@ pub fn is_pid1() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     /// Guards unmount on drop (a list of them too), on an explicit unmount,
     /// and when a panic unwinds past them.
@@ -291,5 +343,51 @@ mod tests {
         });
         assert!(r.is_err());
         assert!(!is_mounted(&outer));
+
+        // The root guard's path is `TARGET.join("")`, with a trailing slash:
+        // it must still unmount (it once matched nothing, so every install
+        // rebooted with its root mounted and its journal dirty).
+        let slash = PathBuf::from(format!("{}/", outer.display()));
+        let m = tmpfs(&slash).unwrap();
+        assert!(is_mounted(&outer));
+        assert_eq!(m.unmount(), Vec::<String>::new());
+        assert!(!is_mounted(&outer), "{slash:?} is still mounted");
+    }
+
+    #[test]
+    fn mounts_under_a_prefix_are_listed_deepest_first_by_path_component() {
+        let mounts = "\
+/dev/vda2 /target ext3 rw 0 0
+proc /target/proc proc rw 0 0
+/dev/vda4 /target/scratch xfs rw 0 0
+tmpfs /target-other tmpfs rw 0 0
+/dev/vda1 /run/rollout-esp vfat rw 0 0
+";
+        let want = vec!["/target/scratch", "/target/proc", "/target"];
+        assert_eq!(mounts_under(mounts, Path::new("/target")), want);
+        assert_eq!(mounts_under(mounts, Path::new("/target/")), want);
+        assert!(mounts_under(mounts, Path::new("/tar")).is_empty());
+    }
+
+    /// A process with its cwd in a directory holds it; others do not.
+    #[test]
+    fn holders_of_names_the_process_with_its_cwd_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        let found = holders_of(dir.path(), Path::new("/proc"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(
+            found
+                .iter()
+                .any(|h| h.starts_with(&format!("{} sleep", child.id()))),
+            "{found:?}"
+        );
+        let other = tempfile::tempdir().unwrap();
+        assert!(holders_of(other.path(), Path::new("/proc")).is_empty());
     }
 }

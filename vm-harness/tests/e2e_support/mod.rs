@@ -183,8 +183,23 @@ impl E2eLab {
     }
 
     /// Waits until `id` is installed and its installed OS phoned home.
+    /// An install seen on its console must have left the root clean: the first
+    /// boot after it replays no journal.
     pub fn wait_booted(&mut self, id: &str, timeout: Duration) -> NodeRecord {
-        self.wait_record(id, "install and phone-home", timeout, |r| r.is_done())
+        let node = self.lab.nodes().iter().position(|n| n.name() == id);
+        let mark = node.map(|i| self.lab.nodes()[i].console_mark());
+        let rec = self.wait_record(id, "install and phone-home", timeout, |r| r.is_done());
+        if let (Some(i), Some(mark)) = (node, mark) {
+            let text = vm_harness::console::read_from(&self.lab.nodes()[i].console_log(), mark);
+            if let Some(at) = text.rfind("rollout: finish: installed") {
+                let boot = &text[at..];
+                assert!(
+                    !boot.contains("recovery required"),
+                    "{id}: the installer rebooted with the root still mounted: its first boot replayed the journal"
+                );
+            }
+        }
+        rec
     }
 
     pub fn server_log(&mut self) -> String {
