@@ -178,7 +178,12 @@ pub fn disk_devices(hw: &Hardware, drives: &[Drive]) -> Vec<String> {
             DiskBus::VirtioBlk => {
                 format!("virtio-blk-pci,drive={id},serial={serial}{sectors}{boot}")
             }
-            DiskBus::Nvme => format!("nvme,drive={id},serial={serial}{sectors}{boot}"),
+            // Under the Intel ID Linux sends this controller no Write Zeroes
+            // (NVME_QUIRK_DISABLE_WRITE_ZEROES): QEMU 7.2's emulation of it
+            // stalls under TCG load until the driver resets the controller.
+            DiskBus::Nvme => {
+                format!("nvme,drive={id},serial={serial},use-intel-id=on{sectors}{boot}")
+            }
             DiskBus::Sata => {
                 format!("ide-hd,drive={id},bus=sata0.{i},serial={serial}{sectors}{boot}")
             }
@@ -232,7 +237,7 @@ mod tests {
         );
         assert_eq!(
             disk_devices(&hw(DiskBus::Nvme, 4096), &one("")).join(" "),
-            "-device nvme,drive=d0,serial=s1,logical_block_size=4096,physical_block_size=4096"
+            "-device nvme,drive=d0,serial=s1,use-intel-id=on,logical_block_size=4096,physical_block_size=4096"
         );
         assert_eq!(
             disk_devices(&hw(DiskBus::Sata, 512), &one("")).join(" "),
