@@ -14,6 +14,7 @@
 
 use super::store::Images;
 use super::ImageError;
+use crate::config::{MIRROR_MODULE, MIRROR_USER};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,9 @@ pub struct RsyncdSettings {
     /// rsync `hosts allow` entries, e.g. `10.44.0.0/24`.
     pub hosts_allow: Vec<String>,
     pub max_connections: u32,
+    /// `Some(hosts allow)`: export the whole image store to mirrors as module
+    /// [`MIRROR_MODULE`], read by [`MIRROR_USER`] only (see `images::mirror`).
+    pub mirror_hosts: Option<Vec<String>>,
 }
 
 impl RsyncdSettings {
@@ -42,6 +46,7 @@ impl RsyncdSettings {
             port: 873,
             hosts_allow,
             max_connections: 32,
+            mirror_hosts: None,
         }
     }
 
@@ -186,7 +191,45 @@ pub fn render_config(
         }
         let _ = writeln!(c, "    auth users = {}", readers.join(", "));
     }
+    if let Some(hosts) = &s.mirror_hosts {
+        render_mirror_module(&mut c, s, hosts, users)?;
+    }
     Ok(c)
+}
+
+/// The module mirrors copy from: every image with its serials, metadata and
+/// `published` link, so a mirror serves them exactly as this server does. A
+/// change in progress (`work/`, the lock) and a mirror's own staging copies
+/// are not part of any serial and stay out.
+fn render_mirror_module(
+    c: &mut String,
+    s: &RsyncdSettings,
+    hosts: &[String],
+    users: &[RsyncUser],
+) -> Result<(), ImageError> {
+    if hosts.is_empty() {
+        return Err(ImageError::BadSetting("mirror hosts allow is empty".into()));
+    }
+    for h in hosts {
+        check_value("mirror hosts allow", h)?;
+    }
+    let path = Images::new(&s.state_dir).root().to_path_buf();
+    check_value("path", &path.to_string_lossy())?;
+    let reader = if users.iter().any(|u| u.user == MIRROR_USER) {
+        MIRROR_USER
+    } else {
+        NOBODY
+    };
+    let _ = writeln!(c, "\n[{MIRROR_MODULE}]");
+    let _ = writeln!(c, "    path = {}", path.display());
+    let _ = writeln!(c, "    comment = every image, for mirrors");
+    let _ = writeln!(c, "    hosts allow = {}", hosts.join(" "));
+    let _ = writeln!(c, "    auth users = {reader}");
+    let _ = writeln!(
+        c,
+        "    exclude = /*/work/ /*/dirty.lock /*/.published.* /*/mirror-staging/"
+    );
+    Ok(())
 }
 
 /// `user:password` lines for rsyncd's secrets file.
