@@ -14,7 +14,6 @@
 
 use super::store::Images;
 use super::ImageError;
-use crate::config::{MIRROR_MODULE, MIRROR_USER};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -86,7 +85,7 @@ pub use crate::inventory::secrets::RsyncUser;
 
 /// No such user is ever in the secrets file: a module nobody may read yet
 /// still gets an `auth users` line, because without one rsync serves it to anyone.
-const NOBODY: &str = "rollout-nobody";
+pub(crate) const NOBODY: &str = "rollout-nobody";
 
 /// Where the daemon's users come from (the inventory, in `rollout serve`).
 pub type UserSource = std::sync::Arc<dyn Fn() -> Vec<RsyncUser> + Send + Sync>;
@@ -115,7 +114,7 @@ pub fn modules(images: &Images) -> Result<Vec<ModuleSpec>, ImageError> {
     Ok(out)
 }
 
-fn check_value(what: &str, v: &str) -> Result<(), ImageError> {
+pub(crate) fn check_value(what: &str, v: &str) -> Result<(), ImageError> {
     // rsyncd.conf has no quoting: a newline or bracket would start a new setting or module.
     if v.is_empty() || v.contains(['\n', '\r', '[', ']', '#', ';']) || v.trim() != v {
         return Err(ImageError::BadSetting(format!("{what} = {v:?}")));
@@ -192,44 +191,9 @@ pub fn render_config(
         let _ = writeln!(c, "    auth users = {}", readers.join(", "));
     }
     if let Some(hosts) = &s.mirror_hosts {
-        render_mirror_module(&mut c, s, hosts, users)?;
+        super::mirror::export::render(&mut c, s, hosts, users)?;
     }
     Ok(c)
-}
-
-/// The module mirrors copy from: every image with its serials, metadata and
-/// `published` link, so a mirror serves them exactly as this server does. A
-/// change in progress (`work/`, the lock) and a mirror's own staging copies
-/// are not part of any serial and stay out.
-fn render_mirror_module(
-    c: &mut String,
-    s: &RsyncdSettings,
-    hosts: &[String],
-    users: &[RsyncUser],
-) -> Result<(), ImageError> {
-    if hosts.is_empty() {
-        return Err(ImageError::BadSetting("mirror hosts allow is empty".into()));
-    }
-    for h in hosts {
-        check_value("mirror hosts allow", h)?;
-    }
-    let path = Images::new(&s.state_dir).root().to_path_buf();
-    check_value("path", &path.to_string_lossy())?;
-    let reader = if users.iter().any(|u| u.user == MIRROR_USER) {
-        MIRROR_USER
-    } else {
-        NOBODY
-    };
-    let _ = writeln!(c, "\n[{MIRROR_MODULE}]");
-    let _ = writeln!(c, "    path = {}", path.display());
-    let _ = writeln!(c, "    comment = every image, for mirrors");
-    let _ = writeln!(c, "    hosts allow = {}", hosts.join(" "));
-    let _ = writeln!(c, "    auth users = {reader}");
-    let _ = writeln!(
-        c,
-        "    exclude = /*/work/ /*/dirty.lock /*/.published.* /*/mirror-staging/"
-    );
-    Ok(())
 }
 
 /// `user:password` lines for rsyncd's secrets file.

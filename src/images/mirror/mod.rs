@@ -12,6 +12,7 @@
 //! The mirror follows the primary: its published serial, its rollbacks and its
 //! prunes. A serial the primary prunes while it is being copied is discarded.
 
+pub mod export;
 pub mod plan;
 pub mod rsync;
 pub mod status;
