@@ -325,11 +325,14 @@ async fn an_interrupted_copy_resumes_and_never_publishes_half() {
         bytes_under(&staging) > (size as u64) / 4
     })
     .await;
-    let shown = MirrorStatus::read(&m_state).unwrap();
-    assert!(
-        matches!(&shown.state, MirrorState::Copying { image, serial: 1, percent, .. } if image == "web" && *percent < 100),
-        "{shown}"
-    );
+    // Operators see the copy move (rsync's progress, live).
+    wait_until("progress in the status", Duration::from_secs(10), || {
+        assert!(local.serials("web").unwrap().is_empty(), "published before complete");
+        let shown = MirrorStatus::read(&m_state).unwrap();
+        matches!(&shown.state, MirrorState::Copying { image, serial: 1, percent, bytes } if image == "web" && *percent > 0 && *percent < 100 && *bytes > 0)
+            && shown.to_string().contains("copying web serial 1: ")
+    })
+    .await;
     cancel.cancel();
     tokio::time::timeout(Duration::from_secs(15), running)
         .await
@@ -362,6 +365,116 @@ async fn an_interrupted_copy_resumes_and_never_publishes_half() {
         "the partial copy was not reused: {stats:?}, {kept} kept"
     );
     assert!(stats.literal < size as u64 - kept / 2, "{stats:?}");
+    assert_same_serial(&p, &local, 1);
+    primary.stop().await;
+}
+
+/// The processes of the primary's rsync daemon (the listener and the one serving
+/// each connection), found by the config file they were started with.
+fn daemon_pids(state: &Path) -> Vec<i32> {
+    let conf = format!("--config={}", state.join("rsyncd.conf").display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == conf.as_bytes()))
+        })
+        .collect()
+}
+
+/// Sends `signal` to the daemon's processes; continues them when dropped, so a
+/// failing test leaves nothing stopped behind.
+struct Frozen(Vec<i32>);
+
+impl Frozen {
+    fn freeze(state: &Path) -> Frozen {
+        let pids = daemon_pids(state);
+        assert!(!pids.is_empty(), "no rsync daemon of {}", state.display());
+        for &pid in &pids {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGSTOP);
+        }
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGCONT);
+        }
+    }
+}
+
+/// The primary stops answering mid-copy (its daemon frozen, as behind a dead
+/// link): rsync gives up after its I/O timeout, the mirror reports the error and
+/// keeps retrying, publishes nothing, and keeps what it copied for the next try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_network_is_an_error_that_publishes_nothing_and_resumes() {
+    prerequisites();
+    let t = tempfile::tempdir().unwrap();
+    let port = testkit::ports::free_port();
+    let p_state = t.path().join("primary");
+    let primary = Primary::start(&p_state, port, true).await;
+    let size = 16 << 20;
+    let p = primary.images();
+    p.import(
+        "web",
+        &source_tree(t.path(), "1", &random_bytes(size)),
+        "",
+        &[],
+    )
+    .unwrap();
+
+    let m_state = t.path().join("mirror");
+    let mut m = mirror(&m_state, port, PASSWORD);
+    m.client.bwlimit = 2048;
+    m.client.io_timeout = Duration::from_secs(3);
+    let staging = m.staging_dir("web", 1);
+    let local = Images::new(&m_state);
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(m.run(cancel.clone()));
+    wait_until("a quarter of the copy", Duration::from_secs(30), || {
+        bytes_under(&staging) > (size as u64) / 4
+    })
+    .await;
+    let frozen = Frozen::freeze(&p_state);
+    wait_until("the error in the status", Duration::from_secs(30), || {
+        assert!(
+            local.serials("web").unwrap().is_empty(),
+            "published before complete"
+        );
+        matches!(
+            MirrorStatus::read(&m_state).map(|s| s.state),
+            Some(MirrorState::Error { cause, .. }) if cause.contains("cannot reach the primary")
+        )
+    })
+    .await;
+    assert!(!running.is_finished(), "the mirror gave up");
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .unwrap()
+        .unwrap();
+    let kept = std::fs::metadata(staging.join("root/usr/lib/big"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(kept > 0 && kept < size as u64, "nothing kept: {kept} bytes");
+    assert!(local.serials("web").unwrap().is_empty());
+
+    // The link is back.
+    drop(frozen);
+    let m = mirror(&m_state, port, PASSWORD);
+    let pulled = m
+        .pull("web", 1, &CancellationToken::new(), &mut status())
+        .await
+        .unwrap();
+    let Pulled::Complete(stats) = pulled else {
+        panic!("{pulled:?}")
+    };
+    assert!(stats.matched >= kept / 2, "{stats:?}, {kept} kept");
     assert_same_serial(&p, &local, 1);
     primary.stop().await;
 }

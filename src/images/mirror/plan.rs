@@ -141,6 +141,34 @@ pub fn log_step(last_logged: Option<u8>, now: u8) -> bool {
     }
 }
 
+/// Whether a copy still moves: some counter of its I/O (bytes read, output
+/// written) must grow within `timeout`.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    timeout: Duration,
+    last_change: std::time::Instant,
+    last_value: Option<u64>,
+}
+
+impl Liveness {
+    pub fn new(now: std::time::Instant, timeout: Duration) -> Self {
+        Liveness {
+            timeout,
+            last_change: now,
+            last_value: None,
+        }
+    }
+
+    /// Records the counter's value now; true once it stood still for `timeout`.
+    pub fn stalled(&mut self, now: std::time::Instant, value: u64) -> bool {
+        if self.last_value != Some(value) {
+            self.last_value = Some(value);
+            self.last_change = now;
+        }
+        now.duration_since(self.last_change) >= self.timeout
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +253,18 @@ mod tests {
             Duration::from_secs(1)
         );
         assert_eq!(backoff(u32::MAX, i), i);
+    }
+
+    #[test]
+    fn a_copy_stalls_when_its_counter_stands_still_for_the_timeout() {
+        let t0 = std::time::Instant::now();
+        let s = |n| t0 + Duration::from_secs(n);
+        let mut l = Liveness::new(t0, Duration::from_secs(10));
+        assert!(!l.stalled(s(0), 5));
+        assert!(!l.stalled(s(9), 5));
+        assert!(!l.stalled(s(15), 6), "it moved");
+        assert!(!l.stalled(s(24), 6));
+        assert!(l.stalled(s(25), 6));
     }
 
     #[test]

@@ -46,6 +46,20 @@ impl Client {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                // A server killed outright (SIGKILL, OOM) must not leave its rsync
+                // writing into the staging copy while the restarted server starts
+                // another: SIGTERM it with us, which also keeps its partial file.
+                // (Tied to the spawning thread: a runtime worker, which lives as
+                // long as the server; never spawned from the blocking pool.)
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         Ok(cmd)
     }
 
@@ -81,6 +95,8 @@ impl Client {
             "--partial",
             "--no-inc-recursive",
             "--info=progress2",
+            // Progress as it happens, not in 4 KiB blocks of a buffered pipe.
+            "--outbuf=N",
             "--stats",
         ]);
         if self.bwlimit > 0 {
@@ -126,14 +142,33 @@ impl Client {
         let mut out = Vec::new();
         let mut line = Vec::new();
         let mut buf = [0u8; 8192];
+        let mut liveness = plan::Liveness::new(std::time::Instant::now(), self.io_timeout);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut output = 0u64;
         loop {
             let n = tokio::select! {
                 _ = cancel.cancelled() => {
                     stop(&mut child).await;
                     return Err(MirrorError::Cancelled);
                 }
+                _ = tick.tick() => {
+                    let read = child.id().map(tree_rchar).unwrap_or(0);
+                    if liveness.stalled(std::time::Instant::now(), read + output) {
+                        stop(&mut child).await;
+                        return Err(MirrorError::Unreachable {
+                            url: self.url.to_string(),
+                            port: self.url.port,
+                            detail: format!(
+                                "no data from it for {} s (network gone?); what was copied is kept",
+                                self.io_timeout.as_secs()
+                            ),
+                        });
+                    }
+                    continue;
+                }
                 n = stdout.read(&mut buf) => n.unwrap_or(0),
             };
+            output += n as u64;
             if n == 0 {
                 break;
             }
@@ -169,6 +204,28 @@ impl Client {
         }
         Err(classify(&self.url, status.code(), &err))
     }
+}
+
+/// Bytes rsync and the processes it forked (the receiver) have read so far:
+/// the network and the local basis files. rsync's own `--timeout` misses a
+/// primary that went silent while the receiving side's keep-alives still fit
+/// into the socket buffer; this counter stops growing then.
+fn tree_rchar(pid: u32) -> u64 {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("rchar:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    own + children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .map(tree_rchar)
+        .sum::<u64>()
 }
 
 /// SIGTERM first: rsync then keeps the file it was writing (`--partial`), which
