@@ -141,3 +141,107 @@ fn serve_refuses_a_mirror_from_that_is_not_rsync() {
         "{err}"
     );
 }
+
+/// rsync processes writing into `state`'s staging copies.
+fn staging_writers(state: &Path) -> Vec<String> {
+    let needle = state
+        .join("images/web/mirror-staging")
+        .display()
+        .to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(&needle).then(|| format!("{pid}: {cmd}"))
+        })
+        .collect()
+}
+
+/// The mirror's server is killed outright (SIGKILL) mid-copy: its rsync goes
+/// with it (its progress output has no reader left; PDEATHSIG otherwise), keeping
+/// its partial file; nothing half-copied is published, and the restarted server
+/// resumes from the staging copy.
+#[test]
+fn a_mirror_server_killed_mid_copy_resumes_after_restart() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "rollout serve's rsync daemon reads images as root: run this test as root"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let primary_rsync = free_port();
+    let p_dir = t.path().join("primary");
+    write_config(&p_dir, primary_rsync, "");
+    let primary = Server::start(&p_dir);
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("usr/lib")).unwrap();
+    let big = {
+        use std::io::Read;
+        let mut b = vec![0u8; 16 << 20];
+        std::fs::File::open("/dev/urandom")
+            .unwrap()
+            .read_exact(&mut b)
+            .unwrap();
+        b
+    };
+    std::fs::write(src.join("usr/lib/big"), &big).unwrap();
+    let (ok, out, err) = primary.cli(&["image", "import", "web", src.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+
+    let m_dir = t.path().join("mirror");
+    write_config(
+        &m_dir,
+        free_port(),
+        &format!("mirror_from = \"rsync://127.0.0.1:{primary_rsync}/\"\nmirror_interval = 5\nmirror_bwlimit = 2048"),
+    );
+    let m_state = m_dir.join("state");
+    let mut mirror = Server::start(&m_dir);
+    wait_for(
+        "the copy to be under way",
+        &mirror,
+        Duration::from_secs(30),
+        || {
+            let (_, out, _) = mirror.cli(&["image", "list"]);
+            out.contains("copying web serial 1: ") && !out.contains("copying web serial 1: 0%")
+        },
+    );
+    mirror.child.kill().unwrap();
+    mirror.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !staging_writers(&m_state).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "rsync outlived its server: {:?}",
+            staging_writers(&m_state)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !m_state.join("images/web/published").exists(),
+        "a half copy was published"
+    );
+    assert!(!m_state.join("images/web/serials/1").exists());
+    let kept = std::fs::metadata(m_state.join("images/web/mirror-staging/1/root/usr/lib/big"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(kept > 0, "the partial file was not kept");
+    drop(mirror);
+
+    let mirror = Server::start(&m_dir);
+    wait_for(
+        "serial 1 on the restarted mirror",
+        &mirror,
+        Duration::from_secs(60),
+        || {
+            let (_, out, _) = mirror.cli(&["image", "list"]);
+            out.contains("idle (in step with the primary)")
+        },
+    );
+    assert_eq!(
+        std::fs::read(m_state.join("images/web/published/root/usr/lib/big")).unwrap(),
+        big
+    );
+    let log = mirror.log_text();
+    assert!(log.contains("resume=true"), "{log}");
+}
