@@ -379,15 +379,11 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     } else {
         warn!("server.address is not set: no rsync daemon, so nodes cannot install");
     }
-    if let Some(url) = config.mirror_from.clone() {
-        let password_file = config
-            .mirroring
-            .mirror_password_file
-            .clone()
-            .expect("validated: a mirror has a password file");
-        let mut mirror = crate::images::mirror::Mirror::new(&config.state_dir, url, password_file);
-        mirror.interval = std::time::Duration::from_secs(config.mirroring.mirror_interval);
-        mirror.client.bwlimit = config.mirroring.mirror_bwlimit;
+    if let Some(source) = config.mirror_from.clone() {
+        let mut mirror =
+            crate::images::mirror::Mirror::new(&config.state_dir, source.url, source.password_file);
+        mirror.interval = source.interval;
+        mirror.client.bwlimit = source.bwlimit;
         let in_use_inventory = inventory.clone();
         mirror.in_use = Arc::new(move |image| match in_use_inventory.list() {
             Ok(records) => Some(

@@ -342,6 +342,10 @@ async fn an_interrupted_copy_resumes_and_never_publishes_half() {
         local.serials("web").unwrap().is_empty(),
         "a half copy was published"
     );
+    assert_eq!(
+        MirrorStatus::read(&m_state).unwrap().state,
+        MirrorState::Stopped
+    );
     assert_eq!(local.published("web").unwrap(), None);
     let kept = std::fs::metadata(staging.join("root/usr/lib/big"))
         .map(|m| m.len())

@@ -134,7 +134,39 @@ impl TryFrom<&str> for MirrorUrl {
 
 const URL_FIX: &str = "write it as rsync://primary/ or rsync://primary:873/ (the primary's server.address and server.rsync_port), or remove it on the primary itself";
 
+/// What a mirror needs to copy from its primary, checked: `[images]` of a server
+/// with `mirror_from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorSource {
+    pub url: MirrorUrl,
+    pub password_file: PathBuf,
+    pub interval: std::time::Duration,
+    /// KiB/s, 0: no limit.
+    pub bwlimit: u64,
+}
+
 impl ImagesConfig {
+    /// Everything a mirror copies with, or `None` on a server that is no mirror.
+    pub fn mirror_source(&self) -> Result<Option<MirrorSource>, ConfigError> {
+        self.validate()?;
+        let Some(url) = self.mirror_url()? else {
+            return Ok(None);
+        };
+        let password_file = self.mirror_password_file.clone().ok_or_else(|| {
+            invalid(
+                "images.mirror_password_file",
+                "is not set but images.mirror_from is",
+                "point it at the file holding the mirror password",
+            )
+        })?;
+        Ok(Some(MirrorSource {
+            url,
+            password_file,
+            interval: std::time::Duration::from_secs(self.mirror_interval),
+            bwlimit: self.mirror_bwlimit,
+        }))
+    }
+
     /// `mirror_from` parsed, or `None` on a server that is no mirror.
     pub fn mirror_url(&self) -> Result<Option<MirrorUrl>, ConfigError> {
         let Some(url) = self.mirror_from.as_deref() else {
@@ -304,8 +336,19 @@ mod tests {
         assert!(e.contains("images.mirror_interval"), "{e}");
         let e = parse("mirror_hosts = [\"10.0.0.0/8 #\"]").unwrap_err();
         assert!(e.contains("images.mirror_hosts[0]"), "{e}");
-        let c = parse("mirror_from = \"rsync://p:99/\"\nmirror_password_file = \"/p\"").unwrap();
-        assert_eq!(c.mirroring.mirror_url().unwrap().unwrap().port, 99);
+        let c = parse(
+            "mirror_from = \"rsync://p:99/\"\nmirror_password_file = \"/p\"\nmirror_bwlimit = 512",
+        )
+        .unwrap();
+        let m = c.mirroring.mirror_source().unwrap().unwrap();
+        assert_eq!((m.url.port, m.bwlimit, m.interval.as_secs()), (99, 512, 30));
+        assert_eq!(m.password_file, std::path::Path::new("/p"));
+        assert!(parse("")
+            .unwrap()
+            .mirroring
+            .mirror_source()
+            .unwrap()
+            .is_none());
         // `[[image]]` tables keep working next to `[images]`.
         let c = Config::parse(
             "state_dir = \"/x\"\n[images]\nmirror_password_file = \"/p\"\n[[image]]\nname = \"web\"\nexcludes = [\"/var/x/\"]\n",

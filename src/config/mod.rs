@@ -21,7 +21,7 @@ pub use layout::{LayoutConfig, LvmConfig, MountConfig, PartitionConfig, RaidConf
 pub use link::BondConfig;
 pub use mirror::{
     check_password_file as check_mirror_password_file, read_password as read_mirror_password,
-    ImagesConfig, MirrorUrl, MIRROR_MODULE, MIRROR_USER,
+    ImagesConfig, MirrorSource, MirrorUrl, MIRROR_MODULE, MIRROR_USER,
 };
 pub use multicast::MulticastConfig;
 use policy::check_unknown_policy;

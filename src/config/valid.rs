@@ -37,8 +37,8 @@ pub struct ValidConfig {
     pub nodes: Vec<DeclaredNode>,
     /// `[store]` parsed: the shared lease database, or `None` for SQLite.
     pub store: Option<super::PgTarget>,
-    /// `[images] mirror_from` parsed: this server mirrors the primary there.
-    pub mirror_from: Option<super::MirrorUrl>,
+    /// `[images]` of a mirror: the primary it copies from, and how.
+    pub mirror_from: Option<super::MirrorSource>,
 }
 
 impl ValidConfig {
@@ -60,7 +60,7 @@ impl ValidConfig {
             .as_ref()
             .map(super::PgTarget::try_from)
             .transpose()?;
-        let mirror_from = config.mirroring.mirror_url()?;
+        let mirror_from = config.mirroring.mirror_source()?;
         Ok(ValidConfig {
             mirror_from,
             config,

@@ -153,7 +153,10 @@ impl Mirror {
                     status.set(&self.state_dir, MirrorState::Idle);
                     self.interval
                 }
-                Err(MirrorError::Cancelled) => return,
+                Err(MirrorError::Cancelled) => {
+                    status.set(&self.state_dir, MirrorState::Stopped);
+                    return;
+                }
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     let wait = plan::backoff(failures, self.interval);
@@ -169,7 +172,10 @@ impl Mirror {
                 }
             };
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => {
+                    status.set(&self.state_dir, MirrorState::Stopped);
+                    return;
+                }
                 _ = tokio::time::sleep(wait) => {}
             }
         }

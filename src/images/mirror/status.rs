@@ -22,6 +22,8 @@ pub enum MirrorState {
         cause: String,
         retry_in_secs: u64,
     },
+    /// `rollout serve` stopped; a copy it was making resumes when it starts.
+    Stopped,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +90,7 @@ impl std::fmt::Display for MirrorState {
                 cause,
                 retry_in_secs,
             } => write!(f, "error: {cause} (retrying in {retry_in_secs} s)"),
+            MirrorState::Stopped => write!(f, "stopped (rollout serve is not running)"),
         }
     }
 }
