@@ -88,8 +88,10 @@ impl Client {
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Stats, MirrorError> {
         let mut cmd = self.command()?;
+        // The installer's flags (hard links, ACLs, xattrs, sparse files): a copy
+        // here is what a node would have got from the primary.
         cmd.args([
-            "-aHAX",
+            "-aHAXS",
             "--numeric-ids",
             "--delete",
             "--partial",
