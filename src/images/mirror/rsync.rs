@@ -94,6 +94,11 @@ impl Client {
             "-aHAXS",
             "--numeric-ids",
             "--delete",
+            // Compare contents, not size and mtime: a file changed in `enter`
+            // within the same second at the same size would otherwise be taken
+            // from the older serial (`--copy-dest`) unchanged. The primary reads
+            // the serial once per mirror for it; a wrong serial is worse.
+            "--checksum",
             "--partial",
             "--no-inc-recursive",
             "--info=progress2",
