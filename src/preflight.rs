@@ -28,6 +28,7 @@ impl TryFrom<Config> for ValidConfig {
                 "the lease database user's password",
             )?;
         }
+        crate::config::check_mirror_password_file(&config.mirroring)?;
         let tftp_root = crate::tftp::check_root(&config.server.tftp_root)?;
         let interface_addr = match &config.server.interface {
             Some(iface) if config.dhcp.mode != DhcpMode::Off => crate::netif::ipv4_of(iface)?,

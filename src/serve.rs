@@ -360,19 +360,48 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         let mut supervisor = crate::images::rsyncd::Supervisor::new(settings);
         supervisor.metrics = metrics.clone();
         let users_inventory = inventory.clone();
-        supervisor.users = Arc::new(move || match users_inventory.list() {
-            Ok(records) => crate::inventory::secrets::rsync_users(&records),
-            Err(e) => {
-                // Nobody in: the secrets file is rewritten empty rather than stale.
-                warn!("cannot read the nodes for rsync's users: {e}");
-                vec![]
-            }
+        let mirror_password = mirror_export(&config, &mut supervisor.settings);
+        supervisor.users = Arc::new(move || {
+            let mut users = match users_inventory.list() {
+                Ok(records) => crate::inventory::secrets::rsync_users(&records),
+                Err(e) => {
+                    // Nobody in: the secrets file is rewritten empty rather than stale.
+                    warn!("cannot read the nodes for rsync's users: {e}");
+                    vec![]
+                }
+            };
+            users.extend(mirror_password.as_deref().and_then(mirror_user));
+            users
         });
         rsync_modules = Some(supervisor.modules());
         let c = cancel.clone();
         tasks.spawn(async move { supervisor.run(c).await.map_err(std::io::Error::other) });
     } else {
         warn!("server.address is not set: no rsync daemon, so nodes cannot install");
+    }
+    if let Some(source) = config.mirror_from.clone() {
+        let mut mirror =
+            crate::images::mirror::Mirror::new(&config.state_dir, source.url, source.password_file);
+        mirror.interval = source.interval;
+        mirror.client.bwlimit = source.bwlimit;
+        let in_use_inventory = inventory.clone();
+        mirror.in_use = Arc::new(move |image| match in_use_inventory.list() {
+            Ok(records) => Some(
+                crate::inventory::serials_being_installed(&records, image)
+                    .into_iter()
+                    .map(|(serial, _)| serial)
+                    .collect(),
+            ),
+            Err(e) => {
+                warn!("mirror: cannot read the nodes being installed: {e}");
+                None
+            }
+        });
+        let c = cancel.clone();
+        tasks.spawn(async move {
+            mirror.run(c).await;
+            Ok(())
+        });
     }
     let tftp_metrics = metrics.clone();
     let multicast = Arc::new(crate::multicast::Multicast::new(
@@ -438,6 +467,44 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     match first_error {
         Some(e) => Err(ServeError::Task(e)),
         None => Ok(()),
+    }
+}
+
+/// On a primary (`[images] mirror_password_file` without `mirror_from`): exports
+/// the image store to mirrors from `mirror_hosts`, else from the subnets nodes
+/// copy from. Returns the password file the mirror user's password is read from.
+fn mirror_export(
+    config: &ValidConfig,
+    settings: &mut crate::images::rsyncd::RsyncdSettings,
+) -> Option<std::path::PathBuf> {
+    let m = &config.mirroring;
+    if m.is_mirror() {
+        return None;
+    }
+    let password_file = m.mirror_password_file.clone()?;
+    let hosts = if m.mirror_hosts.is_empty() {
+        settings.hosts_allow.clone()
+    } else {
+        m.mirror_hosts.clone()
+    };
+    info!(hosts = ?hosts, "mirrors may copy images ([images] mirror_password_file)");
+    settings.mirror_hosts = Some(hosts);
+    Some(password_file)
+}
+
+/// The mirror user with the password as the file holds it now (read at every
+/// rewrite of the secrets, so a new password needs no restart).
+fn mirror_user(password_file: &std::path::Path) -> Option<crate::images::rsyncd::RsyncUser> {
+    match crate::config::read_mirror_password(password_file) {
+        Ok(password) => Some(crate::images::rsyncd::RsyncUser {
+            user: crate::config::MIRROR_USER.into(),
+            password,
+            image: crate::config::MIRROR_MODULE.into(),
+        }),
+        Err(e) => {
+            warn!("[images] mirror_password_file: {e}; mirrors cannot log in until it is fixed");
+            None
+        }
     }
 }
 

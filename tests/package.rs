@@ -108,6 +108,13 @@ fn every_key_set() -> Config {
                 options: "ro".into(),
             }],
         }],
+        mirroring: ImagesConfig {
+            mirror_from: Some("rsync://p/".into()),
+            mirror_password_file: Some("/p".into()),
+            mirror_interval: 30,
+            mirror_bwlimit: 0,
+            mirror_hosts: vec!["10.45.0.0/24".into()],
+        },
         power: PowerConfig {
             poll_interval: 300,
             concurrency: 8,

@@ -6,6 +6,7 @@ mod bmc;
 mod image;
 mod layout;
 mod link;
+mod mirror;
 mod multicast;
 mod policy;
 mod store;
@@ -18,6 +19,10 @@ pub use bmc::{
 pub use image::{ImageConfig, ImageMount};
 pub use layout::{LayoutConfig, LvmConfig, MountConfig, PartitionConfig, RaidConfig, VolumeConfig};
 pub use link::BondConfig;
+pub use mirror::{
+    check_password_file as check_mirror_password_file, read_password as read_mirror_password,
+    ImagesConfig, MirrorSource, MirrorUrl, MIRROR_MODULE, MIRROR_USER,
+};
 pub use multicast::MulticastConfig;
 use policy::check_unknown_policy;
 pub use policy::{RetryPolicy, UnknownPolicy};
@@ -67,6 +72,9 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     #[serde(default, rename = "image")]
     pub images: Vec<ImageConfig>,
+    /// `[images]`: mirroring images from a primary server, or letting mirrors copy.
+    #[serde(default, rename = "images")]
+    pub mirroring: ImagesConfig,
     #[serde(default)]
     pub power: PowerConfig,
     /// Named disk layouts (`[[layout]]`) that nodes and `[install]` pick by name.
@@ -527,6 +535,7 @@ impl Config {
         self.install.multicast.validate()?;
         check_unknown_policy(d.mode, self.install.unknown, UnknownPolicy::DEFAULT)?;
         image::validate(&self.images)?;
+        self.mirroring.validate()?;
         layout::validate(self)?;
         self.store.as_ref().map(PgTarget::try_from).transpose()?;
         Ok(macs)
@@ -640,9 +649,11 @@ impl Config {
         self.images.iter().find(|i| i.name == name)
     }
 
-    /// Node-local paths of `image`: the defaults, then the image's own.
+    /// Node-local paths of `image`: the defaults, then the image's own. On a
+    /// mirror also the primary's: they come with every serial (its `excludes`
+    /// file), so the nodes of a mirror keep what the primary's nodes keep.
     pub fn excludes_for(&self, image: &str) -> Vec<String> {
-        crate::wire::DEFAULT_EXCLUDES
+        let mut out: Vec<String> = crate::wire::DEFAULT_EXCLUDES
             .iter()
             .map(|s| s.to_string())
             .chain(
@@ -650,7 +661,21 @@ impl Config {
                     .into_iter()
                     .flat_map(|i| i.excludes.clone()),
             )
-            .collect()
+            .collect();
+        if self.mirroring.is_mirror() && valid_image_name(image) {
+            // The image store's layout (`images::store`): the published serial's file.
+            let file = self
+                .state_dir
+                .join("images")
+                .join(image)
+                .join("published/excludes");
+            for line in std::fs::read_to_string(file).unwrap_or_default().lines() {
+                if !line.is_empty() && !out.iter().any(|e| e == line) {
+                    out.push(line.to_string());
+                }
+            }
+        }
+        out
     }
 
     pub fn node_by_mac(&self, mac: &str) -> Option<&NodeConfig> {

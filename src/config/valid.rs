@@ -37,6 +37,8 @@ pub struct ValidConfig {
     pub nodes: Vec<DeclaredNode>,
     /// `[store]` parsed: the shared lease database, or `None` for SQLite.
     pub store: Option<super::PgTarget>,
+    /// `[images]` of a mirror: the primary it copies from, and how.
+    pub mirror_from: Option<super::MirrorSource>,
 }
 
 impl ValidConfig {
@@ -58,7 +60,9 @@ impl ValidConfig {
             .as_ref()
             .map(super::PgTarget::try_from)
             .transpose()?;
+        let mirror_from = config.mirroring.mirror_source()?;
         Ok(ValidConfig {
+            mirror_from,
             config,
             dhcp_plan,
             tftp_root: facts.tftp_root,

@@ -3,6 +3,7 @@
 use super::build::BuildOptions;
 use super::enter::EnterOptions;
 use super::store::{Images, SerialMeta};
+use super::ImageError;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Subcommand)]
@@ -99,7 +100,21 @@ fn being_installed(state_dir: &std::path::Path, image: &str) -> anyhow::Result<V
     ))
 }
 
+/// A mirror copies its serials from the primary and follows its publishes and
+/// prunes: a change made here would be a serial the primary does not have.
+fn refuse_on_mirror(cmd: &ImageCmd, config: &crate::config::Config) -> Result<(), ImageError> {
+    let changes = !matches!(
+        cmd,
+        ImageCmd::List | ImageCmd::Show { .. } | ImageCmd::History { .. }
+    );
+    match &config.mirroring.mirror_from {
+        Some(from) if changes => Err(ImageError::IsMirror(from.clone())),
+        _ => Ok(()),
+    }
+}
+
 pub fn run(cmd: ImageCmd, config: &crate::config::Config) -> anyhow::Result<()> {
+    refuse_on_mirror(&cmd, config)?;
     let images = Images::new(&config.state_dir).configured(config.images.clone());
     match cmd {
         ImageCmd::Build {
@@ -172,6 +187,14 @@ pub fn run(cmd: ImageCmd, config: &crate::config::Config) -> anyhow::Result<()> 
                         .map(|h| format!("  [locked by {h}]"))
                         .unwrap_or_default()
                 );
+            }
+            if let Some(from) = &config.mirroring.mirror_from {
+                match super::mirror::status::MirrorStatus::read(&config.state_dir) {
+                    Some(status) => println!("{status}"),
+                    None => println!(
+                        "mirror of {from}: no status yet (`rollout serve` writes it once it runs)"
+                    ),
+                }
             }
         }
         ImageCmd::Show { name } => {
@@ -280,4 +303,46 @@ pub fn run(cmd: ImageCmd, config: &crate::config::Config) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mirror_refuses_changes_and_points_at_the_primary() {
+        let config = crate::config::Config::parse(
+            "state_dir = \"/nonexistent\"\n[images]\nmirror_from = \"rsync://primary/\"\nmirror_password_file = \"/p\"\n",
+        )
+        .unwrap();
+        for cmd in [
+            ImageCmd::Import {
+                name: "web".into(),
+                source: "/x".into(),
+                note: String::new(),
+            },
+            ImageCmd::Enter {
+                name: "web".into(),
+                note: String::new(),
+                strip: vec![],
+                command: vec![],
+            },
+            ImageCmd::Rollback {
+                name: "web".into(),
+                serial: 1,
+            },
+            ImageCmd::Prune {
+                name: "web".into(),
+                keep: 1,
+            },
+        ] {
+            let e = run(cmd, &config).unwrap_err().to_string();
+            assert!(
+                e.contains("mirrors its images from rsync://primary/")
+                    && e.contains("on the primary"),
+                "{e}"
+            );
+        }
+        assert!(refuse_on_mirror(&ImageCmd::List, &config).is_ok());
+    }
 }

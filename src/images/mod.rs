@@ -13,6 +13,7 @@ pub mod build;
 pub mod cli;
 pub mod enter;
 pub mod lock;
+pub mod mirror;
 pub mod mounts;
 pub mod rsyncd;
 pub mod store;
@@ -65,4 +66,6 @@ pub enum ImageError {
     ToolMissing(&'static str, &'static str),
     #[error("invalid rsync daemon setting {0}")]
     BadSetting(String),
+    #[error("this server mirrors its images from {0} ([images] mirror_from): build, import, enter, roll back and prune them on the primary; this server copies every serial from there within [images] mirror_interval")]
+    IsMirror(String),
 }

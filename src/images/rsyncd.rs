@@ -32,6 +32,9 @@ pub struct RsyncdSettings {
     /// rsync `hosts allow` entries, e.g. `10.44.0.0/24`.
     pub hosts_allow: Vec<String>,
     pub max_connections: u32,
+    /// `Some(hosts allow)`: export the whole image store to mirrors as module
+    /// [`MIRROR_MODULE`], read by [`MIRROR_USER`] only (see `images::mirror`).
+    pub mirror_hosts: Option<Vec<String>>,
 }
 
 impl RsyncdSettings {
@@ -42,6 +45,7 @@ impl RsyncdSettings {
             port: 873,
             hosts_allow,
             max_connections: 32,
+            mirror_hosts: None,
         }
     }
 
@@ -81,7 +85,7 @@ pub use crate::inventory::secrets::RsyncUser;
 
 /// No such user is ever in the secrets file: a module nobody may read yet
 /// still gets an `auth users` line, because without one rsync serves it to anyone.
-const NOBODY: &str = "rollout-nobody";
+pub(crate) const NOBODY: &str = "rollout-nobody";
 
 /// Where the daemon's users come from (the inventory, in `rollout serve`).
 pub type UserSource = std::sync::Arc<dyn Fn() -> Vec<RsyncUser> + Send + Sync>;
@@ -110,7 +114,7 @@ pub fn modules(images: &Images) -> Result<Vec<ModuleSpec>, ImageError> {
     Ok(out)
 }
 
-fn check_value(what: &str, v: &str) -> Result<(), ImageError> {
+pub(crate) fn check_value(what: &str, v: &str) -> Result<(), ImageError> {
     // rsyncd.conf has no quoting: a newline or bracket would start a new setting or module.
     if v.is_empty() || v.contains(['\n', '\r', '[', ']', '#', ';']) || v.trim() != v {
         return Err(ImageError::BadSetting(format!("{what} = {v:?}")));
@@ -185,6 +189,9 @@ pub fn render_config(
             readers.push(NOBODY);
         }
         let _ = writeln!(c, "    auth users = {}", readers.join(", "));
+    }
+    if let Some(hosts) = &s.mirror_hosts {
+        super::mirror::export::render(&mut c, s, hosts, users)?;
     }
     Ok(c)
 }

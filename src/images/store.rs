@@ -340,6 +340,16 @@ impl Images {
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let root = dir.join("root");
         std::fs::rename(work_root, &root).map_err(io_err(&root))?;
+        // The [[image]] excludes this serial was stripped with, which a mirror's
+        // nodes keep too (`Config::excludes_for`). Before meta.json: a serial is
+        // complete (and mirrored) with its excludes.
+        let excludes_path = dir.join("excludes");
+        let mut excludes = configured.join("\n");
+        if !excludes.is_empty() {
+            excludes.push('\n');
+        }
+        durable::write_atomic(&excludes_path, excludes.as_bytes(), 0o644)
+            .map_err(io_err(&excludes_path))?;
         let meta_path = dir.join("meta.json");
         let body = serde_json::to_vec_pretty(&meta).expect("serializable");
         durable::write_atomic(&meta_path, &body, 0o644).map_err(io_err(&meta_path))?;
