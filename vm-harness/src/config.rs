@@ -70,6 +70,7 @@ impl RolloutConfig {
             power: Default::default(),
             layouts: Vec::new(),
             store: None,
+            mirroring: Default::default(),
         })
     }
 
