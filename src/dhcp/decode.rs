@@ -31,6 +31,40 @@ pub enum DecodeError {
     Malformed(String),
 }
 
+/// The DHCP message type (option 53) read straight from the bytes, without
+/// decoding the packet: under overload the socket loop sheds DISCOVERs on this
+/// alone, so a shed packet costs a scan of its options, not a decode. `None`
+/// when the packet is not plainly a DHCP message with one type (no cookie, a
+/// truncated option, option overload into `file`/`sname`): those get the full
+/// decode and its verdict.
+pub fn message_type_hint(buf: &[u8]) -> Option<u8> {
+    if buf.get(236..OPTIONS_START) != Some(&[99, 130, 83, 99][..]) {
+        return None;
+    }
+    let mut found = None;
+    let mut i = OPTIONS_START;
+    while let Some(&code) = buf.get(i) {
+        match code {
+            0 => i += 1,
+            255 => return found,
+            // Option overload: more options (perhaps a type) hide in file/sname.
+            52 => return None,
+            _ => {
+                let len = *buf.get(i + 1)? as usize;
+                let value = buf.get(i + 2..i + 2 + len)?;
+                if code == 53 {
+                    if len != 1 || found.is_some() {
+                        return None;
+                    }
+                    found = Some(value[0]);
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    None
+}
+
 pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
     // The decoder joins a run of adjacent options with the same code into one
     // (RFC 3396) and decodes each run on its own: check runs, not single TLVs.
@@ -96,6 +130,34 @@ mod tests {
         opt.extend_from_slice(value);
         b.splice(end..end, opt);
         b
+    }
+
+    #[test]
+    fn the_message_type_is_read_without_decoding_and_only_when_plain() {
+        let d = discover();
+        assert_eq!(message_type_hint(&d), Some(1));
+        assert_eq!(
+            decode(&d).unwrap().opts().msg_type(),
+            Some(MessageType::Discover)
+        );
+        // Other options around it change nothing.
+        assert_eq!(message_type_hint(&with_option(12, b"node1")), Some(1));
+        let end = d.iter().rposition(|&x| x == 255).unwrap();
+        // Cut inside an option, no end mark, no cookie, too short: no hint.
+        assert_eq!(message_type_hint(&d[..end - 1]), None);
+        assert_eq!(message_type_hint(&d[..end]), None);
+        let mut no_cookie = d.clone();
+        no_cookie[236] = 0;
+        assert_eq!(message_type_hint(&no_cookie), None);
+        assert_eq!(message_type_hint(&d[..100]), None);
+        assert_eq!(message_type_hint(&[]), None);
+        // A second type, a type of the wrong length, option overload: no hint.
+        assert_eq!(message_type_hint(&with_option(53, &[3])), None);
+        let mut two_bytes = d.clone();
+        let at = (OPTIONS_START..d.len()).find(|&i| d[i] == 53).unwrap();
+        two_bytes[at + 1] = 2;
+        assert_eq!(message_type_hint(&two_bytes), None);
+        assert_eq!(message_type_hint(&with_option(52, &[1])), None);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! falls behind, packets are dropped here, DISCOVERs first. A REQUEST finishes
 //! a client that already holds an offer, so keeping REQUESTs while shedding
 //! DISCOVERs keeps completed leases per second at the ceiling under overload
-//! instead of spending it on offers nobody gets to accept.
+//! instead of spending it on offers nobody gets to accept. For the same reason
+//! the handler takes REQUESTs (and everything else that is not a DISCOVER)
+//! before DISCOVERs: an offer already made is finished before a new one starts,
+//! and a REQUEST never waits behind a backlog of DISCOVERs.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
@@ -22,8 +25,22 @@ pub fn admits(len: usize, cap: usize, droppable: bool) -> bool {
     }
 }
 
+struct Queues<T> {
+    /// Packets that finish or change what a client holds (REQUEST, RELEASE, …).
+    first: VecDeque<T>,
+    /// DISCOVERs: taken only when `first` is empty.
+    then: VecDeque<T>,
+    closed: bool,
+}
+
+impl<T> Queues<T> {
+    fn len(&self) -> usize {
+        self.first.len() + self.then.len()
+    }
+}
+
 pub struct Inbox<T> {
-    state: Mutex<(VecDeque<T>, bool)>,
+    state: Mutex<Queues<T>>,
     ready: Condvar,
     cap: usize,
 }
@@ -31,7 +48,11 @@ pub struct Inbox<T> {
 impl<T> Inbox<T> {
     pub fn new(cap: usize) -> Inbox<T> {
         Inbox {
-            state: Mutex::new((VecDeque::with_capacity(cap), false)),
+            state: Mutex::new(Queues {
+                first: VecDeque::new(),
+                then: VecDeque::new(),
+                closed: false,
+            }),
             ready: Condvar::new(),
             cap,
         }
@@ -40,23 +61,35 @@ impl<T> Inbox<T> {
     /// Queues `item`, or gives it back when the queue has no room for its kind.
     pub fn push(&self, item: T, droppable: bool) -> Result<(), T> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !admits(s.0.len(), self.cap, droppable) {
+        if !admits(s.len(), self.cap, droppable) {
             return Err(item);
         }
-        s.0.push_back(item);
+        if droppable {
+            s.then.push_back(item);
+        } else {
+            s.first.push_back(item);
+        }
         drop(s);
         self.ready.notify_one();
         Ok(())
     }
 
-    /// The oldest packet; waits for one. None once closed and drained.
+    /// Whether a packet of this kind would be queued now; lets the socket loop
+    /// shed a DISCOVER before paying for its decode.
+    pub fn would_admit(&self, droppable: bool) -> bool {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        admits(s.len(), self.cap, droppable)
+    }
+
+    /// The oldest packet that is not a DISCOVER, else the oldest DISCOVER;
+    /// waits for one. None once closed and drained.
     pub fn pop(&self) -> Option<T> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(item) = s.0.pop_front() {
+            if let Some(item) = s.first.pop_front().or_else(|| s.then.pop_front()) {
                 return Some(item);
             }
-            if s.1 {
+            if s.closed {
                 return None;
             }
             s = self.ready.wait(s).unwrap_or_else(|p| p.into_inner());
@@ -65,7 +98,7 @@ impl<T> Inbox<T> {
 
     /// No more packets: [`Inbox::pop`] returns what is queued, then None.
     pub fn close(&self) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
         self.ready.notify_all();
     }
 }
@@ -92,7 +125,23 @@ mod tests {
         assert_eq!(inbox.push(101, false), Err(101), "full");
         inbox.close();
         let drained: Vec<i32> = std::iter::from_fn(|| inbox.pop()).collect();
-        assert_eq!(drained, (0..8).collect::<Vec<_>>(), "in order, then None");
+        assert_eq!(
+            drained,
+            vec![6, 7, 0, 1, 2, 3, 4, 5],
+            "REQUESTs first, each kind in order, then None"
+        );
+    }
+
+    #[test]
+    fn a_request_is_handled_before_a_backlog_of_discovers() {
+        let inbox = Inbox::new(16);
+        for n in 0..10 {
+            inbox.push(("discover", n), true).unwrap();
+        }
+        inbox.push(("request", 0), false).unwrap();
+        assert_eq!(inbox.pop(), Some(("request", 0)));
+        assert_eq!(inbox.pop(), Some(("discover", 0)));
+        assert!(inbox.would_admit(false) && inbox.would_admit(true));
     }
 
     #[test]

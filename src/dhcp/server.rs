@@ -43,12 +43,31 @@ pub fn bind_on_interface(interface: &str, port: u16) -> Result<UdpSocket, DhcpSe
     sock.set_broadcast(true).map_err(err)?;
     sock.bind_device(Some(interface.as_bytes())).map_err(err)?;
     sock.set_nonblocking(true).map_err(err)?;
-    // Room for a burst (a rack powering on) while the handler catches up; the
-    // kernel caps it at net.core.rmem_max, and a smaller buffer still works.
-    let _ = sock.set_recv_buffer_size(4 << 20);
+    // Room for a burst (a rack powering on) while the handler catches up. As
+    // root (serve binds port 67) SO_RCVBUFFORCE passes net.core.rmem_max, which
+    // is 208 KiB on a stock kernel; otherwise the kernel caps the plain request.
+    if !force_recv_buffer(&sock, 4 << 20) {
+        let _ = sock.set_recv_buffer_size(4 << 20);
+    }
     sock.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())
         .map_err(err)?;
     UdpSocket::from_std(sock.into()).map_err(err)
+}
+
+/// SO_RCVBUFFORCE: true if the kernel took it (CAP_NET_ADMIN).
+fn force_recv_buffer(sock: &socket2::Socket, bytes: i32) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on a socket we own, with a pointer to an int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    r == 0
 }
 
 /// The core, even when a panic poisoned its lock: [`handle_packet`] repairs
@@ -302,6 +321,14 @@ async fn receive_loop(
             SocketAddr::V4(s) => s,
             SocketAddr::V6(_) => continue,
         };
+        // Overloaded: a DISCOVER is shed on its type byte alone, so the CPU the
+        // decode would take goes to the REQUESTs that complete leases.
+        let discover =
+            super::decode::message_type_hint(&buf[..len]) == Some(MessageType::Discover.into());
+        if discover && !inbox.would_admit(true) {
+            overloaded(metrics, Some(MessageType::Discover), &mut last_warn);
+            continue;
+        }
         // The decoder is third-party code fed by the network: a panic in it must
         // cost one packet, not the DHCP service.
         let decoded = std::panic::catch_unwind(|| super::decode::decode(&buf[..len]));
@@ -329,13 +356,18 @@ async fn receive_loop(
         let kind = msg.opts().msg_type();
         let droppable = kind == Some(MessageType::Discover);
         if inbox.push(Packet { msg, via, span }, droppable).is_err() {
-            metrics.dhcp(type_label(kind), "overloaded");
-            let now = crate::clock::now_unix();
-            if last_warn.is_none_or(|t| now >= t + OVERLOAD_WARN_EVERY_SECS) {
-                last_warn = Some(now);
-                warn!("DHCP overloaded: {} packets queued, dropping DISCOVERs first (counted in rollout_dhcp_packets_total{{outcome=\"overloaded\"}}); clients retry", inbox::CAPACITY);
-            }
+            overloaded(metrics, kind, &mut last_warn);
         }
+    }
+}
+
+/// Counts a packet dropped for overload, with a warning now and then.
+fn overloaded(metrics: &Metrics, kind: Option<MessageType>, last_warn: &mut Option<u64>) {
+    metrics.dhcp(type_label(kind), "overloaded");
+    let now = crate::clock::now_unix();
+    if last_warn.is_none_or(|t| now >= t + OVERLOAD_WARN_EVERY_SECS) {
+        *last_warn = Some(now);
+        warn!("DHCP overloaded: {} packets queued, dropping DISCOVERs first (counted in rollout_dhcp_packets_total{{outcome=\"overloaded\"}}); clients retry", inbox::CAPACITY);
     }
 }
 
@@ -511,6 +543,18 @@ mod tests {
             }
             _ => None,
         }
+    }
+
+    /// A stock kernel caps SO_RCVBUF at 208 KiB; root gets the whole 4 MiB.
+    #[test]
+    fn the_receive_buffer_is_forced_past_rmem_max() {
+        if !testkit::prereq::require_root("SO_RCVBUFFORCE") {
+            return;
+        }
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        assert!(force_recv_buffer(&sock, 4 << 20));
+        // The kernel doubles what it is given (bookkeeping overhead).
+        assert!(sock.recv_buffer_size().unwrap() >= 4 << 20);
     }
 
     #[test]
