@@ -508,16 +508,22 @@ impl Daemon {
     }
 }
 
+/// The settings unit tests render: the lab's server on 10.44.0.1.
+#[cfg(test)]
+pub(crate) fn test_settings() -> RsyncdSettings {
+    RsyncdSettings::new(
+        Path::new("/var/lib/rollout"),
+        "10.44.0.1".parse().unwrap(),
+        vec!["10.44.0.0/24".into()],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn settings() -> RsyncdSettings {
-        RsyncdSettings::new(
-            Path::new("/var/lib/rollout"),
-            "10.44.0.1".parse().unwrap(),
-            vec!["10.44.0.0/24".into()],
-        )
+        test_settings()
     }
 
     #[test]

@@ -43,17 +43,8 @@ pub(crate) fn render(
 
 #[cfg(test)]
 mod tests {
-    use super::super::super::rsyncd::{render_config, ModuleSpec};
+    use super::super::super::rsyncd::{render_config, test_settings as settings, ModuleSpec};
     use super::*;
-    use std::path::Path;
-
-    fn settings() -> RsyncdSettings {
-        RsyncdSettings::new(
-            Path::new("/var/lib/rollout"),
-            "10.44.0.1".parse().unwrap(),
-            vec!["10.44.0.0/24".into()],
-        )
-    }
 
     /// A primary's store goes to the mirror user only, from the mirror hosts only,
     /// without the work in progress; a primary without the password exports nothing.
