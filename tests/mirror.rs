@@ -203,6 +203,26 @@ fn assert_same_serial(primary: &Images, mirror: &Images, serial: u64) {
     assert_eq!(excludes(primary), excludes(mirror));
 }
 
+/// A primary whose image "web" serial 1 holds a 16 MiB file, and a mirror of it
+/// limited to 2 MiB/s: a copy that takes about 8 s, to interrupt.
+async fn slow_copy(t: &Path) -> (u16, Primary, Mirror, PathBuf) {
+    let port = testkit::ports::free_port();
+    let primary = Primary::start(&t.join("primary"), port, true).await;
+    primary
+        .images()
+        .import(
+            "web",
+            &source_tree(t, "1", &random_bytes(16 << 20)),
+            "",
+            &[],
+        )
+        .unwrap();
+    let m_state = t.join("mirror");
+    let mut m = mirror(&m_state, port, PASSWORD);
+    m.client.bwlimit = 2048; // KiB/s: 8 s for the big file
+    (port, primary, m, m_state)
+}
+
 async fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ok() {
@@ -308,21 +328,9 @@ async fn a_mirror_copies_every_serial_exactly_and_follows_publish_and_prune() {
 async fn an_interrupted_copy_resumes_and_never_publishes_half() {
     prerequisites();
     let t = tempfile::tempdir().unwrap();
-    let port = testkit::ports::free_port();
-    let primary = Primary::start(&t.path().join("primary"), port, true).await;
+    let (port, primary, m, m_state) = slow_copy(t.path()).await;
     let size = 16 << 20;
     let p = primary.images();
-    p.import(
-        "web",
-        &source_tree(t.path(), "1", &random_bytes(size)),
-        "",
-        &[],
-    )
-    .unwrap();
-
-    let m_state = t.path().join("mirror");
-    let mut m = mirror(&m_state, port, PASSWORD);
-    m.client.bwlimit = 2048; // KiB/s: 8 s for the big file
     let staging = m.staging_dir("web", 1);
     let local = Images::new(&m_state);
     let cancel = CancellationToken::new();
@@ -429,22 +437,10 @@ impl Drop for Frozen {
 async fn a_lost_network_is_an_error_that_publishes_nothing_and_resumes() {
     prerequisites();
     let t = tempfile::tempdir().unwrap();
-    let port = testkit::ports::free_port();
+    let (port, primary, mut m, m_state) = slow_copy(t.path()).await;
     let p_state = t.path().join("primary");
-    let primary = Primary::start(&p_state, port, true).await;
     let size = 16 << 20;
     let p = primary.images();
-    p.import(
-        "web",
-        &source_tree(t.path(), "1", &random_bytes(size)),
-        "",
-        &[],
-    )
-    .unwrap();
-
-    let m_state = t.path().join("mirror");
-    let mut m = mirror(&m_state, port, PASSWORD);
-    m.client.bwlimit = 2048;
     m.client.io_timeout = Duration::from_secs(3);
     let staging = m.staging_dir("web", 1);
     let local = Images::new(&m_state);
@@ -499,23 +495,11 @@ async fn a_lost_network_is_an_error_that_publishes_nothing_and_resumes() {
 async fn a_serial_pruned_during_its_copy_is_discarded() {
     prerequisites();
     let t = tempfile::tempdir().unwrap();
-    let port = testkit::ports::free_port();
-    let primary = Primary::start(&t.path().join("primary"), port, true).await;
+    let (_port, primary, m, m_state) = slow_copy(t.path()).await;
     let p = primary.images();
-    let size = 16 << 20;
-    p.import(
-        "web",
-        &source_tree(t.path(), "1", &random_bytes(size)),
-        "",
-        &[],
-    )
-    .unwrap();
     p.import("web", &source_tree(t.path(), "2", b"small"), "", &[])
         .unwrap();
 
-    let m_state = t.path().join("mirror");
-    let mut m = mirror(&m_state, port, PASSWORD);
-    m.client.bwlimit = 2048;
     let staging = m.staging_dir("web", 1);
     let local = Images::new(&m_state);
     let cancel = CancellationToken::new();
