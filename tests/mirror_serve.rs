@@ -50,22 +50,31 @@ fn wait_for(what: &str, server: &Server, timeout: Duration, mut ok: impl FnMut()
     }
 }
 
-#[test]
-fn a_mirror_server_copies_publishes_and_refuses_to_change_images() {
+/// A primary `rollout serve` (its rsync port, the server) with image "web"
+/// imported from a tree holding one file.
+fn primary_with(t: &Path, file: &str, contents: &[u8]) -> (u16, Server) {
     assert!(
         nix::unistd::geteuid().is_root(),
         "rollout serve's rsync daemon reads images as root: run this test as root"
     );
-    let t = tempfile::tempdir().unwrap();
     let primary_rsync = free_port();
-    let p_dir = t.path().join("primary");
+    let p_dir = t.join("primary");
     write_config(&p_dir, primary_rsync, "");
     let primary = Server::start(&p_dir);
-    let src = t.path().join("src");
-    std::fs::create_dir_all(src.join("etc")).unwrap();
-    std::fs::write(src.join("etc/version"), "1").unwrap();
+    let src = t.join("src");
+    let path = src.join(file);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, contents).unwrap();
     let (ok, out, err) = primary.cli(&["image", "import", "web", src.to_str().unwrap()]);
     assert!(ok, "{out}{err}");
+    (primary_rsync, primary)
+}
+
+#[test]
+fn a_mirror_server_copies_publishes_and_refuses_to_change_images() {
+    let t = tempfile::tempdir().unwrap();
+    let (primary_rsync, primary) = primary_with(t.path(), "etc/version", b"1");
+    let src = t.path().join("src");
 
     let m_dir = t.path().join("mirror");
     write_config(
@@ -165,17 +174,7 @@ fn staging_writers(state: &Path) -> Vec<String> {
 /// resumes from the staging copy.
 #[test]
 fn a_mirror_server_killed_mid_copy_resumes_after_restart() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "rollout serve's rsync daemon reads images as root: run this test as root"
-    );
     let t = tempfile::tempdir().unwrap();
-    let primary_rsync = free_port();
-    let p_dir = t.path().join("primary");
-    write_config(&p_dir, primary_rsync, "");
-    let primary = Server::start(&p_dir);
-    let src = t.path().join("src");
-    std::fs::create_dir_all(src.join("usr/lib")).unwrap();
     let big = {
         use std::io::Read;
         let mut b = vec![0u8; 16 << 20];
@@ -185,9 +184,8 @@ fn a_mirror_server_killed_mid_copy_resumes_after_restart() {
             .unwrap();
         b
     };
-    std::fs::write(src.join("usr/lib/big"), &big).unwrap();
-    let (ok, out, err) = primary.cli(&["image", "import", "web", src.to_str().unwrap()]);
-    assert!(ok, "{out}{err}");
+    // Kept (not `_`): dropping the server would stop it.
+    let (primary_rsync, _primary) = primary_with(t.path(), "usr/lib/big", &big);
 
     let m_dir = t.path().join("mirror");
     write_config(
