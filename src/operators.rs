@@ -99,22 +99,35 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS operators (
     created    INTEGER NOT NULL
 );";
 
-/// The operator table of one state database.
+/// The operator table: in the state database, or in the PostgreSQL database
+/// several servers share (`[store] url`), where a token made on one server
+/// works on all and a revoke on one takes effect on all.
 pub struct Operators {
-    conn: Mutex<Connection>,
+    table: Table,
 }
+
+enum Table {
+    Sqlite(Mutex<Connection>),
+    Postgres(Mutex<crate::store::pg::PgConn>),
+}
+
+/// The columns every query reads, in this order.
+const COLUMNS: &str = "name, role, created";
 
 impl Operators {
     pub fn open(db: &Path) -> Result<Operators, OperatorError> {
         let conn = crate::db::open(db)?;
         conn.execute_batch(SCHEMA)?;
         Ok(Operators {
-            conn: Mutex::new(conn),
+            table: Table::Sqlite(Mutex::new(conn)),
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// The shared table (created by the schema migrations).
+    pub fn open_shared(target: &crate::config::PgTarget) -> Result<Operators, OperatorError> {
+        Ok(Operators {
+            table: Table::Postgres(Mutex::new(crate::store::pg::PgConn::open(target)?)),
+        })
     }
 
     /// Makes a credential and returns its token: the only time it is seen.
@@ -123,11 +136,21 @@ impl Operators {
             return Err(OperatorError::BadName(name.into()));
         }
         let token = crate::inventory::random_hex(24);
-        let inserted = self.conn().execute(
-            "INSERT INTO operators (name, role, token_hash, created) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(name) DO NOTHING",
-            rusqlite::params![name, role.as_str(), token_hash(&token), now as i64],
-        )?;
+        let hash = token_hash(&token);
+        let inserted = match &self.table {
+            Table::Sqlite(conn) => lock(conn).execute(
+                "INSERT INTO operators (name, role, token_hash, created) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO NOTHING",
+                rusqlite::params![name, role.as_str(), hash, now as i64],
+            )? as u64,
+            Table::Postgres(conn) => lock(conn).with(|c| {
+                c.execute(
+                    "INSERT INTO operators (name, role, token_hash, created) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (name) DO NOTHING",
+                    &[&name, &role.as_str(), &hash, &(now.min(i64::MAX as u64) as i64)],
+                )
+            })?,
+        };
         if inserted == 0 {
             return Err(OperatorError::Exists(name.into()));
         }
@@ -135,20 +158,31 @@ impl Operators {
     }
 
     pub fn list(&self) -> Result<Vec<Operator>, OperatorError> {
-        let conn = self.conn();
-        let mut st = conn.prepare("SELECT name, role, created FROM operators ORDER BY name")?;
-        let rows = st.query_map([], row)?;
-        let mut out = vec![];
-        for r in rows {
-            out.push(r??);
-        }
-        Ok(out)
+        let query = format!("SELECT {COLUMNS} FROM operators ORDER BY name");
+        let rows = match &self.table {
+            Table::Sqlite(conn) => {
+                let conn = lock(conn);
+                let mut st = conn.prepare(&query)?;
+                let rows = st.query_map([], sqlite_row)?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            }
+            Table::Postgres(conn) => lock(conn)
+                .with(|c| c.query(&query, &[]))?
+                .iter()
+                .map(pg_row)
+                .collect(),
+        };
+        rows.into_iter().map(operator).collect()
     }
 
     pub fn revoke(&self, name: &str) -> Result<(), OperatorError> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM operators WHERE name = ?1", [name])?;
+        let n = match &self.table {
+            Table::Sqlite(conn) => {
+                lock(conn).execute("DELETE FROM operators WHERE name = ?1", [name])? as u64
+            }
+            Table::Postgres(conn) => lock(conn)
+                .with(|c| c.execute("DELETE FROM operators WHERE name = $1", &[&name]))?,
+        };
         if n == 0 {
             return Err(OperatorError::Unknown(name.into()));
         }
@@ -157,23 +191,45 @@ impl Operators {
 
     /// The operator whose token hashes to `hash`, if it still exists.
     pub fn by_hash(&self, hash: &str) -> Result<Option<Operator>, OperatorError> {
-        let found = self
-            .conn()
-            .query_row(
-                "SELECT name, role, created FROM operators WHERE token_hash = ?1",
-                [hash],
-                row,
-            )
-            .optional()?;
-        found.transpose()
+        let found = match &self.table {
+            Table::Sqlite(conn) => lock(conn)
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM operators WHERE token_hash = ?1"),
+                    [hash],
+                    sqlite_row,
+                )
+                .optional()?,
+            Table::Postgres(conn) => lock(conn)
+                .with(|c| {
+                    c.query_opt(
+                        &format!("SELECT {COLUMNS} FROM operators WHERE token_hash = $1"),
+                        &[&hash],
+                    )
+                })?
+                .as_ref()
+                .map(pg_row),
+        };
+        found.map(operator).transpose()
     }
 }
 
-fn row(r: &rusqlite::Row) -> rusqlite::Result<Result<Operator, OperatorError>> {
-    let name: String = r.get(0)?;
-    let role: String = r.get(1)?;
-    let created: i64 = r.get(2)?;
-    Ok(match Role::parse(&role) {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A row as read: (name, role, created).
+type Row = (String, String, i64);
+
+fn sqlite_row(r: &rusqlite::Row) -> rusqlite::Result<Row> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+fn pg_row(r: &postgres::Row) -> Row {
+    (r.get(0), r.get(1), r.get(2))
+}
+
+fn operator((name, role, created): Row) -> Result<Operator, OperatorError> {
+    match Role::parse(&role) {
         Some(role) => Ok(Operator {
             name,
             role,
@@ -183,7 +239,7 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<Result<Operator, OperatorError>> {
             what: "operators.role",
             value: role,
         })),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -53,15 +53,19 @@ fn dhcp_core(
     store: Box<dyn crate::dhcp::leases::LeaseStore>,
     backend: &Backend,
     health: crate::store::health::StoreHealth,
+    nodes: &[crate::inventory::NodeRecord],
 ) -> Result<DhcpCore, ServeError> {
     let d = &config.dhcp;
     let mut reservations = HashMap::new();
     let mut hostnames = HashMap::new();
-    for n in &config.nodes {
-        if let Some(ip) = n.node.ip {
+    for n in nodes {
+        let (ip, hostname) = dhcp_view(n);
+        if let Some(ip) = ip {
             reservations.insert(n.mac.clone(), ip);
         }
-        hostnames.insert(n.mac.clone(), n.node.hostname.clone());
+        if let Some(hostname) = hostname {
+            hostnames.insert(n.mac.clone(), hostname);
+        }
     }
     let mut leases = LeaseTable::load(store, reservations)?;
     // Lease writes of concurrent packets share one transaction: a rack powering
@@ -98,6 +102,51 @@ fn dhcp_core(
         hostnames,
     };
     Ok(DhcpCore::new(cfg, leases).with_rate_limit(dhcp::limits::RateLimit::from(d)))
+}
+
+/// What DHCP needs of a node record: its reserved address and, for a node
+/// someone declared or approved, the hostname it is sent. Reservations are
+/// the records', so a node declared on any server sharing the database (config
+/// file, API or CLI) is reserved on every one.
+fn dhcp_view(n: &crate::inventory::NodeRecord) -> (Option<std::net::Ipv4Addr>, Option<String>) {
+    let ip = n.ip.as_deref().and_then(|ip| ip.parse().ok());
+    let hostname = n.declared_or_approved().then(|| n.hostname.clone());
+    (ip, hostname)
+}
+
+/// Keeps the DHCP core's reservations and hostnames in step with the node
+/// records, whichever server changed them.
+async fn follow_reservations(
+    inventory: Arc<Inventory>,
+    core: Arc<Mutex<DhcpCore>>,
+    mut changes: tokio::sync::broadcast::Receiver<crate::inventory::NodeChange>,
+    cancel: CancellationToken,
+) {
+    use crate::inventory::NodeChange;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let change = tokio::select! {
+            _ = cancel.cancelled() => return,
+            c = changes.recv() => c,
+        };
+        let updates = match change {
+            Ok(NodeChange::Saved(n)) => vec![(n.mac.clone(), dhcp_view(&n))],
+            Ok(NodeChange::Removed { mac }) => vec![(mac, (None, None))],
+            // Missed some: read them all again.
+            Err(RecvError::Lagged(_)) => match inventory.list() {
+                Ok(all) => all.iter().map(|n| (n.mac.clone(), dhcp_view(n))).collect(),
+                Err(e) => {
+                    warn!("cannot read the nodes to refresh DHCP reservations: {e}");
+                    continue;
+                }
+            },
+            Err(RecvError::Closed) => return,
+        };
+        let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+        for (mac, (ip, hostname)) in updates {
+            core.set_node(&mac, ip, hostname);
+        }
+    }
 }
 
 /// Config-file nodes become declared records (their install state is kept).
@@ -256,7 +305,6 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     // Before any port is bound: a refused token stops startup at once, and the
     // file exists by the time clients can connect and read it.
     let admin_token = admin_token(&config)?;
-    let db = config.state_dir.join("rollout.db");
     let backend = Backend::new(&config.state_dir, config.store.as_ref());
     // Opened with DHCP off too: a shared store that cannot be reached (or
     // migrated) stops startup here, its error naming the url and what to check.
@@ -264,6 +312,10 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     if let Some(pg) = &config.store {
         info!(url = %pg.shown, "leases in the shared PostgreSQL database");
     }
+    let policy = crate::inventory::Policy::from(&config.install);
+    let inventory = Arc::new(Inventory::new(backend.node_store()?, policy));
+    declare_config_nodes(&config, &inventory)?;
+    inventory.follow_other_servers()?;
     let tftp_root = config.tftp_root.clone();
     let mut tasks = JoinSet::new();
     // Failures the services survive, counted for /healthz.
@@ -272,13 +324,29 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     match &config.dhcp_plan {
         None => warn!("DHCP is off (dhcp.mode = \"off\" or no interface): nodes need another DHCP server pointing at this one"),
         Some(plan) => {
-            let mut core =
-                dhcp_core(&config, plan, lease_store, &backend, metrics.store_health.clone())?
-                    .with_metrics(metrics.clone());
+            // Subscribed before the list is read: a change made in between is seen.
+            let node_changes = inventory.subscribe();
+            let nodes = inventory.list()?;
+            let mut core = dhcp_core(
+                &config,
+                plan,
+                lease_store,
+                &backend,
+                metrics.store_health.clone(),
+                &nodes,
+            )?
+            .with_metrics(metrics.clone());
             if config.dhcp.ping_before_offer {
                 core = core.with_probe(&plan.interface);
             }
             let core = Arc::new(Mutex::new(core));
+            tasks.spawn({
+                let (inventory, core, cancel) = (inventory.clone(), core.clone(), cancel.clone());
+                async move {
+                    follow_reservations(inventory, core, node_changes, cancel).await;
+                    Ok(())
+                }
+            });
             dhcp_handle = Some(core.clone());
             let sock = dhcp::server::bind_on_interface(&plan.interface, dhcp::core::SERVER_PORT)?;
             info!(interface = %plan.interface, mode = ?plan.mode, range = ?plan.range, "DHCP listening on port 67");
@@ -303,10 +371,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         addr: tftp_addr,
         source,
     })?;
-    let policy = crate::inventory::Policy::from(&config.install);
-    let inventory = Arc::new(Inventory::open(&db, policy)?);
-    declare_config_nodes(&config, &inventory)?;
-    let operators = Arc::new(crate::operators::Operators::open(&db)?);
+    let operators = Arc::new(backend.operators()?);
     scrape_sources(&metrics, dhcp_handle, &inventory, &config);
     let sessions = http::Sessions::new(config.server.session_lifetime);
     let ssh_keys = server_ssh_key(&config.state_dir).into_iter().collect();

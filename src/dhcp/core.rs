@@ -136,6 +136,17 @@ impl DhcpCore {
         }
     }
 
+    /// What the server knows of a declared node, kept current while it runs:
+    /// its reserved address and the hostname sent as option 12 (`None` for a
+    /// node removed or without them).
+    pub fn set_node(&mut self, mac: &str, ip: Option<Ipv4Addr>, hostname: Option<String>) {
+        self.leases.set_reservation(mac, ip);
+        match hostname {
+            Some(name) => self.cfg.hostnames.insert(mac.to_string(), name),
+            None => self.cfg.hostnames.remove(mac),
+        };
+    }
+
     /// Fresh dynamic OFFERs are to be pinged on `interface` first.
     pub fn with_probe(mut self, interface: &str) -> DhcpCore {
         self.probe_interface = Some(interface.to_string());

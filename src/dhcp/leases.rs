@@ -138,6 +138,19 @@ impl LeaseTable {
         Ok(t)
     }
 
+    /// Reserves `ip` for `mac` from now on (`None`: no reservation), replacing
+    /// what it had: a node declared or changed while the server runs, here or
+    /// on another server sharing the database.
+    pub fn set_reservation(&mut self, mac: &str, ip: Option<Ipv4Addr>) {
+        if let Some(old) = self.reservations.remove(mac) {
+            self.reserved_ips.remove(&u32::from(old));
+        }
+        if let Some(ip) = ip {
+            self.reserved_ips.insert(u32::from(ip), mac.to_string());
+            self.reservations.insert(mac.to_string(), ip);
+        }
+    }
+
     /// Keeps `ips` out of every offer and refuses them to every REQUEST.
     pub fn exclude(&mut self, ips: impl IntoIterator<Item = Ipv4Addr>) {
         self.excluded.extend(ips.into_iter().map(u32::from));

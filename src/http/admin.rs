@@ -11,7 +11,7 @@
 use super::auth::{require_api, require_read, Principal};
 use super::{error, inventory_error, route, ApiRoute, Shared};
 use crate::config::{normalize_mac, valid_hostname};
-use crate::inventory::{NodeRecord, NodeState, OperatorAction, Source};
+use crate::inventory::{NodeChange, NodeRecord, NodeState, OperatorAction, Source};
 use crate::operators::Role;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -727,7 +727,7 @@ async fn image_excludes(
     tag = "nodes",
     security(("operator" = []), ("session" = [])),
     responses(
-        (status = 200, description = "Server-Sent Events: a `node` event with the node's record (JSON) on every change; the stream does not end until the server stops (needs role read)", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Server-Sent Events: a `node` event with the node's record (JSON) on every change, a `removed` event ({\"mac\": …}) when a node is removed, from this server and every server sharing its database; the stream does not end until the server stops (needs role read)", content_type = "text/event-stream", body = String),
         super::openapi::OperatorRefusals,
         (status = 503, description = "The state database cannot be read or written", body = super::openapi::ErrorBody)
     )
@@ -738,8 +738,13 @@ async fn events(State(state): State<Shared>, headers: HeaderMap) -> Response {
     }
     let rx = state.inventory.subscribe();
     let changes = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| {
-        let node = r.ok()?;
-        Some(Some(Event::default().event("node").json_data(node).ok()?))
+        let event = match r.ok()? {
+            NodeChange::Saved(node) => Event::default().event("node").json_data(node),
+            NodeChange::Removed { mac } => Event::default()
+                .event("removed")
+                .json_data(serde_json::json!({ "mac": mac })),
+        };
+        Some(Some(event.ok()?))
     });
     // The stream ends at shutdown, so a watching browser cannot hold the server up.
     let shutdown =

@@ -87,13 +87,22 @@ fn announce(name: &str, meta: Option<SerialMeta>, previous: Option<u64>) {
 }
 
 /// From the server's node records (read directly, so it works whether or not
-/// `rollout serve` runs); none when the server never ran here.
-fn being_installed(state_dir: &std::path::Path, image: &str) -> anyhow::Result<Vec<(u64, String)>> {
-    let db = state_dir.join("rollout.db");
-    if !db.exists() {
+/// `rollout serve` runs: the shared database's when `[store]` names one);
+/// none when the server never ran here.
+fn being_installed(
+    config: &crate::config::Config,
+    image: &str,
+) -> anyhow::Result<Vec<(u64, String)>> {
+    let shared = config
+        .store
+        .as_ref()
+        .map(crate::config::PgTarget::try_from)
+        .transpose()?;
+    if shared.is_none() && !config.state_dir.join("rollout.db").exists() {
         return Ok(Vec::new());
     }
-    let inventory = crate::inventory::Inventory::open(&db, Default::default())?;
+    let backend = crate::store::Backend::new(&config.state_dir, shared.as_ref());
+    let inventory = crate::inventory::Inventory::new(backend.node_store()?, Default::default());
     Ok(crate::inventory::serials_being_installed(
         &inventory.list()?,
         image,
@@ -289,7 +298,7 @@ pub fn run(cmd: ImageCmd, config: &crate::config::Config) -> anyhow::Result<()> 
             println!("published {name} serial {serial}");
         }
         ImageCmd::Prune { name, keep } => {
-            let installing = being_installed(&config.state_dir, &name)?;
+            let installing = being_installed(&config, &name)?;
             let in_use: Vec<u64> = installing.iter().map(|(s, _)| *s).collect();
             for (serial, host) in &installing {
                 println!("keeping serial {serial}: {host} is installing it");

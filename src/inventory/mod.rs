@@ -5,6 +5,7 @@
 
 pub mod hwquery;
 pub mod limits;
+pub mod postgres;
 pub mod progress;
 pub mod secrets;
 pub mod sqlite;
@@ -251,8 +252,16 @@ pub struct HistoryEntry {
     pub event: serde_json::Value,
 }
 
-/// Storage behind the inventory. SQLite today; a shared SQL server could back
-/// several rollout servers through the same trait.
+/// Held for one read-modify-write cycle of the inventory (see
+/// [`NodeStore::lock_writes`]); whatever it holds is released when dropped.
+pub type WriteGuard<'a> = Box<dyn Held + 'a>;
+
+/// Anything kept alive for its `Drop`: the guard of a store's write lock.
+pub trait Held {}
+impl<T> Held for T {}
+
+/// Storage behind the inventory: SQLite in the state_dir (one server) or the
+/// PostgreSQL database several servers share (`[store] url`).
 pub trait NodeStore: Send + Sync {
     fn get(&self, mac: &str) -> Result<Option<NodeRecord>, StoreError>;
     fn by_install(&self, install_id: &str) -> Result<Option<NodeRecord>, StoreError>;
@@ -262,6 +271,29 @@ pub trait NodeStore: Send + Sync {
         -> Result<(), StoreError>;
     fn delete(&self, mac: &str) -> Result<bool, StoreError>;
     fn history(&self, mac: &str) -> Result<Vec<HistoryEntry>, StoreError>;
+
+    /// Keeps every other writer of this store out until the guard drops. The
+    /// inventory's own mutex orders this server's cycles; a store other
+    /// servers share must order theirs too. SQLite: nobody else writes.
+    fn lock_writes(&self) -> Result<WriteGuard<'_>, StoreError> {
+        Ok(Box::new(()))
+    }
+
+    /// Starts telling `changed` which records other servers wrote or removed
+    /// (`Some(mac)`), or that any may have changed (`None`: after the store
+    /// reconnects). Nothing to tell when no other server writes here.
+    fn watch(&self, changed: Box<dyn Fn(Option<String>) + Send>) -> Result<(), StoreError> {
+        drop(changed);
+        Ok(())
+    }
+}
+
+/// What the live feed carries: a record as it is now, or a node that is gone.
+#[derive(Debug, Clone)]
+pub enum NodeChange {
+    /// Without secrets ([`NodeRecord::public`]).
+    Saved(NodeRecord),
+    Removed { mac: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -344,7 +376,7 @@ pub struct Inventory {
     store: Box<dyn NodeStore>,
     /// Serializes read-modify-write cycles so two reports cannot interleave.
     write: Mutex<()>,
-    changes: broadcast::Sender<NodeRecord>,
+    changes: broadcast::Sender<NodeChange>,
     discovery: Mutex<limits::DiscoveryLimiter>,
     /// The copy rate of each running install, by install id (in memory: after
     /// a restart the estimate starts over from the next reports).
@@ -372,9 +404,54 @@ impl Inventory {
         ))
     }
 
-    /// Live feed of changed records (without tokens), for SSE.
-    pub fn subscribe(&self) -> broadcast::Receiver<NodeRecord> {
+    /// Live feed of changed records (without tokens), for SSE; other servers'
+    /// changes too once [`Inventory::follow_other_servers`] runs.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeChange> {
         self.changes.subscribe()
+    }
+
+    /// Relays the changes other servers sharing this store make into this
+    /// server's live feed (a no-op for a store nobody else writes).
+    pub fn follow_other_servers(self: &std::sync::Arc<Self>) -> Result<(), InventoryError> {
+        let inventory = std::sync::Arc::downgrade(self);
+        self.store.watch(Box::new(move |mac| {
+            if let Some(inventory) = inventory.upgrade() {
+                inventory.relay(mac);
+            }
+        }))?;
+        Ok(())
+    }
+
+    /// Announces what another server changed, as read back from the store.
+    fn relay(&self, mac: Option<String>) {
+        let changes = match mac {
+            Some(mac) => match self.store.get(&mac) {
+                Ok(Some(rec)) => vec![NodeChange::Saved(rec.public())],
+                Ok(None) => vec![NodeChange::Removed { mac }],
+                Err(e) => {
+                    tracing::warn!(%mac, "cannot read a node another server changed: {e}");
+                    return;
+                }
+            },
+            None => match self.store.list() {
+                Ok(all) => all.iter().map(|r| NodeChange::Saved(r.public())).collect(),
+                Err(e) => {
+                    tracing::warn!("cannot read the nodes after reconnecting: {e}");
+                    return;
+                }
+            },
+        };
+        for change in changes {
+            let _ = self.changes.send(change);
+        }
+    }
+
+    /// This server's and (through the store) every other server's cycles
+    /// one at a time; held for one read-modify-write.
+    pub(crate) fn write_lock(&self) -> Result<(std::sync::MutexGuard<'_, ()>, WriteGuard<'_>), InventoryError> {
+        let local = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let shared = self.store.lock_writes()?;
+        Ok((local, shared))
     }
 
     pub fn get(&self, mac: &str) -> Result<Option<NodeRecord>, InventoryError> {
@@ -403,7 +480,7 @@ impl Inventory {
     ) -> Result<NodeRecord, InventoryError> {
         rec.updated = now();
         self.store.save(&rec, Some(&history))?;
-        let _ = self.changes.send(rec.public());
+        let _ = self.changes.send(NodeChange::Saved(rec.public()));
         Ok(rec)
     }
 
@@ -426,7 +503,7 @@ impl Inventory {
         decl: NodeRecord,
         by: Option<&str>,
     ) -> Result<NodeRecord, InventoryError> {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.write_lock()?;
         for other in self.store.list()? {
             if other.mac == decl.mac {
                 continue;
@@ -492,7 +569,7 @@ impl Inventory {
         image: &str,
         firmware: Option<&str>,
     ) -> Result<NodeRecord, InventoryError> {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.write_lock()?;
         let (mut rec, event) = match self.store.get(mac)? {
             Some(rec) => (rec, json!({"kind": "pxe_boot", "firmware": firmware})),
             None => {
@@ -557,7 +634,7 @@ impl Inventory {
         mac: &str,
         hw: &crate::wire::Hardware,
     ) -> Result<NodeRecord, InventoryError> {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.write_lock()?;
         let mut rec = self
             .store
             .get(mac)?
@@ -599,7 +676,7 @@ impl Inventory {
         mac: &str,
         serial: u64,
     ) -> Result<(NodeRecord, crate::wire::NodeCredential), InventoryError> {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.write_lock()?;
         let mut rec = self
             .store
             .get(mac)?
@@ -660,7 +737,7 @@ impl Inventory {
         token: &str,
         ev: &ProgressEvent,
     ) -> Result<NodeRecord, InventoryError> {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.write_lock()?;
         let mut rec = self
             .store
             .by_install(install_id)?
@@ -723,7 +800,7 @@ impl Inventory {
         ) {
             rec.updated = now();
             self.store.save(&rec, None)?;
-            let _ = self.changes.send(rec.public());
+            let _ = self.changes.send(NodeChange::Saved(rec.public()));
             return Ok(rec);
         }
         self.commit(rec, event)
@@ -766,7 +843,7 @@ impl Inventory {
     }
 
     pub fn phone_home(&self, ph: &PhoneHome) -> Result<NodeRecord, InventoryError> {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.write_lock()?;
         let mut rec = self
             .store
             .get(&ph.mac)?
@@ -792,7 +869,7 @@ impl Inventory {
             OperatorAction::Approve => (Transition::Approve, "approved"),
             OperatorAction::Ignore => (Transition::Ignore, "ignored"),
         };
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.write_lock()?;
         let mut rec = self
             .store
             .get(mac)?
@@ -831,7 +908,7 @@ impl Inventory {
     /// Adds a history row about something done to the node outside the server
     /// (an operator's `rollout exec` or `sync` over SSH); the record is unchanged.
     pub fn note(&self, mac: &str, event: serde_json::Value) -> Result<(), InventoryError> {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.write_lock()?;
         let rec = self
             .store
             .get(mac)?
@@ -854,10 +931,11 @@ impl Inventory {
     }
 
     pub fn remove(&self, mac: &str) -> Result<(), InventoryError> {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.write_lock()?;
         if !self.store.delete(mac)? {
             return Err(InventoryError::UnknownNode(mac.into()));
         }
+        let _ = self.changes.send(NodeChange::Removed { mac: mac.into() });
         Ok(())
     }
 
@@ -872,7 +950,7 @@ impl Inventory {
             .collect();
         let mut failed = vec![];
         for n in stale {
-            let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            let _w = self.write_lock()?;
             // Re-read under the lock: a report may have arrived meanwhile.
             let Some(mut rec) = self.store.get(&n.mac)? else {
                 continue;

@@ -152,7 +152,7 @@ impl Inventory {
     /// history (every PXE boot of a pending node makes one) except the node
     /// turning stuck before network, or that message changing.
     pub fn issue_boot_secret(&self, mac: &str) -> Result<String, InventoryError> {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.write_lock()?;
         let mut rec = self
             .store
             .get(mac)?

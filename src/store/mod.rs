@@ -1,5 +1,6 @@
-//! Where leases are kept: SQLite in `{state_dir}/rollout.db` (the default, one
-//! server) or a PostgreSQL database several servers share (`[store] url`).
+//! Where leases, node records (with their history) and operators are kept:
+//! SQLite in `{state_dir}/rollout.db` (the default, one server) or a
+//! PostgreSQL database several servers share (`[store] url`).
 //!
 //! Both implement the DHCP side's two traits, [`LeaseStore`] (load, single
 //! write) and [`BatchStore`] (one transaction per group commit), so `dhcp`
@@ -8,6 +9,7 @@
 //! another MAC holds unexpired is refused ([`StoreError::Taken`]), not applied.
 
 pub mod health;
+pub mod pg;
 pub mod postgres;
 pub mod sqlite;
 
@@ -108,6 +110,22 @@ impl Backend {
             Backend::Sqlite(path) => Box::new(sqlite::SqliteLeaseStore::open(path)?),
             Backend::Postgres(pg) => Box::new(postgres::PgLeaseStore::open(pg)?),
         })
+    }
+
+    /// Node records and their history: the state database, or the shared one.
+    pub fn node_store(&self) -> Result<Box<dyn crate::inventory::NodeStore>, StoreError> {
+        Ok(match self {
+            Backend::Sqlite(path) => Box::new(crate::inventory::sqlite::SqliteNodeStore::open(path)?),
+            Backend::Postgres(pg) => Box::new(crate::inventory::postgres::PgNodeStore::open(pg)?),
+        })
+    }
+
+    /// The operators' credentials, wherever the node records are.
+    pub fn operators(&self) -> Result<crate::operators::Operators, crate::operators::OperatorError> {
+        match self {
+            Backend::Sqlite(path) => crate::operators::Operators::open(path),
+            Backend::Postgres(pg) => crate::operators::Operators::open_shared(pg),
+        }
     }
 
     /// The lease rollout holds for `ip`, any state (what the HTTP side checks a

@@ -1,0 +1,302 @@
+//! The PostgreSQL backing of [`NodeStore`]: node records and their history in
+//! the database several rollout servers share (`[store] url`), so every
+//! server's dashboard, API and CLI show and steer every node.
+//!
+//! Two things only a shared store needs:
+//! - **One writer at a time across servers.** The inventory reads a record,
+//!   changes it and writes it back; [`NodeStore::lock_writes`] takes a
+//!   PostgreSQL advisory lock on a connection of its own for that cycle, so a
+//!   report arriving at server A and a reinstall made on server B cannot
+//!   overwrite each other.
+//! - **Live views.** Every write sends `NOTIFY rollout_nodes` in its
+//!   transaction (delivered on commit); [`NodeStore::watch`] listens on a
+//!   connection of its own and tells the inventory which records another
+//!   server changed, so its dashboards and `rollout watch` see them at once.
+
+use super::limits::{merge_repeat, HISTORY_KEEP};
+use super::{HistoryEntry, NodeRecord, NodeStore, WriteGuard};
+use crate::config::PgTarget;
+use crate::store::pg::{self, PgConn};
+use crate::store::StoreError;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, Transaction};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The channel node changes are announced on; the payload is "ORIGIN MAC".
+const CHANNEL: &str = "rollout_nodes";
+
+/// The advisory lock held for one read-modify-write cycle of the inventory
+/// ("nodes" in ASCII; any constant every server agrees on).
+const WRITE_LOCK: i64 = 0x6e6f_6465_73;
+
+/// How long a cycle waits for another server's before it fails: a server
+/// stopped mid-cycle (SIGSTOP, a hung disk) must not hold every other up forever.
+const LOCK_TIMEOUT: &str = "10s";
+
+pub struct PgNodeStore {
+    target: PgTarget,
+    conn: Mutex<PgConn>,
+    /// The connection the write lock is held on (see [`NodeStore::lock_writes`]).
+    lock: Mutex<PgConn>,
+    /// Names this store in its notifications, so its own writes are not
+    /// reported back to it as another server's.
+    origin: String,
+    /// Set when the store is dropped: the listener thread ends.
+    stop: Arc<AtomicBool>,
+}
+
+impl PgNodeStore {
+    pub fn open(target: &PgTarget) -> Result<PgNodeStore, StoreError> {
+        Ok(PgNodeStore {
+            target: target.clone(),
+            conn: Mutex::new(PgConn::open(target)?),
+            lock: Mutex::new(PgConn::open(target)?),
+            origin: super::random_hex(8),
+            stop: Arc::default(),
+        })
+    }
+
+    fn with<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send,
+    ) -> Result<T, StoreError> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner()).with(f)
+    }
+}
+
+impl Drop for PgNodeStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn decode(json: String) -> Result<NodeRecord, StoreError> {
+    serde_json::from_str(&json).map_err(|_| StoreError::Corrupt {
+        what: "nodes.record",
+        value: json,
+    })
+}
+
+/// As the SQLite store does: a repeat of the newest row updates it, else a
+/// new row, keeping the newest [`HISTORY_KEEP`].
+fn append_history(
+    tx: &mut Transaction<'_>,
+    mac: &str,
+    at: u64,
+    ev: &serde_json::Value,
+) -> Result<(), postgres::Error> {
+    let last = tx.query_opt(
+        "SELECT id, event FROM history WHERE mac = $1 ORDER BY id DESC LIMIT 1",
+        &[&mac],
+    )?;
+    let merged = last.and_then(|row| {
+        let (id, text): (i64, String) = (row.get(0), row.get(1));
+        Some((id, merge_repeat(&serde_json::from_str(&text).ok()?, ev, at)?))
+    });
+    if let Some((id, merged)) = merged {
+        tx.execute(
+            "UPDATE history SET event = $2 WHERE id = $1",
+            &[&id, &merged.to_string()],
+        )?;
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO history (mac, at, event) VALUES ($1, $2, $3)",
+        &[&mac, &(at.min(i64::MAX as u64) as i64), &ev.to_string()],
+    )?;
+    tx.execute(
+        "DELETE FROM history WHERE mac = $1 AND id <= (
+             SELECT id FROM history WHERE mac = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+        &[&mac, &(HISTORY_KEEP as i64)],
+    )?;
+    Ok(())
+}
+
+impl NodeStore for PgNodeStore {
+    fn get(&self, mac: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let row = self.with(|c| c.query_opt("SELECT record FROM nodes WHERE mac = $1", &[&mac]))?;
+        row.map(|r| decode(r.get(0))).transpose()
+    }
+
+    fn by_install(&self, install_id: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let row = self.with(|c| {
+            c.query_opt(
+                "SELECT record FROM nodes WHERE install_id = $1",
+                &[&install_id],
+            )
+        })?;
+        row.map(|r| decode(r.get(0))).transpose()
+    }
+
+    fn list(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let rows = self.with(|c| c.query("SELECT record FROM nodes", &[]))?;
+        let mut out = rows
+            .into_iter()
+            .map(|r| decode(r.get(0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        Ok(out)
+    }
+
+    fn save(
+        &self,
+        rec: &NodeRecord,
+        history: Option<&serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(rec).expect("records serialize");
+        let note = format!("{} {}", self.origin, rec.mac);
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO nodes (mac, install_id, record) VALUES ($1, $2, $3)
+                 ON CONFLICT (mac) DO UPDATE SET install_id = $2, record = $3",
+                &[&rec.mac, &rec.install_id, &json],
+            )?;
+            if let Some(ev) = history {
+                append_history(&mut tx, &rec.mac, rec.updated, ev)?;
+            }
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &note])?;
+            tx.commit()
+        })
+    }
+
+    fn delete(&self, mac: &str) -> Result<bool, StoreError> {
+        let note = format!("{} {}", self.origin, mac);
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let n = tx.execute("DELETE FROM nodes WHERE mac = $1", &[&mac])?;
+            tx.execute("DELETE FROM history WHERE mac = $1", &[&mac])?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &note])?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
+    }
+
+    fn history(&self, mac: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT at, event FROM history WHERE mac = $1 ORDER BY id",
+                &[&mac],
+            )
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let ev: String = r.get(1);
+                HistoryEntry {
+                    at: r.get::<_, i64>(0).max(0) as u64,
+                    event: serde_json::from_str(&ev).unwrap_or(serde_json::Value::String(ev)),
+                }
+            })
+            .collect())
+    }
+
+    fn lock_writes(&self) -> Result<WriteGuard<'_>, StoreError> {
+        let mut conn = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        conn.with(|c| {
+            c.batch_execute(&format!("SET lock_timeout = '{LOCK_TIMEOUT}'"))?;
+            c.execute("SELECT pg_advisory_lock($1)", &[&WRITE_LOCK])
+        })?;
+        Ok(Box::new(Held(conn)))
+    }
+
+    fn watch(&self, changed: Box<dyn Fn(Option<String>) + Send>) -> Result<(), StoreError> {
+        let (target, origin, stop) = (self.target.clone(), self.origin.clone(), self.stop.clone());
+        std::thread::Builder::new()
+            .name("rollout-node-listen".into())
+            .spawn(move || listen(&target, &origin, &stop, &*changed))
+            .map(drop)
+            .map_err(|e| StoreError::Connect {
+                url: self.target.shown.clone(),
+                cause: format!("cannot start the listener thread: {e}"),
+            })
+    }
+}
+
+/// The write lock of one cycle; released when dropped. If the unlock fails the
+/// connection is dropped, which releases it too.
+struct Held<'a>(MutexGuard<'a, PgConn>);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .with(|c| c.execute("SELECT pg_advisory_unlock($1)", &[&WRITE_LOCK]))
+            .is_err()
+        {
+            self.0.reset();
+        }
+    }
+}
+
+/// Listens until `stop`: `changed(Some(mac))` for each record another server
+/// wrote or removed, `changed(None)` after every (re)connection, since
+/// whatever changed while this server was not listening was missed.
+fn listen(
+    target: &PgTarget,
+    origin: &str,
+    stop: &AtomicBool,
+    changed: &dyn Fn(Option<String>),
+) {
+    let mut warned = false;
+    while !stop.load(Ordering::Relaxed) {
+        let mut client = match pg::connect(target).and_then(|mut c| {
+            c.batch_execute(&format!("LISTEN {CHANNEL}"))
+                .map(|_| c)
+                .map_err(|source| StoreError::Postgres {
+                    url: target.shown.clone(),
+                    source,
+                })
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!("not following other servers' node changes: {e}; retrying every second");
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if warned {
+            tracing::info!(url = %target.shown, "following other servers' node changes again");
+            warned = false;
+        }
+        changed(None);
+        let mut last_ping = Instant::now();
+        while !stop.load(Ordering::Relaxed) && !client.is_closed() {
+            if drain(&mut client, origin, changed).is_err() {
+                break;
+            }
+            // A quiet connection is checked now and then: a database that
+            // went away without closing the socket shows up here.
+            if last_ping.elapsed() > Duration::from_secs(5) {
+                last_ping = Instant::now();
+                if client.batch_execute("").is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Waits up to a quarter second for notifications and reports each that
+/// another server sent.
+fn drain(
+    client: &mut Client,
+    origin: &str,
+    changed: &dyn Fn(Option<String>),
+) -> Result<(), postgres::Error> {
+    let mut notes = client.notifications();
+    let mut batch = notes.timeout_iter(Duration::from_millis(250));
+    while let Some(n) = batch.next()? {
+        if let Some((from, mac)) = n.payload().split_once(' ') {
+            if from != origin {
+                changed(Some(mac.to_string()));
+            }
+        }
+    }
+    Ok(())
+}
