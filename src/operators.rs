@@ -180,8 +180,9 @@ impl Operators {
             Table::Sqlite(conn) => {
                 lock(conn).execute("DELETE FROM operators WHERE name = ?1", [name])? as u64
             }
-            Table::Postgres(conn) => lock(conn)
-                .with(|c| c.execute("DELETE FROM operators WHERE name = $1", &[&name]))?,
+            Table::Postgres(conn) => {
+                lock(conn).with(|c| c.execute("DELETE FROM operators WHERE name = $1", &[&name]))?
+            }
         };
         if n == 0 {
             return Err(OperatorError::Unknown(name.into()));

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::backends::{conformance, Fixture};
+
 use rollout::config::{PgTarget, StoreConfig};
 use rollout::dhcp::commit::{BatchStore, GroupCommit};
 use rollout::dhcp::leases::{Lease, LeaseState, LeaseStore, LeaseTable, Range};
@@ -12,44 +14,9 @@ use rollout::store::{Backend, StoreError};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::mpsc;
-use testkit::postgres::TempPostgres;
 
-/// One backend and what keeps it alive (its temp dir, its server).
-struct Fixture {
-    backend: Backend,
-    pg: Option<TempPostgres>,
-    _dir: tempfile::TempDir,
-}
-
+/// What the lease suite asks of a backend.
 impl Fixture {
-    fn sqlite() -> Option<Fixture> {
-        let dir = tempfile::tempdir().unwrap();
-        Some(Fixture {
-            backend: Backend::new(dir.path(), None),
-            pg: None,
-            _dir: dir,
-        })
-    }
-
-    /// `None` (skipped, said so) when not strict and PostgreSQL is missing.
-    fn postgres() -> Option<Fixture> {
-        if !TempPostgres::available() {
-            return None;
-        }
-        let pg = TempPostgres::start();
-        let dir = tempfile::tempdir().unwrap();
-        Some(Fixture {
-            backend: Backend::new(dir.path(), Some(&target(&pg.url()))),
-            pg: Some(pg),
-            _dir: dir,
-        })
-    }
-
-    /// Whether several servers share this store (refusals apply).
-    fn shared(&self) -> bool {
-        self.pg.is_some()
-    }
-
     fn store(&self) -> Box<dyn LeaseStore> {
         self.backend.lease_store().unwrap()
     }
@@ -57,23 +24,6 @@ impl Fixture {
     fn batch(&self) -> Box<dyn BatchStore> {
         self.backend.batch_store().unwrap()
     }
-
-    /// The database process restarted (PostgreSQL) or the file closed and
-    /// reopened (SQLite): what a server restart sees.
-    fn restart(&self) {
-        if let Some(pg) = &self.pg {
-            pg.stop();
-            pg.resume();
-        }
-    }
-}
-
-fn target(url: &str) -> PgTarget {
-    PgTarget::try_from(&StoreConfig {
-        url: url.into(),
-        password_file: None,
-    })
-    .unwrap()
 }
 
 fn now() -> u64 {
@@ -100,26 +50,6 @@ fn bound(n: u8, mac: &str) -> Lease {
 fn sorted(mut v: Vec<Lease>) -> Vec<Lease> {
     v.sort_by_key(|l| u32::from(l.ip));
     v
-}
-
-/// Each body once per backend: `$name::sqlite` and `$name::postgres`.
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn sqlite() {
-                if let Some(f) = super::Fixture::sqlite() {
-                    super::$name(&f);
-                }
-            }
-            #[test]
-            fn postgres() {
-                if let Some(f) = super::Fixture::postgres() {
-                    super::$name(&f);
-                }
-            }
-        }
-    )*};
 }
 
 conformance!(
@@ -415,7 +345,7 @@ fn concurrent_startups_migrate_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2], "each migration applied once");
 }
 
 /// A database a newer rollout migrated further is not written by this one:
@@ -435,7 +365,7 @@ fn a_newer_schema_is_refused() {
             e,
             StoreError::SchemaTooNew {
                 found: 99,
-                known: 1,
+                known: 2,
                 ..
             }
         ),

@@ -293,7 +293,9 @@ pub trait NodeStore: Send + Sync {
 pub enum NodeChange {
     /// Without secrets ([`NodeRecord::public`]).
     Saved(NodeRecord),
-    Removed { mac: String },
+    Removed {
+        mac: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -448,7 +450,9 @@ impl Inventory {
 
     /// This server's and (through the store) every other server's cycles
     /// one at a time; held for one read-modify-write.
-    pub(crate) fn write_lock(&self) -> Result<(std::sync::MutexGuard<'_, ()>, WriteGuard<'_>), InventoryError> {
+    pub(crate) fn write_lock(
+        &self,
+    ) -> Result<(std::sync::MutexGuard<'_, ()>, WriteGuard<'_>), InventoryError> {
         let local = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let shared = self.store.lock_writes()?;
         Ok((local, shared))

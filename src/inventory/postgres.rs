@@ -60,7 +60,7 @@ impl PgNodeStore {
 
     fn with<T: Send>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send,
+        f: impl Fn(&mut Client) -> Result<T, postgres::Error> + Send + Sync,
     ) -> Result<T, StoreError> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner()).with(f)
     }
@@ -93,7 +93,10 @@ fn append_history(
     )?;
     let merged = last.and_then(|row| {
         let (id, text): (i64, String) = (row.get(0), row.get(1));
-        Some((id, merge_repeat(&serde_json::from_str(&text).ok()?, ev, at)?))
+        Some((
+            id,
+            merge_repeat(&serde_json::from_str(&text).ok()?, ev, at)?,
+        ))
     });
     if let Some((id, merged)) = merged {
         tx.execute(
@@ -234,12 +237,7 @@ impl Drop for Held<'_> {
 /// Listens until `stop`: `changed(Some(mac))` for each record another server
 /// wrote or removed, `changed(None)` after every (re)connection, since
 /// whatever changed while this server was not listening was missed.
-fn listen(
-    target: &PgTarget,
-    origin: &str,
-    stop: &AtomicBool,
-    changed: &dyn Fn(Option<String>),
-) {
+fn listen(target: &PgTarget, origin: &str, stop: &AtomicBool, changed: &dyn Fn(Option<String>)) {
     let mut warned = false;
     while !stop.load(Ordering::Relaxed) {
         let mut client = match pg::connect(target).and_then(|mut c| {
@@ -253,7 +251,9 @@ fn listen(
             Ok(c) => c,
             Err(e) => {
                 if !warned {
-                    tracing::warn!("not following other servers' node changes: {e}; retrying every second");
+                    tracing::warn!(
+                        "not following other servers' node changes: {e}; retrying every second"
+                    );
                     warned = true;
                 }
                 std::thread::sleep(Duration::from_secs(1));

@@ -115,13 +115,17 @@ impl Backend {
     /// Node records and their history: the state database, or the shared one.
     pub fn node_store(&self) -> Result<Box<dyn crate::inventory::NodeStore>, StoreError> {
         Ok(match self {
-            Backend::Sqlite(path) => Box::new(crate::inventory::sqlite::SqliteNodeStore::open(path)?),
+            Backend::Sqlite(path) => {
+                Box::new(crate::inventory::sqlite::SqliteNodeStore::open(path)?)
+            }
             Backend::Postgres(pg) => Box::new(crate::inventory::postgres::PgNodeStore::open(pg)?),
         })
     }
 
     /// The operators' credentials, wherever the node records are.
-    pub fn operators(&self) -> Result<crate::operators::Operators, crate::operators::OperatorError> {
+    pub fn operators(
+        &self,
+    ) -> Result<crate::operators::Operators, crate::operators::OperatorError> {
         match self {
             Backend::Sqlite(path) => crate::operators::Operators::open(path),
             Backend::Postgres(pg) => crate::operators::Operators::open_shared(pg),

@@ -87,13 +87,26 @@ impl PgConn {
     }
 
     /// Runs `f` on the connection; a database error drops it (reconnect next
-    /// time). Off `serve`'s runtime, whichever thread calls (see `off_runtime`).
+    /// time). A connection the database closed since its last use (it
+    /// restarted) is replaced and `f` runs once more: what failed on a closed
+    /// connection did not commit, and rollout's writes are whole rows (a lease,
+    /// a record), so the one case where the commit went through and only its
+    /// answer was lost writes the same row again (or one history line twice).
+    /// Off `serve`'s runtime, whichever thread calls (see `off_runtime`).
     pub fn with<T: Send>(
         &mut self,
-        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send,
+        f: impl Fn(&mut Client) -> Result<T, postgres::Error> + Send + Sync,
     ) -> Result<T, StoreError> {
         super::off_runtime(|| {
-            let result = f(self.client()?);
+            let reused = self.client.as_ref().is_some_and(|c| !c.is_closed());
+            let mut result = f(self.client()?);
+            let closed = |e: &postgres::Error, c: &Option<Client>| {
+                e.is_closed() || c.as_ref().is_none_or(Client::is_closed)
+            };
+            if matches!(&result, Err(e) if reused && closed(e, &self.client)) {
+                self.client = None;
+                result = f(self.client()?);
+            }
             result.map_err(|source| {
                 self.client = None;
                 StoreError::Postgres {

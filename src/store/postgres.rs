@@ -12,11 +12,11 @@
 //! PostgreSQL is away every batch fails (nothing is ACKed), and once it is
 //! back the next batch goes through.
 
+use super::pg::PgConn;
 use super::{Refusal, StoreError};
 use crate::config::PgTarget;
 use crate::dhcp::commit::BatchStore;
 use crate::dhcp::leases::{Lease, LeaseState, LeaseStore};
-use super::pg::PgConn;
 use postgres::{Client, Row};
 use std::net::Ipv4Addr;
 
@@ -41,7 +41,7 @@ impl PgLeaseStore {
 
     fn with<T: Send>(
         &mut self,
-        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send,
+        f: impl Fn(&mut Client) -> Result<T, postgres::Error> + Send + Sync,
     ) -> Result<T, StoreError> {
         self.conn.with(f)
     }

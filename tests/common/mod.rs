@@ -2,6 +2,7 @@
 //! a server namespace with a bridge, and a client namespace whose veths plug into it.
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod bmc;
 pub mod image_tree;
 pub mod loopback;
