@@ -1,6 +1,8 @@
 //! Both store backends for conformance suites: SQLite in a temp dir and a real
 //! PostgreSQL server the test starts (`testkit::postgres`). A body written
 //! once runs on each through [`conformance!`].
+// Not every test file that includes `common` runs a conformance suite.
+#![allow(unused_macros, unused_imports)]
 
 use rollout::config::{PgTarget, StoreConfig};
 use rollout::store::Backend;
