@@ -108,7 +108,7 @@ pub struct Operators {
 
 enum Table {
     Sqlite(Mutex<Connection>),
-    Postgres(Mutex<crate::store::pg::PgConn>),
+    Postgres(Box<Mutex<crate::store::pg::PgConn>>),
 }
 
 /// The columns every query reads, in this order.
@@ -126,7 +126,9 @@ impl Operators {
     /// The shared table (created by the schema migrations).
     pub fn open_shared(target: &crate::config::PgTarget) -> Result<Operators, OperatorError> {
         Ok(Operators {
-            table: Table::Postgres(Mutex::new(crate::store::pg::PgConn::open(target)?)),
+            table: Table::Postgres(Box::new(Mutex::new(crate::store::pg::PgConn::open(
+                target,
+            )?))),
         })
     }
 

@@ -477,7 +477,32 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     if multicast.enabled() {
         info!(interface = ?config.server.interface, "multicast first install on ([install] multicast)");
     }
+    // With a shared database, power requests cross servers: this one runs
+    // those for nodes whose BMC its config holds, and relays the others.
+    let (relayed_tx, relayed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let power_relay = match &config.store {
+        None => None,
+        Some(pg) => {
+            let relay = Arc::new(crate::power::relay::PowerRelay::open(
+                pg,
+                &config.http_base_url(),
+            )?);
+            let with_bmc: std::collections::HashSet<String> = config
+                .nodes
+                .iter()
+                .filter(|n| n.node.bmc.is_some())
+                .map(|n| n.mac.clone())
+                .collect();
+            relay
+                .serve(move |mac| with_bmc.contains(mac), relayed_tx)
+                .map_err(|e| {
+                    ServeError::Task(format!("cannot start the power relay thread: {e}"))
+                })?;
+            Some(relay)
+        }
+    };
     let state = Arc::new(AppState {
+        power_relay,
         config,
         inventory,
         admin_token,
@@ -493,6 +518,13 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         multicast,
     });
 
+    if state.power_relay.is_some() {
+        let state = state.clone();
+        tasks.spawn(async move {
+            http::run_relayed(state, relayed_rx).await;
+            Ok(())
+        });
+    }
     let c = cancel.clone();
     tasks.spawn(async move {
         http::run(listener, state, c)

@@ -289,6 +289,18 @@ fn each_server_sees_the_others_changes_live() {
     }
     assert_eq!(own, 1);
 
+    // A record too large for a notification's payload is read back instead.
+    let mut big = record(MAC2, "n2");
+    big.console_tail = vec!["x".repeat(1000); 10];
+    f.backend.node_store().unwrap().save(&big, None).unwrap();
+    assert!(
+        wait_for(&mut feed, Duration::from_secs(1), |c| {
+            matches!(c, NodeChange::Saved(r) if r.mac == MAC2 && r.console_tail.len() == 10)
+        })
+        .is_some(),
+        "a 10 kB record reaches B too"
+    );
+
     // PostgreSQL restarts: B listens again and A's next change still arrives.
     f.restart();
     let mut rec = record(MAC1, "n1-again");

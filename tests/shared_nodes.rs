@@ -3,10 +3,12 @@
 //! installed through server A shows on server B's live feed within a second
 //! and in `rollout watch` against B; a reinstall asked of B is what A's boot
 //! script serves the node next; an operator made on B works on A, and its
-//! revoke on B takes effect on A at once.
+//! revoke on B takes effect on A at once; a power request or reinstall-now
+//! made on B for a node whose BMC only A's config holds is run by A.
 
 mod common;
 
+use common::bmc::{secret_file, sets_after, start_ipmi_sim, wait_for};
 use common::loopback::{write_config, Server};
 use serde_json::json;
 use std::io::BufRead;
@@ -19,8 +21,13 @@ const MAC: &str = "52:54:00:00:00:02";
 
 /// A server's config with its own state_dir and ports, the shared database's url added.
 fn shared_server(dir: &Path, url: &str) -> Server {
+    shared_server_with(dir, url, |text| text)
+}
+
+/// [`shared_server`], its config text changed by `edit` first.
+fn shared_server_with(dir: &Path, url: &str, edit: impl Fn(String) -> String) -> Server {
     let cfg = write_config(dir, 0);
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    let mut text = edit(std::fs::read_to_string(&cfg).unwrap());
     text.push_str(&format!("[store]\nurl = \"{url}\"\n"));
     std::fs::write(&cfg, text).unwrap();
     Server::start(dir)
@@ -64,14 +71,17 @@ fn seen_in(
     }
 }
 
-/// The child's output once it exits, or once it is killed after `within`.
-fn finish(mut child: std::process::Child, within: Duration) -> std::process::Output {
+/// How the child exited, killed if it had not after `within`.
+fn finish(mut child: std::process::Child, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
-    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = child.kill();
-    child.wait_with_output().unwrap()
+    child.wait().unwrap()
 }
 
 #[test]
@@ -114,34 +124,48 @@ fn two_servers_on_one_database_show_and_steer_every_node() {
     );
     assert_eq!(st, 409, "the address A reserved is refused on B: {body}");
 
-    // Installed through A, watched on B.
-    let watch = std::process::Command::new(env!("CARGO_BIN_EXE_rollout"))
+    // Installed through A, watched on B (once `rollout watch` has drawn its
+    // table it follows B's feed).
+    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_rollout"))
         .arg("--config")
         .arg(b.dir.join("rollout.toml"))
         .args(["watch", "--until-done"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let (lines_tx, lines) = mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut watched = vec![];
+    while !watched.iter().any(|l: &String| l.starts_with("node2")) {
+        watched.push(
+            lines
+                .recv_timeout(Duration::from_secs(10))
+                .expect("watch draws its table"),
+        );
+    }
     let started = Instant::now();
     a.install(MAC);
     assert!(
         seen_in(&feed, "installed", started, Duration::from_secs(1)).is_some(),
         "an install reported to A shows on B within a second"
     );
-    let out = finish(watch, Duration::from_secs(20));
-    let watched = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{watched}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let status = finish(watch, Duration::from_secs(20));
+    watched.extend(lines.try_iter());
+    assert!(status.success(), "{watched:#?}");
     assert!(
         watched
-            .lines()
+            .iter()
             .any(|l| l.starts_with("node2") && l.contains("installed")),
-        "`rollout watch` against B follows the install A ran:\n{watched}"
+        "`rollout watch` against B follows the install A ran: {watched:#?}"
     );
 
     // Installed: A's boot script boots the disk. A reinstall asked of B makes
@@ -179,4 +203,95 @@ fn two_servers_on_one_database_show_and_steer_every_node() {
     let (st, _) = b.req("DELETE", "/api/v1/operators/carol", None, true);
     assert_eq!(st, 204);
     assert_eq!(as_carol(&a), 401, "revoked on B, refused on A at once");
+}
+
+/// node1's BMC (ipmi_sim) is in A's config only, as a rack's BMCs are in
+/// its own server's; B relays what it is asked to A through the database.
+#[test]
+fn power_asked_of_one_server_runs_on_the_server_holding_the_bmc() {
+    if !TempPostgres::available()
+        || !testkit::prereq::require_tools(&[("ipmi_sim", "openipmi"), ("ipmitool", "ipmitool")])
+    {
+        return;
+    }
+    let pg = TempPostgres::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = common::bmc::free_udp_port();
+    let _sim = start_ipmi_sim(dir_a.path(), port, "bmc-secret");
+    let pw = secret_file(dir_a.path(), "bmc-pw", "bmc-secret");
+    let a = shared_server_with(dir_a.path(), &pg.url(), |text| {
+        let bmc = format!(
+            "bmc = {{ driver = \"ipmi\", address = \"127.0.0.1\", port = {port}, username = \"admin\", password_file = \"{}\", boot_mode = \"legacy\" }}\n",
+            pw.display()
+        );
+        text.replace(
+            "ip = \"127.0.0.11\"\n",
+            &format!("ip = \"127.0.0.11\"\n{bmc}"),
+        ) + "[power]\ntimeout = 4\n"
+    });
+    let b = shared_server(dir_b.path(), &pg.url());
+    wait_for("ipmi_sim through A", Duration::from_secs(15), || {
+        a.req("GET", "/api/v1/nodes/node1/power", None, true).0 == 200
+    });
+
+    let (st, body) = b.req(
+        "POST",
+        "/api/v1/nodes/node1/power",
+        Some(json!({"action": "on"})),
+        true,
+    );
+    assert_eq!(st, 200, "B relays the power request to A: {body}");
+    assert_eq!(sets_after(dir_a.path(), 1), ["set power 1"]);
+    let (st, body) = b.req("GET", "/api/v1/nodes/node1/power", None, true);
+    assert_eq!((st, body["state"].as_str()), (200, Some("on")), "{body}");
+    let (st, body) = b.req("POST", "/api/v1/nodes/node1/reinstall?now=true", None, true);
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["power"], json!(["boot_once_pxe", "cycle"]), "{body}");
+    assert_eq!(
+        sets_after(dir_a.path(), 4),
+        ["set power 1", "set boot pxe", "set power 0", "set power 1"]
+    );
+    // A ran them: its history rows name who asked on B.
+    let (_, hist) = b.req("GET", "/api/v1/nodes/node1/history", None, true);
+    let power: Vec<_> = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| &h["event"])
+        .filter(|e| e["kind"] == "power")
+        .collect();
+    assert_eq!(power.len(), 2, "{hist}");
+    assert!(
+        power
+            .iter()
+            .all(|e| e["by"] == "admin" && e["result"] == "ok"),
+        "{hist}"
+    );
+    assert_eq!(power[1]["action"], "reinstall_now");
+    assert!(a
+        .log_text()
+        .contains("ran a power request relayed by another server"));
+
+    // A node no server has a BMC for: B says so instead of waiting forever.
+    let (st, body) = b.req(
+        "POST",
+        "/api/v1/nodes",
+        Some(json!({"mac": MAC, "hostname": "node2"})),
+        true,
+    );
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = b.req(
+        "POST",
+        "/api/v1/nodes/node2/power",
+        Some(json!({"action": "cycle"})),
+        true,
+    );
+    assert_eq!(st, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no other server sharing the database claimed"),
+        "{body}"
+    );
 }

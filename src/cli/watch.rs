@@ -75,6 +75,10 @@ pub fn final_table(nodes: &BTreeMap<String, NodeRecord>, seen: &BTreeSet<String>
 /// Follows the server's event stream and redraws the table (or, when stdout is
 /// not a terminal, prints one line per change).
 pub fn watch(args: WatchArgs, c: &Client) -> anyhow::Result<()> {
+    // Subscribed before the list is read: a change made in between (even a
+    // whole install) is in the stream. A change made before is in both, and
+    // the stream's copy is no older than the list's.
+    let events = if args.once { None } else { Some(c.events()?) };
     let mut nodes: BTreeMap<String, NodeRecord> = c
         .get::<Vec<NodeRecord>>("/api/v1/nodes")?
         .into_iter()
@@ -92,13 +96,11 @@ pub fn watch(args: WatchArgs, c: &Client) -> anyhow::Result<()> {
         let _ = out.flush();
     };
     draw(&nodes);
-    if args.once {
-        return Ok(());
-    }
+    let Some(events) = events else {
+        return Ok(()); // --once
+    };
     let mut watched = Watched::default();
-    // Subscribe before deciding: an install that ends between the list and
-    // the stream is in the stream.
-    let reader = std::io::BufReader::new(c.events()?);
+    let reader = std::io::BufReader::new(events);
     if args.until_done && watched.all_done(&nodes) {
         return finish(&nodes, &watched, tty);
     }

@@ -17,6 +17,7 @@ pub use api::published_serial;
 pub use auth::Sessions;
 pub use dashboard::{human_bytes, percent};
 pub use openapi::{documented_operations, spec_mismatches};
+pub use power::run_relayed;
 
 use crate::config::ValidConfig;
 use crate::inventory::{Inventory, InventoryError};
@@ -58,6 +59,9 @@ pub struct AppState {
     pub rsync_checksums: Vec<String>,
     /// Multicast first-install sessions (`POST /api/v1/installs/{id}/multicast`).
     pub multicast: Arc<crate::multicast::Multicast>,
+    /// With a shared database: power requests for nodes whose BMC another
+    /// server's config holds go through it (`power::relay`).
+    pub power_relay: Option<Arc<crate::power::relay::PowerRelay>>,
 }
 
 pub type Shared = Arc<AppState>;

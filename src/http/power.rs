@@ -131,7 +131,30 @@ async fn get_power(
         Ok(n) => n,
         Err(r) => return r,
     };
-    match with_driver(&state, &node, |d, _| d.status()).await {
+    let status = match relay_for(&state, &node) {
+        Some(relay) => {
+            let who = Principal {
+                name: "status".into(),
+                role: Role::Read,
+                session: None,
+            };
+            relayed(&state, relay, &who, &node, PowerAction::Status.as_str())
+                .await
+                .and_then(|body| {
+                    serde_json::from_value(body["state"].clone()).map_err(|e| {
+                        (
+                            StatusCode::BAD_GATEWAY,
+                            format!(
+                                "the server holding the BMC of {} answered no power state: {e}",
+                                node.hostname
+                            ),
+                        )
+                    })
+                })
+        }
+        None => with_driver(&state, &node, |d, _| d.status()).await,
+    };
+    match status {
         Ok(s) => {
             // Known, not history: a status read changes nothing.
             let event = json!({"kind": "power", "action": "status", "state": s, "result": "ok"});
@@ -202,6 +225,10 @@ pub(super) async fn act(
     node: &NodeRecord,
     action: PowerAction,
 ) -> Result<Option<PowerState>, Failure> {
+    if let Some(relay) = relay_for(state, node) {
+        let body = relayed(state, relay, who, node, action.as_str()).await?;
+        return Ok(serde_json::from_value(body["state"].clone()).ok());
+    }
     let result = with_driver(state, node, move |d, _| power::run(d, action)).await;
     if action != PowerAction::Status {
         let event = match &result {
@@ -240,22 +267,53 @@ pub(super) async fn reinstall_now_steps(
             .operator_action(&node.mac, OperatorAction::Reinstall, &who.name)
     })
     .map_err(|e| (inventory_status(&e), e.to_string()))?;
-    match with_driver(state, &marked, |d, efi| power::reinstall_now(d, efi)).await {
+    if let Some(relay) = relay_for(state, &marked) {
+        let body = relayed(state, relay, who, &marked, REINSTALL_NOW)
+            .await
+            .map_err(|(status, message)| {
+                (
+                    status,
+                    format!(
+                        "{} is marked for reinstall, but its power step failed: {message}",
+                        marked.hostname
+                    ),
+                )
+            })?;
+        let steps = body["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| step_name(s.as_str()?))
+            .collect();
+        return Ok((marked, steps));
+    }
+    let steps = reinstall_power_steps(state, who, &marked).await?;
+    Ok((marked, steps))
+}
+
+/// The power half of a reinstall-now, on the server holding the BMC (asked
+/// directly, or relayed from another server), recorded in the node's history.
+async fn reinstall_power_steps(
+    state: &Shared,
+    who: &Principal,
+    marked: &NodeRecord,
+) -> Result<Vec<&'static str>, Failure> {
+    match with_driver(state, marked, |d, efi| power::reinstall_now(d, efi)).await {
         Ok(steps) => {
             record(
                 state,
-                &marked,
+                marked,
                 who,
-                json!({"kind": "power", "action": "reinstall_now", "steps": steps, "result": "ok"}),
+                json!({"kind": "power", "action": REINSTALL_NOW, "steps": steps, "result": "ok"}),
             );
-            Ok((marked, steps))
+            Ok(steps)
         }
         Err((status, message)) => {
             record(
                 state,
-                &marked,
+                marked,
                 who,
-                json!({"kind": "power", "action": "reinstall_now", "result": "failed", "error": message}),
+                json!({"kind": "power", "action": REINSTALL_NOW, "result": "failed", "error": message}),
             );
             Err((
                 status,
@@ -265,5 +323,136 @@ pub(super) async fn reinstall_now_steps(
                 ),
             ))
         }
+    }
+}
+
+/// The relayed name of the power half of a reinstall-now.
+const REINSTALL_NOW: &str = "reinstall_now";
+
+/// The step names [`power::reinstall_now`] reports, as the static strings it uses.
+fn step_name(s: &str) -> Option<&'static str> {
+    match s {
+        "boot_once_pxe" => Some("boot_once_pxe"),
+        other => PowerAction::parse(other).map(PowerAction::as_str),
+    }
+}
+
+/// The relay to use for `node`: with a shared database, when this server's
+/// config holds no BMC for it (another server's may).
+fn relay_for<'a>(
+    state: &'a Shared,
+    node: &NodeRecord,
+) -> Option<&'a std::sync::Arc<power::relay::PowerRelay>> {
+    let local = state
+        .config
+        .node_by_mac(&node.mac)
+        .is_some_and(|n| n.bmc.is_some());
+    state.power_relay.as_ref().filter(|_| !local)
+}
+
+/// Asks the server holding the node's BMC to run `action` for `who`; its
+/// answer's body, or its refusal as a failure of this request.
+async fn relayed(
+    state: &Shared,
+    relay: &std::sync::Arc<power::relay::PowerRelay>,
+    who: &Principal,
+    node: &NodeRecord,
+    action: &str,
+) -> Result<Value, Failure> {
+    // A reinstall-now is up to three BMC calls, each bounded by power.timeout.
+    let answer_within = Duration::from_secs(3 * state.config.power.timeout + 5);
+    let (relay, mac, hostname, action) = (
+        relay.clone(),
+        node.mac.clone(),
+        node.hostname.clone(),
+        action.to_string(),
+    );
+    let by = (who.name.clone(), who.role.as_str());
+    let asked = tokio::task::spawn_blocking(move || {
+        relay.ask(&mac, &hostname, &action, (&by.0, by.1), answer_within)
+    })
+    .await
+    .map_err(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the power relay crashed: {e}"),
+        )
+    })?;
+    match asked {
+        Ok(outcome) if outcome.status == 200 => Ok(outcome.body),
+        Ok(outcome) => Err((
+            StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::BAD_GATEWAY),
+            outcome.body["error"]
+                .as_str()
+                .unwrap_or("the server holding the BMC refused")
+                .to_string(),
+        )),
+        Err(e @ power::relay::RelayError::Unclaimed { .. }) => {
+            Err((StatusCode::CONFLICT, e.to_string()))
+        }
+        Err(e) => Err((StatusCode::BAD_GATEWAY, e.to_string())),
+    }
+}
+
+/// Runs the power requests other servers relay to this one (for nodes whose
+/// BMC is in this server's config), each as if asked here by the same
+/// operator, and answers them.
+pub async fn run_relayed(
+    state: Shared,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<power::relay::Request>,
+) {
+    let Some(relay) = state.power_relay.clone() else {
+        return;
+    };
+    loop {
+        let req = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            r = requests.recv() => match r { Some(r) => r, None => return },
+        };
+        let outcome = relayed_outcome(&state, &req).await;
+        tracing::info!(mac = %req.mac, action = %req.action, by = %req.by, status = outcome.status, "ran a power request relayed by another server");
+        let relay = relay.clone();
+        let finished = tokio::task::spawn_blocking(move || relay.finish(req.id, &outcome)).await;
+        if let Ok(Err(e)) = finished {
+            tracing::warn!("cannot answer a relayed power request: {e}");
+        }
+    }
+}
+
+async fn relayed_outcome(state: &Shared, req: &power::relay::Request) -> power::relay::Outcome {
+    let failed = |status: StatusCode, message: String| power::relay::Outcome {
+        status: status.as_u16(),
+        body: json!({ "error": message }),
+    };
+    let who = Principal {
+        name: req.by.clone(),
+        role: Role::parse(&req.role).unwrap_or(Role::Read),
+        session: None,
+    };
+    let node = match tokio::task::block_in_place(|| state.inventory.get(&req.mac)) {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return failed(
+                StatusCode::NOT_FOUND,
+                format!("no node with MAC {}", req.mac),
+            )
+        }
+        Err(e) => return failed(inventory_status(&e), e.to_string()),
+    };
+    let result = match (req.action.as_str(), PowerAction::parse(&req.action)) {
+        (REINSTALL_NOW, _) => reinstall_power_steps(state, &who, &node)
+            .await
+            .map(|steps| json!({ "steps": steps })),
+        (_, Some(action)) => act(state, &who, &node, action)
+            .await
+            .map(|s| json!({ "state": s })),
+        (other, None) => Err((
+            StatusCode::BAD_REQUEST,
+            format!("unknown power action {other:?} (a newer server asked?)"),
+        )),
+    };
+    match result {
+        Ok(body) => power::relay::Outcome { status: 200, body },
+        Err((status, message)) => failed(status, message),
     }
 }

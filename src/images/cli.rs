@@ -298,7 +298,7 @@ pub fn run(cmd: ImageCmd, config: &crate::config::Config) -> anyhow::Result<()> 
             println!("published {name} serial {serial}");
         }
         ImageCmd::Prune { name, keep } => {
-            let installing = being_installed(&config, &name)?;
+            let installing = being_installed(config, &name)?;
             let in_use: Vec<u64> = installing.iter().map(|(s, _)| *s).collect();
             for (serial, host) in &installing {
                 println!("keeping serial {serial}: {host} is installing it");

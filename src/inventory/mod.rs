@@ -279,20 +279,31 @@ pub trait NodeStore: Send + Sync {
         Ok(Box::new(()))
     }
 
-    /// Starts telling `changed` which records other servers wrote or removed
-    /// (`Some(mac)`), or that any may have changed (`None`: after the store
-    /// reconnects). Nothing to tell when no other server writes here.
-    fn watch(&self, changed: Box<dyn Fn(Option<String>) + Send>) -> Result<(), StoreError> {
+    /// Starts telling `changed` what other servers write or remove. Nothing
+    /// to tell when no other server writes here.
+    fn watch(&self, changed: Box<dyn Fn(Remote) + Send>) -> Result<(), StoreError> {
         drop(changed);
         Ok(())
     }
+}
+
+/// A change another server made, as the store learns of it.
+#[derive(Debug, Clone)]
+pub enum Remote {
+    /// The record as that server wrote it (without secrets): each state it
+    /// went through is seen, however fast the next came.
+    Saved(Box<NodeRecord>),
+    /// This node changed or was removed: read it back.
+    Changed(String),
+    /// Anything may have changed (the store reconnected): read them all.
+    Missed,
 }
 
 /// What the live feed carries: a record as it is now, or a node that is gone.
 #[derive(Debug, Clone)]
 pub enum NodeChange {
     /// Without secrets ([`NodeRecord::public`]).
-    Saved(NodeRecord),
+    Saved(Box<NodeRecord>),
     Removed {
         mac: String,
     },
@@ -416,27 +427,32 @@ impl Inventory {
     /// server's live feed (a no-op for a store nobody else writes).
     pub fn follow_other_servers(self: &std::sync::Arc<Self>) -> Result<(), InventoryError> {
         let inventory = std::sync::Arc::downgrade(self);
-        self.store.watch(Box::new(move |mac| {
+        self.store.watch(Box::new(move |remote| {
             if let Some(inventory) = inventory.upgrade() {
-                inventory.relay(mac);
+                inventory.relay(remote);
             }
         }))?;
         Ok(())
     }
 
-    /// Announces what another server changed, as read back from the store.
-    fn relay(&self, mac: Option<String>) {
-        let changes = match mac {
-            Some(mac) => match self.store.get(&mac) {
-                Ok(Some(rec)) => vec![NodeChange::Saved(rec.public())],
+    /// Announces what another server changed (read back from the store
+    /// unless the change came with the record).
+    fn relay(&self, remote: Remote) {
+        let changes = match remote {
+            Remote::Saved(rec) => vec![NodeChange::Saved(Box::new(rec.public()))],
+            Remote::Changed(mac) => match self.store.get(&mac) {
+                Ok(Some(rec)) => vec![NodeChange::Saved(Box::new(rec.public()))],
                 Ok(None) => vec![NodeChange::Removed { mac }],
                 Err(e) => {
                     tracing::warn!(%mac, "cannot read a node another server changed: {e}");
                     return;
                 }
             },
-            None => match self.store.list() {
-                Ok(all) => all.iter().map(|r| NodeChange::Saved(r.public())).collect(),
+            Remote::Missed => match self.store.list() {
+                Ok(all) => all
+                    .iter()
+                    .map(|r| NodeChange::Saved(Box::new(r.public())))
+                    .collect(),
                 Err(e) => {
                     tracing::warn!("cannot read the nodes after reconnecting: {e}");
                     return;
@@ -484,7 +500,7 @@ impl Inventory {
     ) -> Result<NodeRecord, InventoryError> {
         rec.updated = now();
         self.store.save(&rec, Some(&history))?;
-        let _ = self.changes.send(NodeChange::Saved(rec.public()));
+        let _ = self.changes.send(NodeChange::Saved(Box::new(rec.public())));
         Ok(rec)
     }
 
@@ -804,7 +820,7 @@ impl Inventory {
         ) {
             rec.updated = now();
             self.store.save(&rec, None)?;
-            let _ = self.changes.send(NodeChange::Saved(rec.public()));
+            let _ = self.changes.send(NodeChange::Saved(Box::new(rec.public())));
             return Ok(rec);
         }
         self.commit(rec, event)

@@ -14,22 +14,25 @@
 //!   server changed, so its dashboards and `rollout watch` see them at once.
 
 use super::limits::{merge_repeat, HISTORY_KEEP};
-use super::{HistoryEntry, NodeRecord, NodeStore, WriteGuard};
+use super::{HistoryEntry, NodeRecord, NodeStore, Remote, WriteGuard};
 use crate::config::PgTarget;
 use crate::store::pg::{self, PgConn};
 use crate::store::StoreError;
-use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, Transaction};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
-/// The channel node changes are announced on; the payload is "ORIGIN MAC".
+/// The channel node changes are announced on; the payload is "ORIGIN MAC",
+/// followed by " RECORD" (its JSON, without secrets) when that fits.
 const CHANNEL: &str = "rollout_nodes";
+
+/// PostgreSQL's limit on a payload is 8000 bytes; a record with a long
+/// console tail or a large hardware report is read back instead.
+const MAX_PAYLOAD: usize = 7900;
 
 /// The advisory lock held for one read-modify-write cycle of the inventory
 /// ("nodes" in ASCII; any constant every server agrees on).
-const WRITE_LOCK: i64 = 0x6e6f_6465_73;
+const WRITE_LOCK: i64 = 0x006e_6f64_6573;
 
 /// How long a cycle waits for another server's before it fails: a server
 /// stopped mid-cycle (SIGSTOP, a hung disk) must not hold every other up forever.
@@ -149,7 +152,11 @@ impl NodeStore for PgNodeStore {
         history: Option<&serde_json::Value>,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(rec).expect("records serialize");
-        let note = format!("{} {}", self.origin, rec.mac);
+        let mut note = format!("{} {}", self.origin, rec.mac);
+        let public = serde_json::to_string(&rec.public()).expect("records serialize");
+        if note.len() + 1 + public.len() <= MAX_PAYLOAD {
+            note = format!("{note} {public}");
+        }
         self.with(|c| {
             let mut tx = c.transaction()?;
             tx.execute(
@@ -205,7 +212,7 @@ impl NodeStore for PgNodeStore {
         Ok(Box::new(Held(conn)))
     }
 
-    fn watch(&self, changed: Box<dyn Fn(Option<String>) + Send>) -> Result<(), StoreError> {
+    fn watch(&self, changed: Box<dyn Fn(Remote) + Send>) -> Result<(), StoreError> {
         let (target, origin, stop) = (self.target.clone(), self.origin.clone(), self.stop.clone());
         std::thread::Builder::new()
             .name("rollout-node-listen".into())
@@ -234,69 +241,30 @@ impl Drop for Held<'_> {
     }
 }
 
-/// Listens until `stop`: `changed(Some(mac))` for each record another server
-/// wrote or removed, `changed(None)` after every (re)connection, since
-/// whatever changed while this server was not listening was missed.
-fn listen(target: &PgTarget, origin: &str, stop: &AtomicBool, changed: &dyn Fn(Option<String>)) {
-    let mut warned = false;
-    while !stop.load(Ordering::Relaxed) {
-        let mut client = match pg::connect(target).and_then(|mut c| {
-            c.batch_execute(&format!("LISTEN {CHANNEL}"))
-                .map(|_| c)
-                .map_err(|source| StoreError::Postgres {
-                    url: target.shown.clone(),
-                    source,
-                })
-        }) {
-            Ok(c) => c,
-            Err(e) => {
-                if !warned {
-                    tracing::warn!(
-                        "not following other servers' node changes: {e}; retrying every second"
-                    );
-                    warned = true;
-                }
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
+/// Tells `changed` of each record another server wrote or removed, and that
+/// anything may have changed after every (re)connection (whatever changed
+/// while this server was not listening was missed).
+fn listen(target: &PgTarget, origin: &str, stop: &AtomicBool, changed: &dyn Fn(Remote)) {
+    pg::listen(
+        target,
+        CHANNEL,
+        stop,
+        |_| changed(Remote::Missed),
+        |_, payload| {
+            let mut parts = payload.splitn(3, ' ');
+            let (Some(from), Some(mac)) = (parts.next(), parts.next()) else {
+                return;
+            };
+            if from == origin {
+                return;
             }
-        };
-        if warned {
-            tracing::info!(url = %target.shown, "following other servers' node changes again");
-            warned = false;
-        }
-        changed(None);
-        let mut last_ping = Instant::now();
-        while !stop.load(Ordering::Relaxed) && !client.is_closed() {
-            if drain(&mut client, origin, changed).is_err() {
-                break;
+            match parts
+                .next()
+                .and_then(|json| serde_json::from_str(json).ok())
+            {
+                Some(rec) => changed(Remote::Saved(Box::new(rec))),
+                None => changed(Remote::Changed(mac.to_string())),
             }
-            // A quiet connection is checked now and then: a database that
-            // went away without closing the socket shows up here.
-            if last_ping.elapsed() > Duration::from_secs(5) {
-                last_ping = Instant::now();
-                if client.batch_execute("").is_err() {
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Waits up to a quarter second for notifications and reports each that
-/// another server sent.
-fn drain(
-    client: &mut Client,
-    origin: &str,
-    changed: &dyn Fn(Option<String>),
-) -> Result<(), postgres::Error> {
-    let mut notes = client.notifications();
-    let mut batch = notes.timeout_iter(Duration::from_millis(250));
-    while let Some(n) = batch.next()? {
-        if let Some((from, mac)) = n.payload().split_once(' ') {
-            if from != origin {
-                changed(Some(mac.to_string()));
-            }
-        }
-    }
-    Ok(())
+        },
+    )
 }

@@ -552,7 +552,9 @@ fn installer_boots_that_never_fetch_a_plan_make_the_node_stuck_until_one_does() 
     assert_eq!(rec.public().stuck_before_network.as_ref(), Some(&msg));
     assert_eq!(rec.trouble(), msg);
     // Dashboards and `rollout watch` hear of it, and the history keeps it.
-    let heard = changes.try_recv().unwrap();
+    let NodeChange::Saved(heard) = changes.try_recv().unwrap() else {
+        panic!("a change, not a removal");
+    };
     assert_eq!(heard.stuck_before_network.as_ref(), Some(&msg));
     assert!(inv
         .history(MAC)

@@ -11,6 +11,7 @@ pub mod metered;
 pub mod poller;
 pub mod qmp;
 pub mod redfish;
+pub mod relay;
 pub mod tls;
 pub mod wol;
 

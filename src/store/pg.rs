@@ -45,6 +45,22 @@ const MIGRATIONS: &[(i32, &str)] = &[
             created    BIGINT NOT NULL
         )",
     ),
+    // Power requests one server relays to the server holding the node's BMC
+    // (see `power::relay`).
+    (
+        3,
+        "CREATE TABLE power_requests (
+            id         BIGSERIAL PRIMARY KEY,
+            mac        TEXT NOT NULL,
+            action     TEXT NOT NULL,
+            by_name    TEXT NOT NULL,
+            by_role    TEXT NOT NULL,
+            asked      BIGINT NOT NULL,
+            claimed_by TEXT,
+            status     INTEGER,
+            body       TEXT
+        )",
+    ),
 ];
 
 /// The advisory lock every server takes while it migrates (any constant both
@@ -221,4 +237,68 @@ fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError> {
         tracing::info!("lease database {shown}: schema migrated to version {version}");
     }
     tx.commit().map_err(err(known))
+}
+
+/// Listens on `channel` until `stop` is set, on a connection of its own,
+/// reconnecting after any failure: `connected` runs after each
+/// (re)connection (to catch up on what was sent while not listening), `note`
+/// for each notification's payload. A quiet connection is checked every few
+/// seconds, so a database gone without closing the socket is noticed.
+pub fn listen(
+    target: &PgTarget,
+    channel: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    mut connected: impl FnMut(&mut Client),
+    mut note: impl FnMut(&mut Client, &str),
+) {
+    use postgres::fallible_iterator::FallibleIterator;
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+    let mut warned = false;
+    while !stop.load(Ordering::Relaxed) {
+        let listening = connect(target).and_then(|mut c| {
+            c.batch_execute(&format!("LISTEN {channel}"))
+                .map(|_| c)
+                .map_err(|source| StoreError::Postgres {
+                    url: target.shown.clone(),
+                    source,
+                })
+        });
+        let mut client = match listening {
+            Ok(c) => c,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(
+                        "not following {channel} from other servers: {e}; retrying every second"
+                    );
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if warned {
+            tracing::info!(url = %target.shown, "following {channel} from other servers again");
+            warned = false;
+        }
+        connected(&mut client);
+        let mut last_check = Instant::now();
+        while !stop.load(Ordering::Relaxed) && !client.is_closed() {
+            let payloads: Result<Vec<String>, _> = client
+                .notifications()
+                .timeout_iter(Duration::from_millis(250))
+                .map(|n| Ok(n.payload().to_string()))
+                .collect();
+            let Ok(payloads) = payloads else { break };
+            for payload in payloads {
+                note(&mut client, &payload);
+            }
+            if last_check.elapsed() > Duration::from_secs(5) {
+                last_check = Instant::now();
+                if client.batch_execute("").is_err() {
+                    break;
+                }
+            }
+        }
+    }
 }
