@@ -96,6 +96,24 @@ fn a_mirror_server_copies_publishes_and_refuses_to_change_images() {
     );
     let copied = m_dir.join("state/images/web/published/root/etc/version");
     assert_eq!(std::fs::read_to_string(copied).unwrap(), "1");
+    // The same state in the API and on the dashboard's images page.
+    let (st, status) = mirror.req("GET", "/api/v1/mirror", None, true);
+    assert_eq!(st, 200, "{status}");
+    assert_eq!(status["state"]["state"], "idle", "{status}");
+    assert_eq!(
+        status["from"],
+        format!("rsync://127.0.0.1:{primary_rsync}/")
+    );
+    assert!(status["last_synced"].is_string(), "{status}");
+    let page = mirror.admin_text("/images");
+    assert!(
+        page.contains(&format!(
+            "mirror of rsync://127.0.0.1:{primary_rsync}/: idle (in step with the primary)"
+        )),
+        "{page}"
+    );
+    let (st, body) = primary.req("GET", "/api/v1/mirror", None, true);
+    assert_eq!(st, 404, "the primary is no mirror: {body}");
     let log = mirror.log_text();
     assert!(log.contains("mirror: serial 1 of web: 100%"), "{log}");
     assert!(log.contains("mirror: serial 1 of web complete"), "{log}");

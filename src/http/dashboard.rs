@@ -199,6 +199,8 @@ pub struct ImageView {
 struct ImagesPage {
     user: Option<UserView>,
     images: Vec<ImageView>,
+    /// On a mirror: where from and what it is doing (as `rollout image list` says).
+    mirror: Option<String>,
 }
 
 #[derive(Template)]
@@ -446,9 +448,23 @@ async fn images(State(state): State<Shared>, headers: HeaderMap) -> Response {
                 .unwrap_or_default(),
         })
         .collect();
+    let mirror =
+        state.config.mirroring.mirror_from.as_ref().map(|from| {
+            match super::mirror::status(&state) {
+                Ok(s) => {
+                    let synced = s.last_synced.as_deref().unwrap_or("never");
+                    format!(
+                        "mirror of {from}: {} (as of {}; last in step {synced})",
+                        s.state, s.updated
+                    )
+                }
+                Err((_, why)) => format!("mirror of {from}: {why}"),
+            }
+        });
     render(ImagesPage {
         user: UserView::of(&who),
         images,
+        mirror,
     })
 }
 

@@ -8,6 +8,7 @@ mod boot;
 mod dashboard;
 mod dashboard_power;
 pub mod listen;
+mod mirror;
 mod multicast;
 mod openapi;
 mod operators;
@@ -146,6 +147,7 @@ fn api_table() -> Vec<ApiRoute> {
     ];
     table.extend(admin::routes());
     table.extend(power::routes());
+    table.extend(mirror::routes());
     table
 }
 

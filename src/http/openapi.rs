@@ -180,6 +180,7 @@ impl utoipa::Modify for Security {
         super::operators::revoke,
         super::power::get_power,
         super::power::post_power,
+        super::mirror::mirror,
     ),
     modifiers(&Security),
     tags(
