@@ -319,7 +319,11 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
     let tftp_root = config.tftp_root.clone();
     let mut tasks = JoinSet::new();
     // Failures the services survive, counted for /healthz.
-    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let mut metrics = crate::metrics::Metrics::default();
+    if let Some(health) = inventory.store_health() {
+        metrics.node_store_health = health;
+    }
+    let metrics = Arc::new(metrics);
     let mut dhcp_handle = None;
     match &config.dhcp_plan {
         None => warn!("DHCP is off (dhcp.mode = \"off\" or no interface): nodes need another DHCP server pointing at this one"),

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use testkit::postgres::TempPostgres;
 
 const MAC: &str = "52:54:00:00:00:02";
+/// node1 of the loopback config.
+const MAC_INSTALLED: &str = "52:54:00:00:00:01";
 
 /// A server's config with its own state_dir and ports, the shared database's url added.
 fn shared_server(dir: &Path, url: &str) -> Server {
@@ -293,5 +295,64 @@ fn power_asked_of_one_server_runs_on_the_server_holding_the_bmc() {
             .unwrap()
             .contains("no other server sharing the database claimed"),
         "{body}"
+    );
+}
+
+/// PostgreSQL down: a node this server last knew as installed still boots
+/// its disk, a node due an install is told to ask again (an install starts
+/// with writes), `/healthz` names the outage; all as before once it is back.
+#[test]
+fn with_the_database_down_installed_nodes_boot_their_disks_and_installs_wait() {
+    if !TempPostgres::available() {
+        return;
+    }
+    let pg = TempPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = shared_server(dir.path(), &pg.url());
+    a.install(MAC_INSTALLED);
+    let (st, body) = a.req(
+        "POST",
+        "/api/v1/nodes",
+        Some(json!({"mac": MAC, "hostname": "node2"})),
+        true,
+    );
+    assert_eq!(st, 200, "{body}");
+    let boot = |mac: &str| a.text(&format!("/boot.ipxe?mac={mac}"));
+    assert!(
+        boot(MAC).contains("rollout.boot_secret="),
+        "node2 is due its install"
+    );
+
+    pg.stop();
+    let script = boot(MAC_INSTALLED);
+    assert!(
+        script.contains("is installed with default serial 1; booting from its disk"),
+        "{script}"
+    );
+    let script = boot(MAC);
+    assert!(
+        script.contains("the node database cannot be read now") && script.contains("sleep 30"),
+        "{script}"
+    );
+    let health = a.text("/healthz");
+    assert!(
+        health.starts_with("degraded\nnode_store_unreachable since "),
+        "{health}"
+    );
+
+    pg.resume();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !boot(MAC).contains("rollout.boot_secret=") {
+        assert!(
+            Instant::now() < deadline,
+            "installs go on once PostgreSQL is back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(a.text("/healthz").starts_with("ok\n"));
+    let (_, hist) = a.req("GET", "/api/v1/nodes/node1/history", None, true);
+    assert!(
+        hist.to_string().contains("\"installed\""),
+        "the history written before the outage is intact: {hist}"
     );
 }

@@ -79,6 +79,40 @@ fn unavailable(mac: &str, e: crate::inventory::InventoryError) -> Response {
         .into_response()
 }
 
+/// The node's record cannot be read (a shared database that is down): a
+/// node this server last knew as installed boots its disk, which needs no
+/// write; anything else is told to ask again, since an install starts with
+/// writes (its boot secret, its install id) that cannot be made now.
+fn without_store(
+    state: &Shared,
+    base: &str,
+    mac: &str,
+    e: crate::inventory::InventoryError,
+) -> Response {
+    let inv = &state.inventory;
+    let known = inv.last_known(mac).filter(|r| {
+        boot_action(r.state, inv.policy.unknown, inv.policy.retry) == BootAction::LocalDisk
+    });
+    if let Some(rec) = known {
+        warn!(%mac, hostname = %rec.hostname, error = %e, "node state unavailable: boot.ipxe → boot from local disk, as last known");
+        let script = LocalScript {
+            mac,
+            hostname: &rec.hostname,
+            image: &rec.image,
+            serial: rec.serial.unwrap_or(0),
+        };
+        return ipxe(script.render(), "local.ipxe");
+    }
+    warn!(%mac, error = %e, "node state unavailable: boot.ipxe → wait");
+    let script = WaitScript {
+        base,
+        mac,
+        reason: "the node database cannot be read now",
+        seconds: 30,
+    };
+    ipxe(script.render(), "wait.ipxe")
+}
+
 pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> Response {
     let base = state.config.http_base_url();
     let Some(raw_mac) = q.mac else {
@@ -118,7 +152,7 @@ pub async fn script(State(state): State<Shared>, Query(q): Query<BootQuery>) -> 
             )
                 .into_response();
         }
-        Err(e) => return unavailable(&mac, e),
+        Err(e) => return without_store(&state, &base, &mac, e),
     };
     let platform = platform.as_deref().unwrap_or("unknown");
     let (hostname, image) = (&record.hostname, &record.image);

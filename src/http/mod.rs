@@ -172,10 +172,11 @@ pub fn api_routes() -> Vec<(String, String)> {
 /// balancer or `curl -f` probe at once; the body is what says why.
 async fn healthz(State(state): State<Shared>) -> String {
     let now = crate::clock::now_unix();
+    let m = &state.metrics;
     format!(
         "{}{}",
-        state.metrics.store_health.status(now),
-        state.metrics.healthz()
+        crate::store::health::healthz_head(&m.store_health, &m.node_store_health, now),
+        m.healthz()
     )
 }
 

@@ -279,6 +279,12 @@ pub trait NodeStore: Send + Sync {
         Ok(Box::new(()))
     }
 
+    /// Whether this store answers, when that can change (a database over the
+    /// network): for `/healthz`.
+    fn health(&self) -> Option<crate::store::health::StoreHealth> {
+        None
+    }
+
     /// Starts telling `changed` what other servers write or remove. Nothing
     /// to tell when no other server writes here.
     fn watch(&self, changed: Box<dyn Fn(Remote) + Send>) -> Result<(), StoreError> {
@@ -394,6 +400,10 @@ pub struct Inventory {
     /// The copy rate of each running install, by install id (in memory: after
     /// a restart the estimate starts over from the next reports).
     rates: Mutex<std::collections::HashMap<String, progress::CopyRate>>,
+    /// The newest record this server read, wrote or was told of, by MAC
+    /// (without secrets): what a boot falls back on while the store cannot be
+    /// read (a shared database that is down), so installed nodes still boot.
+    known: Mutex<std::collections::HashMap<String, NodeRecord>>,
     pub policy: Policy,
 }
 
@@ -406,7 +416,29 @@ impl Inventory {
             changes,
             discovery: Mutex::default(),
             rates: Mutex::default(),
+            known: Mutex::default(),
             policy,
+        }
+    }
+
+    /// Whether the store answers, when that can change (see [`NodeStore::health`]).
+    pub fn store_health(&self) -> Option<crate::store::health::StoreHealth> {
+        self.store.health()
+    }
+
+    /// The newest record of `mac` this server knows without asking the store.
+    pub fn last_known(&self, mac: &str) -> Option<NodeRecord> {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(mac)
+            .cloned()
+    }
+
+    fn remember<'a>(&self, records: impl IntoIterator<Item = &'a NodeRecord>) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        for rec in records {
+            known.insert(rec.mac.clone(), rec.public());
         }
     }
 
@@ -460,6 +492,15 @@ impl Inventory {
             },
         };
         for change in changes {
+            match &change {
+                NodeChange::Saved(rec) => self.remember([rec.as_ref()]),
+                NodeChange::Removed { mac } => {
+                    self.known
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(mac);
+                }
+            }
             let _ = self.changes.send(change);
         }
     }
@@ -475,11 +516,15 @@ impl Inventory {
     }
 
     pub fn get(&self, mac: &str) -> Result<Option<NodeRecord>, InventoryError> {
-        Ok(self.store.get(mac)?)
+        let rec = self.store.get(mac)?;
+        self.remember(&rec);
+        Ok(rec)
     }
 
     pub fn list(&self) -> Result<Vec<NodeRecord>, InventoryError> {
-        Ok(self.store.list()?)
+        let all = self.store.list()?;
+        self.remember(&all);
+        Ok(all)
     }
 
     pub fn history(&self, mac: &str) -> Result<Vec<HistoryEntry>, InventoryError> {
@@ -500,6 +545,7 @@ impl Inventory {
     ) -> Result<NodeRecord, InventoryError> {
         rec.updated = now();
         self.store.save(&rec, Some(&history))?;
+        self.remember([&rec]);
         let _ = self.changes.send(NodeChange::Saved(Box::new(rec.public())));
         Ok(rec)
     }
@@ -955,6 +1001,10 @@ impl Inventory {
         if !self.store.delete(mac)? {
             return Err(InventoryError::UnknownNode(mac.into()));
         }
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(mac);
         let _ = self.changes.send(NodeChange::Removed { mac: mac.into() });
         Ok(())
     }

@@ -48,6 +48,8 @@ pub struct PgNodeStore {
     origin: String,
     /// Set when the store is dropped: the listener thread ends.
     stop: Arc<AtomicBool>,
+    /// Each call's outcome, for `/healthz`.
+    health: crate::store::health::StoreHealth,
 }
 
 impl PgNodeStore {
@@ -58,6 +60,7 @@ impl PgNodeStore {
             lock: Mutex::new(PgConn::open(target)?),
             origin: super::random_hex(8),
             stop: Arc::default(),
+            health: Default::default(),
         })
     }
 
@@ -65,7 +68,14 @@ impl PgNodeStore {
         &self,
         f: impl Fn(&mut Client) -> Result<T, postgres::Error> + Send + Sync,
     ) -> Result<T, StoreError> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner()).with(f)
+        self.observed(self.conn.lock().unwrap_or_else(|p| p.into_inner()).with(f))
+    }
+
+    /// Records a call's outcome for `/healthz` and passes it on.
+    fn observed<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        let outcome = result.as_ref().map(drop).map_err(ToString::to_string);
+        self.health.record(outcome, crate::clock::now_unix());
+        result
     }
 }
 
@@ -203,12 +213,16 @@ impl NodeStore for PgNodeStore {
             .collect())
     }
 
+    fn health(&self) -> Option<crate::store::health::StoreHealth> {
+        Some(self.health.clone())
+    }
+
     fn lock_writes(&self) -> Result<WriteGuard<'_>, StoreError> {
         let mut conn = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        conn.with(|c| {
+        self.observed(conn.with(|c| {
             c.batch_execute(&format!("SET lock_timeout = '{LOCK_TIMEOUT}'"))?;
             c.execute("SELECT pg_advisory_lock($1)", &[&WRITE_LOCK])
-        })?;
+        }))?;
         Ok(Box::new(Held(conn)))
     }
 

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub multicast_sent_bytes: Counter,
     /// Whether lease writes reach the store now (`/healthz` says `degraded` if not).
     pub store_health: crate::store::health::StoreHealth,
+    /// Whether the node records' store answers (a shared database).
+    pub node_store_health: crate::store::health::StoreHealth,
     sources: Arc<Sources>,
 }
 
@@ -139,6 +141,7 @@ impl Metrics {
             multicast_sessions: Family::default(),
             multicast_sent_bytes: Counter::default(),
             store_health: Default::default(),
+            node_store_health: Default::default(),
             sources: Arc::default(),
             registry: Registry::default(),
         };

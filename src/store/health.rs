@@ -37,6 +37,31 @@ impl StoreHealth {
     pub fn status(&self, now: u64) -> String {
         status_text(self.outage().as_ref(), now)
     }
+
+    /// The line `/healthz` adds for the node records' store while it fails
+    /// (see [`healthz_head`]).
+    pub fn node_store_line(&self, now: u64) -> Option<String> {
+        let o = self.outage()?;
+        Some(format!(
+            "node_store_unreachable since {} ({} s): {}; installed nodes boot from their disks, installs and changes wait until it is back\n",
+            crate::clock::rfc3339(o.since),
+            now.saturating_sub(o.since),
+            o.error.replace('\n', " ")
+        ))
+    }
+}
+
+/// `/healthz`'s head from the lease store's health and the node store's:
+/// `ok`, or `degraded` followed by a line per store that fails.
+pub fn healthz_head(leases: &StoreHealth, nodes: &StoreHealth, now: u64) -> String {
+    let lease_text = leases.status(now);
+    match nodes.node_store_line(now) {
+        None => lease_text,
+        Some(line) => match lease_text.strip_prefix("degraded\n") {
+            Some(lease_line) => format!("degraded\n{lease_line}{line}"),
+            None => format!("degraded\n{line}"),
+        },
+    }
 }
 
 /// The state after a batch: pure, so its rules are tested without a database.
@@ -91,5 +116,30 @@ mod tests {
         // A new outage starts afresh.
         h.record(Err("gone".into()), 300);
         assert_eq!(h.outage().unwrap().since, 300);
+    }
+
+    #[test]
+    fn healthz_names_each_store_that_fails() {
+        let (leases, nodes) = (StoreHealth::default(), StoreHealth::default());
+        assert_eq!(healthz_head(&leases, &nodes, 10), "ok\n");
+        nodes.record(Err("connection refused".into()), 100);
+        let s = healthz_head(&leases, &nodes, 110);
+        assert!(
+            s.starts_with("degraded\nnode_store_unreachable since "),
+            "{s}"
+        );
+        assert!(
+            s.contains("(10 s): connection refused; installed nodes boot"),
+            "{s}"
+        );
+        leases.record(Err("connection refused".into()), 105);
+        let s = healthz_head(&leases, &nodes, 110);
+        assert_eq!(s.matches("degraded").count(), 1, "{s}");
+        assert!(
+            s.contains("lease_store_unwritable") && s.contains("node_store_unreachable"),
+            "{s}"
+        );
+        nodes.record(Ok(()), 120);
+        assert!(!healthz_head(&leases, &nodes, 121).contains("node_store"));
     }
 }
