@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bmc;
+pub mod dhcp_capture;
 pub mod image_tree;
 pub mod loopback;
 pub mod netns;
