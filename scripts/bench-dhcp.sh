@@ -9,9 +9,9 @@
 #
 #   --rates     offered DORA exchanges/s, a ladder above every server's ceiling
 #               (default 2000,5000,10000,20000)
-#   --pg-rates  the same for the servers on PostgreSQL (default 500,1000,2000,5000)
+#   --pg-rates  the same for the servers on PostgreSQL (default 1000,1500,2000,3000,5000,10000,20000)
 #   --clients   distinct client MACs perfdhcp uses (default 20000)
-#   --seconds   how long each rate is offered (default 4; the default run takes ~2.5 min)
+#   --seconds   how long each rate is offered (default 4; the default run takes ~5 min)
 #   --servers   which servers to run (default rollout,kea,dnsmasq,rollout-pg,kea-pg,kea-pg-mt):
 #               rollout = SQLite in state_dir, kea = memfile, rollout-pg = [store] url,
 #               kea-pg = lease-database type postgresql (Kea 2.2's defaults: one thread),
@@ -38,7 +38,7 @@
 # Both rollout and Kea log warnings only here (per-packet info logging off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rates=2000,5000,10000,20000 pg_rates=500,1000,2000,5000 clients=20000 seconds=4
+rates=2000,5000,10000,20000 pg_rates=1000,1500,2000,3000,5000,10000,20000 clients=20000 seconds=4
 servers=rollout,kea,dnsmasq,rollout-pg,kea-pg,kea-pg-mt
 while [ $# -gt 0 ]; do
   case "$1" in
