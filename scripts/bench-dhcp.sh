@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# DHCP ceilings of rollout, Kea 2.2 (memfile) and dnsmasq, measured in the same run with
-# the same load generator (perfdhcp, from kea-admin), each server alone in a fresh state
-# inside two network namespaces this script makes and removes.
+# DHCP ceilings of rollout, Kea 2.2 (memfile) and dnsmasq, and of rollout and Kea on one
+# PostgreSQL, measured in the same run with the same load generator (perfdhcp, from
+# kea-admin), each server alone in a fresh state inside two network namespaces this script
+# makes and removes.
 #
-#   scripts/bench-dhcp.sh [--rates R1,R2,..] [--clients N] [--seconds S] [--servers a,b,..]
+#   scripts/bench-dhcp.sh [--rates R1,R2,..] [--pg-rates R1,..] [--clients N] [--seconds S]
+#                         [--servers a,b,..]
 #
 #   --rates     offered DORA exchanges/s, a ladder above every server's ceiling
 #               (default 2000,5000,10000,20000)
+#   --pg-rates  the same for the servers on PostgreSQL (default 1000,1500,2000,3000,5000,10000,20000)
 #   --clients   distinct client MACs perfdhcp uses (default 20000)
-#   --seconds   how long each rate is offered (default 4; the default run takes ~2.5 min)
-#   --servers   which servers to run (default rollout,kea,dnsmasq)
+#   --seconds   how long each rate is offered (default 4; the default run takes ~5 min)
+#   --servers   which servers to run (default rollout,kea,dnsmasq,rollout-pg,kea-pg,kea-pg-mt):
+#               rollout = SQLite in state_dir, kea = memfile, rollout-pg = [store] url,
+#               kea-pg = lease-database type postgresql (Kea 2.2's defaults: one thread),
+#               kea-pg-mt = the same with multi-threading on (4 threads); all three on one
+#               PostgreSQL 15 this script starts in the server namespace (TCP on that
+#               namespace's loopback only), each with its tables emptied before each run
 #   KEEP=1      keep the work directory (logs, captures, configs) and print its path
 #   ROLLOUT_BIN=path   measure that rollout binary instead of building target/release/rollout
 #
@@ -17,23 +25,29 @@
 # DISCOVERs and REQUESTs dropped, and the ACKs captured. A server's ceiling is the best rate
 # it reached on the ladder. It then offers each server 2x its ceiling and prints that rate /
 # the ceiling (rollout must not collapse under overload: >= 0.9; the peers' figures show what
-# the same generator on the same cores does to them), and rollout/Kea at saturation.
+# the same generator on the same cores does to them), and rollout/Kea at saturation, for
+# SQLite/memfile and for PostgreSQL.
 # Every ACK is captured (tcpdump on the client side) and checked: each ACKed address maps
 # to exactly one client MAC, or the run fails.
 #
 # rollout writes every lease to SQLite (WAL, synchronous=FULL: fsync) before its ACK leaves;
 # Kea's memfile appends to a CSV file without fsync; dnsmasq rewrites its lease file without
-# fsync. Both rollout and Kea log warnings only here (per-packet info logging off).
+# fsync. On PostgreSQL both commit each lease before the ACK: rollout one transaction per
+# batch (group commit), Kea 2.2 one statement per lease (its default: multi-threading off);
+# PostgreSQL runs with its defaults (fsync and synchronous_commit on), data in a temp dir.
+# Both rollout and Kea log warnings only here (per-packet info logging off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rates=2000,5000,10000,20000 clients=20000 seconds=4 servers=rollout,kea,dnsmasq
+rates=2000,5000,10000,20000 pg_rates=1000,1500,2000,3000,5000,10000,20000 clients=20000 seconds=4
+servers=rollout,kea,dnsmasq,rollout-pg,kea-pg,kea-pg-mt
 while [ $# -gt 0 ]; do
   case "$1" in
     --rates) rates=$2; shift 2 ;;
+    --pg-rates) pg_rates=$2; shift 2 ;;
     --clients) clients=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
     --servers) servers=$2; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
     *) echo "bench-dhcp: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,13 +58,22 @@ if [ -z "${ROLLOUT_BIN:-}" ]; then
   ROLLOUT_BIN=target/release/rollout
 fi
 work=$(mktemp -d)
+# PostgreSQL's data: owned by the postgres user, so not under $work (root's, mode 0700).
+pgdata=$(mktemp -d)
 srv=rbench-s-$$ cli=rbench-c-$$
 cleanup() {
+  if [ -f "$pgdata/data/postmaster.pid" ]; then
+    runuser -u postgres -- pg_ctl stop -m fast -w -D "$pgdata/data" >/dev/null 2>&1 || true
+  fi
   for ns in "$srv" "$cli"; do
     ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
     ip netns del "$ns" 2>/dev/null || true
   done
-  if [ -n "${KEEP:-}" ]; then echo "bench-dhcp: work directory kept: $work"; else rm -rf "$work"; fi
+  if [ -n "${KEEP:-}" ]; then
+    echo "bench-dhcp: work directory kept: $work (PostgreSQL: $pgdata)"
+  else
+    rm -rf "$work" "$pgdata"
+  fi
 }
 trap cleanup EXIT INT TERM
 ip netns add "$srv"; ip netns add "$cli"
@@ -64,7 +87,28 @@ ip -n "$cli" addr add 10.44.0.2/16 dev c0
 ip -n "$cli" link set c0 up
 
 first=10.44.1.0 last=10.44.254.255
-start_rollout() {
+# PostgreSQL for rollout-pg and kea-pg: one server, one database each, listening on the
+# server namespace's loopback only (nothing outside the namespace can reach it).
+psql_srv() { # database, SQL
+  ip netns exec "$srv" psql -h 127.0.0.1 -U postgres -d "$1" -qAtc "$2"
+}
+start_postgres() {
+  export PATH="$PATH:/usr/local/bin:/usr/lib/postgresql/15/bin"
+  command -v initdb >/dev/null ||
+    { echo "bench-dhcp: initdb not found (Debian package postgresql-15); or leave rollout-pg,kea-pg out of --servers" >&2; exit 1; }
+  chown postgres: "$pgdata"
+  runuser -u postgres -- initdb -A trust -U postgres -D "$pgdata/data" >"$work/initdb.log" 2>&1 ||
+    { cat "$work/initdb.log" >&2; exit 1; }
+  ip netns exec "$srv" runuser -u postgres -- pg_ctl start -w -t 60 -l "$pgdata/log" -D "$pgdata/data" \
+    -o "-c listen_addresses=127.0.0.1 -c unix_socket_directories='$pgdata' -c max_connections=50" >/dev/null ||
+    { echo "bench-dhcp: PostgreSQL did not start:" >&2; cat "$pgdata/log" >&2; exit 1; }
+  psql_srv postgres "CREATE DATABASE rollout" && psql_srv postgres "CREATE DATABASE kea"
+  ip netns exec "$srv" kea-admin db-init pgsql -h 127.0.0.1 -u postgres -p unused -n kea >"$work/kea-admin.log" 2>&1 ||
+    { echo "bench-dhcp: kea-admin db-init pgsql failed:" >&2; cat "$work/kea-admin.log" >&2; exit 1; }
+}
+if [[ ",$servers," == *-pg* ]]; then start_postgres; fi
+
+start_rollout() { # [more TOML]
   cat > "$work/rollout.toml" <<TOML
 state_dir = "$work/state"
 [server]
@@ -82,24 +126,41 @@ lease_time = 3600
 # limit stops; the benchmark measures the lease path, so lift it.
 new_clients_per_minute = 10000000
 new_clients_burst = 1000000
+${1:-}
 TOML
   rm -rf "$work/state"
   ROLLOUT_LOG=warn ip netns exec "$srv" "$ROLLOUT_BIN" -c "$work/rollout.toml" serve >"$work/rollout.log" 2>&1 &
 }
-start_kea() {
+start_rollout-pg() {
+  # A fresh start, as for the others: the table exists after the first run (rollout
+  # migrates at startup), its rows go.
+  psql_srv rollout "DO \$\$ BEGIN IF to_regclass('leases') IS NOT NULL THEN TRUNCATE leases; END IF; END \$\$"
+  start_rollout "[store]
+url = \"postgres://postgres@127.0.0.1/rollout\""
+}
+start_kea() { # [lease-database JSON] [more Dhcp4 JSON members]
   rm -f "$work"/kea-leases.csv*
+  local db=${1:-}
+  [ -n "$db" ] || db="{ \"type\": \"memfile\", \"persist\": true, \"lfc-interval\": 0, \"name\": \"$work/kea-leases.csv\" }"
   cat > "$work/kea.json" <<JSON
 { "Dhcp4": {
     "interfaces-config": { "interfaces": ["rbr0"], "dhcp-socket-type": "udp" },
-    "lease-database": { "type": "memfile", "persist": true, "lfc-interval": 0,
-                        "name": "$work/kea-leases.csv" },
-    "valid-lifetime": 3600,
+    "lease-database": $db,
+    "valid-lifetime": 3600,${2:-}
     "subnet4": [ { "id": 1, "subnet": "10.44.0.0/16", "pools": [ { "pool": "$first - $last" } ] } ],
     "loggers": [ { "name": "kea-dhcp4", "severity": "WARN",
                    "output_options": [ { "output": "$work/kea.log" } ] } ]
 } }
 JSON
   KEA_PIDFILE_DIR=$work KEA_LOCKFILE_DIR=$work ip netns exec "$srv" kea-dhcp4 -c "$work/kea.json" >"$work/kea.out" 2>&1 &
+}
+start_kea-pg() {
+  psql_srv kea "TRUNCATE lease4, lease4_stat"
+  start_kea '{ "type": "postgresql", "name": "kea", "host": "127.0.0.1", "user": "postgres", "password": "unused" }' "$@"
+}
+start_kea-pg-mt() {
+  start_kea-pg '
+    "multi-threading": { "enable-multi-threading": true, "thread-pool-size": 4, "packet-queue-size": 64 },'
 }
 start_dnsmasq() {
   rm -f "$work/dnsmasq.leases"
@@ -142,6 +203,16 @@ print(acks, len(owners), dups)
 PY
 }
 
+# Every process in the server namespace but PostgreSQL (which serves the next run).
+stop_servers() {
+  local keep=""
+  [ -f "$pgdata/data/postmaster.pid" ] && keep=$(head -1 "$pgdata/data/postmaster.pid")
+  for pid in $(ip netns pids "$srv"); do
+    [ -n "$keep" ] && [ "$(ps -o ppid= -p "$pid" | tr -d ' ')" = "$keep" ] && continue
+    [ "$pid" = "$keep" ] || kill "$pid" 2>/dev/null || true
+  done
+}
+
 declare -A result
 measure() { # server rate → result[server,rate]="leases/s discover_drops request_drops acks dups"
   local s=$1 rate=$2 out pcap="$work/$1-$2.pcap" tpid
@@ -153,7 +224,7 @@ measure() { # server rate → result[server,rate]="leases/s discover_drops reque
   # the period ends (100 ms, well above a batch's fsync) are counted, not reported as drops.
   out=$(ip netns exec "$cli" perfdhcp -4 -l c0 -r "$rate" -R "$clients" -p "$seconds" -W 100000 10.44.0.1 2>&1 || true)
   sleep 0.3; kill "$tpid"; wait "$tpid" 2>/dev/null || true
-  ip netns pids "$srv" | xargs -r kill; sleep 1
+  stop_servers; sleep 1
   echo "$out" > "$work/$s-$rate.perfdhcp"
   local r d1 d2 caught
   r=$(awk '/^Rate:/ {print $2; exit}' <<<"$out")
@@ -168,15 +239,21 @@ measure() { # server rate → result[server,rate]="leases/s discover_drops reque
   printf '  %-8s %6s/s offered: %8s leases/s, drops %s/%s, %s ACKs, %s duplicated\n' "$s" "$rate" "${r:-0}" "${d1:-?}" "${d2:-?}" "$acks" "$dups" >&2
 }
 
-IFS=, read -r -a ladder <<<"$rates"
+# The PostgreSQL servers get a ladder of their own: they saturate far lower, and a ladder
+# that starts above a server's ceiling only measures how it behaves overloaded.
+ladder_of() { case $1 in *-pg*) echo "$pg_rates" ;; *) echo "$rates" ;; esac; }
+on_ladder() { [[ ",$(ladder_of "$1")," == *,$2,* ]]; }
 IFS=, read -r -a names <<<"$servers"
+# Rate by rate, every server on whose ladder it is: machine noise spreads over all of them.
+mapfile -t all_rates < <(tr , '\n' <<<"$rates,$pg_rates" | sort -nu)
 declare -A ceiling
-for rate in "${ladder[@]}"; do
-  for s in "${names[@]}"; do measure "$s" "$rate"; done
+for rate in "${all_rates[@]}"; do
+  for s in "${names[@]}"; do on_ladder "$s" "$rate" && measure "$s" "$rate"; done
 done
 for s in "${names[@]}"; do
   best=0
-  for rate in "${ladder[@]}"; do
+  IFS=, read -r -a mine <<<"$(ladder_of "$s")"
+  for rate in "${mine[@]}"; do
     read -r r _ <<<"${result[$s,$rate]}"
     best=$(awk -v a="$best" -v b="$r" 'BEGIN { print (b > a) ? b : a }')
   done
@@ -190,20 +267,29 @@ for s in "${names[@]}"; do
   measure "$s" "${over[$s]}"
 done
 
-printf '\nDHCP bench: perfdhcp, %s distinct clients, %s s per rate; drops = DISCOVER/REQUEST unanswered\n\n' "$clients" "$seconds"
-printf '%-9s' "offered/s"
-for s in "${names[@]}"; do printf ' | %-38s' "$s"; done; echo
+printf '\nDHCP bench: perfdhcp, %s distinct clients, %s s per rate; drops = DISCOVER/REQUEST unanswered\n' "$clients" "$seconds"
 fail=0
-for rate in "${ladder[@]}"; do
-  printf '%-9s' "$rate"
-  for s in "${names[@]}"; do
-    read -r r d1 d2 acks dups <<<"${result[$s,$rate]}"
-    printf ' | %9s leases/s, drops %7s/%-7s' "$r" "$d1" "$d2"
-    [ "$dups" = 0 ] || fail=1
-  done; echo
-done
+table() { # rates (comma-separated), servers…
+  local ladder=$1 s rate r d1 d2 dups; shift
+  [ $# -gt 0 ] || return 0
+  printf '\n%-9s' "offered/s"
+  for s in "$@"; do printf ' | %-41s' "$s"; done; echo
+  IFS=, read -r -a rows <<<"$ladder"
+  for rate in "${rows[@]}"; do
+    printf '%-9s' "$rate"
+    for s in "$@"; do
+      read -r r d1 d2 _ dups <<<"${result[$s,$rate]}"
+      printf ' | %9s leases/s, drops %7s/%-7s' "$r" "$d1" "$d2"
+      [ "$dups" = 0 ] || fail=1
+    done; echo
+  done
+}
+plain=() pg=()
+for s in "${names[@]}"; do case $s in *-pg*) pg+=("$s") ;; *) plain+=("$s") ;; esac; done
+table "$rates" "${plain[@]}"
+table "$pg_rates" "${pg[@]}"
 echo
-for s in "${names[@]}"; do printf 'ceiling %-8s %10s leases/s\n' "$s" "${ceiling[$s]}"; done
+for s in "${names[@]}"; do printf 'ceiling %-10s %10s leases/s\n' "$s" "${ceiling[$s]}"; done
 dupsum=0
 for k in "${!result[@]}"; do read -r _ _ _ _ d <<<"${result[$k]}"; dupsum=$((dupsum + d)); done
 for s in "${names[@]}"; do
@@ -213,9 +299,12 @@ for s in "${names[@]}"; do
   awk -v s="$s" -v r="$r2" -v c="${ceiling[$s]}" -v o="${over[$s]}" -v w="$want" 'BEGIN {
     printf "%s at 2x its ceiling (%d/s offered): %.1f leases/s = %.2f x its ceiling%s\n", s, o, r, (c > 0) ? r / c : 0, w }'
 done
-if [[ ",$servers," == *,rollout,* && ",$servers," == *,kea,* ]]; then
-  awk -v a="${ceiling[rollout]}" -v b="${ceiling[kea]}" 'BEGIN {
-    printf "ratio rollout/Kea at saturation: %.2f\n", (b > 0) ? a / b : 0 }'
-fi
+for pair in rollout:kea rollout-pg:kea-pg rollout-pg:kea-pg-mt; do
+  a=${pair%%:*} b=${pair#*:}
+  if [[ ",$servers," == *,$a,* && ",$servers," == *,$b,* ]]; then
+    awk -v n="$a/$b" -v a="${ceiling[$a]}" -v b="${ceiling[$b]}" 'BEGIN {
+      printf "ratio %s at saturation: %.2f\n", n, (b > 0) ? a / b : 0 }'
+  fi
+done
 echo "duplicate addresses in the captured ACKs (every run): $dupsum"
 [ "$fail" = 0 ] || { echo "bench-dhcp: FAILED: an address was ACKed to two MACs" >&2; exit 1; }

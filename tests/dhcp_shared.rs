@@ -7,12 +7,10 @@
 //! granted twice).
 
 mod common;
+use common::shared_store::{backend, second_namespace, SECOND_SERVER_IP};
 use common::*;
-use rollout::config::{PgTarget, StoreConfig};
-use rollout::store::Backend;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use testkit::netns::Netns;
 use testkit::postgres::TempPostgres;
 
 fn config(dir: &Path, address: &str, url: &str) -> std::path::PathBuf {
@@ -39,15 +37,6 @@ url = "{url}"
 "#
         ),
     )
-}
-
-fn backend(pg: &TempPostgres) -> Backend {
-    let target = PgTarget::try_from(&StoreConfig {
-        url: pg.url(),
-        password_file: None,
-    })
-    .unwrap();
-    Backend::new(Path::new("/nonexistent"), Some(&target))
 }
 
 #[test]
@@ -189,19 +178,6 @@ fn a_reserved_node_boots_while_postgres_is_down_and_its_lease_is_written_after()
     );
 }
 
-/// A namespace of its own for a second server, plugged into the first's
-/// bridge as 10.44.0.2.
-fn second_namespace(net: &Net) -> Netns {
-    let ns = Netns::create(&format!("rt-sh{}-2", std::process::id() % 100000)).unwrap();
-    net.srv
-        .add_bridge_port("rbr0", "s2", ns.name(), "rbr0")
-        .unwrap();
-    ns.ip(&["addr", "add", "10.44.0.2/24", "dev", "rbr0"])
-        .unwrap();
-    ns.ip(&["link", "set", "rbr0", "up"]).unwrap();
-    ns
-}
-
 /// Two servers answer every client on one L2, each with its own memory of the
 /// pool; 8 clients ask for 6 addresses at once. Whatever server a client took,
 /// no address is ACKed to two clients, and every ACK is what the database holds.
@@ -218,8 +194,8 @@ fn two_servers_on_one_l2_never_ack_one_address_twice() {
     let ns2 = second_namespace(&net);
     let second = Server::start_in(
         ns2.name(),
-        "10.44.0.2",
-        &config(dir2.path(), "10.44.0.2", &pg.url()),
+        SECOND_SERVER_IP,
+        &config(dir2.path(), SECOND_SERVER_IP, &pg.url()),
         &[],
     );
     let clients: Vec<(String, String)> = (0..8)

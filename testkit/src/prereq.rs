@@ -32,6 +32,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("dnsmasq", "dnsmasq-base"),
     ("perfdhcp", "kea-admin"),
+    ("tcpdump", "tcpdump"),
     ("python3", "python3"),
     ("modprobe", "kmod"),
     ("depmod", "kmod"),

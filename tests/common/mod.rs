@@ -4,9 +4,11 @@
 
 pub mod backends;
 pub mod bmc;
+pub mod dhcp_capture;
 pub mod image_tree;
 pub mod loopback;
 pub mod netns;
+pub mod shared_store;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -54,20 +56,29 @@ pub fn must(args: &[&str]) -> String {
 pub struct Net {
     pub srv: Netns,
     pub cli: Netns,
+    /// The subnet's prefix length: every address the test adds is on it.
+    pub prefix: u8,
     clients: usize,
 }
 
 impl Net {
+    /// A /24 (10.44.0.0/24): room for the small ranges most tests use.
     pub fn new(tag: &str) -> Net {
+        Net::with_prefix(tag, 24)
+    }
+
+    /// [`Net::new`] on 10.44.0.0/`prefix` (a /16 for ranges of thousands).
+    pub fn with_prefix(tag: &str, prefix: u8) -> Net {
         let id = format!("{}{}", tag, std::process::id() % 100000);
         let created = |ns: String| Netns::create(&ns).unwrap_or_else(|e| panic!("{e}"));
         let net = Net {
             srv: created(format!("rt-{id}-s")),
             cli: created(format!("rt-{id}-c")),
+            prefix,
             clients: 0,
         };
         net.srv
-            .add_bridge("rbr0", &format!("{SERVER_IP}/24"))
+            .add_bridge("rbr0", &format!("{SERVER_IP}/{prefix}"))
             .unwrap_or_else(|e| panic!("{e}"));
         net
     }
@@ -89,7 +100,7 @@ impl Net {
     pub fn add_static_client(&mut self, addr: &str) -> String {
         let c = self.add_client("52:54:00:ee:00:01");
         self.cli
-            .ip(&["addr", "add", &format!("{addr}/24"), "dev", &c])
+            .ip(&["addr", "add", &format!("{addr}/{}", self.prefix), "dev", &c])
             .unwrap_or_else(|e| panic!("{e}"));
         c
     }
