@@ -173,6 +173,12 @@ pub fn api_routes() -> Vec<(String, String)> {
 async fn healthz(State(state): State<Shared>) -> String {
     let now = crate::clock::now_unix();
     let m = &state.metrics;
+    // An outage is recorded by the call that failed; ask again now, so the
+    // answer is current once the database is back even if nothing else has
+    // touched a node since.
+    if m.node_store_health.outage().is_some() {
+        let _ = tokio::task::block_in_place(|| state.inventory.get(""));
+    }
     format!(
         "{}{}",
         crate::store::health::healthz_head(&m.store_health, &m.node_store_health, now),
