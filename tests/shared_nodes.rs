@@ -273,6 +273,11 @@ fn power_asked_of_one_server_runs_on_the_server_holding_the_bmc() {
     assert!(a
         .log_text()
         .contains("ran a power request relayed by another server"));
+    let page = b.admin_text("/nodes/52:54:00:00:00:01");
+    assert!(
+        page.contains("power-state power-on"),
+        "B's dashboard shows node1's power (its buttons need a session):\n{page}"
+    );
 
     // A node no server has a BMC for: B says so instead of waiting forever.
     let (st, body) = b.req(
@@ -295,6 +300,11 @@ fn power_asked_of_one_server_runs_on_the_server_holding_the_bmc() {
             .unwrap()
             .contains("no other server sharing the database claimed"),
         "{body}"
+    );
+    let page = b.admin_text(&format!("/nodes/{MAC}"));
+    assert!(
+        page.contains("power-state power-no-BMC"),
+        "no BMC anywhere:\n{page}"
     );
 }
 

@@ -63,12 +63,16 @@ pub fn power_view(has_bmc: bool, seen: Option<&Seen>) -> PowerView {
 }
 
 /// The power view of `n` on this server.
+/// A node whose BMC another server sharing the database holds (its
+/// observations are in the shared history) gets the buttons too: its power
+/// requests are relayed to that server.
 pub fn power_of(state: &Shared, n: &NodeRecord) -> PowerView {
-    let has_bmc = state
+    let local = state
         .config
         .node_by_mac(&n.mac)
         .is_some_and(|c| c.bmc.is_some());
-    let seen = has_bmc
+    let relayed = !local && state.power_relay.is_some();
+    let seen = (local || relayed)
         .then(|| {
             tokio::task::block_in_place(|| {
                 state
@@ -77,6 +81,8 @@ pub fn power_of(state: &Shared, n: &NodeRecord) -> PowerView {
             })
         })
         .flatten();
+    // Relayed: only a node some server has observed has a BMC anywhere.
+    let has_bmc = local || (relayed && seen.is_some());
     power_view(has_bmc, seen.as_ref())
 }
 

@@ -227,6 +227,13 @@ pub(super) async fn act(
 ) -> Result<Option<PowerState>, Failure> {
     if let Some(relay) = relay_for(state, node) {
         let body = relayed(state, relay, who, node, action.as_str()).await?;
+        // What this server's dashboard shows until the next relayed call (the
+        // server holding the BMC keeps its own view current).
+        let event =
+            json!({"kind": "power", "action": action.as_str(), "result": "ok", "by": who.name});
+        state
+            .power_seen
+            .observe(&node.mac, &event, crate::clock::now_unix());
         return Ok(serde_json::from_value(body["state"].clone()).ok());
     }
     let result = with_driver(state, node, move |d, _| power::run(d, action)).await;
