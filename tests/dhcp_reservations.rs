@@ -5,12 +5,10 @@
 //! udhcpc clients in namespaces the test makes.
 
 mod common;
+use common::shared_store::{backend, config_with};
 use common::*;
-use rollout::config::{PgTarget, StoreConfig};
 use rollout::inventory::{Inventory, NodeRecord, NodeState, Policy, Source};
-use rollout::store::Backend;
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 use testkit::postgres::TempPostgres;
 
@@ -18,13 +16,7 @@ const MAC: &str = "52:54:00:00:50:01";
 
 /// The other server's inventory: the same database, a store of its own.
 fn other_server(pg: &TempPostgres) -> Inventory {
-    let target = PgTarget::try_from(&StoreConfig {
-        url: pg.url(),
-        password_file: None,
-    })
-    .unwrap();
-    let backend = Backend::new(Path::new("/nonexistent"), Some(&target));
-    Inventory::new(backend.node_store().unwrap(), Policy::default())
+    Inventory::new(backend(pg).node_store().unwrap(), Policy::default())
 }
 
 fn declared(ip: &str) -> NodeRecord {
@@ -64,24 +56,7 @@ fn a_node_declared_on_another_server_is_reserved_here_at_once() {
     let pg = TempPostgres::start();
     let dir = tempfile::tempdir().unwrap();
     let mut net = Net::new("gr");
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            r#"
-[server]
-interface = "rbr0"
-address = "{SERVER_IP}"
-[dhcp]
-mode = "full"
-range = ["10.44.0.100", "10.44.0.105"]
-router = "10.44.0.1"
-lease_time = 600
-[store]
-url = "{}"
-"#,
-            pg.url()
-        ),
-    );
+    let cfg = config_with(dir.path(), SERVER_IP, &pg.url(), "");
     let _srv = Server::start(&net, &cfg);
     let other = other_server(&pg);
     let client = net.add_client(MAC);

@@ -7,7 +7,7 @@
 //! granted twice).
 
 mod common;
-use common::shared_store::{backend, second_namespace, SECOND_SERVER_IP};
+use common::shared_store::{backend, config_with, second_namespace, SECOND_SERVER_IP};
 use common::*;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -15,28 +15,6 @@ use testkit::postgres::TempPostgres;
 
 fn config(dir: &Path, address: &str, url: &str) -> std::path::PathBuf {
     config_with(dir, address, url, "")
-}
-
-/// [`config`] with more TOML after it (`[[node]]` declarations).
-fn config_with(dir: &Path, address: &str, url: &str, more: &str) -> std::path::PathBuf {
-    write_config(
-        dir,
-        &format!(
-            r#"
-[server]
-interface = "rbr0"
-address = "{address}"
-[dhcp]
-mode = "full"
-range = ["10.44.0.100", "10.44.0.105"]
-router = "10.44.0.1"
-lease_time = 600
-[store]
-url = "{url}"
-{more}
-"#
-        ),
-    )
 }
 
 #[test]

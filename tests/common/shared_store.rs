@@ -44,3 +44,27 @@ pub fn backend(pg: &TempPostgres) -> Backend {
     .unwrap();
     Backend::new(Path::new("/nonexistent"), Some(&target))
 }
+
+/// A server of [`Net`]'s L2 at `address` (its interface `rbr0`), full DHCP
+/// from the six addresses 10.44.0.100-105, leases in the database at `url`;
+/// `more` is TOML after it (`[[node]]` declarations).
+pub fn config_with(dir: &Path, address: &str, url: &str, more: &str) -> std::path::PathBuf {
+    super::write_config(
+        dir,
+        &format!(
+            r#"
+[server]
+interface = "rbr0"
+address = "{address}"
+[dhcp]
+mode = "full"
+range = ["10.44.0.100", "10.44.0.105"]
+router = "10.44.0.1"
+lease_time = 600
+[store]
+url = "{url}"
+{more}
+"#
+        ),
+    )
+}
