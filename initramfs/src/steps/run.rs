@@ -83,8 +83,9 @@ impl Run {
         self.dirty_disks.clear();
     }
 
-    /// Posts `Installed` with the node's public host keys (three tries) and
-    /// returns the finish line.
+    /// Posts `Installed` with the node's public host keys (tried again through
+    /// a server or database outage, see [`crate::report::installed_retry`])
+    /// and returns the finish line.
     pub fn report_installed(&mut self, plan: &InstallPlan, host_keys: Vec<String>) -> String {
         let msg = format!(
             "installed {} serial {} on {}; rebooting",
@@ -98,13 +99,24 @@ impl Run {
             },
             &msg,
         );
-        for attempt in 1..=3 {
-            match self.reporter.post(&ev) {
-                Ok(()) => break,
-                Err(e) if attempt == 3 => console::line(&format!(
-                    "finish: note: server did not take the Installed report: {e}"
-                )),
-                Err(_) => std::thread::sleep(Duration::from_secs(2)),
+        let started = std::time::Instant::now();
+        let mut tries = 0;
+        while let Err(e) = self.reporter.post(&ev) {
+            tries += 1;
+            match crate::report::installed_retry(tries, started.elapsed(), &e) {
+                Some(wait) => {
+                    console::line(&format!(
+                        "finish: the server did not take the Installed report ({e}); trying again in {} s",
+                        wait.as_secs()
+                    ));
+                    std::thread::sleep(wait);
+                }
+                None => {
+                    console::line(&format!(
+                        "finish: note: server did not take the Installed report: {e}; rebooting anyway (the server may install this node again)"
+                    ));
+                    break;
+                }
             }
         }
         msg
