@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 pub use rollout::config::{
     BmcConfig, Config, DhcpConfig, DhcpMode, ImageConfig, ImageMount, InstallConfig, NodeConfig,
-    RelaySubnet, ServerConfig, UnknownPolicy,
+    RelaySubnet, ServerConfig, StoreConfig, UnknownPolicy,
 };
 
 use crate::error::{IoContext, Result};
@@ -91,6 +91,29 @@ impl RolloutConfig {
             netmask: NETMASK,
             router: None,
         });
+        self
+    }
+
+    /// This config moved to the subnet of `gateway` (a /24) on `interface`, as
+    /// the server of a rack behind a router: it answers at `gateway`, hands
+    /// out `.100`–`.199` of that subnet itself (full DHCP, no relays) and
+    /// keeps its state in `state_dir`.
+    pub fn on_subnet(
+        mut self,
+        state_dir: impl Into<PathBuf>,
+        interface: &str,
+        gateway: Ipv4Addr,
+    ) -> Self {
+        let [a, b, c, _] = gateway.octets();
+        self.state_dir = state_dir.into();
+        self.server.interface = Some(interface.into());
+        self.server.address = Some(gateway);
+        self.dhcp.mode = DhcpMode::Full;
+        self.dhcp.range = Some([Ipv4Addr::new(a, b, c, 100), Ipv4Addr::new(a, b, c, 199)]);
+        self.dhcp.netmask = Some(NETMASK);
+        self.dhcp.router = Some(gateway);
+        self.dhcp.dns = vec![gateway];
+        self.dhcp.relays.clear();
         self
     }
 
