@@ -248,6 +248,34 @@ mod tests {
     }
 
     #[test]
+    fn a_rack_behind_a_router_serves_its_own_subnet() {
+        let gateway = Ipv4Addr::new(10, 45, 0, 1);
+        let cfg = RolloutConfig::lab("/tmp/lab/state")
+            .with_relay(Ipv4Addr::new(10, 46, 0, 100), Ipv4Addr::new(10, 46, 0, 199))
+            .on_subnet("/tmp/lab/rack2", "rbr1", gateway)
+            .with_node(
+                "52:54:00:00:00:02",
+                "node2",
+                Some(Ipv4Addr::new(10, 45, 0, 12)),
+            );
+        let text = cfg.to_toml().unwrap();
+        let back =
+            Config::parse(&text).unwrap_or_else(|e| panic!("the server rejects\n{text}\n{e}"));
+        assert_eq!(back.state_dir, Path::new("/tmp/lab/rack2"));
+        assert_eq!(back.server.interface.as_deref(), Some("rbr1"));
+        assert_eq!(back.server.address, Some(gateway));
+        assert_eq!(
+            back.dhcp.range,
+            Some([Ipv4Addr::new(10, 45, 0, 100), Ipv4Addr::new(10, 45, 0, 199)])
+        );
+        assert_eq!(
+            (back.dhcp.router, &back.dhcp.dns[..]),
+            (Some(gateway), &[gateway][..])
+        );
+        assert!(back.dhcp.relays.is_empty());
+    }
+
+    #[test]
     fn reservations_stay_below_the_dynamic_range() {
         assert_eq!(node_ip(89), Some(Ipv4Addr::new(10, 44, 0, 99)));
         assert_eq!(node_ip(90), None);
