@@ -207,6 +207,7 @@ fn two_racks_on_one_database_install_each_from_its_own_server() {
             .lines()
             .filter(|l| l.contains("rollout: ") && !l.contains("progress report not delivered"))
             .filter(|l| {
+                let l = l.to_lowercase();
                 ["finish", "fail", "error", "did not"]
                     .iter()
                     .any(|w| l.contains(w))
