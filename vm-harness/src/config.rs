@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 pub use rollout::config::{
     BmcConfig, Config, DhcpConfig, DhcpMode, ImageConfig, ImageMount, InstallConfig, NodeConfig,
-    RelaySubnet, ServerConfig, UnknownPolicy,
+    RelaySubnet, ServerConfig, StoreConfig, UnknownPolicy,
 };
 
 use crate::error::{IoContext, Result};
@@ -91,6 +91,29 @@ impl RolloutConfig {
             netmask: NETMASK,
             router: None,
         });
+        self
+    }
+
+    /// This config moved to the subnet of `gateway` (a /24) on `interface`, as
+    /// the server of a rack behind a router: it answers at `gateway`, hands
+    /// out `.100`–`.199` of that subnet itself (full DHCP, no relays) and
+    /// keeps its state in `state_dir`.
+    pub fn on_subnet(
+        mut self,
+        state_dir: impl Into<PathBuf>,
+        interface: &str,
+        gateway: Ipv4Addr,
+    ) -> Self {
+        let [a, b, c, _] = gateway.octets();
+        self.state_dir = state_dir.into();
+        self.server.interface = Some(interface.into());
+        self.server.address = Some(gateway);
+        self.dhcp.mode = DhcpMode::Full;
+        self.dhcp.range = Some([Ipv4Addr::new(a, b, c, 100), Ipv4Addr::new(a, b, c, 199)]);
+        self.dhcp.netmask = Some(NETMASK);
+        self.dhcp.router = Some(gateway);
+        self.dhcp.dns = vec![gateway];
+        self.dhcp.relays.clear();
         self
     }
 
@@ -222,6 +245,34 @@ mod tests {
                 "{what}"
             );
         }
+    }
+
+    #[test]
+    fn a_rack_behind_a_router_serves_its_own_subnet() {
+        let gateway = Ipv4Addr::new(10, 45, 0, 1);
+        let cfg = RolloutConfig::lab("/tmp/lab/state")
+            .with_relay(Ipv4Addr::new(10, 46, 0, 100), Ipv4Addr::new(10, 46, 0, 199))
+            .on_subnet("/tmp/lab/rack2", "rbr1", gateway)
+            .with_node(
+                "52:54:00:00:00:02",
+                "node2",
+                Some(Ipv4Addr::new(10, 45, 0, 12)),
+            );
+        let text = cfg.to_toml().unwrap();
+        let back =
+            Config::parse(&text).unwrap_or_else(|e| panic!("the server rejects\n{text}\n{e}"));
+        assert_eq!(back.state_dir, Path::new("/tmp/lab/rack2"));
+        assert_eq!(back.server.interface.as_deref(), Some("rbr1"));
+        assert_eq!(back.server.address, Some(gateway));
+        assert_eq!(
+            back.dhcp.range,
+            Some([Ipv4Addr::new(10, 45, 0, 100), Ipv4Addr::new(10, 45, 0, 199)])
+        );
+        assert_eq!(
+            (back.dhcp.router, &back.dhcp.dns[..]),
+            (Some(gateway), &[gateway][..])
+        );
+        assert!(back.dhcp.relays.is_empty());
     }
 
     #[test]

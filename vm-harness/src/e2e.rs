@@ -310,6 +310,47 @@ impl Artifacts {
         }
         Ok(SocketAddr::from((SERVER_ADDR, config.http_port())))
     }
+
+    /// Starts a second `rollout serve` inside lab host `host` (a router: the
+    /// server of the rack behind it) with `config`, which names its own
+    /// `state_dir` and address: the boot files go into that state dir and the
+    /// config into `<lab dir>/<host>.toml`, output into `<lab dir>/<host>-server.log`.
+    /// No image is imported (a mirror copies its own from the primary).
+    /// Returns the server's HTTP address.
+    pub fn serve_on_host(
+        &self,
+        lab: &mut Lab,
+        host: &str,
+        config: RolloutConfig,
+    ) -> Result<SocketAddr> {
+        crate::boottest::stage_boot_files(
+            &config.state_dir,
+            &self.boot_dir.join("vmlinuz"),
+            Some(&self.boot_dir.join("initramfs.img")),
+        )?;
+        let path = lab.dir().join(format!("{host}.toml"));
+        let log = lab.dir().join(format!("{host}-server.log"));
+        config.write(&path)?;
+        let address = config.server.address.unwrap_or(SERVER_ADDR);
+        let addr = SocketAddr::from((address, config.http_port()));
+        let h = lab.host_mut(host).ok_or_else(|| Error::Netns {
+            ns: host.into(),
+            message: format!("no host {host:?} in the lab"),
+        })?;
+        match h.spawn_rollout(
+            &self.rollout,
+            &path,
+            &log,
+            (address, config.http_port()),
+            Duration::from_secs(30),
+        ) {
+            Ok(_) => Ok(addr),
+            Err(e) => Err(Error::ServerNotReady {
+                cause: e.to_string(),
+                log_tail: crate::console::tail(&log, 30).join("\n"),
+            }),
+        }
+    }
 }
 
 /// Copies a dynamically linked host program and the libraries `ldd` names into

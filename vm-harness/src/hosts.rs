@@ -12,6 +12,7 @@ use crate::config::{BRIDGE, PREFIX_LEN};
 use crate::error::{IoContext, Result};
 use crate::netns::Netns;
 use crate::proc::{run, ProcessGroup};
+use crate::server::Server;
 use crate::vlan::VlanPort;
 
 /// The bridge of a routed subnet, inside its router's namespace.
@@ -25,6 +26,8 @@ pub struct Host {
     /// The routed subnet's bridge address (`Some` for a router).
     subnet: Option<Ipv4Addr>,
     procs: Vec<ProcessGroup>,
+    /// A `rollout serve` of its own (a rack's server on a router's subnet).
+    server: Option<Server>,
     /// User-space VLAN ports; stopped before the namespace goes.
     vlans: Vec<VlanPort>,
     // Last: dropped after the processes running inside it.
@@ -51,6 +54,7 @@ impl Host {
             address,
             subnet: None,
             procs: Vec::new(),
+            server: None,
             vlans: Vec::new(),
             netns,
         })
@@ -149,6 +153,29 @@ impl Host {
     /// Whether every process started here is still running.
     pub fn all_running(&mut self) -> bool {
         self.procs.iter_mut().all(|p| p.is_running())
+            && self.server.as_mut().is_none_or(|s| s.is_running())
+    }
+
+    /// Runs `rollout serve --config CONFIG` inside this host (e.g. the server
+    /// of the rack behind a router), output in `log`, and waits until it
+    /// listens on `address:port`. It stops when the host is dropped.
+    pub fn spawn_rollout(
+        &mut self,
+        rollout: &Path,
+        config: &Path,
+        log: &Path,
+        (address, port): (Ipv4Addr, u16),
+        timeout: std::time::Duration,
+    ) -> Result<&mut Server> {
+        self.server = None;
+        let mut s = Server::spawn_rollout(&self.netns, rollout, config, log, address, port)?;
+        s.wait_ready(&self.netns, timeout)?;
+        Ok(self.server.insert(s))
+    }
+
+    /// The `rollout serve` started with [`Host::spawn_rollout`].
+    pub fn server(&self) -> Option<&Server> {
+        self.server.as_ref()
     }
 }
 

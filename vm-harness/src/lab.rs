@@ -453,8 +453,15 @@ impl Lab {
                 out.push_str(&format!("  qemu stderr: {}\n", q.join(" | ")));
             }
         }
-        if let Some(s) = &self.server {
-            out.push_str(&format!("--- server log {}:\n", s.log_path().display()));
+        let hosts = self
+            .hosts
+            .iter()
+            .filter_map(|h| Some((format!("{}'s server", h.name()), h.server()?)));
+        for (what, s) in std::iter::once(("server".to_string(), self.server.as_ref()))
+            .filter_map(|(w, s)| Some((w, s?)))
+            .chain(hosts)
+        {
+            out.push_str(&format!("--- {what} log {}:\n", s.log_path().display()));
             for l in s.log_tail(lines) {
                 out.push_str(&format!("  {l}\n"));
             }
