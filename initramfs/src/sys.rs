@@ -296,6 +296,10 @@ pub fn sync() {
 
 /// Reboots immediately; as PID 1 there is nobody else to do it.
 pub fn reboot() -> ! {
+    // Only as the installer, never as a test process on a developer's machine.
+    if is_pid1() {
+        crate::net::quiesce(Path::new("/sys/class/net"));
+    }
     sync();
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     // Only reached without CAP_SYS_BOOT (not PID 1 in a real boot).
