@@ -5,11 +5,13 @@
 # makes and removes.
 #
 #   scripts/bench-dhcp.sh [--rates R1,R2,..] [--pg-rates R1,..] [--clients N] [--seconds S]
-#                         [--servers a,b,..]
+#                         [--servers a,b,..] [--cpus split|shared]
 #
 #   --rates     offered DORA exchanges/s, a ladder above every server's ceiling
-#               (default 2000,5000,10000,20000)
+#               (default 2000,5000,10000,20000,40000)
 #   --pg-rates  the same for the servers on PostgreSQL (default 1000,1500,2000,3000,5000,10000,20000)
+#   --load-rates  the overload part's ladder, offered by examples/dhcp_load.rs (default
+#               10000,20000,40000,80000; the PostgreSQL servers use --pg-rates)
 #   --clients   distinct client MACs perfdhcp uses (default 20000)
 #   --seconds   how long each rate is offered (default 4; the default run takes ~5 min)
 #   --servers   which servers to run (default rollout,kea,dnsmasq,rollout-pg,kea-pg,kea-pg-mt):
@@ -18,12 +20,18 @@
 #               kea-pg-mt = the same with multi-threading on (4 threads); all three on one
 #               PostgreSQL 15 this script starts in the server namespace (TCP on that
 #               namespace's loopback only), each with its tables emptied before each run
+#   --cpus      split (the default on 2 or more CPUs): the server under test (and PostgreSQL)
+#               runs on CPU 0, perfdhcp and the ACK capture on the others, so the generator
+#               offering twice a ceiling does not take the CPU the server needs; shared: all
+#               of them on all CPUs (how the figures before this option were measured)
 #   KEEP=1      keep the work directory (logs, captures, configs) and print its path
 #   ROLLOUT_BIN=path   measure that rollout binary instead of building target/release/rollout
 #
 # Per server and offered rate it prints leases/s achieved (perfdhcp's 4-way exchanges/s),
 # DISCOVERs and REQUESTs dropped, and the ACKs captured. A server's ceiling is the best rate
-# it reached on the ladder. It then offers each server 2x its ceiling and prints that rate /
+# it reached on the ladder. The overload part runs the ladder again with dhcp_load (a lean
+# generator: perfdhcp on one CPU cannot send twice a ceiling here), then offers each server
+# 2x its dhcp_load ceiling and prints what the generator really sent and that rate /
 # the ceiling (rollout must not collapse under overload: >= 0.9; the peers' figures show what
 # the same generator on the same cores does to them), and rollout/Kea at saturation, for
 # SQLite/memfile and for PostgreSQL.
@@ -38,21 +46,44 @@
 # Both rollout and Kea log warnings only here (per-packet info logging off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rates=2000,5000,10000,20000 pg_rates=1000,1500,2000,3000,5000,10000,20000 clients=20000 seconds=4
+rates=2000,5000,10000,20000,40000 pg_rates=1000,1500,2000,3000,5000,10000,20000 clients=20000 seconds=4
 servers=rollout,kea,dnsmasq,rollout-pg,kea-pg,kea-pg-mt
+load_rates=10000,20000,40000,80000
+cpus=split
 while [ $# -gt 0 ]; do
   case "$1" in
     --rates) rates=$2; shift 2 ;;
     --pg-rates) pg_rates=$2; shift 2 ;;
+    --load-rates) load_rates=$2; shift 2 ;;
     --clients) clients=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
     --servers) servers=$2; shift 2 ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    --cpus) cpus=$2; shift 2 ;;
+    -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
     *) echo "bench-dhcp: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+ncpu=$(nproc)
+case "$cpus" in
+  split) if [ "$ncpu" -ge 2 ]; then server_cpus=0 load_cpus=1-$((ncpu - 1)); else server_cpus=0 load_cpus=0; cpus=shared; fi ;;
+  shared) server_cpus=0-$((ncpu - 1)) load_cpus=$server_cpus ;;
+  *) echo "bench-dhcp: --cpus is split or shared, not $cpus" >&2; exit 2 ;;
+esac
+# perfdhcp picks its multi-thread mode (a receiver thread) from the machine's CPU count,
+# not from its affinity: on one CPU of its own, its two threads only take turns, and past
+# about 12,000/s it sends far less than asked. Single-thread mode there.
+perfdhcp_mode=()
+[ "$load_cpus" = 1-1 ] && perfdhcp_mode=(-g single)
+# Runs a command in a namespace on the server's or the load's CPUs.
+in_srv() { ip netns exec "$srv" taskset -c "$server_cpus" "$@"; }
+in_cli() { ip netns exec "$cli" taskset -c "$load_cpus" "$@"; }
 [ "$(id -u)" = 0 ] || { echo "bench-dhcp: run as root (network namespaces)" >&2; exit 1; }
 ./scripts/setup.sh >/dev/null
+# The overload rows' generator (examples/dhcp_load.rs): perfdhcp cannot send twice a
+# ceiling here (on one CPU it tops out near 20,000 DISCOVERs/s, and asked for more it
+# sends less), so those rows would measure perfdhcp, not the server.
+cargo build --release --example dhcp_load -q
+DHCP_LOAD=$PWD/target/release/examples/dhcp_load
 if [ -z "${ROLLOUT_BIN:-}" ]; then
   cargo build --release --bin rollout -q
   ROLLOUT_BIN=target/release/rollout
@@ -99,7 +130,7 @@ start_postgres() {
   chown postgres: "$pgdata"
   runuser -u postgres -- initdb -A trust -U postgres -D "$pgdata/data" >"$work/initdb.log" 2>&1 ||
     { cat "$work/initdb.log" >&2; exit 1; }
-  ip netns exec "$srv" runuser -u postgres -- pg_ctl start -w -t 60 -l "$pgdata/log" -D "$pgdata/data" \
+  in_srv runuser -u postgres -- pg_ctl start -w -t 60 -l "$pgdata/log" -D "$pgdata/data" \
     -o "-c listen_addresses=127.0.0.1 -c unix_socket_directories='$pgdata' -c max_connections=50" >/dev/null ||
     { echo "bench-dhcp: PostgreSQL did not start:" >&2; cat "$pgdata/log" >&2; exit 1; }
   psql_srv postgres "CREATE DATABASE rollout" && psql_srv postgres "CREATE DATABASE kea"
@@ -129,7 +160,7 @@ new_clients_burst = 1000000
 ${1:-}
 TOML
   rm -rf "$work/state"
-  ROLLOUT_LOG=warn ip netns exec "$srv" "$ROLLOUT_BIN" -c "$work/rollout.toml" serve >"$work/rollout.log" 2>&1 &
+  ROLLOUT_LOG=warn in_srv "$ROLLOUT_BIN" -c "$work/rollout.toml" serve >"$work/rollout.log" 2>&1 &
 }
 start_rollout-pg() {
   # A fresh start, as for the others: the table exists after the first run (rollout
@@ -152,7 +183,7 @@ start_kea() { # [lease-database JSON] [more Dhcp4 JSON members]
                    "output_options": [ { "output": "$work/kea.log" } ] } ]
 } }
 JSON
-  KEA_PIDFILE_DIR=$work KEA_LOCKFILE_DIR=$work ip netns exec "$srv" kea-dhcp4 -c "$work/kea.json" >"$work/kea.out" 2>&1 &
+  KEA_PIDFILE_DIR=$work KEA_LOCKFILE_DIR=$work in_srv kea-dhcp4 -c "$work/kea.json" >"$work/kea.out" 2>&1 &
 }
 start_kea-pg() {
   psql_srv kea "TRUNCATE lease4, lease4_stat"
@@ -164,7 +195,7 @@ start_kea-pg-mt() {
 }
 start_dnsmasq() {
   rm -f "$work/dnsmasq.leases"
-  ip netns exec "$srv" dnsmasq --no-daemon --port=0 --interface=rbr0 --bind-interfaces \
+  in_srv dnsmasq --no-daemon --port=0 --interface=rbr0 --bind-interfaces \
     --dhcp-range="$first,$last,255.255.0.0,1h" --dhcp-authoritative --dhcp-lease-max=100000 \
     --dhcp-leasefile="$work/dnsmasq.leases" --no-hosts --no-resolv --no-ping --quiet-dhcp --log-facility=- >"$work/dnsmasq.log" 2>&1 &
 }
@@ -214,29 +245,41 @@ stop_servers() {
 }
 
 declare -A result
-measure() { # server rate → result[server,rate]="leases/s discover_drops request_drops acks dups"
-  local s=$1 rate=$2 out pcap="$work/$1-$2.pcap" tpid
+measure() { # server rate [generator] → result[server,rate]="leases/s discover_drops request_drops acks dups discovers_sent"
+  local s=$1 rate=$2 gen=${3:-perfdhcp} out pcap="$work/$1-$2.pcap" tpid
   "start_$s"; sleep 1.5
-  ip netns exec "$cli" tcpdump -i c0 -B 65536 -s 400 -w "$pcap" 'udp src port 67' >"$work/tcpdump.log" 2>&1 &
+  in_cli tcpdump -i c0 -B 65536 -s 400 -w "$pcap" 'udp src port 67' >"$work/tcpdump.log" 2>&1 &
   tpid=$!; sleep 0.5
   # Unicast to the server, as a relay sends (perfdhcp sets giaddr): Kea's UDP socket,
   # bound to the address, does not see broadcasts. -W: replies still on their way when
   # the period ends (100 ms, well above a batch's fsync) are counted, not reported as drops.
-  out=$(ip netns exec "$cli" perfdhcp -4 -l c0 -r "$rate" -R "$clients" -p "$seconds" -W 100000 10.44.0.1 2>&1 || true)
+  local r d1 d2 caught sent
+  if [ "$gen" = perfdhcp ]; then
+    out=$(in_cli perfdhcp -4 -l c0 -r "$rate" -R "$clients" -p "$seconds" -W 100000 "${perfdhcp_mode[@]}" 10.44.0.1 2>&1 || true)
+    r=$(awk '/^Rate:/ {print $2; exit}' <<<"$out")
+    d1=$(awk '/^drops:/ {n++; if (n==1) {print $2; exit}}' <<<"$out")
+    d2=$(awk '/^drops:/ {n++; if (n==2) {print $2; exit}}' <<<"$out")
+    sent=$(awk '/^sent packets:/ {print $3; exit}' <<<"$out")
+  else
+    out=$(in_cli "$DHCP_LOAD" --server 10.44.0.1 --local 10.44.0.2 --rate "$rate" --seconds "$seconds" \
+      --clients "$clients" --wait-ms 100 2>&1 || true)
+    r=$(awk '$1 == "rate" {print $2}' <<<"$out")
+    sent=$(awk '$1 == "sent" {print $2}' <<<"$out")
+    d1=$(awk '$1 == "sent" {s = $2} $1 == "offers" {print s - $2}' <<<"$out")
+    d2=$(awk '$1 == "requests" {q = $2} $1 == "acks" {print q - $2}' <<<"$out")
+  fi
   sleep 0.3; kill "$tpid"; wait "$tpid" 2>/dev/null || true
   stop_servers; sleep 1
-  echo "$out" > "$work/$s-$rate.perfdhcp"
-  local r d1 d2 caught
-  r=$(awk '/^Rate:/ {print $2; exit}' <<<"$out")
-  d1=$(awk '/^drops:/ {n++; if (n==1) {print $2; exit}}' <<<"$out")
-  d2=$(awk '/^drops:/ {n++; if (n==2) {print $2; exit}}' <<<"$out")
+  echo "$out" > "$work/$s-$rate.$gen"
   if grep -q "dropped by kernel" "$work/tcpdump.log" && ! grep -q "^0 packets dropped by kernel" "$work/tcpdump.log"; then
     echo "bench-dhcp: the ACK capture of $s at $rate/s lost packets: $(grep 'dropped by kernel' "$work/tcpdump.log")" >&2
   fi
   read -r acks _ dups <<<"$(check_acks "$pcap")"
   rm -f "$pcap"
-  result[$s,$rate]="${r:-0} ${d1:-?} ${d2:-?} $acks $dups"
-  printf '  %-8s %6s/s offered: %8s leases/s, drops %s/%s, %s ACKs, %s duplicated\n' "$s" "$rate" "${r:-0}" "${d1:-?}" "${d2:-?}" "$acks" "$dups" >&2
+  local key=$s,$rate
+  [ "$gen" = perfdhcp ] || key=$key,$gen
+  result[$key]="${r:-0} ${d1:-?} ${d2:-?} $acks $dups ${sent:-0}"
+  printf '  %-8s %6s/s offered (%s, sent %s DISCOVERs): %8s leases/s, drops %s/%s, %s ACKs, %s duplicated\n' "$s" "$rate" "$gen" "${sent:-?}" "${r:-0}" "${d1:-?}" "${d2:-?}" "$acks" "$dups" >&2
 }
 
 # The PostgreSQL servers get a ladder of their own: they saturate far lower, and a ladder
@@ -259,15 +302,26 @@ for s in "${names[@]}"; do
   done
   ceiling[$s]=$best
 done
-# Every server at 2x its own ceiling: rollout's must hold (>= 0.9); the others'
+# Every server at 2x its own ceiling, from dhcp_load: rollout's must hold (>= 0.9); the others'
 # show what the same load generator on the same cores does to a peer.
-declare -A over
+# dhcp_load finds each server's ceiling again, on a ladder of its own (perfdhcp's ceiling
+# can be perfdhcp's own limit), and then offers twice that.
+declare -A over load_ceiling
 for s in "${names[@]}"; do
-  over[$s]=$(awk -v c="${ceiling[$s]}" 'BEGIN { printf "%d", 2 * c }')
-  measure "$s" "${over[$s]}"
+  best=0
+  IFS=, read -r -a mine <<<"$(if [[ $s == *-pg* ]]; then echo "$pg_rates"; else echo "$load_rates"; fi)"
+  for rate in "${mine[@]}"; do
+    measure "$s" "$rate" load
+    read -r r _ <<<"${result[$s,$rate,load]}"
+    best=$(awk -v a="$best" -v b="$r" 'BEGIN { print (b > a) ? b : a }')
+  done
+  load_ceiling[$s]=$best
+  over[$s]=$(awk -v c="$best" 'BEGIN { printf "%d", 2 * c }')
+  measure "$s" "${over[$s]}" load
 done
 
 printf '\nDHCP bench: perfdhcp, %s distinct clients, %s s per rate; drops = DISCOVER/REQUEST unanswered\n' "$clients" "$seconds"
+printf 'CPUs (%s): servers on %s, perfdhcp and capture on %s\n' "$cpus" "$server_cpus" "$load_cpus"
 fail=0
 table() { # rates (comma-separated), servers…
   local ladder=$1 s rate r d1 d2 dups; shift
@@ -278,7 +332,7 @@ table() { # rates (comma-separated), servers…
   for rate in "${rows[@]}"; do
     printf '%-9s' "$rate"
     for s in "$@"; do
-      read -r r d1 d2 _ dups <<<"${result[$s,$rate]}"
+      read -r r d1 d2 _ dups _ <<<"${result[$s,$rate]}"
       printf ' | %9s leases/s, drops %7s/%-7s' "$r" "$d1" "$d2"
       [ "$dups" = 0 ] || fail=1
     done; echo
@@ -291,19 +345,28 @@ table "$pg_rates" "${pg[@]}"
 echo
 for s in "${names[@]}"; do printf 'ceiling %-10s %10s leases/s\n' "$s" "${ceiling[$s]}"; done
 dupsum=0
-for k in "${!result[@]}"; do read -r _ _ _ _ d <<<"${result[$k]}"; dupsum=$((dupsum + d)); done
+for k in "${!result[@]}"; do read -r _ _ _ _ d _ <<<"${result[$k]}"; dupsum=$((dupsum + d)); done
 for s in "${names[@]}"; do
-  read -r r2 d1 d2 _ d <<<"${result[$s,${over[$s]}]}"
+  read -r r2 d1 d2 _ d sent <<<"${result[$s,${over[$s]},load]}"
   [ "$d" = 0 ] || fail=1
   want=""; [ "$s" = rollout ] && want=" (no collapse: >= 0.9)"
-  awk -v s="$s" -v r="$r2" -v c="${ceiling[$s]}" -v o="${over[$s]}" -v w="$want" 'BEGIN {
-    printf "%s at 2x its ceiling (%d/s offered): %.1f leases/s = %.2f x its ceiling%s\n", s, o, r, (c > 0) ? r / c : 0, w }'
+  # What the generator really sent: one short of CPU sends less than it is asked to,
+  # and then the row measures the generator, not the server.
+  awk -v s="$s" -v r="$r2" -v c="${load_ceiling[$s]}" -v o="${over[$s]}" -v w="$want" -v n="$sent" -v t="$seconds" 'BEGIN {
+    printf "%s at 2x its ceiling (dhcp_load: ceiling %.0f leases/s, %d/s offered, %d DISCOVERs/s sent = %.2f x the ceiling): %.1f leases/s = %.2f x its ceiling%s\n",
+      s, c, o, n / t, (c > 0) ? n / t / c : 0, r, (c > 0) ? r / c : 0, w }'
+done
+top=$(tr , '\n' <<<"$rates" | sort -n | tail -1)
+for s in "${names[@]}"; do
+  [[ $s == *-pg* ]] && continue
+  awk -v s="$s" -v c="${ceiling[$s]}" -v t="$top" 'BEGIN {
+    if (c >= 0.95 * t) printf "note: %s met the ladder'"'"'s top rate (%d/s): its ceiling may be higher (add a rate with --rates)\n", s, t }'
 done
 for pair in rollout:kea rollout-pg:kea-pg rollout-pg:kea-pg-mt; do
   a=${pair%%:*} b=${pair#*:}
   if [[ ",$servers," == *,$a,* && ",$servers," == *,$b,* ]]; then
-    awk -v n="$a/$b" -v a="${ceiling[$a]}" -v b="${ceiling[$b]}" 'BEGIN {
-      printf "ratio %s at saturation: %.2f\n", n, (b > 0) ? a / b : 0 }'
+    awk -v n="$a/$b" -v a="${ceiling[$a]}" -v b="${ceiling[$b]}" -v la="${load_ceiling[$a]}" -v lb="${load_ceiling[$b]}" 'BEGIN {
+      printf "ratio %s at saturation: %.2f (perfdhcp), %.2f (dhcp_load)\n", n, (b > 0) ? a / b : 0, (lb > 0) ? la / lb : 0 }'
   fi
 done
 echo "duplicate addresses in the captured ACKs (every run): $dupsum"

@@ -28,9 +28,11 @@ for tool in ip nginx curl tar rsync python3 busybox; do
 done
 source "$HOME/.cargo/env" 2>/dev/null || true
 cargo build -q --release -p rollout-installer --target x86_64-unknown-linux-musl
-cargo build -q -p rollout --bin rollout
+# The server as it is shipped (scripts/package.sh builds release): a debug build
+# spends several times the CPU per request serving kernels and initramfs.
+cargo build -q --release -p rollout --bin rollout
 cargo build -q -p rollout-installer --example sim_installer
-ROLLOUT=$PWD/target/debug/rollout
+ROLLOUT=$PWD/target/release/rollout
 SIM=$PWD/target/debug/examples/sim_installer
 
 tag=rbs$$
