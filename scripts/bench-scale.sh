@@ -13,6 +13,7 @@
 #   scripts/bench-scale.sh               # N = 1 10 50 200, the tiny image
 #   scripts/bench-scale.sh 1 10          # some N
 #   MAX_COPIES=16 scripts/bench-scale.sh 50   # [install] max_copies (default: sized from the machine)
+#   TAR_PREFILL=1 scripts/bench-scale.sh      # [install] tar_prefill: the HTTP tar stream, then rsync
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench-scale.sh: run as root (network namespaces, cgroups)" >&2; exit 1; }
@@ -91,6 +92,7 @@ run_rollout() { # N -> $work/out-N/*.log
     echo "[install]"
     echo "image = \"tiny\""
     [ -n "${MAX_COPIES:-}" ] && echo "max_copies = $MAX_COPIES"
+    [ -n "${TAR_PREFILL:-}" ] && echo "tar_prefill = true"
     for k in $(seq 1 "$n"); do
       printf '[[node]]\nmac = "%s"\nhostname = "s%d"\nip = "10.44.1.%d"\n' "$(mac_of "$k")" "$k" "$k"
     done

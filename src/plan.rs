@@ -73,6 +73,7 @@ pub fn install_plan(
             .then_some(wire::multicast::MulticastPlan {
                 wait_secs: config.install.multicast.wait_secs,
             }),
+        tar_prefill: config.install.tar_prefill,
     }
 }
 

@@ -195,6 +195,10 @@ pub struct InstallPlan {
     /// serial that ask at the same time (`[install] multicast`); none: rsync only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multicast: Option<multicast::MulticastPlan>,
+    /// Unpack `GET /api/v1/installs/{install_id}/image.tar` (same token) onto
+    /// the new root before the rsync copy (`[install] tar_prefill`).
+    #[serde(default)]
+    pub tar_prefill: bool,
 }
 
 fn yes() -> bool {

@@ -23,6 +23,8 @@ pub enum HttpError {
     },
     #[error("malformed HTTP response: {0}")]
     Malformed(&'static str),
+    #[error("HTTP {status}: {body}")]
+    Status { status: u16, body: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +225,78 @@ pub fn request(
 
 pub fn get(url: &str, timeout: Duration) -> Result<Response, HttpError> {
     request("GET", url, &[], None, timeout)
+}
+
+/// A GET whose body is read as it arrives (an image stream): the status and
+/// a reader of the body. Asked as HTTP/1.0, so the server ends the body by
+/// closing the connection rather than in chunks. A non-2xx answer comes back
+/// as [`HttpError::Status`] with the start of its body.
+pub fn get_stream(url: &str, bearer: &str, timeout: Duration) -> Result<impl Read, HttpError> {
+    let u = parse_url(url)?;
+    let addr = format!("{}:{}", u.host, u.port);
+    let sock = (u.host.as_str(), u.port)
+        .to_socket_addrs()
+        .map_err(|source| HttpError::Connect {
+            addr: addr.clone(),
+            source,
+        })?
+        .next()
+        .ok_or_else(|| HttpError::Url(url.to_string()))?;
+    let mut s =
+        TcpStream::connect_timeout(&sock, timeout).map_err(|source| HttpError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+    let ioe = |source| HttpError::Io {
+        addr: addr.clone(),
+        source,
+    };
+    s.set_read_timeout(Some(timeout)).map_err(ioe)?;
+    s.set_write_timeout(Some(timeout)).map_err(ioe)?;
+    let req = format!(
+        "GET {} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: rollout-installer\r\nAuthorization: Bearer {bearer}\r\n\r\n",
+        u.path
+    );
+    s.write_all(req.as_bytes()).map_err(ioe)?;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let end = loop {
+        let n = s.read(&mut chunk).map_err(ioe)?;
+        if n == 0 {
+            return Err(HttpError::Malformed(
+                "connection closed before the headers ended",
+            ));
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if head.len() > 64 * 1024 {
+            return Err(HttpError::Malformed("headers over 64 KiB"));
+        }
+    };
+    let status = status_code(&head[..end])?;
+    let rest = head.split_off(end);
+    if !(200..300).contains(&status) {
+        let mut body = rest;
+        let _ = (&mut s).take(4096).read_to_end(&mut body);
+        return Err(HttpError::Status {
+            status,
+            body: String::from_utf8_lossy(&body).trim().to_string(),
+        });
+    }
+    Ok(std::io::Cursor::new(rest).chain(s))
+}
+
+/// The status code of a response's head (`HTTP/1.x NNN …`).
+fn status_code(head: &[u8]) -> Result<u16, HttpError> {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let text = std::str::from_utf8(line).map_err(|_| HttpError::Malformed("status line"))?;
+    let mut parts = text.split_whitespace();
+    match (parts.next(), parts.next().and_then(|c| c.parse().ok())) {
+        (Some(v), Some(code)) if v.starts_with("HTTP/1.") => Ok(code),
+        _ => Err(HttpError::Malformed("status line")),
+    }
 }
 
 pub fn post_json(

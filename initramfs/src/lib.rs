@@ -41,6 +41,7 @@ pub mod steps;
 pub mod swap;
 pub mod sync;
 pub mod sys;
+pub mod tar_stream;
 pub mod tools;
 
 #[cfg(test)]

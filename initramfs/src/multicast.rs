@@ -157,8 +157,21 @@ pub fn unpack(
         bytes: 0,
         tick,
     };
+    unpack_tar(&mut reader, root, network_paths)?;
+    // The archive ends before the stream (tar pads to its record size):
+    // the hash covers every byte the server sent.
+    io::copy(&mut reader, &mut io::sink()).map_err(|e| format!("reading the stream: {e}"))?;
+    Ok((
+        reader.bytes,
+        rollout::wire::multicast::hex(&reader.hash.finalize()),
+    ))
+}
+
+/// Unpacks the archive in `stream` under `root`, as [`unpack`] describes,
+/// up to the archive's end marker.
+pub fn unpack_tar(stream: impl Read, root: &Path, network_paths: &[String]) -> Result<(), String> {
     {
-        let mut archive = tar::Archive::new(&mut reader);
+        let mut archive = tar::Archive::new(stream);
         archive.set_preserve_permissions(true);
         archive.set_preserve_ownerships(true);
         archive.set_preserve_mtime(true);
@@ -180,21 +193,19 @@ pub fn unpack(
             if under_network_mount(&path, network_paths) {
                 continue;
             }
-            let inside = entry
-                .unpack_in(root)
-                .map_err(|e| format!("tar: unpacking {path}: {e}"))?;
+            let inside = entry.unpack_in(root).map_err(|e| {
+                // The tar crate's error says "failed to unpack"; the cause is beneath.
+                let cause = std::error::Error::source(&e)
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default();
+                format!("tar: unpacking {path}: {e}{cause}")
+            })?;
             if !inside {
                 return Err(format!("tar: {path} points outside the new root"));
             }
         }
     }
-    // The archive ends before the stream (tar pads to its record size):
-    // the hash covers every byte the server sent.
-    io::copy(&mut reader, &mut io::sink()).map_err(|e| format!("reading the stream: {e}"))?;
-    Ok((
-        reader.bytes,
-        rollout::wire::multicast::hex(&reader.hash.finalize()),
-    ))
+    Ok(())
 }
 
 /// Whether a tar member (`usr/bin/ls`, `./usr/bin/ls`) lies below one of the

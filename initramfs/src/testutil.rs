@@ -31,6 +31,7 @@ pub fn plan() -> InstallPlan {
         sync_interval_secs: 0,
         keep_identity: true,
         multicast: None,
+        tar_prefill: false,
         on_failure: FailurePolicy::default(),
         rsync: RsyncCredential {
             user: "install-525400000001".into(),

@@ -39,6 +39,7 @@ fn plan(network: NetworkPlan) -> InstallPlan {
         sync_interval_secs: 900,
         keep_identity: true,
         multicast: None,
+        tar_prefill: false,
         rsync: RsyncCredential::default(),
         node: NodeCredential {
             secret: "node-secret".into(),

@@ -292,6 +292,11 @@ pub struct InstallConfig {
     /// the same time (the `multicast` module); off by default.
     #[serde(default)]
     pub multicast: MulticastConfig,
+    /// First installs unpack the image from one HTTP tar stream
+    /// (`GET /api/v1/installs/{id}/image.tar`) before the rsync copy, which
+    /// then sends only what the stream missed; off: rsync copies everything.
+    #[serde(default)]
+    pub tar_prefill: bool,
 }
 
 impl Default for InstallConfig {
@@ -308,6 +313,7 @@ impl Default for InstallConfig {
             layout: None,
             max_copies: None,
             multicast: MulticastConfig::default(),
+            tar_prefill: false,
         }
     }
 }

@@ -7,6 +7,7 @@ mod auth;
 mod boot;
 mod dashboard;
 mod dashboard_power;
+mod image_stream;
 pub mod listen;
 mod mirror;
 mod multicast;
@@ -141,6 +142,11 @@ fn api_table() -> Vec<ApiRoute> {
             Method::POST,
             format!("{}/{{id}}/multicast", paths::INSTALLS),
             multicast::join,
+        ),
+        route(
+            Method::GET,
+            format!("{}/{{id}}/image.tar", paths::INSTALLS),
+            image_stream::image_tar,
         ),
         route(Method::POST, paths::PHONE_HOME, api::phone_home),
         route(Method::GET, "/api/v1/openapi.json", openapi::spec),

@@ -158,6 +158,7 @@ impl utoipa::Modify for Security {
         super::api::event,
         super::api::slot,
         super::multicast::join,
+        super::image_stream::image_tar,
         super::api::phone_home,
         spec,
         super::admin::list_nodes,

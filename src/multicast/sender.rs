@@ -36,6 +36,13 @@ pub struct Sent {
 /// tar's arguments: numeric owners, name order, the excludes anchored at the
 /// root as rsync reads them (`*` does not cross `/`).
 pub fn tar_args(spec: &SendSpec) -> Vec<String> {
+    image_tar_args(&spec.root, &spec.excludes)
+}
+
+/// GNU tar's arguments for a serial's tree at `root` with the image's rsync
+/// `excludes`: the one stream format both first-install prefills (this
+/// module's multicast and `GET …/image.tar`) unpack.
+pub fn image_tar_args(root: &std::path::Path, excludes: &[String]) -> Vec<String> {
     let mut a: Vec<String> = [
         "--create",
         "--file=-",
@@ -47,7 +54,7 @@ pub fn tar_args(spec: &SendSpec) -> Vec<String> {
     ]
     .map(String::from)
     .into();
-    for e in &spec.excludes {
+    for e in excludes {
         let Some(path) = e.strip_prefix('/') else {
             continue;
         };
@@ -56,7 +63,7 @@ pub fn tar_args(spec: &SendSpec) -> Vec<String> {
             a.push(format!("--exclude=./{path}"));
         }
     }
-    a.push(format!("--directory={}", spec.root.display()));
+    a.push(format!("--directory={}", root.display()));
     a.push(".".into());
     a
 }

@@ -46,6 +46,8 @@ pub struct BenchOptions {
     pub image: ImageKind,
     pub timeout: Duration,
     pub keep_dir: Option<PathBuf>,
+    /// `[install] tar_prefill` on the server.
+    pub tar_prefill: bool,
 }
 
 /// Runs every round, then the raw copy in the last lab's node1 VM.
@@ -65,7 +67,9 @@ pub fn run_bench(
             keep_dir: o.keep_dir.as_ref().map(|d| d.join(format!("n{n}"))),
             ..LabOptions::default()
         })?;
-        let server = a.serve(&mut lab, o.image)?;
+        let mut config = lab.config();
+        config.install.tar_prefill = o.tar_prefill;
+        let server = a.serve_with(&mut lab, o.image, config)?;
         lab.start_all()?;
         let mut t = Tracker::new(&lab, server);
         if let Err(e) = t.run(&mut lab, o.timeout, stop, |l| eprintln!("{l}")) {

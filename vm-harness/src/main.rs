@@ -169,6 +169,10 @@ struct BenchArgs {
     /// checks every node's disk against the reference install.
     #[arg(long)]
     multicast: bool,
+    /// First installs unpack the image's HTTP tar stream before rsync
+    /// (`[install] tar_prefill = true`).
+    #[arg(long)]
+    tar_prefill: bool,
 }
 
 #[derive(Args, Clone)]
@@ -590,6 +594,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         image: a.image,
         timeout: Duration::from_secs(a.timeout),
         keep_dir: a.keep,
+        tar_prefill: a.tar_prefill,
     };
     let stop = || STOP.load(Ordering::SeqCst);
     if a.multicast {

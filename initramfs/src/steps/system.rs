@@ -94,9 +94,13 @@ fn copy(reporter: &mut Reporter, plan: &InstallPlan, root: &MountedRoot) -> Step
 /// (`examples/sim_installer.rs`), which copies into a directory instead of a
 /// mounted disk.
 pub fn copy_into(reporter: &mut Reporter, plan: &InstallPlan, dest: &Path) -> StepResult<()> {
-    prefill_by_multicast(reporter, plan, dest);
+    let prefilled = prefill_by_multicast(reporter, plan, dest);
     let admitted = admit(reporter);
     console::line(&format!("copy: {admitted}"));
+    let streamed = match plan.tar_prefill && !prefilled {
+        true => prefill_by_http(reporter, plan, dest),
+        false => 0,
+    };
     let mut last_console = Instant::now();
     let started = Instant::now();
     // The target was formatted a moment ago: nothing to compare against.
@@ -139,19 +143,20 @@ pub fn copy_into(reporter: &mut Reporter, plan: &InstallPlan, dest: &Path) -> St
     .progress;
     // A copy shorter than the progress interval never reported; the record
     // should still say how much arrived.
+    let copied = done.bytes + streamed;
     reporter.send(
         Step::Copy,
         EventKind::Progress {
-            done_bytes: done.bytes,
-            total_bytes: done.bytes,
+            done_bytes: copied,
+            total_bytes: copied,
         },
-        &format!("copy: 100% ({} MiB)", done.bytes / MIB),
+        &format!("copy: 100% ({} MiB)", copied / MIB),
     );
     Ok((
         (),
         format!(
             "{} MiB from {} in {} s",
-            done.bytes / MIB,
+            copied / MIB,
             plan.image.rsync_url,
             started.elapsed().as_secs()
         ),
@@ -179,11 +184,12 @@ pub fn admit(reporter: &mut Reporter) -> String {
 }
 
 /// The multicast part of the copy (`crate::multicast`), when the plan offers
-/// it: whatever it comes to, the rsync copy runs next.
-fn prefill_by_multicast(reporter: &mut Reporter, plan: &InstallPlan, root: &Path) {
+/// it: whatever it comes to, the rsync copy runs next. Whether the new root
+/// holds the checked stream.
+fn prefill_by_multicast(reporter: &mut Reporter, plan: &InstallPlan, root: &Path) -> bool {
     let done = crate::multicast::prefill(plan, root, &mut |l| console::line(l));
     if done == crate::multicast::Prefill::NotOffered {
-        return;
+        return false;
     }
     let line = match done.is_warning() {
         true => format!("warning: {}", done.line()),
@@ -191,6 +197,31 @@ fn prefill_by_multicast(reporter: &mut Reporter, plan: &InstallPlan, root: &Path
     };
     console::line(&line);
     reporter.send(Step::Copy, EventKind::Started, &line);
+    matches!(done, crate::multicast::Prefill::Received { .. })
+}
+
+/// The HTTP tar stream part of the copy (`crate::tar_stream`), within the
+/// copy slot: whatever it comes to, the rsync copy runs next. The bytes
+/// that stayed on the new root.
+fn prefill_by_http(reporter: &mut Reporter, plan: &InstallPlan, root: &Path) -> u64 {
+    console::line("copy: unpacking the image's tar stream; rsync then copies what it missed");
+    let (line, kept) = match crate::tar_stream::prefill(plan, root) {
+        Ok((bytes, took)) => (
+            format!(
+                "copy: tar stream unpacked, {} MiB in {:.1} s",
+                bytes / MIB,
+                took.as_secs_f64()
+            ),
+            bytes,
+        ),
+        Err(why) => (
+            format!("warning: copy: tar stream discarded ({why}); rsync copies everything"),
+            0,
+        ),
+    };
+    console::line(&line);
+    reporter.send(Step::Copy, EventKind::Started, &line);
+    kept
 }
 
 fn configure(

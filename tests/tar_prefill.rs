@@ -1,0 +1,110 @@
+//! `GET /api/v1/installs/{id}/image.tar` on a real `rollout serve` (loopback,
+//! DHCP off), read back with GNU tar: with `[install] tar_prefill` the plan
+//! says so and the install's own token (only it) streams the serial's tree,
+//! the image's excludes left out; without it the route refuses and says why.
+
+mod common;
+use common::loopback::{write_config, Server};
+use serde_json::Value;
+use std::io::Read;
+use std::path::Path;
+
+fn get(s: &Server, path: &str, auth: Option<&str>) -> (u16, Vec<u8>) {
+    let mut r = ureq::get(&s.url(path));
+    if let Some(a) = auth {
+        r = r.set("Authorization", a);
+    }
+    let resp = match r.call() {
+        Ok(resp) => resp,
+        Err(ureq::Error::Status(_, resp)) => resp,
+        Err(e) => panic!("GET {path}: {e}"),
+    };
+    let st = resp.status();
+    let mut body = Vec::new();
+    resp.into_reader().read_to_end(&mut body).unwrap();
+    (st, body)
+}
+
+fn image_root(dir: &Path) -> std::path::PathBuf {
+    dir.join("state/images/default/serials/1/root")
+}
+
+#[test]
+fn the_install_token_streams_the_serial_without_its_excludes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), 0);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[install]\n", "[install]\ntar_prefill = true\n");
+    std::fs::write(&cfg, text).unwrap();
+    let root = image_root(dir.path());
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+    std::fs::write(root.join("usr/lib/big.so"), &big).unwrap();
+    std::os::unix::fs::symlink("lib/big.so", root.join("usr/big")).unwrap();
+    std::fs::create_dir_all(root.join("var/lib/site")).unwrap();
+    std::fs::write(root.join("var/lib/site/secret"), "site-local").unwrap();
+    let s = Server::start(dir.path());
+
+    let (st, plan) = s.plan("52:54:00:00:00:01");
+    assert_eq!(st, 200, "{plan}");
+    assert_eq!(plan["tar_prefill"], Value::Bool(true), "{plan}");
+    let id = plan["install_id"].as_str().unwrap();
+    let token = plan["token"].as_str().unwrap();
+    let path = format!("/api/v1/installs/{id}/image.tar");
+
+    assert_eq!(get(&s, &path, None).0, 401);
+    assert_eq!(get(&s, &path, Some("Bearer not-the-token")).0, 403);
+    let other = "/api/v1/installs/nosuch/image.tar";
+    assert_eq!(get(&s, other, Some(&format!("Bearer {token}"))).0, 404);
+
+    let (st, tar) = get(&s, &path, Some(&format!("Bearer {token}")));
+    assert_eq!(
+        st,
+        200,
+        "{}",
+        String::from_utf8_lossy(&tar[..tar.len().min(300)])
+    );
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(out.path().join("image.tar"), &tar).unwrap();
+    let x = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(out.path().join("image.tar"))
+        .arg("-C")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(x.status.success(), "{}", String::from_utf8_lossy(&x.stderr));
+    assert_eq!(
+        std::fs::read(out.path().join("usr/lib/big.so")).unwrap(),
+        big
+    );
+    assert_eq!(
+        std::fs::read_link(out.path().join("usr/big")).unwrap(),
+        Path::new("lib/big.so")
+    );
+    assert!(
+        !out.path().join("var/lib/site/secret").exists(),
+        "the image's exclude /var/lib/site/ was streamed"
+    );
+}
+
+#[test]
+fn without_tar_prefill_the_plan_offers_none_and_the_route_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (st, plan) = s.plan("52:54:00:00:00:01");
+    assert_eq!(st, 200, "{plan}");
+    assert_eq!(plan["tar_prefill"], Value::Bool(false), "{plan}");
+    let (st, body) = get(
+        &s,
+        &format!(
+            "/api/v1/installs/{}/image.tar",
+            plan["install_id"].as_str().unwrap()
+        ),
+        Some(&format!("Bearer {}", plan["token"].as_str().unwrap())),
+    );
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(st, 404, "{text}");
+    assert!(text.contains("tar_prefill"), "{text}");
+}
