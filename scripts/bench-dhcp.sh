@@ -248,7 +248,8 @@ declare -A result
 measure() { # server rate [generator] → result[server,rate]="leases/s discover_drops request_drops acks dups discovers_sent"
   local s=$1 rate=$2 gen=${3:-perfdhcp} out pcap="$work/$1-$2.pcap" tpid
   "start_$s"; sleep 1.5
-  in_cli tcpdump -i c0 -B 65536 -s 400 -w "$pcap" 'udp src port 67' >"$work/tcpdump.log" 2>&1 &
+  # Not through in_cli: $! must be tcpdump itself, to stop it below.
+  ip netns exec "$cli" taskset -c "$load_cpus" tcpdump -i c0 -B 65536 -s 400 -w "$pcap" 'udp src port 67' >"$work/tcpdump.log" 2>&1 &
   tpid=$!; sleep 0.5
   # Unicast to the server, as a relay sends (perfdhcp sets giaddr): Kea's UDP socket,
   # bound to the address, does not see broadcasts. -W: replies still on their way when
