@@ -70,8 +70,8 @@ case "$cpus" in
   *) echo "bench-dhcp: --cpus is split or shared, not $cpus" >&2; exit 2 ;;
 esac
 # perfdhcp picks its multi-thread mode (a receiver thread) from the machine's CPU count,
-# not from its affinity: on one CPU of its own, its two threads only take turns, and past
-# about 12,000/s it sends far less than asked. Single-thread mode there.
+# not from its affinity: on one CPU of its own its threads only take turns. Single-thread
+# mode there.
 perfdhcp_mode=()
 [ "$load_cpus" = 1-1 ] && perfdhcp_mode=(-g single)
 # Runs a command in a namespace on the server's or the load's CPUs.
@@ -80,8 +80,8 @@ in_cli() { ip netns exec "$cli" taskset -c "$load_cpus" "$@"; }
 [ "$(id -u)" = 0 ] || { echo "bench-dhcp: run as root (network namespaces)" >&2; exit 1; }
 ./scripts/setup.sh >/dev/null
 # The overload rows' generator (examples/dhcp_load.rs): perfdhcp cannot send twice a
-# ceiling here (on one CPU it tops out near 20,000 DISCOVERs/s, and asked for more it
-# sends less), so those rows would measure perfdhcp, not the server.
+# ceiling here (on one CPU it sent about 33,000 DISCOVERs/s when asked for 40,000), so
+# those rows would measure perfdhcp, not the server.
 cargo build --release --example dhcp_load -q
 DHCP_LOAD=$PWD/target/release/examples/dhcp_load
 if [ -z "${ROLLOUT_BIN:-}" ]; then
