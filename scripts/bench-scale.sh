@@ -4,8 +4,10 @@
 # doing over the network what a node does (examples/sim_installer.rs: DHCP,
 # iPXE script, kernel + initramfs over HTTP, plan, copy slot, rsync copy into a
 # directory of its own, progress events, installed, phone-home), then the same
-# N clients fetching a tarball of the same serial from nginx (sendfile) as the
-# raw baseline. Per N it prints installs completed/failed, p50/p99 install
+# N clients fetching the same kernel and initramfs, then a tarball of the same
+# serial, from nginx (sendfile) as the raw baseline (timed from the tarball on,
+# as the copy is timed from its step on: both windows hold the other clients'
+# boot downloads). Per N it prints installs completed/failed, p50/p99 install
 # time, aggregate copy MB/s against the raw baseline's, and the server's CPU
 # seconds per install (rollout + its rsync daemon and children, from a cpuacct
 # cgroup) beside nginx's.
@@ -32,9 +34,11 @@ cargo build -q --release -p rollout-installer --target x86_64-unknown-linux-musl
 # The server as it is shipped (scripts/package.sh builds release): a debug build
 # spends several times the CPU per request serving kernels and initramfs.
 cargo build -q --release -p rollout --bin rollout
-cargo build -q -p rollout-installer --example sim_installer
+# Release, as the installer ships (a debug build does the installer's own work several
+# times slower, on the same two cores the server uses).
+cargo build -q --release -p rollout-installer --example sim_installer
 ROLLOUT=$PWD/target/release/rollout
-SIM=$PWD/target/debug/examples/sim_installer
+SIM=$PWD/target/release/examples/sim_installer
 
 tag=rbs$$
 srv=$tag-s
@@ -99,6 +103,8 @@ run_rollout() { # N -> $work/out-N/*.log
   } > "$cfg"
   "$ROLLOUT" --config "$cfg" image import tiny "$work/tree" >/dev/null 2>&1
   "$ROLLOUT" --config "$cfg" initramfs build >/dev/null 2>&1
+  # The raw clients fetch the same boot files first, as every node does before its copy.
+  cp "$state/boot/vmlinuz" "$state/boot/initramfs.img" "$work/www/"
   sh -c "echo \$\$ > $cg_srv/cgroup.procs; exec ip netns exec $srv $ROLLOUT serve --config $cfg" \
     > "$work/serve-$n.log" 2>&1 &
   server_pid=$!
@@ -154,7 +160,10 @@ EOF
   cpu0=$(cpu_of "$cg_raw")
   for k in $(seq 1 "$n"); do
     ip netns exec "$tag-c$k" sh -c '
-      d=$1; mkdir -p "$d"; s=$(date +%s%3N)
+      d=$1; mkdir -p "$d"
+      curl -sf -o /dev/null http://10.44.0.1:8081/vmlinuz
+      curl -sf -o /dev/null http://10.44.0.1:8081/initramfs.img
+      s=$(date +%s%3N)
       curl -sf http://10.44.0.1:8081/image.tar | tar -x -C "$d"; rc=$?
       echo "$s $(date +%s%3N) $rc"; rm -rf "$d"' sh "$work/rawdest/$k" > "$work/raw-$n/$k.log" 2>&1 &
   done
@@ -208,5 +217,5 @@ for n in ns:
     cpu = (c1 - c0) / max(len(ok), 1)
     slots = open(f"{work}/slots-{n}").read().strip() or "?"
     print(f"| {n} | {slots} | {len(ok)} | {len(bad)} | {pct(secs, 50):.1f} | {pct(secs, 99):.1f} | {copy_mbs:.0f} | {raw_mbs:.0f} | {copy_mbs / raw_mbs:.2f} | {cpu:.3f} | {(r1 - r0) / max(len(raw_ok), 1):.3f} |")
-print(f"\nimage: {image_bytes / 1e6:.1f} MB of files per install; copy MB/s = completed x image / (last copy end - first copy start, queue waits included); raw = the same bytes as one tarball from nginx (sendfile) to the same N clients, curl | tar -x")
+print(f"\nimage: {image_bytes / 1e6:.1f} MB of files per install; copy MB/s = completed x image / (last copy end - first copy start, queue waits included); raw = the same bytes as one tarball from nginx (sendfile) to the same N clients, curl | tar -x, each after fetching the same kernel and initramfs (timed from the tarball on)")
 PY

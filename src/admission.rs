@@ -137,6 +137,11 @@ impl Admission {
         }
     }
 
+    /// Whether `id` has a place in the queue (it asked before and waits).
+    pub fn is_waiting(&self, id: &str) -> bool {
+        self.waiting.iter().any(|(w, _)| w == id)
+    }
+
     /// `id`'s copy ended (or its install did): its slot or its place is free.
     pub fn release(&mut self, id: &str) {
         self.holders.retain(|(h, _)| h != id);

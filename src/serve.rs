@@ -518,6 +518,7 @@ pub async fn serve(config: ValidConfig, cancel: CancellationToken) -> Result<(),
         power_seen,
         shutdown: cancel.clone(),
         admission: std::sync::Mutex::new(crate::admission::Admission::new(max_copies as usize)),
+        slot_freed: tokio::sync::Notify::new(),
         rsync_checksums: rsync_checksums(),
         multicast,
     });

@@ -434,7 +434,9 @@ pub enum SlotAnswer {
         active: u32,
         max: u32,
     },
-    /// Not yet: `position` (1 is next) of `queued` waiting; ask again in `retry_secs`.
+    /// Not yet: `position` (1 is next) of `queued` waiting; ask again in
+    /// `retry_secs` (0: at once; the server holds a request near the head of
+    /// the queue for up to 4 s and answers it the moment a slot frees).
     Wait {
         position: u32,
         queued: u32,

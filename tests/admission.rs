@@ -249,3 +249,59 @@ fn six_installers_two_slots_all_finish_never_more_than_two_copies() {
         assert!(rec.get("queue").is_none(), "queue place left behind: {rec}");
     }
 }
+
+/// A waiter at the head of the queue asking again is held until the slot
+/// frees and answered "granted" by that same request, so no slot sits idle
+/// between two asks; its first ask is answered at once with its place and
+/// "ask again now".
+#[test]
+fn the_next_waiter_gets_the_freed_slot_in_the_request_it_is_holding() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::loopback::write_config(dir.path(), common::loopback::free_port());
+    let mut text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[install]\n", "[install]\nmax_copies = 1\n");
+    for i in 0..2 {
+        text.push_str(&format!(
+            "[[node]]\nmac = \"{}\"\nhostname = \"h{i}\"\n",
+            mac(i)
+        ));
+    }
+    std::fs::write(&cfg, text).unwrap();
+    let s = Server::start(dir.path());
+    let plans: Vec<Value> = (0..2).map(|i| s.plan(&mac(i)).1).collect();
+    let id = |i: usize| plans[i]["install_id"].as_str().unwrap().to_string();
+    let token = |i: usize| plans[i]["token"].as_str().unwrap().to_string();
+    let slot = |i: usize| format!("/api/v1/installs/{}/slot", id(i));
+
+    let (_, a) = post(&s, &slot(0), &token(0), None);
+    assert_eq!(a["slot"], "granted", "{a}");
+    let asked = Instant::now();
+    let (_, b) = post(&s, &slot(1), &token(1), None);
+    assert_eq!(
+        (
+            b["slot"].as_str(),
+            b["position"].as_u64(),
+            b["retry_secs"].as_u64()
+        ),
+        (Some("wait"), Some(1), Some(0)),
+        "{b}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "a first ask was held"
+    );
+
+    let s = Arc::new(s);
+    let held = {
+        let (s, path, tok) = (s.clone(), slot(1), token(1));
+        std::thread::spawn(move || post(&s, &path, &tok, None).1)
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(!held.is_finished(), "the second ask was not held");
+    let done = event("copy", json!({"kind": "done"}));
+    let events = format!("/api/v1/installs/{}/events", id(0));
+    assert_eq!(post(&s, &events, &token(0), Some(done)).0, 204);
+    let b = held.join().unwrap();
+    assert_eq!(b["slot"], "granted", "the held request: {b}");
+}

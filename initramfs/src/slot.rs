@@ -93,7 +93,8 @@ pub fn wait_for_slot(
                     on_queue(position, queued);
                     reported = Some((waited, position));
                 }
-                let d = Duration::from_secs(retry_secs.clamp(1, 30));
+                // 0: the server held this request until now; ask again at once.
+                let d = Duration::from_secs(retry_secs.min(30));
                 pause(d);
                 waited += d;
             }

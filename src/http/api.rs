@@ -338,6 +338,7 @@ fn admit_event(state: &super::AppState, id: &str, ev: &ProgressEvent) {
     ) || (ev.step == crate::wire::Step::Copy && ev.kind == EventKind::Done);
     if ended {
         q.release(id);
+        state.slot_freed.notify_waiters();
     } else {
         q.renew(id, crate::clock::now_unix());
     }
@@ -372,9 +373,55 @@ pub async fn slot(
         Ok(r) => r,
         Err(refused) => return *refused,
     };
-    let now = crate::clock::now_unix();
-    let mut q = state.admission.lock().unwrap_or_else(|p| p.into_inner());
-    let answer = match q.ask(&id, now) {
+    // A waiter near the head of the queue is held here until a slot frees
+    // (or SLOT_HOLD passes) rather than told to ask again in a second: a slot
+    // that frees between two asks would sit idle for the rest of that second,
+    // a large part of a copy on a fast network. Its first ask is answered at
+    // once (the node shows its place) with "ask again now".
+    let held_until = tokio::time::Instant::now() + SLOT_HOLD;
+    let answer = loop {
+        let freed = state.slot_freed.notified();
+        tokio::pin!(freed);
+        // Registered before asking, so a release between the ask and the wait is seen.
+        freed.as_mut().enable();
+        let (answer, near_head, first_ask) = {
+            let mut q = state.admission.lock().unwrap_or_else(|p| p.into_inner());
+            let first_ask = !q.is_waiting(&id);
+            let answer = slot_answer(&mut q, &id, crate::clock::now_unix());
+            let near = matches!(answer, crate::wire::SlotAnswer::Wait { position, .. } if position as usize <= q.max());
+            (answer, near, first_ask)
+        };
+        let crate::wire::SlotAnswer::Wait {
+            position, queued, ..
+        } = answer
+        else {
+            break answer;
+        };
+        let again_now = crate::wire::SlotAnswer::Wait {
+            position,
+            queued,
+            retry_secs: 0,
+        };
+        if !near_head {
+            break answer;
+        }
+        if first_ask || tokio::time::timeout_at(held_until, freed).await.is_err() {
+            break again_now;
+        }
+    };
+    if let crate::wire::SlotAnswer::Granted { active, max, .. } = answer {
+        tracing::debug!(mac = %rec.mac, hostname = %rec.hostname, active, max, "copy slot granted");
+    }
+    Json(answer).into_response()
+}
+
+/// How long a slot request near the head of the queue is held waiting for a
+/// slot to free: well within the installer's 10 s request timeout.
+const SLOT_HOLD: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// The admission's answer in the wire's terms.
+fn slot_answer(q: &mut crate::admission::Admission, id: &str, now: u64) -> crate::wire::SlotAnswer {
+    match q.ask(id, now) {
         crate::admission::Answer::Granted { lease_secs } => crate::wire::SlotAnswer::Granted {
             lease_secs,
             active: q.active(now) as u32,
@@ -389,12 +436,7 @@ pub async fn slot(
             queued,
             retry_secs,
         },
-    };
-    drop(q);
-    if let crate::wire::SlotAnswer::Granted { active, max, .. } = answer {
-        tracing::debug!(mac = %rec.mac, hostname = %rec.hostname, active, max, "copy slot granted");
     }
-    Json(answer).into_response()
 }
 
 /// An install's end (outcome, duration) and its copy's throughput, in the metrics.

@@ -57,6 +57,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Who may copy the image now, who waits (`POST /api/v1/installs/{id}/slot`).
     pub admission: std::sync::Mutex<crate::admission::Admission>,
+    /// Wakes the slot requests held near the head of the queue when a slot frees.
+    pub slot_freed: tokio::sync::Notify,
     /// The server rsync's transfer checksums, for the plan (`rsync_caps`).
     pub rsync_checksums: Vec<String>,
     /// Multicast first-install sessions (`POST /api/v1/installs/{id}/multicast`).
