@@ -69,6 +69,7 @@ fn every_key_set() -> Config {
                 rate_mbps: 100,
                 port_base: 9000,
             },
+            tar_prefill: true,
         },
         nodes: vec![NodeConfig {
             mac: "52:54:00:aa:00:01".into(),
