@@ -168,13 +168,9 @@ pub fn parse_response(raw: &[u8], eof: bool) -> Result<Option<Response>, HttpErr
     Ok(Some(Response { status, body }))
 }
 
-pub fn request(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-    timeout: Duration,
-) -> Result<Response, HttpError> {
+/// A connection to `url`'s host with `timeout` on connecting, reads and
+/// writes: the parsed URL, its `host:port` for messages, the stream.
+fn connect(url: &str, timeout: Duration) -> Result<(Url, String, TcpStream), HttpError> {
     let u = parse_url(url)?;
     let addr = format!("{}:{}", u.host, u.port);
     let sock = (u.host.as_str(), u.port)
@@ -185,17 +181,32 @@ pub fn request(
         })?
         .next()
         .ok_or_else(|| HttpError::Url(url.to_string()))?;
-    let mut s =
-        TcpStream::connect_timeout(&sock, timeout).map_err(|source| HttpError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
+    let s = TcpStream::connect_timeout(&sock, timeout).map_err(|source| HttpError::Connect {
+        addr: addr.clone(),
+        source,
+    })?;
+    let set = s
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| s.set_write_timeout(Some(timeout)));
+    set.map_err(|source| HttpError::Io {
+        addr: addr.clone(),
+        source,
+    })?;
+    Ok((u, addr, s))
+}
+
+pub fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Response, HttpError> {
+    let (u, addr, mut s) = connect(url, timeout)?;
     let ioe = |source| HttpError::Io {
         addr: addr.clone(),
         source,
     };
-    s.set_read_timeout(Some(timeout)).map_err(ioe)?;
-    s.set_write_timeout(Some(timeout)).map_err(ioe)?;
     let mut req = format!(
         "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: rollout-installer\r\nConnection: close\r\n",
         u.path, addr
@@ -232,27 +243,11 @@ pub fn get(url: &str, timeout: Duration) -> Result<Response, HttpError> {
 /// closing the connection rather than in chunks. A non-2xx answer comes back
 /// as [`HttpError::Status`] with the start of its body.
 pub fn get_stream(url: &str, bearer: &str, timeout: Duration) -> Result<impl Read, HttpError> {
-    let u = parse_url(url)?;
-    let addr = format!("{}:{}", u.host, u.port);
-    let sock = (u.host.as_str(), u.port)
-        .to_socket_addrs()
-        .map_err(|source| HttpError::Connect {
-            addr: addr.clone(),
-            source,
-        })?
-        .next()
-        .ok_or_else(|| HttpError::Url(url.to_string()))?;
-    let mut s =
-        TcpStream::connect_timeout(&sock, timeout).map_err(|source| HttpError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
+    let (u, addr, mut s) = connect(url, timeout)?;
     let ioe = |source| HttpError::Io {
         addr: addr.clone(),
         source,
     };
-    s.set_read_timeout(Some(timeout)).map_err(ioe)?;
-    s.set_write_timeout(Some(timeout)).map_err(ioe)?;
     let req = format!(
         "GET {} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: rollout-installer\r\nAuthorization: Bearer {bearer}\r\n\r\n",
         u.path

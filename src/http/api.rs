@@ -228,6 +228,26 @@ pub(super) fn running_install(
         .map_err(|e| Box::new(inventory_error(e)))
 }
 
+/// [`running_install`] for the routes that serve the install's image
+/// (multicast, image.tar): its record and the serial its plan named.
+pub(super) fn running_install_serial(
+    state: &Shared,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<(crate::inventory::NodeRecord, u64), Box<Response>> {
+    let rec = running_install(state, id, headers)?;
+    match rec.serial {
+        Some(serial) => Ok((rec, serial)),
+        None => Err(Box::new(error(
+            StatusCode::CONFLICT,
+            format!(
+                "install {id} of {} has no serial: fetch the plan again",
+                rec.hostname
+            ),
+        ))),
+    }
+}
+
 /// Writes the host keys an authenticated `installed` report carried into the
 /// server's known_hosts, under the node's hostname and address (its inventory
 /// address, else the one it reported from), replacing what was there for it.

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
-use super::api::running_install;
+use super::api::running_install_serial;
 use super::{error, Shared};
 
 /// Bytes read from tar per chunk sent.
@@ -47,18 +47,9 @@ pub async fn image_tar(
             "this server does not stream images ([install] tar_prefill is off); copy with rsync",
         );
     }
-    let rec = match running_install(&state, &id, &headers) {
+    let (rec, serial) = match running_install_serial(&state, &id, &headers) {
         Ok(r) => r,
         Err(refused) => return *refused,
-    };
-    let Some(serial) = rec.serial else {
-        return error(
-            StatusCode::CONFLICT,
-            format!(
-                "install {id} of {} has no serial: fetch the plan again",
-                rec.hostname
-            ),
-        );
     };
     let root = crate::images::Images::new(&cfg.state_dir).serial_root(&rec.image, serial);
     let args = crate::multicast::sender::image_tar_args(&root, &cfg.excludes_for(&rec.image));

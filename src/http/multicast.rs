@@ -2,12 +2,12 @@
 //! multicast session, or learns what was sent (`crate::multicast`).
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::api::running_install;
-use super::{error, Shared};
+use super::api::running_install_serial;
+use super::Shared;
 
 /// Joins the install's serial's multicast session (the first asker opens
 /// it; the server collects receivers for `[install] multicast.wait_secs`,
@@ -35,18 +35,9 @@ pub async fn join(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let rec = match running_install(&state, &id, &headers) {
+    let (rec, serial) = match running_install_serial(&state, &id, &headers) {
         Ok(r) => r,
         Err(refused) => return *refused,
-    };
-    let Some(serial) = rec.serial else {
-        return error(
-            StatusCode::CONFLICT,
-            format!(
-                "install {id} of {} has no serial: fetch the plan again",
-                rec.hostname
-            ),
-        );
     };
     let cfg = &state.config;
     let request = crate::multicast::Request {
