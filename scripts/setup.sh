@@ -21,7 +21,7 @@ PACKAGES=(
   # raw-UDP attackers in the security tests (TFTP/DHCP floods)
   python3
   # what the installer and its initramfs carry, and disk inspection in tests
-  linux-image-amd64 kmod cpio zstd rsync e2fsprogs gdisk fdisk dosfstools util-linux
+  linux-image-amd64 kmod cpio zstd rsync tar e2fsprogs gdisk fdisk dosfstools util-linux
   syslinux syslinux-common extlinux systemd-boot-efi
   # the storage tools archive beside the initramfs (RAID1, LVM, XFS layouts:
   # rollout initramfs build copies these binaries), and the tiny test image's own
@@ -82,7 +82,7 @@ PROGRAMS=(
   unshare:util-linux
   ganesha.nfsd:nfs-ganesha rpcbind:rpcbind nfs-cat:libnfs-utils
   udp-sender:udpcast udp-receiver:udpcast
-  runuser:util-linux
+  runuser:util-linux taskset:util-linux tar:tar
 )
 
 # file -> package that provides it
