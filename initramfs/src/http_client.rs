@@ -117,15 +117,7 @@ pub fn parse_response(raw: &[u8], eof: bool) -> Result<Option<Response>, HttpErr
     let head = std::str::from_utf8(&raw[..head_end])
         .map_err(|_| HttpError::Malformed("headers are not UTF-8"))?;
     let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.split_whitespace();
-    if !parts.next().unwrap_or_default().starts_with("HTTP/1.") {
-        return Err(HttpError::Malformed("not an HTTP/1.x status line"));
-    }
-    let status = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or(HttpError::Malformed("bad status code"))?;
+    let status = status_code(lines.next().unwrap_or_default())?;
     let mut length = None;
     let mut chunked = false;
     for l in lines {
@@ -263,14 +255,17 @@ pub fn get_stream(url: &str, bearer: &str, timeout: Duration) -> Result<impl Rea
             ));
         }
         head.extend_from_slice(&chunk[..n]);
-        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+        if let Some(i) = find(&head, b"\r\n\r\n") {
             break i + 4;
         }
         if head.len() > 64 * 1024 {
             return Err(HttpError::Malformed("headers over 64 KiB"));
         }
     };
-    let status = status_code(&head[..end])?;
+    let line_end = find(&head, b"\r\n").unwrap_or(end);
+    let status_line = std::str::from_utf8(&head[..line_end])
+        .map_err(|_| HttpError::Malformed("status line is not UTF-8"))?;
+    let status = status_code(status_line)?;
     let rest = head.split_off(end);
     if !(200..300).contains(&status) {
         let mut body = rest;
@@ -283,15 +278,16 @@ pub fn get_stream(url: &str, bearer: &str, timeout: Duration) -> Result<impl Rea
     Ok(std::io::Cursor::new(rest).chain(s))
 }
 
-/// The status code of a response's head (`HTTP/1.x NNN …`).
-fn status_code(head: &[u8]) -> Result<u16, HttpError> {
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let text = std::str::from_utf8(line).map_err(|_| HttpError::Malformed("status line"))?;
-    let mut parts = text.split_whitespace();
-    match (parts.next(), parts.next().and_then(|c| c.parse().ok())) {
-        (Some(v), Some(code)) if v.starts_with("HTTP/1.") => Ok(code),
-        _ => Err(HttpError::Malformed("status line")),
+/// The status code of a response's status line (`HTTP/1.x NNN …`).
+fn status_code(status_line: &str) -> Result<u16, HttpError> {
+    let mut parts = status_line.split_whitespace();
+    if !parts.next().unwrap_or_default().starts_with("HTTP/1.") {
+        return Err(HttpError::Malformed("not an HTTP/1.x status line"));
     }
+    parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or(HttpError::Malformed("bad status code"))
 }
 
 pub fn post_json(

@@ -417,16 +417,15 @@ pub async fn slot(
         else {
             break answer;
         };
-        let again_now = crate::wire::SlotAnswer::Wait {
-            position,
-            queued,
-            retry_secs: 0,
-        };
         if !near_head {
             break answer;
         }
         if first_ask || tokio::time::timeout_at(held_until, freed).await.is_err() {
-            break again_now;
+            break crate::wire::SlotAnswer::Wait {
+                position,
+                queued,
+                retry_secs: 0,
+            };
         }
     };
     if let crate::wire::SlotAnswer::Granted { active, max, .. } = answer {
