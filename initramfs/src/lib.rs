@@ -43,6 +43,7 @@ pub mod sync;
 pub mod sys;
 pub mod tar_stream;
 pub mod tools;
+pub mod unpack;
 
 #[cfg(test)]
 mod testutil;

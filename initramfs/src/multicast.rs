@@ -1,7 +1,7 @@
 //! The multicast first install, the installer's side (`[install] multicast`
 //! on the server, `crate::wire::multicast`): before the rsync copy, join the
 //! serial's session, receive its tar stream with udpcast's `udp-receiver`,
-//! unpack it onto the new root while hashing it, then ask the server what it
+//! unpack it onto the new root (`crate::unpack`) while hashing it, then ask the server what it
 //! sent. A stream that hashes otherwise (lost data, a forged sender on the
 //! LAN) is removed again. Whatever happens, the rsync copy runs next and
 //! fixes the rest: a failure here costs a bigger rsync, never the install.
@@ -157,7 +157,7 @@ pub fn unpack(
         bytes: 0,
         tick,
     };
-    unpack_tar(&mut reader, root, network_paths)?;
+    crate::unpack::unpack_tar(&mut reader, root, network_paths)?;
     // The archive ends before the stream (tar pads to its record size):
     // the hash covers every byte the server sent.
     io::copy(&mut reader, &mut io::sink()).map_err(|e| format!("reading the stream: {e}"))?;
@@ -165,83 +165,6 @@ pub fn unpack(
         reader.bytes,
         rollout::wire::multicast::hex(&reader.hash.finalize()),
     ))
-}
-
-/// Unpacks the archive in `stream` under `root`, as [`unpack`] describes,
-/// up to the archive's end marker.
-pub fn unpack_tar(stream: impl Read, root: &Path, network_paths: &[String]) -> Result<(), String> {
-    {
-        let mut archive = tar::Archive::new(stream);
-        archive.set_preserve_permissions(true);
-        archive.set_preserve_ownerships(true);
-        archive.set_preserve_mtime(true);
-        archive.set_overwrite(true);
-        let entries = archive.entries().map_err(|e| format!("tar: {e}"))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| format!("tar: {e}"))?;
-            let t = entry.header().entry_type();
-            if t.is_character_special() || t.is_block_special() || t.is_fifo() {
-                continue;
-            }
-            let path = entry
-                .path()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            // One stream serves every layout: what this node mounts over the
-            // network stays on the server's export, as the rsync copy's
-            // excludes keep it (the mount point itself is made).
-            if under_network_mount(&path, network_paths) {
-                continue;
-            }
-            let inside = entry.unpack_in(root).map_err(|e| {
-                // The tar crate's error says "failed to unpack"; the cause is beneath.
-                let cause = std::error::Error::source(&e)
-                    .map(|c| format!(": {c}"))
-                    .unwrap_or_default();
-                format!("tar: unpacking {path}: {e}{cause}")
-            })?;
-            if !inside {
-                return Err(format!("tar: {path} points outside the new root"));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Whether a tar member (`usr/bin/ls`, `./usr/bin/ls`) lies below one of the
-/// layout's network mount points (`/usr`).
-fn under_network_mount(member: &str, network_paths: &[String]) -> bool {
-    let member = format!(
-        "/{}",
-        member.trim_start_matches("./").trim_start_matches('/')
-    );
-    network_paths.iter().any(|m| {
-        let m = m.trim_end_matches('/');
-        member.len() > m.len() + 1 && member.starts_with(m) && member[m.len()..].starts_with('/')
-    })
-}
-
-/// Removes everything under `root` but `lost+found` (the freshly made
-/// filesystem's), so a stream that failed its check leaves nothing behind.
-pub fn clear(root: &Path) -> io::Result<()> {
-    for e in std::fs::read_dir(root)? {
-        let e = e?;
-        if e.file_name() == "lost+found" {
-            continue;
-        }
-        let p = e.path();
-        if e.file_type()?.is_dir() {
-            match std::fs::remove_dir_all(&p) {
-                // A layout's own filesystem mounted there (`/boot`, `/scratch`):
-                // its contents are gone, the mount point stays.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-                r => r?,
-            }
-        } else {
-            std::fs::remove_file(&p)?;
-        }
-    }
-    Ok(())
 }
 
 /// One `POST …/multicast` with the install token.
@@ -294,7 +217,7 @@ pub fn prefill(plan: &InstallPlan, root: &Path, show: &mut dyn FnMut(&str)) -> P
     });
     match outcome {
         Ok(bytes) => Prefill::Received { bytes, secs },
-        Err(why) => match clear(root) {
+        Err(why) => match crate::unpack::clear(root) {
             Ok(()) => Prefill::Discarded(why),
             Err(e) => Prefill::Discarded(format!("{why}; clearing the new root failed too: {e}")),
         },
@@ -373,6 +296,7 @@ fn outcome(plan: &InstallPlan) -> Result<MulticastAnswer, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unpack::{clear, under_network_mount};
 
     const ROUTES: &str =
         "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\

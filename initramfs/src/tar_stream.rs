@@ -52,7 +52,7 @@ pub fn prefill(plan: &InstallPlan, root: &Path) -> Result<(u64, Duration), Strin
                 inner: body,
                 bytes: 0,
             };
-            crate::multicast::unpack_tar(&mut body, root, &plan.layout.network_paths())?;
+            crate::unpack::unpack_tar(&mut body, root, &plan.layout.network_paths())?;
             // tar pads its archive past the end marker: read it, so the
             // server sees the whole body taken.
             io::copy(&mut body, &mut io::sink()).map_err(|e| format!("reading {url}: {e}"))?;
@@ -60,7 +60,7 @@ pub fn prefill(plan: &InstallPlan, root: &Path) -> Result<(u64, Duration), Strin
         });
     match got {
         Ok(bytes) => Ok((bytes, started.elapsed())),
-        Err(why) => match crate::multicast::clear(root) {
+        Err(why) => match crate::unpack::clear(root) {
             Ok(()) => Err(why),
             Err(e) => Err(format!("{why}; clearing the new root failed too: {e}")),
         },
