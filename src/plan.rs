@@ -46,6 +46,8 @@ pub fn install_plan(
             ),
             // Filled in by the server from its rsync (`http::api::plan`).
             rsync_checksums: vec![],
+            // From the serial's meta, by the same handler.
+            sparse_files: None,
         },
         disk: wire::DiskSelector {
             path: record.disk.clone(),

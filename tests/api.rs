@@ -416,14 +416,20 @@ fn crash_mid_install_keeps_state_and_history_then_times_out() {
 
 /// A serial published by the CLI is handed out only with its rsync module in
 /// place: asking right after the switch finds it in rsyncd.conf already, not
-/// after the supervisor's next refresh.
+/// after the supervisor's next refresh. Its plan lists the serial's sparse
+/// files, which the installer copies apart to keep their holes.
 #[test]
-fn a_newly_published_serial_comes_with_its_rsync_module() {
+fn a_newly_published_serial_comes_with_its_rsync_module_and_sparse_files() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
     let tree = dir.path().join("tree");
     std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::create_dir_all(tree.join("var/log")).unwrap();
     std::fs::write(tree.join("etc/motd"), "serial 2\n").unwrap();
+    std::fs::File::create(tree.join("var/log/lastlog"))
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
     let published = rollout::images::Images::new(&dir.path().join("state"))
         .import("default", &tree, "", &[])
         .unwrap()
@@ -433,6 +439,14 @@ fn a_newly_published_serial_comes_with_its_rsync_module() {
     assert_eq!(serial.trim(), "2");
     let conf = std::fs::read_to_string(dir.path().join("state/rsyncd.conf")).unwrap();
     assert!(conf.contains("[default-2]"), "{conf}");
+    let (st, plan) = s.plan("52:54:00:00:00:01");
+    assert_eq!(st, 200, "{plan}");
+    assert_eq!(plan["image"]["serial"], 2, "{plan}");
+    assert_eq!(
+        plan["image"]["sparse_files"],
+        json!(["/var/log/lastlog"]),
+        "{plan}"
+    );
 }
 
 /// A fresh ed25519 public key line made by ssh-keygen, and its fingerprint as

@@ -98,6 +98,48 @@ pub fn args(url: &str, dest: &str, excludes: &[String]) -> Vec<String> {
     a
 }
 
+/// Copies just `files` (paths from the image root, as `/var/log/lastlog`) from
+/// `url` into `dest`, with the base flags' `--sparse`, so their holes stay
+/// holes. A copy of the whole tree after it that says `--no-sparse` finds them
+/// up to date (same size and mtime) and leaves them as they are. The list goes
+/// to rsync NUL-separated, so a name is taken literally: no wildcards, no
+/// trouble with newlines.
+#[allow(clippy::too_many_arguments)]
+pub fn copy_listed(
+    url: &str,
+    auth: Option<&RsyncCredential>,
+    dest: &str,
+    excludes: &[String],
+    extra: &[&str],
+    files: &[String],
+    attempts: u32,
+    on_retry: impl FnMut(u32, &str),
+) -> Result<Outcome, RsyncError> {
+    let list = std::env::temp_dir().join(format!("rollout-rsync-list.{}", std::process::id()));
+    let mut body = Vec::new();
+    for f in files {
+        body.extend_from_slice(f.trim_start_matches('/').as_bytes());
+        body.push(0);
+    }
+    std::fs::write(&list, body).map_err(RsyncError::Spawn)?;
+    let files_from = format!("--files-from={}", list.display());
+    let mut flags = extra.to_vec();
+    flags.extend([files_from.as_str(), "--from0"]);
+    let done = copy_with(
+        url,
+        auth,
+        dest,
+        excludes,
+        &flags,
+        attempts,
+        Duration::from_secs(2),
+        |_| {},
+        on_retry,
+    );
+    let _ = std::fs::remove_file(&list);
+    done
+}
+
 /// Where rsync may be: the initramfs has it at [`paths::RSYNC`]; an installed
 /// node whose `/usr` is an NFS mount may keep its own copy on the local root
 /// (the lab's tiny image does), in `/bin`.

@@ -16,6 +16,7 @@ pub fn plan() -> InstallPlan {
             serial: 7,
             rsync_url: "rsync://10.44.0.1/default-7/".into(),
             rsync_checksums: vec![],
+            sparse_files: None,
         },
         disk: DiskSelector::default(),
         layout: Layout::default(),

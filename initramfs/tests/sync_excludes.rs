@@ -25,6 +25,7 @@ fn plan(network: NetworkPlan) -> InstallPlan {
             serial: 3,
             rsync_url: "rsync://10.44.0.1:873/web-3/".into(),
             rsync_checksums: vec![],
+            sparse_files: None,
         },
         disk: DiskSelector::default(),
         layout: Layout::default(),

@@ -198,6 +198,11 @@ pub async fn plan(
     let mut plan = crate::plan::install_plan(&record, cfg, serial, &state.ssh_keys);
     plan.node = node;
     plan.image.rsync_checksums = state.rsync_checksums.clone();
+    plan.image.sparse_files = tokio::task::block_in_place(|| {
+        crate::images::Images::new(&cfg.state_dir).meta(&image, serial)
+    })
+    .ok()
+    .and_then(|m| m.sparse_files);
     info!(%mac, hostname = %plan.hostname, %image, serial, install_id = %plan.install_id, peer = %peer.ip(), ?granted, "plan handed out");
     Json(plan).into_response()
 }

@@ -20,6 +20,10 @@ pub struct SerialMeta {
     pub parent: Option<u64>,
     /// Differences from `parent`.
     pub changes: Option<Changes>,
+    /// The serial's sparse files ([`crate::wire::ImageRef::sparse_files`]);
+    /// absent for a serial published before rollout listed them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse_files: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -335,6 +339,7 @@ impl Images {
             note: note.to_string(),
             parent,
             changes,
+            sparse_files: tree::sparse_files(work_root, &inv),
         };
         let dir = self.serial_dir(name, serial);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;

@@ -86,6 +86,33 @@ pub fn totals(inv: &Inventory) -> (u64, u64) {
     (bytes, inv.len() as u64)
 }
 
+/// At most this many sparse files are listed; an image with more is copied
+/// with `--sparse` throughout ([`crate::wire::ImageRef::sparse_files`]).
+pub const MAX_SPARSE_LISTED: usize = 1000;
+
+/// The regular files under `root` with at least [`crate::wire::SPARSE_HOLES`]
+/// bytes of holes (apparent size beyond the allocated blocks), hard links
+/// listed once. `None` when that cannot be known exactly: a file that cannot
+/// be looked at again (a name `scan` could only keep lossily), or more than
+/// [`MAX_SPARSE_LISTED`] of them.
+pub fn sparse_files(root: &Path, inv: &Inventory) -> Option<Vec<String>> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (path, n) in inv {
+        if !n.is_file() || n.size < crate::wire::SPARSE_HOLES || !seen.insert(n.dev_ino) {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(root.join(path.trim_start_matches('/'))).ok()?;
+        if meta.size().saturating_sub(meta.blocks() * 512) >= crate::wire::SPARSE_HOLES {
+            if out.len() == MAX_SPARSE_LISTED {
+                return None;
+            }
+            out.push(path.clone());
+        }
+    }
+    Some(out)
+}
+
 /// At most this many paths per kind are stored in a serial's meta; counts are exact.
 pub const MAX_LISTED: usize = 2000;
 
@@ -302,6 +329,42 @@ pub fn strip(root: &Path, extra: &[String]) -> Result<Vec<String>, ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparse_files_lists_files_with_a_mebibyte_of_holes_once_per_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("log")).unwrap();
+        // 64 MiB apparent, one 4 KiB block written at the end.
+        let f = std::fs::File::create(root.join("log/lastlog")).unwrap();
+        f.set_len(64 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[1u8; 4096], (64 << 20) - 4096).unwrap();
+        std::fs::hard_link(root.join("log/lastlog"), root.join("log/lastlog.link")).unwrap();
+        // Zeros that were written are data, not holes; a small sparse file is
+        // not worth a second pass.
+        std::fs::write(root.join("zeros"), vec![0u8; 2 << 20]).unwrap();
+        std::fs::File::create(root.join("small"))
+            .unwrap()
+            .set_len(512 << 10)
+            .unwrap();
+        let inv = scan(root).unwrap();
+        assert_eq!(
+            sparse_files(root, &inv),
+            Some(vec!["/log/lastlog".to_string()])
+        );
+
+        // A name that no longer resolves (as a lossily kept one would not): unknown.
+        let mut inv = inv;
+        let node = inv["/log/lastlog"].clone();
+        inv.insert(
+            "/gone".into(),
+            Node {
+                dev_ino: (0, 0),
+                ..node
+            },
+        );
+        assert_eq!(sparse_files(root, &inv), None);
+    }
 
     #[test]
     fn wildcards() {

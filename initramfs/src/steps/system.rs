@@ -108,7 +108,9 @@ pub fn copy_into(reporter: &mut Reporter, plan: &InstallPlan, dest: &Path) -> St
         &plan.image.rsync_checksums,
         &rsync::local_checksums(),
     );
-    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (sparse_bytes, sparse_flag) = copy_sparse_files(plan, dest, &extra);
+    extra.extend(sparse_flag);
     let done = rsync::copy_with(
         &plan.image.rsync_url,
         Some(&plan.rsync),
@@ -143,7 +145,7 @@ pub fn copy_into(reporter: &mut Reporter, plan: &InstallPlan, dest: &Path) -> St
     .progress;
     // A copy shorter than the progress interval never reported; the record
     // should still say how much arrived.
-    let copied = done.bytes + streamed;
+    let copied = done.bytes + streamed + sparse_bytes;
     reporter.send(
         Step::Copy,
         EventKind::Progress {
@@ -161,6 +163,50 @@ pub fn copy_into(reporter: &mut Reporter, plan: &InstallPlan, dest: &Path) -> St
             started.elapsed().as_secs()
         ),
     ))
+}
+
+/// The image's sparse files, with `--sparse`, when the plan lists them
+/// ([`rollout::wire::ImageRef::sparse_files`]): then the rest of the copy can
+/// go without that flag, whose 1 KiB writes cost a dense copy about 40% more
+/// CPU. Returns the bytes copied and the flag for the rest of the copy; on any
+/// doubt (no list, this pass failed) no flag, so the whole copy keeps holes.
+fn copy_sparse_files(
+    plan: &InstallPlan,
+    dest: &Path,
+    flags: &[&str],
+) -> (u64, Option<&'static str>) {
+    match plan.image.sparse_files.as_deref() {
+        None => (0, None),
+        Some([]) => (0, Some("--no-sparse")),
+        Some(files) => {
+            console::line(&format!(
+                "copy: {} sparse file(s) first, keeping their holes",
+                files.len()
+            ));
+            match rsync::copy_listed(
+                &plan.image.rsync_url,
+                Some(&plan.rsync),
+                &dest.to_string_lossy(),
+                &plan.excludes,
+                flags,
+                files,
+                3,
+                |attempt, why| {
+                    console::line(&format!(
+                        "copy: sparse files: attempt {attempt} failed ({why})"
+                    ))
+                },
+            ) {
+                Ok(done) => (done.progress.bytes, Some("--no-sparse")),
+                Err(e) => {
+                    console::line(&format!(
+                        "warning: copy: sparse files not copied first ({e}); the whole copy keeps holes"
+                    ));
+                    (0, None)
+                }
+            }
+        }
+    }
 }
 
 /// Waits for the server's copy slot ([`crate::slot`]), showing and reporting

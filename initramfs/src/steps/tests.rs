@@ -390,3 +390,57 @@ fn urls_and_firmware_choice() {
         Firmware::Uefi
     );
 }
+
+/// The copy step with the real rsync from a local tree: the files the plan
+/// lists as sparse keep their holes, and the rest is written as it is (zeros
+/// a file really holds stay on the disk) unless the plan cannot list them.
+#[test]
+fn copy_keeps_listed_holes_and_writes_the_rest_densely() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    if !testkit::prereq::require_file(crate::paths::RSYNC, "rsync") {
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("var/log")).unwrap();
+    let lastlog = std::fs::File::create(src.path().join("var/log/lastlog")).unwrap();
+    lastlog.set_len(64 * MIB).unwrap();
+    lastlog.write_all_at(b"last entry", 64 * MIB - 10).unwrap();
+    std::fs::write(src.path().join("zeros"), vec![0u8; 4 * MIB as usize]).unwrap();
+    let allocated = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
+
+    for listed in [true, false] {
+        let dst = tempfile::tempdir().unwrap();
+        let mut p = plan();
+        p.image.rsync_url = format!("{}/", src.path().display());
+        p.image.sparse_files = listed.then(|| vec!["/var/log/lastlog".to_string()]);
+        let mut reporter = Reporter::new("", Instant::now());
+        copy_into(&mut reporter, &p, dst.path()).unwrap();
+
+        let copied = dst.path().join("var/log/lastlog");
+        assert_eq!(std::fs::metadata(&copied).unwrap().len(), 64 * MIB);
+        let mut tail = [0u8; 10];
+        std::fs::File::open(&copied)
+            .unwrap()
+            .read_exact_at(&mut tail, 64 * MIB - 10)
+            .unwrap();
+        assert_eq!(&tail, b"last entry");
+        assert!(
+            allocated(&copied) < MIB,
+            "listed={listed}: lastlog's holes were filled"
+        );
+        let zeros = dst.path().join("zeros");
+        assert_eq!(std::fs::read(&zeros).unwrap(), vec![0u8; 4 * MIB as usize]);
+        if listed {
+            assert!(
+                allocated(&zeros) >= 4 * MIB,
+                "the dense copy ran with --sparse: {} bytes allocated",
+                allocated(&zeros)
+            );
+        } else {
+            assert!(
+                allocated(&zeros) < MIB,
+                "without a list the whole copy must keep holes"
+            );
+        }
+    }
+}
