@@ -42,6 +42,32 @@ export ROLLOUT_IMAGE_STATE="$PWD/target/e2e-images/state"
 mkdir -p target
 ran=()
 
+# A run needs room: about 14 GiB in target/ (the workspace's debug build with its
+# tests, the packaged server, the Debian image) and a few GiB under /tmp for the
+# QEMU labs' disks and their raw copies. Checked before an hour of tests, so a full
+# disk is named as the cause up front and not met later as a test that could not
+# write its disk image. A rerun needs less: what target/ holds already counts.
+check_space() {
+  local need=${ROLLOUT_TEST_SPACE_GIB:-24} lab_need=6 have tmp avail tmp_avail
+  have=$(du -s --block-size=1G target | cut -f1)
+  need=$((need - have))
+  [ "$need" -ge "$lab_need" ] || need=$lab_need
+  tmp=${TMPDIR:-/tmp}
+  avail=$(df --output=avail --block-size=1G target | tail -n1 | tr -d ' ')
+  tmp_avail=$(df --output=avail --block-size=1G "$tmp" | tail -n1 | tr -d ' ')
+  if [ "$avail" -lt "$need" ]; then
+    echo "test.sh: $avail GiB free on the filesystem of $PWD/target, the run needs about $need GiB" >&2
+    echo "test.sh: free some (an old checkout's target/: cargo clean), or set ROLLOUT_TEST_SPACE_GIB" >&2
+    return 1
+  fi
+  if [ "$tmp_avail" -lt "$lab_need" ]; then
+    echo "test.sh: $tmp_avail GiB free in $tmp, the QEMU labs need about $lab_need GiB (or set TMPDIR)" >&2
+    return 1
+  fi
+  echo "test.sh: $avail GiB free for target/ (about $need GiB needed), $tmp_avail GiB in $tmp"
+}
+check_space
+
 # step NAME KIND FUNCTION: runs FUNCTION with its output on the terminal and in
 # target/test-NAME.log, and records "EXIT SECONDS KIND" in target/test-NAME.status.
 step() {
