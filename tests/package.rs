@@ -61,7 +61,7 @@ fn every_key_set() -> Config {
             sync_interval: 0,
             keep_identity: true,
             layout: Some("compute".into()),
-            max_copies: Some(8),
+            max_copies: Some(16),
             multicast: MulticastConfig {
                 enabled: true,
                 wait_secs: 10,
