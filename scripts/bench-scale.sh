@@ -16,11 +16,16 @@
 #   scripts/bench-scale.sh 1 10          # some N
 #   MAX_COPIES=16 scripts/bench-scale.sh 50   # [install] max_copies (default: sized from the machine)
 #   TAR_PREFILL=1 scripts/bench-scale.sh      # [install] tar_prefill: the HTTP tar stream, then rsync
+#   ROUNDS=3 scripts/bench-scale.sh 50        # each N three times, rollout and raw in turn; the
+#                                             # table gives medians (one raw run swings by a third
+#                                             # on a shared machine) and every round's ratio
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench-scale.sh: run as root (network namespaces, cgroups)" >&2; exit 1; }
 NS=("$@")
 [ ${#NS[@]} -gt 0 ] || NS=(1 10 50 200)
+ROUNDS=${ROUNDS:-1}
+[[ "$ROUNDS" =~ ^[0-9]+$ && "$ROUNDS" -ge 1 && "$ROUNDS" -le 20 ]] || { echo "bench-scale.sh: ROUNDS must be 1 to 20, not $ROUNDS" >&2; exit 1; }
 max_n=0
 for n in "${NS[@]}"; do
   [[ "$n" =~ ^[0-9]+$ && "$n" -ge 1 && "$n" -le 250 ]] || { echo "bench-scale.sh: N must be 1 to 250, not $n" >&2; exit 1; }
@@ -82,8 +87,8 @@ done
 # CPU seconds a cpuacct cgroup has used.
 cpu_of() { awk '{printf "%.3f", $1 / 1e9}' "$1/cpuacct.usage"; }
 
-run_rollout() { # N -> $work/out-N/*.log
-  local n=$1 state=$work/state-$n cfg=$work/rollout-$n.toml
+run_rollout() { # N KEY -> $work/out-KEY/*.log
+  local n=$1 key=$2 state=$work/state-$2 cfg=$work/rollout-$2.toml
   {
     echo "state_dir = \"$state\""
     echo "[server]"
@@ -106,7 +111,7 @@ run_rollout() { # N -> $work/out-N/*.log
   # The raw clients fetch the same boot files first, as every node does before its copy.
   cp "$state/boot/vmlinuz" "$state/boot/initramfs.img" "$work/www/"
   sh -c "echo \$\$ > $cg_srv/cgroup.procs; exec ip netns exec $srv $ROLLOUT serve --config $cfg" \
-    > "$work/serve-$n.log" 2>&1 &
+    > "$work/serve-$key.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 100); do
     ip netns exec "$srv" curl -sf --max-time 1 http://10.44.0.1/healthz >/dev/null && break
@@ -115,21 +120,21 @@ run_rollout() { # N -> $work/out-N/*.log
   local image_root=$state/images/tiny/published/root
   local cpu0 t0
   cpu0=$(cpu_of "$cg_srv")
-  mkdir -p "$work/out-$n" "$work/dest"
+  mkdir -p "$work/out-$key" "$work/dest"
   for k in $(seq 1 "$n"); do
     ip netns exec "$tag-c$k" "$SIM" eth0 "$(mac_of "$k")" http://10.44.0.1 \
-      "$work/dest/$k" "$image_root" > "$work/out-$n/$k.log" 2>&1 &
+      "$work/dest/$k" "$image_root" > "$work/out-$key/$k.log" 2>&1 &
   done
   wait $(jobs -p | grep -v "^$server_pid$") 2>/dev/null || true
-  echo "$(cpu_of "$cg_srv") $cpu0" > "$work/cpu-rollout-$n"
-  grep -h "max_copies\|copy slots" "$work/serve-$n.log" | head -1 | sed 's/.*max_copies=\([0-9]*\).*/\1/' > "$work/slots-$n" || true
+  echo "$(cpu_of "$cg_srv") $cpu0" > "$work/cpu-rollout-$key"
+  grep -h "max_copies\|copy slots" "$work/serve-$key.log" | head -1 | sed 's/.*max_copies=\([0-9]*\).*/\1/' > "$work/slots-$key" || true
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
   server_pid=
   rm -rf "$state" "$work/dest"
 }
 
-run_raw() { # N -> $work/raw-N/*.log: "start_ms end_ms rc"
-  local n=$1 conf=$work/nginx.conf
+run_raw() { # N KEY -> $work/raw-KEY/*.log: "start_ms end_ms rc"
+  local n=$1 key=$2 conf=$work/nginx.conf
   cat > "$conf" <<EOF
 user root;
 worker_processes auto;
@@ -149,7 +154,7 @@ http {
   server { listen 10.44.0.1:8081; root $work/www; }
 }
 EOF
-  mkdir -p "$work/nginx-tmp" "$work/raw-$n" "$work/rawdest"
+  mkdir -p "$work/nginx-tmp" "$work/raw-$key" "$work/rawdest"
   sh -c "echo \$\$ > $cg_raw/cgroup.procs; exec ip netns exec $srv nginx -c $conf" 2>>"$work/nginx-error.log" &
   nginx_pid=$!
   for _ in $(seq 50); do
@@ -165,57 +170,77 @@ EOF
       curl -sf -o /dev/null http://10.44.0.1:8081/initramfs.img
       s=$(date +%s%3N)
       curl -sf http://10.44.0.1:8081/image.tar | tar -x -C "$d"; rc=$?
-      echo "$s $(date +%s%3N) $rc"; rm -rf "$d"' sh "$work/rawdest/$k" > "$work/raw-$n/$k.log" 2>&1 &
+      echo "$s $(date +%s%3N) $rc"; rm -rf "$d"' sh "$work/rawdest/$k" > "$work/raw-$key/$k.log" 2>&1 &
   done
   wait $(jobs -p | grep -v "^$nginx_pid$") 2>/dev/null || true
-  echo "$(cpu_of "$cg_raw") $cpu0" > "$work/cpu-raw-$n"
+  echo "$(cpu_of "$cg_raw") $cpu0" > "$work/cpu-raw-$key"
   kill "$nginx_pid"; wait "$nginx_pid" 2>/dev/null || true
   nginx_pid=
   rm -rf "$work/rawdest"
 }
 
 for n in "${NS[@]}"; do
-  echo "bench-scale: N=$n rollout" >&2
-  run_rollout "$n"
-  echo "bench-scale: N=$n raw (nginx)" >&2
-  run_raw "$n"
-  for k in $(seq 1 "$n"); do ip -n "$tag-c$k" addr flush dev eth0; done
+  for r in $(seq 1 "$ROUNDS"); do
+    echo "bench-scale: N=$n round $r of $ROUNDS: rollout" >&2
+    run_rollout "$n" "$n-$r"
+    echo "bench-scale: N=$n round $r of $ROUNDS: raw (nginx)" >&2
+    run_raw "$n" "$n-$r"
+    for k in $(seq 1 "$n"); do ip -n "$tag-c$k" addr flush dev eth0; done
+  done
 done
 
-python3 - "$work" "${NS[@]}" <<'PY'
-import json, os, sys
-work, ns = sys.argv[1], [int(n) for n in sys.argv[2:]]
+python3 - "$work" "$ROUNDS" "${NS[@]}" <<'PY'
+import json, os, statistics, sys
+work, rounds, ns = sys.argv[1], int(sys.argv[2]), [int(n) for n in sys.argv[3:]]
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
-print("| N | slots | completed | failed | p50 install s | p99 install s | copy MB/s | raw MB/s | copy/raw | server CPU s/install | nginx CPU s/install |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
-cpu_n1 = None
-for n in ns:
+
+def one_round(n, key):
+    """One round of N: rollout's installs and the raw baseline's copies."""
     sims = []
     for k in range(1, n + 1):
-        text = open(f"{work}/out-{n}/{k}.log").read()
+        text = open(f"{work}/out-{key}/{k}.log").read()
         line = [l for l in text.splitlines() if l.startswith("SIM ")]
         sims.append(json.loads(line[-1][4:]) if line else {"ok": False, "error": text[-300:]})
     ok = [s for s in sims if s.get("ok")]
     bad = [s for s in sims if not s.get("ok")]
     for s in bad[:3]:
         print(f"  failed: {s.get('mac', '?')}: {s.get('error', '?')}", file=sys.stderr)
-    secs = [(s["end_ms"] - s["start_ms"]) / 1000 for s in ok]
     image_bytes = max((s["verified_bytes"] for s in ok), default=0)
+    copy_mbs = 0.0
     if ok:
         window = (max(s["copy_end_ms"] for s in ok) - min(s["copy_start_ms"] for s in ok)) / 1000
         copy_mbs = len(ok) * image_bytes / window / 1e6
-    else:
-        copy_mbs = 0.0
-    raws = [tuple(map(int, open(f"{work}/raw-{n}/{k}.log").read().split()[:3])) for k in range(1, n + 1)]
+    raws = [tuple(map(int, open(f"{work}/raw-{key}/{k}.log").read().split()[:3])) for k in range(1, n + 1)]
     raw_ok = [r for r in raws if r[2] == 0]
     raw_window = (max(r[1] for r in raw_ok) - min(r[0] for r in raw_ok)) / 1000 if raw_ok else float("inf")
     raw_mbs = len(raw_ok) * image_bytes / raw_window / 1e6
-    c1, c0 = map(float, open(f"{work}/cpu-rollout-{n}").read().split())
-    r1, r0 = map(float, open(f"{work}/cpu-raw-{n}").read().split())
-    cpu = (c1 - c0) / max(len(ok), 1)
-    slots = open(f"{work}/slots-{n}").read().strip() or "?"
-    print(f"| {n} | {slots} | {len(ok)} | {len(bad)} | {pct(secs, 50):.1f} | {pct(secs, 99):.1f} | {copy_mbs:.0f} | {raw_mbs:.0f} | {copy_mbs / raw_mbs:.2f} | {cpu:.3f} | {(r1 - r0) / max(len(raw_ok), 1):.3f} |")
-print(f"\nimage: {image_bytes / 1e6:.1f} MB of files per install; copy MB/s = completed x image / (last copy end - first copy start, queue waits included); raw = the same bytes as one tarball from nginx (sendfile) to the same N clients, curl | tar -x, each after fetching the same kernel and initramfs (timed from the tarball on)")
+    c1, c0 = map(float, open(f"{work}/cpu-rollout-{key}").read().split())
+    r1, r0 = map(float, open(f"{work}/cpu-raw-{key}").read().split())
+    return {
+        "ok": len(ok), "bad": len(bad), "image": image_bytes,
+        "secs": [(s["end_ms"] - s["start_ms"]) / 1000 for s in ok],
+        "copy": copy_mbs, "raw": raw_mbs, "ratio": copy_mbs / raw_mbs if raw_mbs else 0.0,
+        "cpu": (c1 - c0) / max(len(ok), 1), "nginx": (r1 - r0) / max(len(raw_ok), 1),
+        "slots": open(f"{work}/slots-{key}").read().strip() or "?",
+    }
+
+med = statistics.median
+print("| N | rounds | slots | completed | failed | p50 install s | p99 install s | copy MB/s | raw MB/s | copy/raw | server CPU s/install | nginx CPU s/install |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+per_round = []
+for n in ns:
+    rs = [one_round(n, f"{n}-{r}") for r in range(1, rounds + 1)]
+    secs = [x for r in rs for x in r["secs"]]
+    print(f"| {n} | {rounds} | {rs[0]['slots']} | {sum(r['ok'] for r in rs)} | {sum(r['bad'] for r in rs)} "
+          f"| {pct(secs, 50):.1f} | {pct(secs, 99):.1f} | {med(r['copy'] for r in rs):.0f} | {med(r['raw'] for r in rs):.0f} "
+          f"| {med(r['ratio'] for r in rs):.2f} | {med(r['cpu'] for r in rs):.3f} | {med(r['nginx'] for r in rs):.3f} |")
+    per_round.append((n, rs))
+image_bytes = max(r["image"] for _, rs in per_round for r in rs)
+if rounds > 1:
+    print("\nper round (copy MB/s / raw MB/s = copy/raw):")
+    for n, rs in per_round:
+        print(f"  N={n}: " + ", ".join(f"{r['copy']:.0f}/{r['raw']:.0f} = {r['ratio']:.2f}" for r in rs))
+print(f"\nimage: {image_bytes / 1e6:.1f} MB of files per install; copy MB/s = completed x image / (last copy end - first copy start, queue waits included); raw = the same bytes as one tarball from nginx (sendfile) to the same N clients, curl | tar -x, each after fetching the same kernel and initramfs (timed from the tarball on); with several rounds: completed and failed summed, p50/p99 over every install, the rest medians (copy/raw: the median of each round's own ratio)")
 PY
