@@ -376,8 +376,7 @@ fn crash_mid_install_keeps_state_and_history_then_times_out() {
             .unwrap();
         if i == 2 {
             // kill -9 between two acknowledged reports.
-            let _ = s.child.kill();
-            let _ = s.child.wait();
+            testkit::process::kill_tree(&mut s.child);
             s = Server::start(dir.path());
         }
     }

@@ -143,8 +143,7 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         let _ = ureq::delete(&format!("{}/session/{}", self.base, self.session)).call();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        testkit::process::kill_tree(&mut self.child);
     }
 }
 

@@ -233,8 +233,7 @@ impl Drop for Server {
                 std::fs::read_to_string(&self.log).unwrap_or_default()
             );
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        testkit::process::kill_tree(&mut self.child);
     }
 }
 

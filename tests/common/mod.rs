@@ -209,8 +209,7 @@ impl Server {
     }
 
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        testkit::process::kill_tree(&mut self.child);
     }
 
     /// SIGTERM, then wait for a clean exit.
@@ -239,8 +238,7 @@ impl Drop for Server {
                 tail.join("\n")
             );
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        testkit::process::kill_tree(&mut self.child);
     }
 }
 
