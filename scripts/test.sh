@@ -35,6 +35,12 @@ export ROLLOUT_TEST_STRICT=1
 # The package test builds its server without optimisation (see scripts/package.sh).
 export ROLLOUT_PACKAGE_PROFILE=package-ci
 export CARGO_TERM_COLOR=never
+# A run builds rollout in several feature sets (the workspace, rollout's tests, the
+# harness's), each test binary with the whole server in it: without incremental
+# caches and with line tables for debug info (backtraces keep file and line) that
+# is a third of the disk and less linking. Plain `cargo test` keeps cargo's defaults.
+export CARGO_INCREMENTAL=0
+export CARGO_PROFILE_DEV_DEBUG=line-tables-only
 # The real Debian image, built once per checkout by the image tests themselves
 # (debootstrap, then `image enter` installs a package); the QEMU tests install it.
 export ROLLOUT_IMAGE_STATE="$PWD/target/e2e-images/state"
@@ -42,9 +48,10 @@ export ROLLOUT_IMAGE_STATE="$PWD/target/e2e-images/state"
 mkdir -p target
 ran=()
 
-# A run needs room: about 14 GiB in target/ (the workspace's debug build with its
-# tests, the packaged server, the Debian image) and a few GiB under /tmp for the
-# QEMU labs' disks and their raw copies. Checked before an hour of tests, so a full
+# A run needs room in target/ (the debug builds with their tests, the packaged
+# server, the Debian image; about 30 GiB with full debug info and incremental
+# caches, measured) and a few GiB under /tmp for the QEMU labs' disks and their
+# raw copies. Checked before an hour of tests, so a full
 # disk is named as the cause up front and not met later as a test that could not
 # write its disk image. A rerun needs less: what target/ holds already counts.
 check_space() {
