@@ -222,6 +222,9 @@ fn a_mirror_server_killed_mid_copy_resumes_after_restart() {
             out.contains("copying web serial 1: ") && !out.contains("copying web serial 1: 0%")
         },
     );
+    // Killed alone: its rsync client must stop by itself. Its rsync daemon
+    // has no such duty (systemd stops the whole unit); it is killed after.
+    let children = testkit::process::descendants(mirror.child.id());
     mirror.child.kill().unwrap();
     mirror.child.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -233,6 +236,7 @@ fn a_mirror_server_killed_mid_copy_resumes_after_restart() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    testkit::process::kill_all(&children);
     assert!(
         !m_state.join("images/web/published").exists(),
         "a half copy was published"

@@ -35,10 +35,17 @@ pub fn kill_tree(child: &mut Child) {
     let below = descendants(child.id());
     let _ = child.kill();
     let _ = child.wait();
-    for pid in below {
-        // SAFETY: kill(2) with a pid read from /proc a moment ago; a pid
+    kill_all(&below);
+}
+
+/// SIGKILLs `pids` (from [`descendants`]), for a test that kills a server
+/// alone first, to see what its children do on their own, and then must not
+/// leave the rest running.
+pub fn kill_all(pids: &[u32]) {
+    for &pid in pids {
+        // SAFETY: kill(2) with a pid read from /proc moments ago; a pid
         // reused since then would belong to this test's own machine, and the
-        // window is the time of one wait.
+        // window is a few waits long.
         unsafe {
             libc::kill(pid as libc::pid_t, libc::SIGKILL);
         }
