@@ -52,26 +52,6 @@ fn rsync_daemon(conf: &str) -> Option<i32> {
     None
 }
 
-/// How many processes have `parent` as their parent: the daemon forks one
-/// per connection.
-fn children(parent: i32) -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // `pid (comm) state ppid …`; comm may hold spaces, so after the last ')'.
-            let ppid: i32 = stat[stat.rfind(')')? + 1..]
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            (ppid == parent).then_some(())
-        })
-        .count()
-}
-
 #[test]
 fn six_installers_two_slots_all_finish_never_more_than_two_copies() {
     if !testkit::prereq::require_known_tools(&["rsync"])
@@ -140,7 +120,11 @@ fn six_installers_two_slots_all_finish_never_more_than_two_copies() {
         let (stop, peak) = (stop.clone(), peak.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(children(daemon), Ordering::Relaxed);
+                // The daemon forks one child per connection.
+                peak.fetch_max(
+                    testkit::process::children(daemon as u32).len(),
+                    Ordering::Relaxed,
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
         })

@@ -9,22 +9,31 @@
 
 use std::process::Child;
 
-/// Every process below `pid` (from `/proc/PID/task/*/children`), children
-/// before their own children.
+/// The processes `pid` started, from `/proc/PID/task/*/children` (empty
+/// once `pid` is gone).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .flat_map(|task| {
+            let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            text.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Every process below `pid`, children before their own children.
 pub fn descendants(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let mut next = vec![pid];
     while let Some(p) = next.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let children =
-                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-                out.push(c);
-                next.push(c);
-            }
+        for c in children(p) {
+            out.push(c);
+            next.push(c);
         }
     }
     out
