@@ -39,6 +39,12 @@ impl Progress {
 pub enum RsyncError {
     #[error("rsync could not be started ({0}); looked for {places}: the initramfs must contain {path}, an installed node needs rsync in one of those places", places = CANDIDATES.join(", "), path = paths::RSYNC)]
     Spawn(#[source] std::io::Error),
+    #[error("writing rsync's list of files to {path}: {source}")]
+    FileList {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("rsync from {url} failed {attempts} times; last exit {status}: {stderr}")]
     Failed {
         url: String,
@@ -121,7 +127,10 @@ pub fn copy_listed(
         body.extend_from_slice(f.trim_start_matches('/').as_bytes());
         body.push(0);
     }
-    std::fs::write(&list, body).map_err(RsyncError::Spawn)?;
+    std::fs::write(&list, body).map_err(|source| RsyncError::FileList {
+        path: list.display().to_string(),
+        source,
+    })?;
     let files_from = format!("--files-from={}", list.display());
     let mut flags = extra.to_vec();
     flags.extend([files_from.as_str(), "--from0"]);
