@@ -76,6 +76,7 @@ pub fn install_plan(
                 wait_secs: config.install.multicast.wait_secs,
             }),
         tar_prefill: config.install.tar_prefill,
+        block_image: config.install.block_image,
     }
 }
 

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod block_image;
 pub mod hardware;
 pub mod initramfs;
 pub mod layout;
@@ -199,6 +200,11 @@ pub struct InstallPlan {
     /// the new root before the rsync copy (`[install] tar_prefill`).
     #[serde(default)]
     pub tar_prefill: bool,
+    /// Write `GET /api/v1/installs/{install_id}/root.img` (same token) onto
+    /// the root device instead of formatting it and copying with rsync, when
+    /// the layout allows ([`Layout::block_image_fs`], `[install] block_image`).
+    #[serde(default)]
+    pub block_image: bool,
 }
 
 fn yes() -> bool {

@@ -70,6 +70,7 @@ fn every_key_set() -> Config {
                 port_base: 9000,
             },
             tar_prefill: true,
+            block_image: true,
         },
         nodes: vec![NodeConfig {
             mac: "52:54:00:aa:00:01".into(),

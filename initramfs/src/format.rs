@@ -39,12 +39,10 @@ pub enum FormatError {
 /// tools can read it; `-F` because the partition is fresh and may hold old data.
 pub fn mke2fs_args(fs: RootFs, label: &str, device: &Path) -> Vec<String> {
     let mut args = vec!["-F".into(), "-q".into(), "-t".into(), fs.as_str().into()];
-    if fs == RootFs::Ext3 {
-        // Explicit so a mke2fs.conf in the initramfs cannot sneak extents in.
-        args.extend([
-            "-O".into(),
-            "has_journal,^extent,^64bit,^metadata_csum".into(),
-        ]);
+    // ext3 explicit (the same as the server's block image), so a mke2fs.conf
+    // in the initramfs cannot sneak extents in.
+    if let Some(features) = rollout::wire::block_image::ext_features(fs) {
+        args.extend(["-O".into(), features.into()]);
     }
     // ext labels hold at most 16 bytes.
     let label: String = label.chars().take(16).collect();
@@ -79,6 +77,47 @@ pub fn mke2fs(fs: RootFs, label: &str, device: &Path) -> Result<(), FormatError>
         &mke2fs_args(fs, label, device),
         device,
     )
+}
+
+/// mke2fs with the UUID the plan's files already name (the block image
+/// root's fallback: the UUID was chosen before the image was tried).
+pub fn mke2fs_with_uuid(
+    fs: RootFs,
+    label: &str,
+    device: &Path,
+    uuid: &str,
+) -> Result<(), FormatError> {
+    let mut args = mke2fs_args(fs, label, device);
+    args.splice(0..0, ["-U".to_string(), uuid.to_string()]);
+    run("mke2fs", paths::MKE2FS, &args, device)
+}
+
+/// A block image written onto `device` made into this node's root: grown to
+/// the whole device, given a journal sized for it, the node's UUID and label.
+/// Returns how long each tool took (resize2fs, tune2fs), for the console.
+pub fn finish_image_root(
+    device: &Path,
+    uuid: &str,
+    label: &str,
+) -> Result<(std::time::Duration, std::time::Duration), FormatError> {
+    let dev = device.display().to_string();
+    let started = std::time::Instant::now();
+    // -f: the image was checked when it was made and has never been mounted.
+    run(
+        "resize2fs",
+        paths::RESIZE2FS,
+        &["-f".into(), dev.clone()],
+        device,
+    )?;
+    let grown = started.elapsed();
+    let label: String = label.chars().take(16).collect();
+    run(
+        "tune2fs",
+        paths::TUNE2FS,
+        &["-j".into(), "-U".into(), uuid.into(), "-L".into(), label, dev],
+        device,
+    )?;
+    Ok((grown, started.elapsed() - grown))
 }
 
 /// FAT32 for the EFI system partition.

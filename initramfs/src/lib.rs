@@ -5,6 +5,7 @@
 //! progress, DHCP replies) lives in small modules with unit tests; `steps` strings
 //! them together in the order of `wire::Step`.
 
+pub mod block_image;
 pub mod bootloader;
 pub mod cmdline;
 pub mod configure;

@@ -33,6 +33,7 @@ pub fn plan() -> InstallPlan {
         keep_identity: true,
         multicast: None,
         tar_prefill: false,
+        block_image: false,
         on_failure: FailurePolicy::default(),
         rsync: RsyncCredential {
             user: "install-525400000001".into(),

@@ -41,6 +41,7 @@ fn plan(network: NetworkPlan) -> InstallPlan {
         keep_identity: true,
         multicast: None,
         tar_prefill: false,
+        block_image: false,
         rsync: RsyncCredential::default(),
         node: NodeCredential {
             secret: "node-secret".into(),

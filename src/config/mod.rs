@@ -297,6 +297,14 @@ pub struct InstallConfig {
     /// then sends only what the stream missed; off: rsync copies everything.
     #[serde(default)]
     pub tar_prefill: bool,
+    /// Install an ext root as a block image of the serial (`GET
+    /// /api/v1/installs/{id}/root.img`): the filesystem made once here with
+    /// `mke2fs -d`, written by each node onto its root device and grown to
+    /// the partition, with no per-file copy. Only for a layout whose one
+    /// filesystem is an ext3/ext4 root; any other layout, or a stream that
+    /// fails, is copied with rsync.
+    #[serde(default)]
+    pub block_image: bool,
 }
 
 impl Default for InstallConfig {
@@ -314,6 +322,7 @@ impl Default for InstallConfig {
             max_copies: None,
             multicast: MulticastConfig::default(),
             tar_prefill: false,
+            block_image: false,
         }
     }
 }

@@ -15,6 +15,7 @@ use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
 use super::api::running_install_serial;
+use crate::images::block;
 use super::{error, Shared};
 
 /// Bytes read from tar per chunk sent.
@@ -102,4 +103,165 @@ pub async fn image_tar(
         Body::from_stream(chunks),
     )
         .into_response()
+}
+
+/// Which filesystem the node's root is (`?fs=ext3`): the image is made as that.
+#[derive(Debug, serde::Deserialize)]
+pub struct RootImageQuery {
+    fs: crate::wire::Fs,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/installs/{id}/root.img",
+    tag = "installer",
+    params(
+        ("id" = String, Path, description = "The install_id from the plan"),
+        ("fs" = String, Query, description = "The root's filesystem: ext3 or ext4")
+    ),
+    security(("install" = [])),
+    responses(
+        (status = 200, description = "The serial's block image stream (`wire::block_image`): made on first use, then kept", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "No `fs`, or one that is not ext3/ext4", body = super::openapi::ErrorBody),
+        (status = 401, description = "No `Authorization: Bearer` install token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token is not this install's", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such install, or `[install] block_image` is off", body = super::openapi::ErrorBody),
+        (status = 409, description = "The install is not running, or has no serial yet", body = super::openapi::ErrorBody),
+        (status = 503, description = "The image could not be made (the node copies with rsync)", body = super::openapi::ErrorBody)
+    )
+)]
+pub async fn root_image(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<RootImageQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let cfg = &state.config;
+    if !cfg.install.block_image {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this server makes no block images ([install] block_image is off); copy with rsync",
+        );
+    }
+    let fs = match query {
+        Ok(axum::extract::Query(q)) if q.fs != crate::wire::Fs::Xfs => q.fs,
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "only ext3 and ext4 roots come as block images; copy xfs with rsync",
+            )
+        }
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{e}: ask with ?fs=ext3 or ?fs=ext4"),
+            )
+        }
+    };
+    let (rec, serial) = match running_install_serial(&state, &id, &headers) {
+        Ok(r) => r,
+        Err(refused) => return *refused,
+    };
+    let images = crate::images::Images::new(&cfg.state_dir);
+    let root = images.serial_root(&rec.image, serial);
+    let excludes = cfg.excludes_for(&rec.image);
+    let path = block::cache_path(&cfg.state_dir, &rec.image, serial, fs, &excludes);
+    let live = images.serials(&rec.image).unwrap_or_default();
+    let (state_dir, image) = (cfg.state_dir.clone(), rec.image.clone());
+    info!(install = %id, host = %rec.hostname, image = %rec.image, serial, fs = fs.as_str(), "sending the block image");
+    let made = tokio::task::spawn_blocking(move || {
+        let made = block::ensure(&path, &root, fs, &excludes);
+        block::forget_pruned(&state_dir, &image, &live);
+        made
+    })
+    .await;
+    let img = match made {
+        Ok(Ok(img)) => img,
+        Ok(Err(e)) => {
+            warn!(install = %id, error = %e, "no block image");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the block image could not be made ({e}); the node copies with rsync"),
+            );
+        }
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the block image builder died ({e}); the node copies with rsync"),
+            )
+        }
+    };
+    let len = img.stream_len();
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+    let host = rec.hostname.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut w = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        // A node that hangs up closes the channel: the write fails, we stop.
+        if let Err(e) = block::write_stream(&img, &mut w) {
+            warn!(host = %host, error = %e, "the block image stream ended early");
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response()
+}
+
+/// Starts making the block image a plan will ask for, so it is ready by the
+/// node's copy step (a first build takes seconds: mke2fs, resize2fs, e2fsck).
+pub fn make_block_image_ahead(
+    cfg: &crate::config::Config,
+    image: &str,
+    serial: u64,
+    fs: crate::wire::Fs,
+) {
+    let root = crate::images::Images::new(&cfg.state_dir).serial_root(image, serial);
+    let excludes = cfg.excludes_for(image);
+    let path = block::cache_path(&cfg.state_dir, image, serial, fs, &excludes);
+    if path.exists() {
+        return;
+    }
+    let image = image.to_string();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = block::ensure(&path, &root, fs, &excludes) {
+            warn!(%image, serial, error = %e, "the block image could not be made ahead; nodes will copy with rsync");
+        }
+    });
+}
+
+/// Hands what it is given to the response body in [`CHUNK`]s.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(CHUNK),
+        ));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::other("the node hung up"))
+    }
 }

@@ -150,6 +150,11 @@ fn api_table() -> Vec<ApiRoute> {
             format!("{}/{{id}}/image.tar", paths::INSTALLS),
             image_stream::image_tar,
         ),
+        route(
+            Method::GET,
+            format!("{}/{{id}}/root.img", paths::INSTALLS),
+            image_stream::root_image,
+        ),
         route(Method::POST, paths::PHONE_HOME, api::phone_home),
         route(Method::GET, "/api/v1/openapi.json", openapi::spec),
     ];

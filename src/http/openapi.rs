@@ -159,6 +159,7 @@ impl utoipa::Modify for Security {
         super::api::slot,
         super::multicast::join,
         super::image_stream::image_tar,
+        super::image_stream::root_image,
         super::api::phone_home,
         spec,
         super::admin::list_nodes,

@@ -9,6 +9,7 @@
 //! Serials are immutable once written, so a node that started installing serial 3 keeps
 //! getting serial 3 (its own rsync module) while serial 4 is published.
 
+pub mod block;
 pub mod build;
 pub mod cli;
 pub mod enter;

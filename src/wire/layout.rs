@@ -134,6 +134,25 @@ impl Layout {
             .collect()
     }
 
+    /// The root's filesystem when a block image of the serial can make it
+    /// ([`super::block_image`]): an ext root that is the layout's only
+    /// filesystem, with nothing served over the network under it (the image
+    /// holds the whole tree, so a second filesystem or an NFS `/usr` would be
+    /// shadowed). None: the installer copies with rsync.
+    pub fn block_image_fs(&self) -> Option<Fs> {
+        let mut filesystems = self
+            .contents()
+            .filter(|(_, c)| matches!(c, Content::Filesystem(_)));
+        let only = filesystems.next();
+        if filesystems.next().is_some() || !self.network_paths().is_empty() {
+            return None;
+        }
+        match only {
+            Some((_, Content::Filesystem(f))) if f.mount == "/" && f.fs != Fs::Xfs => Some(f.fs),
+            _ => None,
+        }
+    }
+
     /// Whether the installer needs its storage tools (mkfs.xfs, mdadm, lvm).
     pub fn needs_storage_tools(&self) -> bool {
         self.raid.is_some()
@@ -430,6 +449,44 @@ mod tests {
         assert_eq!("size>=2GiB".parse(), Ok(DiskRule::MinSize(2048)));
         assert!("sda".parse::<DiskRule>().unwrap_err().contains("\"sda\""));
         assert!("size>=rest".parse::<DiskRule>().is_err());
+    }
+
+    #[test]
+    fn a_block_image_makes_only_a_lone_ext_root() {
+        let l = Layout::default();
+        assert_eq!(l.block_image_fs(), Some(Fs::Ext3));
+        let with_root = |fs| {
+            let mut l = Layout::default();
+            l.partitions[0].content = Content::Filesystem(Filesystem {
+                mount: "/".into(),
+                fs,
+                label: None,
+                options: None,
+            });
+            l
+        };
+        assert_eq!(with_root(Fs::Ext4).block_image_fs(), Some(Fs::Ext4));
+        assert_eq!(with_root(Fs::Xfs).block_image_fs(), None);
+        let mut two = Layout::default();
+        two.partitions.push(Partition {
+            size: Size::Rest,
+            content: Content::Filesystem(Filesystem {
+                mount: "/scratch".into(),
+                fs: Fs::Ext4,
+                label: None,
+                options: None,
+            }),
+        });
+        assert_eq!(two.block_image_fs(), None, "/scratch would be empty");
+        let mut nfs = Layout::default();
+        nfs.mounts.push(Mount {
+            mount: "/usr".into(),
+            kind: MountKind::Nfs {
+                source: "nfs1:/export/usr".into(),
+            },
+            options: None,
+        });
+        assert_eq!(nfs.block_image_fs(), None, "/usr comes over NFS");
     }
 
     #[test]

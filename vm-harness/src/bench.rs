@@ -52,6 +52,8 @@ pub struct BenchOptions {
     pub keep_dir: Option<PathBuf>,
     /// `[install] tar_prefill` on the server.
     pub tar_prefill: bool,
+    /// `[install] block_image` on the server.
+    pub block_image: bool,
 }
 
 /// Runs every round, then the raw copy in the last lab's node1 VM.
@@ -73,6 +75,7 @@ pub fn run_bench(
         })?;
         let mut config = lab.config();
         config.install.tar_prefill = o.tar_prefill;
+        config.install.block_image = o.block_image;
         let server = a.serve_with(&mut lab, o.image, config)?;
         lab.start_all()?;
         let mut t = Tracker::new(&lab, server);

@@ -173,6 +173,10 @@ struct BenchArgs {
     /// (`[install] tar_prefill = true`).
     #[arg(long)]
     tar_prefill: bool,
+    /// Ext roots are written as the serial's block image instead of copied
+    /// file by file (`[install] block_image = true`).
+    #[arg(long)]
+    block_image: bool,
 }
 
 #[derive(Args, Clone)]
@@ -595,6 +599,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         timeout: Duration::from_secs(a.timeout),
         keep_dir: a.keep,
         tar_prefill: a.tar_prefill,
+        block_image: a.block_image,
     };
     let stop = || STOP.load(Ordering::SeqCst);
     if a.multicast {

@@ -186,6 +186,19 @@ pub struct Formatted {
     /// What the kernel's `root=` names: `UUID=…` (partition or md array) or
     /// `/dev/mapper/VG-LV` (a logical volume, found before any filesystem is).
     pub root: String,
+    /// The root left unformatted for the serial's block image
+    /// (`[install] block_image`): the copy writes it before it is mounted.
+    pub image_root: Option<ImageRoot>,
+}
+
+/// A root the block image makes: its device, and what the node's files
+/// already name it by (the UUID in `root=` and fstab, the label).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRoot {
+    pub device: PathBuf,
+    pub fs: wire::Fs,
+    pub label: String,
+    pub uuid: String,
 }
 
 /// What must be closed before the reboot once the target is unmounted.
@@ -256,6 +269,14 @@ pub trait Machine {
         plan: &InstallPlan,
         root: &MountedRoot,
     ) -> StepResult<()>;
+    /// Writes the block image onto an unformatted root; whether it did (else
+    /// the root was formatted empty and the rsync copy runs after the mount).
+    fn copy_image(
+        &mut self,
+        reporter: &mut Reporter,
+        plan: &InstallPlan,
+        root: &ImageRoot,
+    ) -> StepResult<bool>;
     fn configure(
         &mut self,
         plan: &InstallPlan,
@@ -343,8 +364,16 @@ pub fn install(
         m.partition(plan, &disk)
     })?;
     let fs = run.step(Step::Format, |_| m.format(plan, &disk, &parts))?;
+    // A block image fills the root before it is mounted; if it cannot, the
+    // root is formatted then and rsync copies into the mounted tree.
+    let imaged = match &fs.image_root {
+        Some(img) => run.step(Step::Copy, |run| m.copy_image(&mut run.reporter, plan, img))?,
+        None => false,
+    };
     let root = run.step(Step::Mount, |_| m.mount_root(plan, &disk, &fs))?;
-    run.step(Step::Copy, |run| m.copy(&mut run.reporter, plan, &root))?;
+    if !imaged {
+        run.step(Step::Copy, |run| m.copy(&mut run.reporter, plan, &root))?;
+    }
     let root = run.step(Step::Configure, |_| {
         m.configure(plan, net, &disk, &fs, root, identity.as_ref())
     })?;

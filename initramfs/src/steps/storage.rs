@@ -146,11 +146,16 @@ pub(super) fn partition(plan: &InstallPlan, chosen: &ChosenDisk) -> StepResult<P
 }
 
 pub(super) fn format(
-    _plan: &InstallPlan,
+    plan: &InstallPlan,
     chosen: &ChosenDisk,
     parts: &Partitioned,
 ) -> StepResult<Formatted> {
     let p = &chosen.plan;
+    let image_fs = match plan.block_image {
+        true => plan.layout.block_image_fs(),
+        false => None,
+    };
+    let mut image_root = None;
     let mut made = Vec::new();
     let mut said = Vec::new();
     for t in &p.targets {
@@ -159,6 +164,22 @@ pub(super) fn format(
             Content::Filesystem(f) => {
                 let label = f.label.clone().unwrap_or_else(|| default_label(&f.mount));
                 match f.fs {
+                    fs if f.mount == "/" && image_fs == Some(fs) => {
+                        let uuid = uuid::Uuid::new_v4().to_string();
+                        said.push(format!(
+                            "/ {} left for the block image ({}, UUID {uuid})",
+                            dev.display(),
+                            fs.as_str()
+                        ));
+                        image_root = Some(ImageRoot {
+                            device: dev.clone(),
+                            fs,
+                            label,
+                            uuid: uuid.clone(),
+                        });
+                        made.push(Made { device: dev, uuid });
+                        continue;
+                    }
                     Fs::Xfs => {
                         format::mkfs_xfs(&label, &dev)?;
                         format::uuid_string(format::read_xfs_uuid(&dev)?)
@@ -188,7 +209,14 @@ pub(super) fn format(
         said.push(format!("esp {} vfat", esp.path.display()));
     }
     let root = root_spec(p, &made)?;
-    Ok((Formatted { made, root }, said.join(", ")))
+    Ok((
+        Formatted {
+            made,
+            root,
+            image_root,
+        },
+        said.join(", "),
+    ))
 }
 
 /// `rollout-root` for `/` as before layouts; the mount point's last part

@@ -44,6 +44,14 @@ impl Machine for Hardware {
     ) -> StepResult<()> {
         copy(reporter, plan, root)
     }
+    fn copy_image(
+        &mut self,
+        reporter: &mut Reporter,
+        plan: &InstallPlan,
+        root: &ImageRoot,
+    ) -> StepResult<bool> {
+        copy_image(reporter, plan, root)
+    }
     fn configure(
         &mut self,
         plan: &InstallPlan,
@@ -163,6 +171,83 @@ pub fn copy_into(reporter: &mut Reporter, plan: &InstallPlan, dest: &Path) -> St
             started.elapsed().as_secs()
         ),
     ))
+}
+
+/// The copy as a block image: within a copy slot, the serial's filesystem
+/// written onto the root device and grown to it. Whatever goes wrong with
+/// the image, the root is formatted empty instead and `false` returned: the
+/// rsync copy then runs, so the image costs at most time, never the install.
+fn copy_image(reporter: &mut Reporter, plan: &InstallPlan, root: &ImageRoot) -> StepResult<bool> {
+    let admitted = admit(reporter);
+    let dev = root.device.display().to_string();
+    console::line(&format!("copy: {admitted}"));
+    console::line(&format!("copy: writing the serial's block image onto {dev}"));
+    let mut last_report = Instant::now();
+    let mut last_console = Instant::now();
+    let written = crate::block_image::write(plan, root.fs, &root.device, &mut |done, total| {
+        if last_report.elapsed() < Duration::from_secs(2) {
+            return;
+        }
+        last_report = Instant::now();
+        let msg = format!(
+            "copy: {}% ({} of {} MiB)",
+            (done * 100).checked_div(total).unwrap_or(100),
+            done / MIB,
+            total / MIB
+        );
+        if last_console.elapsed() >= Duration::from_secs(10) {
+            console::line(&msg);
+            last_console = Instant::now();
+        }
+        reporter.send(
+            Step::Copy,
+            EventKind::Progress {
+                done_bytes: done,
+                total_bytes: total,
+            },
+            &msg,
+        );
+    })
+    .map_err(|e| e.to_string())
+    .and_then(|w| {
+        format::finish_image_root(&root.device, &root.uuid, &root.label)
+            .map(|tools| (w, tools))
+            .map_err(|e| format!("the written image could not be finished: {e}"))
+    });
+    match written {
+        Ok((w, (grow, journal))) => {
+            reporter.send(
+                Step::Copy,
+                EventKind::Progress {
+                    done_bytes: w.data_bytes,
+                    total_bytes: w.data_bytes,
+                },
+                &format!("copy: 100% ({} MiB)", w.data_bytes / MIB),
+            );
+            Ok((
+                true,
+                format!(
+                    "block image of serial {}: {} MiB written onto {dev} in {:.2} s, grown to the partition in {:.2} s, journal and UUID {} in {:.2} s",
+                    plan.image.serial,
+                    w.data_bytes / MIB,
+                    w.took.as_secs_f64(),
+                    grow.as_secs_f64(),
+                    root.uuid,
+                    journal.as_secs_f64()
+                ),
+            ))
+        }
+        Err(why) => {
+            console::line(&format!(
+                "warning: copy: block image not used ({why}); formatting {dev} for an rsync copy"
+            ));
+            format::mke2fs_with_uuid(root.fs, &root.label, &root.device, &root.uuid)?;
+            Ok((
+                false,
+                format!("block image not used ({why}); {dev} formatted, rsync copies next"),
+            ))
+        }
+    }
 }
 
 /// The image's sparse files, with `--sparse`, when the plan lists them

@@ -11,6 +11,8 @@ struct Fake {
     calls: Vec<&'static str>,
     fail_at: Option<&'static str>,
     panic_at: Option<&'static str>,
+    /// The root is left for a block image; the value: whether writing it works.
+    image_writes: Option<bool>,
 }
 
 impl Fake {
@@ -26,6 +28,7 @@ impl Fake {
             calls: vec![],
             fail_at: None,
             panic_at: None,
+            image_writes: None,
         }
     }
 
@@ -118,7 +121,20 @@ impl Machine for Fake {
             })
             .collect::<Result<_, StepError>>()?;
         let root = storage::root_spec(&disk.plan, &made)?;
-        Ok((Formatted { made, root }, "formatted".into()))
+        let image_root = self.image_writes.map(|_| ImageRoot {
+            device: made[0].device.clone(),
+            fs: wire::Fs::Ext3,
+            label: "rollout-root".into(),
+            uuid: made[0].uuid.clone(),
+        });
+        Ok((
+            Formatted {
+                made,
+                root,
+                image_root,
+            },
+            "formatted".into(),
+        ))
     }
     fn mount_root(
         &mut self,
@@ -139,6 +155,16 @@ impl Machine for Fake {
         self.enter("copy")?;
         assert_eq!(root.at(), self.target);
         Ok(((), "copied".into()))
+    }
+    fn copy_image(
+        &mut self,
+        _: &mut Reporter,
+        _: &InstallPlan,
+        _: &ImageRoot,
+    ) -> StepResult<bool> {
+        self.enter("copy_image")?;
+        let written = self.image_writes.expect("only a root left for the image");
+        Ok((written, "image written".into()))
     }
     fn configure(
         &mut self,
@@ -280,6 +306,32 @@ fn phases_run_in_wire_order_and_hand_their_results_on() {
         error: StepError::Other("after the end".into()),
     });
     assert!(!fake.wiped());
+}
+
+/// A block image fills the root before the mount, and no rsync copy
+/// follows; one that could not be written leaves a formatted root that the
+/// rsync copy fills after the mount. Either way one install, one Installed.
+#[test]
+fn a_block_image_is_the_copy_before_the_mount_and_rsync_follows_only_its_failure() {
+    for (writes, middle) in [
+        (true, &["format", "copy_image", "mount", "configure"][..]),
+        (false, &["format", "copy_image", "mount", "copy", "configure"][..]),
+    ] {
+        let (_dir, sink, mut run, mut fake) = case();
+        fake.image_writes = Some(writes);
+        install_with(&mut fake, &mut run).unwrap();
+        let at = fake.calls.iter().position(|c| *c == "format").unwrap();
+        assert_eq!(&fake.calls[at..at + middle.len()], middle, "{writes}");
+        let steps: Vec<Step> = sink
+            .take()
+            .iter()
+            .filter(|e| e.kind == EventKind::Started)
+            .map(|e| e.step)
+            .collect();
+        let copies = steps.iter().filter(|s| **s == Step::Copy).count();
+        assert_eq!(copies, if writes { 1 } else { 2 }, "{steps:?}");
+        assert_eq!(steps.last(), Some(&Step::Finish));
+    }
 }
 
 #[test]
