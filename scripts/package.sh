@@ -110,7 +110,7 @@ Version: $version
 Architecture: amd64
 Maintainer: rollout developers <rollout@example.org>
 Installed-Size: $installed_size
-Depends: $shlibs, ipxe, rsync, syslinux-common, extlinux, openssh-client, udpcast
+Depends: $shlibs, ipxe, rsync, syslinux-common, extlinux, openssh-client, udpcast, e2fsprogs
 Recommends: debootstrap, linux-image-amd64, e2fsprogs, dosfstools, busybox-static, systemd-boot-efi, mdadm, lvm2, xfsprogs
 Suggests: ipmitool
 Section: admin

@@ -49,7 +49,9 @@ pub enum BlockImageError {
         device: String,
         device_bytes: u64,
     },
-    #[error("the block image's crc32 is {got:08x}, the server sent {want:08x}: the stream was damaged")]
+    #[error(
+        "the block image's crc32 is {got:08x}, the server sent {want:08x}: the stream was damaged"
+    )]
     Checksum { got: u32, want: u32 },
 }
 
@@ -245,7 +247,10 @@ mod tests {
         let dev = dir.path().join("disk");
         // An "old install" everywhere: the gaps must not keep it.
         std::fs::write(&dev, vec![0xAAu8; 64 * 4096]).unwrap();
-        let s = stream(32 * 4096, &[(4096, vec![1; 8192]), (20 * 4096, vec![2; 4096])]);
+        let s = stream(
+            32 * 4096,
+            &[(4096, vec![1; 8192]), (20 * 4096, vec![2; 4096])],
+        );
         let mut seen = Vec::new();
         let (data, image) = write_from(&s[..], &dev, &mut |d, t| seen.push((d, t))).unwrap();
         assert_eq!((data, image), (12288, 32 * 4096));

@@ -114,7 +114,14 @@ pub fn finish_image_root(
     run(
         "tune2fs",
         paths::TUNE2FS,
-        &["-j".into(), "-U".into(), uuid.into(), "-L".into(), label, dev],
+        &[
+            "-j".into(),
+            "-U".into(),
+            uuid.into(),
+            "-L".into(),
+            label,
+            dev,
+        ],
         device,
     )?;
     Ok((grown, started.elapsed() - grown))

@@ -15,8 +15,8 @@ use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
 use super::api::running_install_serial;
-use crate::images::block;
 use super::{error, Shared};
+use crate::images::block;
 
 /// Bytes read from tar per chunk sent.
 const CHUNK: usize = 256 * 1024;
@@ -256,10 +256,7 @@ impl std::io::Write for ChannelWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = bytes::Bytes::from(std::mem::replace(
-            &mut self.buf,
-            Vec::with_capacity(CHUNK),
-        ));
+        let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
         self.tx
             .blocking_send(Ok(chunk))
             .map_err(|_| std::io::Error::other("the node hung up"))

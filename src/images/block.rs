@@ -346,7 +346,11 @@ mod tests {
         let b = cache_path(Path::new("/s"), "default", 3, Fs::Ext3, &["/var/*".into()]);
         assert_ne!(a, b);
         assert!(a.starts_with("/s/cache/block/default"));
-        assert!(a.file_name().unwrap().to_string_lossy().starts_with("3-ext3-"));
+        assert!(a
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("3-ext3-"));
     }
 
     #[test]

@@ -199,7 +199,10 @@ mod tests {
             len: 8192,
         };
         assert_eq!(Extent::decode(&e.encode(), 0, h.image_bytes), Ok(e));
-        assert_eq!(decode_trailer(&encode_trailer(0xdead_beef)), Ok(0xdead_beef));
+        assert_eq!(
+            decode_trailer(&encode_trailer(0xdead_beef)),
+            Ok(0xdead_beef)
+        );
     }
 
     #[test]
@@ -228,13 +231,7 @@ mod tests {
     #[test]
     fn extents_outside_the_image_out_of_order_or_unaligned_are_refused() {
         let size = 16 * 4096;
-        let at = |offset, len| {
-            Extent {
-                offset,
-                len,
-            }
-            .encode()
-        };
+        let at = |offset, len| Extent { offset, len }.encode();
         assert!(matches!(
             Extent::decode(&at(100, 4096), 0, size),
             Err(StreamError::Unaligned { .. })

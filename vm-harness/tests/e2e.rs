@@ -79,6 +79,10 @@ fn bios_node_installs_reboots_and_phones_home_from_disk() {
 /// touched TFTP. Then the cycle that depends on the BootOrder the installer
 /// wrote: a second power-on boots each from its disk without reinstalling, and
 /// a reinstall requested on the server takes effect at the next power-on.
+/// Every install here writes its root as the serial's block image
+/// (`[install] block_image`), the reinstall over the first install's root:
+/// the console says so, and from the host the root is an ext3 with a journal
+/// filling its partition, which e2fsck passes.
 #[test]
 fn uefi_nodes_pxe_and_http_boot_install_boot_locally_and_reinstall() {
     let Some((_serial, a)) = fixture() else {
@@ -89,7 +93,9 @@ fn uefi_nodes_pxe_and_http_boot_install_boot_locally_and_reinstall() {
             .set_net_boot(NetBoot::FirmwarePxe);
         lab.add_node(Firmware::Uefi)?
             .set_net_boot(NetBoot::HttpOnly);
-        Ok(lab.config())
+        let mut config = lab.config();
+        config.install.block_image = true;
+        Ok(config)
     });
     t.lab.start_all().unwrap();
     let mut boots = Vec::new();
@@ -121,6 +127,7 @@ fn uefi_nodes_pxe_and_http_boot_install_boot_locally_and_reinstall() {
     );
     let mut before = Vec::new();
     for (i, node) in t.lab.nodes_mut().iter_mut().enumerate() {
+        assert_wrote_block_image(node, 0);
         before.push(booted_disk(node, &format!("node{}", i + 1), 0));
         node.start().unwrap();
     }
@@ -151,6 +158,7 @@ fn uefi_nodes_pxe_and_http_boot_install_boot_locally_and_reinstall() {
     // installer read it from the old root before partitioning.
     for (i, node) in t.lab.nodes_mut().iter_mut().enumerate() {
         let name = format!("node{}", i + 1);
+        assert_wrote_block_image(node, marks[i]);
         let after = booted_disk(node, &name, marks[i]);
         assert_eq!(
             after.machine_id, before[i].machine_id,
@@ -161,6 +169,20 @@ fn uefi_nodes_pxe_and_http_boot_install_boot_locally_and_reinstall() {
             "{name}: the reinstall did not keep its SSH host keys"
         );
     }
+}
+
+/// The install after `mark` wrote the block image (no rsync copy).
+fn assert_wrote_block_image(node: &vm_harness::qemu::Node, mark: u64) {
+    let text = vm_harness::console::read_from(&node.console_log(), mark);
+    assert!(
+        text.contains("copy: block image of serial"),
+        "{}: no block image was written:\n{}",
+        node.name(),
+        text.lines()
+            .filter(|l| l.contains("copy:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 /// Once the UEFI node `name` has booted its installed OS (console past `mark`),
@@ -175,6 +197,7 @@ fn booted_disk(node: &mut vm_harness::qemu::Node, name: &str, mark: u64) -> Disk
     )
     .unwrap();
     node.power_off().unwrap();
+    e2e_support::check_root_fills_its_partition(&node.disk_path());
     check_disk(&node.disk_path(), name, Firmware::Uefi)
 }
 

@@ -181,7 +181,9 @@ fn copy_image(reporter: &mut Reporter, plan: &InstallPlan, root: &ImageRoot) -> 
     let admitted = admit(reporter);
     let dev = root.device.display().to_string();
     console::line(&format!("copy: {admitted}"));
-    console::line(&format!("copy: writing the serial's block image onto {dev}"));
+    console::line(&format!(
+        "copy: writing the serial's block image onto {dev}"
+    ));
     let mut last_report = Instant::now();
     let mut last_console = Instant::now();
     let written = crate::block_image::write(plan, root.fs, &root.device, &mut |done, total| {

@@ -156,12 +156,7 @@ impl Machine for Fake {
         assert_eq!(root.at(), self.target);
         Ok(((), "copied".into()))
     }
-    fn copy_image(
-        &mut self,
-        _: &mut Reporter,
-        _: &InstallPlan,
-        _: &ImageRoot,
-    ) -> StepResult<bool> {
+    fn copy_image(&mut self, _: &mut Reporter, _: &InstallPlan, _: &ImageRoot) -> StepResult<bool> {
         self.enter("copy_image")?;
         let written = self.image_writes.expect("only a root left for the image");
         Ok((written, "image written".into()))
@@ -315,7 +310,10 @@ fn phases_run_in_wire_order_and_hand_their_results_on() {
 fn a_block_image_is_the_copy_before_the_mount_and_rsync_follows_only_its_failure() {
     for (writes, middle) in [
         (true, &["format", "copy_image", "mount", "configure"][..]),
-        (false, &["format", "copy_image", "mount", "copy", "configure"][..]),
+        (
+            false,
+            &["format", "copy_image", "mount", "copy", "configure"][..],
+        ),
     ] {
         let (_dir, sink, mut run, mut fake) = case();
         fake.image_writes = Some(writes);

@@ -376,6 +376,65 @@ pub fn check_disk(qcow2: &Path, hostname: &str, firmware: Firmware) -> DiskFacts
     }
 }
 
+/// The root (partition 2) is an ext filesystem with a journal as large as
+/// its partition, and e2fsck finds nothing wrong in it (journal replayed on a
+/// scratch copy: the node was switched off, not shut down).
+pub fn check_root_fills_its_partition(qcow2: &Path) {
+    let mut d =
+        DiskImage::open(qcow2).unwrap_or_else(|e| panic!("opening {}: {e}", qcow2.display()));
+    let part = d.partition(2).unwrap().size_bytes();
+    let dev = d.loop_device(2).unwrap();
+    let copy = qcow2.with_extension("root.raw");
+    let cp = std::process::Command::new("dd")
+        .args([
+            format!("if={dev}"),
+            format!("of={}", copy.display()),
+            "bs=4M".into(),
+            "conv=sparse".into(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        cp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cp.stderr)
+    );
+    drop(d);
+    let head = std::process::Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).into_owned();
+    let field = |name: &str| -> u64 {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{head}"))
+    };
+    assert_eq!(
+        field("Block count:") * field("Block size:"),
+        part,
+        "the root does not fill its partition:\n{head}"
+    );
+    assert!(head.contains("has_journal"), "no journal:\n{head}");
+    let fsck = std::process::Command::new("e2fsck")
+        .args(["-fy"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&copy);
+    // 0: clean, 1: errors corrected (the journal replay of a switched-off node).
+    let said = String::from_utf8_lossy(&fsck.stdout);
+    assert!(
+        matches!(fsck.status.code(), Some(0 | 1))
+            && !said.contains("Inode bitmap differences")
+            && !said.contains("Block bitmap differences"),
+        "e2fsck on the root: {:?}\n{said}",
+        fsck.status.code()
+    );
+}
+
 /// Asserts that no host key file is shared between any two of `disks`.
 pub fn assert_distinct_keys(disks: &[&DiskFacts]) {
     for (i, a) in disks.iter().enumerate() {

@@ -1,0 +1,185 @@
+//! `GET /api/v1/installs/{id}/root.img` on a real `rollout serve` (loopback,
+//! DHCP off): with `[install] block_image` the install's own token (only it)
+//! gets the serial's root as a block image stream; the stream, laid out onto
+//! a file as the installer lays it onto the root device, is an ext3
+//! filesystem that e2fsck passes, holding the serial's files (hard links and
+//! symlinks kept) without the image's excludes. Without the option the route
+//! refuses and says why.
+
+mod common;
+use common::loopback::{write_config, Server};
+use rollout::wire::block_image::{self as wire, Extent, Header};
+use serde_json::Value;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::process::Command;
+
+fn get(s: &Server, path: &str, auth: Option<&str>) -> (u16, Vec<u8>) {
+    let mut r = ureq::get(&s.url(path));
+    if let Some(a) = auth {
+        r = r.set("Authorization", a);
+    }
+    let resp = match r.call() {
+        Ok(resp) => resp,
+        Err(ureq::Error::Status(_, resp)) => resp,
+        Err(e) => panic!("GET {path}: {e}"),
+    };
+    let st = resp.status();
+    let mut body = Vec::new();
+    resp.into_reader().read_to_end(&mut body).unwrap();
+    (st, body)
+}
+
+/// The stream written out as the installer writes it (extents at their
+/// offsets, the rest zeros), its checksum checked.
+fn lay_out(stream: &[u8], file: &Path) -> u64 {
+    let header = Header::decode(stream[..wire::HEADER_LEN].try_into().unwrap()).unwrap();
+    let f = std::fs::File::create(file).unwrap();
+    f.set_len(header.image_bytes).unwrap();
+    let mut at = wire::HEADER_LEN;
+    let mut end = 0;
+    let mut crc = crc32fast::Hasher::new();
+    for _ in 0..header.extents {
+        let head = stream[at..at + wire::EXTENT_HEAD_LEN].try_into().unwrap();
+        let e = Extent::decode(head, end, header.image_bytes).unwrap();
+        at += wire::EXTENT_HEAD_LEN;
+        let data = &stream[at..at + e.len as usize];
+        crc.update(data);
+        f.write_all_at(data, e.offset).unwrap();
+        at += e.len as usize;
+        end = e.offset + e.len;
+    }
+    let want = wire::decode_trailer(stream[at..].try_into().unwrap()).unwrap();
+    assert_eq!(crc.finalize(), want, "the stream's crc32");
+    header.image_bytes
+}
+
+fn debugfs(img: &Path, request: &str) -> (bool, String) {
+    let out = Command::new("debugfs")
+        .args(["-R", request])
+        .arg(img)
+        .output()
+        .expect("debugfs (e2fsprogs) runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success() && !text.contains("not found"), text)
+}
+
+#[test]
+fn the_install_token_gets_the_serials_root_as_a_checked_ext3_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), 0);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[install]\n", "[install]\nblock_image = true\n");
+    std::fs::write(&cfg, text).unwrap();
+    let root = dir.path().join("state/images/default/serials/1/root");
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+    std::fs::write(root.join("usr/lib/big.so"), &big).unwrap();
+    std::fs::hard_link(root.join("usr/lib/big.so"), root.join("usr/lib/big.so.1")).unwrap();
+    std::os::unix::fs::symlink("lib/big.so", root.join("usr/big")).unwrap();
+    std::fs::create_dir_all(root.join("var/lib/site")).unwrap();
+    std::fs::write(root.join("var/lib/site/secret"), "site-local").unwrap();
+    let s = Server::start(dir.path());
+
+    let (st, plan) = s.plan("52:54:00:00:00:01");
+    assert_eq!(st, 200, "{plan}");
+    assert_eq!(plan["block_image"], Value::Bool(true), "{plan}");
+    let id = plan["install_id"].as_str().unwrap();
+    let bearer = format!("Bearer {}", plan["token"].as_str().unwrap());
+    let path = format!("/api/v1/installs/{id}/root.img?fs=ext3");
+
+    assert_eq!(get(&s, &path, None).0, 401);
+    assert_eq!(get(&s, &path, Some("Bearer not-the-token")).0, 403);
+    let (st, body) = get(
+        &s,
+        &format!("/api/v1/installs/{id}/root.img?fs=xfs"),
+        Some(&bearer),
+    );
+    assert_eq!(st, 400, "{}", String::from_utf8_lossy(&body));
+
+    let (st, stream) = get(&s, &path, Some(&bearer));
+    assert_eq!(
+        st,
+        200,
+        "{}",
+        String::from_utf8_lossy(&stream[..stream.len().min(300)])
+    );
+    let out = tempfile::tempdir().unwrap();
+    let img = out.path().join("root.img");
+    let image_bytes = lay_out(&stream, &img);
+    // Shrunk to its contents: not the 256 MiB it was made in.
+    assert!(image_bytes < 64 << 20, "{image_bytes} bytes");
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let (_, features) = debugfs(&img, "features");
+    assert!(
+        !features.contains("extent"),
+        "ext3 has no extents: {features}"
+    );
+    assert!(
+        !features.contains("has_journal"),
+        "the node adds the journal: {features}"
+    );
+
+    let copy = out.path().join("big.so");
+    let (ok, said) = debugfs(&img, &format!("dump /usr/lib/big.so {}", copy.display()));
+    assert!(ok, "{said}");
+    assert_eq!(std::fs::read(&copy).unwrap(), big);
+    let (_, stat) = debugfs(&img, "stat /usr/lib/big.so.1");
+    assert!(
+        stat.contains("Links: 2"),
+        "the hard link became a copy: {stat}"
+    );
+    let (_, link) = debugfs(&img, "stat /usr/big");
+    assert!(link.contains("lib/big.so"), "{link}");
+    let (found, _) = debugfs(&img, "stat /var/lib/site/secret");
+    assert!(
+        !found,
+        "the image's exclude /var/lib/site/ is in the block image"
+    );
+
+    // Made once: a second install of the serial gets the same file.
+    let cache = dir.path().join("state/cache/block/default");
+    let made: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    let inode = made[0].metadata().unwrap().ino();
+    let (st, again) = get(&s, &path, Some(&bearer));
+    assert_eq!((st, again.len()), (200, stream.len()));
+    assert_eq!(
+        made[0].metadata().unwrap().ino(),
+        inode,
+        "the image was made again"
+    );
+}
+
+#[test]
+fn without_block_image_the_plan_offers_none_and_the_route_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (st, plan) = s.plan("52:54:00:00:00:01");
+    assert_eq!(st, 200, "{plan}");
+    assert_eq!(plan["block_image"], Value::Bool(false), "{plan}");
+    let (st, body) = get(
+        &s,
+        &format!(
+            "/api/v1/installs/{}/root.img?fs=ext3",
+            plan["install_id"].as_str().unwrap()
+        ),
+        Some(&format!("Bearer {}", plan["token"].as_str().unwrap())),
+    );
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(st, 404, "{text}");
+    assert!(text.contains("block_image"), "{text}");
+}
