@@ -1,10 +1,10 @@
 //! `GET /api/v1/installs/{id}/root.img` on a real `rollout serve` (loopback,
 //! DHCP off): with `[install] block_image` the install's own token (only it)
-//! gets the serial's root as a block image stream; the stream, laid out onto
-//! a file as the installer lays it onto the root device, is an ext3
-//! filesystem that e2fsck passes, holding the serial's files (hard links and
-//! symlinks kept) without the image's excludes. Without the option the route
-//! refuses and says why.
+//! gets the serial's root as a block image stream for the size it names; the
+//! stream, laid out onto an "old disk" as the installer lays it onto the root
+//! device, is an ext3 filesystem of that size with a journal that e2fsck
+//! passes, holding the serial's files (hard links and symlinks kept) without
+//! the image's excludes. Without the option the route refuses and says why.
 
 mod common;
 use common::loopback::{write_config, Server};
@@ -31,15 +31,27 @@ fn get(s: &Server, path: &str, auth: Option<&str>) -> (u16, Vec<u8>) {
     (st, body)
 }
 
-/// The stream written out as the installer writes it (extents at their
-/// offsets, the rest zeros), its checksum checked.
+/// The stream written out as the installer writes it onto a disk that held
+/// something else (extents at their offsets, the zero ranges zeroed, free
+/// blocks left as they were), its checksum checked.
 fn lay_out(stream: &[u8], file: &Path) -> u64 {
     let header = Header::decode(stream[..wire::HEADER_LEN].try_into().unwrap()).unwrap();
-    let f = std::fs::File::create(file).unwrap();
-    f.set_len(header.image_bytes).unwrap();
+    std::fs::write(file, vec![0xA5u8; header.image_bytes as usize]).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
     let mut at = wire::HEADER_LEN;
     let mut end = 0;
-    let mut crc = crc32fast::Hasher::new();
+    let mut crc = xxhash_rust::xxh3::Xxh3::new();
+    let mut zero = Vec::new();
+    for _ in 0..header.zero_ranges {
+        let head: &[u8; wire::EXTENT_HEAD_LEN] =
+            stream[at..at + wire::EXTENT_HEAD_LEN].try_into().unwrap();
+        crc.update(head);
+        let z = Extent::decode(head, end, header.image_bytes).unwrap();
+        end = z.offset + z.len;
+        zero.push(z);
+        at += wire::EXTENT_HEAD_LEN;
+    }
+    let mut end = 0;
     for _ in 0..header.extents {
         let head = stream[at..at + wire::EXTENT_HEAD_LEN].try_into().unwrap();
         let e = Extent::decode(head, end, header.image_bytes).unwrap();
@@ -51,7 +63,11 @@ fn lay_out(stream: &[u8], file: &Path) -> u64 {
         end = e.offset + e.len;
     }
     let want = wire::decode_trailer(stream[at..].try_into().unwrap()).unwrap();
-    assert_eq!(crc.finalize(), want, "the stream's crc32");
+    assert_eq!(crc.digest(), want, "the stream's xxh3");
+    for z in zero {
+        f.write_all_at(&vec![0u8; z.len as usize], z.offset)
+            .unwrap();
+    }
     header.image_bytes
 }
 
@@ -89,7 +105,8 @@ fn the_install_token_gets_the_serials_root_as_a_checked_ext3_image() {
     assert_eq!(plan["block_image"], Value::Bool(true), "{plan}");
     let id = plan["install_id"].as_str().unwrap();
     let bearer = format!("Bearer {}", plan["token"].as_str().unwrap());
-    let path = format!("/api/v1/installs/{id}/root.img?fs=ext3");
+    const SIZE: u64 = 256 << 20;
+    let path = format!("/api/v1/installs/{id}/root.img?fs=ext3&bytes={SIZE}");
 
     assert_eq!(get(&s, &path, None).0, 401);
     assert_eq!(get(&s, &path, Some("Bearer not-the-token")).0, 403);
@@ -110,8 +127,9 @@ fn the_install_token_gets_the_serials_root_as_a_checked_ext3_image() {
     let out = tempfile::tempdir().unwrap();
     let img = out.path().join("root.img");
     let image_bytes = lay_out(&stream, &img);
-    // Shrunk to its contents: not the 256 MiB it was made in.
-    assert!(image_bytes < 64 << 20, "{image_bytes} bytes");
+    assert_eq!(image_bytes, SIZE, "the image is for the size asked");
+    // Only the allocated blocks travel, not the 256 MiB.
+    assert!(stream.len() < 32 << 20, "{} bytes sent", stream.len());
     let fsck = Command::new("e2fsck")
         .arg("-fn")
         .arg(&img)
@@ -128,10 +146,7 @@ fn the_install_token_gets_the_serials_root_as_a_checked_ext3_image() {
         !features.contains("extent"),
         "ext3 has no extents: {features}"
     );
-    assert!(
-        !features.contains("has_journal"),
-        "the node adds the journal: {features}"
-    );
+    assert!(features.contains("has_journal"), "{features}");
 
     let copy = out.path().join("big.so");
     let (ok, said) = debugfs(&img, &format!("dump /usr/lib/big.so {}", copy.display()));
@@ -150,18 +165,36 @@ fn the_install_token_gets_the_serials_root_as_a_checked_ext3_image() {
         "the image's exclude /var/lib/site/ is in the block image"
     );
 
-    // Made once: a second install of the serial gets the same file.
+    // Made once per size: a second install of the serial gets the same
+    // file; the plan already had the layout's 1 GiB root made ahead.
     let cache = dir.path().join("state/cache/block/default");
-    let made: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().collect();
-    assert_eq!(made.len(), 1, "{made:?}");
-    let inode = made[0].metadata().unwrap().ino();
+    let made = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&cache)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".img"))
+            .collect();
+        v.sort();
+        v
+    };
+    let asked = std::time::Instant::now();
+    let mut names = made();
+    while names.len() < 2 && asked.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        names = made();
+    }
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[0].starts_with("1-ext3-1073741824-"), "{names:?}");
+    assert!(
+        names[1].starts_with(&format!("1-ext3-{SIZE}-")),
+        "{names:?}"
+    );
+    let inode = |n: &str| std::fs::metadata(cache.join(n)).unwrap().ino();
+    let before = inode(&names[1]);
     let (st, again) = get(&s, &path, Some(&bearer));
     assert_eq!((st, again.len()), (200, stream.len()));
-    assert_eq!(
-        made[0].metadata().unwrap().ino(),
-        inode,
-        "the image was made again"
-    );
+    assert_eq!(inode(&names[1]), before, "the image was made again");
 }
 
 #[test]

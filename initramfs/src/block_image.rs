@@ -1,8 +1,10 @@
 //! Writing the serial's block image onto the root device
-//! (`rollout::wire::block_image`, `[install] block_image`): each extent
-//! straight to its offset with O_DIRECT (no page cache copy), the gaps
-//! zeroed, the stream's crc32 checked before the filesystem is used.
-//! `format::finish_image_root` then grows it to the device.
+//! (`rollout::wire::block_image`, `[install] block_image`): the image is made
+//! by the server for this device's size; each extent goes straight to its
+//! offset with O_DIRECT (no page cache copy), the metadata the image leaves
+//! as holes is zeroed, and the stream's xxh3 is checked before the
+//! filesystem is used. `format::set_identity` then gives it this node's
+//! UUID and label.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -43,21 +45,21 @@ pub enum BlockImageError {
         #[source]
         source: io::Error,
     },
-    #[error("the block image is {image} bytes but {device} holds only {device_bytes}: give the root a bigger partition")]
-    TooBig {
+    #[error(
+        "the block image's xxh3 is {got:016x}, the server sent {want:016x}: the stream was damaged"
+    )]
+    Checksum { got: u64, want: u64 },
+    #[error("the block image is for {image} bytes but {device} holds {device_bytes}: the server answered another size")]
+    WrongSize {
         image: u64,
         device: String,
         device_bytes: u64,
     },
-    #[error(
-        "the block image's crc32 is {got:08x}, the server sent {want:08x}: the stream was damaged"
-    )]
-    Checksum { got: u32, want: u32 },
 }
 
-pub fn url(server: &str, install_id: &str, fs: Fs) -> String {
+pub fn url(server: &str, install_id: &str, fs: Fs, bytes: u64) -> String {
     format!(
-        "{}{}/{install_id}/root.img?fs={}",
+        "{}{}/{install_id}/root.img?fs={}&bytes={bytes}",
         server.trim_end_matches('/'),
         wire_paths::INSTALLS,
         fs.as_str()
@@ -80,7 +82,14 @@ pub fn write(
     device: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Written, BlockImageError> {
-    let url = url(&plan.server_url, &plan.install_id, fs);
+    let dev = device.display().to_string();
+    let size = open_device(device)
+        .and_then(|f| device_bytes(&f))
+        .map_err(|source| BlockImageError::Write {
+            device: dev,
+            source,
+        })?;
+    let url = url(&plan.server_url, &plan.install_id, fs, size);
     let started = Instant::now();
     let body = http_client::get_stream(&url, &plan.token, STALL)
         .map_err(|source| BlockImageError::Http { url, source })?;
@@ -132,7 +141,7 @@ fn device_bytes(f: &File) -> io::Result<u64> {
 
 /// Zeroes `len` bytes at `offset`: BLKZEROOUT where the device has it (no
 /// data crosses the bus), else written zeros.
-fn zero(f: &File, e: Extent, buf: &mut Aligned) -> io::Result<()> {
+fn zero_range(f: &File, e: Extent, buf: &mut Aligned) -> io::Result<()> {
     let range: [u64; 2] = [e.offset, e.len];
     // SAFETY: BLKZEROOUT reads two u64s (start, length) from the pointer.
     if unsafe { libc::ioctl(f.as_raw_fd(), BLKZEROOUT as _, &range) } == 0 {
@@ -148,6 +157,12 @@ fn zero(f: &File, e: Extent, buf: &mut Aligned) -> io::Result<()> {
         at += n as u64;
     }
     Ok(())
+}
+
+fn read_extent_head(body: &mut impl Read) -> Result<[u8; wire::EXTENT_HEAD_LEN], BlockImageError> {
+    let mut h = [0u8; wire::EXTENT_HEAD_LEN];
+    body.read_exact(&mut h).map_err(BlockImageError::Read)?;
+    Ok(h)
 }
 
 /// The stream from `body` onto `device`: (data bytes, image bytes).
@@ -166,47 +181,54 @@ pub fn write_from(
     let header = Header::decode(&head)?;
     let f = open_device(device).map_err(werr)?;
     let device_bytes = device_bytes(&f).map_err(werr)?;
-    if header.image_bytes > device_bytes {
-        return Err(BlockImageError::TooBig {
+    if header.image_bytes != device_bytes {
+        return Err(BlockImageError::WrongSize {
             image: header.image_bytes,
             device: dev.clone(),
             device_bytes,
         });
     }
+    let mut hash = xxhash_rust::xxh3::Xxh3::new();
+    // All of the zero list before a byte is written: a bad range refuses
+    // the stream while the device is untouched.
+    let mut zero = Vec::new();
+    let mut end = 0;
+    for _ in 0..header.zero_ranges {
+        let h = read_extent_head(&mut body)?;
+        hash.update(&h);
+        let z = Extent::decode(&h, end, header.image_bytes)?;
+        end = z.offset + z.len;
+        zero.push(z);
+    }
     let mut buf = Aligned::new(CHUNK);
-    let mut crc = crc32fast::Hasher::new();
-    let mut extents = Vec::new();
     let mut end = 0;
     let mut done = 0;
     for _ in 0..header.extents {
-        let mut eh = [0u8; wire::EXTENT_HEAD_LEN];
-        body.read_exact(&mut eh).map_err(BlockImageError::Read)?;
-        let e = Extent::decode(&eh, end, header.image_bytes)?;
+        let e = Extent::decode(&read_extent_head(&mut body)?, end, header.image_bytes)?;
         let mut at = e.offset;
         end = e.offset + e.len;
         while at < end {
             let n = (end - at).min(CHUNK as u64) as usize;
             let b = buf.slice(n);
             body.read_exact(b).map_err(BlockImageError::Read)?;
-            crc.update(b);
+            hash.update(b);
             f.write_all_at(b, at).map_err(werr)?;
             at += n as u64;
             done += n as u64;
             progress(done, header.data_bytes);
         }
-        extents.push(e);
     }
     let mut tail = [0u8; wire::TRAILER_LEN];
     body.read_exact(&mut tail).map_err(BlockImageError::Read)?;
     let want = wire::decode_trailer(&tail)?;
-    let got = crc.finalize();
+    let got = hash.digest();
     if got != want {
         return Err(BlockImageError::Checksum { got, want });
     }
-    // Whatever an earlier install left between the extents must not read
-    // back as inodes or directory blocks.
-    for hole in wire::holes(&extents, header.image_bytes) {
-        zero(&f, hole, &mut buf).map_err(werr)?;
+    // What an earlier install left in the inode tables, bitmaps and journal
+    // must not read back as inodes or transactions.
+    for z in zero {
+        zero_range(&f, z, &mut buf).map_err(werr)?;
     }
     f.sync_all().map_err(werr)?;
     Ok((done, header.image_bytes))
@@ -216,16 +238,22 @@ pub fn write_from(
 mod tests {
     use super::*;
 
-    fn stream(image_bytes: u64, extents: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    fn stream(image_bytes: u64, zero: &[(u64, u64)], extents: &[(u64, Vec<u8>)]) -> Vec<u8> {
         let data: u64 = extents.iter().map(|(_, d)| d.len() as u64).sum();
         let mut s = Header {
             image_bytes,
             extents: extents.len() as u64,
             data_bytes: data,
+            zero_ranges: zero.len() as u64,
         }
         .encode()
         .to_vec();
-        let mut crc = crc32fast::Hasher::new();
+        let mut crc = xxhash_rust::xxh3::Xxh3::new();
+        for &(offset, len) in zero {
+            let h = Extent { offset, len }.encode();
+            crc.update(&h);
+            s.extend(h);
+        }
         for (offset, d) in extents {
             s.extend(
                 Extent {
@@ -237,18 +265,19 @@ mod tests {
             s.extend(d);
             crc.update(d);
         }
-        s.extend(wire::encode_trailer(crc.finalize()));
+        s.extend(wire::encode_trailer(crc.digest()));
         s
     }
 
     #[test]
-    fn extents_land_at_their_offsets_and_the_gaps_are_zeroed() {
+    fn extents_land_at_their_offsets_and_the_listed_metadata_is_zeroed() {
         let dir = tempfile::tempdir().unwrap();
         let dev = dir.path().join("disk");
-        // An "old install" everywhere: the gaps must not keep it.
-        std::fs::write(&dev, vec![0xAAu8; 64 * 4096]).unwrap();
+        // An "old install" everywhere: the listed ranges must not keep it.
+        std::fs::write(&dev, vec![0xAAu8; 32 * 4096]).unwrap();
         let s = stream(
             32 * 4096,
+            &[(0, 4096), (12 * 4096, 2 * 4096)],
             &[(4096, vec![1; 8192]), (20 * 4096, vec![2; 4096])],
         );
         let mut seen = Vec::new();
@@ -256,34 +285,46 @@ mod tests {
         assert_eq!((data, image), (12288, 32 * 4096));
         assert_eq!(seen.last(), Some(&(12288, 12288)));
         let disk = std::fs::read(&dev).unwrap();
-        assert!(disk[..4096].iter().all(|&b| b == 0));
-        assert!(disk[4096..12288].iter().all(|&b| b == 1));
-        assert!(disk[12288..20 * 4096].iter().all(|&b| b == 0));
-        assert!(disk[20 * 4096..21 * 4096].iter().all(|&b| b == 2));
-        assert!(disk[21 * 4096..32 * 4096].iter().all(|&b| b == 0));
-        // Past the image: not the installer's to touch (resize2fs makes it).
-        assert!(disk[32 * 4096..].iter().all(|&b| b == 0xAA));
+        let all = |r: std::ops::Range<usize>, v: u8| disk[r].iter().all(|&b| b == v);
+        assert!(all(0..4096, 0));
+        assert!(all(4096..12288, 1));
+        // Free blocks keep what was there, as after mke2fs.
+        assert!(all(12288..12 * 4096, 0xAA));
+        assert!(all(12 * 4096..14 * 4096, 0));
+        assert!(all(20 * 4096..21 * 4096, 2));
+        assert!(all(21 * 4096..32 * 4096, 0xAA));
     }
 
     #[test]
     fn a_damaged_stream_is_refused_by_its_checksum() {
         let dir = tempfile::tempdir().unwrap();
         let dev = dir.path().join("disk");
-        std::fs::write(&dev, vec![0u8; 16 * 4096]).unwrap();
-        let mut s = stream(8 * 4096, &[(0, vec![7; 4096])]);
+        std::fs::write(&dev, vec![0u8; 8 * 4096]).unwrap();
+        let mut s = stream(8 * 4096, &[], &[(0, vec![7; 4096])]);
         s[wire::HEADER_LEN + wire::EXTENT_HEAD_LEN + 100] ^= 1;
         let e = write_from(&s[..], &dev, &mut |_, _| {}).unwrap_err();
         assert!(matches!(e, BlockImageError::Checksum { .. }), "{e}");
     }
 
     #[test]
-    fn an_image_bigger_than_the_partition_is_refused_before_a_write() {
+    fn an_image_for_another_size_is_refused_before_a_write() {
         let dir = tempfile::tempdir().unwrap();
         let dev = dir.path().join("disk");
         std::fs::write(&dev, vec![0x55u8; 4 * 4096]).unwrap();
-        let s = stream(8 * 4096, &[(0, vec![7; 4096])]);
+        let s = stream(8 * 4096, &[], &[(0, vec![7; 4096])]);
         let e = write_from(&s[..], &dev, &mut |_, _| {}).unwrap_err();
-        assert!(e.to_string().contains("bigger partition"), "{e}");
+        assert!(e.to_string().contains("another size"), "{e}");
+        assert!(std::fs::read(&dev).unwrap().iter().all(|&b| b == 0x55));
+    }
+
+    #[test]
+    fn a_zero_range_outside_the_image_is_refused_before_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("disk");
+        std::fs::write(&dev, vec![0x55u8; 8 * 4096]).unwrap();
+        let s = stream(8 * 4096, &[(7 * 4096, 2 * 4096)], &[(0, vec![7; 4096])]);
+        let e = write_from(&s[..], &dev, &mut |_, _| {}).unwrap_err();
+        assert!(matches!(e, BlockImageError::Stream(_)), "{e}");
         assert!(std::fs::read(&dev).unwrap().iter().all(|&b| b == 0x55));
     }
 
@@ -291,8 +332,8 @@ mod tests {
     fn a_stream_cut_short_is_an_error_not_a_root() {
         let dir = tempfile::tempdir().unwrap();
         let dev = dir.path().join("disk");
-        std::fs::write(&dev, vec![0u8; 16 * 4096]).unwrap();
-        let s = stream(8 * 4096, &[(0, vec![7; 8192])]);
+        std::fs::write(&dev, vec![0u8; 8 * 4096]).unwrap();
+        let s = stream(8 * 4096, &[(8192, 4096)], &[(0, vec![7; 8192])]);
         let e = write_from(&s[..s.len() - 20], &dev, &mut |_, _| {}).unwrap_err();
         assert!(matches!(e, BlockImageError::Read(_)), "{e}");
     }

@@ -9,7 +9,7 @@ pub const SYS_BUS: &str = "/sys/bus";
 
 /// Programs and data files, at the paths the initramfs builder packs them.
 pub use rollout::wire::initramfs::{
-    EXTLINUX, EXTLINUX_C32, GPTMBR_BIN, MKE2FS, MKFS_FAT, RESIZE2FS, RSYNC, SYSLINUX_BIOS_MODULES,
+    EXTLINUX, EXTLINUX_C32, GPTMBR_BIN, MKE2FS, MKFS_FAT, RSYNC, SYSLINUX_BIOS_MODULES,
     SYSTEMD_BOOT_EFI, TUNE2FS, UDP_RECEIVER,
 };
 /// The storage tools, present only once `tools::ensure` unpacked them.

@@ -204,8 +204,11 @@ pub async fn plan(
     .ok()
     .and_then(|m| m.sparse_files);
     if plan.block_image {
-        if let Some(fs) = plan.layout.block_image_fs() {
-            super::image_stream::make_block_image_ahead(cfg, &image, serial, fs);
+        if let (Some(fs), Some(mib)) = (
+            plan.layout.block_image_fs(),
+            plan.layout.root_partition_mib(),
+        ) {
+            super::image_stream::make_block_image_ahead(cfg, &image, serial, fs, mib << 20);
         }
     }
     info!(%mac, hostname = %plan.hostname, %image, serial, install_id = %plan.install_id, peer = %peer.ip(), ?granted, "plan handed out");

@@ -105,10 +105,12 @@ pub async fn image_tar(
         .into_response()
 }
 
-/// Which filesystem the node's root is (`?fs=ext3`): the image is made as that.
+/// Which filesystem the node's root is and its device's size in bytes
+/// (`?fs=ext3&bytes=1073741824`): the image is made as that, that size.
 #[derive(Debug, serde::Deserialize)]
 pub struct RootImageQuery {
     fs: crate::wire::Fs,
+    bytes: u64,
 }
 
 #[utoipa::path(
@@ -117,12 +119,13 @@ pub struct RootImageQuery {
     tag = "installer",
     params(
         ("id" = String, Path, description = "The install_id from the plan"),
-        ("fs" = String, Query, description = "The root's filesystem: ext3 or ext4")
+        ("fs" = String, Query, description = "The root's filesystem: ext3 or ext4"),
+        ("bytes" = u64, Query, description = "The root device's size in bytes (a multiple of 4096, 16 MiB to 16 TiB)")
     ),
     security(("install" = [])),
     responses(
         (status = 200, description = "The serial's block image stream (`wire::block_image`): made on first use, then kept", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 400, description = "No `fs`, or one that is not ext3/ext4", body = super::openapi::ErrorBody),
+        (status = 400, description = "No `fs` or `bytes`, a filesystem that is not ext3/ext4, or a size out of range", body = super::openapi::ErrorBody),
         (status = 401, description = "No `Authorization: Bearer` install token", body = super::openapi::ErrorBody),
         (status = 403, description = "The token is not this install's", body = super::openapi::ErrorBody),
         (status = 404, description = "No such install, or `[install] block_image` is off", body = super::openapi::ErrorBody),
@@ -143,8 +146,8 @@ pub async fn root_image(
             "this server makes no block images ([install] block_image is off); copy with rsync",
         );
     }
-    let fs = match query {
-        Ok(axum::extract::Query(q)) if q.fs != crate::wire::Fs::Xfs => q.fs,
+    let (fs, bytes) = match query {
+        Ok(axum::extract::Query(q)) if q.fs != crate::wire::Fs::Xfs => (q.fs, q.bytes),
         Ok(_) => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -154,10 +157,13 @@ pub async fn root_image(
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("{e}: ask with ?fs=ext3 or ?fs=ext4"),
+                format!("{e}: ask with ?fs=ext3&bytes=<the root device's size>"),
             )
         }
     };
+    if let Err(e) = block::check_size(bytes) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
     let (rec, serial) = match running_install_serial(&state, &id, &headers) {
         Ok(r) => r,
         Err(refused) => return *refused,
@@ -165,12 +171,12 @@ pub async fn root_image(
     let images = crate::images::Images::new(&cfg.state_dir);
     let root = images.serial_root(&rec.image, serial);
     let excludes = cfg.excludes_for(&rec.image);
-    let path = block::cache_path(&cfg.state_dir, &rec.image, serial, fs, &excludes);
+    let path = block::cache_path(&cfg.state_dir, &rec.image, serial, fs, bytes, &excludes);
     let live = images.serials(&rec.image).unwrap_or_default();
     let (state_dir, image) = (cfg.state_dir.clone(), rec.image.clone());
     info!(install = %id, host = %rec.hostname, image = %rec.image, serial, fs = fs.as_str(), "sending the block image");
     let made = tokio::task::spawn_blocking(move || {
-        let made = block::ensure(&path, &root, fs, &excludes);
+        let made = block::ensure(&path, &root, fs, bytes, &excludes);
         block::forget_pruned(&state_dir, &image, &live);
         made
     })
@@ -216,22 +222,29 @@ pub async fn root_image(
 }
 
 /// Starts making the block image a plan will ask for, so it is ready by the
-/// node's copy step (a first build takes seconds: mke2fs, resize2fs, e2fsck).
+/// node's copy step (a first build takes seconds: rsync, mke2fs -d, e2fsck).
+/// `bytes`: the root partition's size as the layout gives it; a node whose
+/// device differs (RAID metadata, a rest-of-disk root) gets its own image
+/// when it asks.
 pub fn make_block_image_ahead(
     cfg: &crate::config::Config,
     image: &str,
     serial: u64,
     fs: crate::wire::Fs,
+    bytes: u64,
 ) {
+    if block::check_size(bytes).is_err() {
+        return;
+    }
     let root = crate::images::Images::new(&cfg.state_dir).serial_root(image, serial);
     let excludes = cfg.excludes_for(image);
-    let path = block::cache_path(&cfg.state_dir, image, serial, fs, &excludes);
+    let path = block::cache_path(&cfg.state_dir, image, serial, fs, bytes, &excludes);
     if path.exists() {
         return;
     }
     let image = image.to_string();
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = block::ensure(&path, &root, fs, &excludes) {
+        if let Err(e) = block::ensure(&path, &root, fs, bytes, &excludes) {
             warn!(%image, serial, error = %e, "the block image could not be made ahead; nodes will copy with rsync");
         }
     });

@@ -1,12 +1,11 @@
 //! A serial's block image (`[install] block_image`, the stream in
 //! [`crate::wire::block_image`]): the serial's tree without the image's
-//! excludes, made into an ext filesystem by `mke2fs -d` and shrunk to its
-//! minimum by `resize2fs -M`. Made once per serial, filesystem and exclude
-//! list, on the first install that asks, and kept under
+//! excludes, made into an ext filesystem by `mke2fs -d` with the installer's
+//! own arguments, at the byte size of the node's root device, so it is the
+//! filesystem the node's mke2fs would have made, already filled. Made once
+//! per serial, filesystem, size and exclude list, on the first install that
+//! asks (or when the plan is handed out), and kept under
 //! `{state_dir}/cache/block/{image}/` (a serial's images go when it is pruned).
-//!
-//! The journal is left out: the node adds one sized for its own partition
-//! after growing the filesystem, so the stream carries no zeros for it.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -24,6 +23,10 @@ use crate::wire::Fs;
 pub enum BlockImageError {
     #[error("{0} cannot be a block image (only ext3 and ext4 roots)")]
     Unsupported(&'static str),
+    #[error("a root of {0} bytes cannot be a block image: give a multiple of 4096 between 16 MiB and 16 TiB")]
+    BadSize(u64),
+    #[error("reading the layout of {path}: {what}")]
+    Layout { path: PathBuf, what: String },
     #[error("{tool} could not be started ({source}); install e2fsprogs and rsync on the server")]
     Spawn {
         tool: &'static str,
@@ -52,23 +55,23 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlockImageError + '_ {
     }
 }
 
-/// A made image: its file (sparse where the filesystem is empty) and the
-/// allocated ranges the stream sends.
+/// A made image: its file (sparse where the filesystem is empty), the
+/// allocated ranges the stream sends and the metadata holes the node zeroes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockImage {
     pub path: PathBuf,
     pub image_bytes: u64,
     pub extents: Vec<Extent>,
+    pub zero: Vec<Extent>,
 }
 
 impl BlockImage {
     /// The stream's length, for `Content-Length` and the node's progress.
     pub fn stream_len(&self) -> u64 {
-        let data: u64 = self.extents.iter().map(|e| e.len).sum();
         (block_image::HEADER_LEN
             + block_image::TRAILER_LEN
-            + block_image::EXTENT_HEAD_LEN * self.extents.len()) as u64
-            + data
+            + block_image::EXTENT_HEAD_LEN * (self.extents.len() + self.zero.len())) as u64
+            + self.data_bytes()
     }
 
     pub fn data_bytes(&self) -> u64 {
@@ -76,18 +79,28 @@ impl BlockImage {
     }
 }
 
-/// Where the image of `serial` made as `fs` with `excludes` is kept: a
-/// changed exclude list (the config's) makes another one.
+/// Where the image of `serial` made as `fs` of `bytes` with `excludes` is
+/// kept: a changed exclude list (the config's) makes another one.
 pub fn cache_path(
     state_dir: &Path,
     image: &str,
     serial: u64,
     fs: Fs,
+    bytes: u64,
     excludes: &[String],
 ) -> PathBuf {
     let digest = Sha256::digest(excludes.join("\n").as_bytes());
     let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    cache_dir(state_dir, image).join(format!("{serial}-{}-{tag}.img", fs.as_str()))
+    cache_dir(state_dir, image).join(format!("{serial}-{}-{bytes}-{tag}.img", fs.as_str()))
+}
+
+/// Sizes a block image may have: whole 4 KiB blocks, from what mke2fs still
+/// makes with a journal to what a 32-bit ext3 can address.
+pub fn check_size(bytes: u64) -> Result<u64, BlockImageError> {
+    match bytes % u64::from(BLOCK) == 0 && (16 << 20..=16 << 40).contains(&bytes) {
+        true => Ok(bytes),
+        false => Err(BlockImageError::BadSize(bytes)),
+    }
 }
 
 fn cache_dir(state_dir: &Path, image: &str) -> PathBuf {
@@ -106,17 +119,18 @@ fn build_lock(path: &Path) -> Arc<Mutex<()>> {
 }
 
 /// The image at `path`, made from `root` first if it is not there yet.
-/// Blocking (mke2fs and resize2fs run): call from a blocking thread.
+/// Blocking (mke2fs and e2fsck run): call from a blocking thread.
 pub fn ensure(
     path: &Path,
     root: &Path,
     fs: Fs,
+    bytes: u64,
     excludes: &[String],
 ) -> Result<BlockImage, BlockImageError> {
     let lock = build_lock(path);
     let _one_builder = lock.lock().unwrap_or_else(|p| p.into_inner());
     if !path.exists() {
-        build(root, fs, excludes, path)?;
+        build(root, fs, check_size(bytes)?, excludes, path)?;
     }
     open(path)
 }
@@ -155,19 +169,29 @@ fn run(tool: &'static str, cmd: &mut Command, path: &Path) -> Result<(), BlockIm
     })
 }
 
-/// mke2fs features of the image: the installer's for `fs`, without the journal.
-pub fn image_features(fs: Fs) -> Result<String, BlockImageError> {
-    match fs {
-        Fs::Xfs => Err(BlockImageError::Unsupported("xfs")),
-        fs => Ok(match block_image::ext_features(fs) {
-            Some(f) => f.replace("has_journal", "^has_journal"),
-            None => "^has_journal".into(),
-        }),
+/// mke2fs's arguments for the image: the installer's (`-t`, the ext3
+/// features of [`block_image::ext_features`]), so the node gets the
+/// filesystem its own mke2fs would have made on the same device.
+pub fn mke2fs_args(fs: Fs) -> Result<Vec<String>, BlockImageError> {
+    if fs == Fs::Xfs {
+        return Err(BlockImageError::Unsupported("xfs"));
     }
+    let mut a: Vec<String> = ["-q", "-F", "-t", fs.as_str()].map(String::from).into();
+    if let Some(f) = block_image::ext_features(fs) {
+        a.extend(["-O".into(), f.into()]);
+    }
+    a.extend(["-L".into(), crate::wire::layout::ROOT_LABEL.into()]);
+    Ok(a)
 }
 
-fn build(root: &Path, fs: Fs, excludes: &[String], out: &Path) -> Result<(), BlockImageError> {
-    let features = image_features(fs)?;
+fn build(
+    root: &Path,
+    fs: Fs,
+    bytes: u64,
+    excludes: &[String],
+    out: &Path,
+) -> Result<(), BlockImageError> {
+    let args = mke2fs_args(fs)?;
     let dir = out.parent().expect("a cache file has a directory");
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let staging = out.with_extension("staging");
@@ -185,37 +209,24 @@ fn build(root: &Path, fs: Fs, excludes: &[String], out: &Path) -> Result<(), Blo
     rsync.arg(format!("{}/", root.display()));
     rsync.arg(format!("{}/", staging.display()));
     let made = run("rsync", &mut rsync, &staging).and_then(|()| {
-        let kib = allocated_kib(&staging)?;
-        // Room for mke2fs -d, at least two full block groups (so each group
-        // has the inodes a full-size filesystem's has); -M then shrinks it.
-        let mut size_kib = (kib * 2 + 64 * 1024).max(256 * 1024);
-        loop {
-            let _ = std::fs::remove_file(&partial);
-            let r = run(
-                "mke2fs",
-                Command::new("mke2fs")
-                    .args(["-q", "-F", "-t", fs.as_str(), "-T", "default", "-b"])
-                    .arg(BLOCK.to_string())
-                    .args(["-O", &features, "-d"])
-                    .arg(&staging)
-                    .arg(&partial)
-                    .arg(format!("{size_kib}K")),
-                out,
-            );
-            match r {
-                // Many small files can fill the inodes before the blocks.
-                Err(_) if size_kib < kib * 16 + (1 << 20) => size_kib *= 2,
-                r => break r,
-            }
-        }
+        File::create(&partial)
+            .and_then(|f| f.set_len(bytes))
+            .map_err(io_err(&partial))?;
+        run(
+            "mke2fs",
+            Command::new("mke2fs")
+                .args(&args)
+                .arg("-d")
+                .arg(&staging)
+                .arg(&partial),
+            out,
+        )
     });
     let _ = std::fs::remove_dir_all(&staging);
-    made?;
-    run(
-        "resize2fs",
-        Command::new("resize2fs").arg("-M").arg(&partial),
-        out,
-    )?;
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
     run(
         "e2fsck",
         Command::new("e2fsck").arg("-fn").arg(&partial),
@@ -224,23 +235,116 @@ fn build(root: &Path, fs: Fs, excludes: &[String], out: &Path) -> Result<(), Blo
     std::fs::rename(&partial, out).map_err(io_err(out))
 }
 
-/// `du -sk`: what the tree takes on disk, hard links once.
-fn allocated_kib(dir: &Path) -> Result<u64, BlockImageError> {
-    let out = Command::new("du")
-        .arg("-sk")
-        .arg(dir)
-        .output()
-        .map_err(|source| BlockImageError::Spawn { tool: "du", source })?;
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .and_then(|k| k.parse().ok())
-        .ok_or_else(|| BlockImageError::Failed {
-            tool: "du",
-            path: dir.to_path_buf(),
-            status: out.status.to_string(),
-            output: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+/// The filesystem's metadata blocks as byte ranges, sorted and merged:
+/// superblocks, group descriptors, bitmaps and inode tables (`dumpe2fs`)
+/// and the journal's blocks (`debugfs`).
+fn metadata(path: &Path) -> Result<Vec<Extent>, BlockImageError> {
+    let layout_err = |what: String| BlockImageError::Layout {
+        path: path.to_path_buf(),
+        what,
+    };
+    let out = |tool: &'static str, args: &[&str]| -> Result<String, BlockImageError> {
+        let o = Command::new(tool)
+            .args(args)
+            .arg(path)
+            .output()
+            .map_err(|source| BlockImageError::Spawn { tool, source })?;
+        match o.status.success() {
+            true => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+            false => Err(layout_err(format!(
+                "{tool}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))),
+        }
+    };
+    let dump = out("dumpe2fs", &[])?;
+    let field = |name: &str| {
+        dump.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let block = field("Block size:").ok_or_else(|| layout_err("no block size".into()))?;
+    let mut blocks = group_metadata_blocks(&dump);
+    if let Some(journal) = field("Journal inode:") {
+        let listed = out("debugfs", &["-R", &format!("blocks <{journal}>")])?;
+        for b in listed.split_whitespace() {
+            let b: u64 = b
+                .parse()
+                .map_err(|_| layout_err(format!("journal block {b:?}")))?;
+            blocks.push((b, b));
+        }
+    }
+    Ok(to_byte_ranges(blocks, block))
+}
+
+/// `(first, last)` block of each metadata item dumpe2fs lists per group
+/// ("Inode table at 67-578 (+67)", "Block bitmap at 65 (+65), csum …").
+fn group_metadata_blocks(dump: &str) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for line in dump.lines().filter(|l| l.starts_with("  ")) {
+        for part in line.split(", ") {
+            let Some((what, at)) = part.split_once(" at ") else {
+                continue;
+            };
+            let known = ["superblock", "descriptors", "GDT blocks", "bitmap", "table"];
+            if !known.iter().any(|k| what.trim_end().ends_with(k)) {
+                continue;
+            }
+            let range = at.split_whitespace().next().unwrap_or_default();
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
+                out.push((a, b));
+            }
+        }
+    }
+    out
+}
+
+/// Inclusive block ranges as sorted, merged byte ranges.
+fn to_byte_ranges(mut blocks: Vec<(u64, u64)>, block: u64) -> Vec<Extent> {
+    blocks.sort_unstable();
+    let mut out: Vec<Extent> = Vec::new();
+    for (a, b) in blocks {
+        let (start, end) = (a * block, (b + 1) * block);
+        match out.last_mut() {
+            Some(last) if last.offset + last.len >= start => {
+                last.len = last.len.max(end - last.offset)
+            }
+            _ => out.push(Extent {
+                offset: start,
+                len: end - start,
+            }),
+        }
+    }
+    out
+}
+
+/// The parts of `holes` that `metadata` touches, widened to whole aligned
+/// blocks (a hole is zeros in the image, so zeroing more of it is harmless).
+pub fn zero_ranges(holes: &[Extent], metadata: &[Extent]) -> Vec<Extent> {
+    let align = u64::from(BLOCK);
+    let mut out: Vec<Extent> = Vec::new();
+    for h in holes {
+        let h_end = h.offset + h.len;
+        for m in metadata {
+            let start = (m.offset / align * align).max(h.offset);
+            let end = (m.offset + m.len).div_ceil(align) * align;
+            let end = end.min(h_end);
+            if start >= end {
+                continue;
+            }
+            match out.last_mut() {
+                Some(last) if last.offset + last.len >= start => {
+                    last.len = last.len.max(end - last.offset)
+                }
+                _ => out.push(Extent {
+                    offset: start,
+                    len: end - start,
+                }),
+            }
+        }
+    }
+    out
 }
 
 /// A made image's allocated ranges (SEEK_DATA / SEEK_HOLE), block aligned.
@@ -248,10 +352,12 @@ pub fn open(path: &Path) -> Result<BlockImage, BlockImageError> {
     let f = File::open(path).map_err(io_err(path))?;
     let image_bytes = f.metadata().map_err(io_err(path))?.len();
     let extents = allocated(&f, image_bytes).map_err(io_err(path))?;
+    let zero = zero_ranges(&block_image::holes(&extents, image_bytes), &metadata(path)?);
     Ok(BlockImage {
         path: path.to_path_buf(),
         image_bytes,
         extents,
+        zero,
     })
 }
 
@@ -292,10 +398,16 @@ pub fn write_stream(img: &BlockImage, w: &mut impl Write) -> io::Result<()> {
             image_bytes: img.image_bytes,
             extents: img.extents.len() as u64,
             data_bytes: img.data_bytes(),
+            zero_ranges: img.zero.len() as u64,
         }
         .encode(),
     )?;
-    let mut crc = crc32fast::Hasher::new();
+    let mut hash = xxhash_rust::xxh3::Xxh3::new();
+    for z in &img.zero {
+        let head = z.encode();
+        hash.update(&head);
+        w.write_all(&head)?;
+    }
     let mut buf = vec![0u8; 1 << 20];
     for e in &img.extents {
         w.write_all(&e.encode())?;
@@ -306,12 +418,12 @@ pub fn write_stream(img: &BlockImage, w: &mut impl Write) -> io::Result<()> {
             // Past the file's end (its last block rounded up) reads as zeros.
             let got = read_up_to(&mut f, &mut buf[..n])?;
             buf[got..n].fill(0);
-            crc.update(&buf[..n]);
+            hash.update(&buf[..n]);
             w.write_all(&buf[..n])?;
             left -= n as u64;
         }
     }
-    w.write_all(&block_image::encode_trailer(crc.finalize()))?;
+    w.write_all(&block_image::encode_trailer(hash.digest()))?;
     w.flush()
 }
 
@@ -331,26 +443,68 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_image_keeps_the_installers_features_but_not_the_journal() {
-        assert_eq!(
-            image_features(Fs::Ext3).unwrap(),
-            "^has_journal,^extent,^64bit,^metadata_csum"
+    fn the_image_is_made_with_the_installers_mke2fs_arguments() {
+        let a = mke2fs_args(Fs::Ext3).unwrap().join(" ");
+        assert!(
+            a.contains("-t ext3 -O has_journal,^extent,^64bit,^metadata_csum"),
+            "{a}"
         );
-        assert_eq!(image_features(Fs::Ext4).unwrap(), "^has_journal");
-        assert!(image_features(Fs::Xfs).is_err());
+        assert!(!mke2fs_args(Fs::Ext4).unwrap().join(" ").contains("-O"));
+        assert!(mke2fs_args(Fs::Xfs).is_err());
+        assert!(check_size(1 << 30).is_ok());
+        assert!(check_size((1 << 30) + 512).is_err());
+        assert!(check_size(1 << 20).is_err());
     }
 
     #[test]
-    fn a_changed_exclude_list_is_another_image() {
-        let a = cache_path(Path::new("/s"), "default", 3, Fs::Ext3, &["/tmp/*".into()]);
-        let b = cache_path(Path::new("/s"), "default", 3, Fs::Ext3, &["/var/*".into()]);
-        assert_ne!(a, b);
+    fn a_changed_exclude_list_or_size_is_another_image() {
+        let at = |ex: &str, bytes| {
+            cache_path(Path::new("/s"), "default", 3, Fs::Ext3, bytes, &[ex.into()])
+        };
+        assert_ne!(at("/tmp/*", 1 << 30), at("/var/*", 1 << 30));
+        assert_ne!(at("/tmp/*", 1 << 30), at("/tmp/*", 2 << 30));
+        let a = at("/tmp/*", 1 << 30);
         assert!(a.starts_with("/s/cache/block/default"));
         assert!(a
             .file_name()
             .unwrap()
             .to_string_lossy()
-            .starts_with("3-ext3-"));
+            .starts_with("3-ext3-1073741824-"));
+    }
+
+    #[test]
+    fn dumpe2fs_group_lines_give_the_metadata_blocks() {
+        let dump = "Group 0: (Blocks 0-32767)\n  Primary superblock at 0, Group descriptors at 1-1\n  Reserved GDT blocks at 2-64\n  Block bitmap at 65 (+65), csum 0xf2122918\n  Inode bitmap at 66 (+66)\n  Inode table at 67-578 (+67)\n  23980 free blocks, 8178 free inodes, 3 directories\n  Free blocks: 8788-32767\n  Free inodes: 15-8192\n";
+        let b = group_metadata_blocks(dump);
+        assert_eq!(
+            b,
+            vec![(0, 0), (1, 1), (2, 64), (65, 65), (66, 66), (67, 578)]
+        );
+        let r = to_byte_ranges(b, 4096);
+        assert_eq!(
+            r,
+            vec![Extent {
+                offset: 0,
+                len: 579 * 4096
+            }]
+        );
+    }
+
+    #[test]
+    fn only_metadata_in_holes_is_zeroed_whole_blocks_at_a_time() {
+        let e = |offset, len| Extent { offset, len };
+        // A hole of 16 blocks; metadata half in it, 1 KiB aligned, and some
+        // metadata in data (sent, never zeroed).
+        let holes = [e(4 * 4096, 16 * 4096)];
+        let meta = [
+            e(0, 5 * 4096),
+            e(10 * 4096 + 1024, 2048),
+            e(30 * 4096, 4096),
+        ];
+        assert_eq!(
+            zero_ranges(&holes, &meta),
+            vec![e(4 * 4096, 4096), e(10 * 4096, 4096)]
+        );
     }
 
     #[test]
@@ -364,8 +518,16 @@ mod tests {
         f.seek(SeekFrom::Start(40 * 4096)).unwrap();
         f.write_all(&[1; 8192]).unwrap();
         drop(f);
-        let img = open(&p).unwrap();
-        assert_eq!(img.image_bytes, 64 * 4096);
+        let f = File::open(&p).unwrap();
+        let img = BlockImage {
+            path: p.clone(),
+            image_bytes: 64 * 4096,
+            extents: allocated(&f, 64 * 4096).unwrap(),
+            zero: vec![Extent {
+                offset: 0,
+                len: 4096,
+            }],
+        };
         // The filesystem under the temp dir may allocate in bigger units; the
         // data must be covered, aligned, and far less than the file.
         assert!(img

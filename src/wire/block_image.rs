@@ -1,32 +1,36 @@
 //! The block image of a serial (`[install] block_image`): its root filesystem
-//! made once on the server (`mke2fs -d`, shrunk to its minimum) and sent to
-//! each installing node as the filesystem's blocks, which the node writes
-//! straight onto its root device and grows to the partition. One sequential
-//! write instead of a file-by-file copy.
+//! made on the server by `mke2fs -d` with the installer's own arguments, at
+//! the size of the node's root device, and sent to each installing node as
+//! the filesystem's allocated blocks, which the node writes straight onto its
+//! root device. One sequential write instead of a file-by-file copy.
 //!
-//! The stream (`GET /api/v1/installs/{id}/root.img?fs=ext3`), little endian:
+//! The stream (`GET /api/v1/installs/{id}/root.img?fs=ext3&bytes=N`), little endian:
 //!
 //! ```text
-//! header   "RLBLKIMG" u32 version u32 block_size u64 image_bytes u64 extents
+//! header   "RLBLKIMG" u32 version u32 align u64 image_bytes u64 extents
 //!          u64 data_bytes (the extents' lengths summed, for progress)
+//!          u64 zero_ranges
+//! zero     u64 offset u64 len                          (repeated `zero_ranges` times)
 //! extent   u64 offset u64 len, then len bytes          (repeated `extents` times)
-//! trailer  "RLBLKEND" u32 crc32 of every extent's bytes, in order
+//! trailer  "RLBLKEND" u64 xxh3-64 of the zero list and every extent's bytes, in order
 //! ```
 //!
-//! Extents are the image's allocated blocks, block aligned, in increasing
-//! order; everything else in `0..image_bytes` is zeros (the node zeroes it,
-//! so nothing a previous install left there reads back as an inode).
+//! Extents are the image's allocated blocks, aligned, in increasing order.
+//! The zero ranges are the metadata blocks the image leaves as holes (inode
+//! tables, bitmaps, the journal): the node zeroes them, as mke2fs would, so
+//! nothing a previous install left there reads back as an inode or a journal
+//! transaction. Free blocks are left as they are, as mke2fs leaves them.
 
 use super::layout::Fs;
 
 pub const MAGIC: &[u8; 8] = b"RLBLKIMG";
 pub const END_MAGIC: &[u8; 8] = b"RLBLKEND";
-pub const VERSION: u32 = 1;
-/// The image's filesystem block size, and the alignment of every extent.
+pub const VERSION: u32 = 2;
+/// The alignment of every extent and range (what O_DIRECT writes need).
 pub const BLOCK: u32 = 4096;
-pub const HEADER_LEN: usize = 40;
+pub const HEADER_LEN: usize = 48;
 pub const EXTENT_HEAD_LEN: usize = 16;
-pub const TRAILER_LEN: usize = 12;
+pub const TRAILER_LEN: usize = 16;
 
 /// ext features both ends make: the installer's `mke2fs` on a fresh root and
 /// the server's block image (which leaves the journal out: the node adds one
@@ -44,6 +48,7 @@ pub struct Header {
     pub image_bytes: u64,
     pub extents: u64,
     pub data_bytes: u64,
+    pub zero_ranges: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +86,7 @@ impl Header {
         b[16..24].copy_from_slice(&self.image_bytes.to_le_bytes());
         b[24..32].copy_from_slice(&self.extents.to_le_bytes());
         b[32..40].copy_from_slice(&self.data_bytes.to_le_bytes());
+        b[40..48].copy_from_slice(&self.zero_ranges.to_le_bytes());
         b
     }
 
@@ -109,6 +115,7 @@ impl Header {
             image_bytes,
             extents: u64::from_le_bytes(b[24..32].try_into().expect("8 bytes")),
             data_bytes: u64::from_le_bytes(b[32..40].try_into().expect("8 bytes")),
+            zero_ranges: u64::from_le_bytes(b[40..48].try_into().expect("8 bytes")),
         })
     }
 }
@@ -145,22 +152,23 @@ impl Extent {
     }
 }
 
-pub fn encode_trailer(crc: u32) -> [u8; TRAILER_LEN] {
+pub fn encode_trailer(hash: u64) -> [u8; TRAILER_LEN] {
     let mut b = [0u8; TRAILER_LEN];
     b[..8].copy_from_slice(END_MAGIC);
-    b[8..].copy_from_slice(&crc.to_le_bytes());
+    b[8..].copy_from_slice(&hash.to_le_bytes());
     b
 }
 
-/// The crc32 the trailer carries.
-pub fn decode_trailer(b: &[u8; TRAILER_LEN]) -> Result<u32, StreamError> {
+/// The xxh3-64 the trailer carries (rsync's own fast checksum; cheap even
+/// on an emulated CPU, where a table-driven crc32 costs more than the disk).
+pub fn decode_trailer(b: &[u8; TRAILER_LEN]) -> Result<u64, StreamError> {
     if &b[..8] != END_MAGIC {
         return Err(StreamError::Trailer);
     }
-    Ok(u32::from_le_bytes(b[8..].try_into().expect("4 bytes")))
+    Ok(u64::from_le_bytes(b[8..].try_into().expect("8 bytes")))
 }
 
-/// The ranges of `0..image_bytes` no extent covers: the node zeroes them.
+/// The ranges of `0..image_bytes` no extent covers.
 pub fn holes(extents: &[Extent], image_bytes: u64) -> Vec<Extent> {
     let mut out = Vec::new();
     let mut at = 0;
@@ -192,6 +200,7 @@ mod tests {
             image_bytes: 64 * 4096,
             extents: 2,
             data_bytes: 3 * 4096,
+            zero_ranges: 1,
         };
         assert_eq!(Header::decode(&h.encode()), Ok(h));
         let e = Extent {
@@ -211,6 +220,7 @@ mod tests {
             image_bytes: 4096,
             extents: 1,
             data_bytes: 4096,
+            zero_ranges: 0,
         }
         .encode();
         b[0] = b'<';
@@ -219,6 +229,7 @@ mod tests {
             image_bytes: 4096,
             extents: 1,
             data_bytes: 4096,
+            zero_ranges: 0,
         }
         .encode();
         b[8] = 9;

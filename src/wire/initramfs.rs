@@ -8,9 +8,8 @@
 
 /// e2fsprogs' mke2fs; also makes ext3/ext4 through `-t`.
 pub const MKE2FS: &str = "/usr/sbin/mke2fs";
-/// e2fsprogs' resize2fs and tune2fs: a block image root (`wire::block_image`)
-/// is grown to its partition, given the node's UUID and label and a journal.
-pub const RESIZE2FS: &str = "/usr/sbin/resize2fs";
+/// e2fsprogs' tune2fs: a block image root (`wire::block_image`) with
+/// metadata checksums (ext4) gets the node's UUID and label from it.
 pub const TUNE2FS: &str = "/usr/sbin/tune2fs";
 /// dosfstools' mkfs.vfat (a symlink to mkfs.fat), only for the EFI system partition.
 pub const MKFS_FAT: &str = "/usr/sbin/mkfs.vfat";
@@ -51,7 +50,6 @@ pub const SYSTEMD_BOOT_EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.ef
 /// the ELF interpreter.
 pub const PROGRAMS: &[&str] = &[
     MKE2FS,
-    RESIZE2FS,
     TUNE2FS,
     "/usr/sbin/mkfs.ext3",
     "/usr/sbin/mkfs.ext4",

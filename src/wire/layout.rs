@@ -153,6 +153,20 @@ impl Layout {
         }
     }
 
+    /// The size of `/` when it is a plain partition of a fixed size (what its
+    /// device will hold); None on RAID or LVM or for the rest of the disk.
+    pub fn root_partition_mib(&self) -> Option<u64> {
+        if self.raid.is_some() {
+            return None;
+        }
+        self.partitions
+            .iter()
+            .find_map(|p| match (&p.content, &p.size) {
+                (Content::Filesystem(f), Size::Mib(m)) if f.mount == "/" => Some(*m),
+                _ => None,
+            })
+    }
+
     /// Whether the installer needs its storage tools (mkfs.xfs, mdadm, lvm).
     pub fn needs_storage_tools(&self) -> bool {
         self.raid.is_some()
@@ -455,6 +469,11 @@ mod tests {
     fn a_block_image_makes_only_a_lone_ext_root() {
         let l = Layout::default();
         assert_eq!(l.block_image_fs(), Some(Fs::Ext3));
+        assert_eq!(l.root_partition_mib(), Some(1024));
+        assert_eq!(
+            l.clone().with_sizes(Some(0), None).root_partition_mib(),
+            None
+        );
         let with_root = |fs| {
             let mut l = Layout::default();
             l.partitions[0].content = Content::Filesystem(Filesystem {

@@ -173,8 +173,8 @@ pub fn copy_into(reporter: &mut Reporter, plan: &InstallPlan, dest: &Path) -> St
     ))
 }
 
-/// The copy as a block image: within a copy slot, the serial's filesystem
-/// written onto the root device and grown to it. Whatever goes wrong with
+/// The copy as a block image: within a copy slot, the serial's filesystem,
+/// made by the server for this device's size, written onto the root device. Whatever goes wrong with
 /// the image, the root is formatted empty instead and `false` returned: the
 /// rsync copy then runs, so the image costs at most time, never the install.
 fn copy_image(reporter: &mut Reporter, plan: &InstallPlan, root: &ImageRoot) -> StepResult<bool> {
@@ -212,12 +212,13 @@ fn copy_image(reporter: &mut Reporter, plan: &InstallPlan, root: &ImageRoot) -> 
     })
     .map_err(|e| e.to_string())
     .and_then(|w| {
-        format::finish_image_root(&root.device, &root.uuid, &root.label)
-            .map(|tools| (w, tools))
-            .map_err(|e| format!("the written image could not be finished: {e}"))
+        let uuid = uuid::Uuid::parse_str(&root.uuid).map_err(|e| e.to_string())?;
+        format::set_identity(&root.device, &uuid, &root.label)
+            .map(|said| (w, said))
+            .map_err(|e| format!("the written image could not get its UUID: {e}"))
     });
     match written {
-        Ok((w, (grow, journal))) => {
+        Ok((w, said)) => {
             reporter.send(
                 Step::Copy,
                 EventKind::Progress {
@@ -229,13 +230,12 @@ fn copy_image(reporter: &mut Reporter, plan: &InstallPlan, root: &ImageRoot) -> 
             Ok((
                 true,
                 format!(
-                    "block image of serial {}: {} MiB written onto {dev} in {:.2} s, grown to the partition in {:.2} s, journal and UUID {} in {:.2} s",
+                    "block image of serial {} ({} MiB filesystem): {} MiB written onto {dev} in {:.2} s, UUID {} ({said})",
                     plan.image.serial,
+                    w.image_bytes / MIB,
                     w.data_bytes / MIB,
                     w.took.as_secs_f64(),
-                    grow.as_secs_f64(),
                     root.uuid,
-                    journal.as_secs_f64()
                 ),
             ))
         }
