@@ -21,7 +21,7 @@ use crate::http_client;
 /// How long the stream may stall before the installer gives up on it.
 const STALL: Duration = Duration::from_secs(60);
 /// Bytes per write: large, so the device sees few big requests.
-const CHUNK: usize = 4 << 20;
+const CHUNK: usize = 2 << 20;
 /// `_IOR(0x12, 114, u64)`: a block device's size in bytes.
 const BLKGETSIZE64: u32 = 0x8008_1272;
 /// `_IO(0x12, 127)`: zero a byte range of a block device.
@@ -72,6 +72,10 @@ pub struct Written {
     pub data_bytes: u64,
     pub image_bytes: u64,
     pub took: Duration,
+    /// Until the server's headers came (it may still have been making the image).
+    pub answered: Duration,
+    /// The metadata zeroed and the device flushed, after the last extent.
+    pub finished: Duration,
 }
 
 /// Streams the plan's block image onto `device`; `progress(done, total)`
@@ -93,11 +97,14 @@ pub fn write(
     let started = Instant::now();
     let body = http_client::get_stream(&url, &plan.token, STALL)
         .map_err(|source| BlockImageError::Http { url, source })?;
-    let (data_bytes, image_bytes) = write_from(body, device, progress)?;
+    let answered = started.elapsed();
+    let (data_bytes, image_bytes, finished) = write_from(body, device, progress)?;
     Ok(Written {
         data_bytes,
         image_bytes,
         took: started.elapsed(),
+        answered,
+        finished,
     })
 }
 
@@ -159,18 +166,81 @@ fn zero_range(f: &File, e: Extent, buf: &mut Aligned) -> io::Result<()> {
     Ok(())
 }
 
+/// Buffers in flight between the reader and the writer.
+const IN_FLIGHT: usize = 3;
+
+/// Every extent of the stream onto `f`: this thread reads and hashes while a
+/// writer thread waits for the device, so the network and the disk work at
+/// the same time. The data bytes written.
+fn write_extents(
+    body: &mut impl Read,
+    f: &File,
+    header: &Header,
+    hash: &mut xxhash_rust::xxh3::Xxh3,
+    progress: &mut dyn FnMut(u64, u64),
+    werr: &dyn Fn(io::Error) -> BlockImageError,
+) -> Result<u64, BlockImageError> {
+    let (to_writer, writes) = std::sync::mpsc::sync_channel::<(Aligned, u64, usize)>(IN_FLIGHT);
+    let (to_reader, free) = std::sync::mpsc::channel::<Aligned>();
+    for _ in 0..IN_FLIGHT {
+        to_reader.send(Aligned::new(CHUNK)).expect("receiver held");
+    }
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> io::Result<()> {
+            for (mut buf, at, n) in writes {
+                f.write_all_at(buf.slice(n), at)?;
+                // The reader may have stopped on an error: nobody to give it to.
+                let _ = to_reader.send(buf);
+            }
+            Ok(())
+        });
+        let read: Result<u64, BlockImageError> = (|| {
+            let mut end = 0;
+            let mut done = 0;
+            for _ in 0..header.extents {
+                let e = Extent::decode(&read_extent_head(body)?, end, header.image_bytes)?;
+                let mut at = e.offset;
+                end = e.offset + e.len;
+                while at < end {
+                    let n = (end - at).min(CHUNK as u64) as usize;
+                    // None: the writer stopped on an error, which join reports.
+                    let Ok(mut buf) = free.recv() else {
+                        return Ok(done);
+                    };
+                    let b = buf.slice(n);
+                    body.read_exact(b).map_err(BlockImageError::Read)?;
+                    hash.update(b);
+                    if to_writer.send((buf, at, n)).is_err() {
+                        return Ok(done);
+                    }
+                    at += n as u64;
+                    done += n as u64;
+                    progress(done, header.data_bytes);
+                }
+            }
+            Ok(done)
+        })();
+        drop(to_writer);
+        let wrote = writer.join().expect("the writer thread does not panic");
+        let done = read?;
+        wrote.map_err(werr)?;
+        Ok(done)
+    })
+}
+
 fn read_extent_head(body: &mut impl Read) -> Result<[u8; wire::EXTENT_HEAD_LEN], BlockImageError> {
     let mut h = [0u8; wire::EXTENT_HEAD_LEN];
     body.read_exact(&mut h).map_err(BlockImageError::Read)?;
     Ok(h)
 }
 
-/// The stream from `body` onto `device`: (data bytes, image bytes).
+/// The stream from `body` onto `device`: (data bytes, image bytes, the time
+/// zeroing and flushing took after the last extent).
 pub fn write_from(
     mut body: impl Read,
     device: &Path,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<(u64, u64), BlockImageError> {
+) -> Result<(u64, u64, Duration), BlockImageError> {
     let dev = device.display().to_string();
     let werr = |source| BlockImageError::Write {
         device: dev.clone(),
@@ -200,24 +270,7 @@ pub fn write_from(
         end = z.offset + z.len;
         zero.push(z);
     }
-    let mut buf = Aligned::new(CHUNK);
-    let mut end = 0;
-    let mut done = 0;
-    for _ in 0..header.extents {
-        let e = Extent::decode(&read_extent_head(&mut body)?, end, header.image_bytes)?;
-        let mut at = e.offset;
-        end = e.offset + e.len;
-        while at < end {
-            let n = (end - at).min(CHUNK as u64) as usize;
-            let b = buf.slice(n);
-            body.read_exact(b).map_err(BlockImageError::Read)?;
-            hash.update(b);
-            f.write_all_at(b, at).map_err(werr)?;
-            at += n as u64;
-            done += n as u64;
-            progress(done, header.data_bytes);
-        }
-    }
+    let done = write_extents(&mut body, &f, &header, &mut hash, progress, &werr)?;
     let mut tail = [0u8; wire::TRAILER_LEN];
     body.read_exact(&mut tail).map_err(BlockImageError::Read)?;
     let want = wire::decode_trailer(&tail)?;
@@ -227,11 +280,13 @@ pub fn write_from(
     }
     // What an earlier install left in the inode tables, bitmaps and journal
     // must not read back as inodes or transactions.
+    let last_extent = Instant::now();
+    let mut buf = Aligned::new(CHUNK);
     for z in zero {
         zero_range(&f, z, &mut buf).map_err(werr)?;
     }
     f.sync_all().map_err(werr)?;
-    Ok((done, header.image_bytes))
+    Ok((done, header.image_bytes, last_extent.elapsed()))
 }
 
 #[cfg(test)]
@@ -281,7 +336,7 @@ mod tests {
             &[(4096, vec![1; 8192]), (20 * 4096, vec![2; 4096])],
         );
         let mut seen = Vec::new();
-        let (data, image) = write_from(&s[..], &dev, &mut |d, t| seen.push((d, t))).unwrap();
+        let (data, image, _) = write_from(&s[..], &dev, &mut |d, t| seen.push((d, t))).unwrap();
         assert_eq!((data, image), (12288, 32 * 4096));
         assert_eq!(seen.last(), Some(&(12288, 12288)));
         let disk = std::fs::read(&dev).unwrap();
