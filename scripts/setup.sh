@@ -71,7 +71,7 @@ PROGRAMS=(
   python3:python3 openssl:openssl
   modprobe:kmod depmod:kmod cpio:cpio zstd:zstd gzip:gzip rsync:rsync
   mke2fs:e2fsprogs mkfs.ext3:e2fsprogs dumpe2fs:e2fsprogs mkswap:util-linux
-  resize2fs:e2fsprogs tune2fs:e2fsprogs e2fsck:e2fsprogs debugfs:e2fsprogs
+  tune2fs:e2fsprogs e2fsck:e2fsprogs debugfs:e2fsprogs
   sgdisk:gdisk sfdisk:fdisk mkfs.vfat:dosfstools blkid:util-linux losetup:mount
   extlinux:extlinux mdadm:mdadm lvm:lvm2 mkfs.xfs:xfsprogs
   mkinitramfs:initramfs-tools lsinitramfs:initramfs-tools debootstrap:debootstrap ssh:openssh-client ssh-keygen:openssh-client

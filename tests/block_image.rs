@@ -10,26 +10,9 @@ mod common;
 use common::loopback::{write_config, Server};
 use rollout::wire::block_image::{self as wire, Extent, Header};
 use serde_json::Value;
-use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
-
-fn get(s: &Server, path: &str, auth: Option<&str>) -> (u16, Vec<u8>) {
-    let mut r = ureq::get(&s.url(path));
-    if let Some(a) = auth {
-        r = r.set("Authorization", a);
-    }
-    let resp = match r.call() {
-        Ok(resp) => resp,
-        Err(ureq::Error::Status(_, resp)) => resp,
-        Err(e) => panic!("GET {path}: {e}"),
-    };
-    let st = resp.status();
-    let mut body = Vec::new();
-    resp.into_reader().read_to_end(&mut body).unwrap();
-    (st, body)
-}
 
 /// The stream written out as the installer writes it onto a disk that held
 /// something else (extents at their offsets, the zero ranges zeroed, free
@@ -108,16 +91,15 @@ fn the_install_token_gets_the_serials_root_as_a_checked_ext3_image() {
     const SIZE: u64 = 256 << 20;
     let path = format!("/api/v1/installs/{id}/root.img?fs=ext3&bytes={SIZE}");
 
-    assert_eq!(get(&s, &path, None).0, 401);
-    assert_eq!(get(&s, &path, Some("Bearer not-the-token")).0, 403);
-    let (st, body) = get(
-        &s,
+    assert_eq!(s.get_bytes(&path, None).0, 401);
+    assert_eq!(s.get_bytes(&path, Some("Bearer not-the-token")).0, 403);
+    let (st, body) = s.get_bytes(
         &format!("/api/v1/installs/{id}/root.img?fs=xfs"),
         Some(&bearer),
     );
     assert_eq!(st, 400, "{}", String::from_utf8_lossy(&body));
 
-    let (st, stream) = get(&s, &path, Some(&bearer));
+    let (st, stream) = s.get_bytes(&path, Some(&bearer));
     assert_eq!(
         st,
         200,
@@ -192,7 +174,7 @@ fn the_install_token_gets_the_serials_root_as_a_checked_ext3_image() {
     );
     let inode = |n: &str| std::fs::metadata(cache.join(n)).unwrap().ino();
     let before = inode(&names[1]);
-    let (st, again) = get(&s, &path, Some(&bearer));
+    let (st, again) = s.get_bytes(&path, Some(&bearer));
     assert_eq!((st, again.len()), (200, stream.len()));
     assert_eq!(inode(&names[1]), before, "the image was made again");
 }
@@ -204,8 +186,7 @@ fn without_block_image_the_plan_offers_none_and_the_route_says_why() {
     let (st, plan) = s.plan("52:54:00:00:00:01");
     assert_eq!(st, 200, "{plan}");
     assert_eq!(plan["block_image"], Value::Bool(false), "{plan}");
-    let (st, body) = get(
-        &s,
+    let (st, body) = s.get_bytes(
         &format!(
             "/api/v1/installs/{}/root.img?fs=ext3",
             plan["install_id"].as_str().unwrap()

@@ -6,24 +6,7 @@
 mod common;
 use common::loopback::{write_config, Server};
 use serde_json::Value;
-use std::io::Read;
 use std::path::Path;
-
-fn get(s: &Server, path: &str, auth: Option<&str>) -> (u16, Vec<u8>) {
-    let mut r = ureq::get(&s.url(path));
-    if let Some(a) = auth {
-        r = r.set("Authorization", a);
-    }
-    let resp = match r.call() {
-        Ok(resp) => resp,
-        Err(ureq::Error::Status(_, resp)) => resp,
-        Err(e) => panic!("GET {path}: {e}"),
-    };
-    let st = resp.status();
-    let mut body = Vec::new();
-    resp.into_reader().read_to_end(&mut body).unwrap();
-    (st, body)
-}
 
 fn image_root(dir: &Path) -> std::path::PathBuf {
     dir.join("state/images/default/serials/1/root")
@@ -53,12 +36,12 @@ fn the_install_token_streams_the_serial_without_its_excludes() {
     let token = plan["token"].as_str().unwrap();
     let path = format!("/api/v1/installs/{id}/image.tar");
 
-    assert_eq!(get(&s, &path, None).0, 401);
-    assert_eq!(get(&s, &path, Some("Bearer not-the-token")).0, 403);
+    assert_eq!(s.get_bytes(&path, None).0, 401);
+    assert_eq!(s.get_bytes(&path, Some("Bearer not-the-token")).0, 403);
     let other = "/api/v1/installs/nosuch/image.tar";
-    assert_eq!(get(&s, other, Some(&format!("Bearer {token}"))).0, 404);
+    assert_eq!(s.get_bytes(other, Some(&format!("Bearer {token}"))).0, 404);
 
-    let (st, tar) = get(&s, &path, Some(&format!("Bearer {token}")));
+    let (st, tar) = s.get_bytes(&path, Some(&format!("Bearer {token}")));
     assert_eq!(
         st,
         200,
@@ -96,8 +79,7 @@ fn without_tar_prefill_the_plan_offers_none_and_the_route_says_why() {
     let (st, plan) = s.plan("52:54:00:00:00:01");
     assert_eq!(st, 200, "{plan}");
     assert_eq!(plan["tar_prefill"], Value::Bool(false), "{plan}");
-    let (st, body) = get(
-        &s,
+    let (st, body) = s.get_bytes(
         &format!(
             "/api/v1/installs/{}/image.tar",
             plan["install_id"].as_str().unwrap()

@@ -298,11 +298,11 @@ pub struct InstallConfig {
     #[serde(default)]
     pub tar_prefill: bool,
     /// Install an ext root as a block image of the serial (`GET
-    /// /api/v1/installs/{id}/root.img`): the filesystem made once here with
-    /// `mke2fs -d`, written by each node onto its root device and grown to
-    /// the partition, with no per-file copy. Only for a layout whose one
-    /// filesystem is an ext3/ext4 root; any other layout, or a stream that
-    /// fails, is copied with rsync.
+    /// /api/v1/installs/{id}/root.img`): the filesystem made here with
+    /// `mke2fs -d` at the node's root size (once per serial and size) and
+    /// written by each node onto its root device, with no per-file copy.
+    /// Only for a layout whose one filesystem is an ext3/ext4 root; any other
+    /// layout, or a stream that fails, is copied with rsync.
     #[serde(default)]
     pub block_image: bool,
 }

@@ -97,7 +97,7 @@ pub fn cache_path(
 /// Sizes a block image may have: whole 4 KiB blocks, from what mke2fs still
 /// makes with a journal to what a 32-bit ext3 can address.
 pub fn check_size(bytes: u64) -> Result<u64, BlockImageError> {
-    match bytes % u64::from(BLOCK) == 0 && (16 << 20..=16 << 40).contains(&bytes) {
+    match bytes.is_multiple_of(u64::from(BLOCK)) && (16 << 20..=16 << 40).contains(&bytes) {
         true => Ok(bytes),
         false => Err(BlockImageError::BadSize(bytes)),
     }
@@ -305,18 +305,21 @@ fn to_byte_ranges(mut blocks: Vec<(u64, u64)>, block: u64) -> Vec<Extent> {
     blocks.sort_unstable();
     let mut out: Vec<Extent> = Vec::new();
     for (a, b) in blocks {
-        let (start, end) = (a * block, (b + 1) * block);
-        match out.last_mut() {
-            Some(last) if last.offset + last.len >= start => {
-                last.len = last.len.max(end - last.offset)
-            }
-            _ => out.push(Extent {
-                offset: start,
-                len: end - start,
-            }),
-        }
+        push_merged(&mut out, a * block, (b + 1) * block);
     }
     out
+}
+
+/// Appends `start..end` to ranges sorted by start, joining it to the last
+/// one where they touch or overlap.
+fn push_merged(out: &mut Vec<Extent>, start: u64, end: u64) {
+    match out.last_mut() {
+        Some(last) if last.offset + last.len >= start => last.len = last.len.max(end - last.offset),
+        _ => out.push(Extent {
+            offset: start,
+            len: end - start,
+        }),
+    }
 }
 
 /// The parts of `holes` that `metadata` touches, widened to whole aligned
@@ -330,17 +333,8 @@ pub fn zero_ranges(holes: &[Extent], metadata: &[Extent]) -> Vec<Extent> {
             let start = (m.offset / align * align).max(h.offset);
             let end = (m.offset + m.len).div_ceil(align) * align;
             let end = end.min(h_end);
-            if start >= end {
-                continue;
-            }
-            match out.last_mut() {
-                Some(last) if last.offset + last.len >= start => {
-                    last.len = last.len.max(end - last.offset)
-                }
-                _ => out.push(Extent {
-                    offset: start,
-                    len: end - start,
-                }),
+            if start < end {
+                push_merged(&mut out, start, end);
             }
         }
     }

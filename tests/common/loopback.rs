@@ -115,6 +115,24 @@ impl Server {
         format!("{}{p}", self.base)
     }
 
+    /// A GET with an optional `Authorization` header: the status and the
+    /// body as bytes, whatever the status.
+    pub fn get_bytes(&self, path: &str, auth: Option<&str>) -> (u16, Vec<u8>) {
+        let mut r = ureq::get(&self.url(path));
+        if let Some(a) = auth {
+            r = r.set("Authorization", a);
+        }
+        let resp = match r.call() {
+            Ok(resp) => resp,
+            Err(ureq::Error::Status(_, resp)) => resp,
+            Err(e) => panic!("GET {path}: {e}"),
+        };
+        let st = resp.status();
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
+        (st, body)
+    }
+
     /// The body of a successful GET, as text.
     pub fn text(&self, p: &str) -> String {
         ureq::get(&self.url(p))

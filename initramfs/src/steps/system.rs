@@ -135,18 +135,7 @@ pub fn copy_into(reporter: &mut Reporter, plan: &InstallPlan, dest: &Path) -> St
                 p.bytes / MIB,
                 total / MIB
             );
-            if last_console.elapsed() >= Duration::from_secs(10) {
-                console::line(&msg);
-                last_console = Instant::now();
-            }
-            reporter.send(
-                Step::Copy,
-                EventKind::Progress {
-                    done_bytes: p.bytes,
-                    total_bytes: total,
-                },
-                &msg,
-            );
+            report_copy_progress(reporter, &mut last_console, p.bytes, total, &msg);
         },
         |attempt, why| console::line(&format!("copy: attempt {attempt} failed ({why}); resuming")),
     )?
@@ -197,18 +186,7 @@ fn copy_image(reporter: &mut Reporter, plan: &InstallPlan, root: &ImageRoot) -> 
             done / MIB,
             total / MIB
         );
-        if last_console.elapsed() >= Duration::from_secs(10) {
-            console::line(&msg);
-            last_console = Instant::now();
-        }
-        reporter.send(
-            Step::Copy,
-            EventKind::Progress {
-                done_bytes: done,
-                total_bytes: total,
-            },
-            &msg,
-        );
+        report_copy_progress(reporter, &mut last_console, done, total, &msg);
     })
     .map_err(|e| e.to_string())
     .and_then(|w| {
@@ -252,6 +230,28 @@ fn copy_image(reporter: &mut Reporter, plan: &InstallPlan, root: &ImageRoot) -> 
             ))
         }
     }
+}
+
+/// A copy's progress to the server, and to the console every 10 s.
+fn report_copy_progress(
+    reporter: &mut Reporter,
+    last_console: &mut Instant,
+    done: u64,
+    total: u64,
+    msg: &str,
+) {
+    if last_console.elapsed() >= Duration::from_secs(10) {
+        console::line(msg);
+        *last_console = Instant::now();
+    }
+    reporter.send(
+        Step::Copy,
+        EventKind::Progress {
+            done_bytes: done,
+            total_bytes: total,
+        },
+        msg,
+    );
 }
 
 /// The image's sparse files, with `--sparse`, when the plan lists them
