@@ -127,12 +127,29 @@ pub fn ensure(
     bytes: u64,
     excludes: &[String],
 ) -> Result<BlockImage, BlockImageError> {
+    // A made image never changes: its layout is read once (dumpe2fs and
+    // debugfs over a large filesystem take a while), not per node.
+    static OPENED: Mutex<Option<HashMap<PathBuf, BlockImage>>> = Mutex::new(None);
     let lock = build_lock(path);
     let _one_builder = lock.lock().unwrap_or_else(|p| p.into_inner());
-    if !path.exists() {
+    let known = |opened: &Mutex<Option<HashMap<PathBuf, BlockImage>>>| {
+        let map = opened.lock().unwrap_or_else(|p| p.into_inner());
+        map.as_ref().and_then(|m| m.get(path).cloned())
+    };
+    if path.exists() {
+        if let Some(img) = known(&OPENED) {
+            return Ok(img);
+        }
+    } else {
         build(root, fs, check_size(bytes)?, excludes, path)?;
     }
-    open(path)
+    let img = open(path)?;
+    OPENED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(path.to_path_buf(), img.clone());
+    Ok(img)
 }
 
 /// Removes the images of serials that no longer exist (pruned), so the cache
