@@ -137,6 +137,11 @@ pub fn ensure(
         map.as_ref().and_then(|m| m.get(path).cloned())
     };
     if path.exists() {
+        // Used now: the cache keeps the images used last ([`forget_pruned`]).
+        let _ = File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
         if let Some(img) = known(&OPENED) {
             return Ok(img);
         }
@@ -152,18 +157,35 @@ pub fn ensure(
     Ok(img)
 }
 
-/// Removes the images of serials that no longer exist (pruned), so the cache
-/// does not outgrow the store.
+/// Images kept per image name: a rack of one machine type needs one, a mixed
+/// room a few; more would let a node that names ever new sizes fill the disk.
+pub const MAX_CACHED: usize = 16;
+
+/// Removes the images of serials that no longer exist (pruned), then the
+/// least recently used beyond [`MAX_CACHED`] (`ensure` marks an image used),
+/// so the cache does not outgrow the store.
 pub fn forget_pruned(state_dir: &Path, image: &str, live: &[u64]) {
     let Ok(entries) = std::fs::read_dir(cache_dir(state_dir, image)) else {
         return;
     };
+    let mut kept = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
+        if !name.ends_with(".img") {
+            continue;
+        }
         let serial = name.split('-').next().and_then(|s| s.parse::<u64>().ok());
         if serial.is_some_and(|s| !live.contains(&s)) {
             let _ = std::fs::remove_file(e.path());
+            continue;
         }
+        let made = e.metadata().and_then(|m| m.modified()).ok();
+        kept.push((made, e.path()));
+    }
+    // Newest first; whatever is past the limit goes.
+    kept.sort_by_key(|k| std::cmp::Reverse(k.0));
+    for (_, path) in kept.iter().skip(MAX_CACHED) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -481,6 +503,36 @@ mod tests {
             .unwrap()
             .to_string_lossy()
             .starts_with("3-ext3-1073741824-"));
+    }
+
+    #[test]
+    fn the_cache_drops_pruned_serials_and_the_oldest_past_its_limit() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = cache_dir(state.path(), "default");
+        std::fs::create_dir_all(&dir).unwrap();
+        let t0 = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for i in 0..MAX_CACHED as u64 + 3 {
+            let f = File::create(dir.join(format!("2-ext3-{}-tag.img", (i + 16) << 20))).unwrap();
+            f.set_modified(t0 + std::time::Duration::from_secs(i))
+                .unwrap();
+        }
+        File::create(dir.join("1-ext3-1073741824-tag.img")).unwrap();
+        forget_pruned(state.path(), "default", &[2]);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), MAX_CACHED, "{left:?}");
+        assert!(
+            !left.iter().any(|n| n.starts_with("1-")),
+            "serial 1 was pruned"
+        );
+        // The three oldest (16, 17 and 18 MiB) went.
+        for gone in [16u64, 17, 18] {
+            assert!(!left.contains(&format!("2-ext3-{}-tag.img", gone << 20)));
+        }
     }
 
     #[test]
