@@ -355,8 +355,14 @@ mod tests {
             return;
         }
         let d = tempfile::tempdir().unwrap();
-        for (fs, size) in [(RootFs::Ext3, 1u64 << 30), (RootFs::Ext4, 300 << 20)] {
-            let img = d.path().join(format!("{}.img", fs.as_str()));
+        // 1 GiB: 4 KiB blocks; 300 MiB: mke2fs's "small" type, 1 KiB blocks
+        // and the first data block at 1, which moves every backup.
+        for (fs, size) in [
+            (RootFs::Ext3, 1u64 << 30),
+            (RootFs::Ext3, 300 << 20),
+            (RootFs::Ext4, 300 << 20),
+        ] {
+            let img = d.path().join(format!("{}-{size}.img", fs.as_str()));
             std::fs::File::create(&img).unwrap().set_len(size).unwrap();
             mke2fs(fs, "built", &img).unwrap();
             let uuid = uuid::Uuid::new_v4();
@@ -374,15 +380,28 @@ mod tests {
             assert!(dump(&["-h"]).contains("volume name:   rollout-root"));
             if fs == RootFs::Ext3 {
                 assert!(said.contains("superblock copies"), "{said}");
-                for backup in ["32768", "98304"] {
+                let head = dump(&["-h"]);
+                let field = |name: &str| -> u64 {
+                    head.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap()
+                };
+                let (block, per_group, first) = (
+                    field("Block size:"),
+                    field("Blocks per group:"),
+                    field("First block:"),
+                );
+                for group in [1, 3] {
+                    let at = group * per_group + first;
                     let b = dump(&[
                         "-h",
                         "-o",
-                        &format!("superblock={backup}"),
+                        &format!("superblock={at}"),
                         "-o",
-                        "blocksize=4096",
+                        &format!("blocksize={block}"),
                     ]);
-                    assert!(b.contains(&want), "backup at {backup}:\n{b}");
+                    assert!(b.contains(&want), "backup of group {group} at {at}:\n{b}");
                 }
             } else {
                 assert!(said.contains("tune2fs"), "{said}");
