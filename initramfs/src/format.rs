@@ -35,18 +35,11 @@ pub enum FormatError {
     NotXfs(String),
 }
 
-/// mke2fs arguments. ext3 stays classic (journal, no extents) so older kernels and
-/// tools can read it; `-F` because the partition is fresh and may hold old data.
+/// mke2fs arguments: the ones the server's block images are made with
+/// (`rollout::wire::block_image::mke2fs_args`), then the device.
 pub fn mke2fs_args(fs: RootFs, label: &str, device: &Path) -> Vec<String> {
-    let mut args = vec!["-F".into(), "-q".into(), "-t".into(), fs.as_str().into()];
-    // ext3 explicit (the same as the server's block image), so a mke2fs.conf
-    // in the initramfs cannot sneak extents in.
-    if let Some(features) = rollout::wire::block_image::ext_features(fs) {
-        args.extend(["-O".into(), features.into()]);
-    }
-    // ext labels hold at most 16 bytes.
-    let label: String = label.chars().take(16).collect();
-    args.extend(["-L".into(), label, device.display().to_string()]);
+    let mut args = rollout::wire::block_image::mke2fs_args(fs, label);
+    args.push(device.display().to_string());
     args
 }
 

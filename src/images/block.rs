@@ -208,19 +208,17 @@ fn run(tool: &'static str, cmd: &mut Command, path: &Path) -> Result<(), BlockIm
     })
 }
 
-/// mke2fs's arguments for the image: the installer's (`-t`, the ext3
-/// features of [`block_image::ext_features`]), so the node gets the
-/// filesystem its own mke2fs would have made on the same device.
+/// mke2fs's arguments for the image: the installer's
+/// ([`block_image::mke2fs_args`]), so the node gets the filesystem its own
+/// mke2fs would have made on the same device.
 pub fn mke2fs_args(fs: Fs) -> Result<Vec<String>, BlockImageError> {
-    if fs == Fs::Xfs {
-        return Err(BlockImageError::Unsupported("xfs"));
+    match fs {
+        Fs::Xfs => Err(BlockImageError::Unsupported("xfs")),
+        fs => Ok(block_image::mke2fs_args(
+            fs,
+            crate::wire::layout::ROOT_LABEL,
+        )),
     }
-    let mut a: Vec<String> = ["-q", "-F", "-t", fs.as_str()].map(String::from).into();
-    if let Some(f) = block_image::ext_features(fs) {
-        a.extend(["-O".into(), f.into()]);
-    }
-    a.extend(["-L".into(), crate::wire::layout::ROOT_LABEL.into()]);
-    Ok(a)
 }
 
 fn build(

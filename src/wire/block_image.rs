@@ -33,14 +33,25 @@ pub const EXTENT_HEAD_LEN: usize = 16;
 pub const TRAILER_LEN: usize = 16;
 
 /// ext features both ends make: the installer's `mke2fs` on a fresh root and
-/// the server's block image (which leaves the journal out: the node adds one
-/// sized for its partition). ext3 stays classic (no extents) so older kernels
+/// the server's block image. ext3 stays classic (no extents) so older kernels
 /// and tools can read it; explicit so no mke2fs.conf can sneak extents in.
 pub fn ext_features(fs: Fs) -> Option<&'static str> {
     match fs {
         Fs::Ext3 => Some("has_journal,^extent,^64bit,^metadata_csum"),
         Fs::Ext4 | Fs::Xfs => None,
     }
+}
+
+/// mke2fs's arguments before the device, the same on both ends, so a block
+/// image is the filesystem the node's own mke2fs would make: `-F` because
+/// the target is fresh and may hold old data; ext labels hold 16 bytes.
+pub fn mke2fs_args(fs: Fs, label: &str) -> Vec<String> {
+    let mut args = vec!["-F".into(), "-q".into(), "-t".into(), fs.as_str().into()];
+    if let Some(features) = ext_features(fs) {
+        args.extend(["-O".into(), features.into()]);
+    }
+    args.extend(["-L".into(), label.chars().take(16).collect()]);
+    args
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
