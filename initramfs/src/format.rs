@@ -100,9 +100,7 @@ pub fn set_identity(device: &Path, uuid: &uuid::Uuid, label: &str) -> Result<Str
         .write(true)
         .open(device)
         .map_err(ioe)?;
-    let mut sb = [0u8; 1024];
-    f.seek(SeekFrom::Start(1024)).map_err(ioe)?;
-    f.read_exact(&mut sb).map_err(ioe)?;
+    let sb = read_superblock(&mut f, device)?;
     let copies =
         superblock_copies(&sb).ok_or_else(|| FormatError::NotExt(device.display().to_string()))?;
     if copies.is_empty() {
@@ -134,6 +132,8 @@ pub fn set_identity(device: &Path, uuid: &uuid::Uuid, label: &str) -> Result<Str
     ))
 }
 
+const SB_MAGIC: std::ops::Range<usize> = 0x38..0x3a;
+const EXT_MAGIC: [u8; 2] = [0x53, 0xef];
 const SB_UUID: u64 = 0x68;
 const SB_VOLUME_NAME: u64 = 0x78;
 
@@ -146,7 +146,7 @@ pub fn superblock_copies(sb: &[u8; 1024]) -> Option<Vec<u64>> {
             sb[o..o + 4].try_into().expect("4 bytes"),
         ))
     };
-    if sb[0x38..0x3a] != [0x53, 0xef] {
+    if sb[SB_MAGIC] != EXT_MAGIC {
         return None;
     }
     let ro_compat = le32(0x64);
@@ -248,22 +248,31 @@ pub fn read_xfs_uuid(device: &Path) -> Result<[u8; 16], FormatError> {
 /// The UUID of an ext superblock: the superblock starts at byte 1024, its magic
 /// 0xEF53 at offset 56 and `s_uuid` at offset 104.
 pub fn parse_ext_uuid(superblock: &[u8]) -> Option<[u8; 16]> {
-    if superblock.len() < 120 || superblock[56..58] != [0x53, 0xEF] {
+    if superblock.len() < 120 || superblock[SB_MAGIC] != EXT_MAGIC {
         return None;
     }
     superblock[104..120].try_into().ok()
 }
 
-pub fn read_ext_uuid(device: &Path) -> Result<[u8; 16], FormatError> {
+/// The primary ext superblock: 1024 bytes at byte 1024, whatever the block size.
+fn read_superblock(f: &mut std::fs::File, device: &Path) -> Result<[u8; 1024], FormatError> {
     let err = |source| FormatError::Io {
         device: device.display().to_string(),
         source,
     };
-    let mut f = std::fs::File::open(device).map_err(err)?;
     f.seek(SeekFrom::Start(1024)).map_err(err)?;
     let mut sb = [0u8; 1024];
     f.read_exact(&mut sb).map_err(err)?;
-    parse_ext_uuid(&sb).ok_or_else(|| FormatError::NotExt(device.display().to_string()))
+    Ok(sb)
+}
+
+pub fn read_ext_uuid(device: &Path) -> Result<[u8; 16], FormatError> {
+    let mut f = std::fs::File::open(device).map_err(|source| FormatError::Io {
+        device: device.display().to_string(),
+        source,
+    })?;
+    parse_ext_uuid(&read_superblock(&mut f, device)?)
+        .ok_or_else(|| FormatError::NotExt(device.display().to_string()))
 }
 
 /// Canonical lower-case UUID text, as blkid and fstab use it.
