@@ -168,15 +168,21 @@ pub async fn root_image(
         Ok(r) => r,
         Err(refused) => return *refused,
     };
-    let images = crate::images::Images::new(&cfg.state_dir);
-    let root = images.serial_root(&rec.image, serial);
-    let excludes = cfg.excludes_for(&rec.image);
-    let path = block::cache_path(&cfg.state_dir, &rec.image, serial, fs, bytes, &excludes);
-    let live = images.serials(&rec.image).unwrap_or_default();
+    let want = block::Wanted::new(
+        &cfg.state_dir,
+        cfg.excludes_for(&rec.image),
+        &rec.image,
+        serial,
+        fs,
+        bytes,
+    );
+    let live = crate::images::Images::new(&cfg.state_dir)
+        .serials(&rec.image)
+        .unwrap_or_default();
     let (state_dir, image) = (cfg.state_dir.clone(), rec.image.clone());
     info!(install = %id, host = %rec.hostname, image = %rec.image, serial, fs = fs.as_str(), "sending the block image");
     let made = tokio::task::spawn_blocking(move || {
-        let made = block::ensure(&path, &root, fs, bytes, &excludes);
+        let made = want.ensure();
         block::forget_pruned(&state_dir, &image, &live);
         made
     })
@@ -236,15 +242,20 @@ pub fn make_block_image_ahead(
     if block::check_size(bytes).is_err() {
         return;
     }
-    let root = crate::images::Images::new(&cfg.state_dir).serial_root(image, serial);
-    let excludes = cfg.excludes_for(image);
-    let path = block::cache_path(&cfg.state_dir, image, serial, fs, bytes, &excludes);
-    if path.exists() {
+    let want = block::Wanted::new(
+        &cfg.state_dir,
+        cfg.excludes_for(image),
+        image,
+        serial,
+        fs,
+        bytes,
+    );
+    if want.path.exists() {
         return;
     }
     let image = image.to_string();
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = block::ensure(&path, &root, fs, bytes, &excludes) {
+        if let Err(e) = want.ensure() {
             warn!(%image, serial, error = %e, "the block image could not be made ahead; nodes will copy with rsync");
         }
     });

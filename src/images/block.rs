@@ -94,6 +94,42 @@ pub fn cache_path(
     cache_dir(state_dir, image).join(format!("{serial}-{}-{bytes}-{tag}.img", fs.as_str()))
 }
 
+/// One block image: which serial tree, which excludes, which size, and the
+/// cache file it is kept in. Both the plan (making it ahead) and the node's
+/// request (fetching it) name it the same way.
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    pub root: PathBuf,
+    pub excludes: Vec<String>,
+    pub fs: Fs,
+    pub bytes: u64,
+    pub path: PathBuf,
+}
+
+impl Wanted {
+    pub fn new(
+        state_dir: &Path,
+        excludes: Vec<String>,
+        image: &str,
+        serial: u64,
+        fs: Fs,
+        bytes: u64,
+    ) -> Wanted {
+        Wanted {
+            root: super::Images::new(state_dir).serial_root(image, serial),
+            path: cache_path(state_dir, image, serial, fs, bytes, &excludes),
+            excludes,
+            fs,
+            bytes,
+        }
+    }
+
+    /// [`ensure`] of this image.
+    pub fn ensure(&self) -> Result<BlockImage, BlockImageError> {
+        ensure(&self.path, &self.root, self.fs, self.bytes, &self.excludes)
+    }
+}
+
 /// Sizes a block image may have: whole 4 KiB blocks, from what mke2fs still
 /// makes with a journal to what a 32-bit ext3 can address.
 pub fn check_size(bytes: u64) -> Result<u64, BlockImageError> {
