@@ -7,7 +7,7 @@
 //! the image's excludes. Without the option the route refuses and says why.
 
 mod common;
-use common::loopback::{write_config, Server};
+use common::loopback::{stream_test_serial, write_config_with_install, Server};
 use rollout::wire::block_image::{self as wire, Extent, Header};
 use serde_json::Value;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -68,19 +68,10 @@ fn debugfs(img: &Path, request: &str) -> (bool, String) {
 #[test]
 fn the_install_token_gets_the_serials_root_as_a_checked_ext3_image() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), 0);
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[install]\n", "[install]\nblock_image = true\n");
-    std::fs::write(&cfg, text).unwrap();
+    write_config_with_install(dir.path(), "block_image = true");
+    let big = stream_test_serial(dir.path());
     let root = dir.path().join("state/images/default/serials/1/root");
-    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    std::fs::create_dir_all(root.join("usr/lib")).unwrap();
-    std::fs::write(root.join("usr/lib/big.so"), &big).unwrap();
     std::fs::hard_link(root.join("usr/lib/big.so"), root.join("usr/lib/big.so.1")).unwrap();
-    std::os::unix::fs::symlink("lib/big.so", root.join("usr/big")).unwrap();
-    std::fs::create_dir_all(root.join("var/lib/site")).unwrap();
-    std::fs::write(root.join("var/lib/site/secret"), "site-local").unwrap();
     let s = Server::start(dir.path());
 
     let (st, plan) = s.plan("52:54:00:00:00:01");
@@ -182,18 +173,5 @@ fn the_install_token_gets_the_serials_root_as_a_checked_ext3_image() {
 #[test]
 fn without_block_image_the_plan_offers_none_and_the_route_says_why() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path());
-    let (st, plan) = s.plan("52:54:00:00:00:01");
-    assert_eq!(st, 200, "{plan}");
-    assert_eq!(plan["block_image"], Value::Bool(false), "{plan}");
-    let (st, body) = s.get_bytes(
-        &format!(
-            "/api/v1/installs/{}/root.img?fs=ext3",
-            plan["install_id"].as_str().unwrap()
-        ),
-        Some(&format!("Bearer {}", plan["token"].as_str().unwrap())),
-    );
-    let text = String::from_utf8_lossy(&body);
-    assert_eq!(st, 404, "{text}");
-    assert!(text.contains("block_image"), "{text}");
+    Server::start(dir.path()).assert_install_route_off("block_image", "root.img?fs=ext3");
 }

@@ -4,29 +4,15 @@
 //! the image's excludes left out; without it the route refuses and says why.
 
 mod common;
-use common::loopback::{write_config, Server};
+use common::loopback::{stream_test_serial, write_config_with_install, Server};
 use serde_json::Value;
 use std::path::Path;
-
-fn image_root(dir: &Path) -> std::path::PathBuf {
-    dir.join("state/images/default/serials/1/root")
-}
 
 #[test]
 fn the_install_token_streams_the_serial_without_its_excludes() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), 0);
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[install]\n", "[install]\ntar_prefill = true\n");
-    std::fs::write(&cfg, text).unwrap();
-    let root = image_root(dir.path());
-    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    std::fs::create_dir_all(root.join("usr/lib")).unwrap();
-    std::fs::write(root.join("usr/lib/big.so"), &big).unwrap();
-    std::os::unix::fs::symlink("lib/big.so", root.join("usr/big")).unwrap();
-    std::fs::create_dir_all(root.join("var/lib/site")).unwrap();
-    std::fs::write(root.join("var/lib/site/secret"), "site-local").unwrap();
+    write_config_with_install(dir.path(), "tar_prefill = true");
+    let big = stream_test_serial(dir.path());
     let s = Server::start(dir.path());
 
     let (st, plan) = s.plan("52:54:00:00:00:01");
@@ -75,18 +61,5 @@ fn the_install_token_streams_the_serial_without_its_excludes() {
 #[test]
 fn without_tar_prefill_the_plan_offers_none_and_the_route_says_why() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path());
-    let (st, plan) = s.plan("52:54:00:00:00:01");
-    assert_eq!(st, 200, "{plan}");
-    assert_eq!(plan["tar_prefill"], Value::Bool(false), "{plan}");
-    let (st, body) = s.get_bytes(
-        &format!(
-            "/api/v1/installs/{}/image.tar",
-            plan["install_id"].as_str().unwrap()
-        ),
-        Some(&format!("Bearer {}", plan["token"].as_str().unwrap())),
-    );
-    let text = String::from_utf8_lossy(&body);
-    assert_eq!(st, 404, "{text}");
-    assert!(text.contains("tar_prefill"), "{text}");
+    Server::start(dir.path()).assert_install_route_off("tar_prefill", "image.tar");
 }

@@ -14,6 +14,30 @@ pub struct Server {
     pub token: String,
 }
 
+/// [`write_config`] with one more `[install]` setting (`tar_prefill = true`).
+pub fn write_config_with_install(dir: &Path, setting: &str) -> PathBuf {
+    let cfg = write_config(dir, 0);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[install]\n", &format!("[install]\n{setting}\n"));
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// Serial 1 of the default image with what an image stream must carry or
+/// leave out: a 3 MB file `/usr/lib/big.so` (returned), a symlink `/usr/big`
+/// to it, and `/var/lib/site/secret` under the test config's exclude.
+pub fn stream_test_serial(dir: &Path) -> Vec<u8> {
+    let root = dir.join("state/images/default/serials/1/root");
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+    std::fs::write(root.join("usr/lib/big.so"), &big).unwrap();
+    std::os::unix::fs::symlink("lib/big.so", root.join("usr/big")).unwrap();
+    std::fs::create_dir_all(root.join("var/lib/site")).unwrap();
+    std::fs::write(root.join("var/lib/site/secret"), "site-local").unwrap();
+    big
+}
+
 pub fn write_config(dir: &Path, port: u16) -> PathBuf {
     let cfg = dir.join("rollout.toml");
     let body = format!(
@@ -131,6 +155,25 @@ impl Server {
         let mut body = Vec::new();
         std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
         (st, body)
+    }
+
+    /// With `[install] {option}` off, the plan does not offer it and the
+    /// install's own `route` (after `/api/v1/installs/{id}/`) answers 404
+    /// naming the option.
+    pub fn assert_install_route_off(&self, option: &str, route: &str) {
+        let (st, plan) = self.plan("52:54:00:00:00:01");
+        assert_eq!(st, 200, "{plan}");
+        assert_eq!(plan[option], Value::Bool(false), "{plan}");
+        let (st, body) = self.get_bytes(
+            &format!(
+                "/api/v1/installs/{}/{route}",
+                plan["install_id"].as_str().unwrap()
+            ),
+            Some(&format!("Bearer {}", plan["token"].as_str().unwrap())),
+        );
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(st, 404, "{text}");
+        assert!(text.contains(option), "{text}");
     }
 
     /// The body of a successful GET, as text.
