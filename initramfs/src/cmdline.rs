@@ -1,5 +1,7 @@
 //! Parses the kernel command line the iPXE script wrote (`rollout.*` keys).
 
+use std::collections::HashMap;
+
 use rollout::mac::MacAddr;
 use rollout::wire::cmdline as keys;
 
@@ -70,6 +72,38 @@ pub fn split(line: &str) -> Vec<(String, Option<String>)> {
             None => (w, None),
         })
         .collect()
+}
+
+/// Module parameters given on the command line (`nvme_core.io_timeout=600`), by
+/// module name with `-` folded to `_`, each module's as one `finit_module`
+/// argument string. modprobe reads these from /proc/cmdline; the installer loads
+/// modules itself, so it has to as well, or an operator's fix for a quirky
+/// device (`nvme_core.default_ps_max_latency_us=0`) would not reach the installer.
+/// The installer's own `rollout.*` keys are not module parameters.
+pub fn module_params(line: &str) -> HashMap<String, String> {
+    let mut out: HashMap<String, String> = HashMap::new();
+    for (key, value) in split(line) {
+        let Some((module, param)) = key.split_once('.') else {
+            continue;
+        };
+        if module.is_empty() || param.is_empty() || module == "rollout" {
+            continue;
+        }
+        let word = match value {
+            // The kernel's own parser takes a quoted value with blanks in it.
+            Some(v) if v.contains(char::is_whitespace) => format!("{param}=\"{v}\""),
+            Some(v) => format!("{param}={v}"),
+            None => param.to_string(),
+        };
+        let args = out
+            .entry(rollout::kernel::normalize_module_name(module))
+            .or_default();
+        if !args.is_empty() {
+            args.push(' ');
+        }
+        args.push_str(&word);
+    }
+    out
 }
 
 /// MAC string (any form [`MacAddr`] accepts, including the pxelinux
@@ -217,6 +251,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("BOOTIF=\"01-zz\" is not valid"), "{e}");
+    }
+
+    #[test]
+    fn module_parameters_are_gathered_per_module_as_modprobe_does() {
+        let p = module_params(
+            "BOOT_IMAGE=/vmlinuz rollout.server=http://10.0.0.1 nvme_core.io_timeout=600 \
+             console=ttyS0 e1000e.InterruptThrottleRate=1,1 nvme-core.admin_timeout=120 \
+             mlx4_core.log_num_mgm_entry_size=-1 foo.flag dm_mod.opts=\"a b\" .x=1 y.=2",
+        );
+        assert_eq!(p["nvme_core"], "io_timeout=600 admin_timeout=120");
+        assert_eq!(p["e1000e"], "InterruptThrottleRate=1,1");
+        assert_eq!(p["mlx4_core"], "log_num_mgm_entry_size=-1");
+        assert_eq!(p["foo"], "flag");
+        assert_eq!(p["dm_mod"], "opts=\"a b\"");
+        // The installer's keys, plain kernel keys and half keys are not modules'.
+        let mut names: Vec<&str> = p.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["dm_mod", "e1000e", "foo", "mlx4_core", "nvme_core"]);
+        assert!(module_params("console=ttyS0 quiet").is_empty());
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct LoadReport {
     pub missing: Vec<String>,
     /// Human-readable notes for modules that failed to load.
     pub notes: Vec<String>,
+    /// `module param=value ...` for each module loaded with parameters from the
+    /// kernel command line.
+    pub with_params: Vec<String>,
 }
 
 impl LoadReport {
@@ -64,6 +67,7 @@ impl LoadReport {
         self.builtin.extend(other.builtin);
         self.missing.extend(other.missing);
         self.notes.extend(other.notes);
+        self.with_params.extend(other.with_params);
     }
 }
 
@@ -103,6 +107,8 @@ pub struct Loader {
     softdeps: HashMap<String, SoftDeps>,
     exact: HashMap<String, Vec<String>>,
     aliases: AliasTable,
+    /// Parameters from the kernel command line, by module ([`crate::cmdline::module_params`]).
+    params: HashMap<String, String>,
     /// Modules loaded, found loaded, or failed: never asked for twice.
     tried: HashSet<String>,
 }
@@ -115,8 +121,9 @@ fn read(path: &Path) -> Result<String, ModuleError> {
 }
 
 impl Loader {
-    /// Reads `modules.dep` (required) and the alias, softdep and builtin tables.
-    pub fn open(dir: &Path) -> Result<Self, ModuleError> {
+    /// Reads `modules.dep` (required) and the alias, softdep and builtin tables;
+    /// `params` go to the modules they name as they load.
+    pub fn open(dir: &Path, params: HashMap<String, String>) -> Result<Self, ModuleError> {
         let dep = ModulesDep::parse(&read(&dir.join("modules.dep"))?);
         let opt = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
         let alias_text = opt("modules.alias");
@@ -127,6 +134,7 @@ impl Loader {
             softdeps: rollout::kernel::parse_softdeps(&opt("modules.softdep")),
             exact: rollout::kernel::parse_exact_aliases(&alias_text),
             aliases: AliasTable::parse(&alias_text),
+            params,
             tried: HashSet::new(),
         })
     }
@@ -209,9 +217,21 @@ impl Loader {
                 return;
             }
         };
-        match nix::kmod::finit_module(&file, &CString::default(), flags) {
-            Ok(()) => report.loaded.push(name),
+        let params = self.params.get(&name).map(String::as_str).unwrap_or("");
+        // The command line cannot hold a NUL, so this never falls back.
+        let args = CString::new(params).unwrap_or_default();
+        match nix::kmod::finit_module(&file, &args, flags) {
+            Ok(()) => {
+                if !params.is_empty() {
+                    report.with_params.push(format!("{name} {params}"));
+                }
+                report.loaded.push(name)
+            }
             Err(nix::errno::Errno::EEXIST) => report.already.push(name),
+            Err(e) if !params.is_empty() => report.notes.push(format!(
+                "{name}: finit_module with {params:?} from the kernel command line: {e} \
+                 (is each parameter one the module has? see `modinfo -p {name}`)"
+            )),
             // ENODEV: the module found no device it drives (a second driver
             // that matched the same alias, say); not worth more than a note.
             Err(e) => report.notes.push(format!("{name}: finit_module: {e}")),
@@ -268,9 +288,11 @@ pub fn bound_driver(dev: &Path) -> Option<String> {
 /// loaded controller, such as SCSI disks, appear only then).
 static LOADER: Mutex<Option<Loader>> = Mutex::new(None);
 
-/// Opens the tables in `dir` and loads `fixed` by name (replacing an earlier loader).
+/// Opens the tables in `dir` and loads `fixed` by name (replacing an earlier
+/// loader); every module it loads gets its parameters from /proc/cmdline.
 pub fn start(dir: &Path, fixed: &[&str]) -> Result<LoadReport, ModuleError> {
-    let mut loader = Loader::open(dir)?;
+    let line = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let mut loader = Loader::open(dir, crate::cmdline::module_params(&line))?;
     let report = loader.load_names(fixed);
     *LOADER.lock().unwrap_or_else(|p| p.into_inner()) = Some(loader);
     Ok(report)
@@ -302,7 +324,7 @@ mod tests {
     fn loader(dir: &Path, dep: &str, alias: &str) -> Loader {
         std::fs::write(dir.join("modules.dep"), dep).unwrap();
         std::fs::write(dir.join("modules.alias"), alias).unwrap();
-        Loader::open(dir).unwrap()
+        Loader::open(dir, HashMap::new()).unwrap()
     }
 
     /// A fake /sys/bus: (bus, device, modalias, bound driver).
@@ -355,6 +377,38 @@ mod tests {
         assert_eq!(
             bound_driver(&tmp.path().join("pci/devices/0000:00:03.0")).as_deref(),
             Some("virtio-pci")
+        );
+    }
+
+    #[test]
+    fn command_line_parameters_go_to_their_module_and_a_refusal_names_them() {
+        // finit_module refuses this file (not a module, or no privilege): the
+        // note names the parameters it was given and where they came from.
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("kernel/nvme")).unwrap();
+        for m in ["nvme_core", "nvme"] {
+            std::fs::write(tmp.path().join(format!("kernel/nvme/{m}.ko")), b"no").unwrap();
+        }
+        std::fs::write(
+            tmp.path().join("modules.dep"),
+            "kernel/nvme/nvme_core.ko:\nkernel/nvme/nvme.ko: kernel/nvme/nvme_core.ko\n",
+        )
+        .unwrap();
+        let params = crate::cmdline::module_params("console=ttyS0 nvme_core.io_timeout=600");
+        let mut l = Loader::open(tmp.path(), params).unwrap();
+        let r = l.load_names(&["nvme"]);
+        assert_eq!(r.notes.len(), 2, "{:?}", r.notes);
+        assert!(
+            r.notes[0].starts_with(
+                "nvme_core: finit_module with \"io_timeout=600\" from the kernel command line: "
+            ),
+            "{:?}",
+            r.notes
+        );
+        assert!(
+            r.notes[1].starts_with("nvme: finit_module: "),
+            "{:?}",
+            r.notes
         );
     }
 

@@ -198,6 +198,7 @@ pub(super) fn load_modules() -> StepResult<()> {
         r.already.extend(pass.already);
         r.missing.extend(pass.missing);
         r.notes.extend(pass.notes);
+        r.with_params.extend(pass.with_params);
         if quiet_since.elapsed() >= Duration::from_millis(1500) || Instant::now() >= deadline {
             break;
         }
@@ -211,6 +212,11 @@ pub(super) fn load_modules() -> StepResult<()> {
     }
     for n in &r.notes {
         console::line(&format!("load_modules: note: {n}"));
+    }
+    for m in &r.with_params {
+        console::line(&format!(
+            "load_modules: {m} (parameters from the kernel command line)"
+        ));
     }
     Ok((
         (),
