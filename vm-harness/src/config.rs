@@ -36,6 +36,12 @@ impl DerefMut for RolloutConfig {
     }
 }
 
+/// The lab's `[install] kernel_cmdline`, for its installers and installed OSes.
+/// Emulated disks under TCG on a loaded host answer far slower than real ones:
+/// an NVMe command gets 10 minutes, not Linux's 30 s, before the driver aborts
+/// it and resets the controller (which under load can end with the disk gone).
+/// The installer passes module parameters on as modprobe does.
+pub const LAB_KERNEL_CMDLINE: &str = "console=ttyS0 nvme_core.io_timeout=600";
 const NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 0);
 
 impl RolloutConfig {
@@ -62,7 +68,7 @@ impl RolloutConfig {
             },
             install: InstallConfig {
                 image: "default".into(),
-                kernel_cmdline: "console=ttyS0".into(),
+                kernel_cmdline: LAB_KERNEL_CMDLINE.into(),
                 ..InstallConfig::default()
             },
             nodes: Vec::new(),

@@ -158,6 +158,36 @@ fn server_nics_and_disks_and_a_vlan_install_and_report_their_hardware() {
         "node3 has no address of VLAN {VLAN}'s range {VLAN_RANGE:?}:\n{out}"
     );
 
+    // The lab's NVMe timeout, a module parameter on the kernel command line,
+    // reached the installer (which loads its modules itself) and the installed OS.
+    let installer = vm_harness::console::read_from(&t.lab.nodes()[0].console_log(), 0);
+    assert!(
+        installer.contains(
+            "load_modules: nvme_core io_timeout=600 (parameters from the kernel command line)"
+        ),
+        "node1's installer did not load nvme_core with the command line's io_timeout:\n{}",
+        installer
+            .lines()
+            .filter(|l| l.contains("load_modules"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let out = t.cli(
+        a,
+        &[
+            "exec",
+            "--nodes",
+            "node1",
+            "--",
+            "cat /sys/module/nvme_core/parameters/io_timeout",
+        ],
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("exit=0") && l.split_whitespace().last() == Some("600")),
+        "node1's installed OS has another NVMe timeout: {out}"
+    );
+
     // The hardware filter of `rollout node list`.
     let list = t.cli(a, &["node", "list", "--where", "vendor=QEMU"]);
     for n in ["node1", "node2", "node3"] {
