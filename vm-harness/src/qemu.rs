@@ -389,10 +389,17 @@ impl Node {
                 continue;
             }
             let id = format!("d{i}");
+            // cache=unsafe: the guest's flushes stop at QEMU instead of each
+            // waiting for an fdatasync of the host (the guest's journal flushes
+            // every few seconds). On a busy CI host such a wait can outlast the
+            // 30 s an NVMe command gets before Linux resets the controller, and
+            // a full test run saw the NVMe disk drop out so. A lab disk is thrown
+            // away with its lab; powering off (QMP quit, SIGTERM) still writes
+            // everything out.
             push(&[
                 "-drive",
                 &format!(
-                    "file={},if=none,id={id},format=qcow2,discard=unmap",
+                    "file={},if=none,id={id},format=qcow2,discard=unmap,cache=unsafe",
                     self.nth_disk_path(i).display()
                 ),
             ]);
