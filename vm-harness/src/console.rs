@@ -76,6 +76,33 @@ pub fn tail_of(text: &str, n: usize) -> Vec<String> {
     lines[lines.len().saturating_sub(n)..].to_vec()
 }
 
+/// Kernel messages that tell why a node went wrong long before its tail does:
+/// a storage command timing out, a controller reset, I/O errors, a hung task.
+const TROUBLE: &[&str] = &[
+    "timeout",
+    "timed out",
+    "I/O error",
+    "reset",
+    "Call Trace",
+    "BUG:",
+    "Oops",
+    "blocked for more than",
+    "EXT4-fs error",
+    "read-only",
+    "capacity change",
+];
+
+/// The first `n` lines of `text` that look like kernel trouble ([`TROUBLE`]),
+/// for the diagnostics of a failed test: the tail shows only the end of a
+/// failure that may have started minutes earlier.
+pub fn first_trouble(text: &str, n: usize) -> Vec<String> {
+    tail_of(text, usize::MAX)
+        .into_iter()
+        .filter(|l| TROUBLE.iter().any(|t| l.contains(t)))
+        .take(n)
+        .collect()
+}
+
 /// Removes ANSI/VT100 escape sequences (CSI `ESC [ … final`, and two-byte `ESC x`).
 pub fn strip_escapes(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -100,6 +127,25 @@ pub fn strip_escapes(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_trouble_finds_the_start_of_a_storage_failure() {
+        let log = "[   1.0] nvme nvme0: pci function 0000:00:04.0\n\
+                   [  82.1] rollout: copy: 97% (596 of ~615 MiB)\n\
+                   [ 113.2] nvme nvme0: I/O 97 QID 1 timeout, aborting\n\
+                   [ 143.5] nvme nvme0: I/O 97 QID 1 timeout, reset controller\n\
+                   [ 160.8] Buffer I/O error on device nvme0n1p2, logical block 7\n\
+                   [ 160.9] rollout: copy: retrying\n";
+        assert_eq!(
+            first_trouble(log, 2),
+            [
+                "[ 113.2] nvme nvme0: I/O 97 QID 1 timeout, aborting",
+                "[ 143.5] nvme nvme0: I/O 97 QID 1 timeout, reset controller"
+            ]
+        );
+        assert_eq!(first_trouble(log, 10).len(), 3);
+        assert!(first_trouble("[ 1.0] all well\n", 10).is_empty());
+    }
 
     #[test]
     fn escapes_are_removed() {

@@ -445,7 +445,16 @@ impl Lab {
                 n.firmware(),
                 n.console_log().display()
             ));
-            for l in n.console_tail(lines) {
+            let console = crate::console::read_from(&n.console_log(), 0);
+            let trouble = crate::console::first_trouble(&console, lines / 2);
+            if !trouble.is_empty() {
+                out.push_str("  first kernel trouble:\n");
+                for l in trouble {
+                    out.push_str(&format!("    {l}\n"));
+                }
+                out.push_str("  last lines:\n");
+            }
+            for l in crate::console::tail_of(&console, lines) {
                 out.push_str(&format!("  {l}\n"));
             }
             let q = crate::console::tail(&n.qemu_log(), 5);
