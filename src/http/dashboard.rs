@@ -8,9 +8,9 @@
 // Checks return a ready Response as the error, as axum handlers do (see admin.rs).
 #![allow(clippy::result_large_err)]
 
-use super::admin::image_list;
 use super::auth::{self, Principal};
 use super::dashboard_power::{power_of, PowerView};
+use super::images_api::image_list;
 use super::Shared;
 use crate::inventory::{NodeRecord, NodeState, OperatorAction};
 use crate::operators::Role;

@@ -8,6 +8,7 @@ mod boot;
 mod dashboard;
 mod dashboard_power;
 mod image_stream;
+mod images_api;
 pub mod listen;
 mod mirror;
 mod multicast;
