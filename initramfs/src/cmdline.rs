@@ -1,6 +1,6 @@
 //! Parses the kernel command line the iPXE script wrote (`rollout.*` keys).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rollout::mac::MacAddr;
 use rollout::wire::cmdline as keys;
@@ -74,19 +74,38 @@ pub fn split(line: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-/// Module parameters given on the command line (`nvme_core.io_timeout=600`), by
-/// module name with `-` folded to `_`, each module's as one `finit_module`
-/// argument string. modprobe reads these from /proc/cmdline; the installer loads
-/// modules itself, so it has to as well, or an operator's fix for a quirky
-/// device (`nvme_core.default_ps_max_latency_us=0`) would not reach the installer.
-/// The installer's own `rollout.*` keys are not module parameters.
-pub fn module_params(line: &str) -> HashMap<String, String> {
-    let mut out: HashMap<String, String> = HashMap::new();
+/// What the command line says about modules, read as modprobe reads
+/// /proc/cmdline: the installer loads its modules itself, so it has to as well,
+/// or an operator's fix for a quirky device would not reach the installer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ModuleOptions {
+    /// `nvme_core.io_timeout=600`, by module name with `-` folded to `_`: each
+    /// module's parameters as one `finit_module` argument string.
+    pub params: HashMap<String, String>,
+    /// `modprobe.blacklist=nouveau,floppy`: modules never loaded because a
+    /// device's modalias asks for them (by name they still load, as with modprobe).
+    pub blacklist: HashSet<String>,
+}
+
+/// The [`ModuleOptions`] of a command line. The installer's own `rollout.*` keys
+/// and modprobe's are not module parameters.
+pub fn module_options(line: &str) -> ModuleOptions {
+    let mut out = ModuleOptions::default();
     for (key, value) in split(line) {
         let Some((module, param)) = key.split_once('.') else {
             continue;
         };
-        if module.is_empty() || param.is_empty() || module == "rollout" {
+        if key == "modprobe.blacklist" {
+            let names = value.unwrap_or_default();
+            out.blacklist.extend(
+                names
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(rollout::kernel::normalize_module_name),
+            );
+            continue;
+        }
+        if module.is_empty() || param.is_empty() || module == "rollout" || module == "modprobe" {
             continue;
         }
         let word = match value {
@@ -96,6 +115,7 @@ pub fn module_params(line: &str) -> HashMap<String, String> {
             None => param.to_string(),
         };
         let args = out
+            .params
             .entry(rollout::kernel::normalize_module_name(module))
             .or_default();
         if !args.is_empty() {
@@ -255,11 +275,12 @@ mod tests {
 
     #[test]
     fn module_parameters_are_gathered_per_module_as_modprobe_does() {
-        let p = module_params(
+        let o = module_options(
             "BOOT_IMAGE=/vmlinuz rollout.server=http://10.0.0.1 nvme_core.io_timeout=600 \
              console=ttyS0 e1000e.InterruptThrottleRate=1,1 nvme-core.admin_timeout=120 \
              mlx4_core.log_num_mgm_entry_size=-1 foo.flag dm_mod.opts=\"a b\" .x=1 y.=2",
         );
+        let p = &o.params;
         assert_eq!(p["nvme_core"], "io_timeout=600 admin_timeout=120");
         assert_eq!(p["e1000e"], "InterruptThrottleRate=1,1");
         assert_eq!(p["mlx4_core"], "log_num_mgm_entry_size=-1");
@@ -269,7 +290,20 @@ mod tests {
         let mut names: Vec<&str> = p.keys().map(String::as_str).collect();
         names.sort();
         assert_eq!(names, ["dm_mod", "e1000e", "foo", "mlx4_core", "nvme_core"]);
-        assert!(module_params("console=ttyS0 quiet").is_empty());
+        assert!(o.blacklist.is_empty());
+        assert_eq!(
+            module_options("console=ttyS0 quiet"),
+            ModuleOptions::default()
+        );
+    }
+
+    #[test]
+    fn the_modprobe_blacklist_is_a_list_not_a_parameter() {
+        let o = module_options("modprobe.blacklist=nouveau,i2c-piix4 modprobe.blacklist=floppy,");
+        let mut names: Vec<&str> = o.blacklist.iter().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["floppy", "i2c_piix4", "nouveau"]);
+        assert!(o.params.is_empty(), "{:?}", o.params);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::cmdline::ModuleOptions;
 use rollout::kernel::alias::{self, AliasTable, Claim, Device};
 use rollout::kernel::deps::{resolve, ModulesDep, Tables};
 use rollout::kernel::SoftDeps;
@@ -58,6 +59,8 @@ pub struct LoadReport {
     /// `module param=value ...` for each module loaded with parameters from the
     /// kernel command line.
     pub with_params: Vec<String>,
+    /// Devices' modules left unloaded for `modprobe.blacklist`, a line each.
+    pub blacklisted: Vec<String>,
 }
 
 impl LoadReport {
@@ -68,6 +71,7 @@ impl LoadReport {
         self.missing.extend(other.missing);
         self.notes.extend(other.notes);
         self.with_params.extend(other.with_params);
+        self.blacklisted.extend(other.blacklisted);
     }
 }
 
@@ -107,8 +111,10 @@ pub struct Loader {
     softdeps: HashMap<String, SoftDeps>,
     exact: HashMap<String, Vec<String>>,
     aliases: AliasTable,
-    /// Parameters from the kernel command line, by module ([`crate::cmdline::module_params`]).
-    params: HashMap<String, String>,
+    /// Parameters and the blacklist from the kernel command line.
+    options: ModuleOptions,
+    /// Blacklisted modules a device asked for, each noted once.
+    refused: HashSet<String>,
     /// Modules loaded, found loaded, or failed: never asked for twice.
     tried: HashSet<String>,
 }
@@ -122,8 +128,9 @@ fn read(path: &Path) -> Result<String, ModuleError> {
 
 impl Loader {
     /// Reads `modules.dep` (required) and the alias, softdep and builtin tables;
-    /// `params` go to the modules they name as they load.
-    pub fn open(dir: &Path, params: HashMap<String, String>) -> Result<Self, ModuleError> {
+    /// `options` give modules their parameters and keep blacklisted ones from
+    /// loading for devices.
+    pub fn open(dir: &Path, options: ModuleOptions) -> Result<Self, ModuleError> {
         let dep = ModulesDep::parse(&read(&dir.join("modules.dep"))?);
         let opt = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
         let alias_text = opt("modules.alias");
@@ -134,7 +141,8 @@ impl Loader {
             softdeps: rollout::kernel::parse_softdeps(&opt("modules.softdep")),
             exact: rollout::kernel::parse_exact_aliases(&alias_text),
             aliases: AliasTable::parse(&alias_text),
-            params,
+            options,
+            refused: HashSet::new(),
             tried: HashSet::new(),
         })
     }
@@ -168,8 +176,19 @@ impl Loader {
     /// modalias matches a module not tried yet gets that module loaded.
     pub fn load_for_devices(&mut self, sys_bus: &Path) -> (Vec<DeviceLoad>, LoadReport) {
         let devices = unclaimed_devices(sys_bus);
-        let claims = alias::claims(&self.aliases, &devices, &self.tried);
         let mut report = LoadReport::default();
+        let (refused, claims): (Vec<Claim>, Vec<Claim>) =
+            alias::claims(&self.aliases, &devices, &self.tried)
+                .into_iter()
+                .partition(|c| self.options.blacklist.contains(&c.module));
+        for c in refused {
+            if self.refused.insert(c.module.clone()) {
+                report.blacklisted.push(format!(
+                    "{} not loaded for device {} ({}): modprobe.blacklist on the kernel command line",
+                    c.module, c.device, c.modalias
+                ));
+            }
+        }
         if claims.is_empty() {
             return (Vec::new(), report);
         }
@@ -217,7 +236,12 @@ impl Loader {
                 return;
             }
         };
-        let params = self.params.get(&name).map(String::as_str).unwrap_or("");
+        let params = self
+            .options
+            .params
+            .get(&name)
+            .map(String::as_str)
+            .unwrap_or("");
         // The command line cannot hold a NUL, so this never falls back.
         let args = CString::new(params).unwrap_or_default();
         match nix::kmod::finit_module(&file, &args, flags) {
@@ -292,7 +316,7 @@ static LOADER: Mutex<Option<Loader>> = Mutex::new(None);
 /// loader); every module it loads gets its parameters from /proc/cmdline.
 pub fn start(dir: &Path, fixed: &[&str]) -> Result<LoadReport, ModuleError> {
     let line = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let mut loader = Loader::open(dir, crate::cmdline::module_params(&line))?;
+    let mut loader = Loader::open(dir, crate::cmdline::module_options(&line))?;
     let report = loader.load_names(fixed);
     *LOADER.lock().unwrap_or_else(|p| p.into_inner()) = Some(loader);
     Ok(report)
@@ -324,7 +348,7 @@ mod tests {
     fn loader(dir: &Path, dep: &str, alias: &str) -> Loader {
         std::fs::write(dir.join("modules.dep"), dep).unwrap();
         std::fs::write(dir.join("modules.alias"), alias).unwrap();
-        Loader::open(dir, HashMap::new()).unwrap()
+        Loader::open(dir, ModuleOptions::default()).unwrap()
     }
 
     /// A fake /sys/bus: (bus, device, modalias, bound driver).
@@ -394,8 +418,8 @@ mod tests {
             "kernel/nvme/nvme_core.ko:\nkernel/nvme/nvme.ko: kernel/nvme/nvme_core.ko\n",
         )
         .unwrap();
-        let params = crate::cmdline::module_params("console=ttyS0 nvme_core.io_timeout=600");
-        let mut l = Loader::open(tmp.path(), params).unwrap();
+        let options = crate::cmdline::module_options("console=ttyS0 nvme_core.io_timeout=600");
+        let mut l = Loader::open(tmp.path(), options).unwrap();
         let r = l.load_names(&["nvme"]);
         assert_eq!(r.notes.len(), 2, "{:?}", r.notes);
         assert!(
@@ -410,6 +434,43 @@ mod tests {
             "{:?}",
             r.notes
         );
+    }
+
+    #[test]
+    fn a_blacklisted_module_is_not_loaded_for_a_device_and_is_named_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mods = tmp.path().join("mods");
+        std::fs::create_dir_all(&mods).unwrap();
+        std::fs::write(mods.join("modules.dep"), "kernel/vmxnet3.ko:\n").unwrap();
+        std::fs::write(
+            mods.join("modules.alias"),
+            "alias pci:v000015ADd000007B0sv*sd*bc*sc*i* vmxnet3\n",
+        )
+        .unwrap();
+        let options = crate::cmdline::module_options("modprobe.blacklist=vmxnet3");
+        let mut l = Loader::open(&mods, options).unwrap();
+        let bus = tmp.path().join("bus");
+        sys_bus(
+            &bus,
+            &[(
+                "pci",
+                "0000:00:05.0",
+                "pci:v000015ADd000007B0sv000015ADsd000007B0bc02sc00i00",
+                None,
+            )],
+        );
+        let (loads, report) = l.load_for_devices(&bus);
+        assert!(loads.is_empty(), "{loads:?}");
+        assert!(
+            report.loaded.is_empty() && report.notes.is_empty(),
+            "{report:?}"
+        );
+        assert_eq!(
+            report.blacklisted,
+            ["vmxnet3 not loaded for device pci/0000:00:05.0 (pci:v000015ADd000007B0sv000015ADsd000007B0bc02sc00i00): modprobe.blacklist on the kernel command line"]
+        );
+        let (_, again) = l.load_for_devices(&bus);
+        assert!(again.blacklisted.is_empty(), "named once: {again:?}");
     }
 
     #[test]

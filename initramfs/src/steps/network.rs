@@ -199,6 +199,7 @@ pub(super) fn load_modules() -> StepResult<()> {
         r.missing.extend(pass.missing);
         r.notes.extend(pass.notes);
         r.with_params.extend(pass.with_params);
+        r.blacklisted.extend(pass.blacklisted);
         if quiet_since.elapsed() >= Duration::from_millis(1500) || Instant::now() >= deadline {
             break;
         }
@@ -212,6 +213,9 @@ pub(super) fn load_modules() -> StepResult<()> {
     }
     for n in &r.notes {
         console::line(&format!("load_modules: note: {n}"));
+    }
+    for b in &r.blacklisted {
+        console::line(&format!("load_modules: {b}"));
     }
     for m in &r.with_params {
         console::line(&format!(
