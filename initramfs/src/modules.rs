@@ -346,9 +346,20 @@ mod tests {
     const FIXTURE: &str = include_str!("../tests/fixtures/modules.dep");
 
     fn loader(dir: &Path, dep: &str, alias: &str) -> Loader {
+        loader_with(dir, dep, alias, ModuleOptions::default())
+    }
+
+    fn loader_with(dir: &Path, dep: &str, alias: &str, options: ModuleOptions) -> Loader {
         std::fs::write(dir.join("modules.dep"), dep).unwrap();
         std::fs::write(dir.join("modules.alias"), alias).unwrap();
-        Loader::open(dir, ModuleOptions::default()).unwrap()
+        Loader::open(dir, options).unwrap()
+    }
+
+    const VMXNET3_MODALIAS: &str = "pci:v000015ADd000007B0sv000015ADsd000007B0bc02sc00i00";
+
+    /// A fake /sys/bus at `bus` with one driverless vmxnet3 NIC.
+    fn vmxnet3_bus(bus: &Path) {
+        sys_bus(bus, &[("pci", "0000:00:05.0", VMXNET3_MODALIAS, None)]);
     }
 
     /// A fake /sys/bus: (bus, device, modalias, bound driver).
@@ -441,24 +452,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mods = tmp.path().join("mods");
         std::fs::create_dir_all(&mods).unwrap();
-        std::fs::write(mods.join("modules.dep"), "kernel/vmxnet3.ko:\n").unwrap();
-        std::fs::write(
-            mods.join("modules.alias"),
+        let mut l = loader_with(
+            &mods,
+            "kernel/vmxnet3.ko:\n",
             "alias pci:v000015ADd000007B0sv*sd*bc*sc*i* vmxnet3\n",
-        )
-        .unwrap();
-        let options = crate::cmdline::module_options("modprobe.blacklist=vmxnet3");
-        let mut l = Loader::open(&mods, options).unwrap();
-        let bus = tmp.path().join("bus");
-        sys_bus(
-            &bus,
-            &[(
-                "pci",
-                "0000:00:05.0",
-                "pci:v000015ADd000007B0sv000015ADsd000007B0bc02sc00i00",
-                None,
-            )],
+            crate::cmdline::module_options("modprobe.blacklist=vmxnet3"),
         );
+        let bus = tmp.path().join("bus");
+        vmxnet3_bus(&bus);
         let (loads, report) = l.load_for_devices(&bus);
         assert!(loads.is_empty(), "{loads:?}");
         assert!(
@@ -487,15 +488,7 @@ mod tests {
             "alias pci:v000015ADd000007B0sv*sd*bc*sc*i* vmxnet3\nalias virtio:d00000001v* virtio_net\n",
         );
         let bus = tmp.path().join("bus");
-        sys_bus(
-            &bus,
-            &[(
-                "pci",
-                "0000:00:05.0",
-                "pci:v000015ADd000007B0sv000015ADsd000007B0bc02sc00i00",
-                None,
-            )],
-        );
+        vmxnet3_bus(&bus);
         let (loads, report) = l.load_for_devices(&bus);
         assert_eq!(loads.len(), 1);
         assert_eq!(loads[0].claim.module, "vmxnet3");
