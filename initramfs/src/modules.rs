@@ -64,7 +64,8 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    fn merge(&mut self, other: LoadReport) {
+    /// Adds a later pass's report to this one.
+    pub fn merge(&mut self, other: LoadReport) {
         self.loaded.extend(other.loaded);
         self.already.extend(other.already);
         self.builtin.extend(other.builtin);

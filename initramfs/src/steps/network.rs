@@ -194,12 +194,7 @@ pub(super) fn load_modules() -> StepResult<()> {
             quiet_since = Instant::now();
         }
         claimed += loads.len();
-        r.loaded.extend(pass.loaded);
-        r.already.extend(pass.already);
-        r.missing.extend(pass.missing);
-        r.notes.extend(pass.notes);
-        r.with_params.extend(pass.with_params);
-        r.blacklisted.extend(pass.blacklisted);
+        r.merge(pass);
         if quiet_since.elapsed() >= Duration::from_millis(1500) || Instant::now() >= deadline {
             break;
         }
